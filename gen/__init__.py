@@ -1,0 +1,5 @@
+"""Model import, conversion passes, the converted-network file and hardware sizing.
+
+torch is imported only by :mod:`spikeforge.gen.importer` (and the demo trainer), so the
+golden model and the hardware generator load without it.
+"""

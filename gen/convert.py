@@ -1,0 +1,65 @@
+"""The conversion pipeline: torch model -> float IR -> calibrated, quantised spiking network.
+
+    graph = import_module(model, input_shape)        # or import_program(load_program("m.pt2"))
+    net = convert_graph(graph, calib_images, ConversionOptions(timesteps=8))
+
+Each step is a pass of its own module (importer, passes, calibrate, quantise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import __version__
+from .calibrate import THRESHOLD_MODES, calibrate
+from .ir import FloatNetwork, Graph
+from .network import SpikingNetwork, check_images
+from .passes import lower
+from .quantise import WEIGHT_SCALES, quantise
+
+__all__ = ["ConversionOptions", "convert_float_network", "convert_graph", "convert_module",
+           "THRESHOLD_MODES", "WEIGHT_SCALES"]
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """Conversion knobs; the defaults reproduce the README's numbers."""
+    timesteps: int = 8            # T: accumulation steps = firing steps = code bits
+    weight_bits: int = 8          # signed weight width, bits
+    weight_scale: str = "channel"  # "channel" (per output neuron) or "layer"
+    threshold: str = "search"     # "search", "max" or "percentile"
+    percentile: float = 99.99     # for threshold="percentile"
+
+
+def convert_float_network(network: FloatNetwork, calib_images: np.ndarray,
+                          options: ConversionOptions = ConversionOptions(), source: str = "") -> SpikingNetwork:
+    x = check_images(calib_images, network.input_shape, "calibration images")
+    calibration = calibrate(network, x, options.timesteps, options.threshold, options.percentile)
+    metadata = {
+        "source": source,
+        "spikeforge_version": __version__,
+        "options": asdict(options),
+        "calibration_images": calibration.images,
+        "layer_sources": [layer.source for layer in network.layers],
+    }
+    return quantise(network, calibration, options.timesteps, options.weight_bits, options.weight_scale, metadata)
+
+
+def convert_graph(graph: Graph, calib_images: np.ndarray, options: ConversionOptions = ConversionOptions(),
+                  source: str = "") -> SpikingNetwork:
+    return convert_float_network(lower(graph), calib_images, options, source)
+
+
+def convert_module(module, calib_images: np.ndarray, options: ConversionOptions = ConversionOptions(),
+                   source: str = "torch.nn.Module") -> SpikingNetwork:
+    """Convert a ``torch.nn.Module``; its input shape is that of one calibration image."""
+    from .importer import import_module
+
+    calib_images = np.asarray(calib_images)
+    if calib_images.ndim < 2 or len(calib_images) == 0:
+        from ..errors import ConversionError
+        raise ConversionError("the calibration set is empty; give at least one image")
+    graph = import_module(module, tuple(calib_images.shape[1:]))
+    return convert_graph(graph, calib_images, options, source)

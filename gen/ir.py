@@ -1,0 +1,142 @@
+"""The float IR: what the importer reads out of a torch model, before conversion.
+
+A :class:`Graph` is a list of typed ops in topological order. Each op names the ops
+it reads (``inputs``), so branching graphs (residual adds) fit the same form; the
+passes in :mod:`spikeforge.gen.passes` rewrite a graph into a :class:`FloatNetwork`,
+a chain of affine layers with ReLU, which calibration and quantisation consume.
+
+Shapes are per sample (no batch dimension). Arrays are float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+__all__ = [
+    "Input", "Dense", "BatchNorm", "ReLU", "Flatten", "Identity", "Op", "Graph",
+    "FloatLayer", "FloatNetwork",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Input:
+    """The network input: one image of ``shape`` (e.g. ``(1, 8, 8)`` or ``(64,)``)."""
+    name: str
+    shape: tuple[int, ...]
+    inputs: tuple[str, ...] = ()
+    source: str = "input"
+
+
+@dataclass(frozen=True, eq=False)
+class Dense:
+    """``y = x @ weight.T + bias``; weight ``(out, in)``, bias ``(out,)``."""
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray
+    inputs: tuple[str, ...] = ()
+    source: str = "Linear"
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchNorm:
+    """Inference-mode batch norm as a per-feature affine map ``y = x * scale + shift``."""
+    name: str
+    scale: np.ndarray
+    shift: np.ndarray
+    inputs: tuple[str, ...] = ()
+    source: str = "BatchNorm1d"
+
+
+@dataclass(frozen=True, eq=False)
+class ReLU:
+    name: str
+    inputs: tuple[str, ...] = ()
+    source: str = "ReLU"
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten:
+    """Row-major flatten of the per-sample shape (as ``torch.nn.Flatten``)."""
+    name: str
+    inputs: tuple[str, ...] = ()
+    source: str = "Flatten"
+
+
+@dataclass(frozen=True, eq=False)
+class Identity:
+    """An op with no effect at inference (Dropout, Identity, clone)."""
+    name: str
+    inputs: tuple[str, ...] = ()
+    source: str = "Identity"
+
+
+Op = Union[Input, Dense, BatchNorm, ReLU, Flatten, Identity]
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """Ops in topological order; ``output`` names the op whose value is the model output."""
+    ops: tuple[Op, ...]
+    output: str
+
+    def op(self, name: str) -> Op:
+        for op in self.ops:
+            if op.name == name:
+                return op
+        raise KeyError(name)
+
+    def consumers(self, name: str) -> list[Op]:
+        return [op for op in self.ops if name in op.inputs]
+
+    @property
+    def input(self) -> Input:
+        inputs = [op for op in self.ops if isinstance(op, Input)]
+        assert len(inputs) == 1, "a graph has exactly one Input"
+        return inputs[0]
+
+    def describe(self, op: Op) -> str:
+        """How an error message names an op: ``'fc1' (Linear)``."""
+        return f"'{op.name}' ({op.source})"
+
+
+@dataclass(frozen=True, eq=False)
+class FloatLayer:
+    """One affine layer of the float network: ``z = W @ a + b``, ReLU unless it is the output."""
+    name: str
+    weight: np.ndarray  # (out, in) float64
+    bias: np.ndarray    # (out,) float64
+    relu: bool
+    source: str = "Linear"
+
+
+@dataclass(frozen=True, eq=False)
+class FloatNetwork:
+    """A chain of affine layers with ReLU between them; the last layer gives the logits."""
+    input_shape: tuple[int, ...]
+    layers: tuple[FloatLayer, ...]
+
+    @property
+    def input_size(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    def forward(self, images: np.ndarray) -> list[np.ndarray]:
+        """Activations of every layer (post-ReLU for hidden layers, logits last) for ``(N, *input_shape)`` images."""
+        a = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+        outs = []
+        for layer in self.layers:
+            a = a @ layer.weight.T + layer.bias
+            if layer.relu:
+                a = np.maximum(a, 0.0)
+            outs.append(a)
+        return outs

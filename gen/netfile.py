@@ -1,0 +1,198 @@
+"""The converted-network file: a ``.npz`` archive of plain arrays plus a JSON header.
+
+Format (version 1), documented in docs/netfile.md:
+
+- ``meta.json``: a uint8 array holding UTF-8 JSON: ``{"format": "spikeforge-net", "version": 1,
+  "timesteps": T, "input": {"shape": [...], "threshold": lambda_0}, "layers": [{"name", "kind",
+  "in", "out", "fires", "weight_bits", "activation_threshold"}], "metadata": {...},
+  "fingerprint": "sha256:..."}``
+- per layer i: ``layer{i}.weight`` (int8/int16, (out, in)), ``layer{i}.bias`` (int64, (out,)),
+  ``layer{i}.threshold`` (int64, (out,), firing layers only), ``layer{i}.float_weight`` and
+  ``layer{i}.float_bias`` (float64, the ANN parameters after batch-norm folding).
+
+Loading never unpickles (``allow_pickle=False``) and checks every shape, dtype and range;
+any defect is a :class:`~spikeforge.errors.NetFileError`. Saving writes a temporary file and
+renames it, so a failed save leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NetFileError
+from .bounds import MAX_WIDTH, layer_bounds
+from .network import DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
+
+__all__ = ["FORMAT", "VERSION", "save_network", "load_network", "fingerprint", "network_to_bytes"]
+
+FORMAT = "spikeforge-net"
+VERSION = 1
+
+
+def fingerprint(net: SpikingNetwork) -> str:
+    """SHA-256 of everything the hardware and the input encoder depend on.
+
+    Covers T, the input encoding and every integer weight, bias and threshold; not the float
+    shadow or the free-form metadata. Board tops report it so the driver can refuse a board
+    that runs another network.
+    """
+    h = hashlib.sha256()
+    header = {"timesteps": net.timesteps, "input_shape": list(net.input.shape),
+              "input_threshold": float(net.input.threshold).hex(),
+              "layers": [[layer.kind, layer.in_size, layer.out_size, layer.weight_bits, layer.fires]
+                         for layer in net.layers]}
+    h.update(json.dumps(header, sort_keys=True).encode())
+    for layer in net.layers:
+        for array in (layer.weight, layer.bias, layer.threshold):
+            if array is not None:
+                h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _weight_dtype(bits: int):
+    return np.int8 if bits <= 8 else np.int16
+
+
+def network_to_bytes(net: SpikingNetwork) -> bytes:
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "timesteps": net.timesteps,
+        "input": {"shape": list(net.input.shape), "threshold": float(net.input.threshold)},
+        "layers": [],
+        "metadata": net.metadata,
+        "fingerprint": fingerprint(net),
+    }
+    arrays = {}
+    for i, layer in enumerate(net.layers):
+        meta["layers"].append({
+            "name": layer.name, "kind": layer.kind, "in": layer.in_size, "out": layer.out_size,
+            "fires": layer.fires, "weight_bits": layer.weight_bits,
+            "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
+        })
+        arrays[f"layer{i}.weight"] = layer.weight.astype(_weight_dtype(layer.weight_bits))
+        arrays[f"layer{i}.bias"] = layer.bias.astype(np.int64)
+        if layer.fires:
+            arrays[f"layer{i}.threshold"] = layer.threshold.astype(np.int64)
+        if layer.shadow is not None:
+            arrays[f"layer{i}.float_weight"] = layer.shadow.weight.astype(np.float64)
+            arrays[f"layer{i}.float_bias"] = layer.shadow.bias.astype(np.float64)
+    arrays["meta.json"] = np.frombuffer(json.dumps(meta, indent=1).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def save_network(net: SpikingNetwork, path: str | os.PathLike) -> Path:
+    """Write ``net`` to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    data = network_to_bytes(net)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise NetFileError(f"cannot write {path}: folder {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".spikeforge-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _require(cond: bool, path, message: str):
+    if not cond:
+        raise NetFileError(f"{path} is not a valid spikeforge network: {message}")
+
+
+def load_network(path: str | os.PathLike) -> SpikingNetwork:
+    """Read and validate a network file; any defect raises :class:`NetFileError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise NetFileError(f"network file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
+        raise NetFileError(f"{path} is not a valid spikeforge network (corrupt or truncated: {exc})") from exc
+    except Exception as exc:  # zlib.error and friends from a damaged archive
+        raise NetFileError(f"{path} is not a valid spikeforge network (corrupt or truncated: {exc})") from exc
+    _require("meta.json" in arrays, path, "no meta.json header")
+    try:
+        meta = json.loads(arrays["meta.json"].tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NetFileError(f"{path} is not a valid spikeforge network: unreadable header ({exc})") from exc
+    _require(isinstance(meta, dict) and meta.get("format") == FORMAT, path, "wrong format tag")
+    version = meta.get("version")
+    if version != VERSION:
+        raise NetFileError(f"{path} has format version {version}; this spikeforge reads version {VERSION}")
+    try:
+        net = _from_meta(meta, arrays, path)
+    except NetFileError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise NetFileError(f"{path} is not a valid spikeforge network: bad header or arrays ({exc})") from exc
+    stored = meta.get("fingerprint")
+    _require(stored == fingerprint(net), path, "fingerprint mismatch (contents were altered or damaged)")
+    return net
+
+
+def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
+    timesteps = int(meta["timesteps"])
+    _require(1 <= timesteps <= 16, path, f"timesteps {timesteps} out of range 1..16")
+    shape = tuple(int(d) for d in meta["input"]["shape"])
+    _require(len(shape) >= 1 and all(d >= 1 for d in shape), path, f"bad input shape {shape}")
+    input_threshold = float(meta["input"]["threshold"])
+    _require(np.isfinite(input_threshold) and input_threshold > 0, path, "input threshold must be positive")
+    layers = []
+    size = int(np.prod(shape))
+    entries = meta["layers"]
+    _require(isinstance(entries, list) and len(entries) >= 1, path, "no layers")
+    for i, entry in enumerate(entries):
+        where = f"layer {i} ('{entry.get('name')}')"
+        _require(entry["kind"] == "dense", path, f"{where}: unknown kind {entry['kind']!r}")
+        n_in, n_out, bits = int(entry["in"]), int(entry["out"]), int(entry["weight_bits"])
+        fires = bool(entry["fires"])
+        _require(fires == (i < len(entries) - 1), path, f"{where}: only the last layer may be non-firing")
+        _require(n_in == size, path, f"{where}: takes {n_in} inputs but receives {size}")
+        _require(2 <= bits <= 16, path, f"{where}: weight bits {bits} out of range")
+        weight = arrays[f"layer{i}.weight"]
+        bias = arrays[f"layer{i}.bias"]
+        _require(weight.shape == (n_out, n_in) and weight.dtype.kind == "i", path, f"{where}: bad weight array")
+        _require(bias.shape == (n_out,) and bias.dtype == np.int64, path, f"{where}: bad bias array")
+        qmax = (1 << (bits - 1)) - 1
+        _require(int(np.abs(weight.astype(np.int64)).max(initial=0)) <= qmax, path,
+                 f"{where}: weights exceed {bits} bits")
+        threshold = None
+        if fires:
+            threshold = arrays[f"layer{i}.threshold"]
+            _require(threshold.shape == (n_out,) and threshold.dtype == np.int64, path,
+                     f"{where}: bad threshold array")
+            _require(bool(np.all(threshold >= 1)), path, f"{where}: thresholds must be >= 1")
+        shadow = None
+        if f"layer{i}.float_weight" in arrays:
+            fw, fb = arrays[f"layer{i}.float_weight"], arrays[f"layer{i}.float_bias"]
+            _require(fw.shape == (n_out, n_in) and fb.shape == (n_out,), path, f"{where}: bad float arrays")
+            lam = entry.get("activation_threshold")
+            shadow = FloatShadow(fw.astype(np.float64), fb.astype(np.float64),
+                                 None if lam is None else float(lam))
+            _require(not fires or (lam is not None and lam > 0), path, f"{where}: missing activation threshold")
+        layer = DenseLayer(str(entry["name"]), weight.astype(np.int64), bias, threshold, bits, shadow)
+        bounds = layer_bounds(layer, timesteps)
+        _require(bounds.membrane_width <= MAX_WIDTH, path,
+                 f"{where}: membrane needs {bounds.membrane_width} bits (limit {MAX_WIDTH})")
+        layers.append(layer)
+        size = n_out
+    metadata = meta.get("metadata") or {}
+    _require(isinstance(metadata, dict), path, "metadata must be an object")
+    return SpikingNetwork(timesteps, InputEncoding(shape, input_threshold), tuple(layers), metadata)

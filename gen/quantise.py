@@ -1,0 +1,99 @@
+"""Quantisation: fold the calibrated scales into integer weights, biases and thresholds.
+
+For layer l with input full scale ``lambda_in`` (lambda_0 for the first layer) and weight
+scale ``s_j`` of output neuron j (``weight = s_j * weight_int``), one membrane unit is worth
+``u_j = lambda_in * s_j / 2**T`` in ANN units, because the accumulation phase computes
+``V = weight_int @ codes`` with codes in units of ``lambda_in / 2**T``. Then
+
+- ``threshold_j = max(1, round(lambda_l / u_j))``,
+- ``bias_j = round(b_j / u_j + threshold_j / 2**(T+1))`` for a firing layer: the half-step
+  offset turns the floor of the firing phase into round-to-nearest, at no hardware cost;
+- ``s_j = max(max_i |W_ji| / (2**(bits-1) - 1), s_layer / 16)`` with per-channel scales (the
+  floor keeps near-dead neurons from needing huge thresholds);
+- ``bias_j = round(b_j / u)`` for the output layer, which uses one scale for all its neurons
+  so that its integer logits compare in the same units.
+
+Rounding is numpy's ``rint`` (half to even) in float64; weights saturate to
+``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (symmetric, so negation never overflows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConversionError
+from .bounds import MAX_WIDTH, layer_bounds
+from .calibrate import Calibration
+from .ir import FloatNetwork
+from .network import DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
+
+__all__ = ["WEIGHT_SCALES", "quantise"]
+
+WEIGHT_SCALES = ("channel", "layer")
+
+#: A per-channel weight scale is at least this fraction of the layer's scale. A neuron whose
+#: weights are all tiny (e.g. decayed to 1e-18) would otherwise get an absurd threshold and bias;
+#: with the floor its weights round to zero and its thresholds stay within 16x of the layer's.
+MIN_CHANNEL_SCALE_RATIO = 1 / 16
+
+
+def _weight_scales(weight: np.ndarray, bits: int, per_channel: bool) -> np.ndarray:
+    qmax = (1 << (bits - 1)) - 1
+    layer_max = float(np.abs(weight).max(initial=0.0))
+    layer_scale = layer_max / qmax if layer_max > 0 else 1.0
+    if not per_channel:
+        return np.full(weight.shape[0], layer_scale)
+    row_max = np.abs(weight).max(axis=1, initial=0.0)
+    return np.maximum(row_max / qmax, layer_scale * MIN_CHANNEL_SCALE_RATIO)
+
+
+def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, weight_bits: int = 8,
+             weight_scale: str = "channel", metadata: dict | None = None) -> SpikingNetwork:
+    if not 2 <= weight_bits <= 16:
+        raise ConversionError(f"weight bits must be between 2 and 16, not {weight_bits}")
+    if not 1 <= timesteps <= 16:
+        raise ConversionError(f"timesteps must be between 1 and 16, not {timesteps}")
+    if weight_scale not in WEIGHT_SCALES:
+        raise ConversionError(f"unknown weight scale {weight_scale!r}; choose one of {', '.join(WEIGHT_SCALES)}")
+    qmax = (1 << (weight_bits - 1)) - 1
+    steps = float(1 << timesteps)
+    layers = []
+    thresholds = iter(calibration.activation_thresholds)
+    lambda_in = calibration.input_threshold
+    for float_layer in network.layers:
+        fires = float_layer.relu
+        w, b = float_layer.weight, float_layer.bias
+        scale = _weight_scales(w, weight_bits, per_channel=fires and weight_scale == "channel")
+        weight = np.clip(np.rint(w / scale[:, None]), -qmax, qmax).astype(np.int64)
+        unit = lambda_in * scale / steps  # ANN value of one membrane unit, per neuron
+        if fires:
+            lambda_out = next(thresholds)
+            threshold = np.maximum(1, np.rint(lambda_out / unit)).astype(np.int64)
+            bias = np.rint(b / unit + threshold / (2.0 * steps))
+        else:
+            lambda_out = None
+            threshold = None
+            bias = np.rint(b / unit)
+        if not np.all(np.abs(bias) < 2.0 ** (MAX_WIDTH - 2)):
+            raise ConversionError(
+                f"layer '{float_layer.name}': a bias is {np.abs(b).max():.3g} while the weights are at most "
+                f"{np.abs(w).max():.3g}; its integer form would need more than {MAX_WIDTH} bits")
+        layer = DenseLayer(
+            name=float_layer.name, weight=weight, bias=bias.astype(np.int64), threshold=threshold,
+            weight_bits=weight_bits,
+            shadow=FloatShadow(w.astype(np.float64), b.astype(np.float64), lambda_out),
+        )
+        bounds = layer_bounds(layer, timesteps)
+        if bounds.membrane_width > MAX_WIDTH:
+            raise ConversionError(
+                f"layer '{float_layer.name}' needs a {bounds.membrane_width}-bit membrane, over the "
+                f"{MAX_WIDTH}-bit limit; use fewer weight bits or timesteps")
+        layers.append(layer)
+        if fires:
+            lambda_in = lambda_out
+    return SpikingNetwork(
+        timesteps=timesteps,
+        input=InputEncoding(tuple(network.input_shape), float(calibration.input_threshold)),
+        layers=tuple(layers),
+        metadata=dict(metadata or {}),
+    )

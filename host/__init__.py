@@ -1,0 +1,1 @@
+"""Host driver and transports for a spiking core in simulation or on a board."""

@@ -1,0 +1,1 @@
+"""The golden model and simulation runners (no Amaranth, no torch)."""

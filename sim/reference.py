@@ -1,0 +1,78 @@
+"""A plain, step-by-step scalar transcription of docs/semantics.md.
+
+Slow on purpose: Python ints, one neuron, one step and one spike event at a time, in the
+order the hardware will use (doubling first, then the spike events of the step in input
+order, bias once at the phase boundary). It records the extremes of every value a membrane
+register takes, so tests can check the width bounds of :mod:`spikeforge.gen.bounds`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..gen.network import SpikingNetwork
+
+__all__ = ["ReferenceResult", "run_reference"]
+
+
+@dataclass
+class ReferenceResult:
+    logits: list[int]
+    prediction: int
+    codes: list[list[int]]                  # output codes of each firing layer
+    spikes: list[list[list[int]]]           # [layer][step][neuron] 0/1 spikes of firing layers
+    extremes: list[tuple[int, int]] = field(default_factory=list)  # (min, max) membrane value per layer
+
+
+def run_reference(net: SpikingNetwork, input_codes: list[int]) -> ReferenceResult:
+    T = net.timesteps
+    # Step t of the input spike train carries bit T-1-t of each input code (MSB first).
+    spikes_in = [[(int(c) >> (T - 1 - t)) & 1 for c in input_codes] for t in range(T)]
+    all_codes, all_spikes, extremes = [], [], []
+    logits: list[int] = []
+    for layer in net.layers:
+        weight = [[int(w) for w in row] for row in layer.weight]
+        bias = [int(b) for b in layer.bias]
+        lo = hi = 0
+        membrane = [0] * layer.out_size
+        # Accumulation phase: T steps of V <- 2V + sum of the weights of the inputs that spiked.
+        for t in range(T):
+            for j in range(layer.out_size):
+                v = 2 * membrane[j]
+                lo, hi = min(lo, v), max(hi, v)
+                for i, s in enumerate(spikes_in[t]):
+                    if s:
+                        v += weight[j][i]
+                        lo, hi = min(lo, v), max(hi, v)
+                membrane[j] = v
+        # Phase boundary: the bias enters once.
+        for j in range(layer.out_size):
+            membrane[j] += bias[j]
+            lo, hi = min(lo, membrane[j]), max(hi, membrane[j])
+        if not layer.fires:
+            logits = membrane
+            extremes.append((lo, hi))
+            break
+        # Firing phase: clamp to [0, theta], then T steps of V <- 2V; spike and subtract theta if V >= theta.
+        theta = [int(x) for x in layer.threshold]
+        membrane = [min(max(v, 0), th) for v, th in zip(membrane, theta)]
+        out_spikes = []
+        for t in range(T):
+            step = []
+            for j in range(layer.out_size):
+                v = 2 * membrane[j]
+                lo, hi = min(lo, v), max(hi, v)
+                if v >= theta[j]:
+                    v -= theta[j]
+                    step.append(1)
+                else:
+                    step.append(0)
+                membrane[j] = v
+            out_spikes.append(step)
+        codes = [sum(out_spikes[t][j] << (T - 1 - t) for t in range(T)) for j in range(layer.out_size)]
+        all_codes.append(codes)
+        all_spikes.append(out_spikes)
+        extremes.append((lo, hi))
+        spikes_in = out_spikes
+    prediction = max(range(len(logits)), key=lambda k: (logits[k], -k))
+    return ReferenceResult(logits, prediction, all_codes, all_spikes, extremes)

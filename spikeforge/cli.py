@@ -1,0 +1,281 @@
+"""The ``spikeforge`` command line.
+
+Human-readable results go to stdout, progress to stderr; ``--json`` makes stdout one JSON
+document. Bad input ends with one line ``spikeforge: error: ...`` and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import SpikeforgeError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+class Progress:
+    """Progress lines on stderr, timed from the start of the command."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _pct(value: float | None) -> str:
+    return "   n/a" if value is None else f"{100 * value:6.2f}%"
+
+
+def _emit_json(payload: dict) -> None:
+    json.dump(payload, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def _check_output_path(path: Path) -> None:
+    """Fail before any long work if the output cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise SpikeforgeError(f"cannot write {path}: folder {parent} does not exist")
+    if path.is_dir():
+        raise SpikeforgeError(f"cannot write {path}: it is a folder")
+
+
+# ---------------------------------------------------------------------------- demo
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(timesteps=args.timesteps, sweep=tuple(args.sweep), epochs=args.epochs,
+                      out_dir=Path(args.output) if args.output else None, progress=Progress(not args.quiet))
+    if args.json:
+        _emit_json(result)
+        return 0
+    T = args.timesteps
+    print(f"spikeforge demo: {result['model']} on scikit-learn digits "
+          f"({result['train_images']} train / {result['test_images']} test images)")
+    print(f"  ANN (float) test accuracy:              {_pct(result['ann_accuracy'])}")
+    main = result["timesteps"][str(T)]
+    print(f"  SNN golden (integer) accuracy at T={T:<2}:  {_pct(main['golden_accuracy'])}  "
+          f"({100 * (main['golden_accuracy'] - result['ann_accuracy']):+.2f} points vs ANN)")
+    print()
+    print("     T   SNN float   SNN golden   vs ANN (points)")
+    for t, row in result["timesteps"].items():
+        print(f"  {int(t):4d}   {_pct(row['snn_float_accuracy'])}     {_pct(row['golden_accuracy'])}"
+              f"      {100 * (row['golden_accuracy'] - result['ann_accuracy']):+6.2f}")
+    print()
+    print("  SNN float: float weights with spiking activations (conversion error only);")
+    print(f"  SNN golden: {result['weight_bits']}-bit integer weights, the bit-exact hardware reference.")
+    if result.get("files"):
+        print()
+        for kind, path in result["files"].items():
+            print(f"  wrote {kind}: {path}")
+    print(f"\n  done in {result['seconds']:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------- convert
+
+def _options(args):
+    from .gen.convert import ConversionOptions
+
+    return ConversionOptions(timesteps=args.timesteps, weight_bits=args.weight_bits,
+                             weight_scale=args.weight_scale, threshold=args.threshold, percentile=args.percentile)
+
+
+def cmd_convert(args) -> int:
+    from .datasets import open_dataset, parse_range
+    from .gen.bounds import network_bounds
+    from .gen.convert import convert_graph
+    from .gen.importer import import_program, load_program
+    from .gen.netfile import fingerprint, save_network
+    from .sim.evaluate import evaluate
+
+    progress = Progress(not args.quiet)
+    output = Path(args.output)
+    _check_output_path(output)
+    options = _options(args)
+    calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
+    progress(f"calibration data {calib.describe()}")
+    progress(f"loading {args.model}")
+    graph = import_program(load_program(args.model))
+    progress(f"converting at T={options.timesteps}, {options.weight_bits}-bit weights "
+             f"({options.weight_scale} scale), thresholds by {options.threshold}")
+    net = convert_graph(graph, calib.images, options, source=str(args.model))
+    check = evaluate(net, calib.images, calib.labels)
+    save_network(net, output)
+    progress(f"wrote {output}")
+    bounds = network_bounds(net)
+    payload = {
+        "output": str(output),
+        "fingerprint": fingerprint(net),
+        "network": net.describe(),
+        "timesteps": net.timesteps,
+        "input_threshold": net.input.threshold,
+        "calibration": {"data": calib.name, "images": len(calib), **check.as_dict()},
+        "layers": [_layer_dict(layer, b) for layer, b in zip(net.layers, bounds)],
+    }
+    if args.json:
+        _emit_json(payload)
+        return 0
+    print(f"converted {args.model} -> {output}")
+    print(f"  network {net.describe()}, T={net.timesteps}, fingerprint {payload['fingerprint'][:23]}...")
+    _print_layers(net, bounds)
+    print(f"  on the calibration set ({len(calib)} images): ANN {_pct(check.ann_accuracy)}, "
+          f"SNN float {_pct(check.snn_float_accuracy)}, SNN golden {_pct(check.golden_accuracy)}")
+    return 0
+
+
+def _layer_dict(layer, bounds) -> dict:
+    return {
+        "name": layer.name, "in": layer.in_size, "out": layer.out_size, "fires": layer.fires,
+        "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
+        "threshold_min": int(layer.threshold.min()) if layer.fires else None,
+        "threshold_max": int(layer.threshold.max()) if layer.fires else None,
+        **{k: v for k, v in bounds.as_dict().items() if k != "name"},
+    }
+
+
+def _print_layers(net, bounds) -> None:
+    print("  layer            in   out  fires  weight  membrane  threshold range")
+    for layer, b in zip(net.layers, bounds):
+        theta = f"{int(layer.threshold.min())}..{int(layer.threshold.max())}" if layer.fires else "-"
+        print(f"  {layer.name[:14]:<14} {layer.in_size:5d} {layer.out_size:5d}  {'yes' if layer.fires else 'no':>5}"
+              f"  {b.weight_width:4d} b  {b.membrane_width:6d} b  {theta}")
+
+
+# ---------------------------------------------------------------------------- eval / info
+
+def cmd_eval(args) -> int:
+    from .datasets import open_dataset, parse_range
+    from .gen.netfile import load_network
+    from .sim.evaluate import evaluate
+
+    progress = Progress(not args.quiet)
+    net = load_network(args.net)
+    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
+    progress(f"evaluating {net.describe()} (T={net.timesteps}) on {data.describe()}")
+    start = time.perf_counter()
+    result = evaluate(net, data.images, data.labels)
+    seconds = time.perf_counter() - start
+    payload = {"net": str(args.net), "data": data.name, "timesteps": net.timesteps,
+               **result.as_dict(), "seconds": seconds}
+    if args.json:
+        _emit_json(payload)
+        return 0
+    print(f"{args.net}: {net.describe()}, T={net.timesteps}, on {data.describe()}")
+    print(f"  ANN (float)           {_pct(result.ann_accuracy)}")
+    print(f"  SNN float             {_pct(result.snn_float_accuracy)}   (conversion error only)")
+    print(f"  SNN golden (integer)  {_pct(result.golden_accuracy)}   (bit-exact hardware reference)")
+    if result.golden_vs_ann_agreement is not None:
+        print(f"  golden agrees with the ANN's class on {_pct(result.golden_vs_ann_agreement).strip()} of images")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .gen.bounds import network_bounds
+    from .gen.netfile import fingerprint, load_network
+
+    net = load_network(args.net)
+    bounds = network_bounds(net)
+    payload = {"net": str(args.net), "fingerprint": fingerprint(net), "network": net.describe(),
+               "timesteps": net.timesteps, "input_shape": list(net.input.shape),
+               "input_threshold": net.input.threshold, "metadata": net.metadata,
+               "layers": [_layer_dict(layer, b) for layer, b in zip(net.layers, bounds)]}
+    if args.json:
+        _emit_json(payload)
+        return 0
+    print(f"{args.net}: {net.describe()}, T={net.timesteps}, input {'x'.join(map(str, net.input.shape))}")
+    print(f"  fingerprint {payload['fingerprint']}")
+    _print_layers(net, bounds)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from .gen.calibrate import THRESHOLD_MODES
+    from .gen.quantise import WEIGHT_SCALES
+
+    parser = argparse.ArgumentParser(
+        prog="spikeforge",
+        description="FPGA accelerator generator for spiking neural networks (SpikeConverter iLIF, k=2).")
+    parser.add_argument("--version", action="version", version=f"spikeforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(p, json_help="print one JSON document on stdout"):
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+    def conversion(p):
+        p.add_argument("--timesteps", "-T", type=int, default=8, help="time steps T (default 8)")
+        p.add_argument("--weight-bits", type=int, default=8, help="signed weight width in bits (default 8)")
+        p.add_argument("--weight-scale", choices=WEIGHT_SCALES, default="channel",
+                       help="one weight scale per output neuron (channel, default) or per layer")
+        p.add_argument("--threshold", choices=THRESHOLD_MODES, default="search",
+                       help="threshold normalisation: search (least conversion error, default), max, percentile")
+        p.add_argument("--percentile", type=float, default=99.99, help="percentile for --threshold percentile")
+
+    p = sub.add_parser("demo", help="train, convert and evaluate the embedded digits MLP")
+    p.add_argument("--timesteps", "-T", type=int, default=8, help="main T (default 8)")
+    p.add_argument("--sweep", type=int, nargs="+", default=[2, 4, 6, 8, 12, 16], metavar="T",
+                   help="T values of the accuracy table (default 2 4 6 8 12 16)")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
+    p.add_argument("-o", "--output", metavar="DIR", help="also write the model (.pt2) and the network (.net.npz) here")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help="convert a torch.export program (.pt2) into a spiking network file")
+    p.add_argument("model", metavar="MODEL.pt2", help="file written by torch.export.save")
+    p.add_argument("--calib", required=True, metavar="DATA", help="calibration data: digits or a path")
+    p.add_argument("--calib-range", metavar="A:B", help="use images [A:B] of the calibration data")
+    p.add_argument("-o", "--output", required=True, metavar="NET", help="network file to write (.net.npz)")
+    conversion(p)
+    common(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("eval", help="accuracy of a network file: float ANN, float SNN, integer golden model")
+    p.add_argument("net", metavar="NET")
+    p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
+    p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
+    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+    common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="layers, widths and fingerprint of a network file")
+    p.add_argument("net", metavar="NET")
+    common(p)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpikeforgeError as exc:
+        print(f"spikeforge: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("spikeforge: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get("SPIKEFORGE_DEBUG"):
+            raise
+        print(f"spikeforge: internal error: {type(exc).__name__}: {exc} "
+              f"(a bug; rerun with SPIKEFORGE_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

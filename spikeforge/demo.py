@@ -1,0 +1,86 @@
+"""``spikeforge demo``: train the digits MLP, convert it at several T, compare accuracies."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from .datasets import digits
+from .errors import SpikeforgeError
+
+
+def save_program(program, path: Path) -> None:
+    """``torch.export.save`` through a temporary file, so a failure leaves no partial file."""
+    import torch
+
+    fd, tmp = tempfile.mkstemp(prefix=".spikeforge-", suffix=".pt2", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.export.save(program, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_demo(timesteps: int = 8, sweep: tuple[int, ...] = (2, 4, 6, 8, 12, 16), epochs: int = 60,
+             out_dir: Path | None = None, progress: Callable[[str], None] = lambda message: None) -> dict:
+    from .gen.convert import ConversionOptions, convert_float_network
+    from .gen.importer import export_module, import_program
+    from .gen.netfile import save_network
+    from .gen.passes import lower
+    from .models import accuracy, digits_mlp, train_classifier
+    from .sim.evaluate import evaluate
+
+    if out_dir is not None and not out_dir.is_dir():
+        raise SpikeforgeError(f"output folder {out_dir} does not exist")
+    for t in (timesteps, *sweep):
+        if not 1 <= t <= 16:
+            raise SpikeforgeError(f"timesteps must be between 1 and 16, not {t}")
+    start = time.perf_counter()
+    train, test = digits("train"), digits("test")
+    model = digits_mlp()
+    progress(f"training the digits MLP on {len(train)} images ({epochs} epochs)")
+
+    def on_epoch(epoch, total, loss):
+        if epoch % 10 == 0 or epoch == total:
+            progress(f"  epoch {epoch}/{total}  loss {loss:.4f}")
+
+    train_classifier(model, train, epochs=epochs, progress=on_epoch)
+    ann = accuracy(model, test)
+    progress(f"ANN test accuracy {100 * ann:.2f}%; exporting with torch.export")
+    program = export_module(model, train.image_shape)
+    network = lower(import_program(program))
+
+    rows = {}
+    nets = {}
+    for t in sorted(set(sweep) | {timesteps}):
+        options = ConversionOptions(timesteps=t)
+        net = convert_float_network(network, train.images, options, source="spikeforge demo: digits MLP")
+        result = evaluate(net, test.images, test.labels)
+        rows[str(t)] = {"snn_float_accuracy": result.snn_float_accuracy,
+                        "golden_accuracy": result.golden_accuracy,
+                        "golden_vs_ann_agreement": result.golden_vs_ann_agreement}
+        nets[t] = net
+        progress(f"converted at T={t:<2}: SNN golden accuracy {100 * result.golden_accuracy:.2f}%")
+
+    files = {}
+    if out_dir is not None:
+        model_path = out_dir / "digits-mlp.pt2"
+        net_path = out_dir / "digits-mlp.net.npz"
+        save_program(program, model_path)
+        save_network(nets[timesteps], net_path)
+        files = {"model": str(model_path), "network": str(net_path)}
+    return {
+        "model": "MLP " + nets[timesteps].describe(),
+        "train_images": len(train), "test_images": len(test),
+        "ann_accuracy": ann,
+        "main_timesteps": timesteps,
+        "weight_bits": ConversionOptions().weight_bits,
+        "timesteps": rows,
+        "files": files,
+        "seconds": time.perf_counter() - start,
+    }

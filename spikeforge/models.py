@@ -1,0 +1,62 @@
+"""The embedded default models and a small, seeded trainer (CPU, seconds)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import Dataset
+
+__all__ = ["digits_mlp", "train_classifier", "accuracy"]
+
+
+def digits_mlp() -> nn.Sequential:
+    """64-64-32-10 ReLU MLP for the 8x8 digits (1x8x8 images)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.1),
+        nn.Linear(64, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+
+
+def train_classifier(model: nn.Module, data: Dataset, epochs: int = 60, lr: float = 2e-3,
+                     batch_size: int = 32, seed: int = 0,
+                     progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
+    """Adam + cross-entropy, seeded (model init and shuffling). Returns the model in eval mode."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    x = torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32))
+    y = torch.from_numpy(data.labels)
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            optimiser.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        schedule.step()
+        if progress:
+            progress(epoch + 1, epochs, total / len(x))
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Dataset) -> float:
+    model.eval()
+    logits = model(torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32)))
+    return float((logits.argmax(dim=1).numpy() == data.labels).mean())
