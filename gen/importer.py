@@ -10,6 +10,7 @@ error messages name the user's layer through ``nn_module_stack``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import operator
 import os
 from pathlib import Path
@@ -78,13 +79,27 @@ def _refuse_unpickling(path: Path):
             setattr(owner, attr, value)
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch logs a traceback of its own before raising on a bad archive; our one-line error says it all."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
     """Load a ``.pt2`` file written by ``torch.export.save``, refusing any pickled object."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     try:
-        with _refuse_unpickling(path):
+        with _refuse_unpickling(path), _quiet_torch_logs():
             program = torch.export.load(path)
     except ModelFileError:
         raise
@@ -164,7 +179,9 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
             raise UnsupportedModelError(f"unsupported model input kind {spec.kind.name}")
 
     def act_args(node) -> list[_Act]:
-        return [a for a in node.args if isinstance(values.get(getattr(a, "name", None)), _Act)]
+        """The activation operands of ``node`` (not parameters or constants), in argument order."""
+        return [values[a.name] for a in node.args
+                if isinstance(a, torch.fx.Node) and isinstance(values.get(a.name), _Act)]
 
     def arg(node, i, default=None):
         if i < len(node.args):
@@ -189,7 +206,7 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
             with torch.no_grad():
                 values[node.name] = target(*args, **node.kwargs)
             continue
-        x = values[node.args[0].name] if isinstance(node.args[0], torch.fx.Node) else None
+        x = acts[0]
         name = _unique(path, ops)
 
         if target is operator.getitem and isinstance(x, _BatchNormTuple):
@@ -197,7 +214,7 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
                 raise UnsupportedModelError(f"layer '{path}' ({cls}) uses batch statistics; export in eval mode")
             values[node.name] = _Act(x.op_name, x.shape)
             continue
-        if not isinstance(x, _Act) or len(acts) != 1:
+        if len(acts) != 1:
             raise UnsupportedModelError(
                 f"unsupported layer '{path}' ({cls}: {target}); supported: {SUPPORTED}")
 
@@ -208,7 +225,8 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
             b = _to_numpy(bias) if bias is not None else np.zeros(w.shape[0])
             ops.append(Dense(name, w, b, inputs=(x.op_name,), source=cls))
             values[node.name] = _Act(name, (w.shape[0],))
-        elif target == aten.addmm.default and node.args[1] is not None and values.get(node.args[1].name) is x:
+        elif target == aten.addmm.default and isinstance(node.args[1], torch.fx.Node) \
+                and values.get(node.args[1].name) is x:
             # Decomposed linear: addmm(bias, x, weight.T).
             bias, wt = arg(node, 0), arg(node, 2)
             if isinstance(bias, _Act) or isinstance(wt, _Act) or node.kwargs.get("beta", 1) != 1 \

@@ -1,0 +1,85 @@
+"""Shared fixtures: random integer networks (hypothesis) and the digits model built by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+from spikeforge.gen.network import DenseLayer, InputEncoding, SpikingNetwork
+
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def make_network(rng: np.random.Generator, sizes: list[int], timesteps: int, weight_bits: int = 8,
+                 negative_bias: float = 0.0, threshold_scale: float = 1.0) -> SpikingNetwork:
+    """A random integer network with the given layer sizes (sizes[0] = inputs)."""
+    qmax = (1 << (weight_bits - 1)) - 1
+    layers = []
+    max_code = (1 << timesteps) - 1
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        weight = rng.integers(-qmax, qmax + 1, size=(n_out, n_in))
+        if negative_bias:
+            weight = np.where(rng.random(weight.shape) < negative_bias, -np.abs(weight), weight)
+        scale = max(1, int(np.abs(weight).sum(axis=1).max()) * max_code)
+        bias = rng.integers(-scale // 4 - 1, scale // 4 + 1, size=n_out)
+        fires = i < len(sizes) - 2
+        threshold = None
+        if fires:
+            threshold = np.maximum(1, (rng.random(n_out) * scale * threshold_scale / 2).astype(np.int64))
+        layers.append(DenseLayer(f"l{i}", weight.astype(np.int64), bias.astype(np.int64),
+                                 threshold, weight_bits))
+    return SpikingNetwork(timesteps, InputEncoding((sizes[0],), 1.0), tuple(layers))
+
+
+@st.composite
+def networks_and_codes(draw, max_layers: int = 3, max_width: int = 6, max_timesteps: int = 8, max_images: int = 4):
+    """(network, input codes) with random depth, widths, T, weight bits, signs and thresholds."""
+    depth = draw(st.integers(1, max_layers))
+    sizes = [draw(st.integers(1, max_width)) for _ in range(depth + 1)]
+    timesteps = draw(st.integers(1, max_timesteps))
+    bits = draw(st.integers(2, 8))
+    seed = draw(st.integers(0, 2**32 - 1))
+    negative = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    threshold_scale = draw(st.sampled_from([0.01, 0.3, 1.0, 3.0]))
+    rng = np.random.default_rng(seed)
+    net = make_network(rng, sizes, timesteps, bits, negative, threshold_scale)
+    n = draw(st.integers(1, max_images))
+    kind = draw(st.sampled_from(["random", "zeros", "max", "mixed"]))
+    max_code = (1 << timesteps) - 1
+    if kind == "random":
+        codes = rng.integers(0, max_code + 1, size=(n, sizes[0]))
+    elif kind == "zeros":
+        codes = np.zeros((n, sizes[0]), dtype=np.int64)
+    elif kind == "max":
+        codes = np.full((n, sizes[0]), max_code, dtype=np.int64)
+    else:
+        codes = rng.choice([0, max_code], size=(n, sizes[0]))
+    return net, codes.astype(np.int64)
+
+
+def run_cli(*args: str, check: bool = True, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``spikeforge`` CLI as a user would (a subprocess)."""
+    proc = subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"spikeforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def digits_demo(tmp_path_factory) -> dict:
+    """``spikeforge demo -o DIR --json`` once per session: its JSON and the files it wrote."""
+    out = tmp_path_factory.mktemp("demo")
+    proc = run_cli("demo", "-o", str(out), "--json", "-q")
+    result = json.loads(proc.stdout)
+    result["dir"] = out
+    result["model_path"] = Path(result["files"]["model"])
+    result["net_path"] = Path(result["files"]["network"])
+    return result

@@ -1,0 +1,90 @@
+"""Data loaders: the embedded digits, MNIST IDX and CIFAR-10 binary files from a local path."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from spikeforge.datasets import digits, open_dataset, parse_range, read_idx
+from spikeforge.errors import DatasetError
+
+from datafiles import idx_bytes, write_cifar, write_mnist
+
+
+def test_digits_split_is_fixed_and_scaled():
+    train, test = digits("train"), digits("test")
+    assert (len(train), len(test)) == (1347, 450)
+    assert train.images.shape[1:] == (1, 8, 8) and train.images.dtype == np.float32
+    assert 0.0 <= train.images.min() and train.images.max() == 1.0
+    assert np.array_equal(digits("test").labels, test.labels)
+    assert open_dataset("digits", "calib").name == "digits:train"
+    assert open_dataset("digits", "eval").name == "digits:test"
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_idx_folder(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (7, 28, 28))
+    labels = rng.integers(0, 10, 7)
+    write_mnist(tmp_path, images, labels, "t10k", compress)
+    write_mnist(tmp_path, images[:3], labels[:3], "train", compress)
+    data = open_dataset(str(tmp_path), "eval")
+    assert len(data) == 7 and data.image_shape == (1, 28, 28)
+    assert np.allclose(data.images[:, 0] * 255, images) and np.array_equal(data.labels, labels)
+    assert len(open_dataset(str(tmp_path), "calib")) == 3
+    assert len(open_dataset(str(tmp_path), "eval").select(*parse_range("2:5"))) == 3
+
+
+def test_idx_file_path_and_truncation(tmp_path):
+    images_path = write_mnist(tmp_path, np.zeros((4, 5, 5)), np.arange(4), compress=False)
+    assert len(open_dataset(str(images_path))) == 4
+    images_path.write_bytes(images_path.read_bytes()[:-3])
+    with pytest.raises(DatasetError, match="truncated or damaged"):
+        open_dataset(str(images_path))
+
+
+def test_idx_defects(tmp_path):
+    bad = tmp_path / "x-images-idx3-ubyte"
+    bad.write_bytes(b"\x01\x02\x03")
+    with pytest.raises(DatasetError, match="bad magic"):
+        read_idx(bad)
+    gz = tmp_path / "y-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 3, 3))))[:-10])
+    with pytest.raises(DatasetError, match="damaged gzip"):
+        read_idx(gz)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "z-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((2, 3, 3))))
+    with pytest.raises(DatasetError, match="no labels file"):
+        open_dataset(str(lonely))
+    mismatch = tmp_path / "mismatch"
+    write_mnist(mismatch, np.zeros((3, 4, 4)), np.zeros(2))
+    with pytest.raises(DatasetError, match="3 images but 2 labels"):
+        open_dataset(str(mismatch))
+
+
+def test_cifar10_binary(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (5, 3, 32, 32))
+    labels = rng.integers(0, 10, 5)
+    write_cifar(tmp_path / "data_batch_1.bin", images[:3], labels[:3])
+    write_cifar(tmp_path / "test_batch.bin", images[3:], labels[3:])
+    test = open_dataset(str(tmp_path), "eval")
+    assert len(test) == 2 and test.image_shape == (3, 32, 32)
+    assert np.allclose(test.images * 255, images[3:]) and np.array_equal(test.labels, labels[3:])
+    assert len(open_dataset(str(tmp_path / "data_batch_1.bin"))) == 3
+    (tmp_path / "broken.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(DatasetError, match="not a CIFAR-10 binary batch"):
+        open_dataset(str(tmp_path / "broken.bin"))
+
+
+def test_specs_and_ranges(tmp_path):
+    with pytest.raises(DatasetError, match="data not found"):
+        open_dataset(str(tmp_path / "nothing"))
+    with pytest.raises(DatasetError, match="neither MNIST IDX"):
+        open_dataset(str(tmp_path))
+    assert parse_range("8000:") == (8000, None) and parse_range(":10") == (None, 10)
+    with pytest.raises(DatasetError, match="bad range"):
+        parse_range("12")
+    with pytest.raises(DatasetError, match="selects no image"):
+        digits("test").select(500, 600)

@@ -1,0 +1,119 @@
+"""The network file: exact round trip, fingerprint, and a clear error for every defect."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from spikeforge.errors import NetFileError
+from spikeforge.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
+from spikeforge.gen.network import FloatShadow
+
+from conftest import make_network
+
+
+@pytest.fixture
+def net():
+    base = make_network(np.random.default_rng(5), [6, 5, 4, 3], timesteps=6)
+    layers = tuple(type(layer)(layer.name, layer.weight, layer.bias, layer.threshold, layer.weight_bits,
+                               FloatShadow(np.ones(layer.weight.shape), np.zeros(layer.out_size),
+                                           1.5 if layer.fires else None))
+                   for layer in base.layers)
+    return type(base)(base.timesteps, base.input, layers, {"source": "test"})
+
+
+def test_round_trip_is_exact(tmp_path, net):
+    path = save_network(net, tmp_path / "n.net.npz")
+    back = load_network(path)
+    assert back.timesteps == net.timesteps and back.input == net.input
+    for a, b in zip(net.layers, back.layers):
+        assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+        assert (a.threshold is None and b.threshold is None) or np.array_equal(a.threshold, b.threshold)
+        assert b.shadow.activation_threshold == a.shadow.activation_threshold
+    assert fingerprint(back) == fingerprint(net)
+    assert back.metadata == {"source": "test"}
+
+
+def test_fingerprint_changes_with_any_integer(net):
+    layer = net.layers[1]
+    weight = layer.weight.copy()
+    weight[0, 0] += 1
+    changed = type(net)(net.timesteps, net.input,
+                        (net.layers[0], type(layer)(layer.name, weight, layer.bias, layer.threshold,
+                                                    layer.weight_bits, layer.shadow), net.layers[2]))
+    assert fingerprint(changed) != fingerprint(net)
+
+
+def _rewrite(data: bytes, edit) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            name, payload = edit(item.filename, src.read(item.filename))
+            if name is not None:
+                dst.writestr(name, payload)
+    return out.getvalue()
+
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _edit_meta(change):
+    def edit(name, payload):
+        if name == "meta.json.npy":
+            meta = json.loads(np.load(io.BytesIO(payload)).tobytes())
+            change(meta)
+            return name, _npy(np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        return name, payload
+    return edit
+
+
+DEFECTS = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "garbage": lambda data: b"\x00" * 100,
+    "empty": lambda data: b"",
+    "no header": lambda data: _rewrite(data, lambda n, p: (None, p) if n == "meta.json.npy" else (n, p)),
+    "missing array": lambda data: _rewrite(data, lambda n, p: (None, p) if n == "layer1.bias.npy" else (n, p)),
+    "altered weight": lambda data: _rewrite(
+        data, lambda n, p: (n, _npy(np.load(io.BytesIO(p)) + 1)) if n == "layer0.weight.npy" else (n, p)),
+    "future version": lambda data: _rewrite(data, _edit_meta(lambda m: m.update(version=99))),
+    "wrong format": lambda data: _rewrite(data, _edit_meta(lambda m: m.update(format="other"))),
+    "bad timesteps": lambda data: _rewrite(data, _edit_meta(lambda m: m.update(timesteps=40))),
+    "object array": lambda data: _rewrite(
+        data, lambda n, p: (n, _npy(np.array([object()], dtype=object))) if n == "layer0.bias.npy" else (n, p)),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_defective_files_give_one_clear_error(tmp_path, net, defect):
+    path = tmp_path / "bad.net.npz"
+    try:
+        path.write_bytes(DEFECTS[defect](network_to_bytes(net)))
+    except ValueError:  # np.save refuses nothing here, but keep the fixture honest
+        pytest.fail("could not build the defective file")
+    with pytest.raises(NetFileError) as info:
+        load_network(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(NetFileError, match="not found"):
+        load_network(tmp_path / "absent.net.npz")
+
+
+def test_failed_save_leaves_no_file(tmp_path, net, monkeypatch):
+    import spikeforge.gen.netfile as netfile
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(netfile.os, "replace", boom)
+    with pytest.raises(OSError):
+        save_network(net, tmp_path / "n.net.npz")
+    assert list(tmp_path.iterdir()) == []
