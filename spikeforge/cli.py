@@ -66,7 +66,7 @@ def cmd_demo(args) -> int:
           f"({result['train_images']} train / {result['test_images']} test images)")
     print(f"  ANN (float) test accuracy:              {_pct(result['ann_accuracy'])}")
     main = result["timesteps"][str(T)]
-    print(f"  SNN golden (integer) accuracy at T={T:<2}:  {_pct(main['golden_accuracy'])}  "
+    print(f"  SNN golden (integer) accuracy at T={T}:{' ' * (3 - len(str(T)))}{_pct(main['golden_accuracy'])}  "
           f"({100 * (main['golden_accuracy'] - result['ann_accuracy']):+.2f} points vs ANN)")
     print()
     print("     T   SNN float   SNN golden   vs ANN (points)")
