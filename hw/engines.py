@@ -1,0 +1,316 @@
+"""The stages of the core: input encoder, firing layer engine, output layer engine.
+
+Every engine owns two banks (ping-pong) and a ``full`` flag per bank: the producing stage
+fills an empty bank, the consuming stage empties a full one, so stage 1 works on image n+1
+while stage 2 works on image n. A bank's ports belong to the consuming stage while it is
+full and to the producing stage while it is empty. The integer semantics are those of
+docs/semantics.md; the organisation is in docs/core.md.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..gen.sizing import InputPlan, LayerPlan
+from .events import BlockScanner, image_beat_layout, result_layout, spike_event_layout
+
+__all__ = ["InputEncoder", "LayerEngine", "OutputEngine"]
+
+
+def _lanes_view(width: int, lanes: int, value, sign: bool = True):
+    """A packed row viewed as ``lanes`` integers of ``width`` bits (lane 0 in the LSBs)."""
+    return data.ArrayLayout(signed(width) if sign else unsigned(width), lanes)(value)
+
+
+def _rom(m: Module, name: str, width: int, rows: tuple[int, ...]):
+    """An initialised read-only memory (block RAM), one synchronous read port."""
+    rom = memory.Memory(shape=unsigned(width), depth=len(rows), init=rows)
+    m.submodules[name] = rom
+    return rom.read_port()
+
+
+class InputEncoder(wiring.Component):
+    """Buffers images (two banks) and emits each as ``T`` steps of input spike events.
+
+    ``images``: ``words`` beats per image of ``lanes`` codes (``T`` bits, unsigned).
+    ``events``: step ``t`` carries input ``i`` iff bit ``T-1-t`` of its code is set (MSB first).
+    """
+
+    def __init__(self, plan: InputPlan, skip_silent: bool = True):
+        self.plan = plan
+        self.skip_silent = skip_silent
+        super().__init__({
+            "images": In(stream.Signature(image_beat_layout(plan.lanes, plan.timesteps))),
+            "events": Out(stream.Signature(spike_event_layout(max(1, (plan.size - 1).bit_length())))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        plan, T = self.plan, self.plan.timesteps
+        words = plan.words
+        m.submodules.buffer = buffer = memory.Memory(shape=unsigned(plan.lanes * T), depth=2 * words, init=[])
+        write, read = buffer.write_port(), buffer.read_port()
+        full = Signal(2)
+
+        # Load: one beat per cycle into the empty bank `load_bank`.
+        load_bank, word = Signal(), Signal(range(words))
+        m.d.comb += [
+            self.images.ready.eq(~full.bit_select(load_bank, 1)),
+            write.addr.eq(Mux(load_bank, words + word, word)),
+            write.data.eq(self.images.payload.as_value()),
+            write.en.eq(self.images.valid & self.images.ready),
+        ]
+        with m.If(write.en):
+            with m.If(word == words - 1):
+                m.d.sync += [word.eq(0), full.bit_select(load_bank, 1).eq(1), load_bank.eq(~load_bank)]
+            with m.Else():
+                m.d.sync += word.eq(word + 1)
+
+        # Scan: the full bank `scan_bank`, T times, MSB first.
+        scan = BlockScanner(blocks=words, lanes=plan.lanes, neurons=plan.size, timesteps=T,
+                            skip_silent=self.skip_silent)
+        scan_bank = Signal()
+        m.d.comb += scan.start.eq(~scan.busy & full.bit_select(scan_bank, 1))
+        m.d.comb += [read.en.eq(scan.read_en), read.addr.eq(Mux(scan_bank, words + scan.next_row, scan.next_row))]
+        codes = data.ArrayLayout(T, plan.lanes)(read.data)
+        bit = Signal(range(T))                     # step t carries bit T-1-t: MSB first
+        m.d.comb += bit.eq(T - 1 - scan.step)
+        m.d.comb += scan.spikes.eq(Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes)))
+        scan.build(m, self.events)
+        with m.If(scan.finished):
+            m.d.sync += [full.bit_select(scan_bank, 1).eq(0), scan_bank.eq(~scan_bank)]
+        return m
+
+
+class _Banks:
+    """Two membrane banks of ``blocks`` rows x ``lanes`` membranes, with their ownership logic."""
+
+    def __init__(self, m: Module, plan: LayerPlan):
+        self.plan = plan
+        width = plan.lanes * plan.membrane_width
+        self.full = Signal(2)
+        self.fill_bank = Signal()     # the bank the accumulate stage fills (or waits for)
+        self.drain_bank = Signal()    # the bank the fire / readout stage drains (or waits for)
+        # Per stage: read (addr, en) and write (addr, data, en) requests, routed to the owner's bank.
+        self.fill_read_addr, self.fill_write_addr = Signal(range(plan.blocks)), Signal(range(plan.blocks))
+        self.fill_write_data, self.fill_write_en = Signal(width), Signal()
+        self.drain_read_addr, self.drain_read_en = Signal(range(plan.blocks)), Signal()
+        self.drain_write_addr, self.drain_write_data = Signal(range(plan.blocks)), Signal(width)
+        self.drain_write_en = Signal()
+        self.fill_read_data, self.drain_read_data = Signal(width), Signal(width)
+        reads = []
+        for k in range(2):
+            bank = memory.Memory(shape=unsigned(width), depth=plan.blocks, init=[])
+            m.submodules[f"membranes{k}"] = bank
+            write = bank.write_port()
+            # Transparent: a row written this cycle is read back new (one-row layers update it every cycle).
+            read = bank.read_port(transparent_for=(write,))
+            drained = self.full[k]
+            m.d.comb += [
+                read.addr.eq(Mux(drained, self.drain_read_addr, self.fill_read_addr)),
+                read.en.eq(Mux(drained, self.drain_read_en, 1)),
+                write.addr.eq(Mux(drained, self.drain_write_addr, self.fill_write_addr)),
+                write.data.eq(Mux(drained, self.drain_write_data, self.fill_write_data)),
+                write.en.eq(Mux(drained, self.drain_write_en & (self.drain_bank == k),
+                                self.fill_write_en & (self.fill_bank == k))),
+            ]
+            reads.append(read.data)
+        m.d.comb += [self.fill_read_data.eq(Mux(self.fill_bank, reads[1], reads[0])),
+                     self.drain_read_data.eq(Mux(self.drain_bank, reads[1], reads[0]))]
+
+    def handover(self, m: Module) -> None:
+        """The accumulate stage is done with its bank: it becomes full; fill the other one next."""
+        m.d.sync += [self.full.bit_select(self.fill_bank, 1).eq(1), self.fill_bank.eq(~self.fill_bank)]
+
+    def release(self, m: Module) -> None:
+        """The drain stage is done with its bank: it becomes empty; drain the other one next."""
+        m.d.sync += [self.full.bit_select(self.drain_bank, 1).eq(0), self.drain_bank.eq(~self.drain_bank)]
+
+
+# Accumulate-stage operations on one row of membranes (docs/semantics.md).
+_CLEAR, _DOUBLE, _ADD, _BIAS = range(4)
+
+
+def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None:
+    """Stage 1 of a layer: ``T`` steps of ``V <- 2V + sum W*s``, then ``V <- V + B``.
+
+    Two-deep pipeline: *issue* picks an operation and a row and starts the reads; *execute*
+    writes the row back the next cycle. Per step: one doubling pass over the rows (the first
+    step's pass clears the bank), then one pass per input spike event, then the marker.
+    """
+    B, T, L, mw = plan.blocks, plan.timesteps, plan.lanes, plan.membrane_width
+    weights = _rom(m, "weights", L * plan.weight_width, plan.weight_rows)
+    biases = _rom(m, "biases", L * plan.bias_width, plan.bias_rows)
+
+    issue, op, row = Signal(), Signal(2), Signal(range(B))
+    spike = Signal()
+    weight_row = Signal(range(B * plan.inputs))
+    weight_row_next = Signal.like(weight_row)       # row of the same event in the next block
+    step = Signal(range(T))
+    m.d.comb += [banks.fill_read_addr.eq(row), weights.addr.eq(weight_row), biases.addr.eq(row)]
+
+    with m.FSM(name="accumulate"):
+        with m.State("CLAIM"):
+            with m.If(~banks.full.bit_select(banks.fill_bank, 1)):
+                m.d.sync += [row.eq(0), step.eq(0)]
+                m.next = "DOUBLE"
+        with m.State("DOUBLE"):
+            m.d.comb += [issue.eq(1), op.eq(Mux(step == 0, _CLEAR, _DOUBLE))]
+            m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
+            with m.If(row == B - 1):
+                m.next = "EVENTS"
+        with m.State("EVENTS"):
+            with m.If(events.valid & events.payload.end):
+                m.d.comb += events.ready.eq(1)
+                with m.If(step == T - 1):
+                    m.next = "BIAS"
+                with m.Else():
+                    m.d.sync += step.eq(step + 1)
+                    m.next = "DOUBLE"
+            with m.Elif(events.valid):
+                # Rows are block-major: row b*inputs + i holds input i's weights for block b.
+                m.d.comb += [issue.eq(1), op.eq(_ADD), spike.eq(events.payload.spike),
+                             weight_row.eq(Mux(row == 0, events.payload.addr, weight_row_next))]
+                m.d.sync += weight_row_next.eq(weight_row + plan.inputs)
+                m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
+                with m.If(row == B - 1):
+                    m.d.comb += events.ready.eq(1)
+        with m.State("BIAS"):
+            m.d.comb += [issue.eq(1), op.eq(_BIAS)]
+            m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
+            with m.If(row == B - 1):
+                m.next = "HANDOVER"
+        with m.State("HANDOVER"):   # the last bias row is written this cycle
+            banks.handover(m)
+            m.next = "CLAIM"
+
+    # Execute: the read data of the row issued last cycle.
+    ex_valid, ex_op, ex_row, ex_spike = Signal(), Signal(2), Signal(range(B)), Signal()
+    m.d.sync += [ex_valid.eq(issue), ex_op.eq(op), ex_row.eq(row), ex_spike.eq(spike)]
+    membrane = _lanes_view(mw, L, banks.fill_read_data)
+    weight = _lanes_view(plan.weight_width, L, weights.data)
+    bias = _lanes_view(plan.bias_width, L, biases.data)
+    updated = _lanes_view(mw, L, banks.fill_write_data)
+    for lane in range(L):
+        with m.Switch(ex_op):
+            with m.Case(_CLEAR):
+                m.d.comb += updated[lane].eq(0)
+            with m.Case(_DOUBLE):
+                m.d.comb += updated[lane].eq(membrane[lane] << 1)
+            with m.Case(_ADD):
+                m.d.comb += updated[lane].eq(membrane[lane] + Mux(ex_spike, weight[lane], 0))
+            with m.Case(_BIAS):
+                m.d.comb += updated[lane].eq(membrane[lane] + bias[lane])
+    m.d.comb += [banks.fill_write_addr.eq(ex_row), banks.fill_write_en.eq(ex_valid)]
+
+
+class LayerEngine(wiring.Component):
+    """Accumulate-then-fire engine for one hidden layer (iLIF, k=2, soft reset), two banks.
+
+    ``spikes_in``: events of the previous layer, step by step. ``spikes_out``: this layer's
+    firing steps as events. Membranes are ``membrane_width``-bit signed, ``lanes`` per row.
+    """
+
+    def __init__(self, plan: LayerPlan, skip_silent: bool = True):
+        assert plan.fires
+        self.plan = plan
+        self.skip_silent = skip_silent
+        super().__init__({
+            "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
+            "spikes_out": Out(stream.Signature(spike_event_layout(max(1, (plan.neurons - 1).bit_length())))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        plan, L, mw = self.plan, self.plan.lanes, self.plan.membrane_width
+        banks = _Banks(m, plan)
+        _accumulate_stage(m, plan, banks, self.spikes_in)
+
+        # Fire: clamp to [0, theta] before the first step, then V <- 2V; spike and subtract if V >= theta.
+        thresholds = _rom(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
+        scan = BlockScanner(blocks=plan.blocks, lanes=L, neurons=plan.neurons, timesteps=plan.timesteps,
+                            skip_silent=self.skip_silent)
+        m.d.comb += [
+            scan.start.eq(~scan.busy & banks.full.bit_select(banks.drain_bank, 1)),
+            banks.drain_read_en.eq(scan.read_en), banks.drain_read_addr.eq(scan.next_row),
+            thresholds.en.eq(scan.read_en), thresholds.addr.eq(scan.next_row),
+            banks.drain_write_addr.eq(scan.row), banks.drain_write_en.eq(scan.load),
+        ]
+        membrane = _lanes_view(mw, L, banks.drain_read_data)
+        threshold = _lanes_view(plan.threshold_width, L, thresholds.data, sign=False)
+        updated = _lanes_view(mw, L, banks.drain_write_data)
+        for lane in range(L):
+            v, theta = membrane[lane], threshold[lane]
+            clamped = Mux(v < 0, 0, Mux(v > theta, theta, v))
+            doubled = Signal(signed(mw + 1), name=f"doubled{lane}")
+            m.d.comb += doubled.eq(Mux(scan.step == 0, clamped, v) << 1)
+            fires = doubled >= theta
+            m.d.comb += [scan.spikes[lane].eq(fires), updated[lane].eq(Mux(fires, doubled - theta, doubled))]
+        scan.build(m, self.spikes_out)
+        with m.If(scan.finished):
+            banks.release(m)
+        return m
+
+
+class OutputEngine(wiring.Component):
+    """The output layer: accumulate like any layer, then read the logits out and pick the class.
+
+    ``results``: one beat per image, ``label`` (first index of the largest logit) and the
+    ``classes`` integer logits (``logit_width``-bit signed).
+    """
+
+    def __init__(self, plan: LayerPlan):
+        assert not plan.fires
+        self.plan = plan
+        super().__init__({
+            "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
+            "results": Out(stream.Signature(result_layout(
+                plan.neurons, max(1, (plan.neurons - 1).bit_length()), plan.membrane_width))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        plan, B, L, mw = self.plan, self.plan.blocks, self.plan.lanes, self.plan.membrane_width
+        banks = _Banks(m, plan)
+        _accumulate_stage(m, plan, banks, self.spikes_in)
+
+        # Readout: rows in order into a shift register of B*L logits, with a running argmax.
+        logits = [Signal(signed(mw), name=f"logit{j}") for j in range(B * L)]
+        best, best_label = Signal(signed(mw)), Signal(range(B * L))
+        row, base = Signal(range(B)), Signal(range(B * L))
+        valid = Signal()
+        membrane = _lanes_view(mw, L, banks.drain_read_data)
+        # The row's largest valid lane, ties to the lower lane.
+        row_best, row_lane = membrane[0], 0
+        tail = plan.neurons - (B - 1) * L
+        for lane in range(1, L):
+            take = (membrane[lane] > row_best) & ((row != B - 1) | (lane < tail))
+            row_best, row_lane = Mux(take, membrane[lane], row_best), Mux(take, lane, row_lane)
+        m.d.comb += [banks.drain_read_addr.eq(row), banks.drain_write_en.eq(0),
+                     self.results.valid.eq(valid)]
+        with m.FSM(name="readout"):
+            with m.State("CLAIM"):
+                with m.If(banks.full.bit_select(banks.drain_bank, 1) & ~valid):
+                    m.d.comb += [banks.drain_read_en.eq(1), banks.drain_read_addr.eq(0)]
+                    m.d.sync += [row.eq(0), base.eq(0)]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += [banks.drain_read_en.eq(1), banks.drain_read_addr.eq(row + 1)]
+                m.d.sync += [logits[j].eq(logits[j + L]) for j in range(B * L - L)]
+                m.d.sync += [logits[B * L - L + lane].eq(membrane[lane]) for lane in range(L)]
+                with m.If((row == 0) | (row_best > best)):
+                    m.d.sync += [best.eq(row_best), best_label.eq(base + row_lane)]
+                m.d.sync += [row.eq(row + 1), base.eq(base + L)]
+                with m.If(row == B - 1):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.sync += valid.eq(1)
+                banks.release(m)
+                m.next = "CLAIM"
+        with m.If(self.results.valid & self.results.ready):
+            m.d.sync += valid.eq(0)
+        m.d.comb += self.results.payload.label.eq(best_label)
+        m.d.comb += [self.results.payload.logits[j].eq(logits[j]) for j in range(plan.neurons)]
+        return m
