@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..gen.sizing import InputPlan, LayerPlan
 from .events import BlockScanner, image_beat_layout, result_layout, spike_event_layout
+from .ilif import AccumulateOp, ILIFAccumulate, ILIFFire
 
 __all__ = ["InputEncoder", "LayerEngine", "OutputEngine"]
 
@@ -129,10 +130,6 @@ class _Banks:
         m.d.sync += [self.full.bit_select(self.drain_bank, 1).eq(0), self.drain_bank.eq(~self.drain_bank)]
 
 
-# Accumulate-stage operations on one row of membranes (docs/semantics.md).
-_CLEAR, _DOUBLE, _ADD, _BIAS = range(4)
-
-
 def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None:
     """Stage 1 of a layer: ``T`` steps of ``V <- 2V + sum W*s``, then ``V <- V + B``.
 
@@ -157,7 +154,7 @@ def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None
                 m.d.sync += [row.eq(0), step.eq(0)]
                 m.next = "DOUBLE"
         with m.State("DOUBLE"):
-            m.d.comb += [issue.eq(1), op.eq(Mux(step == 0, _CLEAR, _DOUBLE))]
+            m.d.comb += [issue.eq(1), op.eq(Mux(step == 0, AccumulateOp.CLEAR, AccumulateOp.DOUBLE))]
             m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
             with m.If(row == B - 1):
                 m.next = "EVENTS"
@@ -171,14 +168,14 @@ def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None
                     m.next = "DOUBLE"
             with m.Elif(events.valid):
                 # Rows are block-major: row b*inputs + i holds input i's weights for block b.
-                m.d.comb += [issue.eq(1), op.eq(_ADD), spike.eq(events.payload.spike),
+                m.d.comb += [issue.eq(1), op.eq(AccumulateOp.ADD), spike.eq(events.payload.spike),
                              weight_row.eq(Mux(row == 0, events.payload.addr, weight_row_next))]
                 m.d.sync += weight_row_next.eq(weight_row + plan.inputs)
                 m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
                 with m.If(row == B - 1):
                     m.d.comb += events.ready.eq(1)
         with m.State("BIAS"):
-            m.d.comb += [issue.eq(1), op.eq(_BIAS)]
+            m.d.comb += [issue.eq(1), op.eq(AccumulateOp.BIAS)]
             m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
             with m.If(row == B - 1):
                 m.next = "HANDOVER"
@@ -194,15 +191,10 @@ def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None
     bias = _lanes_view(plan.bias_width, L, biases.data)
     updated = _lanes_view(mw, L, banks.fill_write_data)
     for lane in range(L):
-        with m.Switch(ex_op):
-            with m.Case(_CLEAR):
-                m.d.comb += updated[lane].eq(0)
-            with m.Case(_DOUBLE):
-                m.d.comb += updated[lane].eq(membrane[lane] << 1)
-            with m.Case(_ADD):
-                m.d.comb += updated[lane].eq(membrane[lane] + Mux(ex_spike, weight[lane], 0))
-            with m.Case(_BIAS):
-                m.d.comb += updated[lane].eq(membrane[lane] + bias[lane])
+        unit = ILIFAccumulate(mw, plan.weight_width, plan.bias_width)
+        m.submodules[f"accumulate{lane}"] = unit
+        m.d.comb += [unit.op.eq(ex_op), unit.spike.eq(ex_spike), unit.membrane.eq(membrane[lane]),
+                     unit.weight.eq(weight[lane]), unit.bias.eq(bias[lane]), updated[lane].eq(unit.updated)]
     m.d.comb += [banks.fill_write_addr.eq(ex_row), banks.fill_write_en.eq(ex_valid)]
 
 
@@ -242,12 +234,11 @@ class LayerEngine(wiring.Component):
         threshold = _lanes_view(plan.threshold_width, L, thresholds.data, sign=False)
         updated = _lanes_view(mw, L, banks.drain_write_data)
         for lane in range(L):
-            v, theta = membrane[lane], threshold[lane]
-            clamped = Mux(v < 0, 0, Mux(v > theta, theta, v))
-            doubled = Signal(signed(mw + 1), name=f"doubled{lane}")
-            m.d.comb += doubled.eq(Mux(scan.step == 0, clamped, v) << 1)
-            fires = doubled >= theta
-            m.d.comb += [scan.spikes[lane].eq(fires), updated[lane].eq(Mux(fires, doubled - theta, doubled))]
+            unit = ILIFFire(mw, plan.threshold_width)
+            m.submodules[f"fire{lane}"] = unit
+            m.d.comb += [unit.first.eq(scan.step == 0), unit.membrane.eq(membrane[lane]),
+                         unit.threshold.eq(threshold[lane]),
+                         scan.spikes[lane].eq(unit.spike), updated[lane].eq(unit.updated)]
         scan.build(m, self.spikes_out)
         with m.If(scan.finished):
             banks.release(m)

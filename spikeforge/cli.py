@@ -201,6 +201,62 @@ def cmd_info(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- generate
+
+def _plan(args, net):
+    from .gen.sizing import plan_core
+
+    return plan_core(net, lanes=args.lanes, budget=args.lane_budget, input_lanes=args.input_lanes,
+                     skip_silent=not args.no_skip)
+
+
+def cmd_generate(args) -> int:
+    from .gen.emit import LINT_WAIVERS, LintError, lint_verilog, write_core
+    from .gen.netfile import load_network
+    from .hw.core import TOP_NAME, emit_verilog
+
+    progress = Progress(not args.quiet)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise SpikeforgeError(f"cannot write into {output}: it is a file")
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise SpikeforgeError(f"cannot create {output}: folder {output.parent} does not exist")
+    net = load_network(args.net)
+    plan = _plan(args, net)
+    progress(f"sizing {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}, "
+             f"initiation interval {plan.initiation_interval} cycles")
+    progress("elaborating the Amaranth core and emitting Verilog")
+    verilog = emit_verilog(plan)
+    files = write_core(plan, output, verilog)
+    progress(f"wrote {files['verilog']} ({len(verilog) // 1024} KiB)")
+    progress("linting with Verilator (--lint-only -Wall)")
+    warnings_ = lint_verilog(files["verilog"])
+    if warnings_:
+        raise LintError(f"Verilator lint of {files['verilog']}: {warnings_[0]} (a generator bug; please report it)")
+    report = plan.report()
+    payload = {"net": str(args.net), "top": TOP_NAME, "files": {k: str(v) for k, v in files.items()},
+               "lint": {"clean": True, "waived": LINT_WAIVERS}, **report}
+    if args.json:
+        _emit_json(payload)
+        return 0
+    print(f"generated {TOP_NAME} for {args.net}: {net.describe()}, T={net.timesteps}, "
+          f"events for {'spiking neurons only' if plan.skip_silent else 'every neuron (skipping off)'}")
+    print(f"  input: {plan.input.size} codes of {plan.timesteps} bits, {plan.input.lanes} per beat "
+          f"({plan.input.words} beats per image)")
+    print("  layer            in   out  lanes  blocks  weight  membrane  memory bits  cycles/step (worst)")
+    for layer in report["layers"]:
+        print(f"  {layer['name'][:14]:<14} {layer['inputs']:5d} {layer['neurons']:5d}  {layer['lanes']:5d}  "
+              f"{layer['blocks']:6d}  {layer['weight_width']:4d} b  {layer['membrane_width']:6d} b  "
+              f"{sum(layer['memory_bits'].values()):11d}  {layer['cycles_per_step_worst']:8d}")
+    print(f"  initiation interval: {plan.initiation_interval} cycles per image, worst case "
+          f"(bottleneck: {plan.bottleneck}); latency <= {plan.latency_bound} cycles")
+    print(f"  memory: {plan.memory_bits()} bits; Verilator lint clean "
+          f"({len(LINT_WAIVERS)} warning kinds waived, see docs/core.md)")
+    for kind, path in files.items():
+        print(f"  wrote {kind}: {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threshold", choices=THRESHOLD_MODES, default="search",
                        help="threshold normalisation: search (least conversion error, default), max, percentile")
         p.add_argument("--percentile", type=float, default=99.99, help="percentile for --threshold percentile")
+
+    def hardware(p):
+        from .gen.sizing import DEFAULT_LANE_BUDGET
+
+        p.add_argument("--lanes", type=int, nargs="+", metavar="L",
+                       help="neuron lanes per layer, one number per layer (default: chosen under --lane-budget)")
+        p.add_argument("--lane-budget", type=int, default=DEFAULT_LANE_BUDGET, metavar="N",
+                       help=f"total lanes to balance the layers with (default {DEFAULT_LANE_BUDGET})")
+        p.add_argument("--input-lanes", type=int, metavar="P",
+                       help="input codes per beat of the image stream (default: min(8, inputs))")
+        p.add_argument("--no-skip", action="store_true",
+                       help="send every neuron every step (fixed timing) instead of only those that spiked")
 
     p = sub.add_parser("demo", help="train, convert and evaluate the embedded digits MLP")
     p.add_argument("--timesteps", "-T", type=int, default=8, help="main T (default 8)")
@@ -251,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
     common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="generate the spiking core (Verilog + report) for a network file")
+    p.add_argument("net", metavar="NET")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (created if missing)")
+    hardware(p)
+    common(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="layers, widths and fingerprint of a network file")
     p.add_argument("net", metavar="NET")

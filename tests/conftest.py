@@ -73,6 +73,16 @@ def run_cli(*args: str, check: bool = True, cwd: str | os.PathLike | None = None
     return proc
 
 
+def assert_one_line_error(proc, *fragments):
+    """Exit status 1 and exactly one stderr line ``spikeforge: error: ...`` holding every fragment."""
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spikeforge: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.fixture(scope="session")
 def digits_demo(tmp_path_factory) -> dict:
     """``spikeforge demo -o DIR --json`` once per session: its JSON and the files it wrote."""

@@ -10,7 +10,7 @@ from torch import nn
 from spikeforge.gen.importer import export_module
 from spikeforge.gen.netfile import load_network
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from datafiles import write_mnist
 
 
@@ -53,21 +53,12 @@ def _save(model, shape, path):
     return path
 
 
-def _assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("spikeforge: error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
-
-
 def test_unsupported_layer(tmp_path):
     model = _save(nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Sigmoid(), nn.Linear(8, 10)), (1, 8, 8),
                   tmp_path / "sig.pt2")
     out = tmp_path / "out.net.npz"
     proc = run_cli("convert", str(model), "--calib", "digits", "-o", str(out), "-q", check=False)
-    _assert_one_line_error(proc, "unsupported layer '2' (Sigmoid", "supported: Linear, ReLU")
+    assert_one_line_error(proc, "unsupported layer '2' (Sigmoid", "supported: Linear, ReLU")
     assert not out.exists()
 
 
@@ -78,7 +69,7 @@ def test_nan_weights(tmp_path):
     model = _save(net, (1, 8, 8), tmp_path / "nan.pt2")
     out = tmp_path / "out.net.npz"
     proc = run_cli("convert", str(model), "--calib", "digits", "-o", str(out), "-q", check=False)
-    _assert_one_line_error(proc, "non-finite weight", "1 NaN")
+    assert_one_line_error(proc, "non-finite weight", "1 NaN")
     assert not out.exists()
 
 
@@ -87,7 +78,7 @@ def test_empty_calibration_set(tmp_path, digits_demo):
     out = tmp_path / "out.net.npz"
     proc = run_cli("convert", str(digits_demo["model_path"]), "--calib", str(tmp_path / "empty"),
                    "-o", str(out), "-q", check=False)
-    _assert_one_line_error(proc, "calibration set is empty")
+    assert_one_line_error(proc, "calibration set is empty")
     assert not out.exists()
 
 
@@ -96,10 +87,10 @@ def test_wrong_input_shape(tmp_path, digits_demo):
     out = tmp_path / "out.net.npz"
     proc = run_cli("convert", str(digits_demo["model_path"]), "--calib", str(tmp_path / "mnist"),
                    "-o", str(out), "-q", check=False)
-    _assert_one_line_error(proc, "shape 1x28x28 (784 values)", "takes 1x8x8 (64 values)")
+    assert_one_line_error(proc, "shape 1x28x28 (784 values)", "takes 1x8x8 (64 values)")
     assert not out.exists()
     proc = run_cli("eval", str(digits_demo["net_path"]), "--data", str(tmp_path / "mnist"), "-q", check=False)
-    _assert_one_line_error(proc, "784 values")
+    assert_one_line_error(proc, "784 values")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
@@ -108,14 +99,14 @@ def test_corrupt_net_file(tmp_path, digits_demo, damage):
     bad = tmp_path / "bad.net.npz"
     bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"PK\x03\x04" + b"\xff" * 64)
     for command in (["eval", str(bad), "-q"], ["info", str(bad)]):
-        _assert_one_line_error(run_cli(*command, check=False), "not a valid spikeforge network")
+        assert_one_line_error(run_cli(*command, check=False), "not a valid spikeforge network")
 
 
 def test_corrupt_model_file_and_missing_output_folder(tmp_path, digits_demo):
     junk = tmp_path / "junk.pt2"
     junk.write_bytes(b"nonsense")
     proc = run_cli("convert", str(junk), "--calib", "digits", "-o", str(tmp_path / "o.net.npz"), "-q", check=False)
-    _assert_one_line_error(proc, "not a readable torch.export program")
+    assert_one_line_error(proc, "not a readable torch.export program")
     proc = run_cli("convert", str(digits_demo["model_path"]), "--calib", "digits",
                    "-o", str(tmp_path / "no" / "such" / "o.net.npz"), "-q", check=False)
-    _assert_one_line_error(proc, "does not exist")
+    assert_one_line_error(proc, "does not exist")

@@ -1,0 +1,91 @@
+"""Emit the core: Verilog of the Amaranth design, the sizing report, and a Verilator lint.
+
+Files are written to a temporary name and renamed, so an interrupted run leaves no partial
+file. The port list of the top module is documented in docs/core.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import SpikeforgeError
+from ..toolchain import verilator_binary, verilator_env
+from .sizing import CorePlan
+
+__all__ = ["VERILOG_NAME", "REPORT_NAME", "LINT_WAIVERS", "write_atomic", "write_core", "lint_verilog",
+           "LintError"]
+
+VERILOG_NAME = "spikeforge_core.v"
+REPORT_NAME = "report.json"
+
+#: Verilator ``-Wall`` warnings waived for the emitted Verilog, each with the reason.
+LINT_WAIVERS = {
+    "WIDTHEXPAND": "yosys' write_verilog leaves sign/zero extension implicit; Amaranth defines it",
+    "WIDTHTRUNC": "truncations are deliberate: gen/bounds.py proves the dropped bits carry nothing",
+    "UNUSEDSIGNAL": "yosys keeps intermediate wires and the unused top bits of widened sums",
+    "CASEINCOMPLETE": "yosys emits case statements whose default is the assignment before them",
+    "PROCASSINIT": "registers carry their reset value as an initialiser, as Amaranth emits them",
+    "DECLFILENAME": "every submodule of the core is in the one file spikeforge_core.v",
+}
+
+
+class LintError(SpikeforgeError):
+    """Verilator found a problem in the emitted Verilog (a generator bug)."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".spikeforge-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None) -> dict[str, Path]:
+    """Write ``spikeforge_core.v`` and ``report.json`` into ``out_dir`` (created if missing)."""
+    from ..hw.core import emit_verilog
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpikeforgeError(f"cannot write into {out_dir}: it is a file")
+    if not out_dir.parent.is_dir():
+        raise SpikeforgeError(f"cannot create {out_dir}: folder {out_dir.parent} does not exist")
+    text = emit_verilog(plan) if verilog is None else verilog
+    out_dir.mkdir(exist_ok=True)
+    files = {"verilog": out_dir / VERILOG_NAME, "report": out_dir / REPORT_NAME}
+    write_atomic(files["verilog"], text)
+    write_atomic(files["report"], json.dumps(plan.report(), indent=2) + "\n")
+    return files
+
+
+def lint_verilog(path: Path) -> list[str]:
+    """``verilator --lint-only -Wall`` with :data:`LINT_WAIVERS`; returns its warnings (empty: clean)."""
+    command = [str(verilator_binary()), "--lint-only", "-Wall", *[f"-Wno-{w}" for w in LINT_WAIVERS],
+               "--top-module", "spikeforge_core", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=verilator_env(), timeout=600)
+    messages = [line for line in proc.stderr.splitlines() if line.startswith("%")]
+    if proc.returncode != 0 and not messages:
+        raise LintError(f"verilator failed ({proc.returncode}): {proc.stderr.strip()[:500]}")
+    return messages
+
+
+_MULTIPLY = re.compile(r"[\w)\]]\s*\*\s*[\w(\\$]")
+
+
+def multiplications(verilog: str) -> list[str]:
+    """Lines of Verilog with a ``*`` operator (attributes ``(* *)`` and ``@*`` excluded)."""
+    lines = []
+    for line in verilog.splitlines():
+        code = re.sub(r"\(\*.*?\*\)", "", line).replace("@*", "")
+        if _MULTIPLY.search(code):
+            lines.append(line.strip())
+    return lines

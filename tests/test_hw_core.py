@@ -1,0 +1,100 @@
+"""The whole core in amaranth.sim: bit-exact to the golden model, under backpressure, on time."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spikeforge.datasets import digits
+from spikeforge.gen.netfile import load_network
+from spikeforge.gen.sizing import plan_core
+from spikeforge.sim import golden
+from spikeforge.sim.hdl import simulate_core
+
+from conftest import make_network, networks_and_codes
+
+# Seeded random networks: (sizes, T, weight bits, negative share, threshold scale, lanes, input lanes).
+RANDOM_NETWORKS = [
+    ([12, 9, 5], 8, 8, 0.0, 0.3, [4, 5], 5),
+    ([7, 6, 6, 4, 3], 4, 5, 0.5, 1.0, [2, 6, 1, 3], 3),
+    ([10, 16, 4], 6, 3, 0.9, 0.01, [16, 1], 10),          # negative-heavy, tiny thresholds
+    ([5, 3], 16, 8, 0.5, 3.0, [2], 1),                    # one layer, T = 16, high thresholds
+    ([9, 11, 7, 10], 1, 2, 0.0, 1.0, [3, 7, 4], 4),       # T = 1, 2-bit weights
+    ([20, 13, 2], 5, 6, 0.5, 0.3, [5, 2], 6),
+]
+
+
+def assert_bit_exact(run, expected, images):
+    assert len(run.labels) == images, "one result per image"
+    assert run.extra_results == [], "results after the last image (a duplicate)"
+    for n in range(images):
+        assert run.logits[n].tolist() == expected.logits[n].tolist(), f"image {n}: logits differ"
+        assert run.labels[n] == expected.predictions[n], f"image {n}: label differs"
+
+
+@pytest.mark.parametrize("case", range(len(RANDOM_NETWORKS)))
+@pytest.mark.parametrize("skip_silent", [True, False])
+def test_random_networks_bit_exact_under_backpressure(case, skip_silent):
+    sizes, T, bits, negative, scale, lanes, input_lanes = RANDOM_NETWORKS[case]
+    rng = np.random.default_rng(100 + case)
+    net = make_network(rng, sizes, T, bits, negative, scale)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=skip_silent)
+    codes = rng.integers(0, 1 << T, size=(12, sizes[0]))
+    codes[3] = 0
+    codes[4] = (1 << T) - 1
+    codes[7] = codes[6]                                  # back-to-back identical images
+    expected = golden.run(net, codes)
+    run = simulate_core(plan, codes, seed=case, valid_probability=0.6, ready_probability=0.3,
+                        drain=plan.latency_bound)
+    assert_bit_exact(run, expected, len(codes))
+
+
+@pytest.mark.parametrize("case", [0, 1, 4])
+def test_steady_state_interval_equals_the_report(case):
+    """Skipping off: every image costs the same; results arrive exactly every II cycles."""
+    sizes, T, bits, negative, scale, lanes, input_lanes = RANDOM_NETWORKS[case]
+    rng = np.random.default_rng(200 + case)
+    net = make_network(rng, sizes, T, bits, negative, scale)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=False)
+    codes = rng.integers(0, 1 << T, size=(10, sizes[0]))
+    run = simulate_core(plan, codes)
+    gaps = np.diff(run.result_cycles)[3:]                # past the pipeline fill
+    assert gaps.tolist() == [plan.initiation_interval] * len(gaps)
+    assert run.result_cycles[0] <= plan.latency_bound, "first result later than the latency bound"
+
+
+def test_skipping_is_never_slower_than_the_worst_case():
+    sizes, T, bits, negative, scale, lanes, input_lanes = RANDOM_NETWORKS[5]
+    rng = np.random.default_rng(7)
+    net = make_network(rng, sizes, T, bits, negative, scale)
+    codes = rng.integers(0, 1 << T, size=(10, sizes[0]))
+    sparse = simulate_core(plan_core(net, lanes=lanes, input_lanes=input_lanes), codes)
+    dense = simulate_core(plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=False), codes)
+    assert np.array_equal(sparse.logits, dense.logits)
+    assert sparse.cycles < dense.cycles
+    assert np.diff(sparse.result_cycles).max() <= plan_core(net, lanes=lanes).initiation_interval
+
+
+@pytest.mark.slow
+def test_digits_network_bit_exact_on_200_test_images(digits_demo):
+    """The demo's converted MLP, 200 digits test images, random backpressure on both streams."""
+    net = load_network(digits_demo["net_path"])
+    plan = plan_core(net)
+    images = digits("test").images[:200]
+    expected = golden.run_images(net, images)
+    codes = net.input.encode(images, net.timesteps)
+    run = simulate_core(plan, codes, seed=3, valid_probability=0.7, ready_probability=0.5, drain=200)
+    assert_bit_exact(run, expected, len(images))
+
+
+@settings(max_examples=25, deadline=None)
+@given(networks_and_codes(max_layers=3, max_width=7, max_images=4), st.data())
+def test_any_small_network_bit_exact(case, draw):
+    """Hypothesis: random depth, widths, T, weight bits, lanes, input lanes and skipping."""
+    net, codes = case
+    lanes = [draw.draw(st.integers(1, layer.out_size)) for layer in net.layers]
+    plan = plan_core(net, lanes=lanes, input_lanes=draw.draw(st.integers(1, net.input.size)),
+                     skip_silent=draw.draw(st.booleans()))
+    run = simulate_core(plan, codes, seed=draw.draw(st.integers(0, 99)), valid_probability=0.5,
+                        ready_probability=0.5, drain=20)
+    assert_bit_exact(run, golden.run(net, codes), len(codes))
