@@ -119,14 +119,15 @@ class LayerPlan:
 
     @property
     def memory_bits(self) -> dict[str, int]:
-        rows = self.blocks * self.lanes
+        """Bits of each memory as built: at least two rows each (hw/engines.py: no zero-width addresses)."""
+        rows, width = max(2, self.blocks), self.lanes
         bits = {
-            "weights": rows * self.inputs * self.weight_width,
-            "biases": rows * self.bias_width,
-            "membranes": 2 * rows * self.membrane_width,
+            "weights": max(2, self.blocks * self.inputs) * width * self.weight_width,
+            "biases": rows * width * self.bias_width,
+            "membranes": 2 * rows * width * self.membrane_width,
         }
         if self.fires:
-            bits["thresholds"] = rows * self.threshold_width
+            bits["thresholds"] = rows * width * self.threshold_width
         return bits
 
     def accumulate_cycles(self, events: int | None = None) -> int:

@@ -14,7 +14,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..gen.sizing import InputPlan, LayerPlan
-from .events import BlockScanner, image_beat_layout, result_layout, spike_event_layout
+from .events import BlockScanner, image_beat_layout, index_signal, result_layout, spike_event_layout
 from .ilif import AccumulateOp, ILIFAccumulate, ILIFFire
 
 __all__ = ["InputEncoder", "LayerEngine", "OutputEngine"]
@@ -27,7 +27,8 @@ def _lanes_view(width: int, lanes: int, value, sign: bool = True):
 
 def _rom(m: Module, name: str, width: int, rows: tuple[int, ...]):
     """An initialised read-only memory (block RAM), one synchronous read port."""
-    rom = memory.Memory(shape=unsigned(width), depth=len(rows), init=rows)
+    # At least two rows: a one-row memory would have a zero-width address, which Verilog cannot declare.
+    rom = memory.Memory(shape=unsigned(width), depth=max(2, len(rows)), init=rows)
     m.submodules[name] = rom
     return rom.read_port()
 
@@ -56,7 +57,7 @@ class InputEncoder(wiring.Component):
         full = Signal(2)
 
         # Load: one beat per cycle into the empty bank `load_bank`.
-        load_bank, word = Signal(), Signal(range(words))
+        load_bank, word = Signal(), index_signal(words)
         m.d.comb += [
             self.images.ready.eq(~full.bit_select(load_bank, 1)),
             write.addr.eq(Mux(load_bank, words + word, word)),
@@ -76,7 +77,7 @@ class InputEncoder(wiring.Component):
         m.d.comb += scan.start.eq(~scan.busy & full.bit_select(scan_bank, 1))
         m.d.comb += [read.en.eq(scan.read_en), read.addr.eq(Mux(scan_bank, words + scan.next_row, scan.next_row))]
         codes = data.ArrayLayout(T, plan.lanes)(read.data)
-        bit = Signal(range(T))                     # step t carries bit T-1-t: MSB first
+        bit = index_signal(T)                     # step t carries bit T-1-t: MSB first
         m.d.comb += bit.eq(T - 1 - scan.step)
         m.d.comb += scan.spikes.eq(Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes)))
         scan.build(m, self.events)
@@ -95,15 +96,15 @@ class _Banks:
         self.fill_bank = Signal()     # the bank the accumulate stage fills (or waits for)
         self.drain_bank = Signal()    # the bank the fire / readout stage drains (or waits for)
         # Per stage: read (addr, en) and write (addr, data, en) requests, routed to the owner's bank.
-        self.fill_read_addr, self.fill_write_addr = Signal(range(plan.blocks)), Signal(range(plan.blocks))
+        self.fill_read_addr, self.fill_write_addr = index_signal(plan.blocks), index_signal(plan.blocks)
         self.fill_write_data, self.fill_write_en = Signal(width), Signal()
-        self.drain_read_addr, self.drain_read_en = Signal(range(plan.blocks)), Signal()
-        self.drain_write_addr, self.drain_write_data = Signal(range(plan.blocks)), Signal(width)
+        self.drain_read_addr, self.drain_read_en = index_signal(plan.blocks), Signal()
+        self.drain_write_addr, self.drain_write_data = index_signal(plan.blocks), Signal(width)
         self.drain_write_en = Signal()
         self.fill_read_data, self.drain_read_data = Signal(width), Signal(width)
         reads = []
         for k in range(2):
-            bank = memory.Memory(shape=unsigned(width), depth=plan.blocks, init=[])
+            bank = memory.Memory(shape=unsigned(width), depth=max(2, plan.blocks), init=[])   # see _rom
             m.submodules[f"membranes{k}"] = bank
             write = bank.write_port()
             # Transparent: a row written this cycle is read back new (one-row layers update it every cycle).
@@ -141,11 +142,11 @@ def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None
     weights = _rom(m, "weights", L * plan.weight_width, plan.weight_rows)
     biases = _rom(m, "biases", L * plan.bias_width, plan.bias_rows)
 
-    issue, op, row = Signal(), Signal(2), Signal(range(B))
+    issue, op, row = Signal(), Signal(2), index_signal(B)
     spike = Signal()
-    weight_row = Signal(range(B * plan.inputs))
+    weight_row = index_signal(B * plan.inputs)
     weight_row_next = Signal.like(weight_row)       # row of the same event in the next block
-    step = Signal(range(T))
+    step = index_signal(T)
     m.d.comb += [banks.fill_read_addr.eq(row), weights.addr.eq(weight_row), biases.addr.eq(row)]
 
     with m.FSM(name="accumulate"):
@@ -184,7 +185,7 @@ def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None
             m.next = "CLAIM"
 
     # Execute: the read data of the row issued last cycle.
-    ex_valid, ex_op, ex_row, ex_spike = Signal(), Signal(2), Signal(range(B)), Signal()
+    ex_valid, ex_op, ex_row, ex_spike = Signal(), Signal(2), index_signal(B), Signal()
     m.d.sync += [ex_valid.eq(issue), ex_op.eq(op), ex_row.eq(row), ex_spike.eq(spike)]
     membrane = _lanes_view(mw, L, banks.fill_read_data)
     weight = _lanes_view(plan.weight_width, L, weights.data)
@@ -269,8 +270,8 @@ class OutputEngine(wiring.Component):
 
         # Readout: rows in order into a shift register of B*L logits, with a running argmax.
         logits = [Signal(signed(mw), name=f"logit{j}") for j in range(B * L)]
-        best, best_label = Signal(signed(mw)), Signal(range(B * L))
-        row, base = Signal(range(B)), Signal(range(B * L))
+        best, best_label = Signal(signed(mw)), index_signal(B * L)
+        row, base = index_signal(B), index_signal(B * L)
         valid = Signal()
         membrane = _lanes_view(mw, L, banks.drain_read_data)
         # The row's largest valid lane, ties to the lower lane.

@@ -12,7 +12,15 @@ from __future__ import annotations
 from amaranth import Module, Mux, Signal
 from amaranth.lib import data
 
-__all__ = ["spike_event_layout", "result_layout", "image_beat_layout", "BlockScanner"]
+__all__ = ["spike_event_layout", "result_layout", "image_beat_layout", "index_signal", "BlockScanner"]
+
+
+def index_signal(count: int, **kwargs) -> Signal:
+    """An unsigned counter or address for ``0 .. count-1``, at least one bit wide.
+
+    ``Signal(range(1))`` would be zero bits wide, which Verilog cannot declare (``[-1:0]``).
+    """
+    return Signal(range(max(2, count)), **kwargs)
 
 
 def spike_event_layout(addr_width: int) -> data.StructLayout:
@@ -51,11 +59,11 @@ class BlockScanner:
         self.start = Signal()
         self.spikes = Signal(lanes)
         self.busy = Signal()
-        self.step = Signal(range(timesteps))
-        self.row = Signal(range(blocks))          # the row the next load takes
+        self.step = index_signal(timesteps)
+        self.row = index_signal(blocks)          # the row the next load takes
         self.load = Signal()
         self.read_en = Signal()
-        self.next_row = Signal(range(blocks))
+        self.next_row = index_signal(blocks)
         self.finished = Signal()
 
     def build(self, m: Module, events) -> None:
@@ -64,10 +72,10 @@ class BlockScanner:
         loaded_all = Signal()                      # every row of this step is loaded
         pending = Signal(lanes)                    # lanes of the loaded row still to send
         fired = Signal(lanes)                      # spike bits of the loaded row
-        base = Signal(range(blocks * lanes))       # address of lane 0 of the loaded row
-        row_base = Signal(range(blocks * lanes + 1))
+        base = index_signal(blocks * lanes)       # address of lane 0 of the loaded row
+        row_base = index_signal(blocks * lanes + 1)
 
-        lowest = Signal(range(max(2, lanes)))
+        lowest = index_signal(lanes)
         for lane in reversed(range(lanes)):        # the last assignment wins: the lowest set lane
             with m.If(pending[lane]):
                 m.d.comb += lowest.eq(lane)

@@ -257,6 +257,76 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- simulate
+
+def default_cache_dir() -> Path:
+    """Where Verilator builds are kept between runs: $SPIKEFORGE_CACHE, else ~/.cache/spikeforge."""
+    if os.environ.get("SPIKEFORGE_CACHE"):
+        return Path(os.environ["SPIKEFORGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikeforge"
+
+
+def cmd_simulate(args) -> int:
+    import numpy as np
+
+    from .datasets import open_dataset, parse_range
+    from .gen.netfile import load_network
+    from .sim import golden
+    from .sim.verilator import build_core, run_core
+
+    progress = Progress(not args.quiet)
+    net = load_network(args.net)
+    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
+    if len(data) == 0:
+        raise SpikeforgeError("no images to simulate (check --range and -n)")
+    plan = _plan(args, net)
+    expected = golden.run_images(net, data.images)
+    cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
+    progress(f"core for {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}")
+    build = build_core(plan, cache, waves=True if args.waves else None, progress=progress)
+    progress(f"streaming {data.describe()} through the Verilator model")
+    start = time.perf_counter()
+    run = run_core(build, plan, expected.input_codes, expected,
+                   test_dir=Path(args.waves) if args.waves else None)
+    seconds = time.perf_counter() - start
+    agree = int(sum(1 for n, logits, label in zip(run.images, run.logits, run.labels)
+                    if label == expected.predictions[n] and logits.tolist() == expected.logits[n].tolist()))
+    images = len(data)
+    accuracy = float(np.mean(run.labels == data.labels[run.images])) if data.labels is not None and len(run.images) else None
+    golden_accuracy = float(np.mean(expected.predictions == data.labels)) if data.labels is not None else None
+    gaps = np.diff(run.result_cycles)
+    payload = {
+        "net": str(args.net), "data": data.name, "images": images, "results": int(len(run.images)),
+        "agreement": agree / images, "mismatches": images - agree, "first_mismatch": run.first_mismatch,
+        "accuracy": accuracy, "golden_accuracy": golden_accuracy,
+        "cycles": run.cycles, "cycles_per_image": run.cycles / images,
+        "steady_state_cycles_per_image": float(gaps.mean()) if len(gaps) else None,
+        "initiation_interval_worst": plan.initiation_interval,
+        "first_result_cycle": int(run.result_cycles[0]) if len(run.result_cycles) else None,
+        "wall_seconds": seconds, "simulated_images_per_second": images / seconds,
+        "build": str(build.directory), "waves": str(run.waves) if run.waves else None,
+    }
+    if args.json:
+        _emit_json(payload)
+    else:
+        print(f"{args.net}: {net.describe()}, T={net.timesteps}, Verilator simulation of {data.describe()}")
+        print(f"  agreement with the golden model: {agree}/{images} images ({_pct(agree / images).strip()}), "
+              f"every logit compared")
+        if accuracy is not None:
+            print(f"  accuracy: hardware {_pct(accuracy).strip()}, golden model {_pct(golden_accuracy).strip()}")
+        print(f"  simulated cycles: {run.cycles} ({run.cycles / images:.1f} per image"
+              + (f", {gaps.mean():.1f} between results in steady state" if len(gaps) else "")
+              + f"; worst-case interval {plan.initiation_interval})")
+        print(f"  {images / seconds:.0f} images/s simulated on this machine ({seconds:.1f} s)")
+        if run.waves:
+            print(f"  waveform: {run.waves}")
+    if agree != images:
+        print(f"spikeforge: error: the hardware disagrees with the golden model on {images - agree} of {images} "
+              f"images; first: {run.first_mismatch}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     hardware(p)
     common(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("simulate", help="run the core's Verilog under Verilator on images, against the golden model")
+    p.add_argument("net", metavar="NET")
+    p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
+    p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
+    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+    p.add_argument("--build-dir", metavar="DIR",
+                   help="where Verilator builds are kept (default $SPIKEFORGE_CACHE or ~/.cache/spikeforge)")
+    p.add_argument("--waves", metavar="DIR", help="build with tracing and write DIR/dump.fst")
+    hardware(p)
+    common(p)
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("info", help="layers, widths and fingerprint of a network file")
     p.add_argument("net", metavar="NET")

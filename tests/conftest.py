@@ -38,6 +38,26 @@ def make_network(rng: np.random.Generator, sizes: list[int], timesteps: int, wei
     return SpikingNetwork(timesteps, InputEncoding((sizes[0],), 1.0), tuple(layers))
 
 
+# Seeded random networks: (sizes, T, weight bits, negative share, threshold scale, lanes, input lanes).
+RANDOM_NETWORKS = [
+    ([12, 9, 5], 8, 8, 0.0, 0.3, [4, 5], 5),
+    ([7, 6, 6, 4, 3], 4, 5, 0.5, 1.0, [2, 6, 1, 3], 3),
+    ([10, 16, 4], 6, 3, 0.9, 0.01, [16, 1], 10),          # negative-heavy, tiny thresholds
+    ([5, 3], 16, 8, 0.5, 3.0, [2], 1),                    # one layer, T = 16, high thresholds
+    ([9, 11, 7, 10], 1, 2, 0.0, 1.0, [3, 7, 4], 4),       # T = 1, 2-bit weights
+    ([20, 13, 2], 5, 6, 0.5, 0.3, [5, 2], 6),
+]
+
+
+def random_core(case: int, seed: int, skip_silent: bool = True):
+    """(network, plan) of ``RANDOM_NETWORKS[case]``, its weights drawn from ``seed``."""
+    from spikeforge.gen.sizing import plan_core
+
+    sizes, T, bits, negative, scale, lanes, input_lanes = RANDOM_NETWORKS[case]
+    net = make_network(np.random.default_rng(seed), sizes, T, bits, negative, scale)
+    return net, plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=skip_silent)
+
+
 @st.composite
 def networks_and_codes(draw, max_layers: int = 3, max_width: int = 6, max_timesteps: int = 8, max_images: int = 4):
     """(network, input codes) with random depth, widths, T, weight bits, signs and thresholds."""

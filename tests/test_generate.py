@@ -2,6 +2,8 @@
 
 import json
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +11,9 @@ import pytest
 from spikeforge.gen.emit import LINT_WAIVERS, lint_verilog, multiplications
 from spikeforge.gen.netfile import load_network
 from spikeforge.gen.sizing import choose_lanes, plan_core
+from spikeforge.hw.core import emit_verilog
 
-from conftest import assert_one_line_error, make_network, run_cli
+from conftest import RANDOM_NETWORKS, assert_one_line_error, make_network, random_core, run_cli
 
 
 def memories(verilog: str) -> dict[str, list[int]]:
@@ -112,3 +115,16 @@ def test_lanes_balance_the_layers():
         assert sum(lanes) <= budget
         intervals.append(plan_core(net, lanes=lanes).initiation_interval)
     assert intervals == sorted(intervals, reverse=True) and intervals[-1] < intervals[0]
+
+
+@pytest.mark.parametrize("case", range(len(RANDOM_NETWORKS)))
+def test_random_cores_lint_clean_and_memories_match(case):
+    """Odd shapes too: one-row layers, one-lane layers, T = 1 and 16, 2-bit weights."""
+    net, plan = random_core(case, seed=case)
+    text = emit_verilog(plan)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "spikeforge_core.v"
+        path.write_text(text)
+        assert lint_verilog(path) == []
+    declared = sum(sum(bits) for bits in memories(text).values())
+    assert declared == plan.memory_bits()

@@ -11,17 +11,7 @@ from spikeforge.gen.sizing import plan_core
 from spikeforge.sim import golden
 from spikeforge.sim.hdl import simulate_core
 
-from conftest import make_network, networks_and_codes
-
-# Seeded random networks: (sizes, T, weight bits, negative share, threshold scale, lanes, input lanes).
-RANDOM_NETWORKS = [
-    ([12, 9, 5], 8, 8, 0.0, 0.3, [4, 5], 5),
-    ([7, 6, 6, 4, 3], 4, 5, 0.5, 1.0, [2, 6, 1, 3], 3),
-    ([10, 16, 4], 6, 3, 0.9, 0.01, [16, 1], 10),          # negative-heavy, tiny thresholds
-    ([5, 3], 16, 8, 0.5, 3.0, [2], 1),                    # one layer, T = 16, high thresholds
-    ([9, 11, 7, 10], 1, 2, 0.0, 1.0, [3, 7, 4], 4),       # T = 1, 2-bit weights
-    ([20, 13, 2], 5, 6, 0.5, 0.3, [5, 2], 6),
-]
+from conftest import RANDOM_NETWORKS, make_network, networks_and_codes
 
 
 def assert_bit_exact(run, expected, images):

@@ -1,0 +1,131 @@
+"""cocotb testbench of ``spikeforge_core``: streams images, takes results, scores them against the golden model.
+
+Runs inside the simulator process, started by :func:`spikeforge.sim.verilator.run_core`,
+which passes a job file (``SPIKEFORGE_JOB``: JSON with the image beats, the golden results and
+the stress settings) and reads back ``SPIKEFORGE_RESULT``. One coroutine drives both streams:
+each cycle it sets its inputs after the falling edge, then reads the settled handshake in the
+read-only phase, so it knows exactly which transfers the next rising edge makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import deque
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly
+
+RESET_CYCLES = 3
+
+
+def _signed(value: int, width: int) -> int:
+    return value - (1 << width) if value >> (width - 1) else value
+
+
+class Scoreboard:
+    """Checks each result against the golden model's label and logits, in image order."""
+
+    def __init__(self, job: dict):
+        self.labels, self.logits = job["expected_labels"], job["expected_logits"]
+        self.label_width, self.logit_width = job["label_width"], job["logit_width"]
+        self.classes = job["classes"]
+        self.first_mismatch: str | None = None
+        self.mismatches = 0
+
+    def unpack(self, payload: int) -> tuple[int, list[int]]:
+        label = payload & ((1 << self.label_width) - 1)
+        payload >>= self.label_width
+        logits = []
+        for _ in range(self.classes):
+            logits.append(_signed(payload & ((1 << self.logit_width) - 1), self.logit_width))
+            payload >>= self.logit_width
+        return label, logits
+
+    def check(self, image: int, label: int, logits: list[int]) -> None:
+        want_label, want_logits = self.labels[image], self.logits[image]
+        if label == want_label and logits == want_logits:
+            return
+        self.mismatches += 1
+        if self.first_mismatch is None:
+            k = next((k for k, (a, b) in enumerate(zip(logits, want_logits)) if a != b), None)
+            where = (f"output layer logit {k} is {logits[k]} but the golden model says {want_logits[k]}"
+                     if k is not None else "logits agree")
+            self.first_mismatch = (f"image {image}: {where}; label {label}, golden {want_label}")
+
+
+@cocotb.test()
+async def stream_images(dut):
+    with open(os.environ["SPIKEFORGE_JOB"]) as f:
+        job = json.load(f)
+    beats = [[int(b, 16) for b in image] for image in job["beats"]]
+    words = job["words"]
+    rng = random.Random(job["seed"])
+    p_valid, p_ready = job["valid_probability"], job["ready_probability"]
+    reset_at = job.get("reset_at")
+    scoreboard = Scoreboard(job)
+
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    dut.images__valid.value = 0
+    dut.results__ready.value = 0
+    for _ in range(RESET_CYCLES):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0
+
+    image, beat = 0, 0              # next beat to send
+    offering = False                # valid is up and must stay up until taken
+    outstanding = deque()           # images fully sent, results not yet taken
+    results, lost, extra = [], [], []
+    cycle, idle, drain = 0, 0, job["drain_cycles"]
+    timeout = job["timeout_cycles"]
+    while image < len(beats) or outstanding or idle < drain:
+        await FallingEdge(dut.clk)
+        cycle += 1
+        if reset_at is not None and cycle == reset_at:
+            # Reset in the middle of the stream: whatever is in flight is lost, by design.
+            dut.rst.value, dut.images__valid.value, dut.results__ready.value = 1, 0, 0
+            for _ in range(RESET_CYCLES):
+                await FallingEdge(dut.clk)
+                cycle += 1
+            dut.rst.value = 0
+            lost += list(outstanding) + ([image] if beat else [])
+            outstanding.clear()
+            image, beat, offering = image + (1 if beat else 0), 0, False
+        if not offering and image < len(beats) and rng.random() < p_valid:
+            dut.images__payload.value = beats[image][beat]
+            offering = True
+        dut.images__valid.value = int(offering)
+        ready = rng.random() < p_ready if (outstanding or image < len(beats)) else True
+        dut.results__ready.value = int(ready)
+        await ReadOnly()
+        if offering and dut.images__ready.value:
+            offering = False
+            beat += 1
+            if beat == words:
+                outstanding.append(image)
+                image, beat = image + 1, 0
+        if ready and dut.results__valid.value:
+            label, logits = scoreboard.unpack(int(dut.results__payload.value))
+            if not outstanding:
+                extra.append([label, logits])
+                idle = 0
+            else:
+                n = outstanding.popleft()
+                scoreboard.check(n, label, logits)
+                results.append({"image": n, "label": label, "logits": logits, "cycle": cycle})
+        if image == len(beats) and not outstanding:
+            idle += 1
+        if cycle > timeout:
+            break
+
+    report = {"results": results, "lost": lost, "extra": extra, "cycles": cycle,
+              "timed_out": cycle > timeout, "mismatches": scoreboard.mismatches,
+              "first_mismatch": scoreboard.first_mismatch}
+    with open(os.environ["SPIKEFORGE_RESULT"], "w") as f:
+        json.dump(report, f)
+    assert not report["timed_out"], f"the core stalled: {len(results)} results after {cycle} cycles"
+    assert not extra, f"{len(extra)} results with no image (duplicates)"
+    assert scoreboard.first_mismatch is None, f"{scoreboard.mismatches} mismatches; first: {scoreboard.first_mismatch}"
