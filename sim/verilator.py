@@ -6,16 +6,19 @@
 The build directory is named by the SHA-256 of the Verilog (and the waveform setting), so
 every test and command that simulates the same design reuses one Verilator build. The
 testbench is :mod:`spikeforge.sim.cocotb_bench`; set ``SPIKEFORGE_WAVES=1`` (or
-``waves=True``) to build with FST tracing and dump ``dump.fst`` beside the results.
+``waves=True``) to build with tracing and dump ``dump.fst`` beside the results (``dump.vcd``
+where the C++ compiler finds no ``lz4.h``, which Verilator's FST writer needs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,8 @@ from ..gen.sizing import CorePlan
 from ..toolchain import verilator_env
 from .golden import GoldenResult
 
-__all__ = ["VerilatorBuild", "VerilatorRun", "SimulationError", "build_core", "run_core", "waves_requested"]
+__all__ = ["VerilatorBuild", "VerilatorRun", "SimulationError", "build_core", "run_core", "waves_requested",
+           "fst_available"]
 
 TOP = "spikeforge_core"
 
@@ -39,6 +43,14 @@ class SimulationError(SpikeforgeError):
 
 def waves_requested() -> bool:
     return os.environ.get("SPIKEFORGE_WAVES", "") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=1)
+def fst_available() -> bool:
+    """Verilator's FST writer needs lz4.h (Debian: liblz4-dev); without it waveforms are VCD."""
+    proc = subprocess.run(["c++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n", capture_output=True,
+                          text=True)
+    return proc.returncode == 0
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,7 @@ def build_core(plan: CorePlan, cache_dir: Path, verilog: str | None = None, wave
 
     waves = waves_requested() if waves is None else waves
     text = emit_verilog(plan) if verilog is None else verilog
-    key = hashlib.sha256(text.encode() + (b"+fst" if waves else b"")).hexdigest()[:16]
+    key = hashlib.sha256(text.encode() + (b"+waves" if waves else b"")).hexdigest()[:16]
     directory = Path(cache_dir) / f"core-{key}"
     binary = directory / TOP
     if binary.is_file():
@@ -94,7 +106,7 @@ def build_core(plan: CorePlan, cache_dir: Path, verilog: str | None = None, wave
     progress(f"building the Verilog with Verilator in {directory} (once per design)")
     args = [*[f"-Wno-{w}" for w in LINT_WAIVERS], "-O3", "--x-assign", "fast", "--x-initial", "fast"]
     if waves:
-        args += ["--trace-fst", "--trace-structs"]
+        args += (["--trace-fst"] if fst_available() else []) + ["--trace-structs"]   # the runner adds --trace
     runner = get_runner("verilator")
     log = directory / "build.log"
     env = verilator_env()
@@ -163,7 +175,7 @@ def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected:
         cycles=report["cycles"], mismatches=report["mismatches"], first_mismatch=report["first_mismatch"],
         lost=report["lost"], extra=report["extra"],
         passed=not report["timed_out"] and not report["extra"] and report["mismatches"] == 0,
-        waves=(test_dir / "dump.fst") if build.waves else None)
+        waves=(test_dir / ("dump.fst" if fst_available() else "dump.vcd")) if build.waves else None)
     if owned and not build.waves:
         shutil.rmtree(test_dir, ignore_errors=True)
     return run
