@@ -1,0 +1,257 @@
+"""The host driver: streams images to a board (real or simulated) and returns its results in order.
+
+    with Accelerator.open("/dev/ttyUSB1", baudrate=115200) as board:   # or "socket://127.0.0.1:PORT"
+        board.expect(net)                                # refuses a board running another network
+        for result in board.infer(codes):                # codes: (N, inputs) int input codes
+            print(result.index, result.label, result.logits)
+
+The port is any pyserial-like object (``write``, ``read``, ``in_waiting``, ``close``): what
+``serial.serial_for_url`` opens for ``/dev/tty*``, ``socket://`` and ``loop://`` URLs. The
+driver keeps at most ``window`` images in flight, resends an image whose reply is missing,
+damaged or refused, ignores replies it did not ask for, and gives up with a clear error after
+``retries`` resends of one image. Frames: docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import SpikeforgeError
+from .protocol import ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
+
+__all__ = ["Accelerator", "InferenceResult", "DriverStats", "BoardError", "BoardTimeout", "WrongNetworkError"]
+
+
+class BoardError(SpikeforgeError):
+    """The board cannot be used: it does not answer, or not as a spikeforge board."""
+
+
+class BoardTimeout(BoardError):
+    """An image got no valid reply after every retry."""
+
+
+class WrongNetworkError(BoardError):
+    """The board runs a different network than the one given."""
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    index: int              # position of the image in the stream
+    label: int
+    logits: list[int]
+    latency: float          # seconds from the (last) send to the reply
+
+
+@dataclass
+class DriverStats:
+    images: int = 0
+    seconds: float = 0.0
+    resent: int = 0             # images sent again (timeout, damaged or refused)
+    unexpected_replies: int = 0  # replies for no image in flight (late duplicates, noise)
+    board_errors: dict = field(default_factory=dict)   # ErrorCode name -> count
+    latencies: list = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        lat = np.array(self.latencies) if self.latencies else np.zeros(1)
+        return {"images": self.images, "seconds": self.seconds, "images_per_second": self.images_per_second,
+                "resent": self.resent, "unexpected_replies": self.unexpected_replies,
+                "board_errors": dict(self.board_errors),
+                "latency_ms": {"mean": 1e3 * float(lat.mean()), "p50": 1e3 * float(np.percentile(lat, 50)),
+                               "p99": 1e3 * float(np.percentile(lat, 99))}}
+
+
+@dataclass
+class _InFlight:
+    index: int
+    frame: bytes
+    sent: float
+    attempts: int = 1
+
+
+class Accelerator:
+    """One board behind one port. ``timeout``: seconds to wait for a reply before resending."""
+
+    def __init__(self, port, *, timeout: float = 2.0, retries: int = 4, window: int | None = None,
+                 poll: float = 0.002):
+        self.port = port
+        self.timeout, self.retries, self.poll = timeout, retries, poll
+        self.requested_window = window
+        # Replies only, and none longer than an identity until we know the result size.
+        self.decoder = FrameDecoder(Identity.SIZE, (FrameType.IDENTITY, FrameType.RESULT, FrameType.ERROR))
+        self.identity: Identity | None = None
+        self.stats = DriverStats()
+        self._seq = 0
+
+    @classmethod
+    def open(cls, url: str, baudrate: int = 115200, **options) -> "Accelerator":
+        import serial
+
+        try:
+            port = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise BoardError(f"cannot open {url}: {exc}") from exc
+        return cls(port, **options)
+
+    def __enter__(self) -> "Accelerator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.port.close()
+        except Exception:       # closing a port that already failed must not hide the real error
+            pass
+
+    # ------------------------------------------------------------------ frames
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF
+        return self._seq
+
+    def _receive(self, wait: float) -> list:
+        """Frames that arrived, waiting up to ``wait`` seconds for the first bytes."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                waiting = getattr(self.port, "in_waiting", 0)
+                data = self.port.read(max(1, waiting))
+            except OSError as exc:
+                raise BoardError(f"the port failed: {exc}") from exc
+            if data:
+                frames = self.decoder.feed(data)
+                if frames:
+                    return frames
+                continue
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(self.poll)
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self.port.write(frame)
+        except OSError as exc:
+            raise BoardError(f"the port failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ identify
+
+    def identify(self) -> Identity:
+        """Ask the board what it runs (IDENTIFY, with retries)."""
+        for _ in range(self.retries + 1):
+            seq = self._next_seq()
+            self._send(encode_frame(FrameType.IDENTIFY, seq))
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                for frame in self._receive(deadline - time.monotonic()):
+                    if frame.type == FrameType.IDENTITY and frame.seq == seq:
+                        try:
+                            self.identity = Identity.decode(frame.payload)
+                        except ValueError as exc:
+                            raise BoardError(f"the board's identity is not understood: {exc}") from exc
+                        self.decoder.max_payload = max(Identity.SIZE, self.identity.result_bytes)
+                        return self.identity
+                    self.stats.unexpected_replies += 1
+        raise BoardTimeout(f"no identity from the board after {self.retries + 1} tries of {self.timeout:g} s "
+                           "(wrong port or baud rate, or no spikeforge bitstream?)")
+
+    def expect(self, net) -> Identity:
+        """Identify the board and refuse it unless it runs ``net`` (same fingerprint)."""
+        from ..gen.netfile import fingerprint
+
+        identity = self.identity or self.identify()
+        want = fingerprint(net)
+        if identity.fingerprint_text != want:
+            raise WrongNetworkError(f"the board runs network {identity.fingerprint_text[:19]}..., "
+                                    f"not {want[:19]}... (build and load the bitstream for this network)")
+        return identity
+
+    # ------------------------------------------------------------------ inference
+
+    @property
+    def window(self) -> int:
+        board = self.identity.window if self.identity else 1
+        return max(1, min(board, self.requested_window or board))
+
+    def infer(self, codes: Iterable, progress=None) -> Iterator[InferenceResult]:
+        """Stream images (each a sequence of ``inputs`` codes); yield their results in order."""
+        identity = self.identity or self.identify()
+        images = iter(enumerate(codes))
+        in_flight: dict[int, _InFlight] = {}
+        done: dict[int, InferenceResult] = {}
+        next_out, exhausted = 0, False
+        start = time.monotonic()
+        try:
+            while True:
+                while not exhausted and len(in_flight) < self.window:
+                    try:
+                        index, image = next(images)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    image = np.asarray(image).reshape(-1)
+                    if image.size != identity.inputs:
+                        raise BoardError(f"image {index} has {image.size} codes; the board takes {identity.inputs}")
+                    seq = self._next_seq()
+                    frame = encode_frame(FrameType.INFER, seq, identity.encode_image(image))
+                    in_flight[seq] = _InFlight(index, frame, time.monotonic())
+                    self._send(frame)
+                while next_out in done:
+                    result = done.pop(next_out)
+                    self.stats.images += 1
+                    self.stats.latencies.append(result.latency)
+                    self.stats.seconds = time.monotonic() - start
+                    if progress:
+                        progress(self.stats.images)
+                    yield result
+                    next_out += 1
+                if exhausted and not in_flight and not done:
+                    return
+                oldest = min((f.sent for f in in_flight.values()), default=time.monotonic())
+                for frame in self._receive(max(0.0, oldest + self.timeout - time.monotonic())):
+                    self._handle(frame, in_flight, done, identity)
+                now = time.monotonic()
+                for seq, request in in_flight.items():
+                    if now - request.sent >= self.timeout:
+                        self._resend(seq, request, "no reply")
+        finally:
+            self.stats.seconds = time.monotonic() - start
+
+    def _handle(self, frame, in_flight: dict, done: dict, identity: Identity) -> None:
+        request = in_flight.get(frame.seq)
+        if request is None or frame.type not in (FrameType.RESULT, FrameType.ERROR):
+            self.stats.unexpected_replies += 1
+            return
+        if frame.type == FrameType.ERROR:
+            code = frame.payload[0] if frame.payload else 0
+            name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else f"code {code}"
+            self.stats.board_errors[name] = self.stats.board_errors.get(name, 0) + 1
+            if code == ErrorCode.LENGTH or code == ErrorCode.TYPE:
+                raise BoardError(f"the board refused image {request.index}: {name.lower()} "
+                                 "(does it run the network you expect?)")
+            self._resend(frame.seq, request, f"board error {name}")
+            return
+        try:
+            label, logits = identity.decode_result(frame.payload)
+        except ValueError:
+            self.stats.unexpected_replies += 1
+            return
+        del in_flight[frame.seq]
+        done[request.index] = InferenceResult(request.index, label, logits, time.monotonic() - request.sent)
+
+    def _resend(self, seq: int, request: _InFlight, why: str) -> None:
+        if request.attempts > self.retries:
+            raise BoardTimeout(f"image {request.index}: {why} after {request.attempts} sends "
+                               f"(timeout {self.timeout:g} s); is the board still running?")
+        request.attempts += 1
+        request.sent = time.monotonic()
+        self.stats.resent += 1
+        self._send(request.frame)

@@ -1,0 +1,179 @@
+"""The wire protocol between the host driver and a board (docs/protocol.md), host side.
+
+Frame (all integers little-endian)::
+
+    0xA5 | type (1) | seq (2) | len (2) | payload (len) | crc (2)
+
+``crc`` is CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF, no reflection, no final
+xor) over ``type .. payload``. The gateware side is ``spikeforge.hw.board``; both cite
+docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "FrameType", "ErrorCode", "Frame", "crc16",
+           "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes"]
+
+SYNC = 0xA5
+HEADER = 6            # sync, type, seq, len
+MAGIC = b"SPKF"
+VERSION = 1
+MAX_PAYLOAD = 4096    # no frame of either side is longer; a longer header is noise
+
+
+class FrameType(enum.IntEnum):
+    IDENTIFY = 0x01   # host -> board, empty
+    INFER = 0x02      # host -> board, one image's input codes
+    IDENTITY = 0x81   # board -> host, the network and core parameters
+    RESULT = 0x82     # board -> host, label and logits of the request with the same seq
+    ERROR = 0xEE      # board -> host, the request with this seq was refused
+
+
+class ErrorCode(enum.IntEnum):
+    CRC = 1           # the frame's CRC did not match: resend it
+    LENGTH = 2        # the length does not fit the type (e.g. not one image)
+    TYPE = 3          # unknown frame type
+    BUSY = 4          # more requests in flight than the board's window
+
+
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE; ``crc16(b"123456789") == 0x29B1``."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def code_bytes(timesteps: int) -> int:
+    """Bytes per input code on the wire."""
+    return 1 if timesteps <= 8 else 2
+
+
+def logit_bytes(logit_width: int) -> int:
+    """Bytes per logit on the wire (two's complement, little-endian)."""
+    return (logit_width + 7) // 8
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    seq: int
+    payload: bytes = b""
+
+
+def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
+    body = struct.pack("<BHH", frame_type, seq & 0xFFFF, len(payload)) + payload
+    return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
+
+
+class FrameDecoder:
+    """Turns received bytes into frames; skips noise and resynchronises on the next 0xA5.
+
+    Bounding ``max_payload`` to the longest frame the peer can send, and ``types`` to the
+    frame types it can send, keeps a damaged header from swallowing the frames after it.
+
+    ``feed`` returns the frames completed by the new bytes. A frame whose CRC fails is
+    dropped (counted in ``bad_frames``) and the search restarts one byte after its sync, so
+    a sync byte inside a damaged frame's payload is not lost.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD, types: tuple[int, ...] | None = None):
+        self.buffer = bytearray()
+        self.max_payload = max_payload    # a longer length field is damage: resync at once
+        self.types = types                # other frame types are damage too (None: any)
+        self.bad_frames = 0
+        self.skipped_bytes = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buffer += data
+        frames = []
+        while True:
+            start = self.buffer.find(SYNC)
+            if start < 0:
+                self.skipped_bytes += len(self.buffer)
+                self.buffer.clear()
+                return frames
+            if start:
+                self.skipped_bytes += start
+                del self.buffer[:start]
+            if len(self.buffer) < HEADER:
+                return frames
+            frame_type, seq, length = struct.unpack_from("<BHH", self.buffer, 1)
+            if length > self.max_payload or (self.types is not None and frame_type not in self.types):
+                self._resync()
+                continue
+            end = HEADER + length + 2
+            if len(self.buffer) < end:
+                return frames
+            body = bytes(self.buffer[1:HEADER + length])
+            (crc,) = struct.unpack_from("<H", self.buffer, HEADER + length)
+            if crc != crc16(body):
+                self._resync()
+                continue
+            frames.append(Frame(frame_type, seq, body[5:]))
+            del self.buffer[:end]
+
+    def _resync(self) -> None:
+        self.bad_frames += 1
+        self.skipped_bytes += 1
+        del self.buffer[:1]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a board says about itself (an IDENTITY payload)."""
+    timesteps: int
+    inputs: int
+    classes: int
+    logit_bytes: int            # bytes per logit in a RESULT
+    window: int                 # requests the board takes in flight
+    clock_hz: int
+    initiation_interval: int    # worst-case core cycles per image
+    fingerprint: bytes          # SHA-256 of the network (gen/netfile.py)
+
+    FORMAT = "<4sBBBBHHBxII32s"
+    SIZE = 56   # struct.calcsize(FORMAT)
+
+    def encode(self) -> bytes:
+        return struct.pack(self.FORMAT, MAGIC, VERSION, self.timesteps, code_bytes(self.timesteps),
+                           self.logit_bytes, self.inputs, self.classes, self.window,
+                           self.clock_hz, self.initiation_interval, self.fingerprint)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Identity":
+        if len(payload) != struct.calcsize(cls.FORMAT):
+            raise ValueError(f"an identity is {struct.calcsize(cls.FORMAT)} bytes, not {len(payload)}")
+        (magic, version, timesteps, _, logit_nbytes, inputs, classes, window, clock_hz, interval,
+         fingerprint) = struct.unpack(cls.FORMAT, payload)
+        if magic != MAGIC or version != VERSION:
+            raise ValueError(f"not a spikeforge board (magic {magic!r}, protocol version {version})")
+        return cls(timesteps, inputs, classes, logit_nbytes, window, clock_hz, interval, fingerprint)
+
+    @property
+    def fingerprint_text(self) -> str:
+        return "sha256:" + self.fingerprint.hex()
+
+    def encode_image(self, codes) -> bytes:
+        """An INFER payload: the image's input codes, ``code_bytes`` each, little-endian."""
+        width = code_bytes(self.timesteps)
+        return b"".join(int(c).to_bytes(width, "little") for c in codes)
+
+    @property
+    def result_bytes(self) -> int:
+        """Length of a RESULT payload."""
+        return 2 + self.classes * self.logit_bytes
+
+    def decode_result(self, payload: bytes) -> tuple[int, list[int]]:
+        """A RESULT payload -> (label, logits)."""
+        if len(payload) != self.result_bytes:
+            raise ValueError(f"a result is {self.result_bytes} bytes, not {len(payload)}")
+        label = int.from_bytes(payload[:2], "little")
+        n = self.logit_bytes
+        return label, [int.from_bytes(payload[2 + k * n:2 + (k + 1) * n], "little", signed=True)
+                       for k in range(self.classes)]

@@ -1,0 +1,169 @@
+"""The host driver and the wire protocol, against a fault-injecting fake board (tests/fakeboard.py)."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from spikeforge.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError
+from spikeforge.host.protocol import (FrameDecoder, FrameType, Identity, crc16, encode_frame)
+from spikeforge.sim import golden
+
+from conftest import make_network
+from fakeboard import FakeBoard, identity_of
+
+
+@pytest.fixture(scope="module")
+def net():
+    return make_network(np.random.default_rng(4), [12, 9, 6], 6, negative_bias=0.5, threshold_scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def codes(net):
+    return np.random.default_rng(5).integers(0, net.max_code + 1, size=(60, net.input.size))
+
+
+def run_all(board, codes, **options):
+    with Accelerator(board, timeout=0.05, **options) as driver:
+        results = list(driver.infer(codes))
+        return results, driver.stats
+
+
+def assert_correct(results, net, codes):
+    expected = golden.run(net, codes)
+    assert [r.index for r in results] == list(range(len(codes))), "every image once, in order"
+    assert [r.label for r in results] == expected.predictions.tolist()
+    assert [r.logits for r in results] == expected.logits.tolist()
+
+
+def test_crc_check_value_and_frame_round_trip():
+    assert crc16(b"123456789") == 0x29B1      # the catalogued check value of CRC-16/CCITT-FALSE
+    frame = encode_frame(FrameType.INFER, 0x1234, bytes(range(40)))
+    decoder = FrameDecoder()
+    noise = bytes([0x00, 0xA5, 0x02, 0xFF])   # a false sync and garbage before the frame
+    frames = decoder.feed(noise + frame[:7]) + decoder.feed(frame[7:])
+    assert [(f.type, f.seq, f.payload) for f in frames] == [(FrameType.INFER, 0x1234, bytes(range(40)))]
+
+
+def test_decoder_drops_a_damaged_frame_and_keeps_the_next():
+    good = encode_frame(FrameType.RESULT, 7, b"\x01\x02")
+    bad = bytearray(encode_frame(FrameType.RESULT, 6, b"\xA5\xA5\x05"))
+    bad[-3] ^= 0x10
+    decoder = FrameDecoder()
+    frames = decoder.feed(bytes(bad) + good)
+    assert [(f.seq, f.payload) for f in frames] == [(7, b"\x01\x02")] and decoder.bad_frames >= 1
+
+
+def test_identity_round_trip(net):
+    identity = identity_of(net, window=3)
+    assert Identity.decode(identity.encode()) == identity
+    with pytest.raises(ValueError):
+        Identity.decode(b"NOPE" + identity.encode()[4:])
+
+
+def test_clean_board(net, codes):
+    results, stats = run_all(FakeBoard(net), codes)
+    assert_correct(results, net, codes)
+    assert stats.resent == 0 and stats.unexpected_replies == 0 and stats.images == len(codes)
+
+
+@pytest.mark.parametrize("faults", [
+    {"corrupt_in": 0.01}, {"corrupt_out": 0.01}, {"drop_in": 0.005}, {"drop_out": 0.005},
+    {"delay": 0.03}, {"max_chunk": 3}, {"unknown_replies": 0.3}, {"duplicate_replies": 0.3},
+    {"corrupt_in": 0.005, "corrupt_out": 0.005, "drop_in": 0.003, "drop_out": 0.003, "delay": 0.02,
+     "max_chunk": 5, "unknown_replies": 0.2, "duplicate_replies": 0.2},
+], ids=["corrupt-in", "corrupt-out", "drop-in", "drop-out", "delay", "partial-reads", "unknown-seq",
+        "duplicates", "everything"])
+def test_every_image_gets_its_correct_result_despite_faults(net, codes, faults):
+    results, stats = run_all(FakeBoard(net, seed=zlib.crc32(repr(faults).encode()), **faults), codes, retries=20)
+    assert_correct(results, net, codes)
+    if "unknown_replies" in faults or "duplicate_replies" in faults:
+        assert stats.unexpected_replies > 0, "the injected replies were seen and ignored"
+    if any(k in faults for k in ("corrupt_in", "corrupt_out", "drop_in", "drop_out")):
+        assert stats.resent > 0, "damaged traffic was resent"
+
+
+def test_board_reset_mid_stream(net, codes):
+    results, stats = run_all(FakeBoard(net, reset_after=20), codes)
+    assert_correct(results, net, codes)
+    assert stats.resent > 0
+
+
+def test_silent_board_is_a_clear_timeout(net, codes):
+    with Accelerator(FakeBoard(net, silent=True), timeout=0.02, retries=2) as driver:
+        with pytest.raises(BoardTimeout, match="no identity from the board after 3 tries"):
+            driver.identify()
+
+
+def test_a_board_that_stops_answering_mid_stream(net, codes):
+    board = FakeBoard(net)
+    with Accelerator(board, timeout=0.02, retries=2) as driver:
+        stream = driver.infer(codes)
+        first = [next(stream) for _ in range(5)]
+        board.silent = True
+        with pytest.raises(BoardTimeout, match=r"image \d+: no reply after 3 sends"):
+            list(stream)
+    assert [r.index for r in first] == list(range(5)) and board.closed
+
+
+def test_wrong_network_is_refused(net):
+    other = make_network(np.random.default_rng(99), [12, 9, 6], 6)
+    with Accelerator(FakeBoard(other), timeout=0.05) as driver:
+        with pytest.raises(WrongNetworkError, match="the board runs network sha256:"):
+            driver.expect(net)
+    with Accelerator(FakeBoard(net), timeout=0.05) as driver:
+        assert driver.expect(net).inputs == 12
+
+
+def test_wrong_image_size_is_refused_before_sending(net):
+    board = FakeBoard(net)
+    with Accelerator(board, timeout=0.05) as driver:
+        with pytest.raises(BoardError, match="image 0 has 5 codes; the board takes 12"):
+            list(driver.infer([np.zeros(5, dtype=int)]))
+    assert board.requests == 0
+
+
+class CountingPort:
+    """Wraps a port and tracks how many images are sent but not yet answered."""
+
+    def __init__(self, port):
+        self.port, self.outstanding, self.most = port, 0, 0
+        self.sent, self.received = FrameDecoder(), FrameDecoder()
+
+    def write(self, data):
+        self.outstanding += sum(f.type == FrameType.INFER for f in self.sent.feed(data))
+        self.most = max(self.most, self.outstanding)
+        return self.port.write(data)
+
+    def read(self, size=1):
+        data = self.port.read(size)
+        self.outstanding -= sum(f.type == FrameType.RESULT for f in self.received.feed(data))
+        return data
+
+    @property
+    def in_waiting(self):
+        return self.port.in_waiting
+
+    def close(self):
+        self.port.close()
+
+
+@pytest.mark.parametrize("board_window,driver_window,most", [(3, None, 3), (4, 2, 2), (1, 8, 1)])
+def test_window_limits_images_in_flight(net, codes, board_window, driver_window, most):
+    port = CountingPort(FakeBoard(net, delay=0.01, window=board_window))
+    results, _ = run_all(port, codes[:20], window=driver_window)
+    assert_correct(results, net, codes[:20])
+    assert port.most == most
+
+
+def test_loop_url_without_a_board_times_out_cleanly():
+    """pyserial's loop:// echoes our own requests back: not a board, and the driver says so."""
+    with Accelerator.open("loop://", timeout=0.05, retries=1) as driver:
+        with pytest.raises(BoardTimeout):
+            driver.identify()
+        assert driver.decoder.bad_frames >= 1, "its own IDENTIFY came back and was taken for noise"
+
+
+def test_unopenable_port_is_a_clear_error():
+    with pytest.raises(BoardError, match="cannot open /dev/does-not-exist"):
+        Accelerator.open("/dev/does-not-exist")
