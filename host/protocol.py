@@ -138,7 +138,7 @@ class Identity:
     fingerprint: bytes          # SHA-256 of the network (gen/netfile.py)
 
     FORMAT = "<4sBBBBHHBxII32s"
-    SIZE = 56   # struct.calcsize(FORMAT)
+    SIZE = struct.calcsize(FORMAT)
 
     def encode(self) -> bytes:
         return struct.pack(self.FORMAT, MAGIC, VERSION, self.timesteps, code_bytes(self.timesteps),

@@ -1,0 +1,29 @@
+"""Board-level parameters: the UART divisor, the window and the identity a board reports.
+
+The identity (docs/protocol.md, IDENTITY) carries the network's fingerprint and the core's
+parameters, so the host driver can refuse a board that runs another network.
+"""
+
+from __future__ import annotations
+
+from ..errors import SpikeforgeError
+from ..host.protocol import Identity, logit_bytes
+from ..hw.board import BoardParams
+from .sizing import CorePlan
+
+__all__ = ["board_params", "DEFAULT_WINDOW"]
+
+#: Images a board takes in flight (the host driver never sends more).
+DEFAULT_WINDOW = 4
+
+
+def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT_WINDOW) -> BoardParams:
+    divisor = round(clock_hz / baud)
+    if divisor < 4:
+        raise SpikeforgeError(f"{baud} baud is too fast for a {clock_hz / 1e6:g} MHz clock "
+                              f"(the UART needs at least 4 clock cycles per bit)")
+    if abs(clock_hz / divisor - baud) / baud > 0.02:
+        raise SpikeforgeError(f"{baud} baud is more than 2% off any divisor of {clock_hz / 1e6:g} MHz")
+    identity = Identity(plan.timesteps, plan.input.size, plan.classes, logit_bytes(plan.logit_width), window,
+                        int(clock_hz), plan.initiation_interval, bytes.fromhex(plan.fingerprint.split(":")[1]))
+    return BoardParams(plan, identity.encode(), divisor, window)
