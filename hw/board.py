@@ -74,6 +74,7 @@ class BoardTop(wiring.Component):
         loader_busy = Signal()
         identify_pending, identify_seq = Signal(), Signal(16)
         byte = rx_fifo.r_data
+        crc_next = crc16_update(m, crc, byte, "rx_crc")
         take = Signal()
         m.d.comb += rx_fifo.r_en.eq(take)
 
@@ -91,12 +92,12 @@ class BoardTop(wiring.Component):
                 with m.State(state):
                     m.d.comb += take.eq(rx_fifo.r_rdy)
                     with m.If(rx_fifo.r_rdy):
-                        m.d.sync += [target.eq(byte), crc.eq(crc16_update(crc, byte))]
+                        m.d.sync += [target.eq(byte), crc.eq(crc_next)]
                         m.next = nxt
             with m.State("LEN1"):
                 m.d.comb += take.eq(rx_fifo.r_rdy & errors.w_rdy)     # room for a refusal: none is dropped
                 with m.If(take):
-                    m.d.sync += [length[8:].eq(byte), crc.eq(crc16_update(crc, byte)), count.eq(0),
+                    m.d.sync += [length[8:].eq(byte), crc.eq(crc_next), count.eq(0),
                                  lane.eq(0), word.eq(0), beat.eq(0), shift.eq(0)]
                     full_length = Cat(length[:8], byte)
                     with m.If((kind == IDENTIFY) & (full_length == 0)):
@@ -113,7 +114,7 @@ class BoardTop(wiring.Component):
                 # The image buffer is free only once the previous image went into the core.
                 m.d.comb += take.eq(rx_fifo.r_rdy & ~loader_busy)
                 with m.If(take):
-                    m.d.sync += [crc.eq(crc16_update(crc, byte)), count.eq(count + 1)]
+                    m.d.sync += [crc.eq(crc_next), count.eq(count + 1)]
                     if p.code_bytes == 2:
                         code_done = count[0]
                         code = Cat(low_byte, byte)[:T]
@@ -187,6 +188,7 @@ class BoardTop(wiring.Component):
         tx_crc = Signal(16)
         data = uart_tx.data
         sent = data.valid & data.ready
+        tx_crc_next = crc16_update(m, tx_crc, data.payload, "tx_crc")
 
         payload_byte = Signal(8)
         with m.Switch(out_type):
@@ -201,7 +203,7 @@ class BoardTop(wiring.Component):
             m.d.comb += [data.valid.eq(1), data.payload.eq(value)]
             with m.If(sent):
                 if crc_it:
-                    m.d.sync += tx_crc.eq(crc16_update(tx_crc, value))
+                    m.d.sync += tx_crc.eq(tx_crc_next)
                 m.next = nxt
 
         with m.FSM(name="transmit"):

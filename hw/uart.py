@@ -14,12 +14,19 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["UARTReceiver", "UARTTransmitter", "crc16_update"]
 
 
-def crc16_update(crc, byte):
-    """CRC-16/CCITT-FALSE (polynomial 0x1021, MSB first) after one more byte: XORs and shifts."""
-    value = crc ^ Cat(Const(0, 8), byte)
-    for _ in range(8):    # each step names `value` twice: the expression stays 2**8 leaves small
-        value = Mux(value[15], (value[:15] << 1) ^ 0x1021, value[:15] << 1)
-    return value[:16]
+def crc16_update(m: Module, crc, byte, name: str = "crc") -> Signal:
+    """CRC-16/CCITT-FALSE (polynomial 0x1021, MSB first) after one more byte: XORs and shifts.
+
+    Each of the 8 bit steps is a named signal, so the logic stays linear (an expression that
+    named the previous step twice per step would grow to 2**8 copies in the netlist).
+    """
+    value = Signal(16, name=f"{name}_in")
+    m.d.comb += value.eq(crc ^ Cat(Const(0, 8), byte))
+    for k in range(8):
+        step = Signal(16, name=f"{name}_step{k}")
+        m.d.comb += step.eq(Mux(value[15], (value << 1) ^ 0x1021, value << 1))
+        value = step
+    return value
 
 
 class UARTReceiver(wiring.Component):

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpikeforgeError
-from ..gen.emit import LINT_WAIVERS, VERILOG_NAME, write_atomic
+from ..gen.emit import LINT_WAIVERS, write_atomic
 from ..gen.sizing import CorePlan
 from ..toolchain import verilator_env
 from .golden import GoldenResult
 
-__all__ = ["VerilatorBuild", "VerilatorRun", "SimulationError", "build_core", "run_core", "waves_requested",
+__all__ = ["VerilatorBuild", "VerilatorRun", "SimulationError", "build_core", "build_verilog", "run_cocotb", "run_core", "waves_requested",
            "fst_available"]
 
 TOP = "spikeforge_core"
@@ -57,6 +57,7 @@ def fst_available() -> bool:
 class VerilatorBuild:
     directory: Path
     waves: bool
+    top: str = "spikeforge_core"
 
 
 @dataclass
@@ -86,24 +87,20 @@ def _environment(env: dict):
         os.environ.update(saved)
 
 
-def build_core(plan: CorePlan, cache_dir: Path, verilog: str | None = None, waves: bool | None = None,
-               progress=lambda message: None) -> VerilatorBuild:
-    """Verilate and compile the core of ``plan`` (reusing an earlier build of the same Verilog)."""
+def build_verilog(text: str, top: str, cache_dir: Path, waves: bool | None = None,
+                  progress=lambda message: None) -> VerilatorBuild:
+    """Verilate and compile ``text`` (top module ``top``), reusing an earlier build of the same text."""
     from cocotb_tools.runner import get_runner
 
-    from ..hw.core import emit_verilog
-
     waves = waves_requested() if waves is None else waves
-    text = emit_verilog(plan) if verilog is None else verilog
-    key = hashlib.sha256(text.encode() + (b"+waves" if waves else b"")).hexdigest()[:16]
-    directory = Path(cache_dir) / f"core-{key}"
-    binary = directory / TOP
-    if binary.is_file():
-        return VerilatorBuild(directory, waves)
+    key = hashlib.sha256(text.encode() + top.encode() + (b"+waves" if waves else b"")).hexdigest()[:16]
+    directory = Path(cache_dir) / f"{top}-{key}"
+    if (directory / top).is_file():
+        return VerilatorBuild(directory, waves, top)
     directory.mkdir(parents=True, exist_ok=True)
-    source = directory / VERILOG_NAME
+    source = directory / f"{top}.v"
     write_atomic(source, text)
-    progress(f"building the Verilog with Verilator in {directory} (once per design)")
+    progress(f"building {top} with Verilator in {directory} (once per design)")
     args = [*[f"-Wno-{w}" for w in LINT_WAIVERS], "-O3", "--x-assign", "fast", "--x-initial", "fast"]
     if waves:
         args += (["--trace-fst"] if fst_available() else []) + ["--trace-structs"]   # the runner adds --trace
@@ -115,23 +112,45 @@ def build_core(plan: CorePlan, cache_dir: Path, verilog: str | None = None, wave
     env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
     try:
         with _environment(env):
-            runner.build(sources=[source], hdl_toplevel=TOP, build_dir=directory, build_args=args,
+            runner.build(sources=[source], hdl_toplevel=top, build_dir=directory, build_args=args,
                          waves=waves, log_file=log, always=True)
     except (SystemExit, Exception) as exc:
         tail = log.read_text()[-800:] if log.is_file() else ""
         shutil.rmtree(directory, ignore_errors=True)
         raise SimulationError(f"Verilator build failed ({exc}); last output: {tail.strip()}") from exc
-    if not binary.is_file():
-        raise SimulationError(f"Verilator build left no {binary}")
-    return VerilatorBuild(directory, waves)
+    if not (directory / top).is_file():
+        raise SimulationError(f"Verilator build left no {directory / top}")
+    return VerilatorBuild(directory, waves, top)
+
+
+def build_core(plan: CorePlan, cache_dir: Path, verilog: str | None = None, waves: bool | None = None,
+               progress=lambda message: None) -> VerilatorBuild:
+    """Verilate and compile the core of ``plan`` (reusing an earlier build of the same Verilog)."""
+    from ..hw.core import emit_verilog
+
+    return build_verilog(emit_verilog(plan) if verilog is None else verilog, TOP, cache_dir, waves, progress)
+
+
+def run_cocotb(build: VerilatorBuild, test_module: str, test_dir: Path, env: dict) -> Exception | None:
+    """Run the cocotb ``test_module`` on ``build`` in ``test_dir``; the failure, if the run failed."""
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner("verilator")
+    env = {"COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"), **env}
+    try:
+        with _environment(verilator_env()):
+            runner.test(test_module=test_module, hdl_toplevel=build.top, hdl_toplevel_lang="verilog",
+                        build_dir=build.directory, test_dir=test_dir, extra_env=env, waves=build.waves,
+                        log_file=test_dir / "sim.log")
+    except (SystemExit, Exception) as exc:    # under pytest the runner exits on a failed cocotb test
+        return exc
+    return None
 
 
 def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected: GoldenResult, *,
              seed: int = 0, valid_probability: float = 1.0, ready_probability: float = 1.0,
              reset_at: int | None = None, drain_cycles: int = 64, test_dir: Path | None = None) -> VerilatorRun:
     """Stream ``codes`` through the built core; the cocotb scoreboard compares every result with ``expected``."""
-    from cocotb_tools.runner import get_runner
-
     codes = np.asarray(codes)
     job = {
         "beats": [[format(b, "x") for b in plan.input.beats(row)] for row in codes],
@@ -151,17 +170,8 @@ def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected:
     job_path.write_text(json.dumps(job))
     if result_path.exists():
         result_path.unlink()
-    env = {"SPIKEFORGE_JOB": str(job_path), "SPIKEFORGE_RESULT": str(result_path),
-           "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")}
-    runner = get_runner("verilator")
-    failure = None
-    try:
-        with _environment(verilator_env()):
-            runner.test(test_module="spikeforge.sim.cocotb_bench", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
-                        build_dir=build.directory, test_dir=test_dir, extra_env=env, waves=build.waves,
-                        log_file=test_dir / "sim.log")
-    except (SystemExit, Exception) as exc:    # under pytest the runner exits on a failed cocotb test
-        failure = exc
+    failure = run_cocotb(build, "spikeforge.sim.cocotb_bench", test_dir,
+                         {"SPIKEFORGE_JOB": str(job_path), "SPIKEFORGE_RESULT": str(result_path)})
     if not result_path.is_file():
         log = (test_dir / "sim.log").read_text()[-800:] if (test_dir / "sim.log").is_file() else ""
         raise SimulationError(f"the cocotb run did not complete ({failure}); last output: {log.strip()}")

@@ -327,6 +327,111 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- infer
+
+class ProgressBar:
+    """``done/total`` on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.enabled = total, enabled
+        self.start = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, done: int) -> None:
+        if not self.enabled:
+            return
+        seconds = time.perf_counter() - self.start
+        rate = done / seconds if seconds else 0.0
+        if self.tty:
+            width = 30
+            filled = width * done // max(1, self.total)
+            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} images  {rate:6.1f}/s",
+                  end="" if done < self.total else "\n", file=sys.stderr, flush=True)
+        elif 10 * done // max(1, self.total) > self.shown:
+            self.shown = 10 * done // max(1, self.total)
+            print(f"[{seconds:6.1f}s] {done}/{self.total} images ({rate:.1f}/s)", file=sys.stderr, flush=True)
+
+
+def cmd_infer(args) -> int:
+    import contextlib
+
+    import numpy as np
+
+    from .datasets import open_dataset, parse_range
+    from .gen.network import check_images
+    from .gen.netfile import load_network
+    from .host.driver import Accelerator
+    from .sim import golden
+
+    progress = Progress(not args.quiet)
+    net = load_network(args.net)
+    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
+    if len(data) == 0:
+        raise SpikeforgeError("no images to send (check --range and -n)")
+    images = check_images(data.images, net.input.shape, "images")
+    codes = net.input.encode(images, net.timesteps)         # the one encoder (docs/semantics.md)
+    with contextlib.ExitStack() as stack:
+        board = None
+        if args.sim:
+            from .host.transports import SimulatedBoard
+
+            plan = _plan(args, net)
+            cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
+            board = stack.enter_context(SimulatedBoard(plan, cache, window=args.window, progress=progress))
+            url, timeout = board.url, args.timeout or 30.0
+        else:
+            url, timeout = args.port, args.timeout or 2.0
+        progress(f"opening {url}")
+        driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
+        identity = driver.expect(net)
+        progress(f"board runs {identity.fingerprint_text[:23]}... (T={identity.timesteps}, window {driver.window}); "
+                 f"streaming {data.describe()}")
+        bar = ProgressBar(len(codes), not args.quiet)
+        results = list(driver.infer(codes, progress=bar))
+        stats = driver.stats
+    labels = np.array([r.label for r in results])
+    logits = np.array([r.logits for r in results])
+    payload = {"net": str(args.net), "data": data.name, "transport": "simulated board (Verilator)" if args.sim else url,
+               "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict()}
+    if board is not None and board.stats.get("cycles"):
+        cycles = board.stats["cycles"] / len(results)
+        payload["board"] = {"clock_hz": identity.clock_hz, "simulated_cycles": board.stats["cycles"],
+                            "cycles_per_image": cycles, "images_per_second_at_clock": identity.clock_hz / cycles,
+                            "core_images_per_second_worst": identity.clock_hz / identity.initiation_interval}
+    mismatches = None
+    if args.compare_golden:
+        expected = golden.run(net, codes)
+        same = (labels == expected.predictions) & np.all(logits == expected.logits, axis=1)
+        mismatches = int((~same).sum())
+        payload["golden"] = {"agreement": float(same.mean()), "mismatches": mismatches,
+                             "first_mismatch": int(np.argmin(same)) if mismatches else None,
+                             "accuracy": float(np.mean(expected.predictions == data.labels))}
+    if args.json:
+        _emit_json(payload)
+    else:
+        print(f"{args.net}: {net.describe()}, T={net.timesteps}, {len(results)} images from {data.describe()} "
+              f"via {payload['transport']}")
+        print(f"  accuracy: {_pct(payload['accuracy']).strip()}")
+        print(f"  {stats.images_per_second:.1f} images/s wall clock; latency mean "
+              f"{payload['latency_ms']['mean']:.1f} ms, p99 {payload['latency_ms']['p99']:.1f} ms; "
+              f"{stats.resent} resent")
+        if "board" in payload:
+            b = payload["board"]
+            print(f"  simulated board at {b['clock_hz'] / 1e6:g} MHz: {b['cycles_per_image']:.0f} cycles per image "
+                  f"over its UART = {b['images_per_second_at_clock']:.0f} images/s "
+                  f"(the core alone: >= {b['core_images_per_second_worst']:.0f} images/s)")
+        if "golden" in payload:
+            g = payload["golden"]
+            print(f"  agreement with the golden model: {len(results) - mismatches}/{len(results)} images "
+                  f"({_pct(g['agreement']).strip()}), every logit compared")
+    if mismatches:
+        print(f"spikeforge: error: the board disagrees with the golden model on {mismatches} images "
+              f"(first: image {payload['golden']['first_mismatch']})", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,6 +513,25 @@ def build_parser() -> argparse.ArgumentParser:
     hardware(p)
     common(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("infer", help="stream images to a board (or a simulated one) and report its results")
+    p.add_argument("net", metavar="NET")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sim", action="store_true", help="a simulated board: the board top under Verilator")
+    where.add_argument("--port", metavar="URL", help="serial port of a board: /dev/ttyUSB1, socket://host:port, ...")
+    p.add_argument("--baud", type=int, default=115200, help="serial baud rate for --port (default 115200)")
+    p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
+    p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
+    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+    p.add_argument("--compare-golden", action="store_true",
+                   help="compare every label and logit with the golden model (exit 1 on any difference)")
+    p.add_argument("--window", type=int, metavar="W", help="images in flight (default: what the board allows)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="seconds to wait for a reply before resending (default 2; 30 with --sim)")
+    p.add_argument("--build-dir", metavar="DIR", help="where Verilator builds are kept (with --sim)")
+    hardware(p)
+    common(p)
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("info", help="layers, widths and fingerprint of a network file")
     p.add_argument("net", metavar="NET")

@@ -1,0 +1,87 @@
+"""Transports the driver talks through: a serial port URL, or a simulated board.
+
+Both end up as a pyserial port: a real board is ``/dev/ttyUSB1`` (or any pyserial URL), a
+simulated board is the Verilator model of the board top (``spikeforge.hw.board``) serving
+its UART on ``socket://127.0.0.1:PORT`` (``sim/board_bench.py``). The driver cannot tell
+them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..errors import SpikeforgeError
+
+__all__ = ["SimulatedBoard", "SIM_CLOCK_HZ", "SIM_BAUD"]
+
+#: The simulated board's clock and UART rate: 8 clock cycles per bit keeps simulation quick.
+SIM_CLOCK_HZ = 12_000_000
+SIM_BAUD = 1_500_000
+
+
+class SimulatedBoard:
+    """The board top for a plan under Verilator, reachable at :attr:`url` while open.
+
+        with SimulatedBoard(plan, cache_dir) as board:
+            with Accelerator.open(board.url, timeout=30) as driver: ...
+        board.stats     # {"cycles": simulated clock cycles, ...}
+    """
+
+    def __init__(self, plan, cache_dir: Path, *, window: int | None = None, progress=lambda message: None,
+                 start_seconds: float = 180.0):
+        from ..gen.board import DEFAULT_WINDOW, board_params
+
+        self.params = board_params(plan, SIM_CLOCK_HZ, SIM_BAUD, window or DEFAULT_WINDOW)
+        self.cache_dir, self.progress, self.start_seconds = Path(cache_dir), progress, start_seconds
+        self.url: str | None = None
+        self.stats: dict = {}
+        self._thread: threading.Thread | None = None
+        self._failure: Exception | None = None
+        self._folder: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "SimulatedBoard":
+        from amaranth.back import verilog
+
+        from ..hw.board import BoardTop
+        from ..sim.verilator import build_verilog, run_cocotb
+
+        text = verilog.convert(BoardTop(self.params), name="spikeforge_board", emit_src=False)
+        build = build_verilog(text, "spikeforge_board", self.cache_dir, waves=False, progress=self.progress)
+        self._folder = tempfile.TemporaryDirectory(prefix="spikeforge-board-")
+        folder = Path(self._folder.name)
+        port_file = folder / "port"
+        env = {"SPIKEFORGE_DIVISOR": str(self.params.divisor), "SPIKEFORGE_PORT_FILE": str(port_file),
+               "SPIKEFORGE_STATS": str(folder / "stats.json")}
+
+        def run():
+            self._failure = run_cocotb(build, "spikeforge.sim.board_bench", folder, env)
+
+        self._thread = threading.Thread(target=run, name="simulated-board", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.start_seconds
+        while not port_file.is_file():
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._cleanup()
+                raise SpikeforgeError(f"the simulated board did not start ({self._failure or 'timeout'}); "
+                                      f"see {folder / 'sim.log'}")
+            time.sleep(0.05)
+        self.url = f"socket://127.0.0.1:{int(port_file.read_text())}"
+        self.progress(f"simulated board listening at {self.url}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if self._folder is not None:
+            stats = Path(self._folder.name) / "stats.json"
+            if stats.is_file():
+                self.stats = json.loads(stats.read_text())
+            self._folder.cleanup()
+            self._folder = None
