@@ -1,0 +1,170 @@
+"""The board top: UART and CRC in amaranth.sim; the whole board under Verilator behind a socket."""
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from spikeforge.gen.netfile import load_network
+from spikeforge.gen.sizing import plan_core
+from spikeforge.host.driver import Accelerator
+from spikeforge.host.protocol import ErrorCode, FrameDecoder, FrameType, Identity, crc16, encode_frame
+from spikeforge.host.transports import SimulatedBoard
+from spikeforge.hw.uart import UARTReceiver, UARTTransmitter, crc16_update
+from spikeforge.sim import golden
+
+from conftest import assert_one_line_error, make_network, run_cli
+
+
+class Loopback(wiring.Component):
+    def __init__(self, divisor):
+        self.divisor = divisor
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.tx = self.tx = UARTTransmitter(self.divisor)
+        m.submodules.rx = self.rx = UARTReceiver(self.divisor)
+        m.d.comb += self.rx.rx.eq(self.tx.tx)
+        return m
+
+
+@pytest.mark.parametrize("divisor", [4, 7, 16])
+def test_uart_loopback_carries_every_byte(divisor):
+    dut = Loopback(divisor)
+    sent = list(range(256))[:: 5 if divisor > 4 else 1]
+    got = []
+
+    async def send(ctx):
+        for byte in sent:
+            ctx.set(dut.tx.data.payload, byte)
+            ctx.set(dut.tx.data.valid, 1)
+            await ctx.tick().until(dut.tx.data.ready)
+        ctx.set(dut.tx.data.valid, 0)
+
+    async def take(ctx):
+        ctx.set(dut.rx.data.ready, 1)
+        while len(got) < len(sent):
+            _, _, valid, payload = await ctx.tick().sample(dut.rx.data.valid, dut.rx.data.payload)
+            if valid:
+                got.append(payload)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(send)
+    sim.add_testbench(take)
+    sim.run()
+    assert got == sent
+
+
+def test_hardware_crc_equals_the_protocol_crc():
+    m = Module()
+    crc, byte = Signal(16), Signal(8)
+    out = crc16_update(m, crc, byte)
+    rng = np.random.default_rng(0)
+    data = bytes(rng.integers(0, 256, 40).tolist())
+
+    async def bench(ctx):
+        value = 0xFFFF
+        for b in data:
+            ctx.set(crc, value)
+            ctx.set(byte, b)
+            value = ctx.get(out)
+        assert value == crc16(data)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.fixture(scope="module")
+def small_board(tmp_path_factory):
+    """A small random network's board top under Verilator, with a raw socket to it.
+
+    Few inputs and many classes: a result frame takes far longer on the wire than a request,
+    so a burst of requests really does pile up in the board.
+    """
+    net = make_network(np.random.default_rng(8), [4, 7, 24], 5, negative_bias=0.5, threshold_scale=0.3)
+    plan = plan_core(net, lanes=[3, 4], input_lanes=4)
+    cache = tmp_path_factory.mktemp("verilator")
+    with SimulatedBoard(plan, cache) as board:
+        host, port = board.url.removeprefix("socket://").split(":")
+        with socket.create_connection((host, int(port))) as conn:
+            yield net, board, conn, cache
+
+
+def exchange(conn, request: bytes, replies: int, seconds: float = 20.0):
+    conn.sendall(request)
+    decoder = FrameDecoder()
+    frames, deadline = [], time.monotonic() + seconds
+    conn.settimeout(0.2)
+    while len(frames) < replies and time.monotonic() < deadline:
+        try:
+            frames += decoder.feed(conn.recv(4096))
+        except socket.timeout:
+            pass
+    return frames
+
+
+def test_board_protocol_on_the_wire(small_board):
+    net, board, conn, _ = small_board
+    [identity] = exchange(conn, encode_frame(FrameType.IDENTIFY, 7), 1)
+    assert (identity.type, identity.seq) == (FrameType.IDENTITY, 7)
+    info = Identity.decode(identity.payload)
+    assert info.fingerprint_text == board.params.plan.fingerprint and info.inputs == 4 and info.window == 4
+
+    codes = np.random.default_rng(1).integers(0, 32, size=(3, 4))
+    frames = exchange(conn, b"".join(encode_frame(FrameType.INFER, 100 + k, info.encode_image(row))
+                                     for k, row in enumerate(codes)), 3)
+    expected = golden.run(net, codes)
+    assert [f.seq for f in frames] == [100, 101, 102]
+    for frame, label, logits in zip(frames, expected.predictions, expected.logits):
+        assert info.decode_result(frame.payload) == (label, logits.tolist())
+
+    damaged = bytearray(encode_frame(FrameType.INFER, 200, info.encode_image(codes[0])))
+    damaged[9] ^= 0x04
+    cases = [(bytes(damaged), 200, ErrorCode.CRC),
+             (encode_frame(FrameType.INFER, 201, bytes(9)), 201, ErrorCode.LENGTH),
+             (encode_frame(0x33, 202), 202, ErrorCode.TYPE)]
+    for request, seq, code in cases:
+        [reply] = exchange(conn, b"\x00\x17" + request, 1)        # noise before: the board hunts for the sync
+        assert (reply.type, reply.seq, reply.payload) == (FrameType.ERROR, seq, bytes([code]))
+
+    # More than the window at once: the extra requests are refused BUSY, none silently dropped.
+    burst = b"".join(encode_frame(FrameType.INFER, 300 + k, info.encode_image(codes[k % 3])) for k in range(9))
+    frames = exchange(conn, burst, 9)
+    results = sorted(f.seq for f in frames if f.type == FrameType.RESULT)
+    busy = sorted(f.seq for f in frames if f.type == FrameType.ERROR and f.payload == bytes([ErrorCode.BUSY]))
+    assert sorted(results + busy) == list(range(300, 309)) and len(results) >= 4 and busy
+
+
+def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
+    """``spikeforge infer --sim``: digits images through the UART board top in Verilator, checked with the golden model."""
+    proc = run_cli("infer", str(digits_demo["net_path"]), "--sim", "--data", "digits", "-n", "24",
+                   "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
+    report = json.loads(proc.stdout)
+    assert report["images"] == 24 and report["golden"]["agreement"] == 1.0 and report["golden"]["mismatches"] == 0
+    assert report["board"]["cycles_per_image"] > 0 and report["accuracy"] > 0.8
+    human = run_cli("infer", str(digits_demo["net_path"]), "--sim", "-n", "3", "--compare-golden",
+                    "--build-dir", str(tmp_path / "cache"))
+    assert "agreement with the golden model: 3/3 images (100.00%)" in human.stdout
+    assert "3/3 images" in human.stderr, "progress on stderr"
+
+
+def test_infer_refuses_a_board_with_another_network(digits_demo, small_board):
+    net, board, _, cache = small_board
+    with SimulatedBoard(board.params.plan, cache) as other:          # the same design: no new build
+        proc = run_cli("infer", str(digits_demo["net_path"]), "--port", other.url, "-n", "2",
+                       "--timeout", "5", "-q", check=False)
+    assert_one_line_error(proc, "the board runs network sha256:")
+
+
+def test_infer_on_a_port_nobody_answers(digits_demo):
+    proc = run_cli("infer", str(digits_demo["net_path"]), "--port", "loop://", "-n", "2", "--timeout", "0.1",
+                   check=False)
+    assert proc.returncode == 1 and "no identity from the board" in proc.stderr.splitlines()[-1]
