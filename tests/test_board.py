@@ -1,7 +1,10 @@
 """The board top: UART and CRC in amaranth.sim; the whole board under Verilator behind a socket."""
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -168,3 +171,14 @@ def test_infer_on_a_port_nobody_answers(digits_demo):
     proc = run_cli("infer", str(digits_demo["net_path"]), "--port", "loop://", "-n", "2", "--timeout", "0.1",
                    check=False)
     assert proc.returncode == 1 and "no identity from the board" in proc.stderr.splitlines()[-1]
+
+
+def test_ctrl_c_closes_cleanly(digits_demo):
+    """SIGINT while the driver waits for a board: exit 130 with one line, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "spikeforge.cli", "infer", str(digits_demo["net_path"]),
+                             "--port", "loop://", "--timeout", "30", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and stderr.strip() == "spikeforge: interrupted"
