@@ -7,18 +7,17 @@ file. The port list of the top module is documented in docs/core.md.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 
 from ..errors import SpikeforgeError
+from ..fileio import write_atomic
 from ..toolchain import verilator_binary, verilator_env
 from .sizing import CorePlan
 
-__all__ = ["VERILOG_NAME", "REPORT_NAME", "LINT_WAIVERS", "write_atomic", "write_core", "lint_verilog",
-           "LintError"]
+__all__ = ["VERILOG_NAME", "REPORT_NAME", "LINT_WAIVERS", "check_output_dir", "write_core", "lint_verilog",
+           "LintError", "multiplications"]
 
 VERILOG_NAME = "spikeforge_core.v"
 REPORT_NAME = "report.json"
@@ -38,16 +37,12 @@ class LintError(SpikeforgeError):
     """Verilator found a problem in the emitted Verilog (a generator bug)."""
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".spikeforge-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def check_output_dir(out_dir: Path) -> None:
+    """Fail before any long work if ``out_dir`` cannot be created or written into."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpikeforgeError(f"cannot write into {out_dir}: it is a file")
+    if not (out_dir.parent if str(out_dir.parent) else Path(".")).is_dir():
+        raise SpikeforgeError(f"cannot create {out_dir}: folder {out_dir.parent} does not exist")
 
 
 def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None) -> dict[str, Path]:
@@ -55,10 +50,7 @@ def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None) -> dic
     from ..hw.core import emit_verilog
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SpikeforgeError(f"cannot write into {out_dir}: it is a file")
-    if not out_dir.parent.is_dir():
-        raise SpikeforgeError(f"cannot create {out_dir}: folder {out_dir.parent} does not exist")
+    check_output_dir(out_dir)
     text = emit_verilog(plan) if verilog is None else verilog
     out_dir.mkdir(exist_ok=True)
     files = {"verilog": out_dir / VERILOG_NAME, "report": out_dir / REPORT_NAME}

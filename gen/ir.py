@@ -10,7 +10,7 @@ Shapes are per sample (no batch dimension). Arrays are float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np

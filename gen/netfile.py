@@ -21,13 +21,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import NetFileError
+from ..fileio import write_atomic
 from .bounds import MAX_WIDTH, layer_bounds
 from .network import DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
 
@@ -98,16 +98,7 @@ def save_network(net: SpikingNetwork, path: str | os.PathLike) -> Path:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise NetFileError(f"cannot write {path}: folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".spikeforge-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, data)
 
 
 def _require(cond: bool, path, message: str):

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .ir import BatchNorm, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, Input, ReLU
+from .ir import BatchNorm, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, ReLU
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "to_float_network", "lower"]
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpikeforgeError
-from ..gen.emit import LINT_WAIVERS, write_atomic
+from ..fileio import write_atomic
+from ..gen.emit import LINT_WAIVERS
 from ..gen.sizing import CorePlan
 from ..toolchain import verilator_env
 from .golden import GoldenResult

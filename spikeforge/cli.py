@@ -211,16 +211,13 @@ def _plan(args, net):
 
 
 def cmd_generate(args) -> int:
-    from .gen.emit import LINT_WAIVERS, LintError, lint_verilog, write_core
+    from .gen.emit import LINT_WAIVERS, LintError, check_output_dir, lint_verilog, write_core
     from .gen.netfile import load_network
     from .hw.core import TOP_NAME, emit_verilog
 
     progress = Progress(not args.quiet)
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise SpikeforgeError(f"cannot write into {output}: it is a file")
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise SpikeforgeError(f"cannot create {output}: folder {output.parent} does not exist")
+    check_output_dir(output)
     net = load_network(args.net)
     plan = _plan(args, net)
     progress(f"sizing {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}, "
@@ -266,19 +263,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikeforge"
 
 
+def _net_and_images(args):
+    """The network file and the selected images of ``--data``/``--range``/``-n``; refuses an empty selection."""
+    from .datasets import open_dataset, parse_range
+    from .gen.netfile import load_network
+
+    net = load_network(args.net)
+    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
+    if len(data) == 0:
+        raise SpikeforgeError("no images selected (check --range and -n)")
+    return net, data
+
+
 def cmd_simulate(args) -> int:
     import numpy as np
 
-    from .datasets import open_dataset, parse_range
-    from .gen.netfile import load_network
     from .sim import golden
     from .sim.verilator import build_core, run_core
 
     progress = Progress(not args.quiet)
-    net = load_network(args.net)
-    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
-    if len(data) == 0:
-        raise SpikeforgeError("no images to simulate (check --range and -n)")
+    net, data = _net_and_images(args)
     plan = _plan(args, net)
     expected = golden.run_images(net, data.images)
     cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
@@ -358,17 +362,12 @@ def cmd_infer(args) -> int:
 
     import numpy as np
 
-    from .datasets import open_dataset, parse_range
     from .gen.network import check_images
-    from .gen.netfile import load_network
     from .host.driver import Accelerator
     from .sim import golden
 
     progress = Progress(not args.quiet)
-    net = load_network(args.net)
-    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
-    if len(data) == 0:
-        raise SpikeforgeError("no images to send (check --range and -n)")
+    net, data = _net_and_images(args)
     images = check_images(data.images, net.input.shape, "images")
     codes = net.input.encode(images, net.timesteps)         # the one encoder (docs/semantics.md)
     with contextlib.ExitStack() as stack:

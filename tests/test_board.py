@@ -13,9 +13,7 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from spikeforge.gen.netfile import load_network
 from spikeforge.gen.sizing import plan_core
-from spikeforge.host.driver import Accelerator
 from spikeforge.host.protocol import ErrorCode, FrameDecoder, FrameType, Identity, crc16, encode_frame
 from spikeforge.host.transports import SimulatedBoard
 from spikeforge.hw.uart import UARTReceiver, UARTTransmitter, crc16_update
