@@ -157,13 +157,10 @@ def _print_layers(net, bounds) -> None:
 # ---------------------------------------------------------------------------- eval / info
 
 def cmd_eval(args) -> int:
-    from .datasets import open_dataset, parse_range
-    from .gen.netfile import load_network
     from .sim.evaluate import evaluate
 
     progress = Progress(not args.quiet)
-    net = load_network(args.net)
-    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
+    net, data = _net_and_images(args)
     progress(f"evaluating {net.describe()} (T={net.timesteps}) on {data.describe()}")
     start = time.perf_counter()
     result = evaluate(net, data.images, data.labels)
@@ -456,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threshold normalisation: search (least conversion error, default), max, percentile")
         p.add_argument("--percentile", type=float, default=99.99, help="percentile for --threshold percentile")
 
+    def images(p):
+        p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
+        p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
+        p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+
     def hardware(p):
         from .gen.sizing import DEFAULT_LANE_BUDGET
 
@@ -488,9 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy of a network file: float ANN, float SNN, integer golden model")
     p.add_argument("net", metavar="NET")
-    p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
-    p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
-    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+    images(p)
     common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -503,9 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="run the core's Verilog under Verilator on images, against the golden model")
     p.add_argument("net", metavar="NET")
-    p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
-    p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
-    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+    images(p)
     p.add_argument("--build-dir", metavar="DIR",
                    help="where Verilator builds are kept (default $SPIKEFORGE_CACHE or ~/.cache/spikeforge)")
     p.add_argument("--waves", metavar="DIR", help="build with tracing and write DIR/dump.fst")
@@ -519,9 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--sim", action="store_true", help="a simulated board: the board top under Verilator")
     where.add_argument("--port", metavar="URL", help="serial port of a board: /dev/ttyUSB1, socket://host:port, ...")
     p.add_argument("--baud", type=int, default=115200, help="serial baud rate for --port (default 115200)")
-    p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
-    p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
-    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+    images(p)
     p.add_argument("--compare-golden", action="store_true",
                    help="compare every label and logit with the golden model (exit 1 on any difference)")
     p.add_argument("--window", type=int, metavar="W", help="images in flight (default: what the board allows)")
