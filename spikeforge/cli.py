@@ -428,6 +428,39 @@ def cmd_infer(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- build
+
+def cmd_build(args) -> int:
+    from .gen.build import BOARDS, build_bitstream, check_fit, plan_for_board
+    from .gen.emit import check_output_dir
+    from .gen.netfile import load_network
+
+    progress = Progress(not args.quiet)
+    output = Path(args.output)
+    check_output_dir(output)
+    board = BOARDS[args.board]
+    net = load_network(args.net)
+    plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip)
+    check_fit(plan, board)
+    progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {[layer.lanes for layer in plan.layers]}, "
+             f"input lanes {plan.input.lanes}, worst-case interval {plan.initiation_interval} cycles")
+    report = build_bitstream(plan, board, output, baud=args.baud, program=args.program, progress=progress)
+    if args.json:
+        _emit_json(report)
+        return 0
+    print(f"built {report['bitstream']} for the {board.name} ({board.device}): {net.describe()}, T={net.timesteps}")
+    for name, use in report["utilisation"].items():
+        if use["used"]:
+            print(f"  {name:<14} {use['used']:7d} / {use['total']:<7d} {100 * use['used'] / use['total']:5.1f}%")
+    print(f"  Fmax {report['fmax_mhz']:.2f} MHz ({'meets' if report['timing_met'] else 'FAILS'} "
+          f"{report['clock_mhz']:g} MHz)")
+    print(f"  core: {report['initiation_interval']} cycles per image worst case = "
+          f"{report['core_images_per_second_at_clock']:,.0f} images/s at {board.clock_hz / 1e6:g} MHz "
+          f"({report['core_images_per_second_at_fmax']:,.0f} at Fmax); the UART at {args.baud} baud carries "
+          f"{report['uart_images_per_second']:,.0f} images/s")
+    return 0 if report["timing_met"] else EXIT_ERROR
+
+
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,6 +560,17 @@ def build_parser() -> argparse.ArgumentParser:
     hardware(p)
     common(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("build", help="build a bitstream of the board top for a real board (yosys + nextpnr)")
+    p.add_argument("net", metavar="NET")
+    p.add_argument("--board", required=True, choices=["icebreaker", "ulx3s-85f"], help="target board")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (replaced if it exists)")
+    p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    p.add_argument("--program", action="store_true", help="program the board after the build")
+    hardware(p)
+    p.set_defaults(lane_budget=None)
+    common(p)
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("info", help="layers, widths and fingerprint of a network file")
     p.add_argument("net", metavar="NET")
