@@ -23,8 +23,9 @@ def codes(net):
     return np.random.default_rng(5).integers(0, net.max_code + 1, size=(60, net.input.size))
 
 
-def run_all(board, codes, **options):
-    with Accelerator(board, timeout=0.05, **options) as driver:
+def run_all(board, codes, timeout=0.05, **options):
+    """Every result, in order. Tests that count resends use a timeout no loaded machine reaches."""
+    with Accelerator(board, timeout=timeout, **options) as driver:
         results = list(driver.infer(codes))
         return results, driver.stats
 
@@ -62,7 +63,7 @@ def test_identity_round_trip(net):
 
 
 def test_clean_board(net, codes):
-    results, stats = run_all(FakeBoard(net), codes)
+    results, stats = run_all(FakeBoard(net), codes, timeout=5.0)
     assert_correct(results, net, codes)
     assert stats.resent == 0 and stats.unexpected_replies == 0 and stats.images == len(codes)
 
@@ -151,7 +152,7 @@ class CountingPort:
 @pytest.mark.parametrize("board_window,driver_window,most", [(3, None, 3), (4, 2, 2), (1, 8, 1)])
 def test_window_limits_images_in_flight(net, codes, board_window, driver_window, most):
     port = CountingPort(FakeBoard(net, delay=0.01, window=board_window))
-    results, _ = run_all(port, codes[:20], window=driver_window)
+    results, _ = run_all(port, codes[:20], timeout=5.0, window=driver_window)
     assert_correct(results, net, codes[:20])
     assert port.most == most
 
