@@ -7,7 +7,7 @@ parameters, so the host driver can refuse a board that runs another network.
 from __future__ import annotations
 
 from ..errors import SpikeforgeError
-from ..host.protocol import Identity, logit_bytes
+from ..host.protocol import Identity, code_bytes, logit_bytes
 from ..hw.board import BoardParams
 from .sizing import CorePlan
 
@@ -26,4 +26,5 @@ def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT
         raise SpikeforgeError(f"{baud} baud is more than 2% off any divisor of {clock_hz / 1e6:g} MHz")
     identity = Identity(plan.timesteps, plan.input.size, plan.classes, logit_bytes(plan.logit_width), window,
                         int(clock_hz), plan.initiation_interval, bytes.fromhex(plan.fingerprint.split(":")[1]))
-    return BoardParams(plan, identity.encode(), divisor, window)
+    return BoardParams(plan, identity.encode(), divisor, window, code_bytes(plan.timesteps),
+                       logit_bytes(plan.logit_width))

@@ -27,7 +27,7 @@ from amaranth.build.run import LocalBuildProducts
 from ..errors import SpikeforgeError
 from ..fileio import write_atomic
 from .board import board_params
-from .sizing import CorePlan, plan_core
+from .sizing import DEFAULT_LANE_BUDGET, CorePlan, plan_core
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
            "parse_nextpnr_log"]
@@ -70,8 +70,8 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
     """Size the core for ``board``: the user's lanes, else the board's default (least memory on the iCE40)."""
     if lanes is None and budget is None and board.default_lanes is None:
         lanes, input_lanes = [1] * len(net.layers), input_lanes or 1
-    return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or 64, input_lanes=input_lanes,
-                     skip_silent=skip_silent)
+    return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
+                     input_lanes=input_lanes, skip_silent=skip_silent)
 
 
 def check_fit(plan: CorePlan, board: BoardSpec) -> None:

@@ -62,6 +62,11 @@ class InputPlan:
         return _ceil_div(self.size, self.lanes)
 
     @property
+    def addr_width(self) -> int:
+        """Bits of an input spike event's address."""
+        return unsigned_width(self.size - 1)
+
+    @property
     def memory_bits(self) -> int:
         """Two image banks (ping-pong), bits."""
         return 2 * self.words * self.lanes * self.timesteps
@@ -116,6 +121,11 @@ class LayerPlan:
     def input_addr_width(self) -> int:
         """Bits of an input spike event's address (a neuron of the previous layer)."""
         return unsigned_width(self.inputs - 1)
+
+    @property
+    def output_addr_width(self) -> int:
+        """Bits of this layer's own spike event addresses (= the next layer's ``input_addr_width``)."""
+        return unsigned_width(self.neurons - 1)
 
     @property
     def memory_bits(self) -> dict[str, int]:

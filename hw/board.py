@@ -12,6 +12,8 @@ parameters, so the host driver refuses a board that runs another network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth import Array, Cat, Const, Module, Signal
 from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -28,15 +30,26 @@ IDENTIFY, INFER, IDENTITY, RESULT, ERROR = 0x01, 0x02, 0x81, 0x82, 0xEE
 ERROR_CRC, ERROR_LENGTH, ERROR_TYPE, ERROR_BUSY = 1, 2, 3, 4
 
 
+@dataclass(frozen=True, eq=False)
 class BoardParams:
-    """What the board top needs besides the core plan: the identity bytes, UART divisor, window."""
+    """What the board top needs besides the core plan (made by ``spikeforge.gen.board``).
 
-    def __init__(self, plan: CorePlan, identity: bytes, divisor: int, window: int = 4):
-        self.plan, self.identity, self.divisor, self.window = plan, identity, divisor, window
-        self.code_bytes = 1 if plan.timesteps <= 8 else 2
-        self.logit_bytes = (plan.logit_width + 7) // 8
-        self.image_bytes = plan.input.size * self.code_bytes
-        self.result_bytes = 2 + plan.classes * self.logit_bytes
+    ``code_bytes`` and ``logit_bytes`` are the wire sizes of docs/protocol.md.
+    """
+    plan: CorePlan
+    identity: bytes
+    divisor: int          # clock cycles per UART bit
+    window: int           # images in flight
+    code_bytes: int
+    logit_bytes: int
+
+    @property
+    def image_bytes(self) -> int:
+        return self.plan.input.size * self.code_bytes
+
+    @property
+    def result_bytes(self) -> int:
+        return 2 + self.plan.classes * self.logit_bytes
 
 
 class BoardTop(wiring.Component):

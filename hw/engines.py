@@ -45,7 +45,7 @@ class InputEncoder(wiring.Component):
         self.skip_silent = skip_silent
         super().__init__({
             "images": In(stream.Signature(image_beat_layout(plan.lanes, plan.timesteps))),
-            "events": Out(stream.Signature(spike_event_layout(max(1, (plan.size - 1).bit_length())))),
+            "events": Out(stream.Signature(spike_event_layout(plan.addr_width))),
         })
 
     def elaborate(self, platform):
@@ -212,7 +212,7 @@ class LayerEngine(wiring.Component):
         self.skip_silent = skip_silent
         super().__init__({
             "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
-            "spikes_out": Out(stream.Signature(spike_event_layout(max(1, (plan.neurons - 1).bit_length())))),
+            "spikes_out": Out(stream.Signature(spike_event_layout(plan.output_addr_width))),
         })
 
     def elaborate(self, platform):
@@ -259,7 +259,7 @@ class OutputEngine(wiring.Component):
         super().__init__({
             "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
             "results": Out(stream.Signature(result_layout(
-                plan.neurons, max(1, (plan.neurons - 1).bit_length()), plan.membrane_width))),
+                plan.neurons, plan.output_addr_width, plan.membrane_width))),
         })
 
     def elaborate(self, platform):

@@ -14,7 +14,8 @@ import numpy as np
 
 from spikeforge.gen.bounds import network_bounds
 from spikeforge.gen.netfile import fingerprint
-from spikeforge.host.protocol import ErrorCode, FrameDecoder, FrameType, Identity, encode_frame, logit_bytes
+from spikeforge.host.protocol import (ErrorCode, FrameDecoder, FrameType, Identity, code_bytes, encode_frame,
+                                      logit_bytes)
 from spikeforge.sim import golden
 
 
@@ -70,7 +71,7 @@ class FakeBoard:
     # ---------------------------------------------------------------- the board side
 
     def _decoder(self) -> FrameDecoder:
-        return FrameDecoder(self.net.input.size * (1 if self.net.timesteps <= 8 else 2))
+        return FrameDecoder(self.net.input.size * code_bytes(self.net.timesteps))
 
     def _damage(self, data: bytes, corrupt: float, drop: float) -> bytes:
         out = bytearray()
@@ -95,7 +96,7 @@ class FakeBoard:
         if frame.type != FrameType.INFER:
             self._reply(encode_frame(FrameType.ERROR, frame.seq, bytes([ErrorCode.TYPE])))
             return
-        width = 1 if self.net.timesteps <= 8 else 2
+        width = code_bytes(self.net.timesteps)
         if len(frame.payload) != self.net.input.size * width:
             self._reply(encode_frame(FrameType.ERROR, frame.seq, bytes([ErrorCode.LENGTH])))
             return
