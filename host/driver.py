@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SpikeforgeError
-from .protocol import ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
+from .protocol import COMMIT_LAYER, ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
 
 __all__ = ["Accelerator", "InferenceResult", "DriverStats", "BoardError", "BoardTimeout", "WrongNetworkError"]
 
@@ -85,7 +85,8 @@ class Accelerator:
         self.timeout, self.retries, self.poll = timeout, retries, poll
         self.requested_window = window
         # Replies only, and none longer than an identity until we know the result size.
-        self.decoder = FrameDecoder(Identity.SIZE, (FrameType.IDENTITY, FrameType.RESULT, FrameType.ERROR))
+        self.decoder = FrameDecoder(Identity.MAX_SIZE, (FrameType.IDENTITY, FrameType.RESULT, FrameType.LOADED,
+                                                        FrameType.ERROR))
         self.identity: Identity | None = None
         self.stats = DriverStats()
         self._seq = 0
@@ -157,14 +158,17 @@ class Accelerator:
                             self.identity = Identity.decode(frame.payload)
                         except ValueError as exc:
                             raise BoardError(f"the board's identity is not understood: {exc}") from exc
-                        self.decoder.max_payload = max(Identity.SIZE, self.identity.result_bytes)
+                        self.decoder.max_payload = max(Identity.MAX_SIZE, self.identity.result_bytes)
                         return self.identity
                     self.stats.unexpected_replies += 1
         raise BoardTimeout(f"no identity from the board after {self.retries + 1} tries of {self.timeout:g} s "
                            "(wrong port or baud rate, or no spikeforge bitstream?)")
 
-    def expect(self, net) -> Identity:
-        """Identify the board and refuse it unless it runs ``net`` (same fingerprint)."""
+    def expect(self, net, load: bool = True) -> Identity:
+        """Identify the board and refuse it unless it runs ``net`` (same fingerprint).
+
+        With ``load``, a board that keeps weights in RAM gets them (:meth:`load_weights`).
+        """
         from ..gen.netfile import fingerprint
 
         identity = self.identity or self.identify()
@@ -172,7 +176,72 @@ class Accelerator:
         if identity.fingerprint_text != want:
             raise WrongNetworkError(f"the board runs network {identity.fingerprint_text[:19]}..., "
                                     f"not {want[:19]}... (build and load the bitstream for this network)")
+        if load and any(identity.loaded):
+            self.load_weights(net)
         return identity
+
+    # ------------------------------------------------------------------ run-time weights
+
+    def load_weights(self, net, progress=None) -> int:
+        """Write the weight rows the board keeps in RAM (SPRAM), then commit; return the rows sent.
+
+        The rows are packed as the board's core packs them: the host rebuilds its plan from
+        the lanes in the identity. Up to ``window`` LOADs are in flight; a damaged or missing
+        acknowledgement resends the row.
+        """
+        from ..gen.sizing import plan_core
+
+        identity = self.identity or self.identify()
+        loaded = [i for i, flag in enumerate(identity.loaded) if flag]
+        if not loaded:
+            return 0
+        if len(identity.lanes) != len(net.layers):
+            raise WrongNetworkError(f"the board has {len(identity.lanes)} layers, the network {len(net.layers)}")
+        plan = plan_core(net, lanes=list(identity.lanes), loaded_weights=loaded)
+        if (plan.load_data_width + 7) // 8 != identity.load_bytes:
+            raise WrongNetworkError(f"the board takes {identity.load_bytes}-byte weight rows, this network's "
+                                    f"are {(plan.load_data_width + 7) // 8}")
+        payloads = [identity.encode_load(*load) for load in plan.weight_loads()]
+        self._acknowledged(payloads, progress)
+        self._acknowledged([identity.encode_load(COMMIT_LAYER, 0, 0)])     # after every row is in
+        return len(payloads)
+
+    def _acknowledged(self, payloads: list[bytes], progress=None) -> None:
+        """Send LOAD ``payloads``, ``window`` at a time, until each is acknowledged (LOADED)."""
+        pending = iter(enumerate(payloads))
+        in_flight: dict[int, _InFlight] = {}
+        done, exhausted = 0, False
+        while True:
+            while not exhausted and len(in_flight) < self.window:
+                try:
+                    index, payload = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
+                seq = self._next_seq()
+                in_flight[seq] = _InFlight(index, encode_frame(FrameType.LOAD, seq, payload), time.monotonic())
+                self._send(in_flight[seq].frame)
+            if exhausted and not in_flight:
+                return
+            oldest = min(f.sent for f in in_flight.values())
+            for frame in self._receive(max(0.0, oldest + self.timeout - time.monotonic())):
+                request = in_flight.get(frame.seq)
+                if request is None or frame.type not in (FrameType.LOADED, FrameType.ERROR):
+                    self.stats.unexpected_replies += 1
+                elif frame.type == FrameType.LOADED:
+                    del in_flight[frame.seq]
+                    done += 1
+                    if progress:
+                        progress(done)
+                else:
+                    code = frame.payload[0] if frame.payload else 0
+                    if code in (ErrorCode.LENGTH, ErrorCode.TYPE):
+                        raise BoardError(f"the board refused weight row {request.index} (error {code})")
+                    self._resend(frame.seq, request, f"board error {code}", "weight row")
+            now = time.monotonic()
+            for seq, request in in_flight.items():
+                if now - request.sent >= self.timeout:
+                    self._resend(seq, request, "no reply", "weight row")
 
     # ------------------------------------------------------------------ inference
 
@@ -234,6 +303,8 @@ class Accelerator:
             code = frame.payload[0] if frame.payload else 0
             name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else f"code {code}"
             self.stats.board_errors[name] = self.stats.board_errors.get(name, 0) + 1
+            if code == ErrorCode.NOT_LOADED:
+                raise BoardError("the board's run-time weights are not loaded (expect() or load_weights() does it)")
             if code == ErrorCode.LENGTH or code == ErrorCode.TYPE:
                 raise BoardError(f"the board refused image {request.index}: {name.lower()} "
                                  "(does it run the network you expect?)")
@@ -247,9 +318,9 @@ class Accelerator:
         del in_flight[frame.seq]
         done[request.index] = InferenceResult(request.index, label, logits, time.monotonic() - request.sent)
 
-    def _resend(self, seq: int, request: _InFlight, why: str) -> None:
+    def _resend(self, seq: int, request: _InFlight, why: str, what: str = "image") -> None:
         if request.attempts > self.retries:
-            raise BoardTimeout(f"image {request.index}: {why} after {request.attempts} sends "
+            raise BoardTimeout(f"{what} {request.index}: {why} after {request.attempts} sends "
                                f"(timeout {self.timeout:g} s); is the board still running?")
         request.attempts += 1
         request.sent = time.monotonic()

@@ -15,21 +15,24 @@ import enum
 import struct
 from dataclasses import dataclass
 
-__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "FrameType", "ErrorCode", "Frame", "crc16",
-           "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes"]
+__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "COMMIT_LAYER", "FrameType", "ErrorCode", "Frame",
+           "crc16", "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes"]
 
 SYNC = 0xA5
 HEADER = 6            # sync, type, seq, len
 MAGIC = b"SPKF"
-VERSION = 1
+VERSION = 2
+COMMIT_LAYER = 0xFF     # a LOAD for this layer commits the run-time weights
 MAX_PAYLOAD = 4096    # no frame of either side is longer; a longer header is noise
 
 
 class FrameType(enum.IntEnum):
     IDENTIFY = 0x01   # host -> board, empty
     INFER = 0x02      # host -> board, one image's input codes
+    LOAD = 0x03       # host -> board, one run-time weight row, or the commit (layer 0xFF)
     IDENTITY = 0x81   # board -> host, the network and core parameters
     RESULT = 0x82     # board -> host, label and logits of the request with the same seq
+    LOADED = 0x83     # board -> host, empty: the LOAD with the same seq is done
     ERROR = 0xEE      # board -> host, the request with this seq was refused
 
 
@@ -37,7 +40,8 @@ class ErrorCode(enum.IntEnum):
     CRC = 1           # the frame's CRC did not match: resend it
     LENGTH = 2        # the length does not fit the type (e.g. not one image)
     TYPE = 3          # unknown frame type
-    BUSY = 4          # more requests in flight than the board's window
+    BUSY = 4          # more requests in flight than the board's window (or a LOAD while images are)
+    NOT_LOADED = 5    # an INFER before the run-time weights were loaded and committed
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
@@ -127,7 +131,11 @@ class FrameDecoder:
 
 @dataclass(frozen=True)
 class Identity:
-    """What a board says about itself (an IDENTITY payload)."""
+    """What a board says about itself (an IDENTITY payload).
+
+    ``lanes`` and ``loaded`` (per layer) let the host rebuild the packed rows of the layers
+    whose weights the board takes at run time (LOAD); ``load_bytes`` is a LOAD's row field.
+    """
     timesteps: int
     inputs: int
     classes: int
@@ -136,24 +144,43 @@ class Identity:
     clock_hz: int
     initiation_interval: int    # worst-case core cycles per image
     fingerprint: bytes          # SHA-256 of the network (gen/netfile.py)
+    lanes: tuple[int, ...] = ()
+    loaded: tuple[bool, ...] = ()
+    load_bytes: int = 0
 
-    FORMAT = "<4sBBBBHHBxII32s"
-    SIZE = struct.calcsize(FORMAT)
+    FORMAT = "<4sBBBBHHBxII32sBB"          # then per layer: lanes (H), loaded (B)
+    LAYER_FORMAT = "<HB"
+    MAX_SIZE = struct.calcsize(FORMAT) + 255 * struct.calcsize(LAYER_FORMAT)
 
     def encode(self) -> bytes:
-        return struct.pack(self.FORMAT, MAGIC, VERSION, self.timesteps, code_bytes(self.timesteps),
+        head = struct.pack(self.FORMAT, MAGIC, VERSION, self.timesteps, code_bytes(self.timesteps),
                            self.logit_bytes, self.inputs, self.classes, self.window,
-                           self.clock_hz, self.initiation_interval, self.fingerprint)
+                           self.clock_hz, self.initiation_interval, self.fingerprint, len(self.lanes),
+                           self.load_bytes)
+        return head + b"".join(struct.pack(self.LAYER_FORMAT, lanes, loaded)
+                               for lanes, loaded in zip(self.lanes, self.loaded))
 
     @classmethod
     def decode(cls, payload: bytes) -> "Identity":
-        if len(payload) != struct.calcsize(cls.FORMAT):
-            raise ValueError(f"an identity is {struct.calcsize(cls.FORMAT)} bytes, not {len(payload)}")
-        (magic, version, timesteps, _, logit_nbytes, inputs, classes, window, clock_hz, interval,
-         fingerprint) = struct.unpack(cls.FORMAT, payload)
-        if magic != MAGIC or version != VERSION:
-            raise ValueError(f"not a spikeforge board (magic {magic!r}, protocol version {version})")
-        return cls(timesteps, inputs, classes, logit_nbytes, window, clock_hz, interval, fingerprint)
+        head = struct.calcsize(cls.FORMAT)
+        if len(payload) >= 5 and (payload[:4] != MAGIC or payload[4] != VERSION):
+            raise ValueError(f"not a spikeforge board of this version (magic {payload[:4]!r}, "
+                             f"protocol version {payload[4]}; this host speaks version {VERSION})")
+        if len(payload) < head:
+            raise ValueError(f"an identity is at least {head} bytes, not {len(payload)}")
+        (_, _, timesteps, _, logit_nbytes, inputs, classes, window, clock_hz, interval,
+         fingerprint, layers, load_bytes) = struct.unpack(cls.FORMAT, payload[:head])
+        size = struct.calcsize(cls.LAYER_FORMAT)
+        if len(payload) != head + layers * size:
+            raise ValueError(f"an identity of {layers} layers is {head + layers * size} bytes, not {len(payload)}")
+        per_layer = [struct.unpack(cls.LAYER_FORMAT, payload[head + i * size:head + (i + 1) * size])
+                     for i in range(layers)]
+        return cls(timesteps, inputs, classes, logit_nbytes, window, clock_hz, interval, fingerprint,
+                   tuple(lanes for lanes, _ in per_layer), tuple(bool(flag) for _, flag in per_layer), load_bytes)
+
+    def encode_load(self, layer: int, address: int, row: int) -> bytes:
+        """A LOAD payload: layer, row address (LE), the packed row in ``load_bytes`` bytes (LE)."""
+        return bytes([layer]) + address.to_bytes(2, "little") + row.to_bytes(self.load_bytes, "little")
 
     @property
     def fingerprint_text(self) -> str:

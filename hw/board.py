@@ -26,8 +26,9 @@ from .uart import UARTReceiver, UARTTransmitter, crc16_update
 __all__ = ["BoardTop", "BoardParams"]
 
 SYNC = 0xA5
-IDENTIFY, INFER, IDENTITY, RESULT, ERROR = 0x01, 0x02, 0x81, 0x82, 0xEE
-ERROR_CRC, ERROR_LENGTH, ERROR_TYPE, ERROR_BUSY = 1, 2, 3, 4
+IDENTIFY, INFER, LOAD, IDENTITY, RESULT, LOADED, ERROR = 0x01, 0x02, 0x03, 0x81, 0x82, 0x83, 0xEE
+ERROR_CRC, ERROR_LENGTH, ERROR_TYPE, ERROR_BUSY, ERROR_NOT_LOADED = 1, 2, 3, 4, 5
+COMMIT_LAYER = 0xFF         # a LOAD for this layer ends the weight load
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +43,12 @@ class BoardParams:
     window: int           # images in flight
     code_bytes: int
     logit_bytes: int
+    load_bytes: int = 0   # bytes of a LOAD's row field; 0: every weight is in the bitstream
+
+    @property
+    def load_payload_bytes(self) -> int:
+        """Length of a LOAD payload: layer (1), row address (2), row (``load_bytes``)."""
+        return 3 + self.load_bytes
 
     @property
     def image_bytes(self) -> int:
@@ -73,13 +80,17 @@ class BoardTop(wiring.Component):
         m.submodules.core = core = SpikingCore(plan)
         m.submodules.seqs = seqs = fifo.SyncFIFOBuffered(width=16, depth=p.window)     # images in flight
         m.submodules.errors = errors = fifo.SyncFIFOBuffered(width=24, depth=4)        # {seq, code}
+        m.submodules.acks = acks = fifo.SyncFIFOBuffered(width=16, depth=3)            # LOADs done
+        loads = p.load_bytes > 0
+        loaded = Signal(init=int(not loads))          # every run-time weight row written and committed
+        load_frame = Signal(8 * p.load_payload_bytes)
 
         # ---------------------------------------------------------------- receive and check a frame
         m.submodules.image = image = memory.Memory(shape=lanes * T, depth=max(2, words), init=[])
         image_write, image_read = image.write_port(), image.read_port()
         crc, seq, kind, length = Signal(16), Signal(16), Signal(8), Signal(16)
         received_crc = Signal(8)
-        count = index_signal(p.image_bytes + 1)
+        count = index_signal(max(p.image_bytes, p.load_payload_bytes) + 1)
         beat = Signal(lanes * T)
         lane, word = index_signal(lanes), index_signal(words)
         shift = index_signal(lanes * T)               # lane * T, kept by adding T (no multiplier)
@@ -117,7 +128,9 @@ class BoardTop(wiring.Component):
                         m.next = "CRC0"
                     with m.Elif((kind == INFER) & (full_length == p.image_bytes)):
                         m.next = "PAYLOAD"
-                    with m.Elif((kind == IDENTIFY) | (kind == INFER)):
+                    with m.Elif((kind == LOAD) & (full_length == p.load_payload_bytes) & loads):
+                        m.next = "LOAD"
+                    with m.Elif((kind == IDENTIFY) | (kind == INFER) | ((kind == LOAD) & loads)):
                         refuse(ERROR_LENGTH)
                         m.next = "HUNT"
                     with m.Else():
@@ -148,6 +161,14 @@ class BoardTop(wiring.Component):
                             m.d.sync += [beat.eq(placed), lane.eq(lane + 1), shift.eq(shift + T)]
                     with m.If(count == p.image_bytes - 1):
                         m.next = "CRC0"
+            with m.State("LOAD"):
+                # Shift the payload in from the top: its first byte ends in the LSBs.
+                m.d.comb += take.eq(rx_fifo.r_rdy)
+                with m.If(take):
+                    m.d.sync += [crc.eq(crc_next), count.eq(count + 1),
+                                 load_frame.eq(Cat(load_frame[8:], byte))]
+                    with m.If(count == p.load_payload_bytes - 1):
+                        m.next = "CRC0"
             with m.State("CRC0"):
                 m.d.comb += take.eq(rx_fifo.r_rdy)
                 with m.If(rx_fifo.r_rdy):
@@ -155,13 +176,28 @@ class BoardTop(wiring.Component):
                     m.next = "CRC1"
             with m.State("CRC1"):
                 # Wait for room for any answer, so no request is ever silently dropped.
-                ready = rx_fifo.r_rdy & errors.w_rdy & ~identify_pending & ~loader_busy
+                ready = rx_fifo.r_rdy & errors.w_rdy & acks.w_rdy & ~identify_pending & ~loader_busy
                 m.d.comb += take.eq(ready)
                 with m.If(ready):
                     with m.If(Cat(received_crc, byte) != crc):
                         refuse(ERROR_CRC)
                     with m.Elif(kind == IDENTIFY):
                         m.d.sync += [identify_pending.eq(1), identify_seq.eq(seq)]
+                    if loads:                                   # (LEN1 refuses a LOAD otherwise)
+                        with m.Elif(kind == LOAD):
+                            target = load_frame[:8]
+                            known = target == COMMIT_LAYER
+                            for layer in plan.loaded_layers:
+                                known |= target == layer.index
+                            with m.If(seqs.r_rdy):              # images in flight: the core is busy
+                                refuse(ERROR_BUSY)
+                            with m.Elif(~known):
+                                refuse(ERROR_LENGTH)
+                            with m.Else():
+                                self._load_row(m, core, load_frame, loaded)
+                                m.d.comb += [acks.w_en.eq(1), acks.w_data.eq(seq)]
+                    with m.Elif(~loaded):
+                        refuse(ERROR_NOT_LOADED)
                     with m.Elif(~seqs.w_rdy):
                         refuse(ERROR_BUSY)
                     with m.Else():
@@ -227,6 +263,10 @@ class BoardTop(wiring.Component):
                     m.d.sync += [out_type.eq(ERROR), out_seq.eq(errors.r_data[:16]), out_code.eq(errors.r_data[16:]),
                                  out_len.eq(1)]
                     m.next = "SYNC"
+                with m.Elif(acks.r_rdy):
+                    m.d.comb += acks.r_en.eq(1)
+                    m.d.sync += [out_type.eq(LOADED), out_seq.eq(acks.r_data), out_len.eq(0)]
+                    m.next = "SYNC"
                 with m.Elif(identify_pending):
                     m.d.sync += [out_type.eq(IDENTITY), out_seq.eq(identify_seq), out_len.eq(len(p.identity)),
                                  identify_pending.eq(0)]
@@ -248,6 +288,8 @@ class BoardTop(wiring.Component):
                 send(out_len[:8], "LEN1")
             with m.State("LEN1"):
                 send(out_len[8:], "PAYLOAD")
+                with m.If(sent & (out_len == 0)):
+                    m.next = "CRC0"
             with m.State("PAYLOAD"):
                 send(payload_byte, "PAYLOAD")
                 with m.If(sent):
@@ -259,3 +301,15 @@ class BoardTop(wiring.Component):
             with m.State("CRC1"):
                 send(tx_crc[8:], "IDLE", crc_it=False)
         return m
+
+    def _load_row(self, m: Module, core, frame, loaded) -> None:
+        """A checked LOAD: write its row into the core (one cycle), or commit the load."""
+        plan = self.params.plan
+        layer, address, row = frame[:8], frame[8:24], frame[24:]
+        with m.If(layer == COMMIT_LAYER):
+            m.d.sync += loaded.eq(1)
+        with m.Else():
+            m.d.sync += loaded.eq(0)
+            m.d.comb += [core.weights_load.en.eq(1), core.weights_load.layer.eq(layer),
+                         core.weights_load.addr.eq(address[:plan.load_addr_width]),
+                         core.weights_load.data.eq(row[:plan.load_data_width])]

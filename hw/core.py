@@ -6,7 +6,10 @@ Port list of the emitted top module (docs/core.md, "Ports"); all synchronous to 
 - ``images__valid``, ``images__ready``, ``images__payload`` (``lanes * T`` bits: the image's
   input codes, ``lanes`` per beat, code 0 in the LSBs; ``words`` beats per image);
 - ``results__valid``, ``results__ready``, ``results__payload`` (``label`` in the LSBs, then the
-  ``classes`` logits, ``logit_width``-bit two's complement each, logit 0 first).
+  ``classes`` logits, ``logit_width``-bit two's complement each, logit 0 first);
+- only when layers keep their weights in RAM (``plan.loaded_layers``, the iCE40UP5K's SPRAM):
+  ``weights_load`` (``en`` in bit 0, then ``addr``, ``data``, ``layer``): one packed weight
+  row written per cycle with ``en`` high, only while the core holds no image.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from amaranth.back import verilog
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..gen.network import unsigned_width
 from ..gen.sizing import CorePlan
 from .engines import InputEncoder, LayerEngine, OutputEngine
-from .events import image_beat_layout, result_layout
+from .events import image_beat_layout, result_layout, weight_load_layout
 
 __all__ = ["SpikingCore", "TOP_NAME", "emit_verilog"]
 
@@ -39,6 +43,9 @@ class SpikingCore(wiring.Component):
         super().__init__({
             "images": In(stream.Signature(image_beat_layout(plan.input.lanes, plan.timesteps))),
             "results": Out(stream.Signature(result_layout(plan.classes, plan.label_width, plan.logit_width))),
+            **({"weights_load": In(weight_load_layout(plan.load_addr_width, plan.load_data_width,
+                                                      max(1, unsigned_width(len(plan.layers) - 1))))}
+               if plan.loaded_layers else {}),
         })
 
     def elaborate(self, platform):
@@ -56,6 +63,10 @@ class SpikingCore(wiring.Component):
         m.submodules[f"layer{plan.layers[-1].index}"] = output
         wiring.connect(m, upstream, output.spikes_in)
         wiring.connect(m, output.results, wiring.flipped(self.results))
+        for layer in plan.loaded_layers:
+            engine, load = m.submodules[f"layer{layer.index}"], self.weights_load
+            m.d.comb += [engine.weights_load.en.eq(load.en & (load.layer == layer.index)),
+                         engine.weights_load.addr.eq(load.addr), engine.weights_load.data.eq(load.data)]
         return m
 
 

@@ -9,12 +9,16 @@ docs/semantics.md; the organisation is in docs/core.md.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..gen.network import unsigned_width
 from ..gen.sizing import InputPlan, LayerPlan
-from .events import BlockScanner, image_beat_layout, index_signal, result_layout, spike_event_layout
+from .events import (BlockScanner, image_beat_layout, index_signal, result_layout, spike_event_layout,
+                     weight_load_layout)
 from .ilif import AccumulateOp, ILIFAccumulate, ILIFFire
 
 __all__ = ["InputEncoder", "LayerEngine", "OutputEngine"]
@@ -131,7 +135,34 @@ class _Banks:
         m.d.sync += [self.full.bit_select(self.drain_bank, 1).eq(0), self.drain_bank.eq(~self.drain_bank)]
 
 
-def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None:
+def _load_port(plan: LayerPlan) -> dict:
+    """``weights_load`` for an engine whose weights are written at run time; none otherwise."""
+    if not plan.weights_loaded:
+        return {}
+    return {"weights_load": In(weight_load_layout(unsigned_width(plan.weight_row_count - 1), plan.weight_row_width))}
+
+
+def _weight_store(m: Module, plan: LayerPlan, load):
+    """The weight rows: a ROM, or (``plan.weights_loaded``) a RAM written through ``load``.
+
+    A loaded store has one address for reading and writing, so yosys can map it to the
+    iCE40UP5K's single-port SPRAM; ``load.en`` takes the address for the write cycle. Loads
+    happen only while the core is idle (the board top refuses them with images in flight).
+    """
+    if not plan.weights_loaded:
+        return _rom(m, "weights", plan.weight_row_width, plan.weight_rows)
+    store = memory.Memory(shape=unsigned(plan.weight_row_width), depth=plan.weight_row_count, init=[],
+                          attrs={"ram_style": "huge"})
+    m.submodules.weights_spram = store          # gen/build.py strips this name's (zero) init for yosys
+    write, read = store.write_port(), store.read_port()
+    address = Signal.like(read.addr)
+    rom_like = SimpleNamespace(addr=Signal.like(read.addr, name="weight_read_addr"), data=read.data)
+    m.d.comb += [address.eq(Mux(load.en, load.addr, rom_like.addr)), read.addr.eq(address),
+                 read.en.eq(~load.en), write.addr.eq(address), write.data.eq(load.data), write.en.eq(load.en)]
+    return rom_like
+
+
+def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events, load=None) -> None:
     """Stage 1 of a layer: ``T`` steps of ``V <- 2V + sum W*s``, then ``V <- V + B``.
 
     Two-deep pipeline: *issue* picks an operation and a row and starts the reads; *execute*
@@ -139,7 +170,7 @@ def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events) -> None
     step's pass clears the bank), then one pass per input spike event, then the marker.
     """
     B, T, L, mw = plan.blocks, plan.timesteps, plan.lanes, plan.membrane_width
-    weights = _rom(m, "weights", L * plan.weight_width, plan.weight_rows)
+    weights = _weight_store(m, plan, load)
     biases = _rom(m, "biases", L * plan.bias_width, plan.bias_rows)
 
     issue, op, row = Signal(), Signal(2), index_signal(B)
@@ -213,13 +244,14 @@ class LayerEngine(wiring.Component):
         super().__init__({
             "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
             "spikes_out": Out(stream.Signature(spike_event_layout(plan.output_addr_width))),
+            **_load_port(plan),
         })
 
     def elaborate(self, platform):
         m = Module()
         plan, L, mw = self.plan, self.plan.lanes, self.plan.membrane_width
         banks = _Banks(m, plan)
-        _accumulate_stage(m, plan, banks, self.spikes_in)
+        _accumulate_stage(m, plan, banks, self.spikes_in, getattr(self, "weights_load", None))
 
         # Fire: clamp to [0, theta] before the first step, then V <- 2V; spike and subtract if V >= theta.
         thresholds = _rom(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
@@ -260,13 +292,14 @@ class OutputEngine(wiring.Component):
             "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
             "results": Out(stream.Signature(result_layout(
                 plan.neurons, plan.output_addr_width, plan.membrane_width))),
+            **_load_port(plan),
         })
 
     def elaborate(self, platform):
         m = Module()
         plan, B, L, mw = self.plan, self.plan.blocks, self.plan.lanes, self.plan.membrane_width
         banks = _Banks(m, plan)
-        _accumulate_stage(m, plan, banks, self.spikes_in)
+        _accumulate_stage(m, plan, banks, self.spikes_in, getattr(self, "weights_load", None))
 
         # Readout: rows in order into a shift register of B*L logits, with a running argmax.
         logits = [Signal(signed(mw), name=f"logit{j}") for j in range(B * L)]

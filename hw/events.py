@@ -12,7 +12,8 @@ from __future__ import annotations
 from amaranth import Module, Mux, Signal
 from amaranth.lib import data
 
-__all__ = ["spike_event_layout", "result_layout", "image_beat_layout", "index_signal", "BlockScanner"]
+__all__ = ["spike_event_layout", "result_layout", "image_beat_layout", "weight_load_layout", "index_signal",
+           "BlockScanner"]
 
 
 def index_signal(count: int, **kwargs) -> Signal:
@@ -37,6 +38,17 @@ def result_layout(classes: int, label_width: int, logit_width: int) -> data.Stru
     """One result: the predicted ``label`` (first index of the largest logit) and every integer logit."""
     return data.StructLayout({"label": label_width,
                               "logits": data.ArrayLayout(data.signed(logit_width), classes)})
+
+
+def weight_load_layout(addr_width: int, data_width: int, layer_width: int = 0) -> data.StructLayout:
+    """One weight-row write: ``en`` for one cycle writes ``data`` (a packed row) at row ``addr``.
+
+    At the core's port ``layer`` picks the layer engine; engines take the layout without it.
+    """
+    fields = {"en": 1, "addr": addr_width, "data": data_width}
+    if layer_width:
+        fields["layer"] = layer_width
+    return data.StructLayout(fields)
 
 
 class BlockScanner:

@@ -86,13 +86,18 @@ class Clock:
     cycles: int = 0
 
 
-def run_streams(dut, source: StreamSource, sink: StreamSink, vcd: str | None = None) -> int:
-    """Simulate ``dut`` with one source and one sink until the sink is done; return the cycles."""
+def run_streams(dut, source: StreamSource, sink: StreamSink, vcd: str | None = None, setup=None) -> int:
+    """Simulate ``dut`` with one source and one sink until the sink is done; return the cycles.
+
+    ``setup``: an async function of the context, awaited before the source starts.
+    """
     clock = Clock()
     sim = Simulator(dut)
     sim.add_clock(1e-8)
 
     async def send(ctx):
+        if setup is not None:
+            await setup(ctx)
         await source.run(ctx, clock)
 
     async def take(ctx):
@@ -133,7 +138,15 @@ def simulate_core(plan: CorePlan, input_codes: np.ndarray, *, seed: int = 0, val
     limit = 64 + 4 * (len(codes) + 2) * plan.latency_bound / min(valid_probability, ready_probability)
     sink = StreamSink(core.results, len(codes), probability=ready_probability, rng=rng, drain=drain,
                       limit=int(limit))
-    cycles = run_streams(core, source, sink, vcd)
+
+    async def load_weights(ctx):              # run-time weights (SPRAM) first, one row per cycle
+        for layer, address, row in plan.weight_loads():
+            ctx.set(core.weights_load, {"en": 1, "layer": layer, "addr": address, "data": row})
+            await ctx.tick()
+        if plan.loaded_layers:
+            ctx.set(core.weights_load.en, 0)
+
+    cycles = run_streams(core, source, sink, vcd, setup=load_weights)
     results = [plan.unpack_result(value) for value in sink.received]
     words = plan.input.words
     return CoreRun(

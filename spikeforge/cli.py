@@ -200,11 +200,21 @@ def cmd_info(args) -> int:
 
 # ---------------------------------------------------------------------------- generate
 
+def _layer_list(text: str) -> list[int]:
+    """``--spram``: ``0,2`` -> [0, 2]; ``none`` -> []."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layer indices like 0,2 or 'none', not {text!r}") from None
+
+
 def _plan(args, net):
     from .gen.sizing import plan_core
 
     return plan_core(net, lanes=args.lanes, budget=args.lane_budget, input_lanes=args.input_lanes,
-                     skip_silent=not args.no_skip)
+                     skip_silent=not args.no_skip, loaded_weights=args.spram or ())
 
 
 def cmd_generate(args) -> int:
@@ -380,7 +390,13 @@ def cmd_infer(args) -> int:
             url, timeout = args.port, args.timeout or 2.0
         progress(f"opening {url}")
         driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
-        identity = driver.expect(net)
+        identity = driver.expect(net, load=False)
+        if any(identity.loaded):
+            rows = sum(len(layer.weight_rows) for layer in _plan(args, net).loaded_layers) if args.sim else None
+            progress(f"loading the weights the board keeps in SPRAM (layers "
+                     f"{[i for i, flag in enumerate(identity.loaded) if flag]})")
+            sent = driver.load_weights(net, progress=ProgressBar(rows, not args.quiet) if rows else None)
+            progress(f"loaded {sent} weight rows")
         progress(f"board runs {identity.fingerprint_text[:23]}... (T={identity.timesteps}, window {driver.window}); "
                  f"streaming {data.describe()}")
         bar = ProgressBar(len(codes), not args.quiet)
@@ -440,11 +456,19 @@ def cmd_build(args) -> int:
     check_output_dir(output)
     board = BOARDS[args.board]
     net = load_network(args.net)
-    plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip)
+    plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip, args.spram)
     check_fit(plan, board)
+    clock_hz = None
+    if args.clock is not None:
+        if not 1 <= args.clock <= 500:
+            raise SpikeforgeError(f"--clock {args.clock:g} MHz is out of range (1-500 MHz)")
+        clock_hz = args.clock * 1e6
+        pll = board.pll(clock_hz)               # refused here, before synthesis, if no PLL setting fits
+        progress(f"PLL: {board.clock_hz / 1e6:g} MHz -> {pll.output_hz / 1e6:.3f} MHz")
     progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {[layer.lanes for layer in plan.layers]}, "
              f"input lanes {plan.input.lanes}, worst-case interval {plan.initiation_interval} cycles")
-    report = build_bitstream(plan, board, output, baud=args.baud, program=args.program, progress=progress)
+    report = build_bitstream(plan, board, output, baud=args.baud, clock_hz=clock_hz, program=args.program,
+                             progress=progress)
     if args.json:
         _emit_json(report)
         return 0
@@ -455,7 +479,7 @@ def cmd_build(args) -> int:
     print(f"  Fmax {report['fmax_mhz']:.2f} MHz ({'meets' if report['timing_met'] else 'FAILS'} "
           f"{report['clock_mhz']:g} MHz)")
     print(f"  core: {report['initiation_interval']} cycles per image worst case = "
-          f"{report['core_images_per_second_at_clock']:,.0f} images/s at {board.clock_hz / 1e6:g} MHz "
+          f"{report['core_images_per_second_at_clock']:,.0f} images/s at {report['clock_hz'] / 1e6:g} MHz "
           f"({report['core_images_per_second_at_fmax']:,.0f} at Fmax); the UART at {args.baud} baud carries "
           f"{report['uart_images_per_second']:,.0f} images/s")
     return 0 if report["timing_met"] else EXIT_ERROR
@@ -502,6 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="input codes per beat of the image stream (default: min(8, inputs))")
         p.add_argument("--no-skip", action="store_true",
                        help="send every neuron every step (fixed timing) instead of only those that spiked")
+        p.add_argument("--spram", type=_layer_list, metavar="LAYERS",
+                       help="layers (comma-separated indices, or 'none') whose weights live in RAM the host "
+                            "loads over the UART at start: the iCE40UP5K's SPRAM (default: 'none'; "
+                            "build on the iCEBreaker chooses them when block RAM is short)")
 
     p = sub.add_parser("demo", help="train, convert and evaluate the embedded digits MLP")
     p.add_argument("--timesteps", "-T", type=int, default=8, help="main T (default 8)")
@@ -566,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--board", required=True, choices=["icebreaker", "ulx3s-85f"], help="target board")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (replaced if it exists)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    p.add_argument("--clock", type=float, metavar="MHZ",
+                   help="clock the core from a PLL at MHZ (default: the board's oscillator, 12 MHz on the "
+                        "iCEBreaker, 25 MHz on the ULX3S)")
     p.add_argument("--program", action="store_true", help="program the board after the build")
     hardware(p)
     p.set_defaults(lane_budget=None)

@@ -184,3 +184,25 @@ def test_ctrl_c_closes_cleanly(digits_demo):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130 and stderr.strip() == "spikeforge: interrupted"
+
+
+def test_spram_board_takes_its_weights_over_the_wire(tmp_path):
+    """Weights in RAM (the iCE40UP5K's SPRAM): refused before the load, bit exact after it."""
+    from spikeforge.host.driver import Accelerator, BoardError
+
+    net = make_network(np.random.default_rng(9), [6, 9, 5], 6, negative_bias=0.5, threshold_scale=0.3)
+    plan = plan_core(net, lanes=[2, 3], input_lanes=3, loaded_weights=[0, 1])
+    codes = np.random.default_rng(2).integers(0, 64, size=(5, 6))
+    with SimulatedBoard(plan, tmp_path) as board, Accelerator.open(board.url, timeout=30) as driver:
+        info = driver.identify()
+        assert info.lanes == (2, 3) and info.loaded == (True, True)
+        assert info.load_bytes == (plan.load_data_width + 7) // 8 >= 2
+        with pytest.raises(BoardError, match="not loaded"):
+            list(driver.infer(codes[:1]))                # ERROR NOT_LOADED
+        with pytest.raises(BoardError, match="refused weight row 0"):
+            driver._acknowledged([info.encode_load(5, 0, 0)])     # no layer 5: ERROR LENGTH
+        driver.expect(net)                                # loads the rows, then commits
+        results = list(driver.infer(codes))
+    expected = golden.run(net, codes)
+    assert [r.label for r in results] == expected.predictions.tolist()
+    assert [r.logits for r in results] == expected.logits.tolist()

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from spikeforge.gen.build import BOARDS, BuildError, check_fit, parse_nextpnr_log, plan_for_board
-from spikeforge.gen.netfile import save_network
+from spikeforge.gen.build import BOARDS, BuildError, check_fit, ice40_usage, parse_nextpnr_log, plan_for_board
+from spikeforge.gen.netfile import load_network, save_network
+from spikeforge.hw.clocking import ClockError, ecp5_pll, ice40_pll
 
 from conftest import assert_one_line_error, make_network, run_cli
 
@@ -31,15 +32,37 @@ def test_nextpnr_log_parsing_takes_the_final_figures():
 
 
 def test_a_network_too_large_for_the_up5k_is_refused_before_synthesis(tmp_path):
-    """A 784-128-10 MLP: 101,632 8-bit weights, far beyond the UP5K's 30 x 4 Kbit block RAM."""
-    net = make_network(np.random.default_rng(0), [784, 128, 10], 8)
-    with pytest.raises(BuildError, match="weights need 813,056 bits of block RAM, the device has 122,880"):
+    """A 784-256-10 MLP: 203,264 8-bit weights, beyond the UP5K's block RAM and SPRAM together."""
+    net = make_network(np.random.default_rng(0), [784, 256, 10], 8)
+    with pytest.raises(BuildError, match=r"needs about \d+ block RAMs and 7 SPRAMs \(weights 1,626,112 bits\), "
+                                         r"the device has 30 block RAMs of 4096 bits and 4 SPRAMs"):
         check_fit(plan_for_board(net, BOARDS["icebreaker"]), BOARDS["icebreaker"])
     check_fit(plan_for_board(net, BOARDS["ulx3s-85f"]), BOARDS["ulx3s-85f"])    # the ECP5 has room
     path = save_network(net, tmp_path / "big.net.npz")
     proc = run_cli("build", str(path), "--board", "icebreaker", "-o", str(tmp_path / "out"), check=False)
-    assert_one_line_error(proc, "does not fit the icebreaker (iCE40UP5K)", "122,880")
+    assert_one_line_error(proc, "does not fit the icebreaker (iCE40UP5K)", "4 SPRAMs")
     assert not (tmp_path / "out").exists()
+
+
+def test_mnist_sized_mlp_fits_the_up5k_with_its_first_layer_in_spram(digits_demo):
+    """784-128-10: the first layer's 802,816 weight bits go to SPRAM, two 8-bit lanes per 16-bit row."""
+    net = make_network(np.random.default_rng(0), [784, 128, 10], 8)
+    plan = plan_for_board(net, BOARDS["icebreaker"])
+    assert [layer.weights_loaded for layer in plan.layers] == [True, False]
+    assert plan.layers[0].lanes == 2 and plan.layers[0].weight_row_width == 16
+    blocks, sprams = ice40_usage(plan)
+    assert sprams == 4 and blocks <= 30
+    check_fit(plan, BOARDS["icebreaker"])
+    digits = load_network(digits_demo["net_path"])
+    assert not plan_for_board(digits, BOARDS["icebreaker"]).loaded_layers      # block RAM is enough
+
+
+def test_spram_on_a_board_without_it_is_refused(tmp_path, digits_demo):
+    proc = run_cli("build", str(digits_demo["net_path"]), "--board", "ulx3s-85f", "--spram", "0",
+                   "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "the ulx3s-85f (LFE5U-85F) has no SPRAM")
+    proc = run_cli("generate", str(digits_demo["net_path"]), "--spram", "7", "-o", str(tmp_path / "v"), check=False)
+    assert_one_line_error(proc, "--spram names layer 7; the network's layers are 0..2")
 
 
 def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
@@ -54,3 +77,45 @@ def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
     assert 0 < use["ICESTORM_RAM"]["used"] <= 30
     assert report["timing_met"] and report["fmax_mhz"] >= 12.0
     assert report["lanes"] == [1, 1, 1]
+
+
+PLL_LOG = """Info: Max frequency for clock 'clk12_0__io': 250.00 MHz (PASS at 12.00 MHz)
+Info: Max frequency for clock 'clocking.sync_clk': 17.10 MHz (FAIL at 18.00 MHz)
+Info: Device utilisation:
+Info: 	         ICESTORM_LC:    3704/   5280    70%
+Info: Max frequency for clock 'clocking.sync_clk': 19.40 MHz (PASS at 18.00 MHz)
+Info: Max frequency for clock 'clk12_0__io': 300.00 MHz (PASS at 12.00 MHz)
+"""
+
+
+def test_with_a_pll_the_fmax_is_the_core_clocks():
+    figures = parse_nextpnr_log(PLL_LOG)
+    assert (figures["fmax_mhz"], figures["clock_mhz"], figures["timing_met"]) == (19.4, 18.0, True)
+
+
+@pytest.mark.parametrize("target_mhz", [16, 18, 24, 30, 33.3, 48, 100, 200])
+def test_ice40_pll_settings_stay_in_the_device_limits(target_mhz):
+    config = ice40_pll(12e6, target_mhz * 1e6)
+    pfd = 12e6 / (config.divr + 1)
+    vco = pfd * (config.divf + 1)
+    assert 10e6 <= pfd <= 133e6 and 533e6 <= vco <= 1066e6 and 1 <= config.divq <= 6
+    assert config.output_hz == vco / 2 ** config.divq
+    assert abs(config.output_hz - target_mhz * 1e6) <= 0.01 * target_mhz * 1e6
+
+
+@pytest.mark.parametrize("target_mhz", [12.5, 25, 40, 50, 62.5, 75, 100, 133])
+def test_ecp5_pll_settings_stay_in_the_device_limits(target_mhz):
+    config = ecp5_pll(25e6, target_mhz * 1e6)
+    vco = config.output_hz * config.clkop_div
+    assert 3.125e6 <= 25e6 / config.clki_div <= 400e6 and 400e6 <= vco <= 800e6
+    assert 1 <= config.clkfb_div <= 80 and 1 <= config.clkop_div <= 128
+    assert abs(config.output_hz - target_mhz * 1e6) <= 0.01 * target_mhz * 1e6
+
+
+def test_a_clock_no_pll_can_make_is_refused_before_synthesis(tmp_path, digits_demo):
+    with pytest.raises(ClockError, match="nearest is 16.125 MHz"):
+        ice40_pll(12e6, 10e6)               # below the iCE40 PLL's 16 MHz minimum output
+    proc = run_cli("build", str(digits_demo["net_path"]), "--board", "icebreaker", "--clock", "10",
+                   "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "the iCE40 PLL cannot make 10 MHz from 12 MHz")
+    assert not (tmp_path / "out").exists()
