@@ -133,17 +133,27 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
         return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
                          input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded)
 
+    def packed(lanes, layer):
+        """With default lanes, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
+        if not one_lane:
+            return lanes
+        lanes = list(lanes)
+        lanes[layer.index] = max(1, min(layer.neurons, _SPRAM_WIDTH // layer.weight_width))
+        return lanes
+
     if spram is not None or not board.spram_blocks:
-        return plan(spram or ())
+        current = plan(())
+        for index in spram or ():
+            if 0 <= index < len(current.layers):
+                lanes = packed(lanes, current.layers[index])
+        return plan(spram or (), lanes)
     chosen, current = [], plan(())
     by_size = sorted(current.layers, key=lambda layer: -len(layer.weight_rows) * layer.weight_width)
     for layer in by_size:
         if ice40_usage(current)[0] <= board.ram_blocks:
             break
         chosen.append(layer.index)
-        if one_lane:      # pack rows to the SPRAM's 16 bits: fewer rows, fewer SPRAMs
-            lanes = list(lanes)
-            lanes[layer.index] = max(1, min(layer.neurons, _SPRAM_WIDTH // layer.weight_width))
+        lanes = packed(lanes, layer)
         current = plan(chosen, lanes)
     return current
 

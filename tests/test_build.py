@@ -119,3 +119,16 @@ def test_a_clock_no_pll_can_make_is_refused_before_synthesis(tmp_path, digits_de
                    "-o", str(tmp_path / "out"), check=False)
     assert_one_line_error(proc, "the iCE40 PLL cannot make 10 MHz from 12 MHz")
     assert not (tmp_path / "out").exists()
+
+
+def test_digits_bitstream_with_a_pll_and_spram_weights(tmp_path, digits_demo):
+    """The iCE40's PLL at 16.125 MHz and the first layer's weights in SPRAM, through the real tools."""
+    out = tmp_path / "icebreaker-pll-spram"
+    proc = run_cli("build", str(digits_demo["net_path"]), "--board", "icebreaker", "--clock", "16", "--spram", "0",
+                   "-o", str(out), "--json", "-q")
+    report = json.loads(proc.stdout)
+    use = report["utilisation"]
+    assert use["ICESTORM_PLL"]["used"] == 1 and use["ICESTORM_SPRAM"]["used"] == 1
+    assert report["pll"] == {"divr": 0, "divf": 85, "divq": 6, "filter_range": 1}
+    assert report["clock_hz"] == 16_125_000 and report["clock_mhz"] == pytest.approx(16.13, abs=0.01)
+    assert report["timing_met"] and report["spram_layers"] == [0] and report["lanes"][0] == 2
