@@ -185,6 +185,8 @@ class Accelerator:
     def load_weights(self, net, progress=None) -> int:
         """Write the weight rows the board keeps in RAM (SPRAM), then commit; return the rows sent.
 
+        ``progress(done, total)`` is called as rows are acknowledged.
+
         The rows are packed as the board's core packs them: the host rebuilds its plan from
         the lanes in the identity. Up to ``window`` LOADs are in flight; a damaged or missing
         acknowledgement resends the row.
@@ -232,7 +234,7 @@ class Accelerator:
                     del in_flight[frame.seq]
                     done += 1
                     if progress:
-                        progress(done)
+                        progress(done, len(payloads))
                 else:
                     code = frame.payload[0] if frame.payload else 0
                     if code in (ErrorCode.LENGTH, ErrorCode.TYPE):

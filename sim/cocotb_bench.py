@@ -74,6 +74,11 @@ async def stream_images(dut):
     for _ in range(RESET_CYCLES):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
+    for word in job["weight_loads"]:        # run-time weights (SPRAM) first, one row per cycle
+        dut.weights_load.value = int(word, 16)
+        await FallingEdge(dut.clk)
+    if job["weight_loads"]:
+        dut.weights_load.value = 0
 
     image, beat = 0, 0              # next beat to send
     offering = False                # valid is up and must stay up until taken

@@ -148,6 +148,12 @@ def run_cocotb(build: VerilatorBuild, test_module: str, test_dir: Path, env: dic
     return None
 
 
+def _weight_load_words(plan: CorePlan) -> list[int]:
+    """The core's flat ``weights_load`` port value per run-time weight row: en, addr, data, layer (LSB first)."""
+    aw, dw = plan.load_addr_width, plan.load_data_width
+    return [1 | address << 1 | row << (1 + aw) | layer << (1 + aw + dw) for layer, address, row in plan.weight_loads()]
+
+
 def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected: GoldenResult, *,
              seed: int = 0, valid_probability: float = 1.0, ready_probability: float = 1.0,
              reset_at: int | None = None, drain_cycles: int = 64, test_dir: Path | None = None) -> VerilatorRun:
@@ -156,6 +162,7 @@ def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected:
     job = {
         "beats": [[format(b, "x") for b in plan.input.beats(row)] for row in codes],
         "words": plan.input.words,
+        "weight_loads": [format(value, "x") for value in _weight_load_words(plan)],
         "expected_labels": [int(x) for x in expected.predictions],
         "expected_logits": [[int(v) for v in row] for row in expected.logits],
         "label_width": plan.label_width, "logit_width": plan.logit_width, "classes": plan.classes,

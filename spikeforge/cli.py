@@ -343,13 +343,15 @@ def cmd_simulate(args) -> int:
 class ProgressBar:
     """``done/total`` on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
 
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total: int, enabled: bool = True, unit: str = "images"):
+        self.total, self.enabled, self.unit = total, enabled, unit
         self.start = time.perf_counter()
         self.tty = sys.stderr.isatty()
         self.shown = -1
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
         if not self.enabled:
             return
         seconds = time.perf_counter() - self.start
@@ -357,11 +359,11 @@ class ProgressBar:
         if self.tty:
             width = 30
             filled = width * done // max(1, self.total)
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} images  {rate:6.1f}/s",
+            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {self.unit}  {rate:6.1f}/s",
                   end="" if done < self.total else "\n", file=sys.stderr, flush=True)
         elif 10 * done // max(1, self.total) > self.shown:
             self.shown = 10 * done // max(1, self.total)
-            print(f"[{seconds:6.1f}s] {done}/{self.total} images ({rate:.1f}/s)", file=sys.stderr, flush=True)
+            print(f"[{seconds:6.1f}s] {done}/{self.total} {self.unit} ({rate:.1f}/s)", file=sys.stderr, flush=True)
 
 
 def cmd_infer(args) -> int:
@@ -391,11 +393,11 @@ def cmd_infer(args) -> int:
         progress(f"opening {url}")
         driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
         identity = driver.expect(net, load=False)
+        sent = 0
         if any(identity.loaded):
-            rows = sum(len(layer.weight_rows) for layer in _plan(args, net).loaded_layers) if args.sim else None
             progress(f"loading the weights the board keeps in SPRAM (layers "
                      f"{[i for i, flag in enumerate(identity.loaded) if flag]})")
-            sent = driver.load_weights(net, progress=ProgressBar(rows, not args.quiet) if rows else None)
+            sent = driver.load_weights(net, progress=ProgressBar(0, not args.quiet, unit="weight rows"))
             progress(f"loaded {sent} weight rows")
         progress(f"board runs {identity.fingerprint_text[:23]}... (T={identity.timesteps}, window {driver.window}); "
                  f"streaming {data.describe()}")
@@ -405,12 +407,14 @@ def cmd_infer(args) -> int:
     labels = np.array([r.label for r in results])
     logits = np.array([r.logits for r in results])
     payload = {"net": str(args.net), "data": data.name, "transport": "simulated board (Verilator)" if args.sim else url,
-               "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict()}
+               "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict(),
+               "weight_rows_loaded": sent}
     if board is not None and board.stats.get("cycles"):
         cycles = board.stats["cycles"] / len(results)
         payload["board"] = {"clock_hz": identity.clock_hz, "simulated_cycles": board.stats["cycles"],
                             "cycles_per_image": cycles, "images_per_second_at_clock": identity.clock_hz / cycles,
-                            "core_images_per_second_worst": identity.clock_hz / identity.initiation_interval}
+                            "core_images_per_second_worst": identity.clock_hz / identity.initiation_interval,
+                            "includes_weight_load": any(identity.loaded)}
     mismatches = None
     if args.compare_golden:
         expected = golden.run(net, codes)
@@ -432,7 +436,8 @@ def cmd_infer(args) -> int:
             b = payload["board"]
             print(f"  simulated board at {b['clock_hz'] / 1e6:g} MHz: {b['cycles_per_image']:.0f} cycles per image "
                   f"over its UART = {b['images_per_second_at_clock']:.0f} images/s "
-                  f"(the core alone: >= {b['core_images_per_second_worst']:.0f} images/s)")
+                  f"(the core alone: >= {b['core_images_per_second_worst']:.0f} images/s)"
+                  f"{'; the cycles include the SPRAM weight load' if b['includes_weight_load'] else ''}")
         if "golden" in payload:
             g = payload["golden"]
             print(f"  agreement with the golden model: {len(results) - mismatches}/{len(results)} images "

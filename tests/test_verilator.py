@@ -144,3 +144,18 @@ def test_simulate_refuses_bad_input(tmp_path, digits_demo):
                    check=False)
     assert_one_line_error(proc, "--lanes gives 1 values")
     assert not (tmp_path / "cache").exists(), "nothing built for bad input"
+
+
+@pytest.mark.parametrize("case", [0, 5])
+def test_run_time_weights_written_through_the_port_then_bit_exact(case, verilator_cache):
+    """The emitted Verilog with SPRAM-style weights: the bench writes every row, then streams images."""
+    from spikeforge.gen.sizing import plan_core
+
+    net, base = random_core(case, seed=400 + case)
+    plan = plan_core(net, lanes=[layer.lanes for layer in base.layers], input_lanes=base.input.lanes,
+                     loaded_weights=range(len(net.layers)))
+    build = build_core(plan, verilator_cache)
+    codes = random_codes(net, 20, seed=case)
+    expected = golden.run(net, codes)
+    assert_agrees(run_core(build, plan, codes, expected, seed=case, valid_probability=0.7, ready_probability=0.6),
+                  expected, len(codes))
