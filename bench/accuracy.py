@@ -1,0 +1,115 @@
+"""Accuracy vs time steps: spikeforge's iLIF k=2 temporal separation against rate-coded IF.
+
+    python bench/accuracy.py            # digits MLP and the 6-layer digits MLP, ~2 min
+
+The same trained ANN, converted three ways: spikeforge (integer golden model, T <= 16: the
+code is T bits wide), rate-coded IF with soft reset (bench/baselines.py, float64, T up to
+512), and SpikingJelly's ann2snn when it is installed (``pip install spikingjelly``; its
+RateCodingRecipe, 99.9 % normalisation). Writes
+bench/results/accuracy.json, bench/plots/accuracy_vs_T.png and BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from baselines import rate_if_accuracy
+from common import PLOTS, log, pyplot, save
+from nets import first_within, train
+
+ILIF_T = [2, 3, 4, 5, 6, 8, 10, 12, 16]
+RATE_T = [2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+def spikingjelly_accuracy(trained, timesteps: list[int]) -> dict | None:
+    """SpikingJelly ann2snn (rate coding, 99.9 % normalisation, IF soft reset, analog input); None if absent."""
+    try:
+        import torch
+        from spikingjelly.activation_based import ann2snn, functional
+    except ImportError:
+        return None
+    import copy
+
+    calib = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(trained.train.images), torch.from_numpy(trained.train.labels)),
+        batch_size=256)
+    recipe = ann2snn.RateCodingRecipe(dataloader=calib, mode="99.9%")
+    snn = ann2snn.FXConverter(recipe=recipe, device="cpu").convert(copy.deepcopy(trained.module).eval())
+    x = torch.from_numpy(trained.test.images)
+    out, total = {}, None
+    with torch.no_grad():
+        functional.reset_net(snn)
+        for t in range(1, max(timesteps) + 1):
+            step = snn(x)
+            total = step if total is None else total + step
+            if t in timesteps:
+                out[str(t)] = float((total.argmax(1).numpy() == trained.test.labels).mean())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=["digits-mlp", "digits-deep"])
+    args = parser.parse_args()
+    started = time.time()
+
+    from spikeforge.gen.convert import ConversionOptions, convert_float_network
+    from spikeforge.sim.evaluate import evaluate
+
+    figures = {}
+    for key in args.nets:
+        log(f"training {key}")
+        trained = train(key)
+        log(f"{trained.title}: ANN {100 * trained.ann_accuracy:.2f}%")
+        ilif = {}
+        for t in ILIF_T:
+            net = convert_float_network(trained.network, trained.train.images, ConversionOptions(timesteps=t))
+            ilif[str(t)] = evaluate(net, trained.test.images, trained.test.labels).golden_accuracy
+            log(f"  iLIF k=2  T={t:<3} {100 * ilif[str(t)]:.2f}%")
+        rate = {}
+        for t in RATE_T:
+            rate[str(t)] = rate_if_accuracy(trained.network, trained.train.images, trained.test.images,
+                                            trained.test.labels, t)
+            log(f"  rate IF   T={t:<3} {100 * rate[str(t)]:.2f}%")
+        jelly = spikingjelly_accuracy(trained, RATE_T)
+        target = trained.ann_accuracy - 0.005
+        figures[key] = {
+            "title": trained.title, "train": trained.train.name, "test": trained.test.name,
+            "test_images": len(trained.test), "ann_accuracy": trained.ann_accuracy,
+            "ilif": ilif, "rate_if": rate, "spikingjelly": jelly,
+            "smallest_t_within_half_point": {"ilif": first_within(ilif, target), "rate_if": first_within(rate, target),
+                                             "spikingjelly": first_within(jelly, target) if jelly else None},
+        }
+    plot(figures)
+    save("accuracy", figures, started)
+
+
+def plot(figures: dict) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(figures), figsize=(6 * len(figures), 4.2), squeeze=False)
+    for ax, entry in zip(axes[0], figures.values()):
+        ax.axhline(100 * entry["ann_accuracy"], color="black", lw=1, ls="--", label="ANN")
+        ax.axhline(100 * entry["ann_accuracy"] - 0.5, color="grey", lw=0.8, ls=":", label="ANN - 0.5 points")
+        for name, key, style in (("spikeforge iLIF k=2 (integer golden model)", "ilif", "o-"),
+                                 ("rate-coded IF, soft reset", "rate_if", "s-"),
+                                 ("SpikingJelly ann2snn", "spikingjelly", "^-")):
+            points = entry.get(key)
+            if points:
+                ts = sorted(int(t) for t in points)
+                ax.plot(ts, [100 * points[str(t)] for t in ts], style, label=name, ms=4)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(max(0, 100 * entry["ann_accuracy"] - 40), 100)
+        ax.set_title(entry["title"], fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "accuracy_vs_T.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

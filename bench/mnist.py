@@ -1,0 +1,74 @@
+"""MNIST 784-128-10 at T=8 against published FPGA SNN generators (Spiker+, snn-fpga).
+
+    python bench/mnist.py               # train, convert, Verilator, two bitstreams: ~15 min
+
+Data: the shared MNIST t10k set (../shared/data/mnist): images 0-7999 train and calibrate,
+8000-9999 test. This is NOT the standard MNIST split (60k train / 10k test): the network
+sees fewer training images, so its accuracy is not directly comparable to papers that
+train on 60k. The builds are real (yosys + nextpnr); latency and images/s come from the
+core's cycles per image (worst case from the plan, measured under Verilator with spike
+skipping) at the board's clock. Writes bench/results/mnist.json and BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from boards import build
+from common import log, save
+from nets import train
+
+PUBLISHED = [
+    {"name": "Spiker+ (Carpegna et al. 2024)", "fpga": "Artix-7", "accuracy": 0.9385, "luts": 7612,
+     "bram": 18, "us_per_image": 780.0, "clock_mhz": None},
+    {"name": "snn-fpga (Fan and Levy 2025)", "fpga": "Artix-7", "accuracy": None, "luts": 6358,
+     "bram": 40.5, "us_per_image": 520.0, "clock_mhz": 100.0},
+]
+
+
+def main() -> None:
+    started = time.time()
+    from spikeforge.gen.build import BOARDS, plan_for_board
+    from spikeforge.gen.convert import ConversionOptions, convert_float_network
+    from spikeforge.gen.netfile import save_network
+    from spikeforge.sim import golden
+    from spikeforge.sim.evaluate import evaluate
+    from spikeforge.sim.verilator import build_core, run_core
+
+    log("training 784-128-10 on MNIST t10k images 0-7999")
+    trained = train("mnist-mlp")
+    net = convert_float_network(trained.network, trained.train.images, ConversionOptions(timesteps=8))
+    result = evaluate(net, trained.test.images, trained.test.labels)
+    log(f"ANN {100 * trained.ann_accuracy:.2f}%, SNN golden T=8 {100 * result.golden_accuracy:.2f}%")
+    work = Path(tempfile.mkdtemp(prefix="spikeforge-bench-"))
+    net_path = save_network(net, work / "mnist-mlp.net.npz")
+
+    codes = net.input.encode(trained.test.images[:200], net.timesteps)
+    expected = golden.run(net, codes)
+    boards = []
+    for board in ("ulx3s-85f", "icebreaker"):
+        plan = plan_for_board(net, BOARDS[board])
+        log(f"{board}: lanes {[layer.lanes for layer in plan.layers]}, SPRAM layers "
+            f"{[layer.index for layer in plan.loaded_layers]}: Verilator on {len(codes)} test images")
+        run = run_core(build_core(plan, work / "verilator"), plan, codes, expected)
+        assert run.passed and run.mismatches == 0, run.first_mismatch
+        measured = float(np.diff(np.sort(run.result_cycles)).mean())
+        log(f"  {measured:.0f} cycles/image measured (worst case {plan.initiation_interval}); building")
+        report = build(net_path, board, [], work / board)
+        clock = report["clock_hz"]
+        boards.append({**report, "measured_cycles_per_image": measured,
+                       "latency_bound_cycles": plan.latency_bound,
+                       "measured_images_per_second": clock / measured,
+                       "measured_us_per_image": 1e6 * measured / clock,
+                       "worst_us_per_image": 1e6 * plan.initiation_interval / clock})
+    save("mnist", {"network": trained.title, "split": "train/calibrate t10k[0:8000], test t10k[8000:10000]",
+                   "ann_accuracy": trained.ann_accuracy, "golden_accuracy": result.golden_accuracy,
+                   "test_images": len(trained.test), "boards": boards, "published": PUBLISHED}, started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""BENCHMARKS.md from bench/results/*.json: one section per script, each with its command and machine.
+
+    python bench/report.py      # regenerate without rerunning anything (the scripts call it too)
+"""
+
+from __future__ import annotations
+
+import json
+
+from common import RESULTS, ROOT
+
+ORDER = [("accuracy", "1. Accuracy vs time steps"), ("hardware", "2. Hardware efficiency"),
+         ("simspeed", "3. Simulation speed"), ("boards", "4. Boards"),
+         ("mnist", "5. MNIST against published FPGA SNN generators")]
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _provenance(record: dict) -> str:
+    m = record["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    return (f"Command: `{record['command']}` ({record['seconds']:.0f} s, {record['date']})  \n"
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}; {packages}\n")
+
+
+def accuracy_section(f: dict) -> list[str]:
+    lines = ["Smallest T within 0.5 points of the ANN (Table 1):", "",
+             "| network | ANN | spikeforge iLIF k=2 | rate-coded IF | SpikingJelly ann2snn |", "|---|---|---|---|---|"]
+    for entry in f.values():
+        s = entry["smallest_t_within_half_point"]
+        jelly = "not installed" if entry["spikingjelly"] is None else (s["spikingjelly"] or "> 512")
+        lines.append(f"| {entry['title']} | {_pct(entry['ann_accuracy'])} % | T = {s['ilif'] or '> 16'} | "
+                     f"T = {s['rate_if'] or '> 512'} | {'T = ' + str(jelly) if isinstance(jelly, int) else jelly} |")
+    for entry in f.values():
+        ts = sorted({int(t) for t in entry["ilif"]} | {int(t) for t in entry["rate_if"]})
+        lines += ["", f"**{entry['title']}** (train {entry['train']}, test {entry['test']}, "
+                      f"{entry['test_images']} images), test accuracy (%) by T:", "",
+                  "| T | " + " | ".join(map(str, ts)) + " |", "|---" * (len(ts) + 1) + "|"]
+        for name, key in (("iLIF k=2", "ilif"), ("rate IF", "rate_if"), ("SpikingJelly", "spikingjelly")):
+            points = entry.get(key)
+            if points:
+                lines.append(f"| {name} | " + " | ".join(_pct(points.get(str(t))) for t in ts) + " |")
+    lines += ["", "iLIF codes are T bits wide and the converter takes T <= 16; past T = 8-12 it has "
+                  "converged. The rate-coded baseline is float64 (no quantisation) with the analog image as "
+                  "input current, its most favourable setting.", "", "![accuracy vs T](bench/plots/accuracy_vs_T.png)"]
+    return lines
+
+
+def generic_section(f: dict) -> list[str]:
+    return ["```json", json.dumps(f, indent=2), "```"]
+
+
+def hardware_section(f: dict) -> list[str]:
+    lines = []
+    for entry in f.values():
+        lines += [f"**{entry['title']}**, {entry['images']} digits test images back to back under Verilator. "
+                  "Cycles per image: the lower bound (needed synaptic operations / lanes of the bottleneck "
+                  "layer), measured with spike skipping, and the worst case (= skipping off).", "",
+                  "| lanes | worst case (skipping off) | measured, skipping on | lower bound | measured / bound |",
+                  "|---|---|---|---|---|"]
+        for row in entry["rows"]:
+            measured = row["skipping"]["cycles_per_image"]
+            lanes = "/".join(map(str, row["lanes"]))
+            lines.append(f"| {lanes} (input {row['input_lanes']}) | {row['worst_case_interval']:,} | {measured:,.0f} | "
+                         f"{row['lower_bound_cycles']:,.0f} | {measured / row['lower_bound_cycles']:.1f}x |")
+        for row in entry["rows"]:
+            if "no_skipping" in row:
+                off, on = row["no_skipping"]["cycles_per_image"], row["skipping"]["cycles_per_image"]
+                lines += ["", f"Skipping off at lanes {'/'.join(map(str, row['lanes']))}: {off:,.0f} cycles per image "
+                              f"measured (the plan's worst case: {row['worst_case_interval']:,}); on: {on:,.0f}, "
+                              f"{100 * (1 - on / off):.0f} % fewer."]
+        lines += ["", "| layer | inputs x neurons | input spike events per image | silent input neuron-steps (skipped) |",
+                  "|---|---|---|---|"]
+        for layer in entry["layers"]:
+            lines.append(f"| {layer['name']} | {layer['inputs']} x {layer['neurons']} | {layer['events_per_image']:.1f} | "
+                         f"{100 * layer['silent_share']:.1f} % |")
+        lines.append("")
+    lines += ["Where the measured cycles exceed the bound: each step's doubling pass costs B cycles per layer "
+              "whatever the spikes, and the stages of a layer hand over whole images (docs/core.md, Timing).", "",
+              "![lanes vs interval](bench/plots/lanes_vs_interval.png)"]
+    return lines
+
+
+def simspeed_section(f: dict) -> list[str]:
+    g, v, a = f["golden"], f["verilator"], f["amaranth_sim"]
+    return [f"{f['network']}, lanes {'/'.join(map(str, f['lanes']))}.", "",
+            "| simulator | images/s | simulated cycles/s | what |", "|---|---|---|---|",
+            f"| golden model (numpy int64, one batch) | {g['images_per_second']:,.0f} | - | {g['images']} images |",
+            f"| Verilator (emitted Verilog, cocotb bench) | {v['images_per_second']:,.1f} | {v['cycles_per_second']:,.0f} | "
+            f"{v['images']} images, {v['cycles']:,} cycles; build {v['build_seconds']:.0f} s apart |",
+            f"| amaranth.sim (Python) | {a['images_per_second']:,.2f} | {a['cycles_per_second']:,.0f} | "
+            f"{a['images']} images, {a['cycles']:,} cycles |"]
+
+
+def _board_row(r: dict) -> str:
+    use = r["utilisation"]
+    logic = use.get("ICESTORM_LC") or use.get("TRELLIS_COMB")
+    ram = [f"{u['used']} {name}" for name, u in use.items()
+           if name in ("ICESTORM_RAM", "ICESTORM_SPRAM", "DP16KD", "TRELLIS_RAMW") and u["used"]]
+    return (f"| {r['board']} ({r['device']}) | {r['options'] or '-'} | {'/'.join(map(str, r['lanes']))} | "
+            f"{logic['used']:,} / {logic['total']:,} | {', '.join(ram)} | {r['fmax_mhz']:.1f} MHz "
+            f"({r['clock_hz'] / 1e6:g} MHz{'' if r['timing_met'] else ', FAILS'}) | "
+            f"{r['core_images_per_second_at_clock']:,.0f} | {r['build_seconds'] / 60:.1f} min |")
+
+
+def boards_section(f: dict) -> list[str]:
+    lines = [f"{f['network']}. Figures from nextpnr's report; images/s from the worst-case interval at the clock "
+             "(spike skipping makes the real rate higher; the 115200-baud UART carries ~160 images/s).", "",
+             "| board | options | lanes | logic (LC / LUT4) | RAM | Fmax (clock) | core images/s | build |",
+             "|---|---|---|---|---|---|---|---|"]
+    return lines + [_board_row(r) for r in f["builds"]]
+
+
+def mnist_section(f: dict) -> list[str]:
+    lines = [f"{f['network']}, T=8; {f['split']}. **This is not the standard MNIST split** (60k train / 10k "
+             f"test): the network trains on 8,000 images only.", "",
+             f"ANN {_pct(f['ann_accuracy'])} %, spikeforge SNN (integer golden model, bit-exact to the hardware) "
+             f"{_pct(f['golden_accuracy'])} % on {f['test_images']} test images.", "",
+             "| design | FPGA | accuracy | logic | block RAM | clock | us / image | images/s | images/s per 1k LUT |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in f["boards"]:
+        use = r["utilisation"]
+        logic = use.get("ICESTORM_LC") or use.get("TRELLIS_COMB")
+        ram = ", ".join(f"{u['used']} {name}" for name, u in use.items()
+                        if name in ("ICESTORM_RAM", "ICESTORM_SPRAM", "DP16KD", "TRELLIS_RAMW") and u["used"])
+        rate = r["measured_images_per_second"]
+        lines.append(f"| spikeforge, {r['board']} lanes {'/'.join(map(str, r['lanes']))} | {r['device']} | "
+                     f"{_pct(f['golden_accuracy'])} % | {logic['used']:,} | {ram} | {r['clock_hz'] / 1e6:g} MHz "
+                     f"(Fmax {r['fmax_mhz']:.1f}) | {r['measured_us_per_image']:,.0f} measured, "
+                     f"{r['worst_us_per_image']:,.0f} worst | {rate:,.0f} | {1000 * rate / logic['used']:,.1f} |")
+    for p in f["published"]:
+        rate = 1e6 / p["us_per_image"]
+        lines.append(f"| {p['name']} (published) | {p['fpga']} | {_pct(p['accuracy'])} % | {p['luts']:,} LUTs | "
+                     f"{p['bram']} BRAM | {p['clock_mhz'] or '-'} MHz | {p['us_per_image']:,.0f} | {rate:,.0f} | "
+                     f"{1000 * rate / p['luts']:,.2f} |")
+    lines += ["", "Different FPGA families (iCE40 LC and ECP5 LUT4 vs Artix-7 6-input LUTs; iCE40 EBR 4 Kbit, "
+                  "ECP5 DP16KD 18 Kbit, Artix-7 BRAM 36 Kbit): compare per image and per LUT with that in mind. "
+                  "The published designs' accuracy comes from training on the standard 60k split. spikeforge's "
+                  "us/image is the core's steady-state interval at the board clock (measured with spike skipping "
+                  "under Verilator on 200 test images; the worst case beside it); the UART is not counted."]
+    return lines
+
+
+SECTIONS = {"accuracy": accuracy_section, "hardware": hardware_section, "simspeed": simspeed_section,
+            "boards": boards_section, "mnist": mnist_section}
+
+
+def write_report() -> None:
+    out = ["# spikeforge benchmarks", "",
+           "Produced by the scripts in `bench/` (each regenerates this file from `bench/results/*.json`). "
+           "Benchmarks, not tests: run them by hand; each section says how it was made.", ""]
+    for name, title in ORDER:
+        out += [f"## {title}", ""]
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            out += [f"Not run yet: `python bench/{name}.py`.", ""]
+            continue
+        record = json.loads(path.read_text())
+        out += [_provenance(record)]
+        render = SECTIONS.get(name, generic_section)
+        out += render(record["figures"]) + [""]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
+
+
+if __name__ == "__main__":
+    write_report()
