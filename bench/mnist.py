@@ -12,6 +12,7 @@ skipping) at the board's clock. Writes bench/results/mnist.json and BENCHMARKS.m
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ PUBLISHED = [
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100, help="test images timed under Verilator (default 100)")
+    args = parser.parse_args()
     started = time.time()
     from spikeforge.gen.build import BOARDS, plan_for_board
     from spikeforge.gen.convert import ConversionOptions, convert_float_network
@@ -47,7 +51,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="spikeforge-bench-"))
     net_path = save_network(net, work / "mnist-mlp.net.npz")
 
-    codes = net.input.encode(trained.test.images[:200], net.timesteps)
+    codes = net.input.encode(trained.test.images[:args.images], net.timesteps)
     expected = golden.run(net, codes)
     boards = []
     for board in ("ulx3s-85f", "icebreaker"):

@@ -139,7 +139,7 @@ def mnist_section(f: dict) -> list[str]:
                   "ECP5 DP16KD 18 Kbit, Artix-7 BRAM 36 Kbit): compare per image and per LUT with that in mind. "
                   "The published designs' accuracy comes from training on the standard 60k split. spikeforge's "
                   "us/image is the core's steady-state interval at the board clock (measured with spike skipping "
-                  "under Verilator on 200 test images; the worst case beside it); the UART is not counted."]
+                  "under Verilator on the first test images; the worst case beside it); the UART is not counted."]
     return lines
 
 
