@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
-from .ir import BatchNorm, Dense, Flatten, Graph, Identity, Input, ReLU
+from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, Graph, Identity, Input, ReLU
 from .passes import SUPPORTED
 
 __all__ = ["export_module", "load_program", "import_program", "import_module"]
@@ -236,6 +236,53 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
             ops.append(Dense(name, w, np.broadcast_to(_to_numpy(bias), (w.shape[0],)).copy(),
                              inputs=(x.op_name,), source=cls))
             values[node.name] = _Act(name, (w.shape[0],))
+        elif target in (aten.conv2d.default, aten.convolution.default):
+            if len(x.shape) != 3:
+                raise UnsupportedModelError(f"convolution '{path}' ({cls}) needs a (C, H, W) input, not {x.shape}")
+            w = _to_numpy(arg(node, 1))
+            bias = arg(node, 2)
+            if w.ndim != 4:
+                raise UnsupportedModelError(f"'{path}' ({cls}) is not a 2-D convolution; supported: {SUPPORTED}")
+            if target == aten.conv2d.default:
+                stride, padding, dilation, groups = arg(node, 3, [1, 1]), arg(node, 4, [0, 0]), \
+                    arg(node, 5, [1, 1]), arg(node, 6, 1)
+                transposed = False
+            else:
+                stride, padding, dilation, transposed, _, groups = (arg(node, i) for i in range(3, 9))
+            if isinstance(padding, str):
+                raise UnsupportedModelError(f"convolution '{path}' uses padding='{padding}'; give the padding in "
+                                            "pixels (e.g. padding=1 for a 3x3 kernel)")
+            pair = (lambda v: (int(v[0]), int(v[-1])) if isinstance(v, (list, tuple)) else (int(v), int(v)))
+            if transposed or groups != 1 or pair(dilation) != (1, 1):
+                raise UnsupportedModelError(
+                    f"convolution '{path}' ({cls}) has groups={groups}, dilation={list(pair(dilation))}"
+                    f"{', transposed' if transposed else ''}; spikeforge converts groups=1, dilation 1, not transposed")
+            b = _to_numpy(bias) if bias is not None else np.zeros(w.shape[0])
+            op = Conv2d(name, w, b, pair(stride), pair(padding), inputs=(x.op_name,), source=cls)
+            if x.shape[0] != op.in_channels:
+                raise UnsupportedModelError(f"convolution '{path}' takes {op.in_channels} channels, "
+                                            f"receives {x.shape[0]}")
+            out = op.output_shape(x.shape)
+            if min(out[1:]) < 1:
+                raise UnsupportedModelError(f"convolution '{path}' leaves no output pixels for a {x.shape} input")
+            ops.append(op)
+            values[node.name] = _Act(name, out)
+        elif target == aten.avg_pool2d.default:
+            kernel = arg(node, 1)
+            stride = arg(node, 2) or kernel
+            padding, ceil_mode = arg(node, 3, [0, 0]), arg(node, 4, False)
+            include_pad, divisor = arg(node, 5, True), arg(node, 6, None)
+            pair = (lambda v: (int(v[0]), int(v[-1])) if isinstance(v, (list, tuple)) else (int(v), int(v)))
+            if ceil_mode or divisor is not None or (not include_pad and pair(padding) != (0, 0)):
+                raise UnsupportedModelError(f"average pooling '{path}' uses ceil_mode, divisor_override or "
+                                            "count_include_pad=False; spikeforge folds plain average pooling")
+            op = AvgPool2d(name, pair(kernel), pair(stride), pair(padding), inputs=(x.op_name,), source=cls)
+            ops.append(op)
+            values[node.name] = _Act(name, op.output_shape(x.shape))
+        elif target in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
+            raise UnsupportedModelError(
+                f"max pooling '{path}' ({cls}) is not supported: spikeforge folds pooling into the next layer's "
+                "weights, which only a linear pool allows; use nn.AvgPool2d (retrain), or a strided convolution")
         elif target in (aten.relu.default, aten.relu_.default):
             ops.append(ReLU(name, inputs=(x.op_name,), source=cls))
             values[node.name] = _Act(name, x.shape)

@@ -16,7 +16,7 @@ from typing import Union
 import numpy as np
 
 __all__ = [
-    "Input", "Dense", "BatchNorm", "ReLU", "Flatten", "Identity", "Op", "Graph",
+    "Input", "Dense", "Conv2d", "AvgPool2d", "BatchNorm", "ReLU", "Flatten", "Identity", "Op", "Graph",
     "FloatLayer", "FloatNetwork",
 ]
 
@@ -46,6 +46,48 @@ class Dense:
     @property
     def out_features(self) -> int:
         return self.weight.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d:
+    """2-D convolution on ``(C, H, W)`` values: weight ``(out, in, kh, kw)``, bias ``(out,)``, groups 1."""
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    inputs: tuple[str, ...] = ()
+    source: str = "Conv2d"
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1]
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        _, h, w = shape
+        kh, kw = self.weight.shape[2:]
+        return (self.out_channels, (h + 2 * self.padding[0] - kh) // self.stride[0] + 1,
+                (w + 2 * self.padding[1] - kw) // self.stride[1] + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool2d:
+    """Average pooling on ``(C, H, W)``: ``kernel`` windows every ``stride``, zero ``padding`` counted."""
+    name: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    inputs: tuple[str, ...] = ()
+    source: str = "AvgPool2d"
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        c, h, w = shape
+        return (c, (h + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1,
+                (w + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +123,7 @@ class Identity:
     source: str = "Identity"
 
 
-Op = Union[Input, Dense, BatchNorm, ReLU, Flatten, Identity]
+Op = Union[Input, Dense, Conv2d, AvgPool2d, BatchNorm, ReLU, Flatten, Identity]
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,7 +2,14 @@
 
 The order used by :func:`lower` is::
 
-    check_finite -> drop_identities -> fold_batchnorm -> to_float_network
+    check_finite -> drop_identities -> fold_batchnorm -> lower_convolutions -> merge_linear
+        -> to_float_network
+
+Convolutions and average pooling become Dense layers with the equivalent (Toeplitz)
+matrix over the row-major ``(C, H, W)`` values, and a linear map with no ReLU after it is
+multiplied into the next one (a pool into the convolution or Linear layer after it): the
+spiking network and the hardware then see only dense layers (docs/semantics.md,
+"Convolutional networks").
 
 Each pass raises :class:`~spikeforge.errors.UnsupportedModelError` or
 :class:`~spikeforge.errors.ConversionError` with a one-line message naming the layer.
@@ -15,9 +22,10 @@ import dataclasses
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .ir import BatchNorm, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, ReLU
+from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, Input, ReLU
 
-__all__ = ["check_finite", "drop_identities", "fold_batchnorm", "to_float_network", "lower"]
+__all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
+           "to_float_network", "lower", "conv_matrix", "avgpool_matrix"]
 
 
 def _rewire(ops, removed: str, replacement: str):
@@ -70,17 +78,19 @@ def fold_batchnorm(graph: Graph) -> Graph:
         current = {op.name: op for op in ops}
         source = current[source_name]
         users = [op for op in ops if source_name in op.inputs]
-        if not isinstance(source, Dense) or len(users) != 1 or source_name == output:
+        if not isinstance(source, (Dense, Conv2d)) or len(users) != 1 or source_name == output:
             raise UnsupportedModelError(
-                f"{bn.source} '{bn.name}' does not directly follow a Linear layer; "
-                f"spikeforge folds batch norm into the Linear layer before it")
-        if source.out_features != bn.scale.shape[0]:
+                f"{bn.source} '{bn.name}' does not directly follow a Linear or Conv2d layer; "
+                f"spikeforge folds batch norm into the layer before it")
+        outputs = source.out_features if isinstance(source, Dense) else source.out_channels
+        if outputs != bn.scale.shape[0]:
             raise UnsupportedModelError(
                 f"{bn.source} '{bn.name}' has {bn.scale.shape[0]} features but follows "
-                f"'{source.name}' with {source.out_features} outputs")
+                f"'{source.name}' with {outputs} outputs")
+        scale = bn.scale.reshape((-1,) + (1,) * (source.weight.ndim - 1))
         folded = dataclasses.replace(
             source,
-            weight=source.weight * bn.scale[:, None],
+            weight=source.weight * scale,
             bias=source.bias * bn.scale + bn.shift,
         )
         ops = [folded if op.name == source_name else op for op in ops if op.name != bn.name]
@@ -90,7 +100,129 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return Graph(tuple(ops), output)
 
 
-SUPPORTED = "Linear, ReLU, Flatten, Dropout, Identity, BatchNorm1d (after a Linear layer)"
+SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, ReLU, Flatten, Dropout, Identity, "
+             "BatchNorm1d/2d (after a Linear or Conv2d layer)")
+
+
+def conv_matrix(conv: Conv2d, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` of ``conv`` on a ``shape`` input as a dense map of the row-major values."""
+    c_in, h, w = shape
+    c_out, ho, wo = conv.output_shape(shape)
+    kh, kw = conv.weight.shape[2:]
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    matrix = np.zeros((c_out, ho, wo, c_in, h, w))
+    for y in range(ho):
+        for x in range(wo):
+            for dy in range(kh):
+                iy = y * sh - ph + dy
+                if not 0 <= iy < h:
+                    continue
+                for dx in range(kw):
+                    ix = x * sw - pw + dx
+                    if 0 <= ix < w:
+                        matrix[:, y, x, :, iy, ix] = conv.weight[:, :, dy, dx]
+    bias = np.repeat(conv.bias, ho * wo)
+    return matrix.reshape(c_out * ho * wo, c_in * h * w), bias
+
+
+def avgpool_matrix(pool: AvgPool2d, shape: tuple[int, int, int]) -> np.ndarray:
+    """The dense map of ``pool`` on a ``shape`` input (zero padding counted, as torch's default)."""
+    c, h, w = shape
+    _, ho, wo = pool.output_shape(shape)
+    (kh, kw), (sh, sw), (ph, pw) = pool.kernel, pool.stride, pool.padding
+    matrix = np.zeros((c, ho, wo, c, h, w))
+    for y in range(ho):
+        for x in range(wo):
+            for dy in range(kh):
+                for dx in range(kw):
+                    iy, ix = y * sh - ph + dy, x * sw - pw + dx
+                    if 0 <= iy < h and 0 <= ix < w:
+                        for k in range(c):
+                            matrix[k, y, x, k, iy, ix] = 1.0 / (kh * kw)
+    return matrix.reshape(c * ho * wo, c * h * w)
+
+
+def _chain(graph: Graph) -> list:
+    """The ops from the input to the output of a graph without branches."""
+    chain, name = [], graph.input.name
+    while True:
+        users = graph.consumers(name)
+        if not users:
+            return chain
+        if len(users) > 1:
+            raise UnsupportedModelError(
+                f"the value of {graph.describe(graph.op(name))} is used by {len(users)} layers; "
+                f"branching graphs (residual adds) are not supported yet")
+        (user,) = users
+        if len(user.inputs) != 1:
+            raise UnsupportedModelError(f"layer {graph.describe(user)} takes several inputs; not supported yet")
+        chain.append(user)
+        name = user.name
+
+
+def lower_convolutions(graph: Graph) -> Graph:
+    """Replace each Conv2d and AvgPool2d by the Dense layer with its matrix (shapes from the input on)."""
+    shape = graph.input.shape        # the values' (C, H, W) geometry
+    flat = len(shape) == 1           # the IR value is a vector (a Dense output, or flattened)
+    ops = [graph.input]
+    for op in _chain(graph):
+        if isinstance(op, (Conv2d, AvgPool2d)):
+            if len(shape) != 3:
+                raise UnsupportedModelError(f"{graph.describe(op)} needs (C, H, W) values, not {shape}")
+            if isinstance(op, Conv2d):
+                weight, bias = conv_matrix(op, shape)
+            else:
+                weight = avgpool_matrix(op, shape)
+                bias = np.zeros(weight.shape[0])
+            if not flat:              # the image itself: flatten it, row-major as the matrix expects
+                ops.append(Flatten(f"{op.name}.flatten", inputs=op.inputs, source="Flatten"))
+                op = dataclasses.replace(op, inputs=(ops[-1].name,))
+            ops.append(Dense(op.name, weight, bias, inputs=op.inputs, source=op.source))
+            shape, flat = op.output_shape(shape), True
+            continue
+        if isinstance(op, Dense) and len(shape) > 1:
+            raise UnsupportedModelError(
+                f"Linear '{op.name}' is applied to the last axis of a {'x'.join(map(str, shape))} "
+                f"tensor; flatten it first (torch.nn.Flatten)")
+        ops.append(op)
+        if isinstance(op, Flatten):
+            shape, flat = (int(np.prod(shape)),), True
+        elif isinstance(op, Dense):
+            shape, flat = (op.out_features,), True
+    return Graph(tuple(ops), graph.output)
+
+
+def merge_linear(graph: Graph) -> Graph:
+    """Multiply a Dense layer not followed by a ReLU into the next Dense layer (Flatten between is a no-op).
+
+    ``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``: a pooling layer joins the layer after it.
+    """
+    chain = _chain(graph)
+    if not chain or chain[-1].name != graph.output:
+        raise UnsupportedModelError("the model output is not the end of its layer chain")
+    kept: list = []
+    pending: Dense | None = None
+    for op in chain:
+        if isinstance(op, Flatten) and pending is not None:
+            continue                                  # a Dense layer's values are already flat
+        if isinstance(op, Dense) and pending is not None:
+            pending = Dense(op.name, op.weight @ pending.weight, op.weight @ pending.bias + op.bias,
+                            source=f"{pending.source}+{op.source}")
+            continue
+        if pending is not None:
+            kept.append(pending)
+            pending = None
+        if isinstance(op, Dense):
+            pending = op
+        else:
+            kept.append(op)
+    if pending is not None:
+        kept.append(pending)
+    ops, previous = [graph.input], graph.input.name
+    for op in kept:
+        ops.append(dataclasses.replace(op, inputs=(previous,)))
+        previous = op.name
+    return Graph(tuple(ops), previous)
 
 
 def to_float_network(graph: Graph) -> FloatNetwork:
@@ -165,4 +297,4 @@ def to_float_network(graph: Graph) -> FloatNetwork:
 
 def lower(graph: Graph) -> FloatNetwork:
     """Run the float-IR passes in order."""
-    return to_float_network(fold_batchnorm(drop_identities(check_finite(graph))))
+    return to_float_network(merge_linear(lower_convolutions(fold_batchnorm(drop_identities(check_finite(graph))))))

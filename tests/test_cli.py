@@ -58,7 +58,7 @@ def test_unsupported_layer(tmp_path):
                   tmp_path / "sig.pt2")
     out = tmp_path / "out.net.npz"
     proc = run_cli("convert", str(model), "--calib", "digits", "-o", str(out), "-q", check=False)
-    assert_one_line_error(proc, "unsupported layer '2' (Sigmoid", "supported: Linear, ReLU")
+    assert_one_line_error(proc, "unsupported layer '2' (Sigmoid", "supported: Linear, Conv2d")
     assert not out.exists()
 
 

@@ -69,25 +69,23 @@ def test_pt2_round_trip(tmp_path):
                                          (nn.LeakyReLU(), "LeakyReLU")])
 def test_unsupported_layer_is_named(layer, name):
     model = nn.Sequential(nn.Linear(4, 4), layer, nn.Linear(4, 2))
-    with pytest.raises(UnsupportedModelError, match=rf"'1' \({name}.*supported: Linear, ReLU"):
+    with pytest.raises(UnsupportedModelError, match=rf"'1' \({name}.*supported: Linear, Conv2d"):
         lower(import_module(model, (4,)))
 
 
-def test_conv_is_refused_for_now():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 2))
-    with pytest.raises(UnsupportedModelError, match=r"'0' \(Conv2d"):
-        import_module(model, (1, 8, 8))
-
-
-def test_hidden_linear_without_relu_is_refused():
+def test_consecutive_linear_layers_merge_into_one():
+    """No ReLU between two Linear layers: one affine map, W2 W1 and W2 b1 + b2 (exact)."""
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    with pytest.raises(UnsupportedModelError, match="without a ReLU"):
-        lower(import_module(model, (4,)))
+    network = lower(import_module(model, (4,)))
+    assert len(network.layers) == 1 and network.layers[0].weight.shape == (2, 4)
+    x = torch.rand(6, 4)
+    with torch.no_grad():
+        np.testing.assert_allclose(network.forward(x.numpy())[-1], model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_batchnorm_not_after_linear_is_refused():
     model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2))
-    with pytest.raises(UnsupportedModelError, match="does not directly follow a Linear"):
+    with pytest.raises(UnsupportedModelError, match="does not directly follow a Linear or Conv2d layer"):
         lower(import_module(model.eval(), (4,)))
 
 

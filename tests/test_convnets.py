@@ -1,0 +1,80 @@
+"""Convolutional networks: Conv2d, BatchNorm2d and AvgPool2d lowered exactly to dense layers."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spikeforge.errors import UnsupportedModelError
+from spikeforge.gen.importer import import_module
+from spikeforge.gen.passes import lower
+
+# (channels in, image size, [(out channels, kernel, stride, padding, pool after)], classes)
+RANDOM_CONVNETS = [
+    (1, 8, [(4, 3, 1, 1, 2), (6, 3, 1, 1, 2)], 10),
+    (1, 8, [(3, 3, 2, 1, 0), (5, (3, 2), (1, 2), 0, 0)], 4),
+    (2, 7, [(4, 2, 1, 0, 3), (3, 1, 1, 0, 0)], 3),
+    (1, 9, [(5, 5, 2, 2, 0), (4, 3, 1, 1, 2)], 6),
+    (3, 6, [(2, 3, 1, 0, 0)], 5),
+]
+
+
+def make_convnet(channels, size, convs, classes, seed=0, batchnorm=True):
+    torch.manual_seed(seed)
+    layers, shape = [], (channels, size, size)
+    for out, kernel, stride, padding, pool in convs:
+        conv = nn.Conv2d(shape[0], out, kernel, stride=stride, padding=padding)
+        layers += [conv] + ([nn.BatchNorm2d(out)] if batchnorm else []) + [nn.ReLU()]
+        if pool:
+            layers.append(nn.AvgPool2d(pool))
+        with torch.no_grad():
+            shape = tuple(nn.Sequential(*layers)(torch.zeros(1, channels, size, size)).shape[1:])
+    layers += [nn.Flatten(), nn.Linear(int(np.prod(shape)), classes)]
+    model = nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model, (channels, size, size)
+
+
+@pytest.mark.parametrize("case", range(len(RANDOM_CONVNETS)))
+def test_lowered_convnet_computes_what_torch_computes(case):
+    model, shape = make_convnet(*RANDOM_CONVNETS[case], seed=case)
+    network = lower(import_module(model, shape))
+    x = torch.rand(8, *shape)
+    with torch.no_grad():
+        np.testing.assert_allclose(network.forward(x.numpy())[-1], model(x).numpy(), rtol=1e-5, atol=1e-5)
+    convs = len(RANDOM_CONVNETS[case][2])
+    assert len(network.layers) == convs + 1, "one dense layer per convolution (pooling merged), plus the Linear"
+    assert all(layer.relu for layer in network.layers[:-1]) and not network.layers[-1].relu
+
+
+def test_pool_merges_into_the_next_layer_and_the_first_conv_sees_the_flat_image():
+    model, shape = make_convnet(*RANDOM_CONVNETS[0])
+    network = lower(import_module(model, shape))
+    assert [layer.weight.shape for layer in network.layers] == [(4 * 8 * 8, 64), (6 * 4 * 4, 4 * 8 * 8),
+                                                                (10, 6 * 4 * 4)]
+    assert "AvgPool2d" in network.layers[1].source
+
+
+@pytest.mark.parametrize("layer, message", [
+    (nn.MaxPool2d(2), "max pooling '2' \\(MaxPool2d\\) is not supported.*use nn.AvgPool2d"),
+    (nn.Conv2d(4, 4, 3, groups=2, padding=1), "groups=2.*spikeforge converts groups=1"),
+    (nn.Conv2d(4, 4, 3, dilation=2, padding=2), "dilation=\\[2, 2\\]"),
+    (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode"),
+])
+def test_unsupported_conv_features_are_refused_with_the_layer(layer, message):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), layer, nn.Flatten(), nn.LazyLinear(3))
+    model(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(UnsupportedModelError, match=message):
+        lower(import_module(model.eval(), (1, 8, 8)))
+
+
+def test_linear_on_a_feature_map_without_flatten_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(UnsupportedModelError, match="last axis of a 2x8x8 tensor; flatten it first"):
+        lower(import_module(model, (1, 8, 8)))
