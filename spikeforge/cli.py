@@ -57,29 +57,30 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     result = run_demo(timesteps=args.timesteps, sweep=tuple(args.sweep), epochs=args.epochs,
-                      out_dir=Path(args.output) if args.output else None, progress=Progress(not args.quiet))
+                      out_dir=Path(args.output) if args.output else None, progress=Progress(not args.quiet),
+                      models=tuple(args.models))
     if args.json:
         _emit_json(result)
         return 0
     T = args.timesteps
-    print(f"spikeforge demo: {result['model']} on scikit-learn digits "
-          f"({result['train_images']} train / {result['test_images']} test images)")
-    print(f"  ANN (float) test accuracy:              {_pct(result['ann_accuracy'])}")
-    main = result["timesteps"][str(T)]
-    print(f"  SNN golden (integer) accuracy at T={T}:{' ' * (3 - len(str(T)))}{_pct(main['golden_accuracy'])}  "
-          f"({100 * (main['golden_accuracy'] - result['ann_accuracy']):+.2f} points vs ANN)")
-    print()
-    print("     T   SNN float   SNN golden   vs ANN (points)")
-    for t, row in result["timesteps"].items():
-        print(f"  {int(t):4d}   {_pct(row['snn_float_accuracy'])}     {_pct(row['golden_accuracy'])}"
-              f"      {100 * (row['golden_accuracy'] - result['ann_accuracy']):+6.2f}")
-    print()
+    for key in args.models:
+        one = result if key == args.models[0] else result[key]
+        print(f"spikeforge demo: {one['model']} on scikit-learn digits "
+              f"({one['train_images']} train / {one['test_images']} test images)")
+        print(f"  ANN (float) test accuracy:              {_pct(one['ann_accuracy'])}")
+        main = one["timesteps"][str(T)]
+        print(f"  SNN golden (integer) accuracy at T={T}:{' ' * (3 - len(str(T)))}{_pct(main['golden_accuracy'])}  "
+              f"({100 * (main['golden_accuracy'] - one['ann_accuracy']):+.2f} points vs ANN)")
+        print()
+        print("     T   SNN float   SNN golden   vs ANN (points)")
+        for t, row in one["timesteps"].items():
+            print(f"  {int(t):4d}   {_pct(row['snn_float_accuracy'])}     {_pct(row['golden_accuracy'])}"
+                  f"      {100 * (row['golden_accuracy'] - one['ann_accuracy']):+6.2f}")
+        for kind, path in one.get("files", {}).items():
+            print(f"  wrote {kind}: {path}")
+        print()
     print("  SNN float: float weights with spiking activations (conversion error only);")
     print(f"  SNN golden: {result['weight_bits']}-bit integer weights, the bit-exact hardware reference.")
-    if result.get("files"):
-        print()
-        for kind, path in result["files"].items():
-            print(f"  wrote {kind}: {path}")
     print(f"\n  done in {result['seconds']:.1f} s")
     return 0
 
@@ -536,12 +537,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "loads over the UART at start: the iCE40UP5K's SPRAM (default: 'none'; "
                             "build on the iCEBreaker chooses them when block RAM is short)")
 
-    p = sub.add_parser("demo", help="train, convert and evaluate the embedded digits MLP")
+    p = sub.add_parser("demo", help="train, convert and evaluate the embedded digits MLP and CNN")
     p.add_argument("--timesteps", "-T", type=int, default=8, help="main T (default 8)")
     p.add_argument("--sweep", type=int, nargs="+", default=[2, 4, 6, 8, 12, 16], metavar="T",
                    help="T values of the accuracy table (default 2 4 6 8 12 16)")
     p.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
-    p.add_argument("-o", "--output", metavar="DIR", help="also write the model (.pt2) and the network (.net.npz) here")
+    p.add_argument("--models", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"],
+                   help="which embedded models to train (default: mlp cnn)")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="also write the models (.pt2) and the networks (.net.npz) here")
     common(p)
     p.set_defaults(func=cmd_demo)
 

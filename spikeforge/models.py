@@ -10,7 +10,7 @@ from torch import nn
 
 from .datasets import Dataset
 
-__all__ = ["digits_mlp", "train_classifier", "accuracy"]
+__all__ = ["digits_mlp", "digits_cnn", "train_classifier", "accuracy"]
 
 
 def digits_mlp() -> nn.Sequential:
@@ -20,6 +20,18 @@ def digits_mlp() -> nn.Sequential:
         nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.1),
         nn.Linear(64, 32), nn.ReLU(),
         nn.Linear(32, 10),
+    )
+
+
+def digits_cnn() -> nn.Sequential:
+    """A small CNN for the 8x8 digits: conv 8@3x3 + BN, pool 2, conv 16@3x3, pool 2, linear 64-10.
+
+    spikeforge lowers it to three dense layers (64-512-256-10; docs/semantics.md).
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(64, 10),
     )
 
 

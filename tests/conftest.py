@@ -112,4 +112,5 @@ def digits_demo(tmp_path_factory) -> dict:
     result["dir"] = out
     result["model_path"] = Path(result["files"]["model"])
     result["net_path"] = Path(result["files"]["network"])
+    result["cnn_net_path"] = Path(result["cnn"]["files"]["network"])
     return result

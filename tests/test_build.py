@@ -65,20 +65,6 @@ def test_spram_on_a_board_without_it_is_refused(tmp_path, digits_demo):
     assert_one_line_error(proc, "--spram names layer 7; the network's layers are 0..2")
 
 
-def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
-    """The digits MLP on the iCE40UP5K: a real bitstream, utilisation within the device, timing met."""
-    out = tmp_path / "icebreaker"
-    proc = run_cli("build", str(digits_demo["net_path"]), "--board", "icebreaker", "-o", str(out), "--json", "-q")
-    report = json.loads(proc.stdout)
-    assert (out / "top.bin").stat().st_size > 100_000
-    assert json.loads((out / "report.json").read_text()) == report
-    use = report["utilisation"]
-    assert 0 < use["ICESTORM_LC"]["used"] <= use["ICESTORM_LC"]["total"] == 5280
-    assert 0 < use["ICESTORM_RAM"]["used"] <= 30
-    assert report["timing_met"] and report["fmax_mhz"] >= 12.0
-    assert report["lanes"] == [1, 1, 1]
-
-
 PLL_LOG = """Info: Max frequency for clock 'clk12_0__io': 250.00 MHz (PASS at 12.00 MHz)
 Info: Max frequency for clock 'clocking.sync_clk': 17.10 MHz (FAIL at 18.00 MHz)
 Info: Device utilisation:
@@ -121,14 +107,28 @@ def test_a_clock_no_pll_can_make_is_refused_before_synthesis(tmp_path, digits_de
     assert not (tmp_path / "out").exists()
 
 
-def test_digits_bitstream_with_a_pll_and_spram_weights(tmp_path, digits_demo):
-    """The iCE40's PLL at 16.125 MHz and the first layer's weights in SPRAM, through the real tools."""
-    out = tmp_path / "icebreaker-pll-spram"
+def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
+    """The digits MLP on the iCE40UP5K through the real tools, with the PLL (16.125 MHz) and the
+    first layer's weights in SPRAM: a bitstream, utilisation within the device, timing met."""
+    out = tmp_path / "icebreaker"
     proc = run_cli("build", str(digits_demo["net_path"]), "--board", "icebreaker", "--clock", "16", "--spram", "0",
                    "-o", str(out), "--json", "-q")
     report = json.loads(proc.stdout)
+    assert (out / "top.bin").stat().st_size > 100_000
+    assert json.loads((out / "report.json").read_text()) == report
     use = report["utilisation"]
+    assert 0 < use["ICESTORM_LC"]["used"] <= use["ICESTORM_LC"]["total"] == 5280
+    assert 0 < use["ICESTORM_RAM"]["used"] <= 30
     assert use["ICESTORM_PLL"]["used"] == 1 and use["ICESTORM_SPRAM"]["used"] == 1
     assert report["pll"] == {"divr": 0, "divf": 85, "divq": 6, "filter_range": 1}
     assert report["clock_hz"] == 16_125_000 and report["clock_mhz"] == pytest.approx(16.13, abs=0.01)
-    assert report["timing_met"] and report["spram_layers"] == [0] and report["lanes"][0] == 2
+    assert report["timing_met"] and report["fmax_mhz"] >= 16.125
+    assert report["spram_layers"] == [0] and report["lanes"] == [2, 1, 1]
+
+
+def test_the_digits_cnn_is_refused_for_the_up5k_and_fits_the_ecp5(digits_demo):
+    """Its dense form holds 1.3 Mbit of weights: more than the UP5K's block RAM and SPRAM together."""
+    net = load_network(digits_demo["cnn_net_path"])
+    with pytest.raises(BuildError, match=r"does not fit the icebreaker .* 6 SPRAMs \(weights 1,331,200 bits\)"):
+        check_fit(plan_for_board(net, BOARDS["icebreaker"]), BOARDS["icebreaker"])
+    check_fit(plan_for_board(net, BOARDS["ulx3s-85f"]), BOARDS["ulx3s-85f"])

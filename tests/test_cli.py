@@ -24,8 +24,17 @@ def test_demo_meets_the_accuracy_targets(digits_demo):
     assert digits_demo["model_path"].is_file() and digits_demo["net_path"].is_file()
 
 
+def test_demo_cnn_meets_the_accuracy_target(digits_demo):
+    """The digits CNN (conv, BN, pooling) lowered to dense iLIF layers: T=8 within 0.5 points of its ANN."""
+    cnn = digits_demo["cnn"]
+    assert cnn["model"].startswith("CNN 64-512-256-10") and cnn["ann_accuracy"] > 0.93
+    assert abs(cnn["timesteps"]["8"]["golden_accuracy"] - cnn["ann_accuracy"]) <= 0.005
+    net = load_network(cnn["files"]["network"])
+    assert net.input.shape == (1, 8, 8) and [layer.out_size for layer in net.layers] == [512, 256, 10]
+
+
 def test_demo_human_output(tmp_path):
-    proc = run_cli("demo", "--sweep", "4", "8", "--epochs", "20")
+    proc = run_cli("demo", "--sweep", "4", "8", "--epochs", "20", "--models", "mlp")
     assert "ANN (float) test accuracy" in proc.stdout and "SNN golden (integer) accuracy at T=8" in proc.stdout
     assert "epoch 20/20" in proc.stderr, "training progress goes to stderr"
 

@@ -1,5 +1,7 @@
 """Convolutional networks: Conv2d, BatchNorm2d and AvgPool2d lowered exactly to dense layers."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,36 @@ def test_linear_on_a_feature_map_without_flatten_is_refused():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Linear(8, 3))
     with pytest.raises(UnsupportedModelError, match="last axis of a 2x8x8 tensor; flatten it first"):
         lower(import_module(model, (1, 8, 8)))
+
+
+def test_mnist_sized_cnn_converts_and_runs_in_the_golden_model(tmp_path):
+    """User data path: a 28x28 CNN from a .pt2 file and IDX images, through convert and eval."""
+    from datafiles import write_mnist
+
+    from conftest import run_cli
+    from spikeforge.gen.importer import export_module
+    from spikeforge.gen.netfile import load_network
+    from spikeforge.sim import golden
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                        nn.Flatten(), nn.Linear(8 * 7 * 7, 10)).eval()
+    model = tmp_path / "mnist-cnn.pt2"
+    torch.export.save(export_module(cnn, (1, 28, 28)), model)
+    rng = np.random.default_rng(0)
+    images = (rng.uniform(0, 1, (60, 28, 28)) * (rng.uniform(0, 1, (60, 28, 28)) > 0.7) * 255).astype(np.uint8)
+    data = tmp_path / "mnist"
+    write_mnist(data, images, rng.integers(0, 10, 60))
+    net_path = tmp_path / "mnist-cnn.net.npz"
+    run_cli("convert", str(model), "--calib", str(data), "--calib-range", "0:40", "-o", str(net_path), "-q")
+    net = load_network(net_path)
+    assert [layer.out_size for layer in net.layers] == [4 * 28 * 28, 8 * 14 * 14, 10]
+    report = json.loads(run_cli("eval", str(net_path), "--data", str(data), "--range", "40:60", "--json", "-q").stdout)
+    assert report["images"] == 20
+    # The golden model follows the float network: its logits rank the classes as torch does on most images.
+    x = torch.from_numpy(images[40:].astype(np.float32)[:, None] / 255)
+    with torch.no_grad():
+        torch_labels = cnn(x).argmax(1).numpy()
+    codes = net.input.encode(x.numpy(), net.timesteps)
+    assert np.mean(golden.run(net, codes).predictions == torch_labels) >= 0.7

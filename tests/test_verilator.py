@@ -159,3 +159,19 @@ def test_run_time_weights_written_through_the_port_then_bit_exact(case, verilato
     expected = golden.run(net, codes)
     assert_agrees(run_core(build, plan, codes, expected, seed=case, valid_probability=0.7, ready_probability=0.6),
                   expected, len(codes))
+
+
+def test_digits_cnn_bit_exact_under_backpressure(digits_demo, verilator_cache):
+    """The demo's CNN (lowered to 64-512-256-10) as Verilog: bit-exact to the golden model.
+
+    A sample of the test split here (the build dominates); the whole split is
+    ``spikeforge simulate digits-cnn.net.npz`` (450/450 agree, README).
+    """
+    net = load_network(digits_demo["cnn_net_path"])
+    plan = plan_core(net)
+    build = build_core(plan, verilator_cache)
+    images = digits("test").images[::9]
+    expected = golden.run_images(net, images)
+    run = run_core(build, plan, net.input.encode(images, net.timesteps), expected, seed=3,
+                   valid_probability=0.7, ready_probability=0.5)
+    assert_agrees(run, expected, len(images))
