@@ -233,24 +233,9 @@ def to_float_network(graph: Graph) -> FloatNetwork:
     output layer reports its integer logits and argmax is unchanged wherever a logit is
     positive.
     """
-    # Walk the chain from the input to the output.
     inp = graph.input
-    chain = []
-    name = inp.name
-    while True:
-        users = graph.consumers(name)
-        if not users:
-            break
-        if len(users) > 1:
-            raise UnsupportedModelError(
-                f"the value of {graph.describe(graph.op(name))} is used by {len(users)} layers; "
-                f"branching graphs (residual adds) are not supported yet")
-        (user,) = users
-        if len(user.inputs) != 1:
-            raise UnsupportedModelError(f"layer {graph.describe(user)} takes several inputs; not supported yet")
-        chain.append(user)
-        name = user.name
-    if name != graph.output:
+    chain = _chain(graph)
+    if (chain[-1].name if chain else inp.name) != graph.output:
         raise UnsupportedModelError("the model output is not the end of its layer chain")
 
     shape = inp.shape
