@@ -41,7 +41,7 @@ def machine() -> dict:
         except PackageNotFoundError:
             pass
     return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
-            "packages": packages}
+            "load_average": round(os.getloadavg()[0], 1), "packages": packages}
 
 
 def command() -> str:

@@ -22,7 +22,9 @@ def _provenance(record: dict) -> str:
     m = record["machine"]
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
     return (f"Command: `{record['command']}` ({record['seconds']:.0f} s, {record['date']})  \n"
-            f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}; {packages}\n")
+            f"Machine: {m['cpu']}, {m['cores']} cores"
+            f"{', load average ' + str(m['load_average']) + ' when saved' if 'load_average' in m else ''}, "
+            f"{m['os']}, Python {m['python']}; {packages}\n")
 
 
 def accuracy_section(f: dict) -> list[str]:
