@@ -25,8 +25,10 @@ from nets import train
 
 PUBLISHED = [
     {"name": "Spiker+ (Carpegna et al. 2024)", "fpga": "Artix-7", "accuracy": 0.9385, "luts": 7612,
+     "logic_unit": "logic cells",
      "bram": 18, "us_per_image": 780.0, "clock_mhz": None},
     {"name": "snn-fpga (Fan and Levy 2025)", "fpga": "Artix-7", "accuracy": None, "luts": 6358,
+     "logic_unit": "LUTs",
      "bram": 40.5, "us_per_image": 520.0, "clock_mhz": 100.0},
 ]
 
