@@ -146,7 +146,7 @@ def test_simulate_refuses_bad_input(tmp_path, digits_demo):
     assert not (tmp_path / "cache").exists(), "nothing built for bad input"
 
 
-@pytest.mark.parametrize("case", [0, 5])
+@pytest.mark.parametrize("case", [5])
 def test_run_time_weights_written_through_the_port_then_bit_exact(case, verilator_cache):
     """The emitted Verilog with SPRAM-style weights: the bench writes every row, then streams images."""
     from spikeforge.gen.sizing import plan_core
