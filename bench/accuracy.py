@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 
 from baselines import rate_if_accuracy
 from common import PLOTS, log, pyplot, save

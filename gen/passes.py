@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, Input, ReLU
+from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, ReLU
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
            "to_float_network", "lower", "conv_matrix", "avgpool_matrix"]
