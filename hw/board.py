@@ -19,16 +19,19 @@ from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..gen.sizing import CorePlan
+from ..host.protocol import COMMIT_LAYER, SYNC, ErrorCode, FrameType
 from .core import SpikingCore
 from .events import index_signal
 from .uart import UARTReceiver, UARTTransmitter, crc16_update
 
 __all__ = ["BoardTop", "BoardParams"]
 
-SYNC = 0xA5
-IDENTIFY, INFER, LOAD, IDENTITY, RESULT, LOADED, ERROR = 0x01, 0x02, 0x03, 0x81, 0x82, 0x83, 0xEE
-ERROR_CRC, ERROR_LENGTH, ERROR_TYPE, ERROR_BUSY, ERROR_NOT_LOADED = 1, 2, 3, 4, 5
-COMMIT_LAYER = 0xFF         # a LOAD for this layer ends the weight load
+# The numbers of docs/protocol.md, from the host side's definitions (one source for both ends).
+IDENTIFY, INFER, LOAD, IDENTITY, RESULT, LOADED, ERROR = (int(t) for t in (
+    FrameType.IDENTIFY, FrameType.INFER, FrameType.LOAD, FrameType.IDENTITY, FrameType.RESULT, FrameType.LOADED,
+    FrameType.ERROR))
+ERROR_CRC, ERROR_LENGTH, ERROR_TYPE, ERROR_BUSY, ERROR_NOT_LOADED = (int(c) for c in (
+    ErrorCode.CRC, ErrorCode.LENGTH, ErrorCode.TYPE, ErrorCode.BUSY, ErrorCode.NOT_LOADED))
 
 
 @dataclass(frozen=True, eq=False)
