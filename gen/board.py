@@ -24,10 +24,9 @@ def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT
                               f"(the UART needs at least 4 clock cycles per bit)")
     if abs(clock_hz / divisor - baud) / baud > 0.02:
         raise SpikeforgeError(f"{baud} baud is more than 2% off any divisor of {clock_hz / 1e6:g} MHz")
-    load_bytes = (plan.load_data_width + 7) // 8
     identity = Identity(plan.timesteps, plan.input.size, plan.classes, logit_bytes(plan.logit_width), window,
                         int(clock_hz), plan.initiation_interval, bytes.fromhex(plan.fingerprint.split(":")[1]),
                         tuple(layer.lanes for layer in plan.layers),
-                        tuple(layer.weights_loaded for layer in plan.layers), load_bytes)
+                        tuple(layer.weights_loaded for layer in plan.layers), plan.load_bytes)
     return BoardParams(plan, identity.encode(), divisor, window, code_bytes(plan.timesteps),
-                       logit_bytes(plan.logit_width), load_bytes)
+                       logit_bytes(plan.logit_width), plan.load_bytes)

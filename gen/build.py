@@ -27,7 +27,7 @@ from amaranth.build.run import LocalBuildProducts
 from ..errors import SpikeforgeError
 from ..fileio import write_atomic
 from .board import board_params
-from .sizing import DEFAULT_LANE_BUDGET, CorePlan, plan_core
+from .sizing import DEFAULT_LANE_BUDGET, CorePlan, ceil_div, plan_core
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
            "parse_nextpnr_log", "ice40_usage", "memory_shapes"]
@@ -77,20 +77,16 @@ _ICE40_EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
 _SPRAM_WIDTH, _SPRAM_ROWS = 16, 16384
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def ebr_blocks(width: int, depth: int) -> int:
     """iCE40 block RAMs for one memory (the cheapest shape; 0 when yosys builds it from logic)."""
     if depth <= 16:
         return 0
-    return min(_ceil_div(width, w) * _ceil_div(depth, d) for w, d in _ICE40_EBR_SHAPES)
+    return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in _ICE40_EBR_SHAPES)
 
 
 def spram_blocks(width: int, depth: int) -> int:
     """iCE40UP5K SPRAMs (16 bits x 16K rows each) for one memory."""
-    return _ceil_div(width, _SPRAM_WIDTH) * _ceil_div(depth, _SPRAM_ROWS)
+    return ceil_div(width, _SPRAM_WIDTH) * ceil_div(depth, _SPRAM_ROWS)
 
 
 def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
@@ -100,12 +96,8 @@ def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
               ("image buffer", inp.lanes * T, max(2, inp.words), False),
               ("UART FIFO", 8, 32, False)]
     for layer in plan.layers:
-        rows, L = max(2, layer.blocks), layer.lanes
-        shapes.append((f"{layer.name} weights", layer.weight_row_width, layer.weight_row_count, layer.weights_loaded))
-        shapes.append((f"{layer.name} biases", L * layer.bias_width, rows, False))
-        shapes += [(f"{layer.name} membranes", L * layer.membrane_width, rows, False)] * 2
-        if layer.fires:
-            shapes.append((f"{layer.name} thresholds", L * layer.threshold_width, rows, False))
+        shapes += [(f"{layer.name} {kind}", width, rows, kind == "weights" and layer.weights_loaded)
+                   for kind, width, rows in layer.memories]
     return shapes
 
 

@@ -21,7 +21,7 @@ from .bounds import layer_bounds
 from .netfile import fingerprint
 from .network import SpikingNetwork, unsigned_width
 
-__all__ = ["SizingError", "InputPlan", "LayerPlan", "CorePlan", "plan_core", "choose_lanes",
+__all__ = ["SizingError", "ceil_div", "InputPlan", "LayerPlan", "CorePlan", "plan_core", "choose_lanes",
            "DEFAULT_LANE_BUDGET", "pack_row"]
 
 #: Total neuron lanes of all layers when the user gives neither ``lanes`` nor a budget.
@@ -34,7 +34,7 @@ class SizingError(SpikeforgeError):
     """The requested lanes or budget cannot build this network."""
 
 
-def _ceil_div(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -60,7 +60,7 @@ class InputPlan:
 
     @property
     def words(self) -> int:
-        return _ceil_div(self.size, self.lanes)
+        return ceil_div(self.size, self.lanes)
 
     @property
     def addr_width(self) -> int:
@@ -117,7 +117,7 @@ class LayerPlan:
 
     @property
     def blocks(self) -> int:
-        return _ceil_div(self.neurons, self.lanes)
+        return ceil_div(self.neurons, self.lanes)
 
     @property
     def input_addr_width(self) -> int:
@@ -130,16 +130,23 @@ class LayerPlan:
         return unsigned_width(self.neurons - 1)
 
     @property
-    def memory_bits(self) -> dict[str, int]:
-        """Bits of each memory as built: at least two rows each (hw/engines.py: no zero-width addresses)."""
-        rows, width = max(2, self.blocks), self.lanes
-        bits = {
-            "weights": max(2, self.blocks * self.inputs) * width * self.weight_width,
-            "biases": rows * width * self.bias_width,
-            "membranes": 2 * rows * width * self.membrane_width,
-        }
+    def memories(self) -> list[tuple[str, int, int]]:
+        """Every memory of the engine as built, ``(kind, width, rows)``: at least two rows each
+        (hw/engines.py: no zero-width addresses); the membranes are two banks."""
+        rows, L = max(2, self.blocks), self.lanes
+        shapes = [("weights", self.weight_row_width, self.weight_row_count),
+                  ("biases", L * self.bias_width, rows)]
+        shapes += [("membranes", L * self.membrane_width, rows)] * 2
         if self.fires:
-            bits["thresholds"] = rows * width * self.threshold_width
+            shapes.append(("thresholds", L * self.threshold_width, rows))
+        return shapes
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of each kind of memory as built (:attr:`memories`)."""
+        bits: dict[str, int] = {}
+        for kind, width, rows in self.memories:
+            bits[kind] = bits.get(kind, 0) + width * rows
         return bits
 
     def accumulate_cycles(self, events: int | None = None) -> int:
@@ -215,6 +222,11 @@ class CorePlan:
         """Bits of the widest loaded weight row (0 when no layer loads its weights)."""
         return max((layer.weight_row_width for layer in self.loaded_layers), default=0)
 
+    @property
+    def load_bytes(self) -> int:
+        """Bytes of a LOAD's row field on the wire (docs/protocol.md); 0 when no layer loads its weights."""
+        return (self.load_data_width + 7) // 8
+
     def weight_loads(self):
         """``(layer index, row address, packed row)`` of every run-time weight row, in load order."""
         for layer in self.loaded_layers:
@@ -283,7 +295,7 @@ class CorePlan:
 
 def _lane_options(neurons: int) -> list[int]:
     """Lane counts worth having: the smallest L for each distinct block count ceil(n / L)."""
-    return sorted({_ceil_div(neurons, _ceil_div(neurons, L)) for L in range(1, neurons + 1)})
+    return sorted({ceil_div(neurons, ceil_div(neurons, L)) for L in range(1, neurons + 1)})
 
 
 def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list[int]:
@@ -300,7 +312,7 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
 
     def cost(k: int, lanes: int) -> int:
         layer = net.layers[k]
-        blocks = _ceil_div(layer.out_size, lanes)
+        blocks = ceil_div(layer.out_size, lanes)
         return T * blocks * (layer.in_size + 1) + blocks
 
     while True:
@@ -341,7 +353,7 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
     plans = []
     for index, (layer, L) in enumerate(zip(net.layers, lanes)):
         bounds = layer_bounds(layer, T)
-        blocks = _ceil_div(layer.out_size, L)
+        blocks = ceil_div(layer.out_size, L)
         padded = blocks * L
         weight = np.zeros((padded, layer.in_size), dtype=np.int64)
         weight[:layer.out_size] = layer.weight

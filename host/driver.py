@@ -200,9 +200,9 @@ class Accelerator:
         if len(identity.lanes) != len(net.layers):
             raise WrongNetworkError(f"the board has {len(identity.lanes)} layers, the network {len(net.layers)}")
         plan = plan_core(net, lanes=list(identity.lanes), loaded_weights=loaded)
-        if (plan.load_data_width + 7) // 8 != identity.load_bytes:
+        if plan.load_bytes != identity.load_bytes:
             raise WrongNetworkError(f"the board takes {identity.load_bytes}-byte weight rows, this network's "
-                                    f"are {(plan.load_data_width + 7) // 8}")
+                                    f"are {plan.load_bytes}")
         payloads = [identity.encode_load(*load) for load in plan.weight_loads()]
         self._acknowledged(payloads, progress)
         self._acknowledged([identity.encode_load(COMMIT_LAYER, 0, 0)])     # after every row is in
@@ -225,8 +225,7 @@ class Accelerator:
                 self._send(in_flight[seq].frame)
             if exhausted and not in_flight:
                 return
-            oldest = min(f.sent for f in in_flight.values())
-            for frame in self._receive(max(0.0, oldest + self.timeout - time.monotonic())):
+            for frame in self._replies(in_flight):
                 request = in_flight.get(frame.seq)
                 if request is None or frame.type not in (FrameType.LOADED, FrameType.ERROR):
                     self.stats.unexpected_replies += 1
@@ -240,10 +239,7 @@ class Accelerator:
                     if code in (ErrorCode.LENGTH, ErrorCode.TYPE):
                         raise BoardError(f"the board refused weight row {request.index} (error {code})")
                     self._resend(frame.seq, request, f"board error {code}", "weight row")
-            now = time.monotonic()
-            for seq, request in in_flight.items():
-                if now - request.sent >= self.timeout:
-                    self._resend(seq, request, "no reply", "weight row")
+            self._resend_overdue(in_flight, "weight row")
 
     # ------------------------------------------------------------------ inference
 
@@ -286,13 +282,9 @@ class Accelerator:
                     next_out += 1
                 if exhausted and not in_flight and not done:
                     return
-                oldest = min((f.sent for f in in_flight.values()), default=time.monotonic())
-                for frame in self._receive(max(0.0, oldest + self.timeout - time.monotonic())):
+                for frame in self._replies(in_flight):
                     self._handle(frame, in_flight, done, identity)
-                now = time.monotonic()
-                for seq, request in in_flight.items():
-                    if now - request.sent >= self.timeout:
-                        self._resend(seq, request, "no reply")
+                self._resend_overdue(in_flight)
         finally:
             self.stats.seconds = time.monotonic() - start
 
@@ -319,6 +311,18 @@ class Accelerator:
             return
         del in_flight[frame.seq]
         done[request.index] = InferenceResult(request.index, label, logits, time.monotonic() - request.sent)
+
+    def _replies(self, in_flight: dict) -> list:
+        """Frames that arrive before the oldest request in flight is due for a resend."""
+        oldest = min((f.sent for f in in_flight.values()), default=time.monotonic())
+        return self._receive(max(0.0, oldest + self.timeout - time.monotonic()))
+
+    def _resend_overdue(self, in_flight: dict, what: str = "image") -> None:
+        """Resend every request in flight that has waited ``timeout`` for its reply."""
+        now = time.monotonic()
+        for seq, request in in_flight.items():
+            if now - request.sent >= self.timeout:
+                self._resend(seq, request, "no reply", what)
 
     def _resend(self, seq: int, request: _InFlight, why: str, what: str = "image") -> None:
         if request.attempts > self.retries:
