@@ -13,13 +13,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import __version__
+from ..errors import ConversionError
 from .calibrate import THRESHOLD_MODES, calibrate
 from .ir import FloatNetwork, Graph
 from .network import SpikingNetwork, check_images
 from .passes import lower
 from .quantise import WEIGHT_SCALES, quantise
 
-__all__ = ["ConversionOptions", "convert_float_network", "convert_graph", "convert_module",
+#: How a convolution is converted: kept as its kernel (the hardware's convolution engine) or a dense matrix.
+CONVOLUTION_MODES = ("kernel", "dense")
+
+__all__ = ["CONVOLUTION_MODES", "ConversionOptions", "convert_float_network", "convert_graph", "convert_module",
            "THRESHOLD_MODES", "WEIGHT_SCALES"]
 
 
@@ -31,6 +35,7 @@ class ConversionOptions:
     weight_scale: str = "channel"  # "channel" (per output neuron) or "layer"
     threshold: str = "search"     # "search", "max" or "percentile"
     percentile: float = 99.99     # for threshold="percentile"
+    convolutions: str = "kernel"  # "kernel": convolution layers keep their kernel; "dense": lowered to matrices
 
 
 def convert_float_network(network: FloatNetwork, calib_images: np.ndarray,
@@ -44,7 +49,11 @@ def convert_float_network(network: FloatNetwork, calib_images: np.ndarray,
         "calibration_images": calibration.images,
         "layer_sources": [layer.source for layer in network.layers],
     }
-    return quantise(network, calibration, options.timesteps, options.weight_bits, options.weight_scale, metadata)
+    if options.convolutions not in CONVOLUTION_MODES:
+        raise ConversionError(f"unknown convolution mode {options.convolutions!r}; "
+                              f"choose one of {', '.join(CONVOLUTION_MODES)}")
+    return quantise(network, calibration, options.timesteps, options.weight_bits, options.weight_scale, metadata,
+                    keep_convolutions=options.convolutions == "kernel")
 
 
 def convert_graph(graph: Graph, calib_images: np.ndarray, options: ConversionOptions = ConversionOptions(),
@@ -59,7 +68,6 @@ def convert_module(module, calib_images: np.ndarray, options: ConversionOptions 
 
     calib_images = np.asarray(calib_images)
     if calib_images.ndim < 2 or len(calib_images) == 0:
-        from ..errors import ConversionError
         raise ConversionError("the calibration set is empty; give at least one image")
     graph = import_module(module, tuple(calib_images.shape[1:]))
     return convert_graph(graph, calib_images, options, source)

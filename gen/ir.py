@@ -15,6 +15,8 @@ from typing import Union
 
 import numpy as np
 
+from .network import ConvGeometry
+
 __all__ = [
     "Input", "Dense", "Conv2d", "AvgPool2d", "BatchNorm", "ReLU", "Flatten", "Identity", "Op", "Graph",
     "FloatLayer", "FloatNetwork",
@@ -32,12 +34,18 @@ class Input:
 
 @dataclass(frozen=True, eq=False)
 class Dense:
-    """``y = x @ weight.T + bias``; weight ``(out, in)``, bias ``(out,)``."""
+    """``y = x @ weight.T + bias``; weight ``(out, in)``, bias ``(out,)``.
+
+    A lowered convolution (or pool) keeps its ``geometry`` and float ``kernel``
+    ``(C_out, C_in, kh, kw)``; ``weight`` is then ``geometry.dense(kernel)``.
+    """
     name: str
     weight: np.ndarray
     bias: np.ndarray
     inputs: tuple[str, ...] = ()
     source: str = "Linear"
+    geometry: ConvGeometry | None = None
+    kernel: np.ndarray | None = None
 
     @property
     def in_features(self) -> int:
@@ -160,6 +168,8 @@ class FloatLayer:
     bias: np.ndarray    # (out,) float64
     relu: bool
     source: str = "Linear"
+    geometry: ConvGeometry | None = None   # a convolution: its geometry and float kernel
+    kernel: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)

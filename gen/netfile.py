@@ -9,6 +9,8 @@ Format (version 1), documented in docs/netfile.md:
 - per layer i: ``layer{i}.weight`` (int8/int16, (out, in)), ``layer{i}.bias`` (int64, (out,)),
   ``layer{i}.threshold`` (int64, (out,), firing layers only), ``layer{i}.float_weight`` and
   ``layer{i}.float_bias`` (float64, the ANN parameters after batch-norm folding).
+- a convolution layer (``"kind": "conv"``, with ``"convolution"``: its geometry) stores its kernel
+  instead, ``(C_out, C_in, kh, kw)``, and one bias, threshold and float bias per output channel.
 
 Loading never unpickles (``allow_pickle=False``) and checks every shape, dtype and range;
 any defect is a :class:`~spikeforge.errors.NetFileError`. Saving writes a temporary file and
@@ -29,7 +31,7 @@ import numpy as np
 from ..errors import NetFileError
 from ..fileio import write_atomic
 from .bounds import MAX_WIDTH, layer_bounds
-from .network import DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
+from .network import ConvGeometry, ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
 
 __all__ = ["FORMAT", "VERSION", "save_network", "load_network", "fingerprint", "network_to_bytes"]
 
@@ -48,13 +50,28 @@ def fingerprint(net: SpikingNetwork) -> str:
     header = {"timesteps": net.timesteps, "input_shape": list(net.input.shape),
               "input_threshold": float(net.input.threshold).hex(),
               "layers": [[layer.kind, layer.in_size, layer.out_size, layer.weight_bits, layer.fires]
+                         + ([layer.conv.geometry.as_dict()] if layer.conv is not None else [])
                          for layer in net.layers]}
     h.update(json.dumps(header, sort_keys=True).encode())
     for layer in net.layers:
-        for array in (layer.weight, layer.bias, layer.threshold):
+        for array in _stored_arrays(layer)[:3]:
             if array is not None:
                 h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
     return "sha256:" + h.hexdigest()
+
+
+def _stored_arrays(layer):
+    """``(weight, bias, threshold, float weight, float bias)`` as stored: a convolution stores its
+    kernel and one bias and threshold per channel, a dense layer its matrix and per-neuron arrays."""
+    threshold = layer.threshold
+    shadow = layer.shadow
+    if layer.conv is None:
+        return (layer.weight, layer.bias, threshold,
+                None if shadow is None else shadow.weight, None if shadow is None else shadow.bias)
+    geometry, step = layer.conv.geometry, layer.conv.geometry.pixels
+    return (layer.conv.kernel, layer.bias[::step], None if threshold is None else threshold[::step],
+            None if shadow is None else geometry.kernel_of(shadow.weight),
+            None if shadow is None else shadow.bias[::step])
 
 
 def _weight_dtype(bits: int):
@@ -77,14 +94,16 @@ def network_to_bytes(net: SpikingNetwork) -> bytes:
             "name": layer.name, "kind": layer.kind, "in": layer.in_size, "out": layer.out_size,
             "fires": layer.fires, "weight_bits": layer.weight_bits,
             "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
+            **({"convolution": layer.conv.geometry.as_dict()} if layer.conv is not None else {}),
         })
-        arrays[f"layer{i}.weight"] = layer.weight.astype(_weight_dtype(layer.weight_bits))
-        arrays[f"layer{i}.bias"] = layer.bias.astype(np.int64)
+        weight, bias, threshold, float_weight, float_bias = _stored_arrays(layer)
+        arrays[f"layer{i}.weight"] = weight.astype(_weight_dtype(layer.weight_bits))
+        arrays[f"layer{i}.bias"] = bias.astype(np.int64)
         if layer.fires:
-            arrays[f"layer{i}.threshold"] = layer.threshold.astype(np.int64)
+            arrays[f"layer{i}.threshold"] = threshold.astype(np.int64)
         if layer.shadow is not None:
-            arrays[f"layer{i}.float_weight"] = layer.shadow.weight.astype(np.float64)
-            arrays[f"layer{i}.float_bias"] = layer.shadow.bias.astype(np.float64)
+            arrays[f"layer{i}.float_weight"] = float_weight.astype(np.float64)
+            arrays[f"layer{i}.float_bias"] = float_bias.astype(np.float64)
     arrays["meta.json"] = np.frombuffer(json.dumps(meta, indent=1).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -151,34 +170,53 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
     _require(isinstance(entries, list) and len(entries) >= 1, path, "no layers")
     for i, entry in enumerate(entries):
         where = f"layer {i} ('{entry.get('name')}')"
-        _require(entry["kind"] == "dense", path, f"{where}: unknown kind {entry['kind']!r}")
+        _require(entry["kind"] in ("dense", "conv"), path, f"{where}: unknown kind {entry['kind']!r}")
         n_in, n_out, bits = int(entry["in"]), int(entry["out"]), int(entry["weight_bits"])
         fires = bool(entry["fires"])
+        geometry = None
+        if entry["kind"] == "conv":
+            geometry = ConvGeometry.from_dict(entry["convolution"])
+            _require(all(v >= 1 for v in (*geometry.in_shape, geometry.out_channels, *geometry.kernel,
+                                          *geometry.stride)) and min(geometry.padding) >= 0
+                     and min(geometry.out_shape) >= 1, path, f"{where}: bad convolution geometry")
+            _require(fires and int(np.prod(geometry.in_shape)) == n_in
+                     and int(np.prod(geometry.out_shape)) == n_out, path,
+                     f"{where}: convolution geometry does not match its sizes")
         _require(fires == (i < len(entries) - 1), path, f"{where}: only the last layer may be non-firing")
         _require(n_in == size, path, f"{where}: takes {n_in} inputs but receives {size}")
         _require(2 <= bits <= 16, path, f"{where}: weight bits {bits} out of range")
         weight = arrays[f"layer{i}.weight"]
         bias = arrays[f"layer{i}.bias"]
-        _require(weight.shape == (n_out, n_in) and weight.dtype.kind == "i", path, f"{where}: bad weight array")
-        _require(bias.shape == (n_out,) and bias.dtype == np.int64, path, f"{where}: bad bias array")
+        stored_weight, stored_out = (n_out, n_in), n_out
+        if geometry is not None:
+            stored_weight, stored_out = geometry.kernel_shape, geometry.out_channels
+        _require(weight.shape == stored_weight and weight.dtype.kind == "i", path, f"{where}: bad weight array")
+        _require(bias.shape == (stored_out,) and bias.dtype == np.int64, path, f"{where}: bad bias array")
         qmax = (1 << (bits - 1)) - 1
         _require(int(np.abs(weight.astype(np.int64)).max(initial=0)) <= qmax, path,
                  f"{where}: weights exceed {bits} bits")
         threshold = None
         if fires:
             threshold = arrays[f"layer{i}.threshold"]
-            _require(threshold.shape == (n_out,) and threshold.dtype == np.int64, path,
+            _require(threshold.shape == (stored_out,) and threshold.dtype == np.int64, path,
                      f"{where}: bad threshold array")
             _require(bool(np.all(threshold >= 1)), path, f"{where}: thresholds must be >= 1")
         shadow = None
         if f"layer{i}.float_weight" in arrays:
             fw, fb = arrays[f"layer{i}.float_weight"], arrays[f"layer{i}.float_bias"]
-            _require(fw.shape == (n_out, n_in) and fb.shape == (n_out,), path, f"{where}: bad float arrays")
+            _require(fw.shape == stored_weight and fb.shape == (stored_out,), path, f"{where}: bad float arrays")
+            if geometry is not None:
+                fw, fb = geometry.dense(fw.astype(np.float64)), np.repeat(fb, geometry.pixels)
             lam = entry.get("activation_threshold")
             shadow = FloatShadow(fw.astype(np.float64), fb.astype(np.float64),
                                  None if lam is None else float(lam))
             _require(not fires or (lam is not None and lam > 0), path, f"{where}: missing activation threshold")
-        layer = DenseLayer(str(entry["name"]), weight.astype(np.int64), bias, threshold, bits, shadow)
+        conv = None
+        if geometry is not None:
+            conv = ConvSpec(geometry, weight.astype(np.int64))
+            weight, bias = geometry.dense(conv.kernel), np.repeat(bias, geometry.pixels)
+            threshold = np.repeat(threshold, geometry.pixels)
+        layer = DenseLayer(str(entry["name"]), weight.astype(np.int64), bias, threshold, bits, shadow, conv)
         bounds = layer_bounds(layer, timesteps)
         _require(bounds.membrane_width <= MAX_WIDTH, path,
                  f"{where}: membrane needs {bounds.membrane_width} bits (limit {MAX_WIDTH})")

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import DatasetError
 
-__all__ = ["check_images", "encode_codes", "InputEncoding", "DenseLayer", "SpikingNetwork", "FloatShadow", "signed_width", "unsigned_width"]
+__all__ = ["check_images", "encode_codes", "InputEncoding", "ConvGeometry", "ConvSpec", "DenseLayer", "SpikingNetwork",
+           "FloatShadow", "signed_width", "unsigned_width"]
 
 
 def signed_width(lo: int, hi: int) -> int:
@@ -83,6 +84,99 @@ class InputEncoding:
         return encode_codes(images.reshape(len(images), -1), self.threshold, timesteps)
 
 
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Where a 2-D convolution (groups 1, dilation 1, zero padding) reads and writes.
+
+    Input ``in_shape = (C_in, H, W)`` and output ``(out_channels, H_out, W_out)`` values are
+    row-major (C, H, W), as ``torch.nn.Flatten`` orders them. Output pixel ``(oy, ox)`` reads
+    input rows ``oy * stride[0] - padding[0] + ky`` for ``ky < kernel[0]`` (columns alike).
+    """
+    in_shape: tuple[int, int, int]
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        _, h, w = self.in_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (self.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_shape[0], *self.kernel)
+
+    @property
+    def pixels(self) -> int:
+        """Output pixels per channel, ``H_out * W_out``."""
+        return self.out_shape[1] * self.out_shape[2]
+
+    def taps(self, axis: int, position: int) -> list[tuple[int, int]]:
+        """``(kernel offset, output coordinate)`` of every output an input at ``position`` on ``axis``
+        (0: rows, 1: columns) reaches, kernel offsets ascending."""
+        k, s, p = self.kernel[axis], self.stride[axis], self.padding[axis]
+        size = self.out_shape[1 + axis]
+        return [(o, (position + p - o) // s) for o in range(k)
+                if (position + p - o) % s == 0 and 0 <= (position + p - o) // s < size]
+
+    def dense(self, kernel: np.ndarray) -> np.ndarray:
+        """The ``(C_out*H_out*W_out, C_in*H*W)`` matrix of the convolution with ``kernel`` (its dtype)."""
+        kernel = np.asarray(kernel)
+        c_in, h, w = self.in_shape
+        c_out, ho, wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        matrix = np.zeros((c_out, ho, wo, c_in, h, w), dtype=kernel.dtype)
+        for y in range(ho):
+            for x in range(wo):
+                for dy in range(kh):
+                    iy = y * sh - ph + dy
+                    if not 0 <= iy < h:
+                        continue
+                    for dx in range(kw):
+                        ix = x * sw - pw + dx
+                        if 0 <= ix < w:
+                            matrix[:, y, x, :, iy, ix] = kernel[:, :, dy, dx]
+        return matrix.reshape(c_out * ho * wo, c_in * h * w)
+
+    def kernel_of(self, matrix: np.ndarray) -> np.ndarray:
+        """The kernel whose :meth:`dense` matrix is ``matrix`` (entries no output ever reads are 0)."""
+        c_out, ho, wo = self.out_shape
+        c_in, h, w = self.in_shape
+        grid = np.asarray(matrix).reshape(c_out, ho, wo, c_in, h, w)
+        kernel = np.zeros(self.kernel_shape, dtype=grid.dtype)
+        for dy in range(self.kernel[0]):
+            rows = [(y, y * self.stride[0] - self.padding[0] + dy) for y in range(ho)]
+            rows = [(y, iy) for y, iy in rows if 0 <= iy < h]
+            for dx in range(self.kernel[1]):
+                cols = [(x, x * self.stride[1] - self.padding[1] + dx) for x in range(wo)]
+                cols = [(x, ix) for x, ix in cols if 0 <= ix < w]
+                if rows and cols:
+                    (y, iy), (x, ix) = rows[0], cols[0]
+                    kernel[:, :, dy, dx] = grid[:, y, x, :, iy, ix]
+        return kernel
+
+    def as_dict(self) -> dict:
+        return {"in_shape": list(self.in_shape), "out_channels": self.out_channels, "kernel": list(self.kernel),
+                "stride": list(self.stride), "padding": list(self.padding)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConvGeometry":
+        pair = lambda v: (int(v[0]), int(v[1]))  # noqa: E731
+        return cls(tuple(int(v) for v in d["in_shape"]), int(d["out_channels"]), pair(d["kernel"]),
+                   pair(d["stride"]), pair(d["padding"]))
+
+
+@dataclass(frozen=True, eq=False)
+class ConvSpec:
+    """A layer's convolutional structure: its ``geometry`` and integer ``kernel``
+    ``(C_out, C_in, kh, kw)``. The layer's dense ``weight`` is ``geometry.dense(kernel)``,
+    and its biases and thresholds are equal over the pixels of each channel."""
+    geometry: ConvGeometry
+    kernel: np.ndarray
+
+
 @dataclass(frozen=True, eq=False)
 class FloatShadow:
     """The float parameters a layer was quantised from, for the float SNN evaluation.
@@ -102,6 +196,8 @@ class DenseLayer:
     - ``weight``: ``(out, in)`` signed integers of ``weight_bits`` bits.
     - ``bias``: ``(out,)`` integers in membrane units, added once after the last accumulation step.
     - ``threshold``: ``(out,)`` integers >= 1 in membrane units, or ``None`` for the output layer.
+    - ``conv``: for a convolution, its kernel and geometry (``weight`` is then the kernel's
+      dense matrix, and the hardware keeps only the kernel); ``None`` for a fully connected layer.
     """
     name: str
     weight: np.ndarray
@@ -109,8 +205,11 @@ class DenseLayer:
     threshold: np.ndarray | None
     weight_bits: int
     shadow: FloatShadow | None = None
+    conv: ConvSpec | None = None
 
-    kind = "dense"
+    @property
+    def kind(self) -> str:
+        return "dense" if self.conv is None else "conv"
 
     @property
     def fires(self) -> bool:

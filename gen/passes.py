@@ -23,9 +23,10 @@ import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
 from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, ReLU
+from .network import ConvGeometry
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
-           "to_float_network", "lower", "conv_matrix", "avgpool_matrix"]
+           "to_float_network", "lower", "conv_geometry", "conv_matrix", "avgpool_matrix", "compose_convolutions"]
 
 
 def _rewire(ops, removed: str, replacement: str):
@@ -104,42 +105,63 @@ SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, ReLU, Flatten, Dropout, Iden
              "BatchNorm1d/2d (after a Linear or Conv2d layer)")
 
 
+def conv_geometry(op: Conv2d | AvgPool2d, shape: tuple[int, int, int]) -> tuple[ConvGeometry, np.ndarray]:
+    """The geometry and float kernel of a convolution, or of an average pool as the convolution
+    with ``1 / (kh * kw)`` on the diagonal of its channels (zero padding counted, torch's default)."""
+    if isinstance(op, Conv2d):
+        kernel = np.asarray(op.weight, dtype=np.float64)
+        return ConvGeometry(tuple(shape), op.out_channels, tuple(kernel.shape[2:]), tuple(op.stride),
+                            tuple(op.padding)), kernel
+    c = shape[0]
+    (kh, kw) = op.kernel
+    kernel = np.zeros((c, c, kh, kw))
+    kernel[np.arange(c), np.arange(c)] = 1.0 / (kh * kw)
+    return ConvGeometry(tuple(shape), c, tuple(op.kernel), tuple(op.stride), tuple(op.padding)), kernel
+
+
 def conv_matrix(conv: Conv2d, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``(W, b)`` of ``conv`` on a ``shape`` input as a dense map of the row-major values."""
-    c_in, h, w = shape
-    c_out, ho, wo = conv.output_shape(shape)
-    kh, kw = conv.weight.shape[2:]
-    (sh, sw), (ph, pw) = conv.stride, conv.padding
-    matrix = np.zeros((c_out, ho, wo, c_in, h, w))
-    for y in range(ho):
-        for x in range(wo):
-            for dy in range(kh):
-                iy = y * sh - ph + dy
-                if not 0 <= iy < h:
-                    continue
-                for dx in range(kw):
-                    ix = x * sw - pw + dx
-                    if 0 <= ix < w:
-                        matrix[:, y, x, :, iy, ix] = conv.weight[:, :, dy, dx]
-    bias = np.repeat(conv.bias, ho * wo)
-    return matrix.reshape(c_out * ho * wo, c_in * h * w), bias
+    geometry, kernel = conv_geometry(conv, shape)
+    return geometry.dense(kernel), np.repeat(conv.bias, geometry.pixels)
 
 
 def avgpool_matrix(pool: AvgPool2d, shape: tuple[int, int, int]) -> np.ndarray:
     """The dense map of ``pool`` on a ``shape`` input (zero padding counted, as torch's default)."""
-    c, h, w = shape
-    _, ho, wo = pool.output_shape(shape)
-    (kh, kw), (sh, sw), (ph, pw) = pool.kernel, pool.stride, pool.padding
-    matrix = np.zeros((c, ho, wo, c, h, w))
-    for y in range(ho):
-        for x in range(wo):
-            for dy in range(kh):
-                for dx in range(kw):
-                    iy, ix = y * sh - ph + dy, x * sw - pw + dx
-                    if 0 <= iy < h and 0 <= ix < w:
-                        for k in range(c):
-                            matrix[k, y, x, k, iy, ix] = 1.0 / (kh * kw)
-    return matrix.reshape(c * ho * wo, c * h * w)
+    geometry, kernel = conv_geometry(pool, shape)
+    return geometry.dense(kernel)
+
+
+def compose_convolutions(first: Dense, second: Dense, weight: np.ndarray, bias: np.ndarray):
+    """``(geometry, kernel)`` of one convolution equal to ``second`` after ``first`` (no ReLU between),
+    or ``None`` when no convolution is (e.g. ``first``'s bias meets ``second``'s zero padding, or a
+    pool's floor mode drops input rows the composed window would read).
+
+    ``weight``, ``bias``: the product ``second.weight @ first.weight`` and its bias, the exact
+    dense map; the composed convolution is kept only if its matrix equals it.
+    """
+    a, b = first.geometry, second.geometry
+    if a is None or b is None:
+        return None
+    kernel_a, kernel_b = first.kernel, second.kernel
+    ka, sa, pa = np.array(a.kernel), np.array(a.stride), np.array(a.padding)
+    size = ka + (np.array(b.kernel) - 1) * sa
+    geometry = ConvGeometry(a.in_shape, b.out_channels, tuple(int(v) for v in size),
+                            tuple(int(v) for v in sa * np.array(b.stride)),
+                            tuple(int(v) for v in pa + np.array(b.padding) * sa))
+    if geometry.out_shape != b.out_shape:
+        return None
+    kernel = np.zeros(geometry.kernel_shape)
+    for by in range(b.kernel[0]):
+        for bx in range(b.kernel[1]):
+            y, x = by * a.stride[0], bx * a.stride[1]
+            kernel[:, :, y:y + a.kernel[0], x:x + a.kernel[1]] += np.einsum(
+                "om,miyx->oiyx", kernel_b[:, :, by, bx], kernel_a)
+    scale = max(float(np.abs(weight).max(initial=0.0)), 1e-300)
+    per_channel = bias.reshape(b.out_channels, -1)
+    if not (np.allclose(geometry.dense(kernel), weight, rtol=0, atol=1e-9 * scale)
+            and np.allclose(per_channel, per_channel[:, :1], rtol=1e-12, atol=1e-12)):
+        return None
+    return geometry, kernel
 
 
 def _chain(graph: Graph) -> list:
@@ -161,7 +183,11 @@ def _chain(graph: Graph) -> list:
 
 
 def lower_convolutions(graph: Graph) -> Graph:
-    """Replace each Conv2d and AvgPool2d by the Dense layer with its matrix (shapes from the input on)."""
+    """Replace each Conv2d and AvgPool2d by the Dense layer with its matrix (shapes from the input on).
+
+    The Dense layer keeps the convolution's geometry and float kernel, so later passes and
+    quantisation can keep it a convolution (the hardware's convolution engine stores only the kernel).
+    """
     shape = graph.input.shape        # the values' (C, H, W) geometry
     flat = len(shape) == 1           # the IR value is a vector (a Dense output, or flattened)
     ops = [graph.input]
@@ -169,15 +195,15 @@ def lower_convolutions(graph: Graph) -> Graph:
         if isinstance(op, (Conv2d, AvgPool2d)):
             if len(shape) != 3:
                 raise UnsupportedModelError(f"{graph.describe(op)} needs (C, H, W) values, not {shape}")
-            if isinstance(op, Conv2d):
-                weight, bias = conv_matrix(op, shape)
-            else:
-                weight = avgpool_matrix(op, shape)
-                bias = np.zeros(weight.shape[0])
+            geometry, kernel = conv_geometry(op, shape)
+            weight = geometry.dense(kernel)
+            bias = np.repeat(op.bias if isinstance(op, Conv2d) else np.zeros(geometry.out_channels),
+                             geometry.pixels)
             if not flat:              # the image itself: flatten it, row-major as the matrix expects
                 ops.append(Flatten(f"{op.name}.flatten", inputs=op.inputs, source="Flatten"))
                 op = dataclasses.replace(op, inputs=(ops[-1].name,))
-            ops.append(Dense(op.name, weight, bias, inputs=op.inputs, source=op.source))
+            ops.append(Dense(op.name, weight, bias, inputs=op.inputs, source=op.source, geometry=geometry,
+                             kernel=kernel))
             shape, flat = op.output_shape(shape), True
             continue
         if isinstance(op, Dense) and len(shape) > 1:
@@ -196,6 +222,8 @@ def merge_linear(graph: Graph) -> Graph:
     """Multiply a Dense layer not followed by a ReLU into the next Dense layer (Flatten between is a no-op).
 
     ``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``: a pooling layer joins the layer after it.
+    Two convolutions (a pool and the convolution after it) stay one convolution where that is
+    exact (:func:`compose_convolutions`); otherwise the product is a plain dense layer.
     """
     chain = _chain(graph)
     if not chain or chain[-1].name != graph.output:
@@ -206,8 +234,11 @@ def merge_linear(graph: Graph) -> Graph:
         if isinstance(op, Flatten) and pending is not None:
             continue                                  # a Dense layer's values are already flat
         if isinstance(op, Dense) and pending is not None:
-            pending = Dense(op.name, op.weight @ pending.weight, op.weight @ pending.bias + op.bias,
-                            source=f"{pending.source}+{op.source}")
+            weight, bias = op.weight @ pending.weight, op.weight @ pending.bias + op.bias
+            composed = compose_convolutions(pending, op, weight, bias)
+            geometry, kernel = composed if composed is not None else (None, None)
+            pending = Dense(op.name, weight, bias, source=f"{pending.source}+{op.source}", geometry=geometry,
+                            kernel=kernel)
             continue
         if pending is not None:
             kept.append(pending)
@@ -265,7 +296,8 @@ def to_float_network(graph: Graph) -> FloatNetwork:
             if pending is None:
                 raise UnsupportedModelError(
                     f"ReLU {graph.describe(op)} does not follow a Linear layer")
-            layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=True, source=pending.source))
+            layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=True, source=pending.source,
+                                     geometry=pending.geometry, kernel=pending.kernel))
             pending = None
         else:
             raise UnsupportedModelError(

@@ -25,7 +25,7 @@ from ..errors import ConversionError
 from .bounds import MAX_WIDTH, layer_bounds
 from .calibrate import Calibration
 from .ir import FloatNetwork
-from .network import DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
+from .network import ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
 
 __all__ = ["WEIGHT_SCALES", "quantise"]
 
@@ -48,7 +48,14 @@ def _weight_scales(weight: np.ndarray, bits: int, per_channel: bool) -> np.ndarr
 
 
 def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, weight_bits: int = 8,
-             weight_scale: str = "channel", metadata: dict | None = None) -> SpikingNetwork:
+             weight_scale: str = "channel", metadata: dict | None = None,
+             keep_convolutions: bool = True) -> SpikingNetwork:
+    """Integer layers from the calibrated float network (see the module docstring).
+
+    ``keep_convolutions``: a firing layer that is a convolution stays one (a :class:`ConvSpec`
+    with one weight scale per output channel, so every pixel shares the integer kernel);
+    otherwise it is a dense layer with one scale per output neuron.
+    """
     if not 2 <= weight_bits <= 16:
         raise ConversionError(f"weight bits must be between 2 and 16, not {weight_bits}")
     if not 1 <= timesteps <= 16:
@@ -63,8 +70,18 @@ def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, we
     for float_layer in network.layers:
         fires = float_layer.relu
         w, b = float_layer.weight, float_layer.bias
-        scale = _weight_scales(w, weight_bits, per_channel=fires and weight_scale == "channel")
-        weight = np.clip(np.rint(w / scale[:, None]), -qmax, qmax).astype(np.int64)
+        per_channel = fires and weight_scale == "channel"
+        conv = None
+        if fires and keep_convolutions and float_layer.geometry is not None:
+            geometry, kernel = float_layer.geometry, float_layer.kernel
+            channel_scale = _weight_scales(kernel.reshape(len(kernel), -1), weight_bits, per_channel)
+            kernel = np.clip(np.rint(kernel / channel_scale[:, None, None, None]), -qmax, qmax).astype(np.int64)
+            conv = ConvSpec(geometry, kernel)
+            weight = geometry.dense(kernel)
+            scale = np.repeat(channel_scale, geometry.pixels)
+        else:
+            scale = _weight_scales(w, weight_bits, per_channel)
+            weight = np.clip(np.rint(w / scale[:, None]), -qmax, qmax).astype(np.int64)
         unit = lambda_in * scale / steps  # ANN value of one membrane unit, per neuron
         if fires:
             lambda_out = next(thresholds)
@@ -82,6 +99,7 @@ def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, we
             name=float_layer.name, weight=weight, bias=bias.astype(np.int64), threshold=threshold,
             weight_bits=weight_bits,
             shadow=FloatShadow(w.astype(np.float64), b.astype(np.float64), lambda_out),
+            conv=conv,
         )
         bounds = layer_bounds(layer, timesteps)
         if bounds.membrane_width > MAX_WIDTH:

@@ -7,6 +7,11 @@ report prints and the simulation tests check (docs/core.md, "Timing").
 Organisation of one layer with ``n`` neurons on ``L`` lanes: neuron ``j`` sits in lane
 ``j % L`` of block ``j // L``; ``B = ceil(n / L)`` blocks. Padding lanes of the last block
 have zero weights and bias and threshold 1, so they never spike.
+
+A convolution layer (``LayerPlan.conv``) puts its output channels on the lanes instead
+(``L`` divides ``C_out``, ``B = C_out / L``): membrane row ``b * P + y * W_out + x`` holds
+channels ``b*L .. b*L+L-1`` of output pixel ``(y, x)`` (``P = H_out * W_out``), and only the
+kernel is stored (docs/core.md, "Convolution engine").
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 from ..errors import SpikeforgeError
 from .bounds import layer_bounds
 from .netfile import fingerprint
-from .network import SpikingNetwork, unsigned_width
+from .network import ConvGeometry, SpikingNetwork, unsigned_width
 
 __all__ = ["SizingError", "ceil_div", "InputPlan", "LayerPlan", "CorePlan", "plan_core", "choose_lanes",
            "DEFAULT_LANE_BUDGET", "pack_row"]
@@ -57,6 +62,7 @@ class InputPlan:
     size: int
     lanes: int
     timesteps: int
+    pixels: tuple[int, int, int] | None = None   # (C, H, W): events carry coordinates (a convolution reads them)
 
     @property
     def words(self) -> int:
@@ -114,10 +120,54 @@ class LayerPlan:
     bias_rows: tuple[int, ...] = field(repr=False)
     threshold_rows: tuple[int, ...] = field(repr=False)
     weights_loaded: bool = False   # weights written at run time (SPRAM), not initialised by the bitstream
+    conv: ConvGeometry | None = None     # a convolution engine: its geometry (lanes = output channels)
+    emits_pixels: bool = False           # spike events carry (channel, y, x): the next layer is a convolution
 
     @property
     def blocks(self) -> int:
+        """Lane groups: of neurons (dense) or of output channels (convolution)."""
+        if self.conv is not None:
+            return ceil_div(self.conv.out_channels, self.lanes)
         return ceil_div(self.neurons, self.lanes)
+
+    @property
+    def rows(self) -> int:
+        """Membrane rows: ``blocks`` (dense), ``blocks * H_out * W_out`` (convolution)."""
+        return self.blocks * (self.conv.pixels if self.conv is not None else 1)
+
+    def taps(self, axis: int) -> list[tuple[int, int, int]]:
+        """Per input row (``axis`` 0) or column (1) of a convolution: ``(membrane offset, weight
+        offset, count)`` of its first tap and how many output rows / columns it reaches.
+
+        Offsets in rows of the membrane and weight memories: the first tap ``(k, o)``
+        (:meth:`ConvGeometry.taps`) is ``o * W_out`` / ``k * kw * C_in`` on rows and ``o`` /
+        ``k * C_in`` on columns; each further tap steps by :meth:`tap_steps`.
+        """
+        g = self.conv
+        c_in, kw, wo = g.in_shape[0], g.kernel[1], g.out_shape[2]
+        m_unit, w_unit = (wo, kw * c_in) if axis == 0 else (1, c_in)
+        table = []
+        for position in range(g.in_shape[1 + axis]):
+            taps = g.taps(axis, position)
+            k, o = taps[0] if taps else (0, 0)
+            table.append((o * m_unit, k * w_unit, len(taps)))
+        return table
+
+    def tap_steps(self, axis: int) -> tuple[int, int]:
+        """``(membrane step, weight step)`` between consecutive taps on ``axis``: the output
+        coordinate falls by one, the kernel offset rises by the stride."""
+        g = self.conv
+        c_in, kw, wo = g.in_shape[0], g.kernel[1], g.out_shape[2]
+        return (wo, g.stride[0] * kw * c_in) if axis == 0 else (1, g.stride[1] * c_in)
+
+    def event_cycles(self) -> list[int]:
+        """Accumulate cycles of one input spike event, per input (row-major (C, H, W) for a convolution):
+        ``B`` per tap of the kernel it reaches (dense: one tap), 1 if it reaches none."""
+        if self.conv is None:
+            return [self.blocks] * self.inputs
+        rows, cols = self.taps(0), self.taps(1)
+        per_pixel = [max(1, self.blocks * r[2] * c[2]) for r in rows for c in cols]
+        return per_pixel * self.conv.in_shape[0]
 
     @property
     def input_addr_width(self) -> int:
@@ -133,12 +183,12 @@ class LayerPlan:
     def memories(self) -> list[tuple[str, int, int]]:
         """Every memory of the engine as built, ``(kind, width, rows)``: at least two rows each
         (hw/engines.py: no zero-width addresses); the membranes are two banks."""
-        rows, L = max(2, self.blocks), self.lanes
+        blocks, rows, L = max(2, self.blocks), max(2, self.rows), self.lanes
         shapes = [("weights", self.weight_row_width, self.weight_row_count),
-                  ("biases", L * self.bias_width, rows)]
+                  ("biases", L * self.bias_width, blocks)]
         shapes += [("membranes", L * self.membrane_width, rows)] * 2
         if self.fires:
-            shapes.append(("thresholds", L * self.threshold_width, rows))
+            shapes.append(("thresholds", L * self.threshold_width, blocks))
         return shapes
 
     @property
@@ -152,18 +202,24 @@ class LayerPlan:
     def accumulate_cycles(self, events: int | None = None) -> int:
         """Cycles of the accumulate stage for one image with ``events`` input spikes in all.
 
-        Per image: 1 cycle to claim a free bank, T doubling passes of B cycles (the first
-        clears the bank), B cycles per input spike event, 1 cycle per end-of-step marker,
-        B cycles of bias, 1 cycle to hand the bank to the fire stage. ``events=None``: every
-        input spikes at every step (the worst case, and always the case with skipping off).
+        Per image: 1 cycle to claim a free bank, T doubling passes over the ``rows`` (the
+        first clears the bank), :meth:`event_cycles` per input spike event (dense: B), 1 cycle
+        per end-of-step marker, ``rows`` cycles of bias, 1 cycle to hand the bank to the fire
+        stage. ``events=None``: every input spikes at every step (the worst case, and always
+        the case with skipping off); a number of events of a convolution costs the dearest input's.
         """
-        events = self.inputs * self.timesteps if events is None else events
-        B, T = self.blocks, self.timesteps
-        return 1 + T * B + events * B + T + B + 1
+        R, T = self.rows, self.timesteps
+        if events is None:
+            event_cost = T * sum(self.event_cycles())
+        else:
+            event_cost = events * max(self.event_cycles())
+        return 1 + T * R + event_cost + T + R + 1
 
     @property
     def weight_row_count(self) -> int:
         """Rows of the weight memory as built (at least two)."""
+        if self.conv is not None:
+            return max(2, self.blocks * self.conv.kernel[0] * self.conv.kernel[1] * self.conv.in_shape[0])
         return max(2, self.blocks * self.inputs)
 
     @property
@@ -279,7 +335,9 @@ class CorePlan:
                 "weight_width": layer.weight_width, "bias_width": layer.bias_width,
                 "membrane_width": layer.membrane_width, "threshold_width": layer.threshold_width,
                 "memory_bits": layer.memory_bits,
-                "cycles_per_step_worst": layer.blocks * (layer.inputs + 1) + 1,
+                "rows": layer.rows,
+                **({"convolution": layer.conv.as_dict()} if layer.conv is not None else {}),
+                "cycles_per_step_worst": layer.rows + sum(layer.event_cycles()) + 1,
                 "accumulate_cycles_worst": layer.accumulate_cycles(),
             } for layer in self.layers],
             "classes": self.classes,
@@ -293,9 +351,22 @@ class CorePlan:
         }
 
 
-def _lane_options(neurons: int) -> list[int]:
-    """Lane counts worth having: the smallest L for each distinct block count ceil(n / L)."""
+def _lane_options(layer) -> list[int]:
+    """Lane counts worth having: the smallest L for each distinct block count ceil(n / L); for a
+    convolution, the divisors of its output channels (lanes are channels)."""
+    if layer.conv is not None:
+        channels = layer.conv.geometry.out_channels
+        return [L for L in range(1, channels + 1) if channels % L == 0]
+    neurons = layer.out_size
     return sorted({ceil_div(neurons, ceil_div(neurons, L)) for L in range(1, neurons + 1)})
+
+
+def _skeleton(layer, lanes: int, timesteps: int) -> LayerPlan:
+    """A plan of ``layer`` on ``lanes`` lanes with no memory contents: enough for the cycle model."""
+    return LayerPlan(index=0, name=layer.name, inputs=layer.in_size, neurons=layer.out_size, lanes=lanes,
+                     timesteps=timesteps, fires=layer.fires, weight_width=0, bias_width=0, membrane_width=0,
+                     threshold_width=0, weight_rows=(), bias_rows=(), threshold_rows=(),
+                     conv=None if layer.conv is None else layer.conv.geometry)
 
 
 def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list[int]:
@@ -306,14 +377,15 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
     """
     if budget < len(net.layers):
         raise SizingError(f"a lane budget of {budget} is below one lane per layer ({len(net.layers)} layers)")
-    options = [_lane_options(layer.out_size) for layer in net.layers]
+    options = [_lane_options(layer) for layer in net.layers]
     choice = [0] * len(net.layers)
     T = net.timesteps
+    costs: dict[tuple[int, int], int] = {}
 
     def cost(k: int, lanes: int) -> int:
-        layer = net.layers[k]
-        blocks = ceil_div(layer.out_size, lanes)
-        return T * blocks * (layer.in_size + 1) + blocks
+        if (k, lanes) not in costs:
+            costs[k, lanes] = _skeleton(net.layers[k], lanes, T).accumulate_cycles()
+        return costs[k, lanes]
 
     while True:
         lanes = [options[k][choice[k]] for k in range(len(choice))]
@@ -324,6 +396,22 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
         if sum(lanes) + options[slowest][choice[slowest] + 1] - lanes[slowest] > budget:
             return lanes
         choice[slowest] += 1
+
+
+def _input_order(previous: LayerPlan | None, inputs: int) -> np.ndarray:
+    """Which input of a dense layer each event address stands for.
+
+    A convolution engine sends address ``row * L + lane`` for channel ``b*L + lane`` of pixel ``p``
+    (row ``b * P + p``), which is input ``(b*L + lane) * P + p`` in row-major (C, H, W) order;
+    everything else sends the input's own index.
+    """
+    if previous is None or previous.conv is None:
+        return np.arange(inputs)
+    P, L = previous.conv.pixels, previous.lanes
+    address = np.arange(inputs)
+    row, lane = address // L, address % L
+    block, pixel = row // P, row % P
+    return (block * L + lane) * P + pixel
 
 
 def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int = DEFAULT_LANE_BUDGET,
@@ -342,39 +430,62 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
         if not 1 <= count <= layer.out_size:
             raise SizingError(f"layer {layer.name}: {count} lanes, but it has {layer.out_size} neurons "
                               f"(lanes must be 1..{layer.out_size})")
+        if layer.conv is not None and count not in _lane_options(layer):
+            raise SizingError(f"layer {layer.name} is a convolution with {layer.conv.geometry.out_channels} output "
+                              f"channels: its lanes must divide that number, not {count} "
+                              f"(one of {', '.join(map(str, _lane_options(layer)))})")
     for index in loaded_weights:
         if not 0 <= index < len(net.layers):
             raise SizingError(f"--spram names layer {index}; the network's layers are 0..{len(net.layers) - 1}")
+    pixels = tuple(net.input.shape) if net.layers[0].conv is not None else None
     if input_lanes is None:
-        input_lanes = min(DEFAULT_INPUT_LANES, net.input.size)
+        if pixels is None:
+            input_lanes = min(DEFAULT_INPUT_LANES, net.input.size)
+        else:
+            input_lanes = max(d for d in range(1, DEFAULT_INPUT_LANES + 1) if pixels[2] % d == 0)
     if not 1 <= input_lanes <= net.input.size:
         raise SizingError(f"input lanes must be 1..{net.input.size}, not {input_lanes}")
+    if pixels is not None and pixels[2] % input_lanes:
+        raise SizingError(f"the first layer is a convolution on {pixels[2]}-pixel-wide images: the input lanes "
+                          f"must divide {pixels[2]}, not {input_lanes}")
     T = net.timesteps
-    plans = []
+    plans: list[LayerPlan] = []
     for index, (layer, L) in enumerate(zip(net.layers, lanes)):
         bounds = layer_bounds(layer, T)
-        blocks = ceil_div(layer.out_size, L)
-        padded = blocks * L
-        weight = np.zeros((padded, layer.in_size), dtype=np.int64)
-        weight[:layer.out_size] = layer.weight
-        bias = np.zeros(padded, dtype=np.int64)
-        bias[:layer.out_size] = layer.bias
-        threshold = np.ones(padded, dtype=np.int64)
-        if layer.fires:
-            threshold[:layer.out_size] = layer.threshold
         weight_width = max(2, bounds.weight_width)
         bias_width = max(2, bounds.bias_width)
-        weight_rows = tuple(pack_row(weight[b * L:(b + 1) * L, i], weight_width)
-                            for b in range(blocks) for i in range(layer.in_size))
-        bias_rows = tuple(pack_row(bias[b * L:(b + 1) * L], bias_width) for b in range(blocks))
         threshold_width = bounds.threshold_width
+        geometry = None if layer.conv is None else layer.conv.geometry
+        if geometry is not None:
+            # Lanes are output channels; one row per (block, kernel offset, input channel).
+            blocks, step = geometry.out_channels // L, geometry.pixels
+            kernel = layer.conv.kernel
+            c_in, (kh, kw) = geometry.in_shape[0], geometry.kernel
+            weight_rows = tuple(pack_row(kernel[b * L:(b + 1) * L, c, ky, kx], weight_width)
+                                for b in range(blocks) for ky in range(kh) for kx in range(kw) for c in range(c_in))
+            bias, threshold = layer.bias[::step], (layer.threshold[::step] if layer.fires else None)
+        else:
+            blocks = ceil_div(layer.out_size, L)
+            padded = blocks * L
+            weight = np.zeros((padded, layer.in_size), dtype=np.int64)
+            weight[:layer.out_size] = layer.weight[:, _input_order(plans[-1] if plans else None, layer.in_size)]
+            weight_rows = tuple(pack_row(weight[b * L:(b + 1) * L, i], weight_width)
+                                for b in range(blocks) for i in range(layer.in_size))
+            bias = np.zeros(padded, dtype=np.int64)
+            bias[:layer.out_size] = layer.bias
+            threshold = np.ones(padded, dtype=np.int64)
+            if layer.fires:
+                threshold[:layer.out_size] = layer.threshold
+        bias_rows = tuple(pack_row(bias[b * L:(b + 1) * L], bias_width) for b in range(blocks))
         threshold_rows = (tuple(pack_row(threshold[b * L:(b + 1) * L], threshold_width) for b in range(blocks))
                           if layer.fires else ())
+        following = net.layers[index + 1] if index + 1 < len(net.layers) else None
         plans.append(LayerPlan(
             index=index, name=layer.name, inputs=layer.in_size, neurons=layer.out_size, lanes=L,
             timesteps=T, fires=layer.fires, weight_width=weight_width, bias_width=bias_width,
             membrane_width=bounds.membrane_width, threshold_width=threshold_width,
             weight_rows=weight_rows, bias_rows=bias_rows, threshold_rows=threshold_rows,
-            weights_loaded=index in loaded_weights))
-    return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T), layers=tuple(plans),
+            weights_loaded=index in loaded_weights, conv=geometry,
+            emits_pixels=following is not None and following.conv is not None))
+    return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T, pixels), layers=tuple(plans),
                     skip_silent=skip_silent, fingerprint=fingerprint(net))

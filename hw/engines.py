@@ -17,8 +17,9 @@ from amaranth.lib.wiring import In, Out
 
 from ..gen.network import unsigned_width
 from ..gen.sizing import InputPlan, LayerPlan
-from .events import (BlockScanner, image_beat_layout, index_signal, result_layout, spike_event_layout,
-                     weight_load_layout)
+from .events import (BlockScanner, ScanCoordinates, image_beat_layout, index_signal, pixel_event_layout,
+                     result_layout, spike_event_layout, weight_load_layout)
+from .conv import conv_accumulate_control
 from .ilif import AccumulateOp, ILIFAccumulate, ILIFFire
 
 __all__ = ["InputEncoder", "LayerEngine", "OutputEngine"]
@@ -49,7 +50,8 @@ class InputEncoder(wiring.Component):
         self.skip_silent = skip_silent
         super().__init__({
             "images": In(stream.Signature(image_beat_layout(plan.lanes, plan.timesteps))),
-            "events": Out(stream.Signature(spike_event_layout(plan.addr_width))),
+            "events": Out(stream.Signature(pixel_event_layout(plan.pixels) if plan.pixels
+                                           else spike_event_layout(plan.addr_width))),
         })
 
     def elaborate(self, platform):
@@ -85,13 +87,20 @@ class InputEncoder(wiring.Component):
         m.d.comb += bit.eq(T - 1 - scan.step)
         m.d.comb += scan.spikes.eq(Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes)))
         scan.build(m, self.events)
+        if plan.pixels:
+            # A word is `lanes` neighbouring pixels of one image row (lanes divide the width).
+            channels, height, width = plan.pixels
+            where = ScanCoordinates(groups=channels, height=height, width=width, x_step=plan.lanes)
+            where.build(m, scan)
+            m.d.comb += [self.events.payload.channel.eq(where.loaded_group_base), self.events.payload.y.eq(where.loaded_y),
+                         self.events.payload.x.eq(where.loaded_x + scan.lowest)]
         with m.If(scan.finished):
             m.d.sync += [full.bit_select(scan_bank, 1).eq(0), scan_bank.eq(~scan_bank)]
         return m
 
 
 class _Banks:
-    """Two membrane banks of ``blocks`` rows x ``lanes`` membranes, with their ownership logic."""
+    """Two membrane banks of ``rows`` rows x ``lanes`` membranes, with their ownership logic."""
 
     def __init__(self, m: Module, plan: LayerPlan):
         self.plan = plan
@@ -100,15 +109,15 @@ class _Banks:
         self.fill_bank = Signal()     # the bank the accumulate stage fills (or waits for)
         self.drain_bank = Signal()    # the bank the fire / readout stage drains (or waits for)
         # Per stage: read (addr, en) and write (addr, data, en) requests, routed to the owner's bank.
-        self.fill_read_addr, self.fill_write_addr = index_signal(plan.blocks), index_signal(plan.blocks)
+        self.fill_read_addr, self.fill_write_addr = index_signal(plan.rows), index_signal(plan.rows)
         self.fill_write_data, self.fill_write_en = Signal(width), Signal()
-        self.drain_read_addr, self.drain_read_en = index_signal(plan.blocks), Signal()
-        self.drain_write_addr, self.drain_write_data = index_signal(plan.blocks), Signal(width)
+        self.drain_read_addr, self.drain_read_en = index_signal(plan.rows), Signal()
+        self.drain_write_addr, self.drain_write_data = index_signal(plan.rows), Signal(width)
         self.drain_write_en = Signal()
         self.fill_read_data, self.drain_read_data = Signal(width), Signal(width)
         reads = []
         for k in range(2):
-            bank = memory.Memory(shape=unsigned(width), depth=max(2, plan.blocks), init=[])   # see _rom
+            bank = memory.Memory(shape=unsigned(width), depth=max(2, plan.rows), init=[])   # see _rom
             m.submodules[f"membranes{k}"] = bank
             write = bank.write_port()
             # Transparent: a row written this cycle is read back new (one-row layers update it every cycle).
@@ -133,6 +142,13 @@ class _Banks:
     def release(self, m: Module) -> None:
         """The drain stage is done with its bank: it becomes empty; drain the other one next."""
         m.d.sync += [self.full.bit_select(self.drain_bank, 1).eq(0), self.drain_bank.eq(~self.drain_bank)]
+
+
+def _input_events(plan: LayerPlan) -> data.StructLayout:
+    """A layer's incoming events: coordinates for a convolution, addresses for a dense layer."""
+    if plan.conv is not None:
+        return pixel_event_layout(plan.conv.in_shape)
+    return spike_event_layout(plan.input_addr_width)
 
 
 def _load_port(plan: LayerPlan) -> dict:
@@ -162,17 +178,13 @@ def _weight_store(m: Module, plan: LayerPlan, load):
     return rom_like
 
 
-def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events, load=None) -> None:
-    """Stage 1 of a layer: ``T`` steps of ``V <- 2V + sum W*s``, then ``V <- V + B``.
+def _dense_accumulate_control(m: Module, plan: LayerPlan, banks: _Banks, events, weights, biases):
+    """Issue side of stage 1 of a dense layer; returns ``(issue, op, row, spike)`` of this cycle.
 
-    Two-deep pipeline: *issue* picks an operation and a row and starts the reads; *execute*
-    writes the row back the next cycle. Per step: one doubling pass over the rows (the first
-    step's pass clears the bank), then one pass per input spike event, then the marker.
+    Per step: one doubling pass over the rows (the first step's pass clears the bank), then
+    one pass per input spike event (its weight column, block by block), then the marker.
     """
-    B, T, L, mw = plan.blocks, plan.timesteps, plan.lanes, plan.membrane_width
-    weights = _weight_store(m, plan, load)
-    biases = _rom(m, "biases", L * plan.bias_width, plan.bias_rows)
-
+    B, T = plan.blocks, plan.timesteps
     issue, op, row = Signal(), Signal(2), index_signal(B)
     spike = Signal()
     weight_row = index_signal(B * plan.inputs)
@@ -214,9 +226,23 @@ def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events, load=No
         with m.State("HANDOVER"):   # the last bias row is written this cycle
             banks.handover(m)
             m.next = "CLAIM"
+    return issue, op, row, spike
+
+
+def _accumulate_stage(m: Module, plan: LayerPlan, banks: _Banks, events, load=None) -> None:
+    """Stage 1 of a layer: ``T`` steps of ``V <- 2V + sum W*s``, then ``V <- V + B``.
+
+    Two-deep pipeline: *issue* (the dense or convolution control) picks an operation and a
+    row and starts the reads; *execute* writes the row back the next cycle, lane by lane.
+    """
+    L, mw = plan.lanes, plan.membrane_width
+    weights = _weight_store(m, plan, load)
+    biases = _rom(m, "biases", L * plan.bias_width, plan.bias_rows)
+    control = conv_accumulate_control if plan.conv is not None else _dense_accumulate_control
+    issue, op, row, spike = control(m, plan, banks, events, weights, biases)
 
     # Execute: the read data of the row issued last cycle.
-    ex_valid, ex_op, ex_row, ex_spike = Signal(), Signal(2), index_signal(B), Signal()
+    ex_valid, ex_op, ex_row, ex_spike = Signal(), Signal(2), Signal.like(row), Signal()
     m.d.sync += [ex_valid.eq(issue), ex_op.eq(op), ex_row.eq(row), ex_spike.eq(spike)]
     membrane = _lanes_view(mw, L, banks.fill_read_data)
     weight = _lanes_view(plan.weight_width, L, weights.data)
@@ -241,9 +267,11 @@ class LayerEngine(wiring.Component):
         assert plan.fires
         self.plan = plan
         self.skip_silent = skip_silent
+        assert plan.conv is not None or not plan.emits_pixels, "only a convolution's events carry coordinates"
         super().__init__({
-            "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
-            "spikes_out": Out(stream.Signature(spike_event_layout(plan.output_addr_width))),
+            "spikes_in": In(stream.Signature(_input_events(plan))),
+            "spikes_out": Out(stream.Signature(pixel_event_layout(plan.conv.out_shape) if plan.emits_pixels
+                                               else spike_event_layout(plan.output_addr_width))),
             **_load_port(plan),
         })
 
@@ -255,14 +283,24 @@ class LayerEngine(wiring.Component):
 
         # Fire: clamp to [0, theta] before the first step, then V <- 2V; spike and subtract if V >= theta.
         thresholds = _rom(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
-        scan = BlockScanner(blocks=plan.blocks, lanes=L, neurons=plan.neurons, timesteps=plan.timesteps,
-                            skip_silent=self.skip_silent)
+        scan = BlockScanner(blocks=plan.rows, lanes=L, neurons=plan.rows * L if plan.conv else plan.neurons,
+                            timesteps=plan.timesteps, skip_silent=self.skip_silent)
         m.d.comb += [
             scan.start.eq(~scan.busy & banks.full.bit_select(banks.drain_bank, 1)),
             banks.drain_read_en.eq(scan.read_en), banks.drain_read_addr.eq(scan.next_row),
             thresholds.en.eq(scan.read_en), thresholds.addr.eq(scan.next_row),
             banks.drain_write_addr.eq(scan.row), banks.drain_write_en.eq(scan.load),
         ]
+        if plan.conv is not None:
+            # Rows are (block, y, x): the thresholds are the block's; events may carry the pixel.
+            _, height, width = plan.conv.out_shape
+            where = ScanCoordinates(groups=plan.blocks, height=height, width=width, group_stride=L)
+            where.build(m, scan)
+            m.d.comb += thresholds.addr.eq(where.next_group)
+            if plan.emits_pixels:
+                m.d.comb += [self.spikes_out.payload.channel.eq(where.loaded_group_base + scan.lowest),
+                             self.spikes_out.payload.y.eq(where.loaded_y),
+                             self.spikes_out.payload.x.eq(where.loaded_x)]
         membrane = _lanes_view(mw, L, banks.drain_read_data)
         threshold = _lanes_view(plan.threshold_width, L, thresholds.data, sign=False)
         updated = _lanes_view(mw, L, banks.drain_write_data)
@@ -289,7 +327,7 @@ class OutputEngine(wiring.Component):
         assert not plan.fires
         self.plan = plan
         super().__init__({
-            "spikes_in": In(stream.Signature(spike_event_layout(plan.input_addr_width))),
+            "spikes_in": In(stream.Signature(_input_events(plan))),
             "results": Out(stream.Signature(result_layout(
                 plan.neurons, plan.output_addr_width, plan.membrane_width))),
             **_load_port(plan),

@@ -12,8 +12,10 @@ from __future__ import annotations
 from amaranth import Module, Mux, Signal
 from amaranth.lib import data
 
-__all__ = ["spike_event_layout", "result_layout", "image_beat_layout", "weight_load_layout", "index_signal",
-           "BlockScanner"]
+from ..gen.network import unsigned_width
+
+__all__ = ["spike_event_layout", "pixel_event_layout", "result_layout", "image_beat_layout", "weight_load_layout",
+           "index_signal", "BlockScanner", "ScanCoordinates"]
 
 
 def index_signal(count: int, **kwargs) -> Signal:
@@ -27,6 +29,14 @@ def index_signal(count: int, **kwargs) -> Signal:
 def spike_event_layout(addr_width: int) -> data.StructLayout:
     """One spike event: ``addr`` of the neuron, its ``spike`` bit, or ``end`` of a step (addr ignored)."""
     return data.StructLayout({"addr": max(1, addr_width), "spike": 1, "end": 1})
+
+
+def pixel_event_layout(shape: tuple[int, int, int]) -> data.StructLayout:
+    """One spike event into a convolution: the neuron's ``channel``, ``y`` and ``x`` in a ``shape``
+    = ``(C, H, W)`` feature map, its ``spike`` bit, or ``end`` of a step (coordinates ignored)."""
+    c, h, w = shape
+    return data.StructLayout({"channel": unsigned_width(c - 1), "y": unsigned_width(h - 1),
+                              "x": unsigned_width(w - 1), "spike": 1, "end": 1})
 
 
 def image_beat_layout(lanes: int, timesteps: int) -> data.ArrayLayout:
@@ -77,6 +87,7 @@ class BlockScanner:
         self.read_en = Signal()
         self.next_row = index_signal(blocks)
         self.finished = Signal()
+        self.lowest = index_signal(lanes)        # the lane of the event on offer
 
     def build(self, m: Module, events) -> None:
         """Add the scanner's logic to ``m``, driving the stream interface ``events``."""
@@ -87,17 +98,18 @@ class BlockScanner:
         base = index_signal(blocks * lanes)       # address of lane 0 of the loaded row
         row_base = index_signal(blocks * lanes + 1)
 
-        lowest = index_signal(lanes)
+        lowest = self.lowest
         for lane in reversed(range(lanes)):        # the last assignment wins: the lowest set lane
             with m.If(pending[lane]):
                 m.d.comb += lowest.eq(lane)
         emitting = pending.any()
         m.d.comb += [
             events.valid.eq(emitting | (self.busy & loaded_all)),
-            events.payload.addr.eq(base + lowest),
             events.payload.spike.eq(fired.bit_select(lowest, 1)),
             events.payload.end.eq(~emitting),
         ]
+        if "addr" in events.payload.shape().members:   # pixel events get their coordinates from ScanCoordinates
+            m.d.comb += events.payload.addr.eq(base + lowest)
         sent = events.valid & events.ready
         remaining = Mux(sent & emitting, pending & (pending - 1), pending)   # x & (x-1) clears the lowest bit
         m.d.comb += self.load.eq(self.busy & ~loaded_all & (remaining == 0))
@@ -127,3 +139,42 @@ class BlockScanner:
                 m.d.sync += self.step.eq(self.step + 1)
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.step.eq(0), self.row.eq(0), loaded_all.eq(0), row_base.eq(0)]
+
+
+class ScanCoordinates:
+    """Feature-map coordinates of the rows a :class:`BlockScanner` walks, kept by counters (no division).
+
+    Rows are in ``(group, y, x)`` order: ``x`` advances by ``x_step`` per row up to ``width``,
+    then ``y`` up to ``height``, then ``group`` (and ``group_base`` by ``group_stride``). For a
+    convolution engine a row is one pixel of one block of channels (``x_step = 1``, group =
+    block, ``group_base`` = its first channel); for the input encoder a row is a word of
+    ``x_step`` pixels of one channel. ``group``/``y``/``x`` follow ``scanner.row``;
+    ``next_group`` is the group of ``scanner.next_row`` (the prefetch); ``loaded_*`` hold the
+    coordinates of the row whose events are on offer.
+    """
+
+    def __init__(self, *, groups: int, height: int, width: int, x_step: int = 1, group_stride: int = 1):
+        self.groups, self.height, self.width, self.x_step = groups, height, width, x_step
+        self.group_stride = group_stride
+        self.group, self.y, self.x = index_signal(groups), index_signal(height), index_signal(width)
+        self.group_base = index_signal(groups * group_stride)
+        self.next_group = index_signal(groups)
+        self.loaded_group_base = index_signal(groups * group_stride)
+        self.loaded_y, self.loaded_x = index_signal(height), index_signal(width)
+
+    def build(self, m: Module, scanner: BlockScanner) -> None:
+        end_of_line = self.x == self.width - self.x_step
+        end_of_map = end_of_line & (self.y == self.height - 1)
+        last_row = scanner.row == scanner.blocks - 1
+        m.d.comb += self.next_group.eq(Mux(scanner.start | last_row, 0, Mux(end_of_map, self.group + 1, self.group)))
+        with m.If(scanner.start | (scanner.load & last_row)):
+            m.d.sync += [self.group.eq(0), self.group_base.eq(0), self.y.eq(0), self.x.eq(0)]
+        with m.Elif(scanner.load):
+            m.d.sync += self.x.eq(Mux(end_of_line, 0, self.x + self.x_step))
+            with m.If(end_of_line):
+                m.d.sync += self.y.eq(Mux(end_of_map, 0, self.y + 1))
+            with m.If(end_of_map):
+                m.d.sync += [self.group.eq(self.group + 1), self.group_base.eq(self.group_base + self.group_stride)]
+        with m.If(scanner.load):
+            m.d.sync += [self.loaded_group_base.eq(self.group_base), self.loaded_y.eq(self.y),
+                         self.loaded_x.eq(self.x)]

@@ -91,7 +91,8 @@ def _options(args):
     from .gen.convert import ConversionOptions
 
     return ConversionOptions(timesteps=args.timesteps, weight_bits=args.weight_bits,
-                             weight_scale=args.weight_scale, threshold=args.threshold, percentile=args.percentile)
+                             weight_scale=args.weight_scale, threshold=args.threshold, percentile=args.percentile,
+                             convolutions=args.convolutions)
 
 
 def cmd_convert(args) -> int:
@@ -139,7 +140,8 @@ def cmd_convert(args) -> int:
 
 def _layer_dict(layer, bounds) -> dict:
     return {
-        "name": layer.name, "in": layer.in_size, "out": layer.out_size, "fires": layer.fires,
+        "name": layer.name, "kind": layer.kind, "in": layer.in_size, "out": layer.out_size, "fires": layer.fires,
+        **({"convolution": layer.conv.geometry.as_dict()} if layer.conv is not None else {}),
         "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
         "threshold_min": int(layer.threshold.min()) if layer.fires else None,
         "threshold_max": int(layer.threshold.max()) if layer.fires else None,
@@ -148,11 +150,17 @@ def _layer_dict(layer, bounds) -> dict:
 
 
 def _print_layers(net, bounds) -> None:
-    print("  layer            in   out  fires  weight  membrane  threshold range")
+    print("  layer            in   out  fires  weight  membrane  threshold range  kind")
     for layer, b in zip(net.layers, bounds):
         theta = f"{int(layer.threshold.min())}..{int(layer.threshold.max())}" if layer.fires else "-"
+        kind = "dense"
+        if layer.conv is not None:
+            g = layer.conv.geometry
+            kind = (f"conv {'x'.join(map(str, g.in_shape))} -> {'x'.join(map(str, g.out_shape))}, "
+                    f"kernel {g.kernel[0]}x{g.kernel[1]} stride {g.stride[0]},{g.stride[1]} "
+                    f"padding {g.padding[0]},{g.padding[1]}")
         print(f"  {layer.name[:14]:<14} {layer.in_size:5d} {layer.out_size:5d}  {'yes' if layer.fires else 'no':>5}"
-              f"  {b.weight_width:4d} b  {b.membrane_width:6d} b  {theta}")
+              f"  {b.weight_width:4d} b  {b.membrane_width:6d} b  {theta:<15}  {kind}")
 
 
 # ---------------------------------------------------------------------------- eval / info
@@ -495,6 +503,7 @@ def cmd_build(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .gen.calibrate import THRESHOLD_MODES
+    from .gen.convert import CONVOLUTION_MODES
     from .gen.quantise import WEIGHT_SCALES
 
     parser = argparse.ArgumentParser(
@@ -515,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threshold", choices=THRESHOLD_MODES, default="search",
                        help="threshold normalisation: search (least conversion error, default), max, percentile")
         p.add_argument("--percentile", type=float, default=99.99, help="percentile for --threshold percentile")
+        p.add_argument("--convolutions", choices=CONVOLUTION_MODES, default="kernel",
+                       help="kernel (default): convolution layers keep their kernel (the convolution engine); "
+                            "dense: lower them to dense matrices")
 
     def images(p):
         p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")

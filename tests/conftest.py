@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from spikeforge.gen.network import DenseLayer, InputEncoding, SpikingNetwork
+from spikeforge.gen.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
@@ -36,6 +36,53 @@ def make_network(rng: np.random.Generator, sizes: list[int], timesteps: int, wei
         layers.append(DenseLayer(f"l{i}", weight.astype(np.int64), bias.astype(np.int64),
                                  threshold, weight_bits))
     return SpikingNetwork(timesteps, InputEncoding((sizes[0],), 1.0), tuple(layers))
+
+
+def make_conv_network(rng: np.random.Generator, in_shape: tuple[int, int, int], convs, classes: int,
+                      timesteps: int, weight_bits: int = 8, threshold_scale: float = 0.3) -> SpikingNetwork:
+    """A random integer network of convolution layers ``convs`` = [(C_out, (kh, kw), (sh, sw), (ph, pw)), ...]
+    on ``in_shape`` images, then a dense output layer of ``classes`` neurons."""
+    qmax = (1 << (weight_bits - 1)) - 1
+    max_code = (1 << timesteps) - 1
+    layers, shape = [], tuple(in_shape)
+    for i, (c_out, kernel, stride, padding) in enumerate(convs):
+        geometry = ConvGeometry(shape, c_out, tuple(kernel), tuple(stride), tuple(padding))
+        kernel_values = rng.integers(-qmax, qmax + 1, size=geometry.kernel_shape)
+        weight = geometry.dense(kernel_values)
+        scale = max(1, int(np.abs(weight).sum(axis=1).max()) * max_code)
+        bias = np.repeat(rng.integers(-scale // 4 - 1, scale // 4 + 1, size=c_out), geometry.pixels)
+        threshold = np.repeat(np.maximum(1, (rng.random(c_out) * scale * threshold_scale).astype(np.int64)),
+                              geometry.pixels)
+        layers.append(DenseLayer(f"conv{i}", weight.astype(np.int64), bias.astype(np.int64), threshold, weight_bits,
+                                 conv=ConvSpec(geometry, kernel_values.astype(np.int64))))
+        shape = geometry.out_shape
+    size = int(np.prod(shape))
+    weight = rng.integers(-qmax, qmax + 1, size=(classes, size))
+    layers.append(DenseLayer("out", weight.astype(np.int64), rng.integers(-50, 50, size=classes).astype(np.int64),
+                             None, weight_bits))
+    return SpikingNetwork(timesteps, InputEncoding(tuple(in_shape), 1.0), tuple(layers))
+
+
+@st.composite
+def conv_networks_and_codes(draw, max_images: int = 3):
+    """(network, input codes) of one or two random convolutions: channels, kernels, strides, paddings, T."""
+    channels = draw(st.integers(1, 3))
+    shape = (channels, draw(st.integers(3, 7)), draw(st.integers(3, 7)))
+    convs, current = [], shape
+    for _ in range(draw(st.integers(1, 2))):
+        kernel = (draw(st.integers(1, min(4, current[1]))), draw(st.integers(1, min(4, current[2]))))
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        padding = (draw(st.integers(0, kernel[0] - 1)), draw(st.integers(0, kernel[1] - 1)))
+        geometry = ConvGeometry(current, draw(st.integers(1, 4)), kernel, stride, padding)
+        convs.append((geometry.out_channels, kernel, stride, padding))
+        current = geometry.out_shape
+    timesteps = draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    net = make_conv_network(rng, shape, convs, draw(st.integers(1, 4)), timesteps,
+                            weight_bits=draw(st.integers(2, 8)), threshold_scale=draw(st.sampled_from([0.01, 0.3, 1.0])))
+    codes = rng.integers(0, net.max_code + 1, size=(draw(st.integers(1, max_images)), net.input.size))
+    codes[:, rng.random(net.input.size) < 0.3] = 0
+    return net, codes.astype(np.int64)
 
 
 # Seeded random networks: (sizes, T, weight bits, negative share, threshold scale, lanes, input lanes).
