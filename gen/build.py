@@ -77,9 +77,13 @@ _ICE40_EBR_SHAPES = ((16, 256), (8, 512), (4, 1024), (2, 2048))
 _SPRAM_WIDTH, _SPRAM_ROWS = 16, 16384
 
 
-def ebr_blocks(width: int, depth: int) -> int:
-    """iCE40 block RAMs for one memory (the cheapest shape; 0 when yosys builds it from logic)."""
-    if depth <= 16:
+def ebr_blocks(width: int, depth: int, rom: bool = False) -> int:
+    """iCE40 block RAMs for one memory (the cheapest shape).
+
+    yosys builds a small ROM (at most 16 rows, or 1 Kbit) from logic (0 blocks); it puts every
+    RAM in block RAM, however shallow (a 16-row membrane bank of 400 bits takes 25 blocks).
+    """
+    if rom and (depth <= 16 or width * depth <= 1024):
         return 0
     return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in _ICE40_EBR_SHAPES)
 
@@ -87,6 +91,9 @@ def ebr_blocks(width: int, depth: int) -> int:
 def spram_blocks(width: int, depth: int) -> int:
     """iCE40UP5K SPRAMs (16 bits x 16K rows each) for one memory."""
     return ceil_div(width, _SPRAM_WIDTH) * ceil_div(depth, _SPRAM_ROWS)
+
+
+_ROMS = (" weights", " biases", " thresholds")   # initialised memories (run-time weights are in SPRAM)
 
 
 def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
@@ -104,7 +111,7 @@ def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
 def ice40_usage(plan: CorePlan) -> tuple[int, int]:
     """Estimated (block RAMs, SPRAMs) of the board top on an iCE40UP5K."""
     shapes = memory_shapes(plan)
-    return (sum(ebr_blocks(w, d) for _, w, d, spram in shapes if not spram),
+    return (sum(ebr_blocks(w, d, rom=name.endswith(_ROMS)) for name, w, d, spram in shapes if not spram),
             sum(spram_blocks(w, d) for _, w, d, spram in shapes if spram))
 
 

@@ -88,7 +88,9 @@ def _train_and_convert(key: str, timesteps: int, sweep: tuple[int, ...], epochs:
         save_network(nets[timesteps], net_path)
         files = {"model": str(model_path), "network": str(net_path)}
     return {
-        "model": f"{kind} " + nets[timesteps].describe(),
+        "model": f"{kind} " + nets[timesteps].describe() + (
+            f" ({', '.join(layer.kind for layer in nets[timesteps].layers)})"
+            if any(layer.conv is not None for layer in nets[timesteps].layers) else ""),
         "train_images": len(train), "test_images": len(test),
         "ann_accuracy": ann,
         "main_timesteps": timesteps,

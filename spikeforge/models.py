@@ -26,7 +26,8 @@ def digits_mlp() -> nn.Sequential:
 def digits_cnn() -> nn.Sequential:
     """A small CNN for the 8x8 digits: conv 8@3x3 + BN, pool 2, conv 16@3x3, pool 2, linear 64-10.
 
-    spikeforge lowers it to three dense layers (64-512-256-10; docs/semantics.md).
+    spikeforge converts it to two convolution layers (the pools composed into the convolution or
+    linear layer after them) and a dense output layer: 64-512-256-10 (docs/semantics.md).
     """
     return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),

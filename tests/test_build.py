@@ -126,9 +126,24 @@ def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
     assert report["spram_layers"] == [0] and report["lanes"] == [2, 1, 1]
 
 
-def test_the_digits_cnn_is_refused_for_the_up5k_and_fits_the_ecp5(digits_demo):
-    """Its dense form holds 1.3 Mbit of weights: more than the UP5K's block RAM and SPRAM together."""
+def test_the_digits_cnn_fits_the_up5k_with_its_kernels_but_not_as_dense_layers(digits_demo, tmp_path):
+    """Its convolution engines keep 37 Kbit of kernels: the UP5K takes it (the second convolution's
+    weights in SPRAM); lowered to dense layers (``--convolutions dense``) it needs 1.3 Mbit."""
     net = load_network(digits_demo["cnn_net_path"])
-    with pytest.raises(BuildError, match=r"does not fit the icebreaker .* 6 SPRAMs \(weights 1,331,200 bits\)"):
-        check_fit(plan_for_board(net, BOARDS["icebreaker"]), BOARDS["icebreaker"])
+    plan = plan_for_board(net, BOARDS["icebreaker"])
+    check_fit(plan, BOARDS["icebreaker"])
+    assert [layer.lanes for layer in plan.layers] == [1, 2, 1] and [layer.index for layer in plan.loaded_layers] == [1]
+    assert ice40_usage(plan) == (26, 1), "measured with nextpnr: 26 block RAMs and 1 SPRAM (README)"
     check_fit(plan_for_board(net, BOARDS["ulx3s-85f"]), BOARDS["ulx3s-85f"])
+    # Every RAM is block RAM however shallow: 16 lanes make the second convolution's membrane banks
+    # 16 rows of 400 bits, 25 blocks each, and that is refused before synthesis.
+    with pytest.raises(BuildError, match="does not fit the icebreaker"):
+        check_fit(plan_for_board(net, BOARDS["icebreaker"], lanes=[2, 16, 1], input_lanes=8, spram=[]),
+                  BOARDS["icebreaker"])
+    dense_path = tmp_path / "cnn-dense.net.npz"
+    run_cli("convert", str(digits_demo["cnn"]["files"]["model"]), "--calib", "digits", "--convolutions", "dense",
+            "-o", str(dense_path), "-q")
+    dense = load_network(dense_path)
+    assert [layer.kind for layer in dense.layers] == ["dense"] * 3
+    with pytest.raises(BuildError, match=r"does not fit the icebreaker .* SPRAMs \(weights 1,331,200 bits\)"):
+        check_fit(plan_for_board(dense, BOARDS["icebreaker"]), BOARDS["icebreaker"])

@@ -1,4 +1,5 @@
-"""Convolutional networks: Conv2d, BatchNorm2d and AvgPool2d lowered exactly to dense layers."""
+"""Convolutional networks: Conv2d, BatchNorm2d and AvgPool2d through conversion: exact float lowering,
+convolution layers that keep their kernel (pools composed into the next convolution), the dense mode."""
 
 import json
 
@@ -115,13 +116,78 @@ def test_mnist_sized_cnn_converts_and_runs_in_the_golden_model(tmp_path):
     assert np.mean(golden.run(net, codes).predictions == torch_labels) >= 0.7
 
 
-def convert_convnet(case, timesteps=6):
+def convert_convnet(case, timesteps=6, convolutions="kernel"):
     from spikeforge.gen.convert import ConversionOptions, convert_module
 
     model, shape = make_convnet(*RANDOM_CONVNETS[case], seed=10 + case)
     rng = np.random.default_rng(case)
     calib = rng.uniform(0, 1, (40, *shape)).astype(np.float32)
-    return convert_module(model, calib, ConversionOptions(timesteps=timesteps)), rng
+    return convert_module(model, calib, ConversionOptions(timesteps=timesteps, convolutions=convolutions)), rng
+
+
+@pytest.mark.parametrize("case", range(len(RANDOM_CONVNETS)))
+def test_convolutions_keep_their_kernel_and_compute_the_dense_map(case, tmp_path):
+    """Every conv (a pool composed into the conv after it) stays a convolution whose dense matrix
+    is the layer's weight; the network file stores the kernel and reads back the same integers."""
+    from spikeforge.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
+
+    net, _ = convert_convnet(case)
+    convs = RANDOM_CONVNETS[case][2]
+    assert [layer.kind for layer in net.layers] == ["conv"] * len(convs) + ["dense"]
+    for layer in net.layers[:-1]:
+        g = layer.conv.geometry
+        assert np.array_equal(layer.weight, g.dense(layer.conv.kernel))
+        assert (layer.bias.reshape(g.out_channels, -1) == layer.bias[::g.pixels, None]).all(), "one bias per channel"
+        assert (layer.threshold.reshape(g.out_channels, -1) == layer.threshold[::g.pixels, None]).all()
+    dense, _ = convert_convnet(case, convolutions="dense")
+    assert [layer.kind for layer in dense.layers] == ["dense"] * len(dense.layers)
+    assert len(network_to_bytes(net)) < len(network_to_bytes(dense))
+    loaded = load_network(save_network(net, tmp_path / "conv.net.npz"))
+    assert fingerprint(loaded) == fingerprint(net) != fingerprint(dense)
+    for a, b in zip(loaded.layers, net.layers):
+        assert a.kind == b.kind and np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+
+
+def test_pool_then_conv_becomes_one_strided_convolution():
+    net, _ = convert_convnet(0)
+    g = net.layers[1].conv.geometry
+    # pool 2 then conv 3x3 padding 1, on the pool's input: kernel 2 + (3-1)*2 = 6, stride 2, padding 0 + 1*2.
+    assert (g.in_shape, g.out_channels, g.kernel, g.stride, g.padding) == ((4, 8, 8), 6, (6, 6), (2, 2), (2, 2))
+
+
+def test_compositions_that_are_not_convolutions_stay_dense():
+    """A conv with a bias and no ReLU before a zero-padded conv, and a pool whose floor mode drops
+    a row the composed window would read: the products are exact dense layers, not convolutions."""
+    torch.manual_seed(3)
+    biased = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+                           nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).eval()
+    floor = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(3 * 3 * 3, 4)).eval()
+    for model, shape, kinds in ((biased, (1, 6, 6), [False, False]), (floor, (1, 8, 8), [True, False, False])):
+        network = lower(import_module(model, shape))
+        assert [layer.geometry is not None for layer in network.layers] == kinds
+        x = torch.rand(5, *shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(network.forward(x.numpy())[-1], model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_damaged_convolution_header_is_refused(tmp_path):
+    import json as _json
+
+    from spikeforge.errors import NetFileError
+    from spikeforge.gen.netfile import load_network, save_network
+
+    net, _ = convert_convnet(1)
+    path = save_network(net, tmp_path / "c.net.npz")
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    meta = _json.loads(arrays["meta.json"].tobytes())
+    meta["layers"][0]["convolution"]["kernel"] = [9, 9]
+    arrays["meta.json"] = np.frombuffer(_json.dumps(meta).encode(), dtype=np.uint8)
+    bad = tmp_path / "bad.net.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(NetFileError, match="not a valid spikeforge network"):
+        load_network(bad)
 
 
 @pytest.mark.parametrize("case", [1, 2, 4])
@@ -136,6 +202,18 @@ def test_converted_convnets_bit_exact_in_amaranth_sim(case):
     expected = golden.run(net, codes)
     run = simulate_core(plan_core(net, budget=48), codes, seed=case, valid_probability=0.7, ready_probability=0.6)
     assert run.logits.tolist() == expected.logits.tolist() and run.labels.tolist() == expected.predictions.tolist()
+
+
+def test_dense_mode_convnet_bit_exact_in_amaranth_sim():
+    """``--convolutions dense``: the convolutions as dense layers on the dense engine."""
+    from spikeforge.gen.sizing import plan_core
+    from spikeforge.sim import golden
+    from spikeforge.sim.hdl import simulate_core
+
+    net, rng = convert_convnet(2, convolutions="dense")
+    codes = rng.integers(0, net.max_code + 1, size=(3, net.input.size))
+    run = simulate_core(plan_core(net, budget=48), codes, valid_probability=0.7, ready_probability=0.6)
+    assert run.logits.tolist() == golden.run(net, codes).logits.tolist()
 
 
 @pytest.mark.parametrize("case", [2])

@@ -68,14 +68,14 @@ def test_skipping_is_never_slower_than_the_worst_case():
 
 
 @pytest.mark.slow
-def test_digits_network_bit_exact_on_60_test_images(digits_demo):
-    """The demo's converted MLP, 60 digits test images, random backpressure on both streams.
+def test_digits_network_bit_exact_on_200_test_images(digits_demo):
+    """The demo's converted MLP, 200 digits test images, random backpressure on both streams.
 
     (The whole split runs under Verilator in tests/test_verilator.py; amaranth.sim is ~1 image/s.)
     """
     net = load_network(digits_demo["net_path"])
     plan = plan_core(net)
-    images = digits("test").images[:60]
+    images = digits("test").images[:200]
     expected = golden.run_images(net, images)
     codes = net.input.encode(images, net.timesteps)
     run = simulate_core(plan, codes, seed=3, valid_probability=0.7, ready_probability=0.5, drain=200)
@@ -120,10 +120,11 @@ def test_unloaded_run_time_weights_compute_with_zeros():
     assert simulate_core(unloaded, codes).logits.tolist() != golden.run(net, codes).logits.tolist()
 
 
-def test_digits_cnn_bit_exact_on_one_image(digits_demo):
-    """The demo's CNN, lowered to dense layers, in amaranth.sim (slow: 1.3 Mbit of weights)."""
+def test_digits_cnn_bit_exact_on_two_images(digits_demo):
+    """The demo's CNN on its two convolution engines and the dense output layer, in amaranth.sim."""
     net = load_network(digits_demo["cnn_net_path"])
-    images = digits("test").images[:1]
+    assert [layer.kind for layer in net.layers] == ["conv", "conv", "dense"]
+    images = digits("test").images[:2]
     expected = golden.run_images(net, images)
-    run = simulate_core(plan_core(net, budget=128), net.input.encode(images, net.timesteps))
-    assert_bit_exact(run, expected, 1)
+    run = simulate_core(plan_core(net), net.input.encode(images, net.timesteps))
+    assert_bit_exact(run, expected, 2)

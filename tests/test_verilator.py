@@ -161,17 +161,44 @@ def test_run_time_weights_written_through_the_port_then_bit_exact(case, verilato
                   expected, len(codes))
 
 
-def test_digits_cnn_bit_exact_under_backpressure(digits_demo, verilator_cache):
-    """The demo's CNN (lowered to 64-512-256-10) as Verilog: bit-exact to the golden model.
-
-    A sample of the test split here (the build dominates); the whole split is
-    ``spikeforge simulate digits-cnn.net.npz`` (450/450 agree, README).
-    """
+@pytest.fixture(scope="session")
+def digits_cnn_core(digits_demo, verilator_cache):
     net = load_network(digits_demo["cnn_net_path"])
     plan = plan_core(net)
-    build = build_core(plan, verilator_cache)
-    images = digits("test").images[::9]
+    return net, plan, build_core(plan, verilator_cache)
+
+
+def test_digits_cnn_whole_test_split(digits_cnn_core):
+    """The demo's CNN (two convolution engines, then dense) as Verilog: all 450 test images back to
+    back, every logit equal to the golden model's."""
+    net, plan, build = digits_cnn_core
+    assert [layer.conv is not None for layer in plan.layers] == [True, True, False]
+    images = digits("test").images
+    expected = golden.run_images(net, images)
+    run = run_core(build, plan, net.input.encode(images, net.timesteps), expected)
+    assert_agrees(run, expected, len(images))
+    assert np.diff(run.result_cycles).max() <= plan.initiation_interval
+    assert np.mean(run.labels == digits("test").labels) > 0.95
+
+
+def test_digits_cnn_under_backpressure(digits_cnn_core):
+    net, plan, build = digits_cnn_core
+    images = digits("test").images[::15]
     expected = golden.run_images(net, images)
     run = run_core(build, plan, net.input.encode(images, net.timesteps), expected, seed=3,
                    valid_probability=0.7, ready_probability=0.5)
     assert_agrees(run, expected, len(images))
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_random_conv_networks_under_backpressure(case, verilator_cache):
+    """Seeded random convolution networks (tests/test_conv_engine.py) as Verilog."""
+    from test_conv_engine import conv_case
+
+    net, lanes, input_lanes = conv_case(case, seed=40 + case)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=case == 0)
+    build = build_core(plan, verilator_cache)
+    codes = random_codes(net, 40, seed=case)
+    expected = golden.run(net, codes)
+    run = run_core(build, plan, codes, expected, seed=case, valid_probability=0.6, ready_probability=0.5)
+    assert_agrees(run, expected, len(codes))
