@@ -16,6 +16,7 @@ from amaranth import Module, Mux, Signal, signed
 
 from ..gen.network import signed_width, unsigned_width
 from ..gen.sizing import LayerPlan
+from .accumulate import accumulate_fsm
 from .events import index_signal
 from .ilif import AccumulateOp
 
@@ -46,7 +47,6 @@ def conv_accumulate_control(m: Module, plan: LayerPlan, banks, events, weights, 
 
     # Pass counters over the membrane rows, with the block of the row (for the bias).
     row, pass_block, pass_pixel = index_signal(R), index_signal(B), index_signal(P)
-    step = index_signal(T)
 
     # Event expansion: (block, tap on y, tap on x), innermost last; offsets step by constants.
     row_table, col_table = plan.taps(0), plan.taps(1)
@@ -83,6 +83,9 @@ def conv_accumulate_control(m: Module, plan: LayerPlan, banks, events, weights, 
         biases.addr.eq(pass_block),
     ]
 
+    def start_pass():
+        m.d.sync += [row.eq(0), pass_block.eq(0), pass_pixel.eq(0)]
+
     def advance_pass():
         last = row == R - 1
         m.d.sync += [row.eq(Mux(last, 0, row + 1)),
@@ -93,49 +96,26 @@ def conv_accumulate_control(m: Module, plan: LayerPlan, banks, events, weights, 
             m.d.sync += pass_block.eq(pass_block + 1)
         return last
 
-    with m.FSM(name="accumulate"):
-        with m.State("CLAIM"):
-            with m.If(~banks.full.bit_select(banks.fill_bank, 1)):
-                m.d.sync += [row.eq(0), pass_block.eq(0), pass_pixel.eq(0), step.eq(0)]
-                m.next = "DOUBLE"
-        with m.State("DOUBLE"):
-            m.d.comb += [in_pass.eq(1), issue.eq(1),
-                         op.eq(Mux(step == 0, AccumulateOp.CLEAR, AccumulateOp.DOUBLE))]
-            with m.If(advance_pass()):
-                m.next = "EVENTS"
-        with m.State("EVENTS"):
-            with m.If(events.valid & events.payload.end):
-                m.d.comb += events.ready.eq(1)
-                with m.If(step == T - 1):
-                    m.next = "BIAS"
+    def on_event():
+        with m.If(~reaches):
+            m.d.comb += events.ready.eq(1)           # an input no output pixel reads: one idle cycle
+        with m.Else():
+            m.d.comb += [issue.eq(1), op.eq(AccumulateOp.ADD), spike.eq(events.payload.spike)]
+            with m.If(~last_x):
+                m.d.sync += [tap_x.eq(tap_x + 1), tap_x_m.eq(tap_x_m + m_step_x), tap_x_w.eq(tap_x_w + w_step_x)]
+            with m.Else():
+                m.d.sync += [tap_x.eq(0), tap_x_m.eq(0), tap_x_w.eq(0)]
+                with m.If(~last_y):
+                    m.d.sync += [tap_y.eq(tap_y + 1), tap_y_m.eq(tap_y_m + m_step_y), tap_y_w.eq(tap_y_w + w_step_y)]
                 with m.Else():
-                    m.d.sync += step.eq(step + 1)
-                    m.next = "DOUBLE"
-            with m.Elif(events.valid & ~reaches):
-                m.d.comb += events.ready.eq(1)           # an input no output pixel reads: one idle cycle
-            with m.Elif(events.valid):
-                m.d.comb += [issue.eq(1), op.eq(AccumulateOp.ADD), spike.eq(events.payload.spike)]
-                with m.If(~last_x):
-                    m.d.sync += [tap_x.eq(tap_x + 1), tap_x_m.eq(tap_x_m + m_step_x), tap_x_w.eq(tap_x_w + w_step_x)]
-                with m.Else():
-                    m.d.sync += [tap_x.eq(0), tap_x_m.eq(0), tap_x_w.eq(0)]
-                    with m.If(~last_y):
-                        m.d.sync += [tap_y.eq(tap_y + 1), tap_y_m.eq(tap_y_m + m_step_y),
-                                     tap_y_w.eq(tap_y_w + w_step_y)]
+                    m.d.sync += [tap_y.eq(0), tap_y_m.eq(0), tap_y_w.eq(0)]
+                    with m.If(~last_block):
+                        m.d.sync += [block.eq(block + 1), block_m.eq(block_m + P),
+                                     block_w.eq(block_w + kh * kw * c_in)]
                     with m.Else():
-                        m.d.sync += [tap_y.eq(0), tap_y_m.eq(0), tap_y_w.eq(0)]
-                        with m.If(~last_block):
-                            m.d.sync += [block.eq(block + 1), block_m.eq(block_m + P),
-                                         block_w.eq(block_w + kh * kw * c_in)]
-                        with m.Else():
-                            m.d.sync += [block.eq(0), block_m.eq(0), block_w.eq(0)]
-                            m.d.comb += events.ready.eq(1)
-        with m.State("BIAS"):
-            m.d.comb += [in_pass.eq(1), issue.eq(1), op.eq(AccumulateOp.BIAS)]
-            with m.If(advance_pass()):
-                m.next = "HANDOVER"
-        with m.State("HANDOVER"):   # the last bias row is written this cycle
-            banks.handover(m)
-            m.next = "CLAIM"
+                        m.d.sync += [block.eq(0), block_m.eq(0), block_w.eq(0)]
+                        m.d.comb += events.ready.eq(1)
 
+    accumulate_fsm(m, banks, events, T, issue=issue, op=op, in_pass=in_pass,
+                   start_pass=start_pass, advance_pass=advance_pass, on_event=on_event)
     return issue, op, issue_row, spike

@@ -19,6 +19,7 @@ from ..gen.network import unsigned_width
 from ..gen.sizing import InputPlan, LayerPlan
 from .events import (BlockScanner, ScanCoordinates, image_beat_layout, index_signal, pixel_event_layout,
                      result_layout, spike_event_layout, weight_load_layout)
+from .accumulate import accumulate_fsm
 from .conv import conv_accumulate_control
 from .ilif import AccumulateOp, ILIFAccumulate, ILIFFire
 
@@ -181,51 +182,32 @@ def _weight_store(m: Module, plan: LayerPlan, load):
 def _dense_accumulate_control(m: Module, plan: LayerPlan, banks: _Banks, events, weights, biases):
     """Issue side of stage 1 of a dense layer; returns ``(issue, op, row, spike)`` of this cycle.
 
-    Per step: one doubling pass over the rows (the first step's pass clears the bank), then
-    one pass per input spike event (its weight column, block by block), then the marker.
+    Passes walk the B rows; an input spike event adds its weight column, one block per cycle.
     """
-    B, T = plan.blocks, plan.timesteps
-    issue, op, row = Signal(), Signal(2), index_signal(B)
+    B = plan.blocks
+    issue, op, row, in_pass = Signal(), Signal(2), index_signal(B), Signal()
     spike = Signal()
     weight_row = index_signal(B * plan.inputs)
     weight_row_next = Signal.like(weight_row)       # row of the same event in the next block
-    step = index_signal(T)
     m.d.comb += [banks.fill_read_addr.eq(row), weights.addr.eq(weight_row), biases.addr.eq(row)]
 
-    with m.FSM(name="accumulate"):
-        with m.State("CLAIM"):
-            with m.If(~banks.full.bit_select(banks.fill_bank, 1)):
-                m.d.sync += [row.eq(0), step.eq(0)]
-                m.next = "DOUBLE"
-        with m.State("DOUBLE"):
-            m.d.comb += [issue.eq(1), op.eq(Mux(step == 0, AccumulateOp.CLEAR, AccumulateOp.DOUBLE))]
-            m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
-            with m.If(row == B - 1):
-                m.next = "EVENTS"
-        with m.State("EVENTS"):
-            with m.If(events.valid & events.payload.end):
-                m.d.comb += events.ready.eq(1)
-                with m.If(step == T - 1):
-                    m.next = "BIAS"
-                with m.Else():
-                    m.d.sync += step.eq(step + 1)
-                    m.next = "DOUBLE"
-            with m.Elif(events.valid):
-                # Rows are block-major: row b*inputs + i holds input i's weights for block b.
-                m.d.comb += [issue.eq(1), op.eq(AccumulateOp.ADD), spike.eq(events.payload.spike),
-                             weight_row.eq(Mux(row == 0, events.payload.addr, weight_row_next))]
-                m.d.sync += weight_row_next.eq(weight_row + plan.inputs)
-                m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
-                with m.If(row == B - 1):
-                    m.d.comb += events.ready.eq(1)
-        with m.State("BIAS"):
-            m.d.comb += [issue.eq(1), op.eq(AccumulateOp.BIAS)]
-            m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
-            with m.If(row == B - 1):
-                m.next = "HANDOVER"
-        with m.State("HANDOVER"):   # the last bias row is written this cycle
-            banks.handover(m)
-            m.next = "CLAIM"
+    def start_pass():
+        m.d.sync += row.eq(0)
+
+    def advance_pass():
+        m.d.sync += row.eq(Mux(row == B - 1, 0, row + 1))
+        return row == B - 1
+
+    def on_event():
+        # Rows are block-major: row b*inputs + i holds input i's weights for block b.
+        m.d.comb += [issue.eq(1), op.eq(AccumulateOp.ADD), spike.eq(events.payload.spike),
+                     weight_row.eq(Mux(row == 0, events.payload.addr, weight_row_next))]
+        m.d.sync += weight_row_next.eq(weight_row + plan.inputs)
+        with m.If(advance_pass()):
+            m.d.comb += events.ready.eq(1)
+
+    accumulate_fsm(m, banks, events, plan.timesteps, issue=issue, op=op, in_pass=in_pass,
+                   start_pass=start_pass, advance_pass=advance_pass, on_event=on_event)
     return issue, op, row, spike
 
 

@@ -158,6 +158,15 @@ def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
     assert "3/3 images" in human.stderr, "progress on stderr"
 
 
+def test_infer_runs_the_digits_cnn_on_the_simulated_board(digits_demo, tmp_path):
+    """The CNN's convolution engines behind the UART board top: every logit equals the golden model's."""
+    proc = run_cli("infer", str(digits_demo["cnn_net_path"]), "--sim", "--data", "digits", "--range", "100:", "-n", "30",
+                   "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
+    report = json.loads(proc.stdout)
+    assert report["images"] == 30 and report["golden"]["agreement"] == 1.0 and report["golden"]["mismatches"] == 0
+    assert report["accuracy"] > 0.85
+
+
 def test_infer_refuses_a_board_with_another_network(digits_demo, small_board):
     net, board, _, cache = small_board
     with SimulatedBoard(board.params.plan, cache) as other:          # the same design: no new build

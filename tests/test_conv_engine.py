@@ -58,7 +58,8 @@ def test_the_plan_stores_only_the_kernel():
     conv0, conv1 = plan.layers[:2]
     assert conv0.conv is not None and conv0.emits_pixels and conv1.conv is not None and not conv1.emits_pixels
     assert conv1.memory_bits["weights"] == 6 * 4 * 6 * 6 * conv1.weight_width, "C_out x C_in x kh x kw weights"
-    assert conv1.rows == (6 // 3) * 4 * 4 and conv1.blocks == 2
+    assert conv0.blocks == 2 and conv0.rows == 2 * 8 * 8, "4 channels on 2 lanes, 8x8 pixels"
+    assert conv1.blocks == 1 and conv1.rows == 4 * 4
     assert plan.input.pixels == (1, 8, 8)
     dense_bits = net.layers[1].weight.size * conv1.weight_width
     assert conv1.memory_bits["weights"] * 10 < dense_bits

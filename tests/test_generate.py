@@ -128,3 +128,31 @@ def test_random_cores_lint_clean_and_memories_match(case):
         assert lint_verilog(path) == []
     declared = sum(sum(bits) for bits in memories(text).values())
     assert declared == plan.memory_bits()
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
+def test_conv_cores_lint_clean_without_multipliers_and_memories_match(case):
+    """Convolution engines: the address tables and counters are adders and case statements."""
+    from test_conv_engine import conv_case
+
+    net, lanes, input_lanes = conv_case(case)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes)
+    text = emit_verilog(plan)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "spikeforge_core.v"
+        path.write_text(text)
+        assert lint_verilog(path) == []
+    assert multiplications(text) == []
+    assert sum(sum(bits) for bits in memories(text).values()) == plan.memory_bits()
+
+
+def test_generate_reports_the_convolutions_of_the_digits_cnn(tmp_path, digits_demo):
+    report = json.loads(run_cli("generate", str(digits_demo["cnn_net_path"]), "-o", str(tmp_path / "core"),
+                                "--json", "-q").stdout)
+    conv0, conv1, dense = report["layers"]
+    assert conv0["convolution"] == {"in_shape": [1, 8, 8], "out_channels": 8, "kernel": [3, 3], "stride": [1, 1],
+                                    "padding": [1, 1]}
+    assert conv1["convolution"]["kernel"] == [6, 6] and conv1["convolution"]["stride"] == [2, 2]
+    assert "convolution" not in dense
+    assert conv1["memory_bits"]["weights"] == 16 * 8 * 6 * 6 * conv1["weight_width"]
+    assert conv1["rows"] == conv1["blocks"] * 4 * 4 and report["lint"]["clean"]
