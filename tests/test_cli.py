@@ -119,3 +119,13 @@ def test_corrupt_model_file_and_missing_output_folder(tmp_path, digits_demo):
     proc = run_cli("convert", str(digits_demo["model_path"]), "--calib", "digits",
                    "-o", str(tmp_path / "no" / "such" / "o.net.npz"), "-q", check=False)
     assert_one_line_error(proc, "does not exist")
+
+
+def test_info_shows_the_convolutions(digits_demo):
+    report = json.loads(run_cli("info", str(digits_demo["cnn_net_path"]), "--json").stdout)
+    assert [layer["kind"] for layer in report["layers"]] == ["conv", "conv", "dense"]
+    assert report["layers"][1]["convolution"] == {"in_shape": [8, 8, 8], "out_channels": 16, "kernel": [6, 6],
+                                                  "stride": [2, 2], "padding": [2, 2]}
+    human = run_cli("info", str(digits_demo["cnn_net_path"])).stdout
+    assert "conv 1x8x8 -> 8x8x8, kernel 3x3 stride 1,1 padding 1,1" in human
+    assert "conv 8x8x8 -> 16x4x4, kernel 6x6 stride 2,2 padding 2,2" in human
