@@ -6,10 +6,11 @@ The order used by :func:`lower` is::
         -> to_float_network
 
 Convolutions and average pooling become Dense layers with the equivalent (Toeplitz)
-matrix over the row-major ``(C, H, W)`` values, and a linear map with no ReLU after it is
-multiplied into the next one (a pool into the convolution or Linear layer after it): the
-spiking network and the hardware then see only dense layers (docs/semantics.md,
-"Convolutional networks").
+matrix over the row-major ``(C, H, W)`` values, keeping their geometry and kernel, and a
+linear map with no ReLU after it is multiplied into the next one (a pool into the
+convolution or Linear layer after it; two convolutions stay one where that is exact).
+Quantisation then keeps each firing convolution as a kernel for the convolution engine
+(docs/semantics.md, "Convolutional networks").
 
 Each pass raises :class:`~spikeforge.errors.UnsupportedModelError` or
 :class:`~spikeforge.errors.ConversionError` with a one-line message naming the layer.
@@ -26,7 +27,7 @@ from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, FloatLayer, FloatN
 from .network import ConvGeometry
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
-           "to_float_network", "lower", "conv_geometry", "conv_matrix", "avgpool_matrix", "compose_convolutions"]
+           "to_float_network", "lower", "conv_geometry", "compose_convolutions"]
 
 
 def _rewire(ops, removed: str, replacement: str):
@@ -117,18 +118,6 @@ def conv_geometry(op: Conv2d | AvgPool2d, shape: tuple[int, int, int]) -> tuple[
     kernel = np.zeros((c, c, kh, kw))
     kernel[np.arange(c), np.arange(c)] = 1.0 / (kh * kw)
     return ConvGeometry(tuple(shape), c, tuple(op.kernel), tuple(op.stride), tuple(op.padding)), kernel
-
-
-def conv_matrix(conv: Conv2d, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(W, b)`` of ``conv`` on a ``shape`` input as a dense map of the row-major values."""
-    geometry, kernel = conv_geometry(conv, shape)
-    return geometry.dense(kernel), np.repeat(conv.bias, geometry.pixels)
-
-
-def avgpool_matrix(pool: AvgPool2d, shape: tuple[int, int, int]) -> np.ndarray:
-    """The dense map of ``pool`` on a ``shape`` input (zero padding counted, as torch's default)."""
-    geometry, kernel = conv_geometry(pool, shape)
-    return geometry.dense(kernel)
 
 
 def compose_convolutions(first: Dense, second: Dense, weight: np.ndarray, bias: np.ndarray):
