@@ -1,10 +1,11 @@
-"""Board builds: utilisation, Fmax and images/s of the digits MLP on the iCEBreaker and the ULX3S.
+"""Board builds: utilisation, Fmax and images/s of the digits MLP and CNN on the iCEBreaker and the ULX3S.
 
-    python bench/boards.py              # four bitstreams with yosys + nextpnr, ~15 min on 2 cores
+    python bench/boards.py              # six bitstreams with yosys + nextpnr, ~20 min on 2 cores
 
-Runs ``spikeforge build --json`` for each configuration (the oscillator's clock, and a PLL
-clock) and keeps nextpnr's figures from each build's report. Writes
-bench/results/boards.json and BENCHMARKS.md.
+Runs ``spikeforge build --json`` for each configuration (the MLP at the oscillator's clock
+and at a PLL clock; the CNN, on its convolution engines, at the oscillator's clock) and
+keeps nextpnr's figures from each build's report. Writes bench/results/boards.json and
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from common import log, save
 from nets import train
 
 CONFIGS = [
-    ("icebreaker", []),
-    ("icebreaker", ["--clock", "16"]),
-    ("ulx3s-85f", []),
-    ("ulx3s-85f", ["--clock", "50"]),
+    ("digits-mlp", "icebreaker", []),
+    ("digits-mlp", "icebreaker", ["--clock", "16"]),
+    ("digits-mlp", "ulx3s-85f", []),
+    ("digits-mlp", "ulx3s-85f", ["--clock", "50"]),
+    ("digits-cnn", "icebreaker", []),
+    ("digits-cnn", "ulx3s-85f", []),
 ]
 
 
@@ -56,13 +59,19 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="spikeforge-bench-"))
-    net_path, title = save_network_of("digits-mlp", work)
-    log(f"building {len(CONFIGS)} bitstreams of the {title}, {args.jobs} at a time")
+    networks = {key: save_network_of(key, work) for key in dict.fromkeys(key for key, _, _ in CONFIGS)}
+    log(f"building {len(CONFIGS)} bitstreams, {args.jobs} at a time")
+
+    def run(config):
+        key, board, options = config
+        report = build(networks[key][0], board, options, work / f"{key}-{board}-{len(options)}")
+        return {**report, "network": networks[key][1] + ", T=8"}
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        reports = list(pool.map(lambda c: build(net_path, c[0], c[1], work / f"{c[0]}-{len(c[1])}"), CONFIGS))
+        reports = list(pool.map(run, CONFIGS))
     for report in reports:
-        log(f"{report['board']} {report['options']}: Fmax {report['fmax_mhz']:.1f} MHz")
-    save("boards", {"network": title + ", T=8", "builds": reports}, started)
+        log(f"{report['network']} on the {report['board']} {report['options']}: Fmax {report['fmax_mhz']:.1f} MHz")
+    save("boards", {"networks": sorted({r["network"] for r in reports}), "builds": reports}, started)
 
 
 if __name__ == "__main__":

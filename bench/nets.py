@@ -43,10 +43,14 @@ def _import(module, shape):
 
 def train(key: str, epochs: int | None = None) -> Trained:
     from spikeforge.datasets import digits
-    from spikeforge.models import accuracy, digits_mlp, train_classifier
+    from spikeforge.models import accuracy, digits_cnn, digits_mlp, train_classifier
 
     if key == "digits-mlp":
         module, title, (train_set, test_set) = digits_mlp(), "digits MLP 64-64-32-10", (digits("train"), digits("test"))
+        epochs = epochs or 60
+    elif key == "digits-cnn":
+        module, title, (train_set, test_set) = digits_cnn(), "digits CNN 64-512-256-10 (conv, conv, dense)", (
+            digits("train"), digits("test"))
         epochs = epochs or 60
     elif key == "digits-deep":
         module, title = deep_digits_mlp(), "digits deep MLP 64-128-128-64-64-32-10 (6 layers)"

@@ -41,8 +41,7 @@ def conv_accumulate_control(m: Module, plan: LayerPlan, banks, events, weights, 
     Passes over the ``rows`` double (the first clears) and add the bias of each row's block.
     """
     g = plan.conv
-    B, T, L, R = plan.blocks, plan.timesteps, plan.lanes, plan.rows
-    P, mw = g.pixels, plan.membrane_width
+    B, T, R, P = plan.blocks, plan.timesteps, plan.rows, g.pixels
     c_in, (kh, kw) = g.in_shape[0], g.kernel
 
     # Pass counters over the membrane rows, with the block of the row (for the bias).
