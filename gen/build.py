@@ -137,7 +137,10 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
         if not one_lane:
             return lanes
         lanes = list(lanes)
-        lanes[layer.index] = max(1, min(layer.neurons, _SPRAM_WIDTH // layer.weight_width))
+        count = max(1, min(layer.neurons, _SPRAM_WIDTH // layer.weight_width))
+        if layer.conv is not None:            # a convolution's lanes divide its channels
+            count = max(d for d in range(1, count + 1) if layer.conv.out_channels % d == 0)
+        lanes[layer.index] = count
         return lanes
 
     if spram is not None or not board.spram_blocks:

@@ -147,3 +147,14 @@ def test_the_digits_cnn_fits_the_up5k_with_its_kernels_but_not_as_dense_layers(d
     assert [layer.kind for layer in dense.layers] == ["dense"] * 3
     with pytest.raises(BuildError, match=r"does not fit the icebreaker .* SPRAMs \(weights 1,331,200 bits\)"):
         check_fit(plan_for_board(dense, BOARDS["icebreaker"]), BOARDS["icebreaker"])
+
+
+def test_spram_packing_keeps_a_convolution_s_lanes_a_divisor_of_its_channels():
+    """Two 8-bit weights fill a 16-bit SPRAM row, but a 5-channel convolution can only take 1 or 5 lanes."""
+    from conftest import make_conv_network
+
+    net = make_conv_network(np.random.default_rng(0), (2, 6, 6), [(5, (3, 3), (1, 1), (1, 1))], 3, 4)
+    plan = plan_for_board(net, BOARDS["icebreaker"], spram=[0])
+    assert plan.layers[0].weights_loaded and plan.layers[0].lanes == 1
+    net = make_conv_network(np.random.default_rng(0), (2, 6, 6), [(6, (3, 3), (1, 1), (1, 1))], 3, 4)
+    assert plan_for_board(net, BOARDS["icebreaker"], spram=[0]).layers[0].lanes == 2
