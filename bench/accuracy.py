@@ -1,8 +1,8 @@
-"""Accuracy vs time steps: spikeforge's iLIF k=2 temporal separation against rate-coded IF.
+"""Accuracy vs time steps: spikesmith's iLIF k=2 temporal separation against rate-coded IF.
 
     python bench/accuracy.py            # digits MLP and the 6-layer digits MLP, ~2 min
 
-The same trained ANN, converted three ways: spikeforge (integer golden model, T <= 16: the
+The same trained ANN, converted three ways: spikesmith (integer golden model, T <= 16: the
 code is T bits wide), rate-coded IF with soft reset (bench/baselines.py, float64, T up to
 512), and SpikingJelly's ann2snn when it is installed (``pip install spikingjelly``; its
 RateCodingRecipe, 99.9 % normalisation). Writes
@@ -55,8 +55,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
 
-    from spikeforge.gen.convert import ConversionOptions, convert_float_network
-    from spikeforge.sim.evaluate import evaluate
+    from spikesmith.gen.convert import ConversionOptions, convert_float_network
+    from spikesmith.sim.evaluate import evaluate
 
     figures = {}
     for key in args.nets:
@@ -92,7 +92,7 @@ def plot(figures: dict) -> None:
     for ax, entry in zip(axes[0], figures.values()):
         ax.axhline(100 * entry["ann_accuracy"], color="black", lw=1, ls="--", label="ANN")
         ax.axhline(100 * entry["ann_accuracy"] - 0.5, color="grey", lw=0.8, ls=":", label="ANN - 0.5 points")
-        for name, key, style in (("spikeforge iLIF k=2 (integer golden model)", "ilif", "o-"),
+        for name, key, style in (("spikesmith iLIF k=2 (integer golden model)", "ilif", "o-"),
                                  ("rate-coded IF, soft reset", "rate_if", "s-"),
                                  ("SpikingJelly ann2snn", "spikingjelly", "^-")):
             points = entry.get(key)

@@ -1,6 +1,6 @@
 """The conversion most SNN libraries use, for comparison: rate-coded IF neurons with soft reset.
 
-Rueckauer et al. (2017) style, on the same float ANN spikeforge converts: data-based
+Rueckauer et al. (2017) style, on the same float ANN spikesmith converts: data-based
 normalisation (layer ``l``'s weights scaled by ``lambda_{l-1} / lambda_l``, biases by
 ``1 / lambda_l``, threshold 1, ``lambda`` the 99.99th percentile of the layer's ReLU
 activations on the calibration set), the analog image as a constant input current every
@@ -15,7 +15,7 @@ import numpy as np
 
 
 def normalised_layers(network, calib_images: np.ndarray, percentile: float = 99.99):
-    """``[(W', b')]`` of ``network`` (a spikeforge FloatNetwork) after data-based normalisation."""
+    """``[(W', b')]`` of ``network`` (a spikesmith FloatNetwork) after data-based normalisation."""
     x = np.asarray(calib_images, dtype=np.float64).reshape(len(calib_images), -1)
     activations = network.forward(x)
     layers, previous = [], 1.0

@@ -2,7 +2,7 @@
 
     python bench/boards.py              # six bitstreams with yosys + nextpnr, ~20 min on 2 cores
 
-Runs ``spikeforge build --json`` for each configuration (the MLP at the oscillator's clock
+Runs ``spikesmith build --json`` for each configuration (the MLP at the oscillator's clock
 and at a PLL clock; the CNN, on its convolution engines, at the oscillator's clock) and
 keeps nextpnr's figures from each build's report. Writes bench/results/boards.json and
 BENCHMARKS.md.
@@ -34,7 +34,7 @@ CONFIGS = [
 
 def build(net_path: Path, board: str, options: list[str], out: Path) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "spikeforge.cli", "build", str(net_path), "--board", board,
+    proc = subprocess.run([sys.executable, "-m", "spikesmith.cli", "build", str(net_path), "--board", board,
                            "-o", str(out), "--json", "-q", *options], capture_output=True, text=True)
     if proc.returncode not in (0, 1) or not proc.stdout.strip():
         raise SystemExit(f"build for {board} {options} failed: {proc.stderr.strip()}")
@@ -45,8 +45,8 @@ def build(net_path: Path, board: str, options: list[str], out: Path) -> dict:
 
 
 def save_network_of(key: str, folder: Path) -> tuple[Path, str]:
-    from spikeforge.gen.convert import ConversionOptions, convert_float_network
-    from spikeforge.gen.netfile import save_network
+    from spikesmith.gen.convert import ConversionOptions, convert_float_network
+    from spikesmith.gen.netfile import save_network
 
     trained = train(key)
     net = convert_float_network(trained.network, trained.train.images, ConversionOptions(timesteps=8))
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="builds at once (default 2)")
     args = parser.parse_args()
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="spikeforge-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
     networks = {key: save_network_of(key, work) for key in dict.fromkeys(key for key, _, _ in CONFIGS)}
     log(f"building {len(CONFIGS)} bitstreams, {args.jobs} at a time")
 

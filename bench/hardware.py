@@ -46,7 +46,7 @@ def events_per_layer(net, expected) -> list[np.ndarray]:
 
 
 def measure(net, plan, codes, expected, cache: Path) -> dict:
-    from spikeforge.sim.verilator import build_core, run_core
+    from spikesmith.sim.verilator import build_core, run_core
 
     build = build_core(plan, cache)
     start = time.perf_counter()
@@ -65,11 +65,11 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
 
-    from spikeforge.gen.convert import ConversionOptions, convert_float_network
-    from spikeforge.gen.sizing import DEFAULT_LANE_BUDGET, plan_core
-    from spikeforge.sim import golden
+    from spikesmith.gen.convert import ConversionOptions, convert_float_network
+    from spikesmith.gen.sizing import DEFAULT_LANE_BUDGET, plan_core
+    from spikesmith.sim import golden
 
-    cache = Path(tempfile.mkdtemp(prefix="spikeforge-bench-"))
+    cache = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
     figures = {}
     for key in args.nets:
         trained = train(key)

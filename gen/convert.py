@@ -44,7 +44,7 @@ def convert_float_network(network: FloatNetwork, calib_images: np.ndarray,
     calibration = calibrate(network, x, options.timesteps, options.threshold, options.percentile)
     metadata = {
         "source": source,
-        "spikeforge_version": __version__,
+        "spikesmith_version": __version__,
         "options": asdict(options),
         "calibration_images": calibration.images,
         "layer_sources": [layer.source for layer in network.layers],

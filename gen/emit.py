@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 from ..fileio import write_atomic
 from ..toolchain import verilator_binary, verilator_env
 from .sizing import CorePlan
@@ -19,7 +19,7 @@ from .sizing import CorePlan
 __all__ = ["VERILOG_NAME", "REPORT_NAME", "LINT_WAIVERS", "check_output_dir", "write_core", "lint_verilog",
            "LintError", "multiplications"]
 
-VERILOG_NAME = "spikeforge_core.v"
+VERILOG_NAME = "spikesmith_core.v"
 REPORT_NAME = "report.json"
 
 #: Verilator ``-Wall`` warnings waived for the emitted Verilog, each with the reason.
@@ -29,24 +29,24 @@ LINT_WAIVERS = {
     "UNUSEDSIGNAL": "yosys keeps intermediate wires and the unused top bits of widened sums",
     "CASEINCOMPLETE": "yosys emits case statements whose default is the assignment before them",
     "PROCASSINIT": "registers carry their reset value as an initialiser, as Amaranth emits them",
-    "DECLFILENAME": "every submodule of the core is in the one file spikeforge_core.v",
+    "DECLFILENAME": "every submodule of the core is in the one file spikesmith_core.v",
 }
 
 
-class LintError(SpikeforgeError):
+class LintError(SpikesmithError):
     """Verilator found a problem in the emitted Verilog (a generator bug)."""
 
 
 def check_output_dir(out_dir: Path) -> None:
     """Fail before any long work if ``out_dir`` cannot be created or written into."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise SpikeforgeError(f"cannot write into {out_dir}: it is a file")
+        raise SpikesmithError(f"cannot write into {out_dir}: it is a file")
     if not (out_dir.parent if str(out_dir.parent) else Path(".")).is_dir():
-        raise SpikeforgeError(f"cannot create {out_dir}: folder {out_dir.parent} does not exist")
+        raise SpikesmithError(f"cannot create {out_dir}: folder {out_dir.parent} does not exist")
 
 
 def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None) -> dict[str, Path]:
-    """Write ``spikeforge_core.v`` and ``report.json`` into ``out_dir`` (created if missing)."""
+    """Write ``spikesmith_core.v`` and ``report.json`` into ``out_dir`` (created if missing)."""
     from ..hw.core import emit_verilog
 
     out_dir = Path(out_dir)
@@ -62,7 +62,7 @@ def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None) -> dic
 def lint_verilog(path: Path) -> list[str]:
     """``verilator --lint-only -Wall`` with :data:`LINT_WAIVERS`; returns its warnings (empty: clean)."""
     command = [str(verilator_binary()), "--lint-only", "-Wall", *[f"-Wno-{w}" for w in LINT_WAIVERS],
-               "--top-module", "spikeforge_core", str(path)]
+               "--top-module", "spikesmith_core", str(path)]
     proc = subprocess.run(command, capture_output=True, text=True, env=verilator_env(), timeout=600)
     messages = [line for line in proc.stderr.splitlines() if line.startswith("%")]
     if proc.returncode != 0 and not messages:

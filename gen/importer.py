@@ -3,7 +3,7 @@
 Both paths go through ``torch.export``: a module is exported with one example input,
 a ``.pt2`` file is loaded with every unpickling path refused (``torch.load`` is forced to
 ``weights_only=True``; archives holding pickled Python objects are rejected). The
-importer then walks the exported ATen graph and emits typed ops of :mod:`spikeforge.gen.ir`;
+importer then walks the exported ATen graph and emits typed ops of :mod:`spikesmith.gen.ir`;
 error messages name the user's layer through ``nn_module_stack``.
 """
 
@@ -48,7 +48,7 @@ def _refuse_unpickling(path: Path):
 
     def refuse(*args, **kwargs):
         raise ModelFileError(
-            f"{path} contains pickled Python objects; spikeforge never unpickles model files "
+            f"{path} contains pickled Python objects; spikesmith never unpickles model files "
             f"(export the model with plain tensors: torch.export.save)")
 
     real_load = torch.load
@@ -165,7 +165,7 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
             values[name] = constants[spec.target]
         elif spec.kind == InputKind.USER_INPUT:
             if any(isinstance(v, _Act) for v in values.values()):
-                raise UnsupportedModelError("the model takes several inputs; spikeforge converts one-input models")
+                raise UnsupportedModelError("the model takes several inputs; spikesmith converts one-input models")
             node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
             val = node.meta.get("val")
             if val is None or not hasattr(val, "shape"):
@@ -256,7 +256,7 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
             if transposed or groups != 1 or pair(dilation) != (1, 1):
                 raise UnsupportedModelError(
                     f"convolution '{path}' ({cls}) has groups={groups}, dilation={list(pair(dilation))}"
-                    f"{', transposed' if transposed else ''}; spikeforge converts groups=1, dilation 1, not transposed")
+                    f"{', transposed' if transposed else ''}; spikesmith converts groups=1, dilation 1, not transposed")
             b = _to_numpy(bias) if bias is not None else np.zeros(w.shape[0])
             op = Conv2d(name, w, b, pair(stride), pair(padding), inputs=(x.op_name,), source=cls)
             if x.shape[0] != op.in_channels:
@@ -275,13 +275,13 @@ def import_program(program: torch.export.ExportedProgram) -> Graph:
             pair = (lambda v: (int(v[0]), int(v[-1])) if isinstance(v, (list, tuple)) else (int(v), int(v)))
             if ceil_mode or divisor is not None or (not include_pad and pair(padding) != (0, 0)):
                 raise UnsupportedModelError(f"average pooling '{path}' uses ceil_mode, divisor_override or "
-                                            "count_include_pad=False; spikeforge folds plain average pooling")
+                                            "count_include_pad=False; spikesmith folds plain average pooling")
             op = AvgPool2d(name, pair(kernel), pair(stride), pair(padding), inputs=(x.op_name,), source=cls)
             ops.append(op)
             values[node.name] = _Act(name, op.output_shape(x.shape))
         elif target in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
             raise UnsupportedModelError(
-                f"max pooling '{path}' ({cls}) is not supported: spikeforge folds pooling into the next layer's "
+                f"max pooling '{path}' ({cls}) is not supported: spikesmith folds pooling into the next layer's "
                 "weights, which only a linear pool allows; use nn.AvgPool2d (retrain), or a strided convolution")
         elif target in (aten.relu.default, aten.relu_.default):
             ops.append(ReLU(name, inputs=(x.op_name,), source=cls))

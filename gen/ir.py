@@ -2,7 +2,7 @@
 
 A :class:`Graph` is a list of typed ops in topological order. Each op names the ops
 it reads (``inputs``), so branching graphs (residual adds) fit the same form; the
-passes in :mod:`spikeforge.gen.passes` rewrite a graph into a :class:`FloatNetwork`,
+passes in :mod:`spikesmith.gen.passes` rewrite a graph into a :class:`FloatNetwork`,
 a chain of affine layers with ReLU, which calibration and quantisation consume.
 
 Shapes are per sample (no batch dimension). Arrays are float64.

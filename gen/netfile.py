@@ -2,7 +2,7 @@
 
 Format (version 1), documented in docs/netfile.md:
 
-- ``meta.json``: a uint8 array holding UTF-8 JSON: ``{"format": "spikeforge-net", "version": 1,
+- ``meta.json``: a uint8 array holding UTF-8 JSON: ``{"format": "spikesmith-net", "version": 1,
   "timesteps": T, "input": {"shape": [...], "threshold": lambda_0}, "layers": [{"name", "kind",
   "in", "out", "fires", "weight_bits", "activation_threshold"}], "metadata": {...},
   "fingerprint": "sha256:..."}``
@@ -13,7 +13,7 @@ Format (version 1), documented in docs/netfile.md:
   instead, ``(C_out, C_in, kh, kw)``, and one bias, threshold and float bias per output channel.
 
 Loading never unpickles (``allow_pickle=False``) and checks every shape, dtype and range;
-any defect is a :class:`~spikeforge.errors.NetFileError`. Saving writes a temporary file and
+any defect is a :class:`~spikesmith.errors.NetFileError`. Saving writes a temporary file and
 renames it, so a failed save leaves no partial file.
 """
 
@@ -35,7 +35,7 @@ from .network import ConvGeometry, ConvSpec, DenseLayer, FloatShadow, InputEncod
 
 __all__ = ["FORMAT", "VERSION", "save_network", "load_network", "fingerprint", "network_to_bytes"]
 
-FORMAT = "spikeforge-net"
+FORMAT = "spikesmith-net"
 VERSION = 1
 
 
@@ -122,7 +122,7 @@ def save_network(net: SpikingNetwork, path: str | os.PathLike) -> Path:
 
 def _require(cond: bool, path, message: str):
     if not cond:
-        raise NetFileError(f"{path} is not a valid spikeforge network: {message}")
+        raise NetFileError(f"{path} is not a valid spikesmith network: {message}")
 
 
 def load_network(path: str | os.PathLike) -> SpikingNetwork:
@@ -134,24 +134,24 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
-        raise NetFileError(f"{path} is not a valid spikeforge network (corrupt or truncated: {exc})") from exc
+        raise NetFileError(f"{path} is not a valid spikesmith network (corrupt or truncated: {exc})") from exc
     except Exception as exc:  # zlib.error and friends from a damaged archive
-        raise NetFileError(f"{path} is not a valid spikeforge network (corrupt or truncated: {exc})") from exc
+        raise NetFileError(f"{path} is not a valid spikesmith network (corrupt or truncated: {exc})") from exc
     _require("meta.json" in arrays, path, "no meta.json header")
     try:
         meta = json.loads(arrays["meta.json"].tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NetFileError(f"{path} is not a valid spikeforge network: unreadable header ({exc})") from exc
+        raise NetFileError(f"{path} is not a valid spikesmith network: unreadable header ({exc})") from exc
     _require(isinstance(meta, dict) and meta.get("format") == FORMAT, path, "wrong format tag")
     version = meta.get("version")
     if version != VERSION:
-        raise NetFileError(f"{path} has format version {version}; this spikeforge reads version {VERSION}")
+        raise NetFileError(f"{path} has format version {version}; this spikesmith reads version {VERSION}")
     try:
         net = _from_meta(meta, arrays, path)
     except NetFileError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise NetFileError(f"{path} is not a valid spikeforge network: bad header or arrays ({exc})") from exc
+        raise NetFileError(f"{path} is not a valid spikesmith network: bad header or arrays ({exc})") from exc
     stored = meta.get("fingerprint")
     _require(stored == fingerprint(net), path, "fingerprint mismatch (contents were altered or damaged)")
     return net

@@ -2,7 +2,7 @@
 
 This is the contract between conversion (gen/), the golden model (sim/), the hardware
 generator (hw/) and the host driver (host/). Its exact semantics are in
-``docs/semantics.md``; the file format is in :mod:`spikeforge.gen.netfile`.
+``docs/semantics.md``; the file format is in :mod:`spikesmith.gen.netfile`.
 
 Units: a layer's membrane counts ``weight LSB x input code LSB``; input codes and output
 codes are ``timesteps``-bit unsigned integers (the MSB-first spike trains).

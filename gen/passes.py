@@ -12,8 +12,8 @@ convolution or Linear layer after it; two convolutions stay one where that is ex
 Quantisation then keeps each firing convolution as a kernel for the convolution engine
 (docs/semantics.md, "Convolutional networks").
 
-Each pass raises :class:`~spikeforge.errors.UnsupportedModelError` or
-:class:`~spikeforge.errors.ConversionError` with a one-line message naming the layer.
+Each pass raises :class:`~spikesmith.errors.UnsupportedModelError` or
+:class:`~spikesmith.errors.ConversionError` with a one-line message naming the layer.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
         if not isinstance(source, (Dense, Conv2d)) or len(users) != 1 or source_name == output:
             raise UnsupportedModelError(
                 f"{bn.source} '{bn.name}' does not directly follow a Linear or Conv2d layer; "
-                f"spikeforge folds batch norm into the layer before it")
+                f"spikesmith folds batch norm into the layer before it")
         outputs = source.out_features if isinstance(source, Dense) else source.out_channels
         if outputs != bn.scale.shape[0]:
             raise UnsupportedModelError(

@@ -1,7 +1,7 @@
 """Hardware sizing: from a converted network to the plan the Amaranth core is built from.
 
 The plan holds every number the gateware needs (lanes, blocks, widths, packed ROM contents)
-so that ``spikeforge.hw`` does no model arithmetic of its own, and the cycle model that the
+so that ``spikesmith.hw`` does no model arithmetic of its own, and the cycle model that the
 report prints and the simulation tests check (docs/core.md, "Timing").
 
 Organisation of one layer with ``n`` neurons on ``L`` lanes: neuron ``j`` sits in lane
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 from .bounds import layer_bounds
 from .netfile import fingerprint
 from .network import ConvGeometry, SpikingNetwork, unsigned_width
@@ -35,7 +35,7 @@ DEFAULT_LANE_BUDGET = 64
 DEFAULT_INPUT_LANES = 8
 
 
-class SizingError(SpikeforgeError):
+class SizingError(SpikesmithError):
     """The requested lanes or budget cannot build this network."""
 
 
@@ -322,7 +322,7 @@ class CorePlan:
         return self.input.memory_bits + sum(sum(layer.memory_bits.values()) for layer in self.layers)
 
     def report(self) -> dict:
-        """The generator's report (machine readable; ``spikeforge generate --json`` prints it)."""
+        """The generator's report (machine readable; ``spikesmith generate --json`` prints it)."""
         return {
             "fingerprint": self.fingerprint,
             "timesteps": self.timesteps,

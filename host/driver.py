@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 from .protocol import COMMIT_LAYER, ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
 
 __all__ = ["Accelerator", "InferenceResult", "DriverStats", "BoardError", "BoardTimeout", "WrongNetworkError"]
 
 
-class BoardError(SpikeforgeError):
-    """The board cannot be used: it does not answer, or not as a spikeforge board."""
+class BoardError(SpikesmithError):
+    """The board cannot be used: it does not answer, or not as a spikesmith board."""
 
 
 class BoardTimeout(BoardError):
@@ -162,7 +162,7 @@ class Accelerator:
                         return self.identity
                     self.stats.unexpected_replies += 1
         raise BoardTimeout(f"no identity from the board after {self.retries + 1} tries of {self.timeout:g} s "
-                           "(wrong port or baud rate, or no spikeforge bitstream?)")
+                           "(wrong port or baud rate, or no spikesmith bitstream?)")
 
     def expect(self, net, load: bool = True) -> Identity:
         """Identify the board and refuse it unless it runs ``net`` (same fingerprint).

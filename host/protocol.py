@@ -5,7 +5,7 @@ Frame (all integers little-endian)::
     0xA5 | type (1) | seq (2) | len (2) | payload (len) | crc (2)
 
 ``crc`` is CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF, no reflection, no final
-xor) over ``type .. payload``. The gateware side is ``spikeforge.hw.board``; both cite
+xor) over ``type .. payload``. The gateware side is ``spikesmith.hw.board``; both cite
 docs/protocol.md.
 """
 
@@ -164,7 +164,7 @@ class Identity:
     def decode(cls, payload: bytes) -> "Identity":
         head = struct.calcsize(cls.FORMAT)
         if len(payload) >= 5 and (payload[:4] != MAGIC or payload[4] != VERSION):
-            raise ValueError(f"not a spikeforge board of this version (magic {payload[:4]!r}, "
+            raise ValueError(f"not a spikesmith board of this version (magic {payload[:4]!r}, "
                              f"protocol version {payload[4]}; this host speaks version {VERSION})")
         if len(payload) < head:
             raise ValueError(f"an identity is at least {head} bytes, not {len(payload)}")

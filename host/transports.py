@@ -1,7 +1,7 @@
 """Transports the driver talks through: a serial port URL, or a simulated board.
 
 Both end up as a pyserial port: a real board is ``/dev/ttyUSB1`` (or any pyserial URL), a
-simulated board is the Verilator model of the board top (``spikeforge.hw.board``) serving
+simulated board is the Verilator model of the board top (``spikesmith.hw.board``) serving
 its UART on ``socket://127.0.0.1:PORT`` (``sim/board_bench.py``). The driver cannot tell
 them apart.
 """
@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 
 __all__ = ["SimulatedBoard", "SIM_CLOCK_HZ", "SIM_BAUD"]
 
@@ -49,16 +49,16 @@ class SimulatedBoard:
         from ..hw.board import BoardTop
         from ..sim.verilator import build_verilog, run_cocotb
 
-        text = verilog.convert(BoardTop(self.params), name="spikeforge_board", emit_src=False)
-        build = build_verilog(text, "spikeforge_board", self.cache_dir, waves=False, progress=self.progress)
-        self._folder = tempfile.TemporaryDirectory(prefix="spikeforge-board-")
+        text = verilog.convert(BoardTop(self.params), name="spikesmith_board", emit_src=False)
+        build = build_verilog(text, "spikesmith_board", self.cache_dir, waves=False, progress=self.progress)
+        self._folder = tempfile.TemporaryDirectory(prefix="spikesmith-board-")
         folder = Path(self._folder.name)
         port_file = folder / "port"
-        env = {"SPIKEFORGE_DIVISOR": str(self.params.divisor), "SPIKEFORGE_PORT_FILE": str(port_file),
-               "SPIKEFORGE_STATS": str(folder / "stats.json")}
+        env = {"SPIKESMITH_DIVISOR": str(self.params.divisor), "SPIKESMITH_PORT_FILE": str(port_file),
+               "SPIKESMITH_STATS": str(folder / "stats.json")}
 
         def run():
-            self._failure = run_cocotb(build, "spikeforge.sim.board_bench", folder, env)
+            self._failure = run_cocotb(build, "spikesmith.sim.board_bench", folder, env)
 
         self._thread = threading.Thread(target=run, name="simulated-board", daemon=True)
         self._thread.start()
@@ -66,7 +66,7 @@ class SimulatedBoard:
         while not port_file.is_file():
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self._cleanup()
-                raise SpikeforgeError(f"the simulated board did not start ({self._failure or 'timeout'}); "
+                raise SpikesmithError(f"the simulated board did not start ({self._failure or 'timeout'}); "
                                       f"see {folder / 'sim.log'}")
             time.sleep(0.05)
         self.url = f"socket://127.0.0.1:{int(port_file.read_text())}"

@@ -36,7 +36,7 @@ ERROR_CRC, ERROR_LENGTH, ERROR_TYPE, ERROR_BUSY, ERROR_NOT_LOADED = (int(c) for 
 
 @dataclass(frozen=True, eq=False)
 class BoardParams:
-    """What the board top needs besides the core plan (made by ``spikeforge.gen.board``).
+    """What the board top needs besides the core plan (made by ``spikesmith.gen.board``).
 
     ``code_bytes`` and ``logit_bytes`` are the wire sizes of docs/protocol.md.
     """

@@ -1,4 +1,4 @@
-"""The core's clock on a board: the oscillator directly, or a PLL for ``spikeforge build --clock``.
+"""The core's clock on a board: the oscillator directly, or a PLL for ``spikesmith build --clock``.
 
     config = ice40_pll(12e6, 24e6)      # -> ICE40PLLConfig(divr=0, divf=63, divq=5, ...)
     m.submodules.clocking = BoardClock(config)
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 
 __all__ = ["ICE40PLLConfig", "ECP5PLLConfig", "ice40_pll", "ecp5_pll", "BoardClock", "ClockError"]
 
 
-class ClockError(SpikeforgeError):
+class ClockError(SpikesmithError):
     """No PLL setting reaches the requested clock."""
 
 

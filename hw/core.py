@@ -27,7 +27,7 @@ from .events import image_beat_layout, result_layout, weight_load_layout
 __all__ = ["SpikingCore", "TOP_NAME", "emit_verilog"]
 
 #: Name of the emitted top-level Verilog module.
-TOP_NAME = "spikeforge_core"
+TOP_NAME = "spikesmith_core"
 
 
 class SpikingCore(wiring.Component):

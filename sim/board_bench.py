@@ -1,12 +1,12 @@
 """cocotb bench that turns the simulated board top into a serial device on a loopback TCP port.
 
-Started by :class:`spikeforge.host.transports.SimulatedBoard`. It listens on 127.0.0.1 (an
-ephemeral port, written to ``SPIKEFORGE_PORT_FILE``), and bridges the connection to the
+Started by :class:`spikesmith.host.transports.SimulatedBoard`. It listens on 127.0.0.1 (an
+ephemeral port, written to ``SPIKESMITH_PORT_FILE``), and bridges the connection to the
 board's UART pins: bytes from the host are shifted into ``rx`` bit by bit (8N1), bytes the
 board shifts out on ``tx`` go back to the host. The host driver opens it as
 ``socket://127.0.0.1:PORT`` with pyserial, exactly as it opens a real board's serial port.
 When the host closes the connection the simulation ends and writes its cycle count to
-``SPIKEFORGE_STATS``.
+``SPIKESMITH_STATS``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ async def _board_to_host(dut, divisor: int, conn: socket.socket):
 
 @cocotb.test()
 async def serve(dut):
-    divisor = int(os.environ["SPIKEFORGE_DIVISOR"])
+    divisor = int(os.environ["SPIKESMITH_DIVISOR"])
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rx.value = 1
     dut.rst.value = 1
@@ -66,9 +66,9 @@ async def serve(dut):
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     server.settimeout(ACCEPT_SECONDS)
-    with open(os.environ["SPIKEFORGE_PORT_FILE"] + ".tmp", "w") as f:
+    with open(os.environ["SPIKESMITH_PORT_FILE"] + ".tmp", "w") as f:
         f.write(str(server.getsockname()[1]))
-    os.replace(os.environ["SPIKEFORGE_PORT_FILE"] + ".tmp", os.environ["SPIKEFORGE_PORT_FILE"])
+    os.replace(os.environ["SPIKESMITH_PORT_FILE"] + ".tmp", os.environ["SPIKESMITH_PORT_FILE"])
     conn, _ = server.accept()
     server.close()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -90,5 +90,5 @@ async def serve(dut):
                 await ClockCycles(dut.clk, divisor)
     await ClockCycles(dut.clk, 20 * divisor)
     conn.close()
-    with open(os.environ["SPIKEFORGE_STATS"], "w") as f:
+    with open(os.environ["SPIKESMITH_STATS"], "w") as f:
         json.dump({"cycles": cycles.count, "bytes_from_host": received}, f)

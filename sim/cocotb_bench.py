@@ -1,8 +1,8 @@
-"""cocotb testbench of ``spikeforge_core``: streams images, takes results, scores them against the golden model.
+"""cocotb testbench of ``spikesmith_core``: streams images, takes results, scores them against the golden model.
 
-Runs inside the simulator process, started by :func:`spikeforge.sim.verilator.run_core`,
-which passes a job file (``SPIKEFORGE_JOB``: JSON with the image beats, the golden results and
-the stress settings) and reads back ``SPIKEFORGE_RESULT``. One coroutine drives both streams:
+Runs inside the simulator process, started by :func:`spikesmith.sim.verilator.run_core`,
+which passes a job file (``SPIKESMITH_JOB``: JSON with the image beats, the golden results and
+the stress settings) and reads back ``SPIKESMITH_RESULT``. One coroutine drives both streams:
 each cycle it sets its inputs after the falling edge, then reads the settled handshake in the
 read-only phase, so it knows exactly which transfers the next rising edge makes.
 
@@ -65,7 +65,7 @@ class Scoreboard:
 
 @cocotb.test()
 async def stream_images(dut):
-    with open(os.environ["SPIKEFORGE_JOB"]) as f:
+    with open(os.environ["SPIKESMITH_JOB"]) as f:
         job = json.load(f)
     beats = [[int(b, 16) for b in image] for image in job["beats"]]
     words = job["words"]
@@ -145,7 +145,7 @@ async def stream_images(dut):
     report = {"results": results, "lost": lost, "extra": extra, "cycles": cycle,
               "timed_out": cycle > timeout, "mismatches": scoreboard.mismatches,
               "first_mismatch": scoreboard.first_mismatch}
-    with open(os.environ["SPIKEFORGE_RESULT"], "w") as f:
+    with open(os.environ["SPIKESMITH_RESULT"], "w") as f:
         json.dump(report, f)
     assert not report["timed_out"], f"the core stalled: {len(results)} results after {cycle} cycles"
     assert not extra, f"{len(extra)} results with no image (duplicates)"

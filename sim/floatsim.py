@@ -4,7 +4,7 @@
 - :func:`snn_float_logits`: the same float weights with the spiking quantisation of
   activations (T-bit codes of lambda-scaled activations, round to nearest, clipped):
   the conversion error alone.
-- the integer golden model (:mod:`spikeforge.sim.golden`) adds weight quantisation.
+- the integer golden model (:mod:`spikesmith.sim.golden`) adds weight quantisation.
 """
 
 from __future__ import annotations

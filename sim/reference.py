@@ -3,7 +3,7 @@
 Slow on purpose: Python ints, one neuron, one step and one spike event at a time, in the
 order the hardware will use (doubling first, then the spike events of the step in input
 order, bias once at the phase boundary). It records the extremes of every value a membrane
-register takes, so tests can check the width bounds of :mod:`spikeforge.gen.bounds`.
+register takes, so tests can check the width bounds of :mod:`spikesmith.gen.bounds`.
 """
 
 from __future__ import annotations

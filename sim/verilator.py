@@ -5,7 +5,7 @@
 
 The build directory is named by the SHA-256 of the Verilog (and the waveform setting), so
 every test and command that simulates the same design reuses one Verilator build. The
-testbench is :mod:`spikeforge.sim.cocotb_bench`; set ``SPIKEFORGE_WAVES=1`` (or
+testbench is :mod:`spikesmith.sim.cocotb_bench`; set ``SPIKESMITH_WAVES=1`` (or
 ``waves=True``) to build with tracing and dump ``dump.fst`` beside the results (``dump.vcd``
 where the C++ compiler finds no ``lz4.h``, which Verilator's FST writer needs).
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpikeforgeError
+from ..errors import SpikesmithError
 from ..fileio import write_atomic
 from ..gen.emit import LINT_WAIVERS
 from ..gen.sizing import CorePlan
@@ -35,15 +35,15 @@ from .golden import GoldenResult
 __all__ = ["VerilatorBuild", "VerilatorRun", "SimulationError", "build_core", "build_verilog", "run_cocotb", "run_core", "waves_requested",
            "fst_available"]
 
-TOP = "spikeforge_core"
+TOP = "spikesmith_core"
 
 
-class SimulationError(SpikeforgeError):
+class SimulationError(SpikesmithError):
     """The Verilator build or the cocotb run failed, or the core disagreed with the golden model."""
 
 
 def waves_requested() -> bool:
-    return os.environ.get("SPIKEFORGE_WAVES", "") not in ("", "0")
+    return os.environ.get("SPIKESMITH_WAVES", "") not in ("", "0")
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,7 +58,7 @@ def fst_available() -> bool:
 class VerilatorBuild:
     directory: Path
     waves: bool
-    top: str = "spikeforge_core"
+    top: str = "spikesmith_core"
 
 
 @dataclass
@@ -172,14 +172,14 @@ def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected:
                               / min(valid_probability, ready_probability)),
     }
     owned = test_dir is None
-    test_dir = Path(tempfile.mkdtemp(prefix="spikeforge-cocotb-")) if owned else Path(test_dir)
+    test_dir = Path(tempfile.mkdtemp(prefix="spikesmith-cocotb-")) if owned else Path(test_dir)
     test_dir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = test_dir / "job.json", test_dir / "result.json"
     job_path.write_text(json.dumps(job))
     if result_path.exists():
         result_path.unlink()
-    failure = run_cocotb(build, "spikeforge.sim.cocotb_bench", test_dir,
-                         {"SPIKEFORGE_JOB": str(job_path), "SPIKEFORGE_RESULT": str(result_path)})
+    failure = run_cocotb(build, "spikesmith.sim.cocotb_bench", test_dir,
+                         {"SPIKESMITH_JOB": str(job_path), "SPIKESMITH_RESULT": str(result_path)})
     if not result_path.is_file():
         log = (test_dir / "sim.log").read_text()[-800:] if (test_dir / "sim.log").is_file() else ""
         raise SimulationError(f"the cocotb run did not complete ({failure}); last output: {log.strip()}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from spikeforge.gen.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
+from spikesmith.gen.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
@@ -98,7 +98,7 @@ RANDOM_NETWORKS = [
 
 def random_core(case: int, seed: int, skip_silent: bool = True):
     """(network, plan) of ``RANDOM_NETWORKS[case]``, its weights drawn from ``seed``."""
-    from spikeforge.gen.sizing import plan_core
+    from spikesmith.gen.sizing import plan_core
 
     sizes, T, bits, negative, scale, lanes, input_lanes = RANDOM_NETWORKS[case]
     net = make_network(np.random.default_rng(seed), sizes, T, bits, negative, scale)
@@ -132,19 +132,19 @@ def networks_and_codes(draw, max_layers: int = 3, max_width: int = 6, max_timest
 
 
 def run_cli(*args: str, check: bool = True, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
-    """Run the installed ``spikeforge`` CLI as a user would (a subprocess)."""
-    proc = subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], capture_output=True, text=True,
+    """Run the installed ``spikesmith`` CLI as a user would (a subprocess)."""
+    proc = subprocess.run([sys.executable, "-m", "spikesmith.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"spikeforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        raise AssertionError(f"spikesmith {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
 
 
 def assert_one_line_error(proc, *fragments):
-    """Exit status 1 and exactly one stderr line ``spikeforge: error: ...`` holding every fragment."""
+    """Exit status 1 and exactly one stderr line ``spikesmith: error: ...`` holding every fragment."""
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("spikeforge: error: "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("spikesmith: error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
@@ -152,7 +152,7 @@ def assert_one_line_error(proc, *fragments):
 
 @pytest.fixture(scope="session")
 def digits_demo(tmp_path_factory) -> dict:
-    """``spikeforge demo -o DIR --json`` once per session: its JSON and the files it wrote."""
+    """``spikesmith demo -o DIR --json`` once per session: its JSON and the files it wrote."""
     out = tmp_path_factory.mktemp("demo")
     proc = run_cli("demo", "-o", str(out), "--json", "-q")
     result = json.loads(proc.stdout)

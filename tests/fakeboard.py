@@ -1,4 +1,4 @@
-"""A spikeforge board in Python behind a pyserial-like port, with fault injection (for driver tests).
+"""A spikesmith board in Python behind a pyserial-like port, with fault injection (for driver tests).
 
 It speaks docs/protocol.md and answers with the golden model, so a test can tell a driver
 bug from a board bug. Faults: corrupted or dropped bytes either way, reply delays, partial
@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 
-from spikeforge.gen.bounds import network_bounds
-from spikeforge.gen.netfile import fingerprint
-from spikeforge.host.protocol import (ErrorCode, FrameDecoder, FrameType, Identity, code_bytes, encode_frame,
+from spikesmith.gen.bounds import network_bounds
+from spikesmith.gen.netfile import fingerprint
+from spikesmith.host.protocol import (ErrorCode, FrameDecoder, FrameType, Identity, code_bytes, encode_frame,
                                       logit_bytes)
-from spikeforge.sim import golden
+from spikesmith.sim import golden
 
 
 def identity_of(net, window: int = 4) -> Identity:

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from baselines import normalised_layers, rate_if_logits  # noqa: E402
 
-from spikeforge.gen.ir import FloatLayer, FloatNetwork  # noqa: E402
+from spikesmith.gen.ir import FloatLayer, FloatNetwork  # noqa: E402
 
 
 def small_network(rng):

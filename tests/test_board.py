@@ -13,11 +13,11 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from spikeforge.gen.sizing import plan_core
-from spikeforge.host.protocol import ErrorCode, FrameDecoder, FrameType, Identity, crc16, encode_frame
-from spikeforge.host.transports import SimulatedBoard
-from spikeforge.hw.uart import UARTReceiver, UARTTransmitter, crc16_update
-from spikeforge.sim import golden
+from spikesmith.gen.sizing import plan_core
+from spikesmith.host.protocol import ErrorCode, FrameDecoder, FrameType, Identity, crc16, encode_frame
+from spikesmith.host.transports import SimulatedBoard
+from spikesmith.hw.uart import UARTReceiver, UARTTransmitter, crc16_update
+from spikesmith.sim import golden
 
 from conftest import assert_one_line_error, make_network, run_cli
 
@@ -145,7 +145,7 @@ def test_board_protocol_on_the_wire(small_board):
 
 
 def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
-    """``spikeforge infer --sim``: the whole digits test split through the UART board top in Verilator,
+    """``spikesmith infer --sim``: the whole digits test split through the UART board top in Verilator,
     every logit checked with the golden model."""
     proc = run_cli("infer", str(digits_demo["net_path"]), "--sim", "--data", "digits",
                    "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
@@ -183,7 +183,7 @@ def test_infer_on_a_port_nobody_answers(digits_demo):
 
 def test_ctrl_c_closes_cleanly(digits_demo):
     """SIGINT while the driver waits for a board: exit 130 with one line, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "spikeforge.cli", "infer", str(digits_demo["net_path"]),
+    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(digits_demo["net_path"]),
                              "--port", "loop://", "--timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Interrupt only once the driver is waiting on the port (imports can take seconds on a busy machine).
@@ -193,12 +193,12 @@ def test_ctrl_c_closes_cleanly(digits_demo):
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and stderr.strip() == "spikeforge: interrupted"
+    assert proc.returncode == 130 and stderr.strip() == "spikesmith: interrupted"
 
 
 def test_spram_board_takes_its_weights_over_the_wire(tmp_path):
     """Weights in RAM (the iCE40UP5K's SPRAM): refused before the load, bit exact after it."""
-    from spikeforge.host.driver import Accelerator, BoardError
+    from spikesmith.host.driver import Accelerator, BoardError
 
     net = make_network(np.random.default_rng(9), [6, 9, 5], 6, negative_bias=0.5, threshold_scale=0.3)
     plan = plan_core(net, lanes=[2, 3], input_lanes=3, loaded_weights=[0, 1])

@@ -3,9 +3,9 @@
 import numpy as np
 from hypothesis import given, settings
 
-from spikeforge.gen.bounds import layer_bounds, network_bounds
-from spikeforge.gen.network import DenseLayer, SpikingNetwork, signed_width, unsigned_width
-from spikeforge.sim.reference import run_reference
+from spikesmith.gen.bounds import layer_bounds, network_bounds
+from spikesmith.gen.network import DenseLayer, SpikingNetwork, signed_width, unsigned_width
+from spikesmith.sim.reference import run_reference
 
 from conftest import make_network, networks_and_codes
 

@@ -1,13 +1,13 @@
-"""``spikeforge build``: real bitstreams with yosys + nextpnr from PyPI, and the fit check before them."""
+"""``spikesmith build``: real bitstreams with yosys + nextpnr from PyPI, and the fit check before them."""
 
 import json
 
 import numpy as np
 import pytest
 
-from spikeforge.gen.build import BOARDS, BuildError, check_fit, ice40_usage, parse_nextpnr_log, plan_for_board
-from spikeforge.gen.netfile import load_network, save_network
-from spikeforge.hw.clocking import ClockError, ecp5_pll, ice40_pll
+from spikesmith.gen.build import BOARDS, BuildError, check_fit, ice40_usage, parse_nextpnr_log, plan_for_board
+from spikesmith.gen.netfile import load_network, save_network
+from spikesmith.hw.clocking import ClockError, ecp5_pll, ice40_pll
 
 from conftest import assert_one_line_error, make_network, run_cli
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikeforge.gen.importer import export_module
-from spikeforge.gen.netfile import load_network
+from spikesmith.gen.importer import export_module
+from spikesmith.gen.netfile import load_network
 
 from conftest import assert_one_line_error, run_cli
 from datafiles import write_mnist
@@ -108,7 +108,7 @@ def test_corrupt_net_file(tmp_path, digits_demo, damage):
     bad = tmp_path / "bad.net.npz"
     bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"PK\x03\x04" + b"\xff" * 64)
     for command in (["eval", str(bad), "-q"], ["info", str(bad)]):
-        assert_one_line_error(run_cli(*command, check=False), "not a valid spikeforge network")
+        assert_one_line_error(run_cli(*command, check=False), "not a valid spikesmith network")
 
 
 def test_corrupt_model_file_and_missing_output_folder(tmp_path, digits_demo):

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikeforge.gen.network import ConvGeometry
-from spikeforge.gen.sizing import SizingError, plan_core
-from spikeforge.sim import golden
-from spikeforge.sim.hdl import simulate_core
+from spikesmith.gen.network import ConvGeometry
+from spikesmith.gen.sizing import SizingError, plan_core
+from spikesmith.sim import golden
+from spikesmith.sim.hdl import simulate_core
 
 from conftest import conv_networks_and_codes, make_conv_network
 

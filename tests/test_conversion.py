@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from spikeforge.errors import ConversionError
-from spikeforge.gen.calibrate import calibrate, choose_threshold, conversion_error, decode
-from spikeforge.gen.convert import ConversionOptions, convert_float_network
-from spikeforge.gen.ir import FloatLayer, FloatNetwork
-from spikeforge.gen.network import encode_codes
-from spikeforge.gen.quantise import MIN_CHANNEL_SCALE_RATIO, quantise
-from spikeforge.sim import golden
-from spikeforge.sim.floatsim import snn_float_logits
+from spikesmith.errors import ConversionError
+from spikesmith.gen.calibrate import calibrate, choose_threshold, conversion_error, decode
+from spikesmith.gen.convert import ConversionOptions, convert_float_network
+from spikesmith.gen.ir import FloatLayer, FloatNetwork
+from spikesmith.gen.network import encode_codes
+from spikesmith.gen.quantise import MIN_CHANNEL_SCALE_RATIO, quantise
+from spikesmith.sim import golden
+from spikesmith.sim.floatsim import snn_float_logits
 
 
 def _random_float_network(rng, sizes):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from spikeforge.errors import UnsupportedModelError
-from spikeforge.gen.importer import import_module
-from spikeforge.gen.passes import lower
+from spikesmith.errors import UnsupportedModelError
+from spikesmith.gen.importer import import_module
+from spikesmith.gen.passes import lower
 
 # (channels in, image size, [(out channels, kernel, stride, padding, pool after)], classes)
 RANDOM_CONVNETS = [
@@ -66,7 +66,7 @@ def test_pool_merges_into_the_next_layer_and_the_first_conv_sees_the_flat_image(
 
 @pytest.mark.parametrize("layer, message", [
     (nn.MaxPool2d(2), "max pooling '2' \\(MaxPool2d\\) is not supported.*use nn.AvgPool2d"),
-    (nn.Conv2d(4, 4, 3, groups=2, padding=1), "groups=2.*spikeforge converts groups=1"),
+    (nn.Conv2d(4, 4, 3, groups=2, padding=1), "groups=2.*spikesmith converts groups=1"),
     (nn.Conv2d(4, 4, 3, dilation=2, padding=2), "dilation=\\[2, 2\\]"),
     (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode"),
 ])
@@ -88,9 +88,9 @@ def test_mnist_sized_cnn_converts_and_runs_in_the_golden_model(tmp_path):
     from datafiles import write_mnist
 
     from conftest import run_cli
-    from spikeforge.gen.importer import export_module
-    from spikeforge.gen.netfile import load_network
-    from spikeforge.sim import golden
+    from spikesmith.gen.importer import export_module
+    from spikesmith.gen.netfile import load_network
+    from spikesmith.sim import golden
 
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
@@ -117,7 +117,7 @@ def test_mnist_sized_cnn_converts_and_runs_in_the_golden_model(tmp_path):
 
 
 def convert_convnet(case, timesteps=6, convolutions="kernel"):
-    from spikeforge.gen.convert import ConversionOptions, convert_module
+    from spikesmith.gen.convert import ConversionOptions, convert_module
 
     model, shape = make_convnet(*RANDOM_CONVNETS[case], seed=10 + case)
     rng = np.random.default_rng(case)
@@ -129,7 +129,7 @@ def convert_convnet(case, timesteps=6, convolutions="kernel"):
 def test_convolutions_keep_their_kernel_and_compute_the_dense_map(case, tmp_path):
     """Every conv (a pool composed into the conv after it) stays a convolution whose dense matrix
     is the layer's weight; the network file stores the kernel and reads back the same integers."""
-    from spikeforge.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
+    from spikesmith.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
 
     net, _ = convert_convnet(case)
     convs = RANDOM_CONVNETS[case][2]
@@ -174,8 +174,8 @@ def test_compositions_that_are_not_convolutions_stay_dense():
 def test_a_damaged_convolution_header_is_refused(tmp_path):
     import json as _json
 
-    from spikeforge.errors import NetFileError
-    from spikeforge.gen.netfile import load_network, save_network
+    from spikesmith.errors import NetFileError
+    from spikesmith.gen.netfile import load_network, save_network
 
     net, _ = convert_convnet(1)
     path = save_network(net, tmp_path / "c.net.npz")
@@ -186,16 +186,16 @@ def test_a_damaged_convolution_header_is_refused(tmp_path):
     arrays["meta.json"] = np.frombuffer(_json.dumps(meta).encode(), dtype=np.uint8)
     bad = tmp_path / "bad.net.npz"
     np.savez(bad, **arrays)
-    with pytest.raises(NetFileError, match="not a valid spikeforge network"):
+    with pytest.raises(NetFileError, match="not a valid spikesmith network"):
         load_network(bad)
 
 
 @pytest.mark.parametrize("case", [1, 2, 4])
 def test_converted_convnets_bit_exact_in_amaranth_sim(case):
     """Random conv networks (kernels, strides, paddings, channels) converted and run as hardware."""
-    from spikeforge.gen.sizing import plan_core
-    from spikeforge.sim import golden
-    from spikeforge.sim.hdl import simulate_core
+    from spikesmith.gen.sizing import plan_core
+    from spikesmith.sim import golden
+    from spikesmith.sim.hdl import simulate_core
 
     net, rng = convert_convnet(case)
     codes = rng.integers(0, net.max_code + 1, size=(4, net.input.size))
@@ -206,9 +206,9 @@ def test_converted_convnets_bit_exact_in_amaranth_sim(case):
 
 def test_dense_mode_convnet_bit_exact_in_amaranth_sim():
     """``--convolutions dense``: the convolutions as dense layers on the dense engine."""
-    from spikeforge.gen.sizing import plan_core
-    from spikeforge.sim import golden
-    from spikeforge.sim.hdl import simulate_core
+    from spikesmith.gen.sizing import plan_core
+    from spikesmith.sim import golden
+    from spikesmith.sim.hdl import simulate_core
 
     net, rng = convert_convnet(2, convolutions="dense")
     codes = rng.integers(0, net.max_code + 1, size=(3, net.input.size))
@@ -218,9 +218,9 @@ def test_dense_mode_convnet_bit_exact_in_amaranth_sim():
 
 @pytest.mark.parametrize("case", [2])
 def test_converted_convnets_bit_exact_under_verilator(case, tmp_path_factory):
-    from spikeforge.gen.sizing import plan_core
-    from spikeforge.sim import golden
-    from spikeforge.sim.verilator import build_core, run_core
+    from spikesmith.gen.sizing import plan_core
+    from spikesmith.sim import golden
+    from spikesmith.sim.verilator import build_core, run_core
 
     net, rng = convert_convnet(case)
     plan = plan_core(net, budget=48)

@@ -5,8 +5,8 @@ import gzip
 import numpy as np
 import pytest
 
-from spikeforge.datasets import digits, open_dataset, parse_range, read_idx
-from spikeforge.errors import DatasetError
+from spikesmith.datasets import digits, open_dataset, parse_range, read_idx
+from spikesmith.errors import DatasetError
 
 from datafiles import idx_bytes, write_cifar, write_mnist
 

@@ -5,9 +5,9 @@ import zlib
 import numpy as np
 import pytest
 
-from spikeforge.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError
-from spikeforge.host.protocol import (FrameDecoder, FrameType, Identity, crc16, encode_frame)
-from spikeforge.sim import golden
+from spikesmith.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError
+from spikesmith.host.protocol import (FrameDecoder, FrameType, Identity, crc16, encode_frame)
+from spikesmith.sim import golden
 
 from conftest import make_network
 from fakeboard import FakeBoard, identity_of

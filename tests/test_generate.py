@@ -1,4 +1,4 @@
-"""``spikeforge generate``: Verilog that Verilator lints clean, and a report whose numbers hold."""
+"""``spikesmith generate``: Verilog that Verilator lints clean, and a report whose numbers hold."""
 
 import json
 import re
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikeforge.gen.emit import LINT_WAIVERS, lint_verilog, multiplications
-from spikeforge.gen.netfile import load_network
-from spikeforge.gen.sizing import choose_lanes, plan_core
-from spikeforge.hw.core import emit_verilog
+from spikesmith.gen.emit import LINT_WAIVERS, lint_verilog, multiplications
+from spikesmith.gen.netfile import load_network
+from spikesmith.gen.sizing import choose_lanes, plan_core
+from spikesmith.hw.core import emit_verilog
 
 from conftest import RANDOM_NETWORKS, assert_one_line_error, make_network, random_core, run_cli
 
@@ -32,10 +32,10 @@ def generated(tmp_path_factory, digits_demo):
 
 
 def test_generate_writes_lint_clean_verilog(generated):
-    verilog_path = generated["out"] / "spikeforge_core.v"
+    verilog_path = generated["out"] / "spikesmith_core.v"
     assert lint_verilog(verilog_path) == [], "verilator -Wall reports something not waived"
     text = verilog_path.read_text()
-    header = re.search(r"^module spikeforge_core\((.*)\);", text, re.M).group(1)
+    header = re.search(r"^module spikesmith_core\((.*)\);", text, re.M).group(1)
     assert sorted(p.strip() for p in header.split(",")) == sorted([
         "clk", "rst", "images__valid", "images__ready", "images__payload",
         "results__valid", "results__ready", "results__payload"]), "the documented port list"
@@ -55,11 +55,11 @@ def test_report_numbers_match_the_plan_and_the_verilog(generated):
         rows = entry["blocks"] * entry["lanes"]
         assert entry["memory_bits"]["weights"] == rows * layer.in_size * entry["weight_width"]
     # Every memory the report counts is one the Verilog declares, bit for bit.
-    declared = sum(sum(bits) for bits in memories((generated["out"] / "spikeforge_core.v").read_text()).values())
+    declared = sum(sum(bits) for bits in memories((generated["out"] / "spikesmith_core.v").read_text()).values())
     assert declared == report["memory_bits"]
     # The ports are as wide as the report says.
     width = report["input"]["lanes"] * report["timesteps"]
-    assert re.search(rf"input \[{width - 1}:0\] images__payload;", (generated["out"] / "spikeforge_core.v").read_text())
+    assert re.search(rf"input \[{width - 1}:0\] images__payload;", (generated["out"] / "spikesmith_core.v").read_text())
 
 
 def test_generate_human_output(tmp_path, digits_demo):
@@ -94,14 +94,14 @@ def test_generate_refuses_bad_paths(tmp_path, digits_demo):
     bad = tmp_path / "bad.net.npz"
     bad.write_bytes(b"PK\x03\x04garbage")
     assert_one_line_error(run_cli("generate", str(bad), "-o", str(tmp_path / "c"), check=False),
-                          "not a valid spikeforge network")
+                          "not a valid spikesmith network")
     assert not (tmp_path / "c").exists()
 
 
 def test_lint_reports_real_problems(tmp_path):
     """The lint is not a rubber stamp: an undriven output and a width bug in plain Verilog are reported."""
-    path = tmp_path / "spikeforge_core.v"
-    path.write_text("module spikeforge_core(input clk, output [3:0] q, output r);\n"
+    path = tmp_path / "spikesmith_core.v"
+    path.write_text("module spikesmith_core(input clk, output [3:0] q, output r);\n"
                     "  reg [3:0] a;\n  always @(posedge clk) a <= a + 1;\n  assign q = a;\nendmodule\n")
     assert any("UNDRIVEN" in w for w in lint_verilog(path))
 
@@ -123,7 +123,7 @@ def test_random_cores_lint_clean_and_memories_match(case):
     net, plan = random_core(case, seed=case)
     text = emit_verilog(plan)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "spikeforge_core.v"
+        path = Path(folder) / "spikesmith_core.v"
         path.write_text(text)
         assert lint_verilog(path) == []
     declared = sum(sum(bits) for bits in memories(text).values())
@@ -139,7 +139,7 @@ def test_conv_cores_lint_clean_without_multipliers_and_memories_match(case):
     plan = plan_core(net, lanes=lanes, input_lanes=input_lanes)
     text = emit_verilog(plan)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "spikeforge_core.v"
+        path = Path(folder) / "spikesmith_core.v"
         path.write_text(text)
         assert lint_verilog(path) == []
     assert multiplications(text) == []

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from spikeforge.gen.network import DenseLayer
-from spikeforge.sim import golden
-from spikeforge.sim.reference import run_reference
+from spikesmith.gen.network import DenseLayer
+from spikesmith.sim import golden
+from spikesmith.sim.reference import run_reference
 
 from conftest import make_network, networks_and_codes
 

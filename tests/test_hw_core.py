@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikeforge.datasets import digits
-from spikeforge.gen.netfile import load_network
-from spikeforge.gen.sizing import plan_core
-from spikeforge.sim import golden
-from spikeforge.sim.hdl import simulate_core
+from spikesmith.datasets import digits
+from spikesmith.gen.netfile import load_network
+from spikesmith.gen.sizing import plan_core
+from spikesmith.sim import golden
+from spikesmith.sim.hdl import simulate_core
 
 from conftest import RANDOM_NETWORKS, make_network, networks_and_codes
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from spikeforge.gen.sizing import plan_core
-from spikeforge.hw.engines import InputEncoder, LayerEngine
-from spikeforge.sim import golden
-from spikeforge.sim.hdl import StreamSink, StreamSource, run_streams
+from spikesmith.gen.sizing import plan_core
+from spikesmith.hw.engines import InputEncoder, LayerEngine
+from spikesmith.sim import golden
+from spikesmith.sim.hdl import StreamSink, StreamSource, run_streams
 
 from conftest import make_network
 

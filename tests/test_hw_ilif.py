@@ -3,7 +3,7 @@
 import pytest
 from amaranth.sim import Simulator
 
-from spikeforge.hw.ilif import AccumulateOp, ILIFAccumulate, ILIFFire
+from spikesmith.hw.ilif import AccumulateOp, ILIFAccumulate, ILIFFire
 
 
 def _run(dut, vectors, check):

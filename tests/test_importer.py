@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from spikeforge.errors import ConversionError, ModelFileError, UnsupportedModelError
-from spikeforge.gen import ir
-from spikeforge.gen.importer import export_module, import_module, import_program, load_program
-from spikeforge.gen.passes import lower
+from spikesmith.errors import ConversionError, ModelFileError, UnsupportedModelError
+from spikesmith.gen import ir
+from spikesmith.gen.importer import export_module, import_module, import_program, load_program
+from spikesmith.gen.passes import lower
 
 
 def _mlp_with_everything():

@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from spikeforge.errors import NetFileError
-from spikeforge.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
-from spikeforge.gen.network import FloatShadow
+from spikesmith.errors import NetFileError
+from spikesmith.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
+from spikesmith.gen.network import FloatShadow
 
 from conftest import make_network
 
@@ -108,7 +108,7 @@ def test_missing_file(tmp_path):
 
 
 def test_failed_save_leaves_no_file(tmp_path, net, monkeypatch):
-    import spikeforge.gen.netfile as netfile
+    import spikesmith.gen.netfile as netfile
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

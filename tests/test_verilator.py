@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from spikeforge.datasets import digits
-from spikeforge.gen.netfile import load_network
-from spikeforge.gen.sizing import plan_core
-from spikeforge.sim import golden
-from spikeforge.sim.verilator import build_core, fst_available, run_core
+from spikesmith.datasets import digits
+from spikesmith.gen.netfile import load_network
+from spikesmith.gen.sizing import plan_core
+from spikesmith.sim import golden
+from spikesmith.sim.verilator import build_core, fst_available, run_core
 
 from conftest import assert_one_line_error, random_core, run_cli
 from datafiles import write_mnist
@@ -111,7 +111,7 @@ def test_a_perturbed_golden_value_fails_with_a_mismatch_report(verilator_cache):
 
 
 def test_waveform_dump(tmp_path, monkeypatch, verilator_cache):
-    monkeypatch.setenv("SPIKEFORGE_WAVES", "1")
+    monkeypatch.setenv("SPIKESMITH_WAVES", "1")
     net, plan = random_core(3, seed=303)
     build = build_core(plan, verilator_cache)
     assert build.waves
@@ -122,7 +122,7 @@ def test_waveform_dump(tmp_path, monkeypatch, verilator_cache):
 
 
 def test_simulate_command_on_the_whole_digits_test_split(digits_demo, digits_core, verilator_cache):
-    """``spikeforge simulate``: 100% agreement with the golden model, accuracy and cycles per image."""
+    """``spikesmith simulate``: 100% agreement with the golden model, accuracy and cycles per image."""
     proc = run_cli("simulate", str(digits_demo["net_path"]), "--data", "digits", "--build-dir", str(verilator_cache),
                    "--json", "-q")
     report = json.loads(proc.stdout)
@@ -149,7 +149,7 @@ def test_simulate_refuses_bad_input(tmp_path, digits_demo):
 @pytest.mark.parametrize("case", [5])
 def test_run_time_weights_written_through_the_port_then_bit_exact(case, verilator_cache):
     """The emitted Verilog with SPRAM-style weights: the bench writes every row, then streams images."""
-    from spikeforge.gen.sizing import plan_core
+    from spikesmith.gen.sizing import plan_core
 
     net, base = random_core(case, seed=400 + case)
     plan = plan_core(net, lanes=[layer.lanes for layer in base.layers], input_lanes=base.input.lanes,

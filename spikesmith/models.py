@@ -26,7 +26,7 @@ def digits_mlp() -> nn.Sequential:
 def digits_cnn() -> nn.Sequential:
     """A small CNN for the 8x8 digits: conv 8@3x3 + BN, pool 2, conv 16@3x3, pool 2, linear 64-10.
 
-    spikeforge converts it to two convolution layers (the pools composed into the convolution or
+    spikesmith converts it to two convolution layers (the pools composed into the convolution or
     linear layer after them) and a dense output layer: 64-512-256-10 (docs/semantics.md).
     """
     return nn.Sequential(

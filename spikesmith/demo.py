@@ -1,4 +1,4 @@
-"""``spikeforge demo``: train the digits MLP and CNN, convert them at several T, compare accuracies."""
+"""``spikesmith demo``: train the digits MLP and CNN, convert them at several T, compare accuracies."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 from .datasets import digits
-from .errors import SpikeforgeError
+from .errors import SpikesmithError
 
 
 def save_program(program, path: Path) -> None:
     """``torch.export.save`` through a temporary file, so a failure leaves no partial file."""
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=".spikeforge-", suffix=".pt2", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".pt2", dir=path.parent)
     os.close(fd)
     try:
         torch.export.save(program, tmp)
@@ -34,10 +34,10 @@ def run_demo(timesteps: int = 8, sweep: tuple[int, ...] = (2, 4, 6, 8, 12, 16), 
              models: tuple[str, ...] = ("mlp", "cnn")) -> dict:
     """Train, convert and evaluate each of ``models``; the MLP's figures at the top level, others by key."""
     if out_dir is not None and not out_dir.is_dir():
-        raise SpikeforgeError(f"output folder {out_dir} does not exist")
+        raise SpikesmithError(f"output folder {out_dir} does not exist")
     for t in (timesteps, *sweep):
         if not 1 <= t <= 16:
-            raise SpikeforgeError(f"timesteps must be between 1 and 16, not {t}")
+            raise SpikesmithError(f"timesteps must be between 1 and 16, not {t}")
     start = time.perf_counter()
     results = {key: _train_and_convert(key, timesteps, sweep, epochs, out_dir, progress) for key in models}
     first = results[models[0]]
@@ -72,7 +72,7 @@ def _train_and_convert(key: str, timesteps: int, sweep: tuple[int, ...], epochs:
     nets = {}
     for t in sorted(set(sweep) | {timesteps}):
         options = ConversionOptions(timesteps=t)
-        net = convert_float_network(network, train.images, options, source=f"spikeforge demo: digits {kind}")
+        net = convert_float_network(network, train.images, options, source=f"spikesmith demo: digits {kind}")
         result = evaluate(net, test.images, test.labels)
         rows[str(t)] = {"snn_float_accuracy": result.snn_float_accuracy,
                         "golden_accuracy": result.golden_accuracy,

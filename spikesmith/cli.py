@@ -1,7 +1,7 @@
-"""The ``spikeforge`` command line.
+"""The ``spikesmith`` command line.
 
 Human-readable results go to stdout, progress to stderr; ``--json`` makes stdout one JSON
-document. Bad input ends with one line ``spikeforge: error: ...`` and exit status 1.
+document. Bad input ends with one line ``spikesmith: error: ...`` and exit status 1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import SpikeforgeError
+from .errors import SpikesmithError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -46,9 +46,9 @@ def _check_output_path(path: Path) -> None:
     """Fail before any long work if the output cannot be written."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise SpikeforgeError(f"cannot write {path}: folder {parent} does not exist")
+        raise SpikesmithError(f"cannot write {path}: folder {parent} does not exist")
     if path.is_dir():
-        raise SpikeforgeError(f"cannot write {path}: it is a folder")
+        raise SpikesmithError(f"cannot write {path}: it is a folder")
 
 
 # ---------------------------------------------------------------------------- demo
@@ -65,7 +65,7 @@ def cmd_demo(args) -> int:
     T = args.timesteps
     for key in args.models:
         one = result if key == args.models[0] else result[key]
-        print(f"spikeforge demo: {one['model']} on scikit-learn digits "
+        print(f"spikesmith demo: {one['model']} on scikit-learn digits "
               f"({one['train_images']} train / {one['test_images']} test images)")
         print(f"  ANN (float) test accuracy:              {_pct(one['ann_accuracy'])}")
         main = one["timesteps"][str(T)]
@@ -273,10 +273,10 @@ def cmd_generate(args) -> int:
 # ---------------------------------------------------------------------------- simulate
 
 def default_cache_dir() -> Path:
-    """Where Verilator builds are kept between runs: $SPIKEFORGE_CACHE, else ~/.cache/spikeforge."""
-    if os.environ.get("SPIKEFORGE_CACHE"):
-        return Path(os.environ["SPIKEFORGE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikeforge"
+    """Where Verilator builds are kept between runs: $SPIKESMITH_CACHE, else ~/.cache/spikesmith."""
+    if os.environ.get("SPIKESMITH_CACHE"):
+        return Path(os.environ["SPIKESMITH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikesmith"
 
 
 def _net_and_images(args):
@@ -287,7 +287,7 @@ def _net_and_images(args):
     net = load_network(args.net)
     data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
     if len(data) == 0:
-        raise SpikeforgeError("no images selected (check --range and -n)")
+        raise SpikesmithError("no images selected (check --range and -n)")
     return net, data
 
 
@@ -341,7 +341,7 @@ def cmd_simulate(args) -> int:
         if run.waves:
             print(f"  waveform: {run.waves}")
     if agree != images:
-        print(f"spikeforge: error: the hardware disagrees with the golden model on {images - agree} of {images} "
+        print(f"spikesmith: error: the hardware disagrees with the golden model on {images - agree} of {images} "
               f"images; first: {run.first_mismatch}", file=sys.stderr)
         return EXIT_ERROR
     return 0
@@ -452,7 +452,7 @@ def cmd_infer(args) -> int:
             print(f"  agreement with the golden model: {len(results) - mismatches}/{len(results)} images "
                   f"({_pct(g['agreement']).strip()}), every logit compared")
     if mismatches:
-        print(f"spikeforge: error: the board disagrees with the golden model on {mismatches} images "
+        print(f"spikesmith: error: the board disagrees with the golden model on {mismatches} images "
               f"(first: image {payload['golden']['first_mismatch']})", file=sys.stderr)
         return EXIT_ERROR
     return 0
@@ -475,7 +475,7 @@ def cmd_build(args) -> int:
     clock_hz = None
     if args.clock is not None:
         if not 1 <= args.clock <= 500:
-            raise SpikeforgeError(f"--clock {args.clock:g} MHz is out of range (1-500 MHz)")
+            raise SpikesmithError(f"--clock {args.clock:g} MHz is out of range (1-500 MHz)")
         clock_hz = args.clock * 1e6
         pll = board.pll(clock_hz)               # refused here, before synthesis, if no PLL setting fits
         progress(f"PLL: {board.clock_hz / 1e6:g} MHz -> {pll.output_hz / 1e6:.3f} MHz")
@@ -507,9 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .gen.quantise import WEIGHT_SCALES
 
     parser = argparse.ArgumentParser(
-        prog="spikeforge",
+        prog="spikesmith",
         description="FPGA accelerator generator for spiking neural networks (SpikeConverter iLIF, k=2).")
-    parser.add_argument("--version", action="version", version=f"spikeforge {__version__}")
+    parser.add_argument("--version", action="version", version=f"spikesmith {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def common(p, json_help="print one JSON document on stdout"):
@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("net", metavar="NET")
     images(p)
     p.add_argument("--build-dir", metavar="DIR",
-                   help="where Verilator builds are kept (default $SPIKEFORGE_CACHE or ~/.cache/spikeforge)")
+                   help="where Verilator builds are kept (default $SPIKESMITH_CACHE or ~/.cache/spikesmith)")
     p.add_argument("--waves", metavar="DIR", help="build with tracing and write DIR/dump.fst")
     hardware(p)
     common(p)
@@ -639,17 +639,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SpikeforgeError as exc:
-        print(f"spikeforge: error: {exc}", file=sys.stderr)
+    except SpikesmithError as exc:
+        print(f"spikesmith: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("spikeforge: interrupted", file=sys.stderr)
+        print("spikesmith: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if os.environ.get("SPIKEFORGE_DEBUG"):
+        if os.environ.get("SPIKESMITH_DEBUG"):
             raise
-        print(f"spikeforge: internal error: {type(exc).__name__}: {exc} "
-              f"(a bug; rerun with SPIKEFORGE_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        print(f"spikesmith: internal error: {type(exc).__name__}: {exc} "
+              f"(a bug; rerun with SPIKESMITH_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return EXIT_ERROR
 
 
