@@ -1,5 +1,6 @@
-"""Model import, conversion passes, the converted-network file and hardware sizing.
+"""Model import, conversion passes, the network file, hardware sizing, Verilog and bitstreams.
 
-torch is imported only by :mod:`spikesmith.gen.importer` (and the demo trainer), so the
-golden model and the hardware generator load without it.
+Produces what the contracts (``spikesmith.contract``) describe: a network from a torch model,
+a plan from a network; uses ``spikesmith.hw`` to emit Verilog and build bitstreams. torch is
+imported only by :mod:`spikesmith.gen.importer` (and the demo trainer).
 """

@@ -7,11 +7,12 @@ parameters, so the host driver can refuse a board that runs another network.
 from __future__ import annotations
 
 from ..errors import SpikesmithError
-from ..host.protocol import Identity, code_bytes, logit_bytes
-from ..hw.board import BoardParams
-from .sizing import CorePlan
+from ..contract.protocol import Identity, code_bytes, logit_bytes
+from ..contract.network import SpikingNetwork
+from ..contract.plan import BoardParams, CorePlan
+from .sizing import plan_core
 
-__all__ = ["board_params", "DEFAULT_WINDOW"]
+__all__ = ["board_params", "plan_for_identity", "DEFAULT_WINDOW"]
 
 #: Images a board takes in flight (the host driver never sends more).
 DEFAULT_WINDOW = 4
@@ -30,3 +31,12 @@ def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT
                         tuple(layer.weights_loaded for layer in plan.layers), plan.load_bytes)
     return BoardParams(plan, identity.encode(), divisor, window, code_bytes(plan.timesteps),
                        logit_bytes(plan.logit_width), plan.load_bytes)
+
+
+def plan_for_identity(net: SpikingNetwork, identity: Identity) -> CorePlan:
+    """The core plan of a board that reports ``identity`` and runs ``net``: the same lanes and
+    run-time weight layers, so the host packs weight rows as the board's core reads them."""
+    if len(identity.lanes) != len(net.layers):
+        raise SpikesmithError(f"the board has {len(identity.lanes)} layers, the network {len(net.layers)}")
+    loaded = [index for index, flag in enumerate(identity.loaded) if flag]
+    return plan_core(net, lanes=list(identity.lanes), loaded_weights=loaded)

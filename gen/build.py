@@ -24,10 +24,13 @@ from amaranth import Elaboratable, Module
 from amaranth._toolchain import ToolNotFound
 from amaranth.build.run import LocalBuildProducts
 
+from ..contract.plan import CorePlan, ceil_div
 from ..errors import SpikesmithError
 from ..fileio import write_atomic
+from ..hw.board import BoardTop
+from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
 from .board import board_params
-from .sizing import DEFAULT_LANE_BUDGET, CorePlan, ceil_div, plan_core
+from .sizing import DEFAULT_LANE_BUDGET, plan_core
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
            "parse_nextpnr_log", "ice40_usage", "memory_shapes"]
@@ -54,7 +57,6 @@ class BoardSpec:
 
     def pll(self, clock_hz: float):
         """The PLL setting for ``clock_hz`` (raises ClockError when no setting is within 1%)."""
-        from ..hw.clocking import ecp5_pll, ice40_pll
         return (ice40_pll if self.family == "ice40" else ecp5_pll)(self.clock_hz, clock_hz)
 
 
@@ -189,9 +191,6 @@ class _OnBoard(Elaboratable):
         self.params, self.pll = params, pll
 
     def elaborate(self, platform):
-        from ..hw.board import BoardTop
-        from ..hw.clocking import BoardClock
-
         m = Module()
         if self.pll is not None:
             m.submodules.clocking = BoardClock(self.pll)
@@ -203,6 +202,7 @@ class _OnBoard(Elaboratable):
 
 def _platform(board: BoardSpec, program: bool):
     """The amaranth-boards platform; without ``program`` it does not ask for the programmer."""
+    # The platform module is named by the board table (amaranth-boards has one module per board).
     base = getattr(importlib.import_module(board.module), board.platform)
 
     class Platform(base):

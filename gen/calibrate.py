@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from .ir import FloatNetwork
-from .network import encode_codes
+from ..contract.network import encode_codes
 
 __all__ = ["THRESHOLD_MODES", "Calibration", "encode_codes", "decode", "conversion_error",
            "choose_threshold", "calibrate"]

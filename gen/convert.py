@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import ConversionError
 from .calibrate import THRESHOLD_MODES, calibrate
 from .ir import FloatNetwork, Graph
-from .network import SpikingNetwork, check_images
+from ..contract.network import SpikingNetwork, check_images
 from .passes import lower
 from .quantise import WEIGHT_SCALES, quantise
 
@@ -64,7 +64,7 @@ def convert_graph(graph: Graph, calib_images: np.ndarray, options: ConversionOpt
 def convert_module(module, calib_images: np.ndarray, options: ConversionOptions = ConversionOptions(),
                    source: str = "torch.nn.Module") -> SpikingNetwork:
     """Convert a ``torch.nn.Module``; its input shape is that of one calibration image."""
-    from .importer import import_module
+    from .importer import import_module     # imports torch (seconds): only this entry point needs it
 
     calib_images = np.asarray(calib_images)
     if calib_images.ndim < 2 or len(calib_images) == 0:

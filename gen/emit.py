@@ -11,10 +11,11 @@ import re
 import subprocess
 from pathlib import Path
 
+from ..contract.plan import CorePlan
 from ..errors import SpikesmithError
 from ..fileio import write_atomic
+from ..hw.core import emit_verilog
 from ..toolchain import verilator_binary, verilator_env
-from .sizing import CorePlan
 
 __all__ = ["VERILOG_NAME", "REPORT_NAME", "LINT_WAIVERS", "check_output_dir", "write_core", "lint_verilog",
            "LintError", "multiplications"]
@@ -47,8 +48,6 @@ def check_output_dir(out_dir: Path) -> None:
 
 def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None) -> dict[str, Path]:
     """Write ``spikesmith_core.v`` and ``report.json`` into ``out_dir`` (created if missing)."""
-    from ..hw.core import emit_verilog
-
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     text = emit_verilog(plan) if verilog is None else verilog

@@ -44,7 +44,7 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...]) -> torc
 @contextlib.contextmanager
 def _refuse_unpickling(path: Path):
     """Inside this context ``torch.export.load`` can read tensors and graphs, never Python objects."""
-    from torch.export.pt2_archive import _package
+    from torch.export.pt2_archive import _package     # a private torch module: looked up only when loading
 
     def refuse(*args, **kwargs):
         raise ModelFileError(
@@ -149,197 +149,232 @@ class _BatchNormTuple(_Act):
 
 def import_program(program: torch.export.ExportedProgram) -> Graph:
     """Walk an exported ATen graph and emit the float IR."""
-    from torch.export.graph_signature import InputKind
+    return _GraphWalk(program).run()
 
-    state = program.state_dict
-    constants = program.constants
-    values: dict[str, Any] = {}
-    ops: list = []
-    batched = True
 
-    for spec in program.graph_signature.input_specs:
-        name = spec.arg.name
-        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
-            values[name] = state[spec.target] if spec.target in state else constants[spec.target]
-        elif spec.kind == InputKind.CONSTANT_TENSOR:
-            values[name] = constants[spec.target]
-        elif spec.kind == InputKind.USER_INPUT:
-            if any(isinstance(v, _Act) for v in values.values()):
-                raise UnsupportedModelError("the model takes several inputs; spikesmith converts one-input models")
-            node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
-            val = node.meta.get("val")
-            if val is None or not hasattr(val, "shape"):
-                raise UnsupportedModelError("the model input is not a tensor")
-            shape = tuple(int(d) for d in val.shape)
-            batched = len(shape) >= 2
-            per_sample = shape[1:] if batched else shape
-            ops.append(Input("input", per_sample))
-            values[name] = _Act("input", per_sample)
-        else:
-            raise UnsupportedModelError(f"unsupported model input kind {spec.kind.name}")
+def _pair(value) -> tuple[int, int]:
+    """A 2-D size from an int or a one- or two-element list."""
+    return (int(value[0]), int(value[-1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
 
-    def act_args(node) -> list[_Act]:
-        """The activation operands of ``node`` (not parameters or constants), in argument order."""
-        return [values[a.name] for a in node.args
-                if isinstance(a, torch.fx.Node) and isinstance(values.get(a.name), _Act)]
 
-    def arg(node, i, default=None):
-        if i < len(node.args):
-            a = node.args[i]
-        else:
+class _Layer:
+    """The op being imported: its graph node, activation input, IR name, and the user's layer (for messages)."""
+
+    def __init__(self, node: torch.fx.Node, x: _Act, name: str, path: str, cls: str):
+        self.node, self.x, self.name, self.path, self.cls = node, x, name, path, cls
+
+
+class _GraphWalk:
+    """One walk over an exported program.
+
+    ``values`` maps graph names to tensors (parameters, folded constants) or activations
+    (:class:`_Act`); ``ops`` collects the IR. Each supported ATen target has one handler,
+    which appends its op and returns the activation it produces.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram):
+        self.program = program
+        self.values: dict[str, Any] = {}
+        self.ops: list = []
+        self.batched = True
+        self.handlers = {
+            aten.linear.default: self._linear, aten.addmm.default: self._addmm,
+            aten.conv2d.default: self._conv, aten.convolution.default: self._conv,
+            aten.avg_pool2d.default: self._avg_pool,
+            aten.max_pool2d.default: self._max_pool, aten.max_pool2d_with_indices.default: self._max_pool,
+            aten.relu.default: self._relu, aten.relu_.default: self._relu,
+            aten.batch_norm.default: self._batch_norm, aten._native_batch_norm_legit_no_training.default: self._batch_norm,
+            aten.dropout.default: self._dropout, aten.dropout_.default: self._dropout,
+            aten.feature_dropout.default: self._dropout,
+            aten.clone.default: self._identity, aten.alias.default: self._identity,
+            aten.detach.default: self._identity, aten.contiguous.default: self._identity,
+            aten.flatten.using_ints: self._flatten,
+            aten.view.default: self._reshape, aten.reshape.default: self._reshape, aten._unsafe_view.default: self._reshape,
+        }
+
+    def run(self) -> Graph:
+        self._inputs()
+        for node in self.program.graph.nodes:
+            if node.op == "call_function" and node.users:     # no users: dead code (e.g. shape assertions)
+                self._call(node)
+        output_node = next(n for n in self.program.graph.nodes if n.op == "output")
+        outs = output_node.args[0]
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        if len(outs) != 1 or not isinstance(self.values.get(outs[0].name), _Act):
+            raise UnsupportedModelError("the model must return one tensor (the logits)")
+        return Graph(tuple(self.ops), self.values[outs[0].name].op_name)
+
+    def _inputs(self) -> None:
+        from torch.export.graph_signature import InputKind     # loads torch.export's graph machinery on first use
+
+        state, constants, values = self.program.state_dict, self.program.constants, self.values
+        for spec in self.program.graph_signature.input_specs:
+            name = spec.arg.name
+            if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+                values[name] = state[spec.target] if spec.target in state else constants[spec.target]
+            elif spec.kind == InputKind.CONSTANT_TENSOR:
+                values[name] = constants[spec.target]
+            elif spec.kind == InputKind.USER_INPUT:
+                if any(isinstance(v, _Act) for v in values.values()):
+                    raise UnsupportedModelError("the model takes several inputs; spikesmith converts one-input models")
+                node = next(n for n in self.program.graph.nodes if n.op == "placeholder" and n.name == name)
+                val = node.meta.get("val")
+                if val is None or not hasattr(val, "shape"):
+                    raise UnsupportedModelError("the model input is not a tensor")
+                shape = tuple(int(d) for d in val.shape)
+                self.batched = len(shape) >= 2
+                per_sample = shape[1:] if self.batched else shape
+                self.ops.append(Input("input", per_sample))
+                values[name] = _Act("input", per_sample)
+            else:
+                raise UnsupportedModelError(f"unsupported model input kind {spec.kind.name}")
+
+    def _arg(self, node, i, default=None):
+        """Argument ``i`` of ``node``: a tensor or activation for a graph node, else the literal."""
+        if i >= len(node.args):
             return default
-        if isinstance(a, torch.fx.Node):
-            return values[a.name]
-        return a
+        a = node.args[i]
+        return self.values[a.name] if isinstance(a, torch.fx.Node) else a
 
-    for node in program.graph.nodes:
-        if node.op != "call_function":
-            continue
-        if not node.users:
-            continue  # dead code (e.g. shape assertions)
+    def _call(self, node) -> None:
         path, cls = _layer_of(node)
-        target = node.target
-        acts = act_args(node)
+        acts = [self.values[a.name] for a in node.args
+                if isinstance(a, torch.fx.Node) and isinstance(self.values.get(a.name), _Act)]
         if not acts:
             # Every operand is a parameter or a constant: fold it now (e.g. a weight transpose).
-            args = [values[a.name] if isinstance(a, torch.fx.Node) else a for a in node.args]
+            args = [self.values[a.name] if isinstance(a, torch.fx.Node) else a for a in node.args]
             with torch.no_grad():
-                values[node.name] = target(*args, **node.kwargs)
-            continue
+                self.values[node.name] = node.target(*args, **node.kwargs)
+            return
         x = acts[0]
-        name = _unique(path, ops)
-
-        if target is operator.getitem and isinstance(x, _BatchNormTuple):
+        if node.target is operator.getitem and isinstance(x, _BatchNormTuple):
             if node.args[1] != 0:
                 raise UnsupportedModelError(f"layer '{path}' ({cls}) uses batch statistics; export in eval mode")
-            values[node.name] = _Act(x.op_name, x.shape)
-            continue
-        if len(acts) != 1:
-            raise UnsupportedModelError(
-                f"unsupported layer '{path}' ({cls}: {target}); supported: {SUPPORTED}")
+            self.values[node.name] = _Act(x.op_name, x.shape)
+            return
+        handler = self.handlers.get(node.target)
+        if len(acts) != 1 or handler is None:
+            target = node.target if len(acts) != 1 else str(node.target).replace("aten::", "aten.")
+            raise UnsupportedModelError(f"unsupported layer '{path}' ({cls}: {target}); supported: {SUPPORTED}")
+        self.values[node.name] = handler(_Layer(node, x, _unique(path, self.ops), path, cls))
 
-        if target == aten.linear.default:
-            weight = arg(node, 1)
-            bias = arg(node, 2)
-            w = _to_numpy(weight)
-            b = _to_numpy(bias) if bias is not None else np.zeros(w.shape[0])
-            ops.append(Dense(name, w, b, inputs=(x.op_name,), source=cls))
-            values[node.name] = _Act(name, (w.shape[0],))
-        elif target == aten.addmm.default and isinstance(node.args[1], torch.fx.Node) \
-                and values.get(node.args[1].name) is x:
-            # Decomposed linear: addmm(bias, x, weight.T).
-            bias, wt = arg(node, 0), arg(node, 2)
-            if isinstance(bias, _Act) or isinstance(wt, _Act) or node.kwargs.get("beta", 1) != 1 \
-                    or node.kwargs.get("alpha", 1) != 1:
-                raise UnsupportedModelError(f"unsupported matrix product in '{path}' ({cls}); supported: {SUPPORTED}")
-            w = _to_numpy(wt).T
-            ops.append(Dense(name, w, np.broadcast_to(_to_numpy(bias), (w.shape[0],)).copy(),
-                             inputs=(x.op_name,), source=cls))
-            values[node.name] = _Act(name, (w.shape[0],))
-        elif target in (aten.conv2d.default, aten.convolution.default):
-            if len(x.shape) != 3:
-                raise UnsupportedModelError(f"convolution '{path}' ({cls}) needs a (C, H, W) input, not {x.shape}")
-            w = _to_numpy(arg(node, 1))
-            bias = arg(node, 2)
-            if w.ndim != 4:
-                raise UnsupportedModelError(f"'{path}' ({cls}) is not a 2-D convolution; supported: {SUPPORTED}")
-            if target == aten.conv2d.default:
-                stride, padding, dilation, groups = arg(node, 3, [1, 1]), arg(node, 4, [0, 0]), \
-                    arg(node, 5, [1, 1]), arg(node, 6, 1)
-                transposed = False
-            else:
-                stride, padding, dilation, transposed, _, groups = (arg(node, i) for i in range(3, 9))
-            if isinstance(padding, str):
-                raise UnsupportedModelError(f"convolution '{path}' uses padding='{padding}'; give the padding in "
-                                            "pixels (e.g. padding=1 for a 3x3 kernel)")
-            pair = (lambda v: (int(v[0]), int(v[-1])) if isinstance(v, (list, tuple)) else (int(v), int(v)))
-            if transposed or groups != 1 or pair(dilation) != (1, 1):
-                raise UnsupportedModelError(
-                    f"convolution '{path}' ({cls}) has groups={groups}, dilation={list(pair(dilation))}"
-                    f"{', transposed' if transposed else ''}; spikesmith converts groups=1, dilation 1, not transposed")
-            b = _to_numpy(bias) if bias is not None else np.zeros(w.shape[0])
-            op = Conv2d(name, w, b, pair(stride), pair(padding), inputs=(x.op_name,), source=cls)
-            if x.shape[0] != op.in_channels:
-                raise UnsupportedModelError(f"convolution '{path}' takes {op.in_channels} channels, "
-                                            f"receives {x.shape[0]}")
-            out = op.output_shape(x.shape)
-            if min(out[1:]) < 1:
-                raise UnsupportedModelError(f"convolution '{path}' leaves no output pixels for a {x.shape} input")
-            ops.append(op)
-            values[node.name] = _Act(name, out)
-        elif target == aten.avg_pool2d.default:
-            kernel = arg(node, 1)
-            stride = arg(node, 2) or kernel
-            padding, ceil_mode = arg(node, 3, [0, 0]), arg(node, 4, False)
-            include_pad, divisor = arg(node, 5, True), arg(node, 6, None)
-            pair = (lambda v: (int(v[0]), int(v[-1])) if isinstance(v, (list, tuple)) else (int(v), int(v)))
-            if ceil_mode or divisor is not None or (not include_pad and pair(padding) != (0, 0)):
-                raise UnsupportedModelError(f"average pooling '{path}' uses ceil_mode, divisor_override or "
-                                            "count_include_pad=False; spikesmith folds plain average pooling")
-            op = AvgPool2d(name, pair(kernel), pair(stride), pair(padding), inputs=(x.op_name,), source=cls)
-            ops.append(op)
-            values[node.name] = _Act(name, op.output_shape(x.shape))
-        elif target in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
-            raise UnsupportedModelError(
-                f"max pooling '{path}' ({cls}) is not supported: spikesmith folds pooling into the next layer's "
-                "weights, which only a linear pool allows; use nn.AvgPool2d (retrain), or a strided convolution")
-        elif target in (aten.relu.default, aten.relu_.default):
-            ops.append(ReLU(name, inputs=(x.op_name,), source=cls))
-            values[node.name] = _Act(name, x.shape)
-        elif target in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
-            if target == aten.batch_norm.default:
-                weight, bias, mean, var = (arg(node, i) for i in range(1, 5))
-                training, eps = arg(node, 5), arg(node, 7)
-                if training:
-                    raise UnsupportedModelError(
-                        f"batch norm '{path}' was exported in training mode; call model.eval() before torch.export")
-            else:
-                weight, bias, mean, var = (arg(node, i) for i in range(1, 5))
-                eps = arg(node, 6)
-            mean, var = _to_numpy(mean), _to_numpy(var)
-            gamma = _to_numpy(weight) if weight is not None else np.ones_like(mean)
-            beta = _to_numpy(bias) if bias is not None else np.zeros_like(mean)
-            scale = gamma / np.sqrt(var + eps)
-            ops.append(BatchNorm(name, scale, beta - mean * scale, inputs=(x.op_name,), source=cls))
-            cls_out = _BatchNormTuple if target != aten.batch_norm.default else _Act
-            values[node.name] = cls_out(name, x.shape)
-        elif target in (aten.dropout.default, aten.dropout_.default, aten.feature_dropout.default):
-            if arg(node, 2):
-                raise UnsupportedModelError(
-                    f"dropout '{path}' was exported in training mode; call model.eval() before torch.export")
-            ops.append(Identity(name, inputs=(x.op_name,), source=cls))
-            values[node.name] = _Act(name, x.shape)
-        elif target in (aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default):
-            ops.append(Identity(name, inputs=(x.op_name,), source=cls))
-            values[node.name] = _Act(name, x.shape)
-        elif target == aten.flatten.using_ints:
-            start = arg(node, 1, 0)
-            end = arg(node, 2, -1)
-            rank = len(x.shape) + (1 if batched else 0)
-            if (start % rank) != (1 if batched else 0) or (end % rank) != rank - 1:
-                raise UnsupportedModelError(f"flatten '{path}' must flatten every axis but the batch axis")
-            ops.append(Flatten(name, inputs=(x.op_name,), source=cls))
-            values[node.name] = _Act(name, (int(np.prod(x.shape)),))
-        elif target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
-            shape = list(arg(node, 1))
-            size = int(np.prod(x.shape))
-            per_sample = shape[1:] if batched else shape
-            if [d if d != -1 else size for d in per_sample] != [size]:
-                raise UnsupportedModelError(
-                    f"reshape '{path}' to {shape} is not a flatten; only flattening reshapes are supported")
-            ops.append(Flatten(name, inputs=(x.op_name,), source=cls))
-            values[node.name] = _Act(name, (size,))
+    def _add(self, op, shape: tuple[int, ...]) -> _Act:
+        self.ops.append(op)
+        return _Act(op.name, shape)
+
+    def _linear(self, layer: _Layer) -> _Act:
+        weight, bias = self._arg(layer.node, 1), self._arg(layer.node, 2)
+        w = _to_numpy(weight)
+        b = _to_numpy(bias) if bias is not None else np.zeros(w.shape[0])
+        return self._add(Dense(layer.name, w, b, inputs=(layer.x.op_name,), source=layer.cls), (w.shape[0],))
+
+    def _addmm(self, layer: _Layer) -> _Act:
+        """A decomposed linear: ``addmm(bias, x, weight.T)``."""
+        node = layer.node
+        bias, wt = self._arg(node, 0), self._arg(node, 2)
+        if not (isinstance(node.args[1], torch.fx.Node) and self.values.get(node.args[1].name) is layer.x) \
+                or isinstance(bias, _Act) or isinstance(wt, _Act) or node.kwargs.get("beta", 1) != 1 \
+                or node.kwargs.get("alpha", 1) != 1:
+            raise UnsupportedModelError(f"unsupported matrix product in '{layer.path}' ({layer.cls}); "
+                                        f"supported: {SUPPORTED}")
+        w = _to_numpy(wt).T
+        return self._add(Dense(layer.name, w, np.broadcast_to(_to_numpy(bias), (w.shape[0],)).copy(),
+                               inputs=(layer.x.op_name,), source=layer.cls), (w.shape[0],))
+
+    def _conv(self, layer: _Layer) -> _Act:
+        node, x, path, cls = layer.node, layer.x, layer.path, layer.cls
+        if len(x.shape) != 3:
+            raise UnsupportedModelError(f"convolution '{path}' ({cls}) needs a (C, H, W) input, not {x.shape}")
+        w, bias = _to_numpy(self._arg(node, 1)), self._arg(node, 2)
+        if w.ndim != 4:
+            raise UnsupportedModelError(f"'{path}' ({cls}) is not a 2-D convolution; supported: {SUPPORTED}")
+        if node.target == aten.conv2d.default:
+            stride, padding, dilation, groups = (self._arg(node, 3, [1, 1]), self._arg(node, 4, [0, 0]),
+                                                 self._arg(node, 5, [1, 1]), self._arg(node, 6, 1))
+            transposed = False
         else:
-            op_name = str(target).replace("aten::", "aten.")
+            stride, padding, dilation, transposed, _, groups = (self._arg(node, i) for i in range(3, 9))
+        if isinstance(padding, str):
+            raise UnsupportedModelError(f"convolution '{path}' uses padding='{padding}'; give the padding in "
+                                        "pixels (e.g. padding=1 for a 3x3 kernel)")
+        if transposed or groups != 1 or _pair(dilation) != (1, 1):
             raise UnsupportedModelError(
-                f"unsupported layer '{path}' ({cls}: {op_name}); supported: {SUPPORTED}")
+                f"convolution '{path}' ({cls}) has groups={groups}, dilation={list(_pair(dilation))}"
+                f"{', transposed' if transposed else ''}; spikesmith converts groups=1, dilation 1, not transposed")
+        b = _to_numpy(bias) if bias is not None else np.zeros(w.shape[0])
+        op = Conv2d(layer.name, w, b, _pair(stride), _pair(padding), inputs=(x.op_name,), source=cls)
+        if x.shape[0] != op.in_channels:
+            raise UnsupportedModelError(f"convolution '{path}' takes {op.in_channels} channels, "
+                                        f"receives {x.shape[0]}")
+        out = op.output_shape(x.shape)
+        if min(out[1:]) < 1:
+            raise UnsupportedModelError(f"convolution '{path}' leaves no output pixels for a {x.shape} input")
+        return self._add(op, out)
 
-    output_node = next(n for n in program.graph.nodes if n.op == "output")
-    outs = output_node.args[0]
-    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-    if len(outs) != 1 or not isinstance(values.get(outs[0].name), _Act):
-        raise UnsupportedModelError("the model must return one tensor (the logits)")
-    return Graph(tuple(ops), values[outs[0].name].op_name)
+    def _avg_pool(self, layer: _Layer) -> _Act:
+        node = layer.node
+        kernel = self._arg(node, 1)
+        stride = self._arg(node, 2) or kernel
+        padding, ceil_mode = self._arg(node, 3, [0, 0]), self._arg(node, 4, False)
+        include_pad, divisor = self._arg(node, 5, True), self._arg(node, 6, None)
+        if ceil_mode or divisor is not None or (not include_pad and _pair(padding) != (0, 0)):
+            raise UnsupportedModelError(f"average pooling '{layer.path}' uses ceil_mode, divisor_override or "
+                                        "count_include_pad=False; spikesmith folds plain average pooling")
+        op = AvgPool2d(layer.name, _pair(kernel), _pair(stride), _pair(padding), inputs=(layer.x.op_name,),
+                       source=layer.cls)
+        return self._add(op, op.output_shape(layer.x.shape))
+
+    def _max_pool(self, layer: _Layer) -> _Act:
+        raise UnsupportedModelError(
+            f"max pooling '{layer.path}' ({layer.cls}) is not supported: spikesmith folds pooling into the next "
+            "layer's weights, which only a linear pool allows; use nn.AvgPool2d (retrain), or a strided convolution")
+
+    def _relu(self, layer: _Layer) -> _Act:
+        return self._add(ReLU(layer.name, inputs=(layer.x.op_name,), source=layer.cls), layer.x.shape)
+
+    def _batch_norm(self, layer: _Layer) -> _Act:
+        node = layer.node
+        weight, bias, mean, var = (self._arg(node, i) for i in range(1, 5))
+        if node.target == aten.batch_norm.default:
+            training, eps = self._arg(node, 5), self._arg(node, 7)
+            if training:
+                raise UnsupportedModelError(f"batch norm '{layer.path}' was exported in training mode; call "
+                                            "model.eval() before torch.export")
+        else:
+            eps = self._arg(node, 6)
+        mean, var = _to_numpy(mean), _to_numpy(var)
+        gamma = _to_numpy(weight) if weight is not None else np.ones_like(mean)
+        beta = _to_numpy(bias) if bias is not None else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + eps)
+        self.ops.append(BatchNorm(layer.name, scale, beta - mean * scale, inputs=(layer.x.op_name,), source=layer.cls))
+        kind = _BatchNormTuple if node.target != aten.batch_norm.default else _Act
+        return kind(layer.name, layer.x.shape)
+
+    def _dropout(self, layer: _Layer) -> _Act:
+        if self._arg(layer.node, 2):
+            raise UnsupportedModelError(
+                f"dropout '{layer.path}' was exported in training mode; call model.eval() before torch.export")
+        return self._identity(layer)
+
+    def _identity(self, layer: _Layer) -> _Act:
+        return self._add(Identity(layer.name, inputs=(layer.x.op_name,), source=layer.cls), layer.x.shape)
+
+    def _flatten(self, layer: _Layer) -> _Act:
+        start, end = self._arg(layer.node, 1, 0), self._arg(layer.node, 2, -1)
+        rank = len(layer.x.shape) + (1 if self.batched else 0)
+        if (start % rank) != (1 if self.batched else 0) or (end % rank) != rank - 1:
+            raise UnsupportedModelError(f"flatten '{layer.path}' must flatten every axis but the batch axis")
+        return self._add(Flatten(layer.name, inputs=(layer.x.op_name,), source=layer.cls),
+                         (int(np.prod(layer.x.shape)),))
+
+    def _reshape(self, layer: _Layer) -> _Act:
+        shape = list(self._arg(layer.node, 1))
+        size = int(np.prod(layer.x.shape))
+        per_sample = shape[1:] if self.batched else shape
+        if [d if d != -1 else size for d in per_sample] != [size]:
+            raise UnsupportedModelError(
+                f"reshape '{layer.path}' to {shape} is not a flatten; only flattening reshapes are supported")
+        return self._add(Flatten(layer.name, inputs=(layer.x.op_name,), source=layer.cls), (size,))
 
 
 def _unique(path: str, ops: list) -> str:

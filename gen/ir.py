@@ -15,7 +15,7 @@ from typing import Union
 
 import numpy as np
 
-from .network import ConvGeometry
+from ..contract.network import ConvGeometry
 
 __all__ = [
     "Input", "Dense", "Conv2d", "AvgPool2d", "BatchNorm", "ReLU", "Flatten", "Identity", "Op", "Graph",

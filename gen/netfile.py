@@ -19,7 +19,6 @@ renames it, so a failed save leaves no partial file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -30,48 +29,14 @@ import numpy as np
 
 from ..errors import NetFileError
 from ..fileio import write_atomic
-from .bounds import MAX_WIDTH, layer_bounds
-from .network import ConvGeometry, ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
+from ..contract.bounds import MAX_WIDTH, layer_bounds
+from ..contract.network import (ConvGeometry, ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork,
+                                fingerprint, stored_arrays)
 
 __all__ = ["FORMAT", "VERSION", "save_network", "load_network", "fingerprint", "network_to_bytes"]
 
 FORMAT = "spikesmith-net"
 VERSION = 1
-
-
-def fingerprint(net: SpikingNetwork) -> str:
-    """SHA-256 of everything the hardware and the input encoder depend on.
-
-    Covers T, the input encoding and every integer weight, bias and threshold; not the float
-    shadow or the free-form metadata. Board tops report it so the driver can refuse a board
-    that runs another network.
-    """
-    h = hashlib.sha256()
-    header = {"timesteps": net.timesteps, "input_shape": list(net.input.shape),
-              "input_threshold": float(net.input.threshold).hex(),
-              "layers": [[layer.kind, layer.in_size, layer.out_size, layer.weight_bits, layer.fires]
-                         + ([layer.conv.geometry.as_dict()] if layer.conv is not None else [])
-                         for layer in net.layers]}
-    h.update(json.dumps(header, sort_keys=True).encode())
-    for layer in net.layers:
-        for array in _stored_arrays(layer)[:3]:
-            if array is not None:
-                h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
-    return "sha256:" + h.hexdigest()
-
-
-def _stored_arrays(layer):
-    """``(weight, bias, threshold, float weight, float bias)`` as stored: a convolution stores its
-    kernel and one bias and threshold per channel, a dense layer its matrix and per-neuron arrays."""
-    threshold = layer.threshold
-    shadow = layer.shadow
-    if layer.conv is None:
-        return (layer.weight, layer.bias, threshold,
-                None if shadow is None else shadow.weight, None if shadow is None else shadow.bias)
-    geometry, step = layer.conv.geometry, layer.conv.geometry.pixels
-    return (layer.conv.kernel, layer.bias[::step], None if threshold is None else threshold[::step],
-            None if shadow is None else geometry.kernel_of(shadow.weight),
-            None if shadow is None else shadow.bias[::step])
 
 
 def _weight_dtype(bits: int):
@@ -96,7 +61,7 @@ def network_to_bytes(net: SpikingNetwork) -> bytes:
             "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
             **({"convolution": layer.conv.geometry.as_dict()} if layer.conv is not None else {}),
         })
-        weight, bias, threshold, float_weight, float_bias = _stored_arrays(layer)
+        weight, bias, threshold, float_weight, float_bias = stored_arrays(layer)
         arrays[f"layer{i}.weight"] = weight.astype(_weight_dtype(layer.weight_bits))
         arrays[f"layer{i}.bias"] = bias.astype(np.int64)
         if layer.fires:

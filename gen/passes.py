@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
 from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, ReLU
-from .network import ConvGeometry
+from ..contract.network import ConvGeometry
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
            "to_float_network", "lower", "conv_geometry", "compose_convolutions"]

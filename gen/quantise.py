@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConversionError
-from .bounds import MAX_WIDTH, layer_bounds
+from ..contract.bounds import MAX_WIDTH, layer_bounds
 from .calibrate import Calibration
 from .ir import FloatNetwork
-from .network import ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
+from ..contract.network import ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
 
 __all__ = ["WEIGHT_SCALES", "quantise"]
 

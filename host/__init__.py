@@ -1,1 +1,2 @@
-"""Host driver and transports for a spiking core in simulation or on a board."""
+"""The host driver: speaks the wire protocol (``spikesmith.contract.protocol``) to a board on a
+serial port or to the simulated board's socket. Reads only the contracts."""

@@ -2,6 +2,7 @@
 
     with Accelerator.open("/dev/ttyUSB1", baudrate=115200) as board:   # or "socket://127.0.0.1:PORT"
         board.expect(net)                                # refuses a board running another network
+        board.load_weights(plan)                         # only a board that keeps weights in SPRAM
         for result in board.infer(codes):                # codes: (N, inputs) int input codes
             print(result.index, result.label, result.logits)
 
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..contract.network import fingerprint
+from ..contract.plan import CorePlan
+from ..contract.protocol import COMMIT_LAYER, ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
 from ..errors import SpikesmithError
-from .protocol import COMMIT_LAYER, ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
 
 __all__ = ["Accelerator", "InferenceResult", "DriverStats", "BoardError", "BoardTimeout", "WrongNetworkError"]
 
@@ -93,7 +96,7 @@ class Accelerator:
 
     @classmethod
     def open(cls, url: str, baudrate: int = 115200, **options) -> "Accelerator":
-        import serial
+        import serial     # pyserial: only for opening a URL (a port object may be passed in directly)
 
         try:
             port = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
@@ -164,42 +167,37 @@ class Accelerator:
         raise BoardTimeout(f"no identity from the board after {self.retries + 1} tries of {self.timeout:g} s "
                            "(wrong port or baud rate, or no spikesmith bitstream?)")
 
-    def expect(self, net, load: bool = True) -> Identity:
-        """Identify the board and refuse it unless it runs ``net`` (same fingerprint).
-
-        With ``load``, a board that keeps weights in RAM gets them (:meth:`load_weights`).
-        """
-        from ..gen.netfile import fingerprint
-
+    def expect(self, net) -> Identity:
+        """Identify the board and refuse it unless it runs ``net`` (same fingerprint)."""
         identity = self.identity or self.identify()
         want = fingerprint(net)
         if identity.fingerprint_text != want:
             raise WrongNetworkError(f"the board runs network {identity.fingerprint_text[:19]}..., "
                                     f"not {want[:19]}... (build and load the bitstream for this network)")
-        if load and any(identity.loaded):
-            self.load_weights(net)
         return identity
 
     # ------------------------------------------------------------------ run-time weights
 
-    def load_weights(self, net, progress=None) -> int:
+    def load_weights(self, plan: CorePlan, progress=None) -> int:
         """Write the weight rows the board keeps in RAM (SPRAM), then commit; return the rows sent.
 
-        ``progress(done, total)`` is called as rows are acknowledged.
-
-        The rows are packed as the board's core packs them: the host rebuilds its plan from
-        the lanes in the identity. Up to ``window`` LOADs are in flight; a damaged or missing
-        acknowledgement resends the row.
+        ``plan`` is the board's core plan (``spikesmith.gen.board.plan_for_identity`` makes it
+        from the network and the identity's lanes); its rows are packed as the core reads them
+        (:meth:`CorePlan.weight_loads`). ``progress(done, total)`` is called as rows are
+        acknowledged. Up to ``window`` LOADs are in flight; a damaged or missing acknowledgement
+        resends the row.
         """
-        from ..gen.sizing import plan_core
-
         identity = self.identity or self.identify()
-        loaded = [i for i, flag in enumerate(identity.loaded) if flag]
-        if not loaded:
+        if plan.fingerprint != identity.fingerprint_text:
+            raise WrongNetworkError(f"the plan is for network {plan.fingerprint[:19]}..., the board runs "
+                                    f"{identity.fingerprint_text[:19]}...")
+        if tuple(layer.lanes for layer in plan.layers) != identity.lanes:
+            raise WrongNetworkError(f"the plan has lanes {[layer.lanes for layer in plan.layers]}, the board "
+                                    f"{list(identity.lanes)}")
+        if tuple(layer.weights_loaded for layer in plan.layers) != identity.loaded:
+            raise WrongNetworkError("the plan and the board keep different layers' weights in RAM")
+        if not plan.loaded_layers:
             return 0
-        if len(identity.lanes) != len(net.layers):
-            raise WrongNetworkError(f"the board has {len(identity.lanes)} layers, the network {len(net.layers)}")
-        plan = plan_core(net, lanes=list(identity.lanes), loaded_weights=loaded)
         if plan.load_bytes != identity.load_bytes:
             raise WrongNetworkError(f"the board takes {identity.load_bytes}-byte weight rows, this network's "
                                     f"are {plan.load_bytes}")
@@ -298,7 +296,7 @@ class Accelerator:
             name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else f"code {code}"
             self.stats.board_errors[name] = self.stats.board_errors.get(name, 0) + 1
             if code == ErrorCode.NOT_LOADED:
-                raise BoardError("the board's run-time weights are not loaded (expect() or load_weights() does it)")
+                raise BoardError("the board's run-time weights are not loaded (load_weights() does it)")
             if code == ErrorCode.LENGTH or code == ErrorCode.TYPE:
                 raise BoardError(f"the board refused image {request.index}: {name.lower()} "
                                  "(does it run the network you expect?)")

@@ -1,1 +1,5 @@
-"""Amaranth components of the spiking core (no torch here: hw/ takes a plan from gen/)."""
+"""Amaranth gateware of the spiking core and the board top, built from a plan.
+
+Reads only ``spikesmith.contract`` (the plan, the network's widths, the wire protocol);
+never torch, never the rest of spikesmith.
+"""

@@ -1,61 +1,191 @@
-"""The step structure every accumulate stage shares (docs/core.md, "One layer engine").
+"""Stage 1 of a layer engine: ``T`` steps of ``V <- 2V + sum W*s``, then ``V <- V + B``.
 
 Per image: claim an empty bank; per step ``t = 0..T-1`` a pass over the membrane rows that
 doubles them (the first step's pass writes zeros: the bank is cleared for free), then the
 step's input events until its end marker; then a pass that adds the biases, and the hand-over
-of the bank to the fire stage. A dense and a convolution stage differ only in how they walk
-the rows and what an event costs; they pass those parts in.
+of the bank to the fire stage (docs/core.md, "One layer engine").
+
+Two-deep pipeline: *issue* picks an operation and a row and starts the reads; *execute*
+writes the row back the next cycle, lane by lane (:class:`~.ilif.ILIFAccumulate`). A dense
+stage (:class:`DenseAccumulate`) and a convolution stage (:class:`~.conv.ConvAccumulate`)
+differ only in how they walk the rows and what an event costs: their :class:`RowWalk`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Protocol
 
 from amaranth import Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
-from .events import index_signal
-from .ilif import AccumulateOp
+from ..contract.network import unsigned_width
+from ..contract.plan import LayerPlan
+from .events import index_signal, pixel_event_layout, spike_event_layout, weight_load_layout
+from .ilif import AccumulateOp, ILIFAccumulate
+from .membranes import MembranePort
+from .rows import lanes_view, rom, weight_store
 
-__all__ = ["accumulate_fsm"]
+__all__ = ["accumulate_issue_layout", "RowWalk", "AccumulateStage", "DenseAccumulate", "input_event_layout",
+           "weight_load_port"]
 
 
-def accumulate_fsm(m: Module, banks, events, timesteps: int, *, issue: Signal, op: Signal, in_pass: Signal,
-                   start_pass: Callable[[], None], advance_pass: Callable[[], Value],
-                   on_event: Callable[[], None]) -> None:
-    """Add the accumulate stage's state machine to ``m``.
+def input_event_layout(plan: LayerPlan) -> data.StructLayout:
+    """A layer's incoming events: coordinates for a convolution, addresses for a dense layer."""
+    if plan.conv is not None:
+        return pixel_event_layout(plan.conv.in_shape)
+    return spike_event_layout(plan.input_addr_width)
 
-    ``start_pass()`` puts the pass counters at the first row (in the claim cycle);
-    ``advance_pass()`` steps them, wrapping after the last row, and returns "this is the last
-    row"; ``on_event()`` handles the valid, non-marker event on offer (issues its row
-    operations and raises ``events.ready`` in its last cycle). ``issue``/``op`` name the row
-    operation of this cycle; ``in_pass`` is high during the doubling and bias passes.
+
+def weight_load_port(plan: LayerPlan) -> dict:
+    """``weights_load`` for a stage whose weights are written at run time; none otherwise."""
+    if not plan.weights_loaded:
+        return {}
+    return {"weights_load": In(weight_load_layout(unsigned_width(plan.weight_row_count - 1), plan.weight_row_width))}
+
+
+def accumulate_issue_layout(rows: int) -> data.StructLayout:
+    """The row operation issued in a cycle (``valid``): ``op`` on membrane row ``row`` (of
+    ``rows``), with the event's ``spike`` bit; executed the next cycle."""
+    return data.StructLayout({"valid": 1, "op": AccumulateOp, "row": range(max(2, rows)), "spike": 1})
+
+
+class RowWalk(Protocol):
+    """How an accumulate stage walks its rows; built inside the stage's ``elaborate``.
+
+    ``start_pass`` puts the pass counters at the first row (in the claim cycle);
+    ``advance_pass`` steps them, wrapping after the last row, and returns "this is the last
+    row"; ``on_event`` handles the valid, non-marker event on offer: it issues its row
+    operations and raises ``events.ready`` in its last cycle.
     """
-    step = index_signal(timesteps)
-    with m.FSM(name="accumulate"):
-        with m.State("CLAIM"):
-            with m.If(~banks.full.bit_select(banks.fill_bank, 1)):
-                start_pass()
-                m.d.sync += step.eq(0)
-                m.next = "DOUBLE"
-        with m.State("DOUBLE"):
-            m.d.comb += [in_pass.eq(1), issue.eq(1),
-                         op.eq(Mux(step == 0, AccumulateOp.CLEAR, AccumulateOp.DOUBLE))]
-            with m.If(advance_pass()):
-                m.next = "EVENTS"
-        with m.State("EVENTS"):
-            with m.If(events.valid & events.payload.end):
-                m.d.comb += events.ready.eq(1)
-                with m.If(step == timesteps - 1):
-                    m.next = "BIAS"
-                with m.Else():
-                    m.d.sync += step.eq(step + 1)
+
+    def start_pass(self, m: Module) -> None: ...
+    def advance_pass(self, m: Module) -> Value: ...
+    def on_event(self, m: Module) -> None: ...
+
+
+class AccumulateStage(wiring.Component):
+    """Accumulate stage of one layer: input events in, a filled membrane bank out.
+
+    ``events``: the previous layer's spike events, step by step, each step closed by an end
+    marker. ``membranes``: the fill port of the layer's banks (:class:`~.membranes.MembraneBanks`).
+    ``weights_load`` (only for run-time weights): one packed weight row per cycle with ``en``.
+    Subclasses give the row walk (:meth:`walk`).
+    """
+
+    def __init__(self, plan: LayerPlan):
+        self.plan = plan
+        super().__init__({
+            "events": In(stream.Signature(input_event_layout(plan))),
+            "membranes": Out(MembranePort(plan.rows, plan.lanes * plan.membrane_width)),
+            **weight_load_port(plan),
+        })
+
+    def walk(self, m: Module, issue, in_pass: Signal, weights, biases) -> RowWalk:
+        """The row walk: drives ``issue.row``, ``membranes.read_addr``, ``weights.addr``, ``biases.addr``."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        plan = self.plan
+        weights = weight_store(m, plan, getattr(self, "weights_load", None))
+        biases = rom(m, "biases", plan.lanes * plan.bias_width, plan.bias_rows)
+        issue, in_pass = Signal(accumulate_issue_layout(plan.rows)), Signal()
+        self._steps(m, self.walk(m, issue, in_pass, weights, biases), issue, in_pass)
+        self._execute(m, issue, weights, biases)
+        return m
+
+    def _steps(self, m: Module, walk: RowWalk, issue, in_pass: Signal) -> None:
+        """The step state machine every accumulate stage shares."""
+        events, T = self.events, self.plan.timesteps
+        step = index_signal(T)
+        with m.FSM(name="accumulate"):
+            with m.State("CLAIM"):
+                with m.If(self.membranes.ready):
+                    walk.start_pass(m)
+                    m.d.sync += step.eq(0)
                     m.next = "DOUBLE"
-            with m.Elif(events.valid):
-                on_event()
-        with m.State("BIAS"):
-            m.d.comb += [in_pass.eq(1), issue.eq(1), op.eq(AccumulateOp.BIAS)]
-            with m.If(advance_pass()):
-                m.next = "HANDOVER"
-        with m.State("HANDOVER"):   # the last bias row is written this cycle
-            banks.handover(m)
-            m.next = "CLAIM"
+            with m.State("DOUBLE"):
+                m.d.comb += [in_pass.eq(1), issue.valid.eq(1)]
+                with m.If(step == 0):
+                    m.d.comb += issue.op.eq(AccumulateOp.CLEAR)
+                with m.Else():
+                    m.d.comb += issue.op.eq(AccumulateOp.DOUBLE)
+                with m.If(walk.advance_pass(m)):
+                    m.next = "EVENTS"
+            with m.State("EVENTS"):
+                with m.If(events.valid & events.payload.end):
+                    m.d.comb += events.ready.eq(1)
+                    with m.If(step == T - 1):
+                        m.next = "BIAS"
+                    with m.Else():
+                        m.d.sync += step.eq(step + 1)
+                        m.next = "DOUBLE"
+                with m.Elif(events.valid):
+                    walk.on_event(m)
+            with m.State("BIAS"):
+                m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.BIAS)]
+                with m.If(walk.advance_pass(m)):
+                    m.next = "HANDOVER"
+            with m.State("HANDOVER"):   # the last bias row is written this cycle
+                m.d.comb += self.membranes.done.eq(1)
+                m.next = "CLAIM"
+
+    def _execute(self, m: Module, issue, weights, biases) -> None:
+        """The read data of the row issued last cycle, updated lane by lane and written back."""
+        plan, port = self.plan, self.membranes
+        L, mw = plan.lanes, plan.membrane_width
+        executed = Signal(accumulate_issue_layout(plan.rows))
+        m.d.sync += executed.eq(issue)
+        membrane = lanes_view(mw, L, port.read_data)
+        weight = lanes_view(plan.weight_width, L, weights.data)
+        bias = lanes_view(plan.bias_width, L, biases.data)
+        updated = lanes_view(mw, L, port.write_data)
+        for lane in range(L):
+            unit = ILIFAccumulate(mw, plan.weight_width, plan.bias_width)
+            m.submodules[f"accumulate{lane}"] = unit
+            m.d.comb += [unit.op.eq(executed.op), unit.spike.eq(executed.spike), unit.membrane.eq(membrane[lane]),
+                         unit.weight.eq(weight[lane]), unit.bias.eq(bias[lane]), updated[lane].eq(unit.updated)]
+        m.d.comb += [port.read_en.eq(1), port.write_addr.eq(executed.row), port.write_en.eq(executed.valid)]
+
+
+class _DenseWalk:
+    """Passes walk the ``B`` rows; an input spike event adds its weight column, one block per cycle.
+
+    Weight rows are block-major: row ``b * inputs + i`` holds input ``i``'s weights for block ``b``.
+    """
+
+    def __init__(self, m: Module, plan: LayerPlan, events, port, issue, weights, biases):
+        self.plan, self.events, self.issue = plan, events, issue
+        self.row = index_signal(plan.blocks)
+        self.weight_row = index_signal(plan.blocks * plan.inputs)
+        self.weight_row_next = Signal.like(self.weight_row)     # row of the same event in the next block
+        m.d.comb += [issue.row.eq(self.row), port.read_addr.eq(self.row), weights.addr.eq(self.weight_row),
+                     biases.addr.eq(self.row)]
+
+    def start_pass(self, m: Module) -> None:
+        m.d.sync += self.row.eq(0)
+
+    def advance_pass(self, m: Module) -> Value:
+        last = self.row == self.plan.blocks - 1
+        m.d.sync += self.row.eq(Mux(last, 0, self.row + 1))
+        return last
+
+    def on_event(self, m: Module) -> None:
+        payload = self.events.payload
+        m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD), self.issue.spike.eq(payload.spike),
+                     self.weight_row.eq(Mux(self.row == 0, payload.addr, self.weight_row_next))]
+        m.d.sync += self.weight_row_next.eq(self.weight_row + self.plan.inputs)
+        with m.If(self.advance_pass(m)):
+            m.d.comb += self.events.ready.eq(1)
+
+
+class DenseAccumulate(AccumulateStage):
+    """Accumulate stage of a fully connected layer: an event costs ``B`` cycles (one per block)."""
+
+    def __init__(self, plan: LayerPlan):
+        assert plan.conv is None
+        super().__init__(plan)
+
+    def walk(self, m, issue, in_pass, weights, biases) -> RowWalk:
+        return _DenseWalk(m, self.plan, self.events, self.membranes, issue, weights, biases)

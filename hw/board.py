@@ -1,65 +1,428 @@
 """The board top: the spiking core behind a UART and the frame protocol of docs/protocol.md.
 
-    rx -> UARTReceiver -> byte FIFO -> FrameReceiver -> image buffer -> loader -> SpikingCore
+    rx -> UARTReceiver -> byte FIFO -> FrameReceiver -> ImageLoader -> SpikingCore
+                                            |  \\-> WeightLoader ----------^ (run-time weights)
+                                            +--> in-flight, error, ack FIFOs, identify
     tx <- UARTTransmitter <- FrameTransmitter <- results (+ their sequence numbers), identity, errors
 
 A request is checked whole (type, length, CRC) before its image reaches the core, so a
 damaged request never computes; the board answers it with an ERROR frame and hunts for the
 next sync byte. At most ``window`` images are in flight (received, result not yet sent);
 one more gets ERROR BUSY. The identity ROM holds the network's fingerprint and the core's
-parameters, so the host driver refuses a board that runs another network.
+parameters, so the host driver refuses a board that runs another network. Frame types,
+error codes and the CRC come from ``spikesmith.contract.protocol``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from amaranth import Array, Cat, Const, Module, Signal
-from amaranth.lib import fifo, memory, wiring
+from amaranth import Array, Cat, Const, Module, Signal, signed
+from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..gen.sizing import CorePlan
-from ..host.protocol import COMMIT_LAYER, SYNC, ErrorCode, FrameType
-from .core import SpikingCore
-from .events import index_signal
-from .uart import UARTReceiver, UARTTransmitter, crc16_update
+from ..contract.plan import BoardParams
+from ..contract.protocol import COMMIT_LAYER, SYNC, ErrorCode, FrameType
+from .core import SpikingCore, core_result_layout, core_weight_load_layout
+from .events import image_beat_layout, index_signal
+from .uart import UARTReceiver, UARTTransmitter
 
-__all__ = ["BoardTop", "BoardParams"]
-
-# The numbers of docs/protocol.md, from the host side's definitions (one source for both ends).
-IDENTIFY, INFER, LOAD, IDENTITY, RESULT, LOADED, ERROR = (int(t) for t in (
-    FrameType.IDENTIFY, FrameType.INFER, FrameType.LOAD, FrameType.IDENTITY, FrameType.RESULT, FrameType.LOADED,
-    FrameType.ERROR))
-ERROR_CRC, ERROR_LENGTH, ERROR_TYPE, ERROR_BUSY, ERROR_NOT_LOADED = (int(c) for c in (
-    ErrorCode.CRC, ErrorCode.LENGTH, ErrorCode.TYPE, ErrorCode.BUSY, ErrorCode.NOT_LOADED))
+__all__ = ["BoardTop", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind", "ErrorKind",
+           "ErrorReport", "ImageHandoff", "WeightWrite"]
 
 
-@dataclass(frozen=True, eq=False)
-class BoardParams:
-    """What the board top needs besides the core plan (made by ``spikesmith.gen.board``).
+class FrameKind(enum.Enum, shape=8):
+    """A frame's type byte (the values of ``spikesmith.contract.protocol.FrameType``)."""
+    IDENTIFY = FrameType.IDENTIFY.value
+    INFER = FrameType.INFER.value
+    LOAD = FrameType.LOAD.value
+    IDENTITY = FrameType.IDENTITY.value
+    RESULT = FrameType.RESULT.value
+    LOADED = FrameType.LOADED.value
+    ERROR = FrameType.ERROR.value
 
-    ``code_bytes`` and ``logit_bytes`` are the wire sizes of docs/protocol.md.
+
+class ErrorKind(enum.Enum, shape=8):
+    """An ERROR frame's code (the values of ``spikesmith.contract.protocol.ErrorCode``)."""
+    CRC = ErrorCode.CRC.value
+    LENGTH = ErrorCode.LENGTH.value
+    TYPE = ErrorCode.TYPE.value
+    BUSY = ErrorCode.BUSY.value
+    NOT_LOADED = ErrorCode.NOT_LOADED.value
+
+
+#: An ERROR frame to send: the refused request's ``seq`` and the error ``code``.
+ErrorReport = data.StructLayout({"seq": 16, "code": ErrorKind})
+
+
+def _frame_crc() -> crc.Processor:
+    """CRC-16/CCITT-FALSE over a frame's ``type .. payload`` bytes, as the host computes it."""
+    return crc.catalog.CRC16_CCITT_FALSE(data_width=8).create()
+
+
+def load_request_layout(load_bytes: int) -> data.StructLayout:
+    """A LOAD payload as received (docs/protocol.md): ``layer``, row ``address``, packed ``row``."""
+    return data.StructLayout({"layer": 8, "address": 16, "row": 8 * load_bytes})
+
+
+class ImageHandoff(wiring.Signature):
+    """The frame receiver's hold on the image buffer, from the receiver's side.
+
+    ``addr``/``data``/``en``: a beat of the image being received (``words`` beats of ``width``
+    bits). ``start``: one cycle, the request passed its CRC: load the image into the core.
+    ``busy``: the buffer still holds an image not yet in the core.
     """
-    plan: CorePlan
-    identity: bytes
-    divisor: int          # clock cycles per UART bit
-    window: int           # images in flight
-    code_bytes: int
-    logit_bytes: int
-    load_bytes: int = 0   # bytes of a LOAD's row field; 0: every weight is in the bitstream
 
-    @property
-    def load_payload_bytes(self) -> int:
-        """Length of a LOAD payload: layer (1), row address (2), row (``load_bytes``)."""
-        return 3 + self.load_bytes
+    def __init__(self, words: int, width: int):
+        super().__init__({"addr": Out(range(max(2, words))), "data": Out(width), "en": Out(1),
+                          "start": Out(1), "busy": In(1)})
 
-    @property
-    def image_bytes(self) -> int:
-        return self.plan.input.size * self.code_bytes
 
-    @property
-    def result_bytes(self) -> int:
-        return 2 + self.plan.classes * self.logit_bytes
+class WeightWrite(wiring.Signature):
+    """A checked LOAD, one cycle with ``en``: write ``row`` at ``address`` of ``layer``, or commit."""
+
+    def __init__(self, load_bytes: int):
+        super().__init__({"en": Out(1), "request": Out(load_request_layout(load_bytes)), "loaded": In(1)})
+
+
+class FrameReceiver(wiring.Component):
+    """Bytes from the UART -> checked requests (docs/protocol.md, "Frames").
+
+    ``bytes``: the received bytes. ``image``: the image buffer (:class:`ImageLoader`).
+    ``requests``: the seq of each accepted INFER (the in-flight FIFO); ``in_flight``: some
+    image's result is not yet sent. ``errors``: refusals to send. ``identify``: the seq of an
+    IDENTIFY, held until the transmitter takes it. ``weights``: checked LOADs (only when the
+    core keeps weights in RAM).
+    """
+
+    def __init__(self, params: BoardParams):
+        self.params = params
+        plan = params.plan
+        members = {
+            "bytes": In(stream.Signature(8)),
+            "image": Out(ImageHandoff(plan.input.words, plan.input.lanes * plan.timesteps)),
+            "requests": Out(stream.Signature(16)),
+            "in_flight": In(1),
+            "errors": Out(stream.Signature(ErrorReport)),
+            "identify": Out(stream.Signature(16)),
+            "acks": Out(stream.Signature(16)),
+        }
+        if params.load_bytes:
+            members["weights"] = Out(WeightWrite(params.load_bytes))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        m.submodules.crc = self._crc = _frame_crc()
+        self._seq, self._kind, self._length = Signal(16), Signal(FrameKind, init=FrameKind.IDENTIFY), Signal(16)
+        self._count = index_signal(max(p.image_bytes, p.load_payload_bytes) + 1)
+        self._received_crc = Signal(8)
+        self._take = Signal()
+        self._load = Signal(load_request_layout(max(1, p.load_bytes)))     # (unused without run-time weights)
+        lanes, T = p.plan.input.lanes, p.plan.timesteps
+        self._beat, self._lane, self._word = Signal(lanes * T), index_signal(lanes), index_signal(p.plan.input.words)
+        self._shift = index_signal(lanes * T)        # lane * T, kept by adding T (no multiplier)
+        m.d.comb += [self.bytes.ready.eq(self._take), self._crc.data.eq(self.bytes.payload)]
+        with m.If(self.identify.ready):
+            m.d.sync += self.identify.valid.eq(0)
+        with m.FSM(name="receive"):
+            self._header(m)
+            self._image_payload(m)
+            self._load_payload(m)
+            self._check(m)
+        return m
+
+    def _refuse(self, m: Module, code: ErrorKind) -> None:
+        m.d.comb += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq), self.errors.payload.code.eq(code)]
+
+    def _header(self, m: Module) -> None:
+        """Hunt for SYNC, then type, seq and length; the length decides what follows."""
+        p, byte, available = self.params, self.bytes.payload, self.bytes.valid
+        with m.State("HUNT"):
+            m.d.comb += [self._take.eq(available), self._crc.start.eq(available & (byte == SYNC))]
+            with m.If(available & (byte == SYNC)):
+                m.next = "TYPE"
+        for state, target, following in (("TYPE", self._kind, "SEQ0"), ("SEQ0", self._seq[:8], "SEQ1"),
+                                          ("SEQ1", self._seq[8:], "LEN0"), ("LEN0", self._length[:8], "LEN1")):
+            with m.State(state):
+                m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+                with m.If(available):
+                    m.d.sync += target.eq(byte)
+                    m.next = following
+        with m.State("LEN1"):
+            m.d.comb += self._take.eq(available & self.errors.ready)     # room for a refusal: none is dropped
+            m.d.comb += self._crc.valid.eq(self._take)
+            with m.If(self._take):
+                m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._beat.eq(0), self._lane.eq(0),
+                             self._word.eq(0), self._shift.eq(0)]
+                length, kind, loads = Cat(self._length[:8], byte), self._kind, bool(p.load_bytes)
+                with m.If((kind == FrameKind.IDENTIFY) & (length == 0)):
+                    m.next = "CRC0"
+                with m.Elif((kind == FrameKind.INFER) & (length == p.image_bytes)):
+                    m.next = "PAYLOAD"
+                with m.Elif((kind == FrameKind.LOAD) & (length == p.load_payload_bytes) & loads):
+                    m.next = "LOAD"
+                with m.Elif((kind == FrameKind.IDENTIFY) | (kind == FrameKind.INFER) | ((kind == FrameKind.LOAD) & loads)):
+                    self._refuse(m, ErrorKind.LENGTH)
+                    m.next = "HUNT"
+                with m.Else():
+                    self._refuse(m, ErrorKind.TYPE)
+                    m.next = "HUNT"
+
+    def _image_payload(self, m: Module) -> None:
+        """An INFER's codes, packed ``lanes`` to a beat and written into the image buffer."""
+        p, plan, byte = self.params, self.params.plan, self.bytes.payload
+        T, lanes = plan.timesteps, plan.input.lanes
+        beat, lane, word, shift = self._beat, self._lane, self._word, self._shift
+        low_byte = Signal(8)                         # first byte of a two-byte code
+        count = self._count
+        with m.State("PAYLOAD"):
+            # The image buffer is free only once the previous image went into the core.
+            m.d.comb += self._take.eq(self.bytes.valid & ~self.image.busy)
+            m.d.comb += self._crc.valid.eq(self._take)
+            with m.If(self._take):
+                m.d.sync += count.eq(count + 1)
+                if p.code_bytes == 2:
+                    code_done, code = count[0], Cat(low_byte, byte)[:T]
+                    with m.If(~count[0]):
+                        m.d.sync += low_byte.eq(byte)
+                else:
+                    code_done, code = Const(1), byte[:T]
+                with m.If(code_done):
+                    # Place the code in its lane; write the beat when full or at the image's end.
+                    placed = Signal(lanes * T)
+                    m.d.comb += placed.eq(beat | (code << shift))
+                    with m.If((lane == lanes - 1) | (count == p.image_bytes - 1)):
+                        m.d.comb += [self.image.en.eq(1), self.image.addr.eq(word), self.image.data.eq(placed)]
+                        m.d.sync += [beat.eq(0), lane.eq(0), shift.eq(0), word.eq(word + 1)]
+                    with m.Else():
+                        m.d.sync += [beat.eq(placed), lane.eq(lane + 1), shift.eq(shift + T)]
+                with m.If(count == p.image_bytes - 1):
+                    m.next = "CRC0"
+
+    def _load_payload(self, m: Module) -> None:
+        """A LOAD's payload, shifted in from the top: its first byte ends in the LSBs."""
+        with m.State("LOAD"):
+            m.d.comb += [self._take.eq(self.bytes.valid), self._crc.valid.eq(self.bytes.valid)]
+            frame = self._load.as_value()
+            with m.If(self._take):
+                m.d.sync += [self._count.eq(self._count + 1), frame.eq(Cat(frame[8:], self.bytes.payload))]
+                with m.If(self._count == self.params.load_payload_bytes - 1):
+                    m.next = "CRC0"
+
+    def _check(self, m: Module) -> None:
+        """The CRC; then the request is accepted (and answered later) or refused now."""
+        byte = self.bytes.payload
+        with m.State("CRC0"):
+            m.d.comb += self._take.eq(self.bytes.valid)
+            with m.If(self.bytes.valid):
+                m.d.sync += self._received_crc.eq(byte)
+                m.next = "CRC1"
+        with m.State("CRC1"):
+            # Wait for room for any answer, so no request is ever silently dropped.
+            ready = (self.bytes.valid & self.errors.ready & self.acks.ready & ~self.identify.valid
+                     & ~self.image.busy)
+            m.d.comb += self._take.eq(ready)
+            with m.If(ready):
+                with m.If(Cat(self._received_crc, byte) != self._crc.crc):
+                    self._refuse(m, ErrorKind.CRC)
+                with m.Elif(self._kind == FrameKind.IDENTIFY):
+                    m.d.sync += [self.identify.valid.eq(1), self.identify.payload.eq(self._seq)]
+                if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
+                    with m.Elif(self._kind == FrameKind.LOAD):
+                        self._accept_load(m)
+                with m.Elif(~self._loaded()):
+                    self._refuse(m, ErrorKind.NOT_LOADED)
+                with m.Elif(~self.requests.ready):
+                    self._refuse(m, ErrorKind.BUSY)
+                with m.Else():
+                    m.d.comb += [self.requests.valid.eq(1), self.requests.payload.eq(self._seq),
+                                 self.image.start.eq(1)]
+                m.next = "HUNT"
+
+    def _loaded(self):
+        """Every run-time weight row written and committed (always, without run-time weights)."""
+        return self.weights.loaded if self.params.load_bytes else Const(1)
+
+    def _accept_load(self, m: Module) -> None:
+        target = self._load.layer
+        known = target == COMMIT_LAYER
+        for layer in self.params.plan.loaded_layers:
+            known |= target == layer.index
+        with m.If(self.in_flight):                  # images in flight: the core is busy
+            self._refuse(m, ErrorKind.BUSY)
+        with m.Elif(~known):
+            self._refuse(m, ErrorKind.LENGTH)
+        with m.Else():
+            m.d.comb += [self.weights.en.eq(1), self.weights.request.eq(self._load),
+                         self.acks.valid.eq(1), self.acks.payload.eq(self._seq)]
+
+
+class ImageLoader(wiring.Component):
+    """The image buffer: filled by the frame receiver, then streamed into the core, a beat a cycle.
+
+    ``receive``: the receiver's :class:`ImageHandoff`. ``images``: the core's image stream.
+    """
+
+    def __init__(self, params: BoardParams):
+        self.params = params
+        plan = params.plan
+        super().__init__({
+            "receive": In(ImageHandoff(plan.input.words, plan.input.lanes * plan.timesteps)),
+            "images": Out(stream.Signature(image_beat_layout(plan.input.lanes, plan.timesteps))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        plan, words = self.params.plan, self.params.plan.input.words
+        m.submodules.image = image = memory.Memory(shape=plan.input.lanes * plan.timesteps, depth=max(2, words),
+                                                   init=[])
+        write, read = image.write_port(), image.read_port()
+        m.d.comb += [write.addr.eq(self.receive.addr), write.data.eq(self.receive.data),
+                     write.en.eq(self.receive.en)]
+        busy, loading, word = Signal(), Signal(), index_signal(words + 1)
+        m.d.comb += [self.receive.busy.eq(busy), read.addr.eq(word), self.images.payload.eq(read.data)]
+        with m.If(self.receive.start):
+            m.d.sync += busy.eq(1)
+        with m.If(busy & ~loading):                  # one cycle to read word 0
+            m.d.sync += [loading.eq(1), word.eq(0)]
+            m.d.comb += read.addr.eq(0)
+        with m.If(loading):
+            m.d.comb += self.images.valid.eq(1)
+            with m.If(self.images.ready):
+                m.d.comb += read.addr.eq(word + 1)
+                m.d.sync += word.eq(word + 1)
+                with m.If(word == words - 1):
+                    m.d.sync += [loading.eq(0), busy.eq(0)]
+            with m.Else():
+                m.d.comb += read.addr.eq(word)
+        return m
+
+
+class WeightLoader(wiring.Component):
+    """Checked LOADs -> the core's ``weights_load`` port (one row a cycle), and the *loaded* flag.
+
+    A row clears *loaded*; the commit (layer ``COMMIT_LAYER``) sets it (docs/protocol.md, LOAD).
+    """
+
+    def __init__(self, params: BoardParams):
+        self.params = params
+        super().__init__({"requests": In(WeightWrite(params.load_bytes)),
+                          "core": Out(core_weight_load_layout(params.plan))})
+
+    def elaborate(self, platform):
+        m = Module()
+        plan, request = self.params.plan, self.requests.request
+        loaded = Signal()
+        m.d.comb += self.requests.loaded.eq(loaded)
+        with m.If(self.requests.en):
+            with m.If(request.layer == COMMIT_LAYER):
+                m.d.sync += loaded.eq(1)
+            with m.Else():
+                m.d.sync += loaded.eq(0)
+                m.d.comb += [self.core.en.eq(1), self.core.layer.eq(request.layer),
+                             self.core.addr.eq(request.address[:plan.load_addr_width]),
+                             self.core.data.eq(request.row[:plan.load_data_width])]
+        return m
+
+
+class FrameTransmitter(wiring.Component):
+    """Answers -> framed bytes for the UART: errors first, then LOAD acknowledgements, the
+    identity, and results with the seq of their request (in order: the core keeps order).
+
+    ``results``: the core's results; ``requests``: the in-flight FIFO's seqs, one per result.
+    """
+
+    def __init__(self, params: BoardParams):
+        self.params = params
+        plan = params.plan
+        super().__init__({
+            "bytes": Out(stream.Signature(8)),
+            "errors": In(stream.Signature(ErrorReport)),
+            "acks": In(stream.Signature(16)),
+            "identify": In(stream.Signature(16)),
+            "results": In(stream.Signature(core_result_layout(plan))),
+            "requests": In(stream.Signature(16)),
+        })
+
+    def _wire_result(self, m: Module) -> Signal:
+        """The core's result as its RESULT payload: 16-bit label, then sign-extended logits."""
+        p = self.params
+        wire = Signal(data.StructLayout({"label": 16,
+                                         "logits": data.ArrayLayout(signed(8 * p.logit_bytes), p.plan.classes)}))
+        m.d.comb += wire.label.eq(self.results.payload.label)
+        m.d.comb += [wire.logits[k].eq(self.results.payload.logits[k]) for k in range(p.plan.classes)]
+        return wire
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        m.submodules.crc = frame_crc = _frame_crc()
+        out_type, out_seq, out_len = Signal(FrameKind, init=FrameKind.ERROR), Signal(16), Signal(16)
+        out_code = Signal(ErrorKind, init=ErrorKind.CRC)
+        result_payload = Signal(8 * p.result_bytes)
+        index = index_signal(max(len(p.identity), p.result_bytes) + 1)
+        payload_byte = Signal(8)
+        with m.Switch(out_type):
+            with m.Case(FrameKind.IDENTITY):
+                m.d.comb += payload_byte.eq(Array(Const(b, 8) for b in p.identity)[index])
+            with m.Case(FrameKind.RESULT):
+                m.d.comb += payload_byte.eq(result_payload.word_select(index, 8))
+            with m.Default():
+                m.d.comb += payload_byte.eq(out_code)
+        m.d.comb += frame_crc.data.eq(self.bytes.payload)
+        wire = self._wire_result(m)
+        with m.FSM(name="transmit"):
+            with m.State("IDLE"):
+                m.d.comb += frame_crc.start.eq(1)
+                m.d.sync += index.eq(0)
+                with m.If(self.errors.valid):
+                    m.d.comb += self.errors.ready.eq(1)
+                    m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq),
+                                 out_code.eq(self.errors.payload.code), out_len.eq(1)]
+                    m.next = "SYNC"
+                with m.Elif(self.acks.valid):
+                    m.d.comb += self.acks.ready.eq(1)
+                    m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
+                    m.next = "SYNC"
+                with m.Elif(self.identify.valid):
+                    m.d.comb += self.identify.ready.eq(1)
+                    m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
+                                 out_len.eq(len(p.identity))]
+                    m.next = "SYNC"
+                with m.Elif(self.results.valid & self.requests.valid):
+                    m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
+                    m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload),
+                                 out_len.eq(p.result_bytes), result_payload.eq(wire.as_value())]
+                    m.next = "SYNC"
+            self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
+                              payload_byte, out_len, index)
+        return m
+
+    def _send_states(self, m: Module, frame_crc, header: list, payload_byte, out_len, index) -> None:
+        """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes), then the CRC, low byte first."""
+        sent = self.bytes.valid & self.bytes.ready
+
+        def send(state: str, value, following: str, crc_it: bool = True):
+            with m.State(state):
+                m.d.comb += [self.bytes.valid.eq(1), self.bytes.payload.eq(value), frame_crc.valid.eq(sent & crc_it)]
+                with m.If(sent):
+                    m.next = following
+                if state == "LEN1":
+                    with m.If(sent & (out_len == 0)):
+                        m.next = "CRC0"
+                if state == "PAYLOAD":
+                    with m.If(sent):
+                        m.d.sync += index.eq(index + 1)
+                        with m.If(index == out_len - 1):
+                            m.next = "CRC0"
+
+        send("SYNC", SYNC, "TYPE", crc_it=False)
+        for state, value, following in zip(("TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1"), header,
+                                           ("SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD")):
+            send(state, value, following)
+        send("PAYLOAD", payload_byte, "PAYLOAD")
+        send("CRC0", frame_crc.crc[:8], "CRC1", crc_it=False)
+        send("CRC1", frame_crc.crc[8:], "IDLE", crc_it=False)
 
 
 class BoardTop(wiring.Component):
@@ -71,248 +434,35 @@ class BoardTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p, plan = self.params, self.params.plan
-        T, lanes, words = plan.timesteps, plan.input.lanes, plan.input.words
-
+        p = self.params
         m.submodules.uart_rx = uart_rx = UARTReceiver(p.divisor)
         m.submodules.uart_tx = uart_tx = UARTTransmitter(p.divisor)
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=32)
-        m.d.comb += [rx_fifo.w_data.eq(uart_rx.data.payload), rx_fifo.w_en.eq(uart_rx.data.valid),
-                     uart_rx.data.ready.eq(rx_fifo.w_rdy)]
-        m.submodules.core = core = SpikingCore(plan)
-        m.submodules.seqs = seqs = fifo.SyncFIFOBuffered(width=16, depth=p.window)     # images in flight
-        m.submodules.errors = errors = fifo.SyncFIFOBuffered(width=24, depth=4)        # {seq, code}
-        m.submodules.acks = acks = fifo.SyncFIFOBuffered(width=16, depth=3)            # LOADs done
-        loads = p.load_bytes > 0
-        loaded = Signal(init=int(not loads))          # every run-time weight row written and committed
-        load_frame = Signal(8 * p.load_payload_bytes)
+        m.submodules.in_flight = in_flight = fifo.SyncFIFOBuffered(width=16, depth=p.window)   # seqs of images
+        m.submodules.errors = errors = fifo.SyncFIFOBuffered(width=ErrorReport.size, depth=4)
+        m.submodules.acks = acks = fifo.SyncFIFOBuffered(width=16, depth=3)                   # LOADs done
+        m.submodules.receiver = receiver = FrameReceiver(p)
+        m.submodules.loader = loader = ImageLoader(p)
+        m.submodules.core = core = SpikingCore(p.plan)
+        m.submodules.transmitter = transmitter = FrameTransmitter(p)
 
-        # ---------------------------------------------------------------- receive and check a frame
-        m.submodules.image = image = memory.Memory(shape=lanes * T, depth=max(2, words), init=[])
-        image_write, image_read = image.write_port(), image.read_port()
-        crc, seq, kind, length = Signal(16), Signal(16), Signal(8), Signal(16)
-        received_crc = Signal(8)
-        count = index_signal(max(p.image_bytes, p.load_payload_bytes) + 1)
-        beat = Signal(lanes * T)
-        lane, word = index_signal(lanes), index_signal(words)
-        shift = index_signal(lanes * T)               # lane * T, kept by adding T (no multiplier)
-        low_byte = Signal(8)                         # first byte of a two-byte code
-        loader_busy = Signal()
-        identify_pending, identify_seq = Signal(), Signal(16)
-        byte = rx_fifo.r_data
-        crc_next = crc16_update(m, crc, byte, "rx_crc")
-        take = Signal()
-        m.d.comb += rx_fifo.r_en.eq(take)
-
-        def refuse(code):
-            m.d.comb += [errors.w_en.eq(1), errors.w_data.eq(Cat(seq, Const(code, 8)))]
-
-        with m.FSM(name="receive"):
-            with m.State("HUNT"):
-                m.d.comb += take.eq(rx_fifo.r_rdy)
-                with m.If(rx_fifo.r_rdy & (byte == SYNC)):
-                    m.d.sync += crc.eq(0xFFFF)
-                    m.next = "TYPE"
-            for state, target, nxt in (("TYPE", kind, "SEQ0"), ("SEQ0", seq[:8], "SEQ1"), ("SEQ1", seq[8:], "LEN0"),
-                                       ("LEN0", length[:8], "LEN1")):
-                with m.State(state):
-                    m.d.comb += take.eq(rx_fifo.r_rdy)
-                    with m.If(rx_fifo.r_rdy):
-                        m.d.sync += [target.eq(byte), crc.eq(crc_next)]
-                        m.next = nxt
-            with m.State("LEN1"):
-                m.d.comb += take.eq(rx_fifo.r_rdy & errors.w_rdy)     # room for a refusal: none is dropped
-                with m.If(take):
-                    m.d.sync += [length[8:].eq(byte), crc.eq(crc_next), count.eq(0),
-                                 lane.eq(0), word.eq(0), beat.eq(0), shift.eq(0)]
-                    full_length = Cat(length[:8], byte)
-                    with m.If((kind == IDENTIFY) & (full_length == 0)):
-                        m.next = "CRC0"
-                    with m.Elif((kind == INFER) & (full_length == p.image_bytes)):
-                        m.next = "PAYLOAD"
-                    with m.Elif((kind == LOAD) & (full_length == p.load_payload_bytes) & loads):
-                        m.next = "LOAD"
-                    with m.Elif((kind == IDENTIFY) | (kind == INFER) | ((kind == LOAD) & loads)):
-                        refuse(ERROR_LENGTH)
-                        m.next = "HUNT"
-                    with m.Else():
-                        refuse(ERROR_TYPE)
-                        m.next = "HUNT"
-            with m.State("PAYLOAD"):
-                # The image buffer is free only once the previous image went into the core.
-                m.d.comb += take.eq(rx_fifo.r_rdy & ~loader_busy)
-                with m.If(take):
-                    m.d.sync += [crc.eq(crc_next), count.eq(count + 1)]
-                    if p.code_bytes == 2:
-                        code_done = count[0]
-                        code = Cat(low_byte, byte)[:T]
-                        with m.If(~count[0]):
-                            m.d.sync += low_byte.eq(byte)
-                    else:
-                        code_done = Const(1)
-                        code = byte[:T]
-                    with m.If(code_done):
-                        # Place the code in its lane; write the beat when full or at the image's end.
-                        placed = Signal(lanes * T)
-                        m.d.comb += placed.eq(beat | (code << shift))
-                        last_code = count == p.image_bytes - 1
-                        with m.If((lane == lanes - 1) | last_code):
-                            m.d.comb += [image_write.en.eq(1), image_write.addr.eq(word), image_write.data.eq(placed)]
-                            m.d.sync += [beat.eq(0), lane.eq(0), shift.eq(0), word.eq(word + 1)]
-                        with m.Else():
-                            m.d.sync += [beat.eq(placed), lane.eq(lane + 1), shift.eq(shift + T)]
-                    with m.If(count == p.image_bytes - 1):
-                        m.next = "CRC0"
-            with m.State("LOAD"):
-                # Shift the payload in from the top: its first byte ends in the LSBs.
-                m.d.comb += take.eq(rx_fifo.r_rdy)
-                with m.If(take):
-                    m.d.sync += [crc.eq(crc_next), count.eq(count + 1),
-                                 load_frame.eq(Cat(load_frame[8:], byte))]
-                    with m.If(count == p.load_payload_bytes - 1):
-                        m.next = "CRC0"
-            with m.State("CRC0"):
-                m.d.comb += take.eq(rx_fifo.r_rdy)
-                with m.If(rx_fifo.r_rdy):
-                    m.d.sync += received_crc.eq(byte)
-                    m.next = "CRC1"
-            with m.State("CRC1"):
-                # Wait for room for any answer, so no request is ever silently dropped.
-                ready = rx_fifo.r_rdy & errors.w_rdy & acks.w_rdy & ~identify_pending & ~loader_busy
-                m.d.comb += take.eq(ready)
-                with m.If(ready):
-                    with m.If(Cat(received_crc, byte) != crc):
-                        refuse(ERROR_CRC)
-                    with m.Elif(kind == IDENTIFY):
-                        m.d.sync += [identify_pending.eq(1), identify_seq.eq(seq)]
-                    if loads:                                   # (LEN1 refuses a LOAD otherwise)
-                        with m.Elif(kind == LOAD):
-                            target = load_frame[:8]
-                            known = target == COMMIT_LAYER
-                            for layer in plan.loaded_layers:
-                                known |= target == layer.index
-                            with m.If(seqs.r_rdy):              # images in flight: the core is busy
-                                refuse(ERROR_BUSY)
-                            with m.Elif(~known):
-                                refuse(ERROR_LENGTH)
-                            with m.Else():
-                                self._load_row(m, core, load_frame, loaded)
-                                m.d.comb += [acks.w_en.eq(1), acks.w_data.eq(seq)]
-                    with m.Elif(~loaded):
-                        refuse(ERROR_NOT_LOADED)
-                    with m.Elif(~seqs.w_rdy):
-                        refuse(ERROR_BUSY)
-                    with m.Else():
-                        m.d.comb += [seqs.w_en.eq(1), seqs.w_data.eq(seq)]
-                        m.d.sync += loader_busy.eq(1)
-                    m.next = "HUNT"
-
-        # ---------------------------------------------------------------- load the checked image into the core
-        load_word = index_signal(words + 1)
-        loading = Signal()
-        m.d.comb += [image_read.addr.eq(load_word), core.images.payload.eq(image_read.data)]
-        with m.If(loader_busy & ~loading):            # one cycle to read word 0
-            m.d.sync += [loading.eq(1), load_word.eq(0)]
-            m.d.comb += image_read.addr.eq(0)
-        with m.If(loading):
-            m.d.comb += core.images.valid.eq(1)
-            with m.If(core.images.ready):
-                m.d.comb += image_read.addr.eq(load_word + 1)
-                m.d.sync += load_word.eq(load_word + 1)
-                with m.If(load_word == words - 1):
-                    m.d.sync += [loading.eq(0), loader_busy.eq(0)]
-            with m.Else():
-                m.d.comb += image_read.addr.eq(load_word)
-
-        # ---------------------------------------------------------------- answer: errors, identity, results
-        result_payload = Signal(8 * p.result_bytes)
-        identity_bytes = [Const(b, 8) for b in p.identity]
-        label = core.results.payload.label
-        logits = core.results.payload.logits
-        width = plan.logit_width
-        packed = Cat(label, Const(0, 16 - plan.label_width),
-                     *[Cat(logits[k], logits[k][width - 1].replicate(8 * p.logit_bytes - width))
-                       for k in range(plan.classes)])
-        out_type, out_seq, out_len = Signal(8), Signal(16), Signal(16)
-        out_code = Signal(8)
-        index = index_signal(max(len(p.identity), p.result_bytes) + 1)
-        tx_crc = Signal(16)
-        data = uart_tx.data
-        sent = data.valid & data.ready
-        tx_crc_next = crc16_update(m, tx_crc, data.payload, "tx_crc")
-
-        payload_byte = Signal(8)
-        with m.Switch(out_type):
-            with m.Case(IDENTITY):
-                m.d.comb += payload_byte.eq(Array(identity_bytes)[index])
-            with m.Case(RESULT):
-                m.d.comb += payload_byte.eq(result_payload.word_select(index, 8))
-            with m.Default():
-                m.d.comb += payload_byte.eq(out_code)
-
-        def send(value, nxt, crc_it=True):
-            m.d.comb += [data.valid.eq(1), data.payload.eq(value)]
-            with m.If(sent):
-                if crc_it:
-                    m.d.sync += tx_crc.eq(tx_crc_next)
-                m.next = nxt
-
-        with m.FSM(name="transmit"):
-            with m.State("IDLE"):
-                m.d.sync += [tx_crc.eq(0xFFFF), index.eq(0)]
-                with m.If(errors.r_rdy):
-                    m.d.comb += errors.r_en.eq(1)
-                    m.d.sync += [out_type.eq(ERROR), out_seq.eq(errors.r_data[:16]), out_code.eq(errors.r_data[16:]),
-                                 out_len.eq(1)]
-                    m.next = "SYNC"
-                with m.Elif(acks.r_rdy):
-                    m.d.comb += acks.r_en.eq(1)
-                    m.d.sync += [out_type.eq(LOADED), out_seq.eq(acks.r_data), out_len.eq(0)]
-                    m.next = "SYNC"
-                with m.Elif(identify_pending):
-                    m.d.sync += [out_type.eq(IDENTITY), out_seq.eq(identify_seq), out_len.eq(len(p.identity)),
-                                 identify_pending.eq(0)]
-                    m.next = "SYNC"
-                with m.Elif(core.results.valid & seqs.r_rdy):
-                    m.d.comb += [core.results.ready.eq(1), seqs.r_en.eq(1)]
-                    m.d.sync += [out_type.eq(RESULT), out_seq.eq(seqs.r_data), out_len.eq(p.result_bytes),
-                                 result_payload.eq(packed)]
-                    m.next = "SYNC"
-            with m.State("SYNC"):
-                send(SYNC, "TYPE", crc_it=False)
-            with m.State("TYPE"):
-                send(out_type, "SEQ0")
-            with m.State("SEQ0"):
-                send(out_seq[:8], "SEQ1")
-            with m.State("SEQ1"):
-                send(out_seq[8:], "LEN0")
-            with m.State("LEN0"):
-                send(out_len[:8], "LEN1")
-            with m.State("LEN1"):
-                send(out_len[8:], "PAYLOAD")
-                with m.If(sent & (out_len == 0)):
-                    m.next = "CRC0"
-            with m.State("PAYLOAD"):
-                send(payload_byte, "PAYLOAD")
-                with m.If(sent):
-                    m.d.sync += index.eq(index + 1)
-                    with m.If(index == out_len - 1):
-                        m.next = "CRC0"
-            with m.State("CRC0"):
-                send(tx_crc[:8], "CRC1", crc_it=False)
-            with m.State("CRC1"):
-                send(tx_crc[8:], "IDLE", crc_it=False)
+        wiring.connect(m, uart_rx.data, rx_fifo.w_stream)
+        wiring.connect(m, rx_fifo.r_stream, receiver.bytes)
+        wiring.connect(m, receiver.image, loader.receive)
+        wiring.connect(m, loader.images, core.images)
+        wiring.connect(m, receiver.requests, in_flight.w_stream)
+        wiring.connect(m, receiver.errors, errors.w_stream)
+        wiring.connect(m, receiver.acks, acks.w_stream)
+        wiring.connect(m, receiver.identify, transmitter.identify)
+        m.d.comb += receiver.in_flight.eq(in_flight.r_rdy)
+        if p.load_bytes:
+            m.submodules.weights = weights = WeightLoader(p)
+            wiring.connect(m, receiver.weights, weights.requests)
+            m.d.comb += core.weights_load.eq(weights.core)
+        wiring.connect(m, errors.r_stream, transmitter.errors)
+        wiring.connect(m, acks.r_stream, transmitter.acks)
+        wiring.connect(m, core.results, transmitter.results)
+        wiring.connect(m, in_flight.r_stream, transmitter.requests)
+        wiring.connect(m, transmitter.bytes, uart_tx.data)
         return m
-
-    def _load_row(self, m: Module, core, frame, loaded) -> None:
-        """A checked LOAD: write its row into the core (one cycle), or commit the load."""
-        plan = self.params.plan
-        layer, address, row = frame[:8], frame[8:24], frame[24:]
-        with m.If(layer == COMMIT_LAYER):
-            m.d.sync += loaded.eq(1)
-        with m.Else():
-            m.d.sync += loaded.eq(0)
-            m.d.comb += [core.weights_load.en.eq(1), core.weights_load.layer.eq(layer),
-                         core.weights_load.addr.eq(address[:plan.load_addr_width]),
-                         core.weights_load.data.eq(row[:plan.load_data_width])]

@@ -19,15 +19,25 @@ from amaranth.back import verilog
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..gen.network import unsigned_width
-from ..gen.sizing import CorePlan
+from ..contract.network import unsigned_width
+from ..contract.plan import CorePlan
 from .engines import InputEncoder, LayerEngine, OutputEngine
 from .events import image_beat_layout, result_layout, weight_load_layout
 
-__all__ = ["SpikingCore", "TOP_NAME", "emit_verilog"]
+__all__ = ["SpikingCore", "TOP_NAME", "emit_verilog", "core_result_layout", "core_weight_load_layout"]
 
 #: Name of the emitted top-level Verilog module.
 TOP_NAME = "spikesmith_core"
+
+
+def core_result_layout(plan: CorePlan):
+    """The core's result beat: ``label`` (``label_width`` bits), then the ``classes`` logits."""
+    return result_layout(plan.classes, plan.label_width, plan.logit_width)
+
+
+def core_weight_load_layout(plan: CorePlan):
+    """The core's ``weights_load`` port: ``en``, ``addr``, ``data`` (a packed row) and ``layer``."""
+    return weight_load_layout(plan.load_addr_width, plan.load_data_width, max(1, unsigned_width(len(plan.layers) - 1)))
 
 
 class SpikingCore(wiring.Component):
@@ -42,10 +52,8 @@ class SpikingCore(wiring.Component):
         self.plan = plan
         super().__init__({
             "images": In(stream.Signature(image_beat_layout(plan.input.lanes, plan.timesteps))),
-            "results": Out(stream.Signature(result_layout(plan.classes, plan.label_width, plan.logit_width))),
-            **({"weights_load": In(weight_load_layout(plan.load_addr_width, plan.load_data_width,
-                                                      max(1, unsigned_width(len(plan.layers) - 1))))}
-               if plan.loaded_layers else {}),
+            "results": Out(stream.Signature(core_result_layout(plan))),
+            **({"weights_load": In(core_weight_load_layout(plan))} if plan.loaded_layers else {}),
         })
 
     def elaborate(self, platform):

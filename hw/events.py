@@ -12,7 +12,7 @@ from __future__ import annotations
 from amaranth import Module, Mux, Signal
 from amaranth.lib import data
 
-from ..gen.network import unsigned_width
+from ..contract.network import unsigned_width
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "result_layout", "image_beat_layout", "weight_load_layout",
            "index_signal", "BlockScanner", "ScanCoordinates"]

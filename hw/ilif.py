@@ -1,22 +1,20 @@
 """The iLIF neuron datapath (k = 2, soft reset): adders, shifts and comparators, no multipliers.
 
 One instance of each per lane. Both are combinational; the engines register around them.
-Semantics: docs/semantics.md ("One layer"); widths come from gen/bounds.py, which proves that
+Semantics: docs/semantics.md ("One layer"); widths come from spikesmith/contract/bounds.py, which proves that
 no result of a valid network leaves ``membrane_width`` bits.
 """
 
 from __future__ import annotations
 
-import enum
-
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
+from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["AccumulateOp", "ILIFAccumulate", "ILIFFire"]
 
 
-class AccumulateOp(enum.IntEnum):
+class AccumulateOp(enum.Enum, shape=2):
     """What the accumulate stage does to a membrane this cycle."""
     CLEAR = 0   # V <- 0 (the first step's doubling: a fresh image starts from zero)
     DOUBLE = 1  # V <- 2V (the amplification k = 2: a shift)
@@ -34,7 +32,7 @@ class ILIFAccumulate(wiring.Component):
     def __init__(self, membrane_width: int, weight_width: int, bias_width: int):
         self.membrane_width = membrane_width
         super().__init__({
-            "op": In(2),
+            "op": In(AccumulateOp),
             "spike": In(1),
             "membrane": In(signed(membrane_width)),
             "weight": In(signed(weight_width)),
@@ -78,7 +76,7 @@ class ILIFFire(wiring.Component):
         m = Module()
         v, theta = self.membrane, self.threshold
         clamped = Mux(v < 0, 0, Mux(v > theta, theta, v))
-        doubled = Signal(signed(self.membrane_width + 1))   # 2 * theta fits: gen/bounds.py
+        doubled = Signal(signed(self.membrane_width + 1))   # 2 * theta fits: contract/bounds.py
         m.d.comb += doubled.eq(Mux(self.first, clamped, v) << 1)
         m.d.comb += [self.spike.eq(doubled >= theta),
                      self.updated.eq(Mux(self.spike, doubled - theta, doubled))]

@@ -1,4 +1,4 @@
-"""A small 8N1 UART (amaranth-stdio is not on PyPI) and the CRC-16 of docs/protocol.md.
+"""A small 8N1 UART (amaranth-stdio is not on PyPI).
 
 ``divisor`` is clock cycles per bit (clock / baud, at least 4). The receiver cannot be held
 off (a serial line has no flow control here): a byte that finds its stream not ready is
@@ -7,26 +7,11 @@ dropped and counted in ``overflows``; a byte whose stop bit is low is dropped to
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["UARTReceiver", "UARTTransmitter", "crc16_update"]
-
-
-def crc16_update(m: Module, crc, byte, name: str = "crc") -> Signal:
-    """CRC-16/CCITT-FALSE (polynomial 0x1021, MSB first) after one more byte: XORs and shifts.
-
-    Each of the 8 bit steps is a named signal, so the logic stays linear (an expression that
-    named the previous step twice per step would grow to 2**8 copies in the netlist).
-    """
-    value = Signal(16, name=f"{name}_in")
-    m.d.comb += value.eq(crc ^ Cat(Const(0, 8), byte))
-    for k in range(8):
-        step = Signal(16, name=f"{name}_step{k}")
-        m.d.comb += step.eq(Mux(value[15], (value << 1) ^ 0x1021, value << 1))
-        value = step
-    return value
+__all__ = ["UARTReceiver", "UARTTransmitter"]
 
 
 class UARTReceiver(wiring.Component):

@@ -1,1 +1,5 @@
-"""The golden model and simulation runners (no Amaranth, no torch)."""
+"""The golden model and the simulators: amaranth.sim, Verilator (cocotb), the simulated board.
+
+:mod:`.golden`, :mod:`.reference` and :mod:`.floatsim` read only the network contract (no
+Amaranth, no torch); the simulators build gateware from ``spikesmith.hw``.
+"""

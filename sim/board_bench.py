@@ -1,6 +1,6 @@
 """cocotb bench that turns the simulated board top into a serial device on a loopback TCP port.
 
-Started by :class:`spikesmith.host.transports.SimulatedBoard`. It listens on 127.0.0.1 (an
+Started by :class:`spikesmith.sim.board.SimulatedBoard`. It listens on 127.0.0.1 (an
 ephemeral port, written to ``SPIKESMITH_PORT_FILE``), and bridges the connection to the
 board's UART pins: bytes from the host are shifted into ``rx`` bit by bit (8N1), bytes the
 board shifts out on ``tx`` go back to the host. The host driver opens it as

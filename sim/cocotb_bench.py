@@ -24,12 +24,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
+from ..contract.protocol import unpack_result
+
 RESET_CYCLES = 3
 CLOCK_NS = 10
-
-
-def _signed(value: int, width: int) -> int:
-    return value - (1 << width) if value >> (width - 1) else value
 
 
 class Scoreboard:
@@ -43,13 +41,7 @@ class Scoreboard:
         self.mismatches = 0
 
     def unpack(self, payload: int) -> tuple[int, list[int]]:
-        label = payload & ((1 << self.label_width) - 1)
-        payload >>= self.label_width
-        logits = []
-        for _ in range(self.classes):
-            logits.append(_signed(payload & ((1 << self.logit_width) - 1), self.logit_width))
-            payload >>= self.logit_width
-        return label, logits
+        return unpack_result(payload, self.label_width, self.logit_width, self.classes)
 
     def check(self, image: int, label: int, logits: list[int]) -> None:
         want_label, want_logits = self.labels[image], self.logits[image]
@@ -61,6 +53,21 @@ class Scoreboard:
             where = (f"output layer logit {k} is {logits[k]} but the golden model says {want_logits[k]}"
                      if k is not None else "logits agree")
             self.first_mismatch = (f"image {image}: {where}; label {label}, golden {want_label}")
+
+
+async def _reset_and_load_weights(dut, weight_loads: list[str]) -> None:
+    """Reset, then write the run-time weights (SPRAM) one row per cycle (hex ``weights_load`` words)."""
+    dut.rst.value = 1
+    dut.images__valid.value = 0
+    dut.results__ready.value = 0
+    for _ in range(RESET_CYCLES):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    for word in weight_loads:
+        dut.weights_load.value = int(word, 16)
+        await FallingEdge(dut.clk)
+    if weight_loads:
+        dut.weights_load.value = 0
 
 
 @cocotb.test()
@@ -76,17 +83,7 @@ async def stream_images(dut):
 
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
     free_running = p_valid == 1 and p_ready == 1 and reset_at is None
-    dut.rst.value = 1
-    dut.images__valid.value = 0
-    dut.results__ready.value = 0
-    for _ in range(RESET_CYCLES):
-        await FallingEdge(dut.clk)
-    dut.rst.value = 0
-    for word in job["weight_loads"]:        # run-time weights (SPRAM) first, one row per cycle
-        dut.weights_load.value = int(word, 16)
-        await FallingEdge(dut.clk)
-    if job["weight_loads"]:
-        dut.weights_load.value = 0
+    await _reset_and_load_weights(dut, job["weight_loads"])
 
     image, beat = 0, 0              # next beat to send
     offering = False                # valid is up and must stay up until taken

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..gen.network import SpikingNetwork
+from ..contract.network import SpikingNetwork
 from . import golden
 from .floatsim import ann_logits, snn_float_logits
 

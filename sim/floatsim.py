@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NetFileError
-from ..gen.network import SpikingNetwork, check_images, encode_codes
+from ..contract.network import SpikingNetwork, check_images, encode_codes
 
 __all__ = ["ann_logits", "snn_float_logits"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..gen.network import DenseLayer, SpikingNetwork, check_images
+from ..contract.network import DenseLayer, SpikingNetwork, check_images
 
 __all__ = ["LayerTrace", "GoldenResult", "accumulate", "fire", "run", "run_images", "spike_trains"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from amaranth.sim import Simulator
 
-from ..gen.sizing import CorePlan
+from ..contract.plan import CorePlan
 from ..hw.core import SpikingCore
 
 __all__ = ["CoreRun", "CoreStalled", "StreamSource", "StreamSink", "simulate_core"]

@@ -3,14 +3,14 @@
 Slow on purpose: Python ints, one neuron, one step and one spike event at a time, in the
 order the hardware will use (doubling first, then the spike events of the step in input
 order, bias once at the phase boundary). It records the extremes of every value a membrane
-register takes, so tests can check the width bounds of :mod:`spikesmith.gen.bounds`.
+register takes, so tests can check the width bounds of :mod:`spikesmith.contract.bounds`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..gen.network import SpikingNetwork
+from ..contract.network import SpikingNetwork
 
 __all__ = ["ReferenceResult", "run_reference"]
 

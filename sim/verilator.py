@@ -25,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cocotb_tools.runner import get_runner
+
+from ..contract.plan import CorePlan
 from ..errors import SpikesmithError
 from ..fileio import write_atomic
 from ..gen.emit import LINT_WAIVERS
-from ..gen.sizing import CorePlan
+from ..hw.core import emit_verilog
 from ..toolchain import verilator_env
 from .golden import GoldenResult
 
@@ -91,8 +94,6 @@ def _environment(env: dict):
 def build_verilog(text: str, top: str, cache_dir: Path, waves: bool | None = None,
                   progress=lambda message: None) -> VerilatorBuild:
     """Verilate and compile ``text`` (top module ``top``), reusing an earlier build of the same text."""
-    from cocotb_tools.runner import get_runner
-
     waves = waves_requested() if waves is None else waves
     key = hashlib.sha256(text.encode() + top.encode() + (b"+waves" if waves else b"")).hexdigest()[:16]
     directory = Path(cache_dir) / f"{top}-{key}"
@@ -127,15 +128,11 @@ def build_verilog(text: str, top: str, cache_dir: Path, waves: bool | None = Non
 def build_core(plan: CorePlan, cache_dir: Path, verilog: str | None = None, waves: bool | None = None,
                progress=lambda message: None) -> VerilatorBuild:
     """Verilate and compile the core of ``plan`` (reusing an earlier build of the same Verilog)."""
-    from ..hw.core import emit_verilog
-
     return build_verilog(emit_verilog(plan) if verilog is None else verilog, TOP, cache_dir, waves, progress)
 
 
 def run_cocotb(build: VerilatorBuild, test_module: str, test_dir: Path, env: dict) -> Exception | None:
     """Run the cocotb ``test_module`` on ``build`` in ``test_dir``; the failure, if the run failed."""
-    from cocotb_tools.runner import get_runner
-
     runner = get_runner("verilator")
     env = {"COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"), **env}
     try:

@@ -7,6 +7,7 @@ document. Bad input ends with one line ``spikesmith: error: ...`` and exit statu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,8 +15,13 @@ import time
 import warnings
 from pathlib import Path
 
+from tqdm import tqdm
+
 from . import __version__
 from .errors import SpikesmithError
+
+# Each command imports what it needs inside its function: torch, amaranth, cocotb and scikit-learn
+# take seconds to import, and `spikesmith info` or a usage error should not wait for them.
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -29,8 +35,8 @@ class Progress:
         self.start = time.perf_counter()
 
     def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+        if self.enabled:     # tqdm.write: above a bar that is being drawn, not through it
+            tqdm.write(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr)
 
 
 def _pct(value: float | None) -> str:
@@ -97,7 +103,7 @@ def _options(args):
 
 def cmd_convert(args) -> int:
     from .datasets import open_dataset, parse_range
-    from .gen.bounds import network_bounds
+    from .contract.bounds import network_bounds
     from .gen.convert import convert_graph
     from .gen.importer import import_program, load_program
     from .gen.netfile import fingerprint, save_network
@@ -189,7 +195,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .gen.bounds import network_bounds
+    from .contract.bounds import network_bounds
     from .gen.netfile import fingerprint, load_network
 
     net = load_network(args.net)
@@ -349,38 +355,24 @@ def cmd_simulate(args) -> int:
 
 # ---------------------------------------------------------------------------- infer
 
-class ProgressBar:
-    """``done/total`` on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
-
-    def __init__(self, total: int, enabled: bool = True, unit: str = "images"):
-        self.total, self.enabled, self.unit = total, enabled, unit
-        self.start = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self.shown = -1
-
-    def __call__(self, done: int, total: int | None = None) -> None:
-        if total is not None:
-            self.total = total
-        if not self.enabled:
-            return
-        seconds = time.perf_counter() - self.start
-        rate = done / seconds if seconds else 0.0
-        if self.tty:
-            width = 30
-            filled = width * done // max(1, self.total)
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {self.unit}  {rate:6.1f}/s",
-                  end="" if done < self.total else "\n", file=sys.stderr, flush=True)
-        elif 10 * done // max(1, self.total) > self.shown:
-            self.shown = 10 * done // max(1, self.total)
-            print(f"[{seconds:6.1f}s] {done}/{self.total} {self.unit} ({rate:.1f}/s)", file=sys.stderr, flush=True)
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool = True, unit: str = "images"):
+    """A tqdm bar on stderr (none with ``-q``), as the ``progress(done, total=None)`` callback
+    the driver calls; closed on leaving the ``with``."""
+    with tqdm(total=total, unit=f" {unit}", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+              mininterval=0.2 if sys.stderr.isatty() else 5.0) as bar:
+        def advance(done: int, total: int | None = None) -> None:
+            if total is not None and total != bar.total:
+                bar.total = total
+            bar.update(done - bar.n)
+        yield advance
 
 
 def cmd_infer(args) -> int:
-    import contextlib
-
     import numpy as np
 
-    from .gen.network import check_images
+    from .contract.network import check_images
+    from .gen.board import plan_for_identity
     from .host.driver import Accelerator
     from .sim import golden
 
@@ -391,7 +383,7 @@ def cmd_infer(args) -> int:
     with contextlib.ExitStack() as stack:
         board = None
         if args.sim:
-            from .host.transports import SimulatedBoard
+            from .sim.board import SimulatedBoard
 
             plan = _plan(args, net)
             cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
@@ -401,17 +393,18 @@ def cmd_infer(args) -> int:
             url, timeout = args.port, args.timeout or 2.0
         progress(f"opening {url}")
         driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
-        identity = driver.expect(net, load=False)
+        identity = driver.expect(net)
         sent = 0
         if any(identity.loaded):
             progress(f"loading the weights the board keeps in SPRAM (layers "
                      f"{[i for i, flag in enumerate(identity.loaded) if flag]})")
-            sent = driver.load_weights(net, progress=ProgressBar(0, not args.quiet, unit="weight rows"))
+            with progress_bar(0, not args.quiet, unit="weight rows") as bar:
+                sent = driver.load_weights(plan_for_identity(net, identity), progress=bar)
             progress(f"loaded {sent} weight rows")
         progress(f"board runs {identity.fingerprint_text[:23]}... (T={identity.timesteps}, window {driver.window}); "
                  f"streaming {data.describe()}")
-        bar = ProgressBar(len(codes), not args.quiet)
-        results = list(driver.infer(codes, progress=bar))
+        with progress_bar(len(codes), not args.quiet) as bar:
+            results = list(driver.infer(codes, progress=bar))
         stats = driver.stats
     labels = np.array([r.label for r in results])
     logits = np.array([r.logits for r in results])
@@ -437,25 +430,30 @@ def cmd_infer(args) -> int:
     else:
         print(f"{args.net}: {net.describe()}, T={net.timesteps}, {len(results)} images from {data.describe()} "
               f"via {payload['transport']}")
-        print(f"  accuracy: {_pct(payload['accuracy']).strip()}")
-        print(f"  {stats.images_per_second:.1f} images/s wall clock; latency mean "
-              f"{payload['latency_ms']['mean']:.1f} ms, p99 {payload['latency_ms']['p99']:.1f} ms; "
-              f"{stats.resent} resent")
-        if "board" in payload:
-            b = payload["board"]
-            print(f"  simulated board at {b['clock_hz'] / 1e6:g} MHz: {b['cycles_per_image']:.0f} cycles per image "
-                  f"over its UART = {b['images_per_second_at_clock']:.0f} images/s "
-                  f"(the core alone: >= {b['core_images_per_second_worst']:.0f} images/s)"
-                  f"{'; the cycles include the SPRAM weight load' if b['includes_weight_load'] else ''}")
-        if "golden" in payload:
-            g = payload["golden"]
-            print(f"  agreement with the golden model: {len(results) - mismatches}/{len(results)} images "
-                  f"({_pct(g['agreement']).strip()}), every logit compared")
+        _print_infer_report(payload)
     if mismatches:
         print(f"spikesmith: error: the board disagrees with the golden model on {mismatches} images "
               f"(first: image {payload['golden']['first_mismatch']})", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _print_infer_report(payload: dict) -> None:
+    """The human-readable lines of ``infer`` below its heading."""
+    print(f"  accuracy: {_pct(payload['accuracy']).strip()}")
+    print(f"  {payload['images_per_second']:.1f} images/s wall clock; latency mean "
+          f"{payload['latency_ms']['mean']:.1f} ms, p99 {payload['latency_ms']['p99']:.1f} ms; "
+          f"{payload['resent']} resent")
+    if "board" in payload:
+        b = payload["board"]
+        print(f"  simulated board at {b['clock_hz'] / 1e6:g} MHz: {b['cycles_per_image']:.0f} cycles per image "
+              f"over its UART = {b['images_per_second_at_clock']:.0f} images/s "
+              f"(the core alone: >= {b['core_images_per_second_worst']:.0f} images/s)"
+              f"{'; the cycles include the SPRAM weight load' if b['includes_weight_load'] else ''}")
+    if "golden" in payload:
+        g, images = payload["golden"], payload["images"]
+        print(f"  agreement with the golden model: {images - g['mismatches']}/{images} images "
+              f"({_pct(g['agreement']).strip()}), every logit compared")
 
 
 # ---------------------------------------------------------------------------- build
@@ -502,53 +500,60 @@ def cmd_build(args) -> int:
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from .gen.calibrate import THRESHOLD_MODES
-    from .gen.convert import CONVOLUTION_MODES
-    from .gen.quantise import WEIGHT_SCALES
-
     parser = argparse.ArgumentParser(
         prog="spikesmith",
         description="FPGA accelerator generator for spiking neural networks (SpikeConverter iLIF, k=2).")
     parser.add_argument("--version", action="version", version=f"spikesmith {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_model_commands(sub)
+    _add_hardware_commands(sub)
+    return parser
 
-    def common(p, json_help="print one JSON document on stdout"):
-        p.add_argument("--json", action="store_true", help=json_help)
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
-    def conversion(p):
-        p.add_argument("--timesteps", "-T", type=int, default=8, help="time steps T (default 8)")
-        p.add_argument("--weight-bits", type=int, default=8, help="signed weight width in bits (default 8)")
-        p.add_argument("--weight-scale", choices=WEIGHT_SCALES, default="channel",
-                       help="one weight scale per output neuron (channel, default) or per layer")
-        p.add_argument("--threshold", choices=THRESHOLD_MODES, default="search",
-                       help="threshold normalisation: search (least conversion error, default), max, percentile")
-        p.add_argument("--percentile", type=float, default=99.99, help="percentile for --threshold percentile")
-        p.add_argument("--convolutions", choices=CONVOLUTION_MODES, default="kernel",
-                       help="kernel (default): convolution layers keep their kernel (the convolution engine); "
-                            "dense: lower them to dense matrices")
+def _common_options(p, json_help="print one JSON document on stdout"):
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
-    def images(p):
-        p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
-        p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
-        p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+def _conversion_options(p):
+    from .gen.calibrate import THRESHOLD_MODES
+    from .gen.convert import CONVOLUTION_MODES
+    from .gen.quantise import WEIGHT_SCALES
 
-    def hardware(p):
-        from .gen.sizing import DEFAULT_LANE_BUDGET
+    p.add_argument("--timesteps", "-T", type=int, default=8, help="time steps T (default 8)")
+    p.add_argument("--weight-bits", type=int, default=8, help="signed weight width in bits (default 8)")
+    p.add_argument("--weight-scale", choices=WEIGHT_SCALES, default="channel",
+                   help="one weight scale per output neuron (channel, default) or per layer")
+    p.add_argument("--threshold", choices=THRESHOLD_MODES, default="search",
+                   help="threshold normalisation: search (least conversion error, default), max, percentile")
+    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --threshold percentile")
+    p.add_argument("--convolutions", choices=CONVOLUTION_MODES, default="kernel",
+                   help="kernel (default): convolution layers keep their kernel (the convolution engine); "
+                        "dense: lower them to dense matrices")
 
-        p.add_argument("--lanes", type=int, nargs="+", metavar="L",
-                       help="neuron lanes per layer, one number per layer (default: chosen under --lane-budget)")
-        p.add_argument("--lane-budget", type=int, default=DEFAULT_LANE_BUDGET, metavar="N",
-                       help=f"total lanes to balance the layers with (default {DEFAULT_LANE_BUDGET})")
-        p.add_argument("--input-lanes", type=int, metavar="P",
-                       help="input codes per beat of the image stream (default: min(8, inputs))")
-        p.add_argument("--no-skip", action="store_true",
-                       help="send every neuron every step (fixed timing) instead of only those that spiked")
-        p.add_argument("--spram", type=_layer_list, metavar="LAYERS",
-                       help="layers (comma-separated indices, or 'none') whose weights live in RAM the host "
-                            "loads over the UART at start: the iCE40UP5K's SPRAM (default: 'none'; "
-                            "build on the iCEBreaker chooses them when block RAM is short)")
+def _image_options(p):
+    p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
+    p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
+    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
 
+def _hardware_options(p):
+    from .gen.sizing import DEFAULT_LANE_BUDGET
+
+    p.add_argument("--lanes", type=int, nargs="+", metavar="L",
+                   help="neuron lanes per layer, one number per layer (default: chosen under --lane-budget)")
+    p.add_argument("--lane-budget", type=int, default=DEFAULT_LANE_BUDGET, metavar="N",
+                   help=f"total lanes to balance the layers with (default {DEFAULT_LANE_BUDGET})")
+    p.add_argument("--input-lanes", type=int, metavar="P",
+                   help="input codes per beat of the image stream (default: min(8, inputs))")
+    p.add_argument("--no-skip", action="store_true",
+                   help="send every neuron every step (fixed timing) instead of only those that spiked")
+    p.add_argument("--spram", type=_layer_list, metavar="LAYERS",
+                   help="layers (comma-separated indices, or 'none') whose weights live in RAM the host "
+                        "loads over the UART at start: the iCE40UP5K's SPRAM (default: 'none'; "
+                        "build on the iCEBreaker chooses them when block RAM is short)")
+
+
+def _add_model_commands(sub) -> None:
+    """demo, convert, eval, info: the network side."""
     p = sub.add_parser("demo", help="train, convert and evaluate the embedded digits MLP and CNN")
     p.add_argument("--timesteps", "-T", type=int, default=8, help="main T (default 8)")
     p.add_argument("--sweep", type=int, nargs="+", default=[2, 4, 6, 8, 12, 16], metavar="T",
@@ -558,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which embedded models to train (default: mlp cnn)")
     p.add_argument("-o", "--output", metavar="DIR",
                    help="also write the models (.pt2) and the networks (.net.npz) here")
-    common(p)
+    _common_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("convert", help="convert a torch.export program (.pt2) into a spiking network file")
@@ -566,31 +571,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, metavar="DATA", help="calibration data: digits or a path")
     p.add_argument("--calib-range", metavar="A:B", help="use images [A:B] of the calibration data")
     p.add_argument("-o", "--output", required=True, metavar="NET", help="network file to write (.net.npz)")
-    conversion(p)
-    common(p)
+    _conversion_options(p)
+    _common_options(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("eval", help="accuracy of a network file: float ANN, float SNN, integer golden model")
     p.add_argument("net", metavar="NET")
-    images(p)
-    common(p)
+    _image_options(p)
+    _common_options(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("info", help="layers, widths and fingerprint of a network file")
+    p.add_argument("net", metavar="NET")
+    _common_options(p)
+    p.set_defaults(func=cmd_info)
+
+
+def _add_hardware_commands(sub) -> None:
+    """generate, simulate, infer, build: the hardware side."""
     p = sub.add_parser("generate", help="generate the spiking core (Verilog + report) for a network file")
     p.add_argument("net", metavar="NET")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (created if missing)")
-    hardware(p)
-    common(p)
+    _hardware_options(p)
+    _common_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("simulate", help="run the core's Verilog under Verilator on images, against the golden model")
     p.add_argument("net", metavar="NET")
-    images(p)
+    _image_options(p)
     p.add_argument("--build-dir", metavar="DIR",
                    help="where Verilator builds are kept (default $SPIKESMITH_CACHE or ~/.cache/spikesmith)")
     p.add_argument("--waves", metavar="DIR", help="build with tracing and write DIR/dump.fst")
-    hardware(p)
-    common(p)
+    _hardware_options(p)
+    _common_options(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("infer", help="stream images to a board (or a simulated one) and report its results")
@@ -599,15 +612,15 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--sim", action="store_true", help="a simulated board: the board top under Verilator")
     where.add_argument("--port", metavar="URL", help="serial port of a board: /dev/ttyUSB1, socket://host:port, ...")
     p.add_argument("--baud", type=int, default=115200, help="serial baud rate for --port (default 115200)")
-    images(p)
+    _image_options(p)
     p.add_argument("--compare-golden", action="store_true",
                    help="compare every label and logit with the golden model (exit 1 on any difference)")
     p.add_argument("--window", type=int, metavar="W", help="images in flight (default: what the board allows)")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="seconds to wait for a reply before resending (default 2; 30 with --sim)")
     p.add_argument("--build-dir", metavar="DIR", help="where Verilator builds are kept (with --sim)")
-    hardware(p)
-    common(p)
+    _hardware_options(p)
+    _common_options(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("build", help="build a bitstream of the board top for a real board (yosys + nextpnr)")
@@ -619,16 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clock the core from a PLL at MHZ (default: the board's oscillator, 12 MHz on the "
                         "iCEBreaker, 25 MHz on the ULX3S)")
     p.add_argument("--program", action="store_true", help="program the board after the build")
-    hardware(p)
+    _hardware_options(p)
     p.set_defaults(lane_budget=None)
-    common(p)
+    _common_options(p)
     p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser("info", help="layers, widths and fingerprint of a network file")
-    p.add_argument("net", metavar="NET")
-    common(p)
-    p.set_defaults(func=cmd_info)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

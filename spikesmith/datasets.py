@@ -65,6 +65,7 @@ class Dataset:
 
 def digits(split: str = "test") -> Dataset:
     """scikit-learn's 8x8 digits, pixel values 0..16 scaled to [0, 1]; a fixed 75/25 split."""
+    # scikit-learn takes a second or two to import: only the embedded digits need it.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

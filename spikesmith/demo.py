@@ -14,7 +14,7 @@ from .errors import SpikesmithError
 
 def save_program(program, path: Path) -> None:
     """``torch.export.save`` through a temporary file, so a failure leaves no partial file."""
-    import torch
+    import torch     # seconds to import: loaded only once the demo saves a program
 
     fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".pt2", dir=path.parent)
     os.close(fd)
@@ -46,6 +46,7 @@ def run_demo(timesteps: int = 8, sweep: tuple[int, ...] = (2, 4, 6, 8, 12, 16), 
 
 def _train_and_convert(key: str, timesteps: int, sweep: tuple[int, ...], epochs: int, out_dir: Path | None,
                        progress: Callable[[str], None]) -> dict:
+    # torch (through the importer and the models): seconds to import, so only when the demo runs.
     from .gen.convert import ConversionOptions, convert_float_network
     from .gen.importer import export_module, import_program
     from .gen.netfile import save_network

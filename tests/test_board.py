@@ -9,14 +9,14 @@ import time
 
 import numpy as np
 import pytest
-from amaranth import Module, Signal
+from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from spikesmith.gen.sizing import plan_core
-from spikesmith.host.protocol import ErrorCode, FrameDecoder, FrameType, Identity, crc16, encode_frame
-from spikesmith.host.transports import SimulatedBoard
-from spikesmith.hw.uart import UARTReceiver, UARTTransmitter, crc16_update
+from spikesmith.contract.protocol import ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
+from spikesmith.sim.board import SimulatedBoard
+from spikesmith.hw.uart import UARTReceiver, UARTTransmitter
 from spikesmith.sim import golden
 
 from conftest import assert_one_line_error, make_network, run_cli
@@ -63,24 +63,17 @@ def test_uart_loopback_carries_every_byte(divisor):
     assert got == sent
 
 
-def test_hardware_crc_equals_the_protocol_crc():
-    m = Module()
-    crc, byte = Signal(16), Signal(8)
-    out = crc16_update(m, crc, byte)
-    rng = np.random.default_rng(0)
-    data = bytes(rng.integers(0, 256, 40).tolist())
-
-    async def bench(ctx):
-        value = 0xFFFF
-        for b in data:
-            ctx.set(crc, value)
-            ctx.set(byte, b)
-            value = ctx.get(out)
-        assert value == crc16(data)
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
+def exchange(conn, request: bytes, replies: int, seconds: float = 20.0):
+    conn.sendall(request)
+    decoder = FrameDecoder()
+    frames, deadline = [], time.monotonic() + seconds
+    conn.settimeout(0.2)
+    while len(frames) < replies and time.monotonic() < deadline:
+        try:
+            frames += decoder.feed(conn.recv(4096))
+        except socket.timeout:
+            pass
+    return frames
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +90,6 @@ def small_board(tmp_path_factory):
         host, port = board.url.removeprefix("socket://").split(":")
         with socket.create_connection((host, int(port))) as conn:
             yield net, board, conn, cache
-
-
-def exchange(conn, request: bytes, replies: int, seconds: float = 20.0):
-    conn.sendall(request)
-    decoder = FrameDecoder()
-    frames, deadline = [], time.monotonic() + seconds
-    conn.settimeout(0.2)
-    while len(frames) < replies and time.monotonic() < deadline:
-        try:
-            frames += decoder.feed(conn.recv(4096))
-        except socket.timeout:
-            pass
-    return frames
 
 
 def test_board_protocol_on_the_wire(small_board):
@@ -155,7 +135,7 @@ def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
     human = run_cli("infer", str(digits_demo["net_path"]), "--sim", "-n", "3", "--compare-golden",
                     "--build-dir", str(tmp_path / "cache"))
     assert "agreement with the golden model: 3/3 images (100.00%)" in human.stdout
-    assert "3/3 images" in human.stderr, "progress on stderr"
+    assert "3/3 [" in human.stderr and " images/s]" in human.stderr, "a progress bar on stderr"
 
 
 def test_infer_runs_the_digits_cnn_on_the_simulated_board(digits_demo, tmp_path):
@@ -211,7 +191,8 @@ def test_spram_board_takes_its_weights_over_the_wire(tmp_path):
             list(driver.infer(codes[:1]))                # ERROR NOT_LOADED
         with pytest.raises(BoardError, match="refused weight row 0"):
             driver._acknowledged([info.encode_load(5, 0, 0)])     # no layer 5: ERROR LENGTH
-        driver.expect(net)                                # loads the rows, then commits
+        driver.expect(net)
+        assert driver.load_weights(plan) == len(list(plan.weight_loads()))    # the rows, then the commit
         results = list(driver.infer(codes))
     expected = golden.run(net, codes)
     assert [r.label for r in results] == expected.predictions.tolist()

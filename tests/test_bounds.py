@@ -3,8 +3,8 @@
 import numpy as np
 from hypothesis import given, settings
 
-from spikesmith.gen.bounds import layer_bounds, network_bounds
-from spikesmith.gen.network import DenseLayer, SpikingNetwork, signed_width, unsigned_width
+from spikesmith.contract.bounds import layer_bounds, network_bounds
+from spikesmith.contract.network import DenseLayer, SpikingNetwork, signed_width, unsigned_width
 from spikesmith.sim.reference import run_reference
 
 from conftest import make_network, networks_and_codes

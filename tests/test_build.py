@@ -121,7 +121,8 @@ def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
     assert 0 < use["ICESTORM_RAM"]["used"] <= 30
     assert use["ICESTORM_PLL"]["used"] == 1 and use["ICESTORM_SPRAM"]["used"] == 1
     assert report["pll"] == {"divr": 0, "divf": 85, "divq": 6, "filter_range": 1}
-    assert report["clock_hz"] == 16_125_000 and report["clock_mhz"] == pytest.approx(16.13, abs=0.01)
+    # clock_mhz is nextpnr's own figure for the PLL output, rounded from a period in ps: 16.13 or 16.14.
+    assert report["clock_hz"] == 16_125_000 and report["clock_mhz"] == pytest.approx(16.125, abs=0.02)
     assert report["timing_met"] and report["fmax_mhz"] >= 16.125
     assert report["spram_layers"] == [0] and report["lanes"] == [2, 1, 1]
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikesmith.gen.network import ConvGeometry
+from spikesmith.contract.network import ConvGeometry
 from spikesmith.gen.sizing import SizingError, plan_core
 from spikesmith.sim import golden
 from spikesmith.sim.hdl import simulate_core

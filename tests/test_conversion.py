@@ -7,7 +7,7 @@ from spikesmith.errors import ConversionError
 from spikesmith.gen.calibrate import calibrate, choose_threshold, conversion_error, decode
 from spikesmith.gen.convert import ConversionOptions, convert_float_network
 from spikesmith.gen.ir import FloatLayer, FloatNetwork
-from spikesmith.gen.network import encode_codes
+from spikesmith.contract.network import encode_codes
 from spikesmith.gen.quantise import MIN_CHANNEL_SCALE_RATIO, quantise
 from spikesmith.sim import golden
 from spikesmith.sim.floatsim import snn_float_logits

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spikesmith.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError
-from spikesmith.host.protocol import (FrameDecoder, FrameType, Identity, crc16, encode_frame)
+from spikesmith.contract.protocol import (FrameDecoder, FrameType, Identity, crc16, encode_frame)
 from spikesmith.sim import golden
 
 from conftest import make_network

@@ -9,7 +9,7 @@ import pytest
 
 from spikesmith.errors import NetFileError
 from spikesmith.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
-from spikesmith.gen.network import FloatShadow
+from spikesmith.contract.network import FloatShadow
 
 from conftest import make_network
 

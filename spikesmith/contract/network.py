@@ -10,13 +10,15 @@ codes are ``timesteps``-bit unsigned integers (the MSB-first spike trains).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import DatasetError
 
-__all__ = ["check_images", "encode_codes", "InputEncoding", "ConvGeometry", "ConvSpec", "DenseLayer", "SpikingNetwork",
+__all__ = ["fingerprint", "stored_arrays", "check_images", "encode_codes", "InputEncoding", "ConvGeometry", "ConvSpec", "DenseLayer", "SpikingNetwork",
            "FloatShadow", "signed_width", "unsigned_width"]
 
 
@@ -60,7 +62,8 @@ def encode_codes(a: np.ndarray, threshold: float, timesteps: int) -> np.ndarray:
     The one definition of input encoding (docs/semantics.md): the golden model, the
     calibration search and the host driver all call it.
     """
-    scaled = np.asarray(a, dtype=np.float64) / np.float64(threshold) * np.float64(1 << timesteps)
+    with np.errstate(over="ignore"):     # a finite pixel beyond float64 becomes +-inf: clipped to M or 0
+        scaled = np.asarray(a, dtype=np.float64) / np.float64(threshold) * np.float64(1 << timesteps)
     return np.clip(np.floor(scaled + 0.5), 0, (1 << timesteps) - 1).astype(np.int64)
 
 
@@ -252,3 +255,38 @@ class SpikingNetwork:
     def describe(self) -> str:
         sizes = [str(self.input.size)] + [str(layer.out_size) for layer in self.layers]
         return "-".join(sizes)
+
+
+def fingerprint(net: SpikingNetwork) -> str:
+    """SHA-256 of everything the hardware and the input encoder depend on.
+
+    Covers T, the input encoding and every integer weight, bias and threshold; not the float
+    shadow or the free-form metadata. Board tops report it so the driver can refuse a board
+    that runs another network.
+    """
+    h = hashlib.sha256()
+    header = {"timesteps": net.timesteps, "input_shape": list(net.input.shape),
+              "input_threshold": float(net.input.threshold).hex(),
+              "layers": [[layer.kind, layer.in_size, layer.out_size, layer.weight_bits, layer.fires]
+                         + ([layer.conv.geometry.as_dict()] if layer.conv is not None else [])
+                         for layer in net.layers]}
+    h.update(json.dumps(header, sort_keys=True).encode())
+    for layer in net.layers:
+        for array in stored_arrays(layer)[:3]:
+            if array is not None:
+                h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def stored_arrays(layer):
+    """``(weight, bias, threshold, float weight, float bias)`` as stored: a convolution stores its
+    kernel and one bias and threshold per channel, a dense layer its matrix and per-neuron arrays."""
+    threshold = layer.threshold
+    shadow = layer.shadow
+    if layer.conv is None:
+        return (layer.weight, layer.bias, threshold,
+                None if shadow is None else shadow.weight, None if shadow is None else shadow.bias)
+    geometry, step = layer.conv.geometry, layer.conv.geometry.pixels
+    return (layer.conv.kernel, layer.bias[::step], None if threshold is None else threshold[::step],
+            None if shadow is None else geometry.kernel_of(shadow.weight),
+            None if shadow is None else shadow.bias[::step])

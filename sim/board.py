@@ -1,9 +1,8 @@
-"""Transports the driver talks through: a serial port URL, or a simulated board.
+"""The simulated board: the Verilator model of the board top (``spikesmith.hw.board``) serving
+its UART on ``socket://127.0.0.1:PORT`` (``sim/board_bench.py`` bridges the two).
 
-Both end up as a pyserial port: a real board is ``/dev/ttyUSB1`` (or any pyserial URL), a
-simulated board is the Verilator model of the board top (``spikesmith.hw.board``) serving
-its UART on ``socket://127.0.0.1:PORT`` (``sim/board_bench.py``). The driver cannot tell
-them apart.
+The host driver opens that URL as it opens a real board's ``/dev/ttyUSB1`` (any pyserial
+URL), and cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -14,7 +13,12 @@ import threading
 import time
 from pathlib import Path
 
+from amaranth.back import verilog
+
 from ..errors import SpikesmithError
+from ..gen.board import DEFAULT_WINDOW, board_params
+from ..hw.board import BoardTop
+from .verilator import build_verilog, run_cocotb
 
 __all__ = ["SimulatedBoard", "SIM_CLOCK_HZ", "SIM_BAUD"]
 
@@ -33,8 +37,6 @@ class SimulatedBoard:
 
     def __init__(self, plan, cache_dir: Path, *, window: int | None = None, progress=lambda message: None,
                  start_seconds: float = 180.0):
-        from ..gen.board import DEFAULT_WINDOW, board_params
-
         self.params = board_params(plan, SIM_CLOCK_HZ, SIM_BAUD, window or DEFAULT_WINDOW)
         self.cache_dir, self.progress, self.start_seconds = Path(cache_dir), progress, start_seconds
         self.url: str | None = None
@@ -44,11 +46,6 @@ class SimulatedBoard:
         self._folder: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> "SimulatedBoard":
-        from amaranth.back import verilog
-
-        from ..hw.board import BoardTop
-        from ..sim.verilator import build_verilog, run_cocotb
-
         text = verilog.convert(BoardTop(self.params), name="spikesmith_board", emit_src=False)
         build = build_verilog(text, "spikesmith_board", self.cache_dir, waves=False, progress=self.progress)
         self._folder = tempfile.TemporaryDirectory(prefix="spikesmith-board-")

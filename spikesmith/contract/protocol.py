@@ -5,22 +5,23 @@ Frame (all integers little-endian)::
     0xA5 | type (1) | seq (2) | len (2) | payload (len) | crc (2)
 
 ``crc`` is CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF, no reflection, no final
-xor) over ``type .. payload``. The gateware side is ``spikesmith.hw.board``; both cite
-docs/protocol.md.
+xor) over ``type .. payload``. This module is the contract both ends read: the host driver
+(``spikesmith.host``) and the gateware (``spikesmith.hw.board``) take their numbers from here.
 """
 
 from __future__ import annotations
 
+import binascii
 import enum
 import struct
 from dataclasses import dataclass
 
 __all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "COMMIT_LAYER", "FrameType", "ErrorCode", "Frame",
-           "crc16", "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes"]
+           "crc16", "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes", "unpack_result"]
 
 SYNC = 0xA5
 HEADER = 6            # sync, type, seq, len
-MAGIC = b"SPKF"
+MAGIC = b"SPKS"       # a spikesmith board
 VERSION = 2
 COMMIT_LAYER = 0xFF     # a LOAD for this layer commits the run-time weights
 MAX_PAYLOAD = 4096    # no frame of either side is longer; a longer header is noise
@@ -45,13 +46,26 @@ class ErrorCode(enum.IntEnum):
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE; ``crc16(b"123456789") == 0x29B1``."""
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
+    """CRC-16/CCITT-FALSE (``binascii.crc_hqx``); ``crc16(b"123456789") == 0x29B1``."""
+    return binascii.crc_hqx(data, crc)
+
+
+def unpack_result(value: int, label_width: int, logit_width: int, classes: int) -> tuple[int, list[int]]:
+    """A packed result -> ``(label, logits)``: the label in the ``label_width`` LSBs, then
+    ``classes`` logits of ``logit_width`` bits each, two's complement.
+
+    The one decoder of both result encodings: the core's result beat (``CorePlan.label_width``,
+    ``CorePlan.logit_width``) and a RESULT payload read as a little-endian integer (16-bit
+    label, ``8 * logit_bytes``-bit logits).
+    """
+    label = value & ((1 << label_width) - 1)
+    value >>= label_width
+    logits = []
+    for _ in range(classes):
+        field = value & ((1 << logit_width) - 1)
+        logits.append(field - (1 << logit_width) if field >> (logit_width - 1) else field)
+        value >>= logit_width
+    return label, logits
 
 
 def code_bytes(timesteps: int) -> int:
@@ -200,7 +214,4 @@ class Identity:
         """A RESULT payload -> (label, logits)."""
         if len(payload) != self.result_bytes:
             raise ValueError(f"a result is {self.result_bytes} bytes, not {len(payload)}")
-        label = int.from_bytes(payload[:2], "little")
-        n = self.logit_bytes
-        return label, [int.from_bytes(payload[2 + k * n:2 + (k + 1) * n], "little", signed=True)
-                       for k in range(self.classes)]
+        return unpack_result(int.from_bytes(payload, "little"), 16, 8 * self.logit_bytes, self.classes)

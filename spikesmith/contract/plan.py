@@ -1,0 +1,359 @@
+"""The hardware plan: every number the gateware needs, as plain data (the contract between
+``spikesmith.gen.sizing``, which makes a plan, and ``spikesmith.hw``, ``spikesmith.sim`` and
+``spikesmith.host``, which read one).
+
+The plan holds lanes, blocks, widths and packed ROM contents, so that ``spikesmith.hw`` does
+no model arithmetic of its own, and the cycle model that the report prints and the
+simulation tests check (docs/core.md, "Timing").
+
+Organisation of one layer with ``n`` neurons on ``L`` lanes: neuron ``j`` sits in lane
+``j % L`` of block ``j // L``; ``B = ceil(n / L)`` blocks. Padding lanes of the last block
+have zero weights and bias and threshold 1, so they never spike.
+
+A convolution layer (``LayerPlan.conv``) puts its output channels on the lanes instead
+(``L`` divides ``C_out``, ``B = C_out / L``): membrane row ``b * P + y * W_out + x`` holds
+channels ``b*L .. b*L+L-1`` of output pixel ``(y, x)`` (``P = H_out * W_out``), and only the
+kernel is stored (docs/core.md, "Convolution engine").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .network import ConvGeometry, unsigned_width
+from .protocol import unpack_result
+
+__all__ = ["ceil_div", "pack_row", "InputPlan", "LayerPlan", "CorePlan", "BoardParams"]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pack_row(values, width: int) -> int:
+    """Pack integers (two's complement, ``width`` bits each) into one row, element 0 in the LSBs."""
+    mask = (1 << width) - 1
+    row = 0
+    for k, v in enumerate(values):
+        row |= (int(v) & mask) << (k * width)
+    return row
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """The image buffer and the input spike encoder.
+
+    An image arrives as ``words`` beats of ``lanes`` codes (``timesteps`` bits each, unsigned);
+    codes beyond ``size`` in the last beat are ignored.
+    """
+    size: int
+    lanes: int
+    timesteps: int
+    pixels: tuple[int, int, int] | None = None   # (C, H, W): events carry coordinates (a convolution reads them)
+
+    @property
+    def words(self) -> int:
+        return ceil_div(self.size, self.lanes)
+
+    @property
+    def addr_width(self) -> int:
+        """Bits of an input spike event's address."""
+        return unsigned_width(self.size - 1)
+
+    @property
+    def memory_bits(self) -> int:
+        """Two image banks (ping-pong), bits."""
+        return 2 * self.words * self.lanes * self.timesteps
+
+    @property
+    def load_cycles(self) -> int:
+        """Cycles to take one image from the stream (one beat per cycle; the bank is handed over with the last)."""
+        return self.words
+
+    def beats(self, codes) -> list[int]:
+        """One image's ``size`` input codes packed into ``words`` beats (code ``k`` of a beat at bit ``k*T``)."""
+        codes = [int(c) for c in codes]
+        if len(codes) != self.size:
+            raise ValueError(f"an image has {self.size} input codes, not {len(codes)}")
+        padded = codes + [0] * (self.words * self.lanes - self.size)
+        return [pack_row(padded[w * self.lanes:(w + 1) * self.lanes], self.timesteps) for w in range(self.words)]
+
+    def scan_cycles(self, events: int | None = None) -> int:
+        """Upper bound on the cycles to emit one image's input spikes (``events``: all of them)."""
+        events = self.size * self.timesteps if events is None else events
+        return self.timesteps * (self.words + 2) + events
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan:
+    """One layer engine: accumulate stage + fire stage (or readout for the output layer).
+
+    Widths in bits. ROM rows are packed with :func:`pack_row`, lane 0 in the LSBs:
+    ``weight_rows[b * inputs + i]`` holds ``W[b*L + lane][i]``; ``bias_rows[b]`` and
+    ``threshold_rows[b]`` hold the block's biases and thresholds.
+    """
+    index: int
+    name: str
+    inputs: int
+    neurons: int
+    lanes: int
+    timesteps: int
+    fires: bool
+    weight_width: int      # signed
+    bias_width: int        # signed
+    membrane_width: int    # signed, from gen/bounds.py
+    threshold_width: int   # unsigned (0 for the output layer)
+    weight_rows: tuple[int, ...] = field(repr=False)
+    bias_rows: tuple[int, ...] = field(repr=False)
+    threshold_rows: tuple[int, ...] = field(repr=False)
+    weights_loaded: bool = False   # weights written at run time (SPRAM), not initialised by the bitstream
+    conv: ConvGeometry | None = None     # a convolution engine: its geometry (lanes = output channels)
+    emits_pixels: bool = False           # spike events carry (channel, y, x): the next layer is a convolution
+
+    @property
+    def blocks(self) -> int:
+        """Lane groups: of neurons (dense) or of output channels (convolution)."""
+        if self.conv is not None:
+            return ceil_div(self.conv.out_channels, self.lanes)
+        return ceil_div(self.neurons, self.lanes)
+
+    @property
+    def rows(self) -> int:
+        """Membrane rows: ``blocks`` (dense), ``blocks * H_out * W_out`` (convolution)."""
+        return self.blocks * (self.conv.pixels if self.conv is not None else 1)
+
+    def taps(self, axis: int) -> list[tuple[int, int, int]]:
+        """Per input row (``axis`` 0) or column (1) of a convolution: ``(membrane offset, weight
+        offset, count)`` of its first tap and how many output rows / columns it reaches.
+
+        Offsets in rows of the membrane and weight memories: the first tap ``(k, o)``
+        (:meth:`ConvGeometry.taps`) is ``o * W_out`` / ``k * kw * C_in`` on rows and ``o`` /
+        ``k * C_in`` on columns; each further tap steps by :meth:`tap_steps`.
+        """
+        g = self.conv
+        c_in, kw, wo = g.in_shape[0], g.kernel[1], g.out_shape[2]
+        m_unit, w_unit = (wo, kw * c_in) if axis == 0 else (1, c_in)
+        table = []
+        for position in range(g.in_shape[1 + axis]):
+            taps = g.taps(axis, position)
+            k, o = taps[0] if taps else (0, 0)
+            table.append((o * m_unit, k * w_unit, len(taps)))
+        return table
+
+    def tap_steps(self, axis: int) -> tuple[int, int]:
+        """``(membrane step, weight step)`` between consecutive taps on ``axis``: the output
+        coordinate falls by one, the kernel offset rises by the stride."""
+        g = self.conv
+        c_in, kw, wo = g.in_shape[0], g.kernel[1], g.out_shape[2]
+        return (wo, g.stride[0] * kw * c_in) if axis == 0 else (1, g.stride[1] * c_in)
+
+    def event_cycles(self) -> list[int]:
+        """Accumulate cycles of one input spike event, per input (row-major (C, H, W) for a convolution):
+        ``B`` per tap of the kernel it reaches (dense: one tap), 1 if it reaches none."""
+        if self.conv is None:
+            return [self.blocks] * self.inputs
+        rows, cols = self.taps(0), self.taps(1)
+        per_pixel = [max(1, self.blocks * r[2] * c[2]) for r in rows for c in cols]
+        return per_pixel * self.conv.in_shape[0]
+
+    @property
+    def input_addr_width(self) -> int:
+        """Bits of an input spike event's address (a neuron of the previous layer)."""
+        return unsigned_width(self.inputs - 1)
+
+    @property
+    def output_addr_width(self) -> int:
+        """Bits of this layer's own spike event addresses (= the next layer's ``input_addr_width``)."""
+        return unsigned_width(self.neurons - 1)
+
+    @property
+    def memories(self) -> list[tuple[str, int, int]]:
+        """Every memory of the engine as built, ``(kind, width, rows)``: at least two rows each
+        (hw/engines.py: no zero-width addresses); the membranes are two banks."""
+        blocks, rows, L = max(2, self.blocks), max(2, self.rows), self.lanes
+        shapes = [("weights", self.weight_row_width, self.weight_row_count),
+                  ("biases", L * self.bias_width, blocks)]
+        shapes += [("membranes", L * self.membrane_width, rows)] * 2
+        if self.fires:
+            shapes.append(("thresholds", L * self.threshold_width, blocks))
+        return shapes
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of each kind of memory as built (:attr:`memories`)."""
+        bits: dict[str, int] = {}
+        for kind, width, rows in self.memories:
+            bits[kind] = bits.get(kind, 0) + width * rows
+        return bits
+
+    def accumulate_cycles(self, events: int | None = None) -> int:
+        """Cycles of the accumulate stage for one image with ``events`` input spikes in all.
+
+        Per image: 1 cycle to claim a free bank, T doubling passes over the ``rows`` (the
+        first clears the bank), :meth:`event_cycles` per input spike event (dense: B), 1 cycle
+        per end-of-step marker, ``rows`` cycles of bias, 1 cycle to hand the bank to the fire
+        stage. ``events=None``: every input spikes at every step (the worst case, and always
+        the case with skipping off); a number of events of a convolution costs the dearest input's.
+        """
+        R, T = self.rows, self.timesteps
+        if events is None:
+            event_cost = T * sum(self.event_cycles())
+        else:
+            event_cost = events * max(self.event_cycles())
+        return 1 + T * R + event_cost + T + R + 1
+
+    @property
+    def weight_row_count(self) -> int:
+        """Rows of the weight memory as built (at least two)."""
+        if self.conv is not None:
+            return max(2, self.blocks * self.conv.kernel[0] * self.conv.kernel[1] * self.conv.in_shape[0])
+        return max(2, self.blocks * self.inputs)
+
+    @property
+    def weight_row_width(self) -> int:
+        return self.lanes * self.weight_width
+
+    def readout_cycles(self) -> int:
+        """Cycles of the output layer's readout (claim, B block reads, one drain cycle)."""
+        return self.blocks + 2
+
+
+@dataclass(frozen=True, eq=False)
+class CorePlan:
+    """Everything the core generator needs, computed from one :class:`SpikingNetwork`."""
+    timesteps: int
+    input: InputPlan
+    layers: tuple[LayerPlan, ...]
+    skip_silent: bool          # emit events only for neurons that spiked (else every neuron, every step)
+    fingerprint: str
+
+    @property
+    def classes(self) -> int:
+        return self.layers[-1].neurons
+
+    @property
+    def logit_width(self) -> int:
+        return self.layers[-1].membrane_width
+
+    @property
+    def label_width(self) -> int:
+        return unsigned_width(self.classes - 1)
+
+    def unpack_result(self, payload: int) -> tuple[int, list[int]]:
+        """A result beat of the core -> (label, logits) (:func:`~.protocol.unpack_result`)."""
+        return unpack_result(payload, self.label_width, self.logit_width, self.classes)
+
+    @property
+    def loaded_layers(self) -> tuple[LayerPlan, ...]:
+        """Layers whose weights are written at run time (docs/protocol.md, LOAD)."""
+        return tuple(layer for layer in self.layers if layer.weights_loaded)
+
+    @property
+    def load_addr_width(self) -> int:
+        """Bits of a weight row address in a LOAD (0 when no layer loads its weights)."""
+        return max((unsigned_width(layer.weight_row_count - 1) for layer in self.loaded_layers), default=0)
+
+    @property
+    def load_data_width(self) -> int:
+        """Bits of the widest loaded weight row (0 when no layer loads its weights)."""
+        return max((layer.weight_row_width for layer in self.loaded_layers), default=0)
+
+    @property
+    def load_bytes(self) -> int:
+        """Bytes of a LOAD's row field on the wire (docs/protocol.md); 0 when no layer loads its weights."""
+        return (self.load_data_width + 7) // 8
+
+    def weight_loads(self):
+        """``(layer index, row address, packed row)`` of every run-time weight row, in load order."""
+        for layer in self.loaded_layers:
+            for address, row in enumerate(layer.weight_rows):
+                yield layer.index, address, row
+
+    def stage_cycles(self) -> dict[str, int]:
+        """Worst-case cycles per image of every stage (each image's every input spiking)."""
+        stages = {"input load": self.input.load_cycles}
+        for layer in self.layers:
+            stages[f"{layer.name} accumulate"] = layer.accumulate_cycles()
+        stages["readout"] = self.layers[-1].readout_cycles()
+        return stages
+
+    @property
+    def initiation_interval(self) -> int:
+        """Cycles between images in steady state, worst case (= exact with skipping off)."""
+        return max(self.stage_cycles().values())
+
+    @property
+    def bottleneck(self) -> str:
+        stages = self.stage_cycles()
+        return max(stages, key=stages.get)
+
+    @property
+    def latency_bound(self) -> int:
+        """Upper bound on the cycles from an image's first beat to its result (empty pipeline)."""
+        return (self.input.load_cycles + self.input.scan_cycles()
+                + sum(layer.accumulate_cycles() for layer in self.layers)
+                + self.layers[-1].readout_cycles())
+
+    @property
+    def total_lanes(self) -> int:
+        return sum(layer.lanes for layer in self.layers)
+
+    def memory_bits(self) -> int:
+        return self.input.memory_bits + sum(sum(layer.memory_bits.values()) for layer in self.layers)
+
+    def report(self) -> dict:
+        """The generator's report (machine readable; ``spikesmith generate --json`` prints it)."""
+        return {
+            "fingerprint": self.fingerprint,
+            "timesteps": self.timesteps,
+            "skip_silent": self.skip_silent,
+            "input": {"size": self.input.size, "lanes": self.input.lanes, "words": self.input.words,
+                      "code_width": self.timesteps, "memory_bits": self.input.memory_bits},
+            "layers": [{
+                "name": layer.name, "inputs": layer.inputs, "neurons": layer.neurons, "fires": layer.fires,
+                "lanes": layer.lanes, "blocks": layer.blocks,
+                "weight_width": layer.weight_width, "bias_width": layer.bias_width,
+                "membrane_width": layer.membrane_width, "threshold_width": layer.threshold_width,
+                "memory_bits": layer.memory_bits,
+                "rows": layer.rows,
+                **({"convolution": layer.conv.as_dict()} if layer.conv is not None else {}),
+                "cycles_per_step_worst": layer.rows + sum(layer.event_cycles()) + 1,
+                "accumulate_cycles_worst": layer.accumulate_cycles(),
+            } for layer in self.layers],
+            "classes": self.classes,
+            "logit_width": self.logit_width,
+            "total_lanes": self.total_lanes,
+            "memory_bits": self.memory_bits(),
+            "stage_cycles_worst": self.stage_cycles(),
+            "initiation_interval": self.initiation_interval,
+            "bottleneck": self.bottleneck,
+            "latency_bound": self.latency_bound,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class BoardParams:
+    """What the board top needs besides the core plan (made by ``spikesmith.gen.board``).
+
+    ``code_bytes`` and ``logit_bytes`` are the wire sizes of docs/protocol.md.
+    """
+    plan: CorePlan
+    identity: bytes
+    divisor: int          # clock cycles per UART bit
+    window: int           # images in flight
+    code_bytes: int
+    logit_bytes: int
+    load_bytes: int = 0   # bytes of a LOAD's row field; 0: every weight is in the bitstream
+
+    @property
+    def load_payload_bytes(self) -> int:
+        """Length of a LOAD payload: layer (1), row address (2), row (``load_bytes``)."""
+        return 3 + self.load_bytes
+
+    @property
+    def image_bytes(self) -> int:
+        return self.plan.input.size * self.code_bytes
+
+    @property
+    def result_bytes(self) -> int:
+        return 2 + self.plan.classes * self.logit_bytes

@@ -1,0 +1,413 @@
+"""Each hardware stage alone in amaranth.sim: banks, accumulate (dense, convolution), fire, readout,
+and the board top's frame receiver, frame transmitter, image loader and weight loader."""
+
+import numpy as np
+import pytest
+from amaranth import Elaboratable, Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from spikesmith.contract.protocol import ErrorCode, FrameDecoder, FrameType, encode_frame
+from spikesmith.gen.board import board_params
+from spikesmith.gen.sizing import plan_core
+from spikesmith.hw.accumulate import DenseAccumulate, input_event_layout
+from spikesmith.hw.board import (ErrorKind, FrameKind, FrameReceiver, FrameTransmitter, ImageLoader,
+                                 WeightLoader)
+from spikesmith.hw.conv import ConvAccumulate
+from spikesmith.hw.fire import FireStage
+from spikesmith.hw.membranes import MembraneBanks
+from spikesmith.hw.readout import Readout
+from spikesmith.sim.hdl import StreamSink, StreamSource
+
+from conftest import make_conv_network, make_network
+from test_hw_engines import addr_width, expected_events, pack_event, unpack_event
+
+
+def _rows_to_lanes(rows: list[int], lanes: int, width: int) -> np.ndarray:
+    """Packed rows -> (rows, lanes) signed integers."""
+    out = np.zeros((len(rows), lanes), dtype=np.int64)
+    for r, row in enumerate(rows):
+        for lane in range(lanes):
+            value = row >> (lane * width) & ((1 << width) - 1)
+            out[r, lane] = value - (1 << width) if value >> (width - 1) else value
+    return out
+
+
+def _pack_lanes(values, width: int) -> int:
+    return sum((int(v) & ((1 << width) - 1)) << (k * width) for k, v in enumerate(values))
+
+
+class _Banked(Elaboratable):
+    """A stage joined to its membrane banks; the banks' other port is left to the testbench."""
+
+    def __init__(self, stage, plan, stage_port: str):
+        self.stage, self.plan = stage, plan
+        self.banks = MembraneBanks(plan.rows, plan.lanes * plan.membrane_width)
+        self.stage_port = stage_port
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.stage, m.submodules.banks = self.stage, self.banks
+        wiring.connect(m, self.stage.membranes, getattr(self.banks, self.stage_port))
+        return m
+
+
+def _accumulate_and_read(stage, plan, events: list[int]) -> list[int]:
+    """Feed ``events`` to an accumulate stage; return its bank's rows once handed over."""
+    dut = _Banked(stage, plan, "fill")
+    drain, rows = dut.banks.drain, []
+    source = StreamSource(stage.events, events, probability=0.7, rng=np.random.default_rng(3))
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+
+    async def send(ctx):
+        await source.run(ctx, _NoClock())
+
+    async def read(ctx):
+        await ctx.tick().until(drain.ready)
+        for row in range(plan.rows):
+            ctx.set(drain.read_addr, row)
+            ctx.set(drain.read_en, 1)
+            await ctx.tick()
+            rows.append(ctx.get(drain.read_data))
+        ctx.set(drain.done, 1)
+        await ctx.tick()
+        ctx.set(drain.done, 0)
+        assert not ctx.get(drain.ready), "the drained bank is released"
+
+    sim.add_testbench(send)
+    sim.add_testbench(read)
+    sim.run()
+    return rows
+
+
+class _NoClock:
+    cycles = 0
+
+
+@pytest.mark.parametrize("inputs,neurons,lanes,timesteps", [(6, 7, 3, 4), (5, 4, 4, 6), (3, 5, 1, 2)])
+def test_dense_accumulate_leaves_w_times_code_plus_bias(inputs, neurons, lanes, timesteps):
+    """After T steps of ``V <- 2V + W s[t]`` and the bias pass, ``V = W @ code + b`` (codes MSB first)."""
+    rng = np.random.default_rng(inputs + neurons)
+    net = make_network(rng, [inputs, neurons, 2], timesteps)
+    plan = plan_core(net, lanes=[lanes, 1]).layers[0]
+    code = rng.integers(0, 1 << timesteps, size=(1, inputs))
+    events = [pack_event(e, addr_width(inputs)) for e in expected_events(code, timesteps, skip_silent=True)]
+    rows = _accumulate_and_read(DenseAccumulate(plan), plan, events)
+    got = _rows_to_lanes(rows, lanes, plan.membrane_width).reshape(-1)[:neurons]
+    layer = net.layers[0]
+    assert got.tolist() == (layer.weight @ code[0] + layer.bias).tolist()
+
+
+def test_conv_accumulate_leaves_the_convolution_plus_bias():
+    """The kernel scattered event by event equals the dense convolution matrix times the codes."""
+    rng = np.random.default_rng(7)
+    net = make_conv_network(rng, (2, 5, 4), [(4, (3, 2), (1, 2), (1, 0))], 3, 4)
+    plan = plan_core(net, lanes=[2, 1]).layers[0]
+    g, T = plan.conv, plan.timesteps
+    code = rng.integers(0, 1 << T, size=g.in_shape)
+    events = []
+    for t in range(T):
+        for c, y, x in np.ndindex(*g.in_shape):
+            if code[c, y, x] >> (T - 1 - t) & 1:
+                events.append(_pixel_event(plan, c, y, x))
+        events.append(_pixel_event(plan, 0, 0, 0, end=True))
+    rows = _accumulate_and_read(ConvAccumulate(plan), plan, events)
+    got = _rows_to_lanes(rows, plan.lanes, plan.membrane_width)        # row b*P + p, lane l: channel b*L + l
+    layer = net.layers[0]
+    want = (layer.weight @ code.reshape(-1) + layer.bias).reshape(g.out_channels, g.pixels)
+    for b in range(plan.blocks):
+        for lane in range(plan.lanes):
+            assert got[b * g.pixels:(b + 1) * g.pixels, lane].tolist() == want[b * plan.lanes + lane].tolist()
+
+
+def _pixel_event(plan, c, y, x, end=False) -> int:
+    fields = {"channel": c, "y": y, "x": x, "spike": int(not end), "end": int(end)}
+    return sum(fields[name] << field.offset for name, field in input_event_layout(plan))
+
+
+def _fill_bank(ctx, fill, rows: list[int]):
+    """Write ``rows`` through the fill port and hand the bank over."""
+    for address, row in enumerate(rows):
+        ctx.set(fill.write_addr, address)
+        ctx.set(fill.write_data, row)
+        ctx.set(fill.write_en, 1)
+        yield
+    ctx.set(fill.write_en, 0)
+    ctx.set(fill.done, 1)
+    yield
+    ctx.set(fill.done, 0)
+
+
+def _pack_rows(membranes: np.ndarray, plan) -> list[int]:
+    """One membrane per neuron -> the bank's rows (lane 0 in the LSBs; padding lanes 0)."""
+    padded = np.zeros(plan.blocks * plan.lanes, dtype=np.int64)
+    padded[:len(membranes)] = membranes
+    return [_pack_lanes(padded[b * plan.lanes:(b + 1) * plan.lanes], plan.membrane_width) for b in range(plan.blocks)]
+
+
+def _drain_a_filled_bank(stage, plan, rows: list[int], sink: StreamSink) -> None:
+    """Fill a bank with ``rows``, hand it to ``stage`` (a drain-side stage) and run ``sink`` on its output."""
+    dut = _Banked(stage, plan, "drain")
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+
+    async def fill(ctx):
+        for _ in _fill_bank(ctx, dut.banks.fill, rows):
+            await ctx.tick()
+
+    async def take(ctx):
+        await sink.run(ctx, _NoClock())
+
+    sim.add_testbench(fill)
+    sim.add_testbench(take)
+    sim.run()
+
+
+def _fire_reference(membrane: np.ndarray, threshold: np.ndarray, timesteps: int) -> np.ndarray:
+    """docs/semantics.md: clamp to [0, theta], then T steps of double, spike if >= theta, subtract."""
+    v = np.clip(membrane, 0, threshold)
+    code = np.zeros_like(v)
+    for _ in range(timesteps):
+        v = 2 * v
+        spike = v >= threshold
+        code = 2 * code + spike
+        v = np.where(spike, v - threshold, v)
+    return code
+
+
+@pytest.mark.parametrize("skip_silent", [True, False])
+def test_fire_stage_sends_the_binary_code_of_each_membrane(skip_silent):
+    rng = np.random.default_rng(11)
+    net = make_network(rng, [4, 7, 2], 5, threshold_scale=0.3)
+    plan = plan_core(net, lanes=[3, 1], skip_silent=skip_silent).layers[0]
+    threshold = net.layers[0].threshold
+    membrane = rng.integers(-int(threshold.max()), 2 * int(threshold.max()), size=plan.neurons)
+    stage = FireStage(plan, skip_silent)
+    want = expected_events(_fire_reference(membrane, threshold, plan.timesteps)[None], plan.timesteps, skip_silent)
+    sink = StreamSink(stage.spikes, len(want), probability=0.6, rng=rng, drain=30)
+    _drain_a_filled_bank(stage, plan, _pack_rows(membrane, plan), sink)
+    assert [unpack_event(v, addr_width(plan.neurons)) for v in sink.received] == want
+    assert sink.extra == []
+
+
+def test_readout_sends_the_logits_and_the_first_largest():
+    rng = np.random.default_rng(5)
+    net = make_network(rng, [3, 7], 4)
+    plan = plan_core(net, lanes=[3]).layers[0]
+    logits = np.array([5, -3, 9, 9, 0, -7, 2])                   # a tie: the first index wins
+    stage = Readout(plan)
+    sink = StreamSink(stage.results, 1, probability=0.5, rng=rng, drain=20)
+    _drain_a_filled_bank(stage, plan, _pack_rows(logits, plan), sink)
+    [result] = sink.received
+    label_width = addr_width(plan.neurons)
+    assert result & ((1 << label_width) - 1) == 2
+    got = _rows_to_lanes([result >> label_width], plan.neurons, plan.membrane_width)[0]
+    assert got.tolist() == logits.tolist()
+    assert sink.extra == []
+
+
+def test_membrane_banks_alternate_between_fill_and_drain():
+    banks = MembraneBanks(rows=3, width=8)
+    seen = []
+
+    async def bench(ctx):
+        fill, drain = banks.fill, banks.drain
+        assert ctx.get(fill.ready) and not ctx.get(drain.ready)
+        for image in range(3):
+            for _ in _fill_bank(ctx, fill, [10 * image + r for r in range(3)]):
+                await ctx.tick()
+            assert ctx.get(drain.ready), "a handed-over bank is full"
+            assert ctx.get(fill.ready), "the other bank is free for the next image"
+            rows = []
+            for row in range(3):
+                ctx.set(drain.read_addr, row)
+                ctx.set(drain.read_en, 1)
+                await ctx.tick()
+                rows.append(ctx.get(drain.read_data))
+            seen.append(rows)
+            ctx.set(drain.done, 1)
+            await ctx.tick()
+            ctx.set(drain.done, 0)
+            assert not ctx.get(drain.ready)
+
+    sim = Simulator(banks)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [[0, 1, 2], [10, 11, 12], [20, 21, 22]]
+
+
+# ---------------------------------------------------------------------------- board top stages
+
+@pytest.fixture(scope="module")
+def board():
+    net = make_network(np.random.default_rng(2), [5, 4, 3], 4)
+    return net, board_params(plan_core(net, lanes=[2, 3], input_lanes=2), 12_000_000, 1_500_000)
+
+
+def _run_receiver(params, data: bytes, cycles: int = 400):
+    """Bytes into a FrameReceiver with every answer stream ready; what came out of each port."""
+    dut = FrameReceiver(params)
+    out = {"requests": [], "errors": [], "identify": [], "image": [], "start": 0}
+
+    async def bench(ctx):
+        for port in (dut.requests, dut.errors, dut.acks, dut.identify):
+            ctx.set(port.ready, 1)
+        pending = list(data)
+        for _ in range(cycles):
+            ctx.set(dut.bytes.valid, bool(pending))
+            if pending:
+                ctx.set(dut.bytes.payload, pending[0])
+            _, _, taken, req, seq, err, error, ident, ident_seq, write, addr, beat, start = await ctx.tick().sample(
+                dut.bytes.ready, dut.requests.valid, dut.requests.payload, dut.errors.valid, dut.errors.payload,
+                dut.identify.valid, dut.identify.payload, dut.image.en, dut.image.addr, dut.image.data,
+                dut.image.start)
+            if pending and taken:
+                pending.pop(0)
+            if req:
+                out["requests"].append(seq)
+            if err:
+                out["errors"].append((error.seq, error.code))
+            if ident:
+                out["identify"].append(ident_seq)
+            if write:
+                out["image"].append((addr, beat))
+            out["start"] += start
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def test_frame_receiver_accepts_a_checked_image(board):
+    net, params = board
+    codes = [3, 0, 15, 7, 1]
+    out = _run_receiver(params, encode_frame(FrameType.INFER, 41, bytes(codes)))
+    assert out["requests"] == [41] and out["errors"] == [] and out["start"] == 1
+    assert out["image"] == list(enumerate(params.plan.input.beats(codes)))
+
+
+@pytest.mark.parametrize("frame,error", [
+    (bytearray(encode_frame(FrameType.INFER, 9, bytes(5))), ErrorCode.CRC),         # damaged below
+    (encode_frame(FrameType.INFER, 9, bytes(4)), ErrorCode.LENGTH),
+    (encode_frame(0x42, 9), ErrorCode.TYPE),
+])
+def test_frame_receiver_refuses_a_bad_request(board, frame, error):
+    _, params = board
+    if error == ErrorCode.CRC:
+        frame[-1] ^= 0x10
+    out = _run_receiver(params, bytes(frame))
+    assert out["errors"] == [(9, ErrorKind(error.value))] and out["requests"] == [] and out["start"] == 0
+
+
+def test_frame_receiver_holds_an_identify_until_taken(board):
+    _, params = board
+    out = _run_receiver(params, b"\x00\x13" + encode_frame(FrameType.IDENTIFY, 300))   # noise before SYNC
+    assert 300 in out["identify"] and out["errors"] == []
+
+
+def test_frame_kinds_are_the_protocol_numbers():
+    assert {k.name: k.value for k in FrameKind} == {t.name: t.value for t in FrameType}
+    assert {k.name: k.value for k in ErrorKind} == {c.name: c.value for c in ErrorCode}
+
+
+def test_frame_transmitter_frames_an_error_and_a_result(board):
+    _, params = board
+    plan = params.plan
+    dut = FrameTransmitter(params)
+    sent = []
+
+    async def offer(ctx):
+        ctx.set(dut.errors.payload.seq, 77)
+        ctx.set(dut.errors.payload.code, ErrorKind.BUSY)
+        ctx.set(dut.errors.valid, 1)
+        await ctx.tick().until(dut.errors.ready)
+        ctx.set(dut.errors.valid, 0)
+        ctx.set(dut.results.payload.label, 1)
+        for k, logit in enumerate([-300, 12, 5]):
+            ctx.set(dut.results.payload.logits[k], logit)
+        ctx.set(dut.requests.payload, 5)
+        ctx.set(dut.results.valid, 1)
+        ctx.set(dut.requests.valid, 1)
+        await ctx.tick().until(dut.results.ready)
+        ctx.set(dut.results.valid, 0)
+        ctx.set(dut.requests.valid, 0)
+
+    async def take(ctx):
+        ctx.set(dut.bytes.ready, 1)
+        for _ in range(200):
+            _, _, valid, byte = await ctx.tick().sample(dut.bytes.valid, dut.bytes.payload)
+            if valid:
+                sent.append(byte)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(offer)
+    sim.add_testbench(take)
+    sim.run()
+    decoder = FrameDecoder(max_payload=64)
+    error, result = decoder.feed(bytes(sent))
+    assert (error.type, error.seq, error.payload) == (FrameType.ERROR, 77, bytes([ErrorCode.BUSY]))
+    assert (result.type, result.seq) == (FrameType.RESULT, 5)
+    label = int.from_bytes(result.payload[:2], "little")
+    n = params.logit_bytes
+    logits = [int.from_bytes(result.payload[2 + k * n:2 + (k + 1) * n], "little", signed=True) for k in range(3)]
+    assert (label, logits) == (1, [-300, 12, 5]) and plan.classes == 3
+
+
+def test_image_loader_streams_the_buffer_into_the_core(board):
+    _, params = board
+    beats = params.plan.input.beats([3, 0, 15, 7, 1])
+    dut = ImageLoader(params)
+    sink = StreamSink(dut.images, len(beats), probability=0.5, rng=np.random.default_rng(0), drain=10)
+
+    async def write(ctx):
+        for address, beat in enumerate(beats):
+            ctx.set(dut.receive.addr, address)
+            ctx.set(dut.receive.data, beat)
+            ctx.set(dut.receive.en, 1)
+            await ctx.tick()
+        ctx.set(dut.receive.en, 0)
+        ctx.set(dut.receive.start, 1)
+        await ctx.tick()
+        ctx.set(dut.receive.start, 0)
+        assert ctx.get(dut.receive.busy)
+        await ctx.tick().until(~dut.receive.busy)
+
+    async def take(ctx):
+        await sink.run(ctx, _NoClock())
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(write)
+    sim.add_testbench(take)
+    sim.run()
+    assert sink.received == beats and sink.extra == []
+
+
+def test_weight_loader_writes_rows_and_commits():
+    net = make_network(np.random.default_rng(4), [5, 4, 3], 4)
+    plan = plan_core(net, lanes=[2, 3], loaded_weights=[1])
+    params = board_params(plan, 12_000_000, 1_500_000)
+    dut = WeightLoader(params)
+
+    async def bench(ctx):
+        ctx.set(dut.requests.request, {"layer": 1, "address": 2, "row": 0x5A5})
+        ctx.set(dut.requests.en, 1)
+        assert (ctx.get(dut.core.en), ctx.get(dut.core.layer), ctx.get(dut.core.addr)) == (1, 1, 2)
+        assert ctx.get(dut.core.data) == 0x5A5 & ((1 << plan.load_data_width) - 1)
+        await ctx.tick()
+        assert not ctx.get(dut.requests.loaded)
+        ctx.set(dut.requests.request, {"layer": 0xFF, "address": 0, "row": 0})     # the commit
+        assert not ctx.get(dut.core.en)
+        await ctx.tick()
+        ctx.set(dut.requests.en, 0)
+        assert ctx.get(dut.requests.loaded)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
