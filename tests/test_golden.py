@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from spikesmith.gen.network import DenseLayer
+from spikesmith.contract.network import DenseLayer
 from spikesmith.sim import golden
 from spikesmith.sim.reference import run_reference
 
@@ -74,3 +74,15 @@ def test_golden_rejects_out_of_range_codes():
         golden.run(net, np.array([[0, 16, 1]]))
     with pytest.raises(ValueError):
         golden.run(net, np.array([[0, 1]]))
+
+
+def test_input_encoding_clips_pixels_beyond_float64_without_warning():
+    """docs/semantics.md: a finite pixel whose x / λ0 · 2^T overflows becomes M (or 0), silently."""
+    import warnings
+
+    from spikesmith.contract.network import encode_codes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes = encode_codes(np.array([1e308, -1e308, 0.25, 0.999]), 0.5, 8)
+    assert codes.tolist() == [255, 0, 128, 255]
