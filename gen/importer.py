@@ -2,7 +2,8 @@
 
 Both paths go through ``torch.export``: a module is exported with one example input,
 a ``.pt2`` file is loaded with every unpickling path refused (``torch.load`` is forced to
-``weights_only=True``; archives holding pickled Python objects are rejected). The
+``weights_only=True``; archives holding pickled Python objects are rejected), after
+:func:`~.archive.check_archive` has refused any symbolic expression that is not plain arithmetic. The
 importer then walks the exported ATen graph and emits typed ops of :mod:`spikesmith.gen.ir`;
 error messages name the user's layer through ``nn_module_stack``.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
+from .archive import check_archive
 from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, Graph, Identity, Input, ReLU
 from .passes import SUPPORTED
 
@@ -98,6 +100,7 @@ def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
+    check_archive(path)        # every string torch would hand to sympify is plain arithmetic
     try:
         with _refuse_unpickling(path), _quiet_torch_logs():
             program = torch.export.load(path)

@@ -2,6 +2,8 @@
 
 import json
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -195,3 +197,72 @@ def test_corrupt_and_missing_model_files(tmp_path, saved_model):
     truncated.write_bytes(saved_model.read_bytes()[:2000])
     with pytest.raises(ModelFileError):
         load_program(truncated)
+
+
+def _dynamic_batch_model(path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    batch = torch.export.Dim("batch", min=2, max=64)
+    torch.export.save(torch.export.export(model, (torch.zeros(4, 1, 2, 2),), dynamic_shapes=({0: batch},)), path)
+    return path
+
+
+def _plant_expressions(document, payload: str) -> int:
+    """Every ``expr_str`` becomes ``payload``; a static program's first size becomes one. Returns how many."""
+    planted, stack = 0, [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "expr_str" in item:
+                item["expr_str"] = payload
+                planted += 1
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    if not planted:
+        sizes = document["graph_module"]["graph"]["tensor_values"]["input"]["sizes"]
+        sizes[0] = {"as_expr": {"expr_str": payload, "hint": {"as_int": sizes[0]["as_int"]}}}
+        planted = 1
+    return planted
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic batch"])
+@pytest.mark.parametrize("payload", ["__import__('pathlib').Path({marker!r}).touch()",
+                                     "Symbol('s0') + __import__('pathlib').Path({marker!r}).touch()",
+                                     "s0.__class__.__init__.__globals__"])
+def test_symbolic_sizes_that_are_code_are_refused_before_torch_evaluates_them(tmp_path, saved_model, kind, payload):
+    """torch.export.load hands model.json's expr_str strings to sympy.sympify, which evaluates them."""
+    marker = tmp_path / "pwned"
+    source = saved_model if kind == "static" else _dynamic_batch_model(tmp_path / "dynamic.pt2")
+    counts = []
+
+    def plant(data):
+        document = json.loads(data)
+        counts.append(_plant_expressions(document, payload.format(marker=str(marker))))
+        return json.dumps(document).encode()
+
+    bad = tmp_path / "bad.pt2"
+    _tamper(source, bad, {"models/model.json": plant})
+    assert counts and counts[0] >= 1
+    with pytest.raises(ModelFileError, match="not plain arithmetic"):
+        load_program(bad)
+    assert not marker.exists()
+
+
+def test_a_dynamic_batch_export_still_loads(tmp_path):
+    graph = import_program(load_program(_dynamic_batch_model(tmp_path / "dynamic.pt2")))
+    assert [type(op).__name__ for op in graph.ops][:2] == ["Input", "Flatten"]
+
+
+def test_convert_refuses_a_code_payload_in_one_line(tmp_path, saved_model):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pt2"
+    _tamper(saved_model, bad, {"models/model.json": lambda d: json.dumps(_planted(json.loads(d), marker)).encode()})
+    proc = subprocess.run([sys.executable, "-m", "spikesmith.cli", "convert", str(bad), "--calib", "digits",
+                           "-o", str(tmp_path / "x.net.npz"), "-q"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "not plain arithmetic" in proc.stderr
+    assert not marker.exists() and not (tmp_path / "x.net.npz").exists()
+
+
+def _planted(document, marker):
+    _plant_expressions(document, f"__import__('os').system('touch {marker}')")
+    return document
