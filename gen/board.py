@@ -7,7 +7,7 @@ parameters, so the host driver can refuse a board that runs another network.
 from __future__ import annotations
 
 from ..errors import SpikesmithError
-from ..contract.protocol import Identity, code_bytes, logit_bytes
+from ..contract.protocol import MAX_FRAME_PAYLOAD, Identity, code_bytes, logit_bytes
 from ..contract.network import SpikingNetwork
 from ..contract.plan import BoardParams, CorePlan
 from .sizing import plan_core
@@ -19,6 +19,10 @@ DEFAULT_WINDOW = 4
 
 
 def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT_WINDOW) -> BoardParams:
+    image_bytes = plan.input.size * code_bytes(plan.timesteps)
+    if image_bytes > MAX_FRAME_PAYLOAD:
+        raise SpikesmithError(f"an image of {plan.input.size:,} inputs is {image_bytes:,} bytes on the wire; a frame "
+                              f"carries at most {MAX_FRAME_PAYLOAD:,} (docs/protocol.md), so no board top is built")
     divisor = round(clock_hz / baud)
     if divisor < 4:
         raise SpikesmithError(f"{baud} baud is too fast for a {clock_hz / 1e6:g} MHz clock "

@@ -15,6 +15,7 @@ damaged or refused, ignores replies it did not ask for, and gives up with a clea
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -87,12 +88,22 @@ class Accelerator:
         self.port = port
         self.timeout, self.retries, self.poll = timeout, retries, poll
         self.requested_window = window
-        # Replies only, and none longer than an identity until we know the result size.
-        self.decoder = FrameDecoder(Identity.MAX_SIZE, (FrameType.IDENTITY, FrameType.RESULT, FrameType.LOADED,
-                                                        FrameType.ERROR))
+        self.decoder = FrameDecoder(Identity.MAX_SIZE, lengths=self._identifying_lengths())
         self.identity: Identity | None = None
         self.stats = DriverStats()
-        self._seq = 0
+        # A random start: a late reply to an earlier session's request rarely carries a seq we use (and
+        # the board drops results of requests it took before our IDENTIFY: docs/protocol.md, "Sessions").
+        self._seq = secrets.randbelow(1 << 16)
+
+    @staticmethod
+    def _identifying_lengths() -> dict[int, tuple[int, int]]:
+        """Replies worth reading before the identity: the identity itself, errors."""
+        return {FrameType.IDENTITY: (Identity.MIN_SIZE, Identity.MAX_SIZE), FrameType.ERROR: (1, 1)}
+
+    def _running_lengths(self) -> dict[int, tuple[int, int]]:
+        """Once identified, each reply's length is known exactly; an identity is no longer expected."""
+        result = self.identity.result_bytes
+        return {FrameType.RESULT: (result, result), FrameType.LOADED: (0, 0), FrameType.ERROR: (1, 1)}
 
     @classmethod
     def open(cls, url: str, baudrate: int = 115200, **options) -> "Accelerator":
@@ -149,7 +160,8 @@ class Accelerator:
     # ------------------------------------------------------------------ identify
 
     def identify(self) -> Identity:
-        """Ask the board what it runs (IDENTIFY, with retries)."""
+        """Ask the board what it runs (IDENTIFY, with retries); this starts our session."""
+        self.decoder.lengths = self._identifying_lengths()
         for _ in range(self.retries + 1):
             seq = self._next_seq()
             self._send(encode_frame(FrameType.IDENTIFY, seq))
@@ -161,7 +173,7 @@ class Accelerator:
                             self.identity = Identity.decode(frame.payload)
                         except ValueError as exc:
                             raise BoardError(f"the board's identity is not understood: {exc}") from exc
-                        self.decoder.max_payload = max(Identity.MAX_SIZE, self.identity.result_bytes)
+                        self.decoder.lengths = self._running_lengths()
                         return self.identity
                     self.stats.unexpected_replies += 1
         raise BoardTimeout(f"no identity from the board after {self.retries + 1} tries of {self.timeout:g} s "

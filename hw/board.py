@@ -26,7 +26,7 @@ from .events import image_beat_layout, index_signal
 from .uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["BoardTop", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind", "ErrorKind",
-           "ErrorReport", "ImageHandoff", "WeightWrite"]
+           "ErrorReport", "InFlight", "ImageHandoff", "WeightWrite"]
 
 
 class FrameKind(enum.Enum, shape=8):
@@ -51,6 +51,8 @@ class ErrorKind(enum.Enum, shape=8):
 
 #: An ERROR frame to send: the refused request's ``seq`` and the error ``code``.
 ErrorReport = data.StructLayout({"seq": 16, "code": ErrorKind})
+#: An image in flight: its request's ``seq`` and the session (``generation``) it was taken in.
+InFlight = data.StructLayout({"seq": 16, "generation": 8})
 
 
 def _frame_crc() -> crc.Processor:
@@ -87,8 +89,9 @@ class FrameReceiver(wiring.Component):
     """Bytes from the UART -> checked requests (docs/protocol.md, "Frames").
 
     ``bytes``: the received bytes. ``image``: the image buffer (:class:`ImageLoader`).
-    ``requests``: the seq of each accepted INFER (the in-flight FIFO); ``in_flight``: some
-    image's result is not yet sent. ``errors``: refusals to send. ``identify``: the seq of an
+    ``requests``: the seq and session of each accepted INFER (the in-flight FIFO);
+    ``in_flight``: some image's result is not yet sent. ``generation``: the session, counted
+    up by every accepted IDENTIFY (docs/protocol.md, "Sessions"). ``errors``: refusals to send. ``identify``: the seq of an
     IDENTIFY, held until the transmitter takes it. ``weights``: checked LOADs (only when the
     core keeps weights in RAM).
     """
@@ -99,8 +102,9 @@ class FrameReceiver(wiring.Component):
         members = {
             "bytes": In(stream.Signature(8)),
             "image": Out(ImageHandoff(plan.input.words, plan.input.lanes * plan.timesteps)),
-            "requests": Out(stream.Signature(16)),
+            "requests": Out(stream.Signature(InFlight)),
             "in_flight": In(1),
+            "generation": Out(8),
             "errors": Out(stream.Signature(ErrorReport)),
             "identify": Out(stream.Signature(16)),
             "acks": Out(stream.Signature(16)),
@@ -225,8 +229,9 @@ class FrameReceiver(wiring.Component):
             with m.If(ready):
                 with m.If(Cat(self._received_crc, byte) != self._crc.crc):
                     self._refuse(m, ErrorKind.CRC)
-                with m.Elif(self._kind == FrameKind.IDENTIFY):
-                    m.d.sync += [self.identify.valid.eq(1), self.identify.payload.eq(self._seq)]
+                with m.Elif(self._kind == FrameKind.IDENTIFY):     # a new session: older results are dropped
+                    m.d.sync += [self.identify.valid.eq(1), self.identify.payload.eq(self._seq),
+                                 self.generation.eq(self.generation + 1)]
                 if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
                     with m.Elif(self._kind == FrameKind.LOAD):
                         self._accept_load(m)
@@ -235,8 +240,8 @@ class FrameReceiver(wiring.Component):
                 with m.Elif(~self.requests.ready):
                     self._refuse(m, ErrorKind.BUSY)
                 with m.Else():
-                    m.d.comb += [self.requests.valid.eq(1), self.requests.payload.eq(self._seq),
-                                 self.image.start.eq(1)]
+                    m.d.comb += [self.requests.valid.eq(1), self.requests.payload.seq.eq(self._seq),
+                                 self.requests.payload.generation.eq(self.generation), self.image.start.eq(1)]
                 m.next = "HUNT"
 
     def _loaded(self):
@@ -329,7 +334,9 @@ class FrameTransmitter(wiring.Component):
     """Answers -> framed bytes for the UART: errors first, then LOAD acknowledgements, the
     identity, and results with the seq of their request (in order: the core keeps order).
 
-    ``results``: the core's results; ``requests``: the in-flight FIFO's seqs, one per result.
+    ``results``: the core's results; ``requests``: the in-flight FIFO's entries, one per
+    result. A result whose request came before the current ``generation`` (an earlier
+    session) is taken from the core and dropped, not sent.
     """
 
     def __init__(self, params: BoardParams):
@@ -341,7 +348,8 @@ class FrameTransmitter(wiring.Component):
             "acks": In(stream.Signature(16)),
             "identify": In(stream.Signature(16)),
             "results": In(stream.Signature(core_result_layout(plan))),
-            "requests": In(stream.Signature(16)),
+            "requests": In(stream.Signature(InFlight)),
+            "generation": In(8),
         })
 
     def _wire_result(self, m: Module) -> Signal:
@@ -391,9 +399,10 @@ class FrameTransmitter(wiring.Component):
                     m.next = "SYNC"
                 with m.Elif(self.results.valid & self.requests.valid):
                     m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
-                    m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload),
-                                 out_len.eq(p.result_bytes), result_payload.eq(wire.as_value())]
-                    m.next = "SYNC"
+                    with m.If(self.requests.payload.generation == self.generation):
+                        m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
+                                     out_len.eq(p.result_bytes), result_payload.eq(wire.as_value())]
+                        m.next = "SYNC"
             self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
                               payload_byte, out_len, index)
         return m
@@ -439,7 +448,7 @@ class BoardTop(wiring.Component):
         m.submodules.uart_tx = uart_tx = UARTTransmitter(p.divisor)
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=32)
-        m.submodules.in_flight = in_flight = fifo.SyncFIFOBuffered(width=16, depth=p.window)   # seqs of images
+        m.submodules.in_flight = in_flight = fifo.SyncFIFOBuffered(width=InFlight.size, depth=p.window)
         m.submodules.errors = errors = fifo.SyncFIFOBuffered(width=ErrorReport.size, depth=4)
         m.submodules.acks = acks = fifo.SyncFIFOBuffered(width=16, depth=3)                   # LOADs done
         m.submodules.receiver = receiver = FrameReceiver(p)
@@ -455,6 +464,7 @@ class BoardTop(wiring.Component):
         wiring.connect(m, receiver.errors, errors.w_stream)
         wiring.connect(m, receiver.acks, acks.w_stream)
         wiring.connect(m, receiver.identify, transmitter.identify)
+        m.d.comb += transmitter.generation.eq(receiver.generation)
         m.d.comb += receiver.in_flight.eq(in_flight.r_rdy)
         if p.load_bytes:
             m.submodules.weights = weights = WeightLoader(p)

@@ -91,6 +91,9 @@ class FakeBoard:
 
     def _serve(self, frame) -> None:
         if frame.type == FrameType.IDENTIFY:
+            # A new session (docs/protocol.md): results still inside the board are dropped.
+            now = time.monotonic()
+            self.outgoing = [(t, b) for t, b in self.outgoing if t <= now or b[1:2] != bytes([FrameType.RESULT])]
             self._reply(encode_frame(FrameType.IDENTITY, frame.seq, self.identity.encode()))
             return
         if frame.type != FrameType.INFER:

@@ -8,6 +8,7 @@ import pytest
 from spikesmith.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError
 from spikesmith.contract.protocol import (FrameDecoder, FrameType, Identity, crc16, encode_frame)
 from spikesmith.sim import golden
+from spikesmith.sim.link import LossyLink
 
 from conftest import make_network
 from fakeboard import FakeBoard, identity_of
@@ -168,3 +169,54 @@ def test_loop_url_without_a_board_times_out_cleanly():
 def test_unopenable_port_is_a_clear_error():
     with pytest.raises(BoardError, match="cannot open /dev/does-not-exist"):
         Accelerator.open("/dev/does-not-exist")
+
+
+def test_a_damaged_length_costs_one_frame_not_the_run(net):
+    """A corrupted header claiming 800 bytes used to hold back every later reply until the run timed out."""
+    identity = identity_of(net)
+    decoder = FrameDecoder(lengths={FrameType.RESULT: (identity.result_bytes, identity.result_bytes),
+                                    FrameType.ERROR: (1, 1)})
+    good = encode_frame(FrameType.RESULT, 9, bytes(identity.result_bytes))
+    damaged = bytes([0xA5, FrameType.RESULT, 8, 0]) + (800).to_bytes(2, "little")
+    frames = decoder.feed(damaged + good)
+    assert [(f.type, f.seq) for f in frames] == [(FrameType.RESULT, 9)]
+    assert decoder.feed(bytes([0xA5, FrameType.IDENTITY, 1, 0, 59, 0])) == [] and decoder.buffer == b""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_late_replies_of_an_earlier_session_are_never_taken(net, seed):
+    """A driver stopped with images in flight; the next one on the same port gets only its own answers."""
+    rng = np.random.default_rng(seed)
+    earlier, ours = (rng.integers(0, net.max_code + 1, size=(6, net.input.size)) for _ in range(2))
+    board = FakeBoard(net, seed=seed, delay=0.3)
+    identity = identity_of(net)
+    for k, row in enumerate(earlier):            # the sequence numbers a driver starting at 1 would reuse
+        board.write(encode_frame(FrameType.INFER, k + 2, identity.encode_image(row)))
+    with Accelerator(board, timeout=2.0) as driver:
+        driver.expect(net)
+        results = list(driver.infer(ours))
+    assert_correct(results, net, ours)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_link_with_one_percent_byte_damage_loses_nothing(net, seed):
+    """Drop, duplicate and corrupt 1 % of the bytes each way (sim/link.py): every result correct, once, in order."""
+    codes = np.random.default_rng(100 + seed).integers(0, net.max_code + 1, size=(150, net.input.size))
+    link = LossyLink(FakeBoard(net, seed=seed), seed=seed, drop=0.0033, duplicate=0.0033, corrupt=0.0034)
+    with Accelerator(link, timeout=0.05, retries=50) as driver:
+        driver.expect(net)
+        results = list(driver.infer(codes))
+    assert_correct(results, net, codes)
+    assert sum(link.damaged.values()) > 0
+
+
+def test_an_image_too_large_for_a_frame_is_refused_before_building():
+    from spikesmith.gen.board import board_params
+    from spikesmith.gen.sizing import plan_core
+    from spikesmith.errors import SpikesmithError
+
+    plan = plan_core(make_network(np.random.default_rng(0), [70_000, 2, 2], 4), lanes=[1, 1])
+    with pytest.raises(SpikesmithError, match="a frame carries at most 65,535"):
+        board_params(plan, 12_000_000, 115_200)
+    with pytest.raises(ValueError, match="at most 65,535 payload bytes"):
+        encode_frame(FrameType.INFER, 1, bytes(70_000))

@@ -266,7 +266,7 @@ def _run_receiver(params, data: bytes, cycles: int = 400):
             if pending and taken:
                 pending.pop(0)
             if req:
-                out["requests"].append(seq)
+                out["requests"].append(seq.seq)
             if err:
                 out["errors"].append((error.seq, error.code))
             if ident:
@@ -329,7 +329,7 @@ def test_frame_transmitter_frames_an_error_and_a_result(board):
         ctx.set(dut.results.payload.label, 1)
         for k, logit in enumerate([-300, 12, 5]):
             ctx.set(dut.results.payload.logits[k], logit)
-        ctx.set(dut.requests.payload, 5)
+        ctx.set(dut.requests.payload, {"seq": 5, "generation": 0})
         ctx.set(dut.results.valid, 1)
         ctx.set(dut.requests.valid, 1)
         await ctx.tick().until(dut.results.ready)
@@ -356,6 +356,58 @@ def test_frame_transmitter_frames_an_error_and_a_result(board):
     n = params.logit_bytes
     logits = [int.from_bytes(result.payload[2 + k * n:2 + (k + 1) * n], "little", signed=True) for k in range(3)]
     assert (label, logits) == (1, [-300, 12, 5]) and plan.classes == 3
+
+
+def test_frame_transmitter_drops_the_results_of_an_earlier_session(board):
+    """docs/protocol.md, "Sessions": a result of a request taken before the last IDENTIFY is not sent."""
+    _, params = board
+    dut = FrameTransmitter(params)
+    sent = []
+
+    async def offer(ctx):
+        ctx.set(dut.generation, 7)
+        for seq, generation in ((11, 6), (12, 7)):
+            ctx.set(dut.requests.payload, {"seq": seq, "generation": generation})
+            ctx.set(dut.results.valid, 1)
+            ctx.set(dut.requests.valid, 1)
+            await ctx.tick().until(dut.results.ready)
+        ctx.set(dut.results.valid, 0)
+        ctx.set(dut.requests.valid, 0)
+
+    async def take(ctx):
+        ctx.set(dut.bytes.ready, 1)
+        for _ in range(120):
+            _, _, valid, byte = await ctx.tick().sample(dut.bytes.valid, dut.bytes.payload)
+            if valid:
+                sent.append(byte)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(offer)
+    sim.add_testbench(take)
+    sim.run()
+    assert [(f.type, f.seq) for f in FrameDecoder().feed(bytes(sent))] == [(FrameType.RESULT, 12)]
+
+
+def test_an_identify_starts_a_new_session(board):
+    _, params = board
+    dut = FrameReceiver(params)
+    generations = []
+
+    async def bench(ctx):
+        for port in (dut.identify, dut.errors, dut.acks):
+            ctx.set(port.ready, 1)
+        for byte in encode_frame(FrameType.IDENTIFY, 1) + encode_frame(FrameType.IDENTIFY, 2):
+            ctx.set(dut.bytes.valid, 1)
+            ctx.set(dut.bytes.payload, byte)
+            await ctx.tick().until(dut.bytes.ready)
+            generations.append(ctx.get(dut.generation))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert generations[0] == 0 and generations[-1] == 2
 
 
 def test_image_loader_streams_the_buffer_into_the_core(board):

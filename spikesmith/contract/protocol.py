@@ -16,15 +16,16 @@ import enum
 import struct
 from dataclasses import dataclass
 
-__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "COMMIT_LAYER", "FrameType", "ErrorCode", "Frame",
+__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "MAX_FRAME_PAYLOAD", "COMMIT_LAYER", "FrameType", "ErrorCode", "Frame",
            "crc16", "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes", "unpack_result"]
 
 SYNC = 0xA5
 HEADER = 6            # sync, type, seq, len
 MAGIC = b"SPKS"       # a spikesmith board
-VERSION = 2
+VERSION = 3             # 3: an IDENTIFY starts a session (docs/protocol.md, "Sessions")
 COMMIT_LAYER = 0xFF     # a LOAD for this layer commits the run-time weights
-MAX_PAYLOAD = 4096    # no frame of either side is longer; a longer header is noise
+MAX_PAYLOAD = 4096    # no reply is longer; a longer reply header is noise
+MAX_FRAME_PAYLOAD = 0xFFFF     # the length field's limit: the largest image a frame carries
 
 
 class FrameType(enum.IntEnum):
@@ -86,6 +87,9 @@ class Frame:
 
 
 def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
+    """A frame; ``ValueError`` for a payload the 16-bit length field cannot carry."""
+    if len(payload) > MAX_FRAME_PAYLOAD:
+        raise ValueError(f"a frame carries at most {MAX_FRAME_PAYLOAD:,} payload bytes, not {len(payload):,}")
     body = struct.pack("<BHH", frame_type, seq & 0xFFFF, len(payload)) + payload
     return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
 
@@ -93,18 +97,22 @@ def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
 class FrameDecoder:
     """Turns received bytes into frames; skips noise and resynchronises on the next 0xA5.
 
-    Bounding ``max_payload`` to the longest frame the peer can send, and ``types`` to the
-    frame types it can send, keeps a damaged header from swallowing the frames after it.
+    Bounding ``max_payload`` to the longest frame the peer can send, ``types`` to the frame
+    types it can send, and ``lengths`` (``{type: (shortest, longest)}`` payload bytes, which
+    also limits the types) to what each type can be, keeps a damaged header from swallowing
+    the frames after it: a header outside them is dropped at once.
 
     ``feed`` returns the frames completed by the new bytes. A frame whose CRC fails is
     dropped (counted in ``bad_frames``) and the search restarts one byte after its sync, so
     a sync byte inside a damaged frame's payload is not lost.
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD, types: tuple[int, ...] | None = None):
+    def __init__(self, max_payload: int = MAX_PAYLOAD, types: tuple[int, ...] | None = None,
+                 lengths: dict[int, tuple[int, int]] | None = None):
         self.buffer = bytearray()
         self.max_payload = max_payload    # a longer length field is damage: resync at once
         self.types = types                # other frame types are damage too (None: any)
+        self.lengths = lengths            # per type, the payload lengths it can have (None: any)
         self.bad_frames = 0
         self.skipped_bytes = 0
 
@@ -123,7 +131,7 @@ class FrameDecoder:
             if len(self.buffer) < HEADER:
                 return frames
             frame_type, seq, length = struct.unpack_from("<BHH", self.buffer, 1)
-            if length > self.max_payload or (self.types is not None and frame_type not in self.types):
+            if not self._plausible(frame_type, length):
                 self._resync()
                 continue
             end = HEADER + length + 2
@@ -136,6 +144,14 @@ class FrameDecoder:
                 continue
             frames.append(Frame(frame_type, seq, body[5:]))
             del self.buffer[:end]
+
+    def _plausible(self, frame_type: int, length: int) -> bool:
+        if length > self.max_payload or (self.types is not None and frame_type not in self.types):
+            return False
+        if self.lengths is None:
+            return True
+        shortest, longest = self.lengths.get(frame_type, (1, 0))
+        return shortest <= length <= longest
 
     def _resync(self) -> None:
         self.bad_frames += 1
@@ -164,6 +180,7 @@ class Identity:
 
     FORMAT = "<4sBBBBHHBxII32sBB"          # then per layer: lanes (H), loaded (B)
     LAYER_FORMAT = "<HB"
+    MIN_SIZE = struct.calcsize(FORMAT)
     MAX_SIZE = struct.calcsize(FORMAT) + 255 * struct.calcsize(LAYER_FORMAT)
 
     def encode(self) -> bytes:
@@ -177,9 +194,11 @@ class Identity:
     @classmethod
     def decode(cls, payload: bytes) -> "Identity":
         head = struct.calcsize(cls.FORMAT)
-        if len(payload) >= 5 and (payload[:4] != MAGIC or payload[4] != VERSION):
-            raise ValueError(f"not a spikesmith board of this version (magic {payload[:4]!r}, "
-                             f"protocol version {payload[4]}; this host speaks version {VERSION})")
+        if len(payload) >= 5 and payload[:4] != MAGIC:
+            raise ValueError(f"not a spikesmith board (it says {payload[:4]!r}, not {MAGIC!r})")
+        if len(payload) >= 5 and payload[4] != VERSION:
+            raise ValueError(f"the board speaks protocol version {payload[4]}, this host version {VERSION} "
+                             "(rebuild the bitstream with this spikesmith)")
         if len(payload) < head:
             raise ValueError(f"an identity is at least {head} bytes, not {len(payload)}")
         (_, _, timesteps, _, logit_nbytes, inputs, classes, window, clock_hz, interval,
@@ -189,6 +208,10 @@ class Identity:
             raise ValueError(f"an identity of {layers} layers is {head + layers * size} bytes, not {len(payload)}")
         per_layer = [struct.unpack(cls.LAYER_FORMAT, payload[head + i * size:head + (i + 1) * size])
                      for i in range(layers)]
+        if not 1 <= timesteps <= 16 or inputs * code_bytes(timesteps) > MAX_FRAME_PAYLOAD or not classes \
+                or not window:
+            raise ValueError(f"T={timesteps}, {inputs} inputs, {classes} classes, window {window} is no board "
+                             "this host can drive")
         return cls(timesteps, inputs, classes, logit_nbytes, window, clock_hz, interval, fingerprint,
                    tuple(lanes for lanes, _ in per_layer), tuple(bool(flag) for _, flag in per_layer), load_bytes)
 
