@@ -11,7 +11,7 @@ from common import RESULTS, ROOT
 
 ORDER = [("accuracy", "1. Accuracy vs time steps"), ("hardware", "2. Hardware efficiency"),
          ("simspeed", "3. Simulation speed"), ("boards", "4. Boards"),
-         ("mnist", "5. MNIST against published FPGA SNN generators")]
+         ("mnist", "5. MNIST against published FPGA SNN generators"), ("link", "6. A noisy serial link")]
 
 
 def _pct(value) -> str:
@@ -148,7 +148,21 @@ def mnist_section(f: dict) -> list[str]:
     return lines
 
 
-SECTIONS = {"accuracy": accuracy_section, "hardware": hardware_section, "simspeed": simspeed_section,
+def link_section(f: dict) -> list[str]:
+    damaged = f["damaged_bytes"]
+    v = f["verilated"]
+    return [f"{f['complete']} of {f['runs']} runs of {f['images']} images complete over a link damaging "
+            f"{100 * f['damage']:g} % of the bytes each way (dropped {damaged['dropped']:,}, duplicated "
+            f"{damaged['duplicated']:,}, corrupted {damaged['corrupted']:,} bytes in all): every result correct in "
+            f"every logit, exactly once, in order; {f['resent']:,} images resent; "
+            f"{f['seconds_per_run']:.1f} s per run (the board model of tests/fakeboard.py through "
+            "sim/link.py's LossyLink).", "",
+            f"The board top under Verilator behind the same damage: "
+            f"{'complete, every result correct' if v['complete'] else 'FAILED: ' + v.get('error', 'wrong results')}"
+            f"{', ' + str(v['resent']) + ' resent' if 'resent' in v else ''} ({v['seconds']:.0f} s)."]
+
+
+SECTIONS = {"link": link_section, "accuracy": accuracy_section, "hardware": hardware_section, "simspeed": simspeed_section,
             "boards": boards_section, "mnist": mnist_section}
 
 

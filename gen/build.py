@@ -26,7 +26,7 @@ from amaranth.build.run import LocalBuildProducts
 
 from ..contract.plan import CorePlan, ceil_div
 from ..errors import SpikesmithError
-from ..fileio import write_atomic
+from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
 from .board import board_params
@@ -249,8 +249,8 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
     params = board_params(plan, round(clock), baud)
     platform = _platform(board, program)
     env = {**board.tools, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    out_dir = Path(out_dir)
-    work = Path(tempfile.mkdtemp(prefix=".spikesmith-build-", dir=out_dir.parent))
+    out_dir = check_output_folder(out_dir)
+    work = Path(tempfile.mkdtemp(prefix=".spikesmith-build-", dir=out_dir.parent if str(out_dir.parent) else "."))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -295,9 +295,7 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
             except (OSError, subprocess.CalledProcessError) as exc:
                 raise BuildError(f"programming the {board.name} failed: {exc} (the bitstream is built; "
                                  "the programmer, iceprog or openFPGALoader, must be on PATH)") from exc
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        work.rename(out_dir)
+        replace_outputs(work, out_dir)      # only our own files are replaced (spikesmith.fileio)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import NetFileError
+from ..errors import NetFileError, SpikesmithError
+from ..resources import require_memory
 from ..fileio import write_atomic
 from ..contract.bounds import MAX_WIDTH, layer_bounds
 from ..contract.network import (ConvGeometry, ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork,
@@ -97,7 +98,12 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
         raise NetFileError(f"network file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            _check_sizes(archive, path)
             arrays = {name: archive[name] for name in archive.files}
+    except NetFileError:
+        raise
+    except SpikesmithError as exc:
+        raise NetFileError(str(exc)) from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
         raise NetFileError(f"{path} is not a valid spikesmith network (corrupt or truncated: {exc})") from exc
     except Exception as exc:  # zlib.error and friends from a damaged archive
@@ -109,8 +115,9 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
         raise NetFileError(f"{path} is not a valid spikesmith network: unreadable header ({exc})") from exc
     _require(isinstance(meta, dict) and meta.get("format") == FORMAT, path, "wrong format tag")
     version = meta.get("version")
-    if version != VERSION:
-        raise NetFileError(f"{path} has format version {version}; this spikesmith reads version {VERSION}")
+    if type(version) is not int or version != VERSION:
+        raise NetFileError(f"{path} has format version {json.dumps(version)}; this spikesmith reads version "
+                           f"{VERSION} (an integer)")
     try:
         net = _from_meta(meta, arrays, path)
     except NetFileError:
@@ -122,9 +129,40 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
     return net
 
 
+#: The header is a few KB; a larger one is not a network file.
+MAX_HEADER_BYTES = 16 << 20
+#: Bytes of memory per weight of the integer network in use (int64 dense matrix, float
+#: shadow, and the temporaries of expanding a convolution's kernel).
+BYTES_PER_WEIGHT = 32
+
+
+def _check_sizes(archive, path) -> None:
+    """Before any array is read: the header is small, every array's stored size fits what the
+    header declares, and the network fits the free memory (a 1 MB file can declare 8 GiB)."""
+    members = {info.filename: info for info in archive.zip.infolist()}
+    header = members.get("meta.json.npy")
+    _require(header is not None and header.file_size <= MAX_HEADER_BYTES, path, "no meta.json header, or a huge one")
+    try:
+        meta = json.loads(archive["meta.json"].tobytes().decode())
+        layers = [(int(entry["in"]), int(entry["out"])) for entry in meta["layers"]]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise NetFileError(f"{path} is not a valid spikesmith network: unreadable header ({exc})") from None
+    _require(all(0 < n_in < 1 << 31 and 0 < n_out < 1 << 31 for n_in, n_out in layers), path,
+             "layer sizes out of range")
+    weights = sum(n_in * n_out for n_in, n_out in layers)
+    for i, (n_in, n_out) in enumerate(layers):
+        for name in ("weight", "float_weight", "bias", "threshold", "float_bias"):
+            info = members.get(f"layer{i}.{name}.npy")
+            largest = 8 * (n_in * n_out if "weight" in name else n_out) + 4096
+            _require(info is None or info.file_size <= largest, path,
+                     f"layer {i}: array {name} is larger than its declared sizes allow")
+    require_memory(BYTES_PER_WEIGHT * weights, f"{path}: the network ({weights:,} weights as dense layers)")
+
+
 def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
-    timesteps = int(meta["timesteps"])
-    _require(1 <= timesteps <= 16, path, f"timesteps {timesteps} out of range 1..16")
+    timesteps = meta["timesteps"]
+    _require(type(timesteps) is int and 1 <= timesteps <= 16, path,
+             f"timesteps {json.dumps(timesteps)} is not an integer from 1 to 16")
     shape = tuple(int(d) for d in meta["input"]["shape"])
     _require(len(shape) >= 1 and all(d >= 1 for d in shape), path, f"bad input shape {shape}")
     input_threshold = float(meta["input"]["threshold"])
@@ -169,7 +207,10 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
         shadow = None
         if f"layer{i}.float_weight" in arrays:
             fw, fb = arrays[f"layer{i}.float_weight"], arrays[f"layer{i}.float_bias"]
-            _require(fw.shape == stored_weight and fb.shape == (stored_out,), path, f"{where}: bad float arrays")
+            _require(fw.shape == stored_weight and fb.shape == (stored_out,) and fw.dtype.kind == "f"
+                     and fb.dtype.kind == "f", path, f"{where}: bad float arrays")
+            _require(bool(np.isfinite(fw).all() and np.isfinite(fb).all()), path,
+                     f"{where}: NaN or infinite float weights")
             if geometry is not None:
                 fw, fb = geometry.dense(fw.astype(np.float64)), np.repeat(fb, geometry.pixels)
             lam = entry.get("activation_threshold")

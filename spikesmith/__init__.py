@@ -11,8 +11,8 @@ Layers, top to bottom (imports only point down; ``lint-imports`` checks it, pypr
   independent of each other.
 - ``spikesmith.contract``: what every stage reads: the network IR and its width bounds, the
   hardware plan, the wire protocol.
-- ``spikesmith.errors``, ``spikesmith.fileio``, ``spikesmith.toolchain``: error types, atomic
-  writes, tool discovery.
+- ``spikesmith.errors``, ``spikesmith.fileio``, ``spikesmith.toolchain``, ``spikesmith.resources``:
+  error types, safe output files and folders, tool discovery, free memory.
 """
 
 __version__ = "0.1.0"

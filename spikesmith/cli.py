@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -19,12 +20,22 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import SpikesmithError
+from .fileio import check_output_folder, check_writable_file
 
 # Each command imports what it needs inside its function: torch, amaranth, cocotb and scikit-learn
 # take seconds to import, and `spikesmith info` or a usage error should not wait for them.
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and ``except BaseException`` cleans up."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 class Progress:
@@ -46,15 +57,6 @@ def _pct(value: float | None) -> str:
 def _emit_json(payload: dict) -> None:
     json.dump(payload, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
-
-
-def _check_output_path(path: Path) -> None:
-    """Fail before any long work if the output cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise SpikesmithError(f"cannot write {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise SpikesmithError(f"cannot write {path}: it is a folder")
 
 
 # ---------------------------------------------------------------------------- demo
@@ -111,7 +113,7 @@ def cmd_convert(args) -> int:
 
     progress = Progress(not args.quiet)
     output = Path(args.output)
-    _check_output_path(output)
+    check_writable_file(output)
     options = _options(args)
     calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
     progress(f"calibration data {calib.describe()}")
@@ -233,25 +235,24 @@ def _plan(args, net):
 
 
 def cmd_generate(args) -> int:
-    from .gen.emit import LINT_WAIVERS, LintError, check_output_dir, lint_verilog, write_core
+    from .gen.emit import LINT_WAIVERS, elaboration_bytes, write_core
+    from .resources import require_memory
     from .gen.netfile import load_network
     from .hw.core import TOP_NAME, emit_verilog
 
     progress = Progress(not args.quiet)
-    output = Path(args.output)
-    check_output_dir(output)
+    output = check_output_folder(args.output)
     net = load_network(args.net)
     plan = _plan(args, net)
     progress(f"sizing {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}, "
              f"initiation interval {plan.initiation_interval} cycles")
-    progress("elaborating the Amaranth core and emitting Verilog")
+    require_memory(elaboration_bytes(plan), f"elaborating a core with {plan.memory_bits():,} bits of memory")
+    seconds = plan.memory_bits() / 85_000           # measured: about 85,000 bits of memory per second
+    progress("elaborating the Amaranth core and emitting Verilog" + (f" (about {seconds:.0f} s)" if seconds > 30 else ""))
     verilog = emit_verilog(plan)
+    progress("linting with Verilator (--lint-only -Wall), then writing")
     files = write_core(plan, output, verilog)
     progress(f"wrote {files['verilog']} ({len(verilog) // 1024} KiB)")
-    progress("linting with Verilator (--lint-only -Wall)")
-    warnings_ = lint_verilog(files["verilog"])
-    if warnings_:
-        raise LintError(f"Verilator lint of {files['verilog']}: {warnings_[0]} (a generator bug; please report it)")
     report = plan.report()
     payload = {"net": str(args.net), "top": TOP_NAME, "files": {k: str(v) for k, v in files.items()},
                "lint": {"clean": True, "waived": LINT_WAIVERS}, **report}
@@ -294,7 +295,16 @@ def _net_and_images(args):
     data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
     if len(data) == 0:
         raise SpikesmithError("no images selected (check --range and -n)")
+    _check_labels(data, net.classes)
     return net, data
+
+
+def _check_labels(data, classes: int) -> None:
+    """Labels must name the network's classes, or every accuracy would be quietly wrong."""
+    labels = getattr(data, "labels", None)
+    if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise SpikesmithError(f"{data.describe()} has labels {int(labels.min())}..{int(labels.max())} but the "
+                              f"network has {classes} classes (0..{classes - 1})")
 
 
 def cmd_simulate(args) -> int:
@@ -460,12 +470,10 @@ def _print_infer_report(payload: dict) -> None:
 
 def cmd_build(args) -> int:
     from .gen.build import BOARDS, build_bitstream, check_fit, plan_for_board
-    from .gen.emit import check_output_dir
     from .gen.netfile import load_network
 
     progress = Progress(not args.quiet)
-    output = Path(args.output)
-    check_output_dir(output)
+    output = check_output_folder(args.output)
     board = BOARDS[args.board]
     net = load_network(args.net)
     plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip, args.spram)
@@ -499,12 +507,38 @@ def cmd_build(args) -> int:
 
 # ---------------------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors and exit status 1 of every other spikesmith error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"spikesmith: error: {message} (spikesmith {self.prog.split()[-1]} --help)\n"
+                  if " " in self.prog else f"spikesmith: error: {message} (spikesmith --help)\n")
+
+
+def _number(kind, low, high):
+    """An argparse type: a ``kind`` (int or float) in ``[low, high]``, else a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a{'n integer' if kind is int else ' number'}, "
+                                             f"not {text!r}") from None
+        if not (low <= value <= high):      # (also refuses nan)
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, not {text}")
+        return value
+    return parse
+
+
+TIMESTEPS = _number(int, 1, 16)
+COUNT = _number(int, 1, 10**9)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spikesmith",
         description="FPGA accelerator generator for spiking neural networks (SpikeConverter iLIF, k=2).")
     parser.add_argument("--version", action="version", version=f"spikesmith {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_model_commands(sub)
     _add_hardware_commands(sub)
     return parser
@@ -519,13 +553,15 @@ def _conversion_options(p):
     from .gen.convert import CONVOLUTION_MODES
     from .gen.quantise import WEIGHT_SCALES
 
-    p.add_argument("--timesteps", "-T", type=int, default=8, help="time steps T (default 8)")
-    p.add_argument("--weight-bits", type=int, default=8, help="signed weight width in bits (default 8)")
+    p.add_argument("--timesteps", "-T", type=TIMESTEPS, default=8, help="time steps T, 1-16 (default 8)")
+    p.add_argument("--weight-bits", type=_number(int, 2, 16), default=8,
+                   help="signed weight width in bits, 2-16 (default 8)")
     p.add_argument("--weight-scale", choices=WEIGHT_SCALES, default="channel",
                    help="one weight scale per output neuron (channel, default) or per layer")
     p.add_argument("--threshold", choices=THRESHOLD_MODES, default="search",
                    help="threshold normalisation: search (least conversion error, default), max, percentile")
-    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --threshold percentile")
+    p.add_argument("--percentile", type=_number(float, 0.0, 100.0), default=99.99,
+                   help="percentile for --threshold percentile, 0-100 (default 99.99)")
     p.add_argument("--convolutions", choices=CONVOLUTION_MODES, default="kernel",
                    help="kernel (default): convolution layers keep their kernel (the convolution engine); "
                         "dense: lower them to dense matrices")
@@ -533,16 +569,17 @@ def _conversion_options(p):
 def _image_options(p):
     p.add_argument("--data", default="digits", metavar="DATA", help="digits (default) or a path")
     p.add_argument("--range", metavar="A:B", help="use images [A:B] of the data")
-    p.add_argument("-n", type=int, metavar="N", help="use the first N images (after --range)")
+    p.add_argument("-n", type=COUNT, metavar="N", help="use the first N images (after --range)")
 
 def _hardware_options(p):
     from .gen.sizing import DEFAULT_LANE_BUDGET
 
-    p.add_argument("--lanes", type=int, nargs="+", metavar="L",
+    p.add_argument("--lanes", type=_number(int, 1, 1 << 16), nargs="+", metavar="L",
                    help="neuron lanes per layer, one number per layer (default: chosen under --lane-budget)")
-    p.add_argument("--lane-budget", type=int, default=DEFAULT_LANE_BUDGET, metavar="N",
+    p.add_argument("--lane-budget", type=_number(int, 1, 1 << 16), default=DEFAULT_LANE_BUDGET,
+                   metavar="N",
                    help=f"total lanes to balance the layers with (default {DEFAULT_LANE_BUDGET})")
-    p.add_argument("--input-lanes", type=int, metavar="P",
+    p.add_argument("--input-lanes", type=_number(int, 1, 1 << 16), metavar="P",
                    help="input codes per beat of the image stream (default: min(8, inputs))")
     p.add_argument("--no-skip", action="store_true",
                    help="send every neuron every step (fixed timing) instead of only those that spiked")
@@ -555,10 +592,11 @@ def _hardware_options(p):
 def _add_model_commands(sub) -> None:
     """demo, convert, eval, info: the network side."""
     p = sub.add_parser("demo", help="train, convert and evaluate the embedded digits MLP and CNN")
-    p.add_argument("--timesteps", "-T", type=int, default=8, help="main T (default 8)")
-    p.add_argument("--sweep", type=int, nargs="+", default=[2, 4, 6, 8, 12, 16], metavar="T",
+    p.add_argument("--timesteps", "-T", type=TIMESTEPS, default=8, help="main T, 1-16 (default 8)")
+    p.add_argument("--sweep", type=TIMESTEPS, nargs="+", default=[2, 4, 6, 8, 12, 16], metavar="T",
                    help="T values of the accuracy table (default 2 4 6 8 12 16)")
-    p.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
+    p.add_argument("--epochs", type=_number(int, 1, 100_000), default=60,
+                   help="training epochs (default 60)")
     p.add_argument("--models", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"],
                    help="which embedded models to train (default: mlp cnn)")
     p.add_argument("-o", "--output", metavar="DIR",
@@ -611,12 +649,14 @@ def _add_hardware_commands(sub) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--sim", action="store_true", help="a simulated board: the board top under Verilator")
     where.add_argument("--port", metavar="URL", help="serial port of a board: /dev/ttyUSB1, socket://host:port, ...")
-    p.add_argument("--baud", type=int, default=115200, help="serial baud rate for --port (default 115200)")
+    p.add_argument("--baud", type=_number(int, 300, 12_000_000), default=115200,
+                   help="serial baud rate for --port (default 115200)")
     _image_options(p)
     p.add_argument("--compare-golden", action="store_true",
                    help="compare every label and logit with the golden model (exit 1 on any difference)")
-    p.add_argument("--window", type=int, metavar="W", help="images in flight (default: what the board allows)")
-    p.add_argument("--timeout", type=float, metavar="S",
+    p.add_argument("--window", type=_number(int, 1, 255), metavar="W",
+                   help="images in flight, 1-255 (default: what the board allows)")
+    p.add_argument("--timeout", type=_number(float, 0.001, 3600.0), metavar="S",
                    help="seconds to wait for a reply before resending (default 2; 30 with --sim)")
     p.add_argument("--build-dir", metavar="DIR", help="where Verilator builds are kept (with --sim)")
     _hardware_options(p)
@@ -627,8 +667,9 @@ def _add_hardware_commands(sub) -> None:
     p.add_argument("net", metavar="NET")
     p.add_argument("--board", required=True, choices=["icebreaker", "ulx3s-85f"], help="target board")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (replaced if it exists)")
-    p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
-    p.add_argument("--clock", type=float, metavar="MHZ",
+    p.add_argument("--baud", type=_number(int, 300, 12_000_000), default=115200,
+                   help="UART baud rate (default 115200)")
+    p.add_argument("--clock", type=_number(float, 1.0, 500.0), metavar="MHZ",
                    help="clock the core from a PLL at MHZ (default: the board's oscillator, 12 MHz on the "
                         "iCEBreaker, 25 MHz on the ULX3S)")
     p.add_argument("--program", action="store_true", help="program the board after the build")
@@ -644,11 +685,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except SpikesmithError as exc:
         print(f"spikesmith: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except Terminated:
+        print("spikesmith: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("spikesmith: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -658,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikesmith: internal error: {type(exc).__name__}: {exc} "
               f"(a bug; rerun with SPIKESMITH_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

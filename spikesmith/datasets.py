@@ -18,6 +18,8 @@ A data spec (``--data``, ``--calib``) is one of:
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,10 @@ _IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+#: The largest data file read (MNIST's training images are 47 MB).
+MAX_DATA_BYTES = 1 << 30
+
+
 def _read_maybe_gzip(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
@@ -94,9 +100,14 @@ def _read_maybe_gzip(path: Path) -> bytes:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if raw[:2] == b"\x1f\x8b":
         try:
-            return gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+                data = stream.read(MAX_DATA_BYTES + 1)        # a small .gz can unpack to anything
         except (OSError, EOFError, zlib.error) as exc:
             raise DatasetError(f"{path} is a damaged gzip file ({exc})") from exc
+        if len(data) > MAX_DATA_BYTES:
+            raise DatasetError(f"{path} unpacks to more than {MAX_DATA_BYTES >> 30} GiB; spikesmith reads "
+                               "smaller data files")
+        return data
     return raw
 
 
@@ -111,7 +122,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DatasetError(f"{path} is not an IDX file (truncated header)")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize          # Python integers: no overflow
     if len(raw) - header != expected:
         raise DatasetError(
             f"{path} is truncated or damaged: its header declares {'x'.join(map(str, dims))} values "

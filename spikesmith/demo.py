@@ -33,6 +33,8 @@ def run_demo(timesteps: int = 8, sweep: tuple[int, ...] = (2, 4, 6, 8, 12, 16), 
              out_dir: Path | None = None, progress: Callable[[str], None] = lambda message: None,
              models: tuple[str, ...] = ("mlp", "cnn")) -> dict:
     """Train, convert and evaluate each of ``models``; the MLP's figures at the top level, others by key."""
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise SpikesmithError(f"-o {out_dir}: it is a file; the demo writes its models into a folder")
     if out_dir is not None and not out_dir.is_dir():
         raise SpikesmithError(f"output folder {out_dir} does not exist")
     for t in (timesteps, *sweep):

@@ -88,3 +88,31 @@ def test_specs_and_ranges(tmp_path):
         parse_range("12")
     with pytest.raises(DatasetError, match="selects no image"):
         digits("test").select(500, 600)
+
+
+def test_an_idx_header_whose_sizes_overflow_is_damage(tmp_path):
+    """4 x (2^32 - 1)^2 bytes overflows 64-bit arithmetic; the reader counts in Python integers."""
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + (0xFFFFFFFF).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big"))
+    with pytest.raises(DatasetError, match="truncated or damaged"):
+        read_idx(path)
+
+
+def test_a_gzip_that_unpacks_beyond_the_limit_is_refused(tmp_path, monkeypatch):
+    import spikesmith.datasets as datasets
+
+    monkeypatch.setattr(datasets, "MAX_DATA_BYTES", 1 << 20)
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 0x08, 1]) + (4 << 20).to_bytes(4, "big") + bytes(4 << 20)))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(DatasetError, match="unpacks to more than"):
+        read_idx(path)
+
+
+def test_labels_outside_the_networks_classes_are_refused(tmp_path):
+    from conftest import assert_one_line_error, make_network, run_cli
+    from spikesmith.gen.netfile import save_network
+
+    save_network(make_network(np.random.default_rng(2), [64, 8, 5], 4), tmp_path / "five.net.npz")
+    proc = run_cli("eval", str(tmp_path / "five.net.npz"), "--data", "digits", check=False)
+    assert_one_line_error(proc, "has labels 0..9 but the network has 5 classes")

@@ -117,3 +117,72 @@ def test_failed_save_leaves_no_file(tmp_path, net, monkeypatch):
     with pytest.raises(OSError):
         save_network(net, tmp_path / "n.net.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def _conv_net_file(tmp_path, in_shape):
+    """A real conv network file whose header then claims a ``in_shape`` input (its arrays stay small)."""
+    from conftest import make_conv_network
+
+    net = make_conv_network(np.random.default_rng(3), (1, 8, 8), [(4, (3, 3), (1, 1), (1, 1))], 3, 4)
+
+    def claim(meta):
+        conv = meta["layers"][0]["convolution"]
+        conv["in_shape"] = list(in_shape)
+        meta["input"]["shape"] = list(in_shape)
+        meta["layers"][0]["in"] = int(np.prod(in_shape))
+        meta["layers"][0]["out"] = meta["layers"][1]["in"] = 4 * in_shape[1] * in_shape[2]
+        return meta
+
+    path = tmp_path / "claims.net.npz"
+    path.write_bytes(_rewrite(network_to_bytes(net), _edit_meta(claim)))
+    return path
+
+
+def test_a_tiny_file_declaring_a_huge_network_is_refused_before_allocating(tmp_path):
+    """A few KB whose convolution claims a 1x200x200 input used to make ``info`` allocate 11.9 GiB."""
+    path = _conv_net_file(tmp_path, (1, 200, 200))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(NetFileError, match=r"needs about [\d.]+ GiB of memory; this machine has"):
+        load_network(path)
+
+
+def test_an_array_larger_than_its_declared_sizes_is_refused_unread(tmp_path, net):
+    data = _rewrite(network_to_bytes(net), lambda n, p: (n, _npy(np.zeros((500, 500), np.int64)))
+                    if n == "layer0.bias.npy" else (n, p))
+    path = tmp_path / "big-bias.net.npz"
+    path.write_bytes(data)
+    with pytest.raises(NetFileError, match="array bias is larger than its declared sizes allow"):
+        load_network(path)
+
+
+def test_info_says_so_in_one_line(tmp_path):
+    from conftest import assert_one_line_error, run_cli
+
+    proc = run_cli("info", str(_conv_net_file(tmp_path, (1, 200, 200))), check=False)
+    assert_one_line_error(proc, "needs about", "GiB of memory")
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda meta: meta.update(timesteps=8.5), "timesteps 8.5 is not an integer from 1 to 16"),
+    (lambda meta: meta.update(timesteps=True), "timesteps true is not an integer"),
+    (lambda meta: meta.update(version="1"), 'has format version "1"; this spikesmith reads version 1 (an integer)'),
+])
+def test_header_values_of_the_wrong_type_are_refused(tmp_path, net, change, fragment):
+    path = tmp_path / "typed.net.npz"
+    path.write_bytes(_rewrite(network_to_bytes(net), _edit_meta(change)))
+    with pytest.raises(NetFileError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        load_network(path)
+
+
+def test_nan_float_weights_are_refused(tmp_path, net):
+    def poison(name, payload):
+        if name == "layer0.float_weight.npy":
+            array = np.load(io.BytesIO(payload))
+            array[0, 0] = np.nan
+            return name, _npy(array)
+        return name, payload
+
+    path = tmp_path / "nan.net.npz"
+    path.write_bytes(_rewrite(network_to_bytes(net), poison))
+    with pytest.raises(NetFileError, match="NaN or infinite float weights"):
+        load_network(path)
