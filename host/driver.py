@@ -246,9 +246,8 @@ class Accelerator:
                         progress(done, len(payloads))
                 else:
                     code = frame.payload[0] if frame.payload else 0
-                    if code in (ErrorCode.LENGTH, ErrorCode.TYPE):
-                        raise BoardError(f"the board refused weight row {request.index} (error {code})")
-                    self._resend(frame.seq, request, f"board error {code}", "weight row")
+                    self._resend(frame.seq, request, f"board error {code}", "weight row",
+                                 refusal=code in (ErrorCode.LENGTH, ErrorCode.TYPE))
             self._resend_overdue(in_flight, "weight row")
 
     # ------------------------------------------------------------------ inference
@@ -309,10 +308,10 @@ class Accelerator:
             self.stats.board_errors[name] = self.stats.board_errors.get(name, 0) + 1
             if code == ErrorCode.NOT_LOADED:
                 raise BoardError("the board's run-time weights are not loaded (load_weights() does it)")
-            if code == ErrorCode.LENGTH or code == ErrorCode.TYPE:
-                raise BoardError(f"the board refused image {request.index}: {name.lower()} "
-                                 "(does it run the network you expect?)")
-            self._resend(frame.seq, request, f"board error {name}")
+            # A length or type refusal of a well-formed request is damage on the way in (the identity
+            # said what the board takes): resend; the same refusal every time means another network.
+            self._resend(frame.seq, request, f"board error {name}",
+                         refusal=code in (ErrorCode.LENGTH, ErrorCode.TYPE))
             return
         try:
             label, logits = identity.decode_result(frame.payload)
@@ -334,7 +333,10 @@ class Accelerator:
             if now - request.sent >= self.timeout:
                 self._resend(seq, request, "no reply", what)
 
-    def _resend(self, seq: int, request: _InFlight, why: str, what: str = "image") -> None:
+    def _resend(self, seq: int, request: _InFlight, why: str, what: str = "image", refusal: bool = False) -> None:
+        if request.attempts > self.retries and refusal:
+            raise BoardError(f"the board refused {what} {request.index} {request.attempts} times ({why}): "
+                             "does it run the network you expect?")
         if request.attempts > self.retries:
             raise BoardTimeout(f"{what} {request.index}: {why} after {request.attempts} sends "
                                f"(timeout {self.timeout:g} s); is the board still running?")
