@@ -105,7 +105,7 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
         raise SpikesmithError(f"will not write into {folder}: give a folder of its own for the output, "
                               "not the working directory, a parent of it or the home folder")
     if folder.exists() and not folder.is_dir():
-        raise SpikesmithError(f"cannot write into {folder}: it is not a folder")
+        raise SpikesmithError(f"cannot write into {folder}: it is a file, not a folder")
     if not folder.exists():
         if not parent.is_dir():
             raise SpikesmithError(f"cannot create {folder}: folder {parent} does not exist")

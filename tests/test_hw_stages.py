@@ -314,11 +314,29 @@ def test_frame_kinds_are_the_protocol_numbers():
     assert {k.name: k.value for k in ErrorKind} == {c.name: c.value for c in ErrorCode}
 
 
+def _transmitted(dut: FrameTransmitter, offer, cycles: int) -> bytes:
+    """Run ``offer`` (a testbench driving the transmitter's inputs) and collect the bytes it sends."""
+    sent = []
+
+    async def take(ctx):
+        ctx.set(dut.bytes.ready, 1)
+        for _ in range(cycles):
+            _, _, valid, byte = await ctx.tick().sample(dut.bytes.valid, dut.bytes.payload)
+            if valid:
+                sent.append(byte)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(offer)
+    sim.add_testbench(take)
+    sim.run()
+    return bytes(sent)
+
+
 def test_frame_transmitter_frames_an_error_and_a_result(board):
     _, params = board
     plan = params.plan
     dut = FrameTransmitter(params)
-    sent = []
 
     async def offer(ctx):
         ctx.set(dut.errors.payload.seq, 77)
@@ -336,20 +354,7 @@ def test_frame_transmitter_frames_an_error_and_a_result(board):
         ctx.set(dut.results.valid, 0)
         ctx.set(dut.requests.valid, 0)
 
-    async def take(ctx):
-        ctx.set(dut.bytes.ready, 1)
-        for _ in range(200):
-            _, _, valid, byte = await ctx.tick().sample(dut.bytes.valid, dut.bytes.payload)
-            if valid:
-                sent.append(byte)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(offer)
-    sim.add_testbench(take)
-    sim.run()
-    decoder = FrameDecoder(max_payload=64)
-    error, result = decoder.feed(bytes(sent))
+    error, result = FrameDecoder(max_payload=64).feed(_transmitted(dut, offer, cycles=200))
     assert (error.type, error.seq, error.payload) == (FrameType.ERROR, 77, bytes([ErrorCode.BUSY]))
     assert (result.type, result.seq) == (FrameType.RESULT, 5)
     label = int.from_bytes(result.payload[:2], "little")
@@ -362,7 +367,6 @@ def test_frame_transmitter_drops_the_results_of_an_earlier_session(board):
     """docs/protocol.md, "Sessions": a result of a request taken before the last IDENTIFY is not sent."""
     _, params = board
     dut = FrameTransmitter(params)
-    sent = []
 
     async def offer(ctx):
         ctx.set(dut.generation, 7)
@@ -374,19 +378,8 @@ def test_frame_transmitter_drops_the_results_of_an_earlier_session(board):
         ctx.set(dut.results.valid, 0)
         ctx.set(dut.requests.valid, 0)
 
-    async def take(ctx):
-        ctx.set(dut.bytes.ready, 1)
-        for _ in range(120):
-            _, _, valid, byte = await ctx.tick().sample(dut.bytes.valid, dut.bytes.payload)
-            if valid:
-                sent.append(byte)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(offer)
-    sim.add_testbench(take)
-    sim.run()
-    assert [(f.type, f.seq) for f in FrameDecoder().feed(bytes(sent))] == [(FrameType.RESULT, 12)]
+    frames = FrameDecoder().feed(_transmitted(dut, offer, cycles=120))
+    assert [(f.type, f.seq) for f in frames] == [(FrameType.RESULT, 12)]
 
 
 def test_an_identify_starts_a_new_session(board):

@@ -26,7 +26,7 @@ from conftest import assert_one_line_error, make_network, run_cli
 @pytest.fixture(scope="module")
 def small_net(tmp_path_factory):
     path = tmp_path_factory.mktemp("net") / "small.net.npz"
-    save_network(make_network(np.random.default_rng(1), [64, 6, 3], 4), path)     # digits-sized input
+    save_network(make_network(np.random.default_rng(1), [64, 6, 10], 4), path)     # digits-sized
     return path
 
 
