@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,21 @@ def run_cli(*args: str, check: bool = True, cwd: str | os.PathLike | None = None
     if check and proc.returncode != 0:
         raise AssertionError(f"spikesmith {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def signal_a_waiting_infer(net_path, signum: int) -> tuple[int, str]:
+    """``spikesmith infer`` on a port nobody answers, sent ``signum`` once the driver waits on the port:
+    its exit status and stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(net_path), "--port", "loop://",
+                             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Signal only once the driver is waiting on the port (imports can take seconds on a busy machine).
+    for line in proc.stderr:
+        if "opening loop://" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=30)
+    return proc.returncode, stderr
 
 
 def assert_one_line_error(proc, *fragments):

@@ -3,8 +3,6 @@
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -19,7 +17,7 @@ from spikesmith.sim.board import SimulatedBoard
 from spikesmith.hw.uart import UARTReceiver, UARTTransmitter
 from spikesmith.sim import golden
 
-from conftest import assert_one_line_error, make_network, run_cli
+from conftest import assert_one_line_error, make_network, run_cli, signal_a_waiting_infer
 
 
 class Loopback(wiring.Component):
@@ -163,17 +161,8 @@ def test_infer_on_a_port_nobody_answers(digits_demo):
 
 def test_ctrl_c_closes_cleanly(digits_demo):
     """SIGINT while the driver waits for a board: exit 130 with one line, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(digits_demo["net_path"]),
-                             "--port", "loop://", "--timeout", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Interrupt only once the driver is waiting on the port (imports can take seconds on a busy machine).
-    for line in proc.stderr:
-        if "opening loop://" in line:
-            break
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and stderr.strip() == "spikesmith: interrupted"
+    returncode, stderr = signal_a_waiting_infer(digits_demo["net_path"], signal.SIGINT)
+    assert returncode == 130 and stderr.strip() == "spikesmith: interrupted"
 
 
 def test_spram_board_takes_its_weights_over_the_wire(tmp_path):

@@ -6,9 +6,6 @@ import os
 import shutil
 import signal
 import stat
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +17,7 @@ from spikesmith.gen import emit
 from spikesmith.gen.netfile import load_network, save_network
 from spikesmith.gen.sizing import plan_core
 
-from conftest import assert_one_line_error, make_network, run_cli
+from conftest import assert_one_line_error, make_network, run_cli, signal_a_waiting_infer
 
 
 @pytest.fixture(scope="module")
@@ -160,15 +157,8 @@ def test_an_interrupted_generate_leaves_nothing_behind(tmp_path, small_net, monk
 
 
 def test_sigterm_ends_a_command_like_ctrl_c(small_net):
-    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(small_net), "--port", "loop://",
-                             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "opening loop://" in line:
-            break
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and stderr.strip() == "spikesmith: terminated"
+    returncode, stderr = signal_a_waiting_infer(small_net, signal.SIGTERM)
+    assert returncode == 143 and stderr.strip() == "spikesmith: terminated"
 
 
 @pytest.mark.parametrize("args,fragment", [
