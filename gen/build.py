@@ -250,7 +250,7 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
     platform = _platform(board, program)
     env = {**board.tools, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     out_dir = check_output_folder(out_dir)
-    work = Path(tempfile.mkdtemp(prefix=".spikesmith-build-", dir=out_dir.parent if str(out_dir.parent) else "."))
+    work = Path(tempfile.mkdtemp(prefix=".spikesmith-build-", dir=out_dir.parent))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -55,7 +55,7 @@ def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None, lint: 
     """
     out_dir = check_output_folder(out_dir)
     text = emit_verilog(plan) if verilog is None else verilog
-    staging = Path(tempfile.mkdtemp(prefix=".spikesmith-generate-", dir=out_dir.parent if str(out_dir.parent) else "."))
+    staging = Path(tempfile.mkdtemp(prefix=".spikesmith-generate-", dir=out_dir.parent))
     try:
         write_atomic(staging / VERILOG_NAME, text)
         write_atomic(staging / REPORT_NAME, json.dumps(plan.report(), indent=2) + "\n")

@@ -80,7 +80,7 @@ def save_network(net: SpikingNetwork, path: str | os.PathLike) -> Path:
     """Write ``net`` to ``path`` atomically (temporary file + rename)."""
     path = Path(path)
     data = network_to_bytes(net)
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent
     if not directory.is_dir():
         raise NetFileError(f"cannot write {path}: folder {directory} does not exist")
     return write_atomic(path, data)
@@ -98,7 +98,7 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
         raise NetFileError(f"network file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            _check_sizes(archive, path)
+            meta = _check_sizes(archive, path)
             arrays = {name: archive[name] for name in archive.files}
     except NetFileError:
         raise
@@ -108,11 +108,6 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
         raise NetFileError(f"{path} is not a valid spikesmith network (corrupt or truncated: {exc})") from exc
     except Exception as exc:  # zlib.error and friends from a damaged archive
         raise NetFileError(f"{path} is not a valid spikesmith network (corrupt or truncated: {exc})") from exc
-    _require("meta.json" in arrays, path, "no meta.json header")
-    try:
-        meta = json.loads(arrays["meta.json"].tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NetFileError(f"{path} is not a valid spikesmith network: unreadable header ({exc})") from exc
     _require(isinstance(meta, dict) and meta.get("format") == FORMAT, path, "wrong format tag")
     version = meta.get("version")
     if type(version) is not int or version != VERSION:
@@ -136,9 +131,10 @@ MAX_HEADER_BYTES = 16 << 20
 BYTES_PER_WEIGHT = 32
 
 
-def _check_sizes(archive, path) -> None:
+def _check_sizes(archive, path) -> dict:
     """Before any array is read: the header is small, every array's stored size fits what the
-    header declares, and the network fits the free memory (a 1 MB file can declare 8 GiB)."""
+    header declares, and the network fits the free memory (a 1 MB file can declare 8 GiB).
+    Returns the parsed header."""
     members = {info.filename: info for info in archive.zip.infolist()}
     header = members.get("meta.json.npy")
     _require(header is not None and header.file_size <= MAX_HEADER_BYTES, path, "no meta.json header, or a huge one")
@@ -157,6 +153,7 @@ def _check_sizes(archive, path) -> None:
             _require(info is None or info.file_size <= largest, path,
                      f"layer {i}: array {name} is larger than its declared sizes allow")
     require_memory(BYTES_PER_WEIGHT * weights, f"{path}: the network ({weights:,} weights as dense layers)")
+    return meta
 
 
 def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:

@@ -480,8 +480,6 @@ def cmd_build(args) -> int:
     check_fit(plan, board)
     clock_hz = None
     if args.clock is not None:
-        if not 1 <= args.clock <= 500:
-            raise SpikesmithError(f"--clock {args.clock:g} MHz is out of range (1-500 MHz)")
         clock_hz = args.clock * 1e6
         pll = board.pll(clock_hz)               # refused here, before synthesis, if no PLL setting fits
         progress(f"PLL: {board.clock_hz / 1e6:g} MHz -> {pll.output_hz / 1e6:.3f} MHz")

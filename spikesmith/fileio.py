@@ -44,8 +44,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     path = Path(path)
     _refuse_special(path)
     mode = path.stat().st_mode & 0o7777 if path.is_file() else _new_file_mode()
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
@@ -71,7 +70,7 @@ def _probe_writable(folder: Path, what: Path) -> None:
 def check_writable_file(path: str | os.PathLike) -> None:
     """Fail now, before the long work, if ``path`` cannot be written as an output file."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent          # Path("x").parent is Path(".")
     if not parent.is_dir():
         raise SpikesmithError(f"cannot write {path}: folder {parent} does not exist")
     _refuse_special(path)
@@ -100,7 +99,7 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
     It may be missing (its parent must exist), empty, or a previous output of spikesmith.
     """
     folder = Path(folder)
-    parent = folder.parent if str(folder.parent) else Path(".")
+    parent = folder.parent
     if _protected(folder):
         raise SpikesmithError(f"will not write into {folder}: give a folder of its own for the output, "
                               "not the working directory, a parent of it or the home folder")
