@@ -25,6 +25,7 @@ from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
 from ..contract.protocol import unpack_result
+from .scoreboard import describe_mismatch
 
 RESET_CYCLES = 3
 CLOCK_NS = 10
@@ -44,15 +45,12 @@ class Scoreboard:
         return unpack_result(payload, self.label_width, self.logit_width, self.classes)
 
     def check(self, image: int, label: int, logits: list[int]) -> None:
-        want_label, want_logits = self.labels[image], self.logits[image]
-        if label == want_label and logits == want_logits:
+        mismatch = describe_mismatch(image, label, logits, self.labels[image], self.logits[image])
+        if mismatch is None:
             return
         self.mismatches += 1
         if self.first_mismatch is None:
-            k = next((k for k, (a, b) in enumerate(zip(logits, want_logits)) if a != b), None)
-            where = (f"output layer logit {k} is {logits[k]} but the golden model says {want_logits[k]}"
-                     if k is not None else "logits agree")
-            self.first_mismatch = (f"image {image}: {where}; label {label}, golden {want_label}")
+            self.first_mismatch = mismatch
 
 
 async def _reset_and_load_weights(dut, weight_loads: list[str]) -> None:

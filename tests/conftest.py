@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,55 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from spikesmith.contract.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
+from spikesmith.contract.network import ConvGeometry
+from spikesmith.sim.random_networks import make_conv_network, make_network  # tests import them from here
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
-
-
-def make_network(rng: np.random.Generator, sizes: list[int], timesteps: int, weight_bits: int = 8,
-                 negative_bias: float = 0.0, threshold_scale: float = 1.0) -> SpikingNetwork:
-    """A random integer network with the given layer sizes (sizes[0] = inputs)."""
-    qmax = (1 << (weight_bits - 1)) - 1
-    layers = []
-    max_code = (1 << timesteps) - 1
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        weight = rng.integers(-qmax, qmax + 1, size=(n_out, n_in))
-        if negative_bias:
-            weight = np.where(rng.random(weight.shape) < negative_bias, -np.abs(weight), weight)
-        scale = max(1, int(np.abs(weight).sum(axis=1).max()) * max_code)
-        bias = rng.integers(-scale // 4 - 1, scale // 4 + 1, size=n_out)
-        fires = i < len(sizes) - 2
-        threshold = None
-        if fires:
-            threshold = np.maximum(1, (rng.random(n_out) * scale * threshold_scale / 2).astype(np.int64))
-        layers.append(DenseLayer(f"l{i}", weight.astype(np.int64), bias.astype(np.int64),
-                                 threshold, weight_bits))
-    return SpikingNetwork(timesteps, InputEncoding((sizes[0],), 1.0), tuple(layers))
-
-
-def make_conv_network(rng: np.random.Generator, in_shape: tuple[int, int, int], convs, classes: int,
-                      timesteps: int, weight_bits: int = 8, threshold_scale: float = 0.3) -> SpikingNetwork:
-    """A random integer network of convolution layers ``convs`` = [(C_out, (kh, kw), (sh, sw), (ph, pw)), ...]
-    on ``in_shape`` images, then a dense output layer of ``classes`` neurons."""
-    qmax = (1 << (weight_bits - 1)) - 1
-    max_code = (1 << timesteps) - 1
-    layers, shape = [], tuple(in_shape)
-    for i, (c_out, kernel, stride, padding) in enumerate(convs):
-        geometry = ConvGeometry(shape, c_out, tuple(kernel), tuple(stride), tuple(padding))
-        kernel_values = rng.integers(-qmax, qmax + 1, size=geometry.kernel_shape)
-        weight = geometry.dense(kernel_values)
-        scale = max(1, int(np.abs(weight).sum(axis=1).max()) * max_code)
-        bias = np.repeat(rng.integers(-scale // 4 - 1, scale // 4 + 1, size=c_out), geometry.pixels)
-        threshold = np.repeat(np.maximum(1, (rng.random(c_out) * scale * threshold_scale).astype(np.int64)),
-                              geometry.pixels)
-        layers.append(DenseLayer(f"conv{i}", weight.astype(np.int64), bias.astype(np.int64), threshold, weight_bits,
-                                 conv=ConvSpec(geometry, kernel_values.astype(np.int64))))
-        shape = geometry.out_shape
-    size = int(np.prod(shape))
-    weight = rng.integers(-qmax, qmax + 1, size=(classes, size))
-    layers.append(DenseLayer("out", weight.astype(np.int64), rng.integers(-50, 50, size=classes).astype(np.int64),
-                             None, weight_bits))
-    return SpikingNetwork(timesteps, InputEncoding(tuple(in_shape), 1.0), tuple(layers))
 
 
 @st.composite
@@ -167,13 +123,33 @@ def assert_one_line_error(proc, *fragments):
 
 
 @pytest.fixture(scope="session")
-def digits_demo(tmp_path_factory) -> dict:
-    """``spikesmith demo -o DIR --json`` once per session: its JSON and the files it wrote."""
-    out = tmp_path_factory.mktemp("demo")
-    proc = run_cli("demo", "-o", str(out), "--json", "-q")
-    result = json.loads(proc.stdout)
+def digits_demo(tmp_path_factory, worker_id) -> dict:
+    """``spikesmith demo -o DIR --json`` once per test run: its JSON and the files it wrote. The
+    pytest-xdist workers share it (the first to get here runs the demo, the others wait for it);
+    tests only read its files."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    out, saved = shared / "demo", shared / "demo.json"
+    with FileLock(str(shared / "demo.lock")):
+        if not saved.is_file():
+            shutil.rmtree(out, ignore_errors=True)          # a run that died half-way
+            out.mkdir()
+            proc = run_cli("demo", "-o", str(out), "--json", "-q")
+            saved.write_text(proc.stdout)
+    result = json.loads(saved.read_text())
     result["dir"] = out
     result["model_path"] = Path(result["files"]["model"])
     result["net_path"] = Path(result["files"]["network"])
     result["cnn_net_path"] = Path(result["cnn"]["files"]["network"])
     return result
+
+
+@pytest.fixture(scope="session")
+def small_digits_net(tmp_path_factory) -> Path:
+    """A random (untrained) 64-12-10 network file at T=6 that reads the digits: for CLI tests
+    whose point is the command, not the network (its Verilator builds take seconds)."""
+    from spikesmith.gen.netfile import save_network
+
+    net = make_network(np.random.default_rng(64), [64, 12, 10], timesteps=6, weight_bits=4, threshold_scale=0.3)
+    return save_network(net, tmp_path_factory.mktemp("small-net") / "small.net.npz")

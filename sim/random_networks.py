@@ -1,0 +1,61 @@
+"""Seeded random integer networks (dense and convolutional): the stimulus of the tests and the soak.
+
+Weights are uniform in the signed range of ``weight_bits``, biases within a quarter of a
+layer's largest possible input sum, thresholds a random share (``threshold_scale``) of it, so
+the networks spike neither never nor always. Nothing here is trained: these networks exist to
+exercise every width, lane count and time step count bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..contract.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
+
+__all__ = ["make_network", "make_conv_network"]
+
+
+def make_network(rng: np.random.Generator, sizes: list[int], timesteps: int, weight_bits: int = 8,
+                 negative_bias: float = 0.0, threshold_scale: float = 1.0) -> SpikingNetwork:
+    """A random integer network with the given layer sizes (sizes[0] = inputs)."""
+    qmax = (1 << (weight_bits - 1)) - 1
+    layers = []
+    max_code = (1 << timesteps) - 1
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        weight = rng.integers(-qmax, qmax + 1, size=(n_out, n_in))
+        if negative_bias:
+            weight = np.where(rng.random(weight.shape) < negative_bias, -np.abs(weight), weight)
+        scale = max(1, int(np.abs(weight).sum(axis=1).max()) * max_code)
+        bias = rng.integers(-scale // 4 - 1, scale // 4 + 1, size=n_out)
+        fires = i < len(sizes) - 2
+        threshold = None
+        if fires:
+            threshold = np.maximum(1, (rng.random(n_out) * scale * threshold_scale / 2).astype(np.int64))
+        layers.append(DenseLayer(f"l{i}", weight.astype(np.int64), bias.astype(np.int64),
+                                 threshold, weight_bits))
+    return SpikingNetwork(timesteps, InputEncoding((sizes[0],), 1.0), tuple(layers))
+
+
+def make_conv_network(rng: np.random.Generator, in_shape: tuple[int, int, int], convs, classes: int,
+                      timesteps: int, weight_bits: int = 8, threshold_scale: float = 0.3) -> SpikingNetwork:
+    """A random integer network of convolution layers ``convs`` = [(C_out, (kh, kw), (sh, sw), (ph, pw)), ...]
+    on ``in_shape`` images, then a dense output layer of ``classes`` neurons."""
+    qmax = (1 << (weight_bits - 1)) - 1
+    max_code = (1 << timesteps) - 1
+    layers, shape = [], tuple(in_shape)
+    for i, (c_out, kernel, stride, padding) in enumerate(convs):
+        geometry = ConvGeometry(shape, c_out, tuple(kernel), tuple(stride), tuple(padding))
+        kernel_values = rng.integers(-qmax, qmax + 1, size=geometry.kernel_shape)
+        weight = geometry.dense(kernel_values)
+        scale = max(1, int(np.abs(weight).sum(axis=1).max()) * max_code)
+        bias = np.repeat(rng.integers(-scale // 4 - 1, scale // 4 + 1, size=c_out), geometry.pixels)
+        threshold = np.repeat(np.maximum(1, (rng.random(c_out) * scale * threshold_scale).astype(np.int64)),
+                              geometry.pixels)
+        layers.append(DenseLayer(f"conv{i}", weight.astype(np.int64), bias.astype(np.int64), threshold, weight_bits,
+                                 conv=ConvSpec(geometry, kernel_values.astype(np.int64))))
+        shape = geometry.out_shape
+    size = int(np.prod(shape))
+    weight = rng.integers(-qmax, qmax + 1, size=(classes, size))
+    layers.append(DenseLayer("out", weight.astype(np.int64), rng.integers(-50, 50, size=classes).astype(np.int64),
+                             None, weight_bits))
+    return SpikingNetwork(timesteps, InputEncoding(tuple(in_shape), 1.0), tuple(layers))
