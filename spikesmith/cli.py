@@ -307,60 +307,89 @@ def _check_labels(data, classes: int) -> None:
                               f"network has {classes} classes (0..{classes - 1})")
 
 
+def _run_simulation(args, plan, expected, progress):
+    """Build the core for the chosen engine and stream the images; the run and the build folder."""
+    cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
+    waves = Path(args.waves) if args.waves else None
+    if waves is not None:
+        waves.mkdir(parents=True, exist_ok=True)
+    stress = {"seed": args.seed, "valid_probability": args.valid, "ready_probability": args.ready}
+    if args.engine == "cocotb":
+        from .sim.verilator import build_core, run_core
+
+        build = build_core(plan, cache, waves=True if waves else None, progress=progress)
+        progress("streaming the images through the Verilator model under cocotb")
+        return run_core(build, plan, expected.input_codes, expected, test_dir=waves, **stress), build.directory
+    from .sim.harness import build_harness, run_harness
+    from .sim.verilator import fst_available
+
+    build = build_harness(plan, cache, waves=waves is not None, progress=progress)
+    progress("streaming the images through the compiled Verilator harness")
+    dump = waves / ("dump.fst" if fst_available() else "dump.vcd") if waves else None
+    with progress_bar(len(expected.predictions), not args.quiet) as advance:
+        run = run_harness(build, plan, expected.input_codes, expected, waves=dump, wave_images=args.wave_images,
+                          progress=advance, **stress)
+    return run, build.directory
+
+
 def cmd_simulate(args) -> int:
     import numpy as np
 
     from .sim import golden
-    from .sim.verilator import build_core, run_core
 
     progress = Progress(not args.quiet)
     net, data = _net_and_images(args)
     plan = _plan(args, net)
     expected = golden.run_images(net, data.images)
-    cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
     progress(f"core for {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}")
-    build = build_core(plan, cache, waves=True if args.waves else None, progress=progress)
-    progress(f"streaming {data.describe()} through the Verilator model")
     start = time.perf_counter()
-    run = run_core(build, plan, expected.input_codes, expected,
-                   test_dir=Path(args.waves) if args.waves else None)
+    run, build_dir = _run_simulation(args, plan, expected, progress)
     seconds = time.perf_counter() - start
-    agree = int(sum(1 for n, logits, label in zip(run.images, run.logits, run.labels)
-                    if label == expected.predictions[n] and logits.tolist() == expected.logits[n].tolist()))
     images = len(data)
+    agree = len(run.images) - run.mismatches         # images with a result equal to the golden one
     accuracy = float(np.mean(run.labels == data.labels[run.images])) if data.labels is not None and len(run.images) else None
     golden_accuracy = float(np.mean(expected.predictions == data.labels)) if data.labels is not None else None
     gaps = np.diff(run.result_cycles)
     payload = {
-        "net": str(args.net), "data": data.name, "images": images, "results": int(len(run.images)),
-        "agreement": agree / images, "mismatches": images - agree, "first_mismatch": run.first_mismatch,
-        "accuracy": accuracy, "golden_accuracy": golden_accuracy,
+        "net": str(args.net), "data": data.name, "engine": args.engine, "images": images,
+        "results": int(len(run.images)), "agreement": agree / images, "mismatches": images - agree,
+        "first_mismatch": run.first_mismatch, "accuracy": accuracy, "golden_accuracy": golden_accuracy,
         "cycles": run.cycles, "cycles_per_image": run.cycles / images,
         "steady_state_cycles_per_image": float(gaps.mean()) if len(gaps) else None,
         "initiation_interval_worst": plan.initiation_interval,
         "first_result_cycle": int(run.result_cycles[0]) if len(run.result_cycles) else None,
-        "wall_seconds": seconds, "simulated_images_per_second": images / seconds,
-        "build": str(build.directory), "waves": str(run.waves) if run.waves else None,
+        "wall_seconds": seconds, "simulated_cycles_per_second": run.cycles / seconds,
+        "simulated_images_per_second": images / seconds,
+        "build": str(build_dir), "waves": str(run.waves) if run.waves else None,
     }
     if args.json:
         _emit_json(payload)
     else:
-        print(f"{args.net}: {net.describe()}, T={net.timesteps}, Verilator simulation of {data.describe()}")
-        print(f"  agreement with the golden model: {agree}/{images} images ({_pct(agree / images).strip()}), "
-              f"every logit compared")
-        if accuracy is not None:
-            print(f"  accuracy: hardware {_pct(accuracy).strip()}, golden model {_pct(golden_accuracy).strip()}")
-        print(f"  simulated cycles: {run.cycles} ({run.cycles / images:.1f} per image"
-              + (f", {gaps.mean():.1f} between results in steady state" if len(gaps) else "")
-              + f"; worst-case interval {plan.initiation_interval})")
-        print(f"  {images / seconds:.0f} images/s simulated on this machine ({seconds:.1f} s)")
-        if run.waves:
-            print(f"  waveform: {run.waves}")
+        _print_simulation(args, net, data, plan, payload)
     if agree != images:
+        missing = images - len(run.images)
         print(f"spikesmith: error: the hardware disagrees with the golden model on {images - agree} of {images} "
-              f"images; first: {run.first_mismatch}", file=sys.stderr)
+              f"images ({missing} without a result); first: {run.first_mismatch or 'a missing result'}",
+              file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _print_simulation(args, net, data, plan, p: dict) -> None:
+    engine = "compiled Verilator harness" if p["engine"] == "harness" else "Verilator under cocotb"
+    print(f"{args.net}: {net.describe()}, T={net.timesteps}, {engine}, {data.describe()}")
+    print(f"  agreement with the golden model: {p['images'] - p['mismatches']}/{p['images']} images "
+          f"({_pct(p['agreement']).strip()}), every logit compared")
+    if p["accuracy"] is not None:
+        print(f"  accuracy: hardware {_pct(p['accuracy']).strip()}, golden model {_pct(p['golden_accuracy']).strip()}")
+    steady = p["steady_state_cycles_per_image"]
+    print(f"  simulated cycles: {p['cycles']} ({p['cycles_per_image']:.1f} per image"
+          + (f", {steady:.1f} between results in steady state" if steady is not None else "")
+          + f"; worst-case interval {plan.initiation_interval})")
+    print(f"  {p['simulated_images_per_second']:.0f} images/s, {p['simulated_cycles_per_second']:,.0f} cycles/s "
+          f"simulated on this machine ({p['wall_seconds']:.1f} s, build included)")
+    if p["waves"]:
+        print(f"  waveform: {p['waves']}")
 
 
 # ---------------------------------------------------------------------------- infer
@@ -637,7 +666,17 @@ def _add_hardware_commands(sub) -> None:
     _image_options(p)
     p.add_argument("--build-dir", metavar="DIR",
                    help="where Verilator builds are kept (default $SPIKESMITH_CACHE or ~/.cache/spikesmith)")
-    p.add_argument("--waves", metavar="DIR", help="build with tracing and write DIR/dump.fst")
+    p.add_argument("--engine", choices=("harness", "cocotb"), default="harness",
+                   help="harness (default): the core compiled with a C++ driver, millions of cycles/s; "
+                        "cocotb: Python drives every cycle (slower; the old path)")
+    p.add_argument("--waves", metavar="DIR", help="build with tracing and write DIR/dump.fst (or .vcd)")
+    p.add_argument("--wave-images", type=_number(int, 0, 1 << 31), default=4, metavar="N",
+                   help="with --waves and the harness: trace until N results are out (default 4; 0: all)")
+    p.add_argument("--valid", type=_number(float, 0.01, 1.0), default=1.0, metavar="P",
+                   help="offer each image beat with probability P per cycle (random gaps; default 1)")
+    p.add_argument("--ready", type=_number(float, 0.01, 1.0), default=1.0, metavar="P",
+                   help="take a result with probability P per cycle (random backpressure; default 1)")
+    p.add_argument("--seed", type=_number(int, 0, (1 << 63) - 1), default=0, help="seed of --valid/--ready")
     _hardware_options(p)
     _common_options(p)
     p.set_defaults(func=cmd_simulate)
