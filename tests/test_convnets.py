@@ -220,14 +220,14 @@ def test_dense_mode_convnet_bit_exact_in_amaranth_sim():
 def test_converted_convnets_bit_exact_under_verilator(case, tmp_path_factory):
     from spikesmith.gen.sizing import plan_core
     from spikesmith.sim import golden
-    from spikesmith.sim.verilator import build_core, run_core
+    from spikesmith.sim.harness import build_harness, run_harness
 
     net, rng = convert_convnet(case)
     plan = plan_core(net, budget=48)
     codes = rng.integers(0, net.max_code + 1, size=(40, net.input.size))
     codes[::7] = 0
     expected = golden.run(net, codes)
-    run = run_core(build_core(plan, tmp_path_factory.mktemp("verilator-conv")), plan, codes, expected,
-                   seed=case, valid_probability=0.6, ready_probability=0.5)
+    run = run_harness(build_harness(plan, tmp_path_factory.mktemp("verilator-conv")), plan, codes, expected,
+                      seed=case, valid_probability=0.6, ready_probability=0.5)
     assert run.first_mismatch is None and run.passed and run.mismatches == 0
     assert run.images.tolist() == list(range(len(codes)))
