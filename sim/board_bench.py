@@ -7,6 +7,10 @@ board shifts out on ``tx`` go back to the host. The host driver opens it as
 ``socket://127.0.0.1:PORT`` with pyserial, exactly as it opens a real board's serial port.
 When the host closes the connection the simulation ends and writes its cycle count to
 ``SPIKESMITH_STATS``.
+
+Every wait is a :class:`Timer` of whole clock periods started on a falling clock edge, so the
+bench changes ``rx`` and samples ``tx`` half a period away from the rising edges and no Python
+runs on the cycles in between (``ClockCycles`` would wake it on every edge).
 """
 
 from __future__ import annotations
@@ -18,33 +22,30 @@ import socket
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge
+from cocotb.triggers import FallingEdge, Timer
+from cocotb.utils import get_sim_time
 
 ACCEPT_SECONDS = 120
+CLOCK_NS = 10
 
 
-class Cycles:
-    count = 0
-
-
-async def _count(dut, cycles: Cycles):
-    while True:
-        await ClockCycles(dut.clk, 1024)
-        cycles.count += 1024
+def cycles(count: int) -> Timer:
+    """Wait ``count`` clock periods (from a falling edge: to a falling edge)."""
+    return Timer(count * CLOCK_NS, unit="ns")
 
 
 async def _board_to_host(dut, divisor: int, conn: socket.socket):
     """Sample the board's tx line at the middle of each bit; send every byte to the host."""
     while True:
-        await FallingEdge(dut.tx)                       # a start bit
-        await ClockCycles(dut.clk, divisor // 2)
+        await FallingEdge(dut.tx)                       # a start bit (tx changes on a rising edge)
+        await Timer(divisor // 2 * CLOCK_NS + CLOCK_NS // 2, unit="ns")     # mid-bit, on a falling edge
         if dut.tx.value:                                 # a glitch, not a start bit
             continue
         value = 0
         for bit in range(8):
-            await ClockCycles(dut.clk, divisor)
+            await cycles(divisor)
             value |= int(dut.tx.value) << bit
-        await ClockCycles(dut.clk, divisor)              # the stop bit
+        await cycles(divisor)                            # the stop bit
         try:
             conn.sendall(bytes([value]))
         except OSError:
@@ -54,13 +55,13 @@ async def _board_to_host(dut, divisor: int, conn: socket.socket):
 @cocotb.test()
 async def serve(dut):
     divisor = int(os.environ["SPIKESMITH_DIVISOR"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
     dut.rx.value = 1
     dut.rst.value = 1
-    await ClockCycles(dut.clk, 4)
+    await FallingEdge(dut.clk)
+    await cycles(4)
     dut.rst.value = 0
-    cycles = Cycles()
-    cocotb.start_soon(_count(dut, cycles))
+    start = get_sim_time(unit="ns")
 
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))
@@ -78,7 +79,7 @@ async def serve(dut):
     while True:
         readable, _, _ = select.select([conn], [], [], 0)
         if not readable:
-            await ClockCycles(dut.clk, 10 * divisor)     # idle line for one character time
+            await cycles(10 * divisor)                   # idle line for one character time
             continue
         data = conn.recv(4096)
         if not data:                                     # the host closed the port
@@ -87,8 +88,8 @@ async def serve(dut):
         for byte in data:
             for bit in [0] + [(byte >> k) & 1 for k in range(8)] + [1]:
                 dut.rx.value = bit
-                await ClockCycles(dut.clk, divisor)
-    await ClockCycles(dut.clk, 20 * divisor)
+                await cycles(divisor)
+    await cycles(20 * divisor)
     conn.close()
     with open(os.environ["SPIKESMITH_STATS"], "w") as f:
-        json.dump({"cycles": cycles.count, "bytes_from_host": received}, f)
+        json.dump({"cycles": int((get_sim_time(unit="ns") - start) // CLOCK_NS), "bytes_from_host": received}, f)
