@@ -45,6 +45,7 @@ NO_IMAGE = 0xFFFFFFFF
 # Threads make a core this size several times slower: BENCHMARKS.md section 3.
 BUILD_OPTIONS = ("-O3", "--x-assign", "fast", "--x-initial", "fast")
 CXX_OPTIMISATION = "-O2"
+PACK_CHUNK = 1024                           # images packed into beats at a time
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,20 @@ def pack_beats(input_plan: InputPlan, codes: np.ndarray) -> np.ndarray:
         raise ValueError(f"an image has {input_plan.size} input codes, not {codes.shape[-1]}")
     if len(codes) and (codes.min() < 0 or codes.max() >= 1 << input_plan.timesteps):
         raise ValueError(f"input codes must lie in 0..{(1 << input_plan.timesteps) - 1}")
+    beat_words = -(-input_plan.lanes * input_plan.timesteps // 32)
+    packed = np.empty((len(codes), input_plan.words, beat_words), dtype="<u4")
+    for start in range(0, len(codes), PACK_CHUNK):        # bounded memory: bits of PACK_CHUNK images at a time
+        packed[start:start + PACK_CHUNK] = _pack_chunk(input_plan, codes[start:start + PACK_CHUNK], beat_words)
+    return packed
+
+
+def _pack_chunk(input_plan: InputPlan, codes: np.ndarray, beat_words: int) -> np.ndarray:
     n, lanes, t = len(codes), input_plan.lanes, input_plan.timesteps
-    padded = np.zeros((n, input_plan.words * lanes), dtype=np.int64)
+    padded = np.zeros((n, input_plan.words * lanes), dtype=np.uint32)
     padded[:, :input_plan.size] = codes
-    bits = ((padded[:, :, None] >> np.arange(t)) & 1).astype(np.uint8).reshape(n, input_plan.words, lanes * t)
-    beat_words = -(-lanes * t // 32)
-    bits = np.pad(bits, ((0, 0), (0, 0), (0, beat_words * 32 - lanes * t)))
-    packed = np.packbits(bits, axis=-1, bitorder="little")
-    return packed.view("<u4").reshape(n, input_plan.words, beat_words)
+    bits = ((padded[:, :, None] >> np.arange(t, dtype=np.uint32)) & 1).astype(np.uint8)
+    bits = np.pad(bits.reshape(n, input_plan.words, lanes * t), ((0, 0), (0, 0), (0, beat_words * 32 - lanes * t)))
+    return np.packbits(bits, axis=-1, bitorder="little").view("<u4").reshape(n, input_plan.words, beat_words)
 
 
 def _weight_load_words(plan: CorePlan) -> tuple[np.ndarray, int]:

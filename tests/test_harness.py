@@ -14,7 +14,7 @@ import pytest
 from spikesmith.datasets import digits
 from spikesmith.gen.netfile import load_network
 from spikesmith.gen.sizing import plan_core
-from spikesmith.sim import golden
+from spikesmith.sim import golden, harness
 from spikesmith.sim.harness import build_harness, pack_beats, run_harness
 from spikesmith.sim.verilator import fst_available
 
@@ -53,8 +53,10 @@ def assert_agrees(run, expected, images):
 
 
 @pytest.mark.parametrize("case", range(len(RANDOM_NETWORKS)))
-def test_packed_beats_equal_the_plans_beats(case):
-    """The vectorised packing (up to 16 codes of 16 bits per beat, several u32 words) is InputPlan.beats."""
+def test_packed_beats_equal_the_plans_beats(case, monkeypatch):
+    """The vectorised packing (up to 16 codes of 16 bits per beat, several u32 words; 4 images at a
+    time here) is InputPlan.beats."""
+    monkeypatch.setattr(harness, "PACK_CHUNK", 4)
     net, plan = random_core(case, seed=case)
     codes = random_codes(net, 9, seed=case)
     packed = pack_beats(plan.input, codes)
