@@ -11,7 +11,8 @@ from common import RESULTS, ROOT
 
 ORDER = [("accuracy", "1. Accuracy vs time steps"), ("hardware", "2. Hardware efficiency"),
          ("simspeed", "3. Simulation speed"), ("boards", "4. Boards"),
-         ("mnist", "5. MNIST against published FPGA SNN generators"), ("link", "6. A noisy serial link")]
+         ("mnist", "5. MNIST against published FPGA SNN generators"), ("link", "6. A noisy serial link"),
+         ("soak", "7. Soak: random networks and all of MNIST through the compiled harness")]
 
 
 def _pct(value) -> str:
@@ -87,13 +88,25 @@ def hardware_section(f: dict) -> list[str]:
 
 def simspeed_section(f: dict) -> list[str]:
     g, v, a = f["golden"], f["verilator"], f["amaranth_sim"]
-    return [f"{f['network']}, lanes {'/'.join(map(str, f['lanes']))}.", "",
-            "| simulator | images/s | simulated cycles/s | what |", "|---|---|---|---|",
-            f"| golden model (numpy int64, one batch) | {g['images_per_second']:,.0f} | - | {g['images']} images |",
-            f"| Verilator (emitted Verilog, cocotb bench) | {v['images_per_second']:,.1f} | {v['cycles_per_second']:,.0f} | "
-            f"{v['images']} images, {v['cycles']:,} cycles; build {v['build_seconds']:.0f} s apart |",
-            f"| amaranth.sim (Python) | {a['images_per_second']:,.2f} | {a['cycles_per_second']:,.0f} | "
-            f"{a['images']} images, {a['cycles']:,} cycles |"]
+    lines = [f"{f['network']}, lanes {'/'.join(map(str, f['lanes']))}; one run, the same core in every row.", "",
+             "| simulator | images/s | simulated cycles/s | what |", "|---|---|---|---|",
+             f"| golden model (numpy int64, one batch) | {g['images_per_second']:,.0f} | - | {g['images']} images |"]
+    for key, what in (("harness", "compiled harness (sim/harness.py), default"),
+                      ("harness_threads2", "compiled harness, Verilator --threads 2")):
+        if key in f:
+            h = f[key]
+            lines.append(f"| {what} | {h['images_per_second']:,.0f} | {h['cycles_per_second']:,.0f} | "
+                         f"{h['images']} images, {h['cycles']:,} cycles, best of 3 calls (job file, run, comparison); "
+                         f"build {h['build_seconds']:.0f} s apart |")
+    lines += [f"| Verilator under cocotb (sim/cocotb_bench.py) | {v['images_per_second']:,.1f} | "
+              f"{v['cycles_per_second']:,.0f} | {v['images']} images, {v['cycles']:,} cycles; build "
+              f"{v['build_seconds']:.0f} s apart |",
+              f"| amaranth.sim (Python) | {a['images_per_second']:,.2f} | {a['cycles_per_second']:,.0f} | "
+              f"{a['images']} images, {a['cycles']:,} cycles |"]
+    if "harness_over_cocotb" in f:
+        lines += ["", f"The compiled harness simulates {f['harness_over_cocotb']:,.0f}x as many cycles per second as "
+                      "the cocotb bench on the same Verilog."]
+    return lines
 
 
 def _board_row(r: dict) -> str:
@@ -162,8 +175,45 @@ def link_section(f: dict) -> list[str]:
             f"{', ' + str(v['resent']) + ' resent' if 'resent' in v else ''} ({v['seconds']:.0f} s)."]
 
 
+def soak_section(f: dict) -> list[str]:
+    rows, t = f["networks"], f["totals"]
+    lines = ["Every result of every image compared with the golden model (label and every logit).", "",
+             "| part | networks | images | simulated cycles | mismatches | wall time (build + run) |",
+             "|---|---|---|---|---|---|"]
+    for kind in ("dense", "conv"):
+        part = [r for r in rows if r["kind"] == kind]
+        lines.append(f"| random {kind} networks | {len(part)} | {sum(r['images'] for r in part):,} | "
+                     f"{sum(r['cycles'] for r in part):,} | {sum(r['mismatches'] for r in part)} | "
+                     f"{sum(r['build_seconds'] for r in part):.0f} s + {sum(r['seconds'] for r in part):.0f} s |")
+    lines.append(f"| **all random networks** | **{t['networks']}** | **{t['images']:,}** | **{t['cycles']:,}** | "
+                 f"**{t['mismatches']}** | {t['build_seconds']:.0f} s + {t['run_seconds']:.0f} s |")
+    m = f.get("mnist")
+    if m:
+        lines.append(f"| {m['network']}, `spikesmith simulate` on all {m['images']:,} images of ../shared/data/mnist | 1 | "
+                     f"{m['images']:,} | {m['cycles']:,} | {m['mismatches']} | {m['seconds']:.0f} s in all "
+                     f"({m['cycles_per_second']:,.0f} cycles/s) |")
+    p = f["perturbed"]
+    lines += ["", f"Test of the test: one golden logit of network 0 perturbed: {p['mismatches']} mismatch reported "
+                  f"({'caught' if p['caught'] else 'NOT CAUGHT'}): `{p['report']}`."]
+    if m:
+        lines += ["", f"MNIST: trained and calibrated on images 0-7999 of the t10k set (not the standard 60k "
+                      f"training split); the simulate run covers all 10,000 (accuracy {100 * m['accuracy_all']:.2f} % "
+                      f"over all of them, training images included). On the held-out images {m['held_out']}: ANN "
+                      f"{100 * m['ann_accuracy_held_out']:.2f} %, golden model (= hardware) "
+                      f"{100 * m['golden_accuracy_held_out']:.2f} %."]
+    lines += ["", "<details><summary>Every network</summary>", "",
+              "| # | network | T | weight bits | lanes | input lanes | skip | valid | ready | images | cycles | "
+              "mismatches | build s | run s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['index']} | {r['network']} | {r['timesteps']} | {r['weight_bits']} | "
+                     f"{'/'.join(map(str, r['lanes']))} | {r['input_lanes']} | {'on' if r['skip'] else 'off'} | "
+                     f"{r['valid']:.2f} | {r['ready']:.2f} | {r['images']} | {r['cycles']:,} | {r['mismatches']} | "
+                     f"{r['build_seconds']:.1f} | {r['seconds']:.2f} |")
+    return lines + ["", "</details>"]
+
+
 SECTIONS = {"link": link_section, "accuracy": accuracy_section, "hardware": hardware_section, "simspeed": simspeed_section,
-            "boards": boards_section, "mnist": mnist_section}
+            "boards": boards_section, "mnist": mnist_section, "soak": soak_section}
 
 
 def write_report() -> None:
