@@ -1,11 +1,11 @@
 """Soak: random networks and the MNIST MLP through the compiled Verilator harness, every result checked.
 
-    python bench/soak.py                # 56 networks x 200 images, then MNIST 10,000 images: ~30 min
+    python bench/soak.py                # 56 networks x 1,000 images, then MNIST 10,000 images: ~5 min
 
 Random networks (spikesmith.sim.random_networks, seeded): two in three dense, one in three
 convolutional; T 1-16, weight bits 2-8, random lanes per layer and input lanes, spike skipping
 on or off, random input gaps and result backpressure. Each one's emitted Verilog is compiled
-with the C++ harness and streams 200 images (random codes, with silent and saturating ones);
+with the C++ harness and streams 1,000 images (random codes, with silent and saturating ones);
 every label and logit is compared with the golden model. A test of the test: one golden
 logit perturbed must come back as exactly one mismatch naming that image and logit.
 
@@ -30,7 +30,7 @@ import numpy as np
 from common import MNIST, log, save
 from nets import train
 
-IMAGES_PER_NETWORK = 200
+IMAGES_PER_NETWORK = 1000
 
 
 def random_case(index: int):

@@ -1,6 +1,6 @@
 """The emitted core under a compiled Verilator harness: C++ drives the clock, Python checks every result.
 
-    build = build_harness(plan, cache_dir)                  # verilator --cc --exe --build, once per design
+    build = build_harness(plan, cache_dir)                  # verilator --cc --exe, then make: once per design
     run = run_harness(build, plan, codes, golden.run(net, codes), valid_probability=0.5)
 
 The driver (``harness/core_harness.cpp``, package data) reads the image beats from a binary
@@ -72,7 +72,7 @@ def build_harness(plan: CorePlan, cache_dir: Path, verilog: str | None = None, w
     options = [*BUILD_OPTIONS, *trace, *defines, "-CFLAGS", CXX_OPTIMISATION]
     if threads > 1:
         options += ["--threads", str(threads)]
-    key = hashlib.sha256("\0".join([text, driver, *options]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([text, driver, version("verilator"), *options]).encode()).hexdigest()[:16]
     directory = Path(cache_dir) / f"{TOP}-harness-{key}"
     binary = directory / "harness"
     if binary.is_file():
