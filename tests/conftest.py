@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -99,16 +100,23 @@ def run_cli(*args: str, check: bool = True, cwd: str | os.PathLike | None = None
 
 def signal_a_waiting_infer(net_path, signum: int) -> tuple[int, str]:
     """``spikesmith infer`` on a port nobody answers, sent ``signum`` once the driver waits on the port:
-    its exit status and stderr."""
+    its exit status and stderr. A process still running a minute later is aborted, and its Python
+    stacks (faulthandler) come back in the failure."""
     proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(net_path), "--port", "loop://",
-                             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     # Signal only once the driver is waiting on the port (imports can take seconds on a busy machine).
     for line in proc.stderr:
         if "opening loop://" in line:
             break
     time.sleep(0.5)
     proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=30)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)             # faulthandler prints where every thread is
+        _, stderr = proc.communicate(timeout=30)
+        raise AssertionError(f"still running 60 s after signal {signum}; its stacks:\n{stderr}") from None
     return proc.returncode, stderr
 
 
