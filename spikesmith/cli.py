@@ -263,9 +263,9 @@ def cmd_generate(args) -> int:
           f"events for {'spiking neurons only' if plan.skip_silent else 'every neuron (skipping off)'}")
     print(f"  input: {plan.input.size} codes of {plan.timesteps} bits, {plan.input.lanes} per beat "
           f"({plan.input.words} beats per image)")
-    print("  layer            in   out  lanes  blocks  weight  membrane  memory bits  cycles/step (worst)")
+    print("  layer          engine   in   out  lanes  blocks  weight  membrane  memory bits  cycles/step (worst)")
     for layer in report["layers"]:
-        print(f"  {layer['name'][:14]:<14} {layer['inputs']:5d} {layer['neurons']:5d}  {layer['lanes']:5d}  "
+        print(f"  {layer['name'][:14]:<14} {layer['engine'][:4]:<5} {layer['inputs']:5d} {layer['neurons']:5d}  {layer['lanes']:5d}  "
               f"{layer['blocks']:6d}  {layer['weight_width']:4d} b  {layer['membrane_width']:6d} b  "
               f"{sum(layer['memory_bits'].values()):11d}  {layer['cycles_per_step_worst']:8d}")
     print(f"  initiation interval: {plan.initiation_interval} cycles per image, worst case "
@@ -308,7 +308,7 @@ def _check_labels(data, classes: int) -> None:
 
 
 def _run_simulation(args, plan, expected, progress):
-    """Build the core for the chosen engine and stream the images; the run and the build folder."""
+    """Build the core for the chosen engine and stream the images: the run, the build folder, the build's seconds."""
     cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
     waves = Path(args.waves) if args.waves else None
     if waves is not None:
@@ -317,19 +317,23 @@ def _run_simulation(args, plan, expected, progress):
     if args.engine == "cocotb":
         from .sim.verilator import build_core, run_core
 
+        start = time.perf_counter()
         build = build_core(plan, cache, waves=True if waves else None, progress=progress)
+        built = time.perf_counter() - start
         progress("streaming the images through the Verilator model under cocotb")
-        return run_core(build, plan, expected.input_codes, expected, test_dir=waves, **stress), build.directory
+        return run_core(build, plan, expected.input_codes, expected, test_dir=waves, **stress), build.directory, built
     from .sim.harness import build_harness, run_harness
     from .sim.verilator import fst_available
 
+    start = time.perf_counter()
     build = build_harness(plan, cache, waves=waves is not None, progress=progress)
+    built = time.perf_counter() - start
     progress("streaming the images through the compiled Verilator harness")
     dump = waves / ("dump.fst" if fst_available() else "dump.vcd") if waves else None
     with progress_bar(len(expected.predictions), not args.quiet) as advance:
         run = run_harness(build, plan, expected.input_codes, expected, waves=dump, wave_images=args.wave_images,
                           progress=advance, **stress)
-    return run, build.directory
+    return run, build.directory, built
 
 
 def cmd_simulate(args) -> int:
@@ -343,8 +347,9 @@ def cmd_simulate(args) -> int:
     expected = golden.run_images(net, data.images)
     progress(f"core for {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}")
     start = time.perf_counter()
-    run, build_dir = _run_simulation(args, plan, expected, progress)
+    run, build_dir, build_seconds = _run_simulation(args, plan, expected, progress)
     seconds = time.perf_counter() - start
+    running = max(seconds - build_seconds, 1e-9)
     images = len(data)
     agree = len(run.images) - run.mismatches         # images with a result equal to the golden one
     accuracy = float(np.mean(run.labels == data.labels[run.images])) if data.labels is not None and len(run.images) else None
@@ -358,8 +363,8 @@ def cmd_simulate(args) -> int:
         "steady_state_cycles_per_image": float(gaps.mean()) if len(gaps) else None,
         "initiation_interval_worst": plan.initiation_interval,
         "first_result_cycle": int(run.result_cycles[0]) if len(run.result_cycles) else None,
-        "wall_seconds": seconds, "simulated_cycles_per_second": run.cycles / seconds,
-        "simulated_images_per_second": images / seconds,
+        "wall_seconds": seconds, "build_seconds": build_seconds, "run_seconds": running,
+        "simulated_cycles_per_second": run.cycles / running, "simulated_images_per_second": images / running,
         "build": str(build_dir), "waves": str(run.waves) if run.waves else None,
     }
     if args.json:
@@ -386,8 +391,9 @@ def _print_simulation(args, net, data, plan, p: dict) -> None:
     print(f"  simulated cycles: {p['cycles']} ({p['cycles_per_image']:.1f} per image"
           + (f", {steady:.1f} between results in steady state" if steady is not None else "")
           + f"; worst-case interval {plan.initiation_interval})")
-    print(f"  {p['simulated_images_per_second']:.0f} images/s, {p['simulated_cycles_per_second']:,.0f} cycles/s "
-          f"simulated on this machine ({p['wall_seconds']:.1f} s, build included)")
+    print(f"  {p['simulated_images_per_second']:,.0f} images/s, {p['simulated_cycles_per_second']:,.0f} cycles/s "
+          f"simulated on this machine ({p['run_seconds']:.1f} s; build {p['build_seconds']:.1f} s, "
+          f"{p['wall_seconds']:.1f} s in all)")
     if p["waves"]:
         print(f"  waveform: {p['waves']}")
 
