@@ -26,22 +26,33 @@ class SizingError(SpikesmithError):
     """The requested lanes or budget cannot build this network."""
 
 
-def _lane_options(layer) -> list[int]:
+def convolution_engines(net: SpikingNetwork) -> list[bool]:
+    """Which layers run on a convolution engine: the convolutions whose input arrives as pixels
+    (the image, or a convolution engine's events). A convolution after a dense layer (for example
+    a pool and a convolution that did not compose) reads neuron events; it runs on a dense engine,
+    whose weights are the dense matrix of its kernel."""
+    engines: list[bool] = []
+    for layer in net.layers:
+        engines.append(layer.conv is not None and (not engines or engines[-1]))
+    return engines
+
+
+def _lane_options(layer, conv_engine: bool) -> list[int]:
     """Lane counts worth having: the smallest L for each distinct block count ceil(n / L); for a
-    convolution, the divisors of its output channels (lanes are channels)."""
-    if layer.conv is not None:
+    convolution engine, the divisors of its output channels (lanes are channels)."""
+    if conv_engine:
         channels = layer.conv.geometry.out_channels
         return [L for L in range(1, channels + 1) if channels % L == 0]
     neurons = layer.out_size
     return sorted({ceil_div(neurons, ceil_div(neurons, L)) for L in range(1, neurons + 1)})
 
 
-def _skeleton(layer, lanes: int, timesteps: int) -> LayerPlan:
+def _skeleton(layer, lanes: int, timesteps: int, conv_engine: bool) -> LayerPlan:
     """A plan of ``layer`` on ``lanes`` lanes with no memory contents: enough for the cycle model."""
     return LayerPlan(index=0, name=layer.name, inputs=layer.in_size, neurons=layer.out_size, lanes=lanes,
                      timesteps=timesteps, fires=layer.fires, weight_width=0, bias_width=0, membrane_width=0,
                      threshold_width=0, weight_rows=(), bias_rows=(), threshold_rows=(),
-                     conv=None if layer.conv is None else layer.conv.geometry)
+                     conv=layer.conv.geometry if conv_engine else None)
 
 
 def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list[int]:
@@ -52,14 +63,15 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
     """
     if budget < len(net.layers):
         raise SizingError(f"a lane budget of {budget} is below one lane per layer ({len(net.layers)} layers)")
-    options = [_lane_options(layer) for layer in net.layers]
+    engines = convolution_engines(net)
+    options = [_lane_options(layer, conv) for layer, conv in zip(net.layers, engines)]
     choice = [0] * len(net.layers)
     T = net.timesteps
     costs: dict[tuple[int, int], int] = {}
 
     def cost(k: int, lanes: int) -> int:
         if (k, lanes) not in costs:
-            costs[k, lanes] = _skeleton(net.layers[k], lanes, T).accumulate_cycles()
+            costs[k, lanes] = _skeleton(net.layers[k], lanes, T, engines[k]).accumulate_cycles()
         return costs[k, lanes]
 
     while True:
@@ -101,18 +113,19 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
     lanes = [int(x) for x in lanes]
     if len(lanes) != len(net.layers):
         raise SizingError(f"--lanes gives {len(lanes)} values but the network has {len(net.layers)} layers")
-    for layer, count in zip(net.layers, lanes):
+    engines = convolution_engines(net)
+    for layer, count, conv in zip(net.layers, lanes, engines):
         if not 1 <= count <= layer.out_size:
             raise SizingError(f"layer {layer.name}: {count} lanes, but it has {layer.out_size} neurons "
                               f"(lanes must be 1..{layer.out_size})")
-        if layer.conv is not None and count not in _lane_options(layer):
+        if conv and count not in _lane_options(layer, conv):
             raise SizingError(f"layer {layer.name} is a convolution with {layer.conv.geometry.out_channels} output "
                               f"channels: its lanes must divide that number, not {count} "
-                              f"(one of {', '.join(map(str, _lane_options(layer)))})")
+                              f"(one of {', '.join(map(str, _lane_options(layer, conv)))})")
     for index in loaded_weights:
         if not 0 <= index < len(net.layers):
             raise SizingError(f"--spram names layer {index}; the network's layers are 0..{len(net.layers) - 1}")
-    pixels = tuple(net.input.shape) if net.layers[0].conv is not None else None
+    pixels = tuple(net.input.shape) if engines[0] else None
     if input_lanes is None:
         if pixels is None:
             input_lanes = min(DEFAULT_INPUT_LANES, net.input.size)
@@ -125,12 +138,12 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
                           f"must divide {pixels[2]}, not {input_lanes}")
     T = net.timesteps
     plans: list[LayerPlan] = []
-    for index, (layer, L) in enumerate(zip(net.layers, lanes)):
+    for index, (layer, L, conv) in enumerate(zip(net.layers, lanes, engines)):
         bounds = layer_bounds(layer, T)
         weight_width = max(2, bounds.weight_width)
         bias_width = max(2, bounds.bias_width)
         threshold_width = bounds.threshold_width
-        geometry = None if layer.conv is None else layer.conv.geometry
+        geometry = layer.conv.geometry if conv else None
         if geometry is not None:
             # Lanes are output channels; one row per (block, kernel offset, input channel).
             blocks, step = geometry.out_channels // L, geometry.pixels
@@ -154,13 +167,12 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
         bias_rows = tuple(pack_row(bias[b * L:(b + 1) * L], bias_width) for b in range(blocks))
         threshold_rows = (tuple(pack_row(threshold[b * L:(b + 1) * L], threshold_width) for b in range(blocks))
                           if layer.fires else ())
-        following = net.layers[index + 1] if index + 1 < len(net.layers) else None
         plans.append(LayerPlan(
             index=index, name=layer.name, inputs=layer.in_size, neurons=layer.out_size, lanes=L,
             timesteps=T, fires=layer.fires, weight_width=weight_width, bias_width=bias_width,
             membrane_width=bounds.membrane_width, threshold_width=threshold_width,
             weight_rows=weight_rows, bias_rows=bias_rows, threshold_rows=threshold_rows,
             weights_loaded=index in loaded_weights, conv=geometry,
-            emits_pixels=following is not None and following.conv is not None))
+            emits_pixels=index + 1 < len(net.layers) and engines[index + 1]))
     return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T, pixels), layers=tuple(plans),
                     skip_silent=skip_silent, fingerprint=fingerprint(net))

@@ -231,3 +231,33 @@ def test_converted_convnets_bit_exact_under_verilator(case, tmp_path_factory):
                       seed=case, valid_probability=0.6, ready_probability=0.5)
     assert run.first_mismatch is None and run.passed and run.mismatches == 0
     assert run.images.tolist() == list(range(len(codes)))
+
+
+def test_a_convolution_after_a_dense_layer_runs_as_a_dense_layer(tmp_path):
+    """The repro of a bug: a pool and the convolution after it that cannot be composed stay a
+    dense layer; the convolution after that then reads neuron events, not pixels, and must be
+    planned on a dense engine. ``generate`` used to stop with an internal error."""
+    from spikesmith.gen.convert import ConversionOptions, convert_module
+    from spikesmith.gen.netfile import save_network
+    from spikesmith.gen.sizing import plan_core
+    from spikesmith.sim import golden
+    from spikesmith.sim.harness import build_harness, run_harness
+
+    from conftest import run_cli
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(2, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    rng = np.random.default_rng(5)
+    net = convert_module(model, rng.uniform(0, 1, (40, 1, 5, 5)).astype(np.float32), ConversionOptions(timesteps=6))
+    assert [layer.kind for layer in net.layers] == ["conv", "dense", "conv", "dense"]
+    plan = plan_core(net)
+    assert [layer.conv is not None for layer in plan.layers] == [True, False, False, False]
+    codes = rng.integers(0, net.max_code + 1, size=(60, net.input.size))
+    expected = golden.run(net, codes)
+    run = run_harness(build_harness(plan, tmp_path / "cache"), plan, codes, expected, seed=1,
+                      valid_probability=0.7, ready_probability=0.6)
+    assert run.passed and run.images.tolist() == list(range(len(codes))), run.first_mismatch
+    proc = run_cli("generate", str(save_network(net, tmp_path / "net.npz")), "-o", str(tmp_path / "core"), "--json")
+    assert (tmp_path / "core" / "spikesmith_core.v").is_file()
+    assert [layer["engine"] for layer in json.loads(proc.stdout)["layers"]] == ["convolution"] + ["dense"] * 3

@@ -310,8 +310,8 @@ class CorePlan:
             "input": {"size": self.input.size, "lanes": self.input.lanes, "words": self.input.words,
                       "code_width": self.timesteps, "memory_bits": self.input.memory_bits},
             "layers": [{
-                "name": layer.name, "inputs": layer.inputs, "neurons": layer.neurons, "fires": layer.fires,
-                "lanes": layer.lanes, "blocks": layer.blocks,
+                "name": layer.name, "engine": "convolution" if layer.conv is not None else "dense",
+                "inputs": layer.inputs, "neurons": layer.neurons, "fires": layer.fires, "lanes": layer.lanes, "blocks": layer.blocks,
                 "weight_width": layer.weight_width, "bias_width": layer.bias_width,
                 "membrane_width": layer.membrane_width, "threshold_width": layer.threshold_width,
                 "memory_bits": layer.memory_bits,
