@@ -22,7 +22,8 @@ import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
 from .archive import check_archive
-from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, Graph, Identity, Input, ReLU
+from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, ReLU, Reshape
+from .shapes import SQUEEZE_OPS, check_batch_axis, keeps_order, permutation
 from .passes import SUPPORTED
 
 __all__ = ["export_module", "load_program", "import_program", "import_module"]
@@ -191,8 +192,11 @@ class _GraphWalk:
             aten.feature_dropout.default: self._dropout,
             aten.clone.default: self._identity, aten.alias.default: self._identity,
             aten.detach.default: self._identity, aten.contiguous.default: self._identity,
-            aten.flatten.using_ints: self._flatten,
+            aten.flatten.using_ints: self._reshape, aten.unflatten.int: self._reshape,
             aten.view.default: self._reshape, aten.reshape.default: self._reshape, aten._unsafe_view.default: self._reshape,
+            aten.squeeze.default: self._reshape, aten.squeeze.dim: self._reshape, aten.squeeze.dims: self._reshape,
+            aten.unsqueeze.default: self._reshape,
+            aten.permute.default: self._permute, aten.transpose.int: self._permute, aten.t.default: self._permute,
         }
 
     def run(self) -> Graph:
@@ -241,11 +245,14 @@ class _GraphWalk:
 
     def _call(self, node) -> None:
         path, cls = _layer_of(node)
-        acts = [self.values[a.name] for a in node.args
-                if isinstance(a, torch.fx.Node) and isinstance(self.values.get(a.name), _Act)]
+        operands: list[torch.fx.Node] = []
+        torch.fx.node.map_arg(node.args, operands.append)          # graph nodes, also inside lists (torch.cat)
+        acts = [self.values[a.name] for a in operands if isinstance(self.values.get(a.name), _Act)]
+        if node.target == aten.cat.default and acts:
+            raise UnsupportedModelError(f"concatenation '{path}' ({cls}: torch.cat) is not supported yet")
         if not acts:
             # Every operand is a parameter or a constant: fold it now (e.g. a weight transpose).
-            args = [self.values[a.name] if isinstance(a, torch.fx.Node) else a for a in node.args]
+            args = torch.fx.node.map_arg(node.args, lambda a: self.values[a.name])
             with torch.no_grad():
                 self.values[node.name] = node.target(*args, **node.kwargs)
             return
@@ -362,22 +369,47 @@ class _GraphWalk:
     def _identity(self, layer: _Layer) -> _Act:
         return self._add(Identity(layer.name, inputs=(layer.x.op_name,), source=layer.cls), layer.x.shape)
 
-    def _flatten(self, layer: _Layer) -> _Act:
-        start, end = self._arg(layer.node, 1, 0), self._arg(layer.node, 2, -1)
-        rank = len(layer.x.shape) + (1 if self.batched else 0)
-        if (start % rank) != (1 if self.batched else 0) or (end % rank) != rank - 1:
-            raise UnsupportedModelError(f"flatten '{layer.path}' must flatten every axis but the batch axis")
-        return self._add(Flatten(layer.name, inputs=(layer.x.op_name,), source=layer.cls),
-                         (int(np.prod(layer.x.shape)),))
+    def _shapes(self, layer: _Layer) -> tuple[tuple, tuple]:
+        """The op's input and output shapes as traced, batch axis included (a symbol if the batch is dynamic)."""
+        return tuple(layer.node.args[0].meta["val"].shape), tuple(layer.node.meta["val"].shape)
+
+    def _reinterpreted(self, layer: _Layer, full_in: tuple, out: tuple) -> _Act:
+        """The same values in the same order, seen as ``out`` (traced shape): a Reshape op."""
+        where = f"{layer.cls} '{layer.path}' ({_aten_name(layer.node)})"
+        if self.batched:
+            if not out or str(out[0]) != str(full_in[0]):
+                raise UnsupportedModelError(f"{where} merges or moves the batch axis (to {list(out)})")
+            out = out[1:]
+        if not all(isinstance(d, int) for d in out):
+            raise UnsupportedModelError(f"{where} gives a shape that depends on the batch size ({list(out)})")
+        return self._add(Reshape(layer.name, out, inputs=(layer.x.op_name,), source=layer.cls), out)
 
     def _reshape(self, layer: _Layer) -> _Act:
-        shape = list(self._arg(layer.node, 1))
-        size = int(np.prod(layer.x.shape))
-        per_sample = shape[1:] if self.batched else shape
-        if [d if d != -1 else size for d in per_sample] != [size]:
+        """view, reshape, flatten, unflatten, squeeze, unsqueeze: no-ops on the row-major values."""
+        op = _aten_name(layer.node)
+        full_in, out = self._shapes(layer)
+        if self.batched and op in SQUEEZE_OPS:
+            check_batch_axis(op, layer.node.args[1:], len(full_in), len(out),
+                             f"{layer.cls} '{layer.path}' ({op})")
+        return self._reinterpreted(layer, full_in, out)
+
+    def _permute(self, layer: _Layer) -> _Act:
+        """permute / transpose: a no-op when only size-1 axes move, else refused with its name."""
+        op = _aten_name(layer.node)
+        full_in, out = self._shapes(layer)
+        order = permutation(op, layer.node.args[1:], len(full_in))
+        sizes = [d if isinstance(d, int) else 0 for d in full_in]         # a symbolic batch: not of size one
+        if not keeps_order(sizes, order) or (self.batched and order[0] != 0):
             raise UnsupportedModelError(
-                f"reshape '{layer.path}' to {shape} is not a flatten; only flattening reshapes are supported")
-        return self._add(Flatten(layer.name, inputs=(layer.x.op_name,), source=layer.cls), (size,))
+                f"{layer.cls} '{layer.path}' ({op} to axes {list(order)}) reorders the values; spikesmith "
+                f"converts the shape ops that keep the row-major order (view, reshape, flatten, unflatten, "
+                f"squeeze, unsqueeze, and permutes of size-1 axes)")
+        return self._reinterpreted(layer, full_in, out)
+
+
+def _aten_name(node: torch.fx.Node) -> str:
+    """``view.default`` for ``aten.view.default``."""
+    return str(node.target).replace("aten::", "").replace("aten.", "")
 
 
 def _unique(path: str, ops: list) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from ..contract.network import ConvGeometry
 
 __all__ = [
-    "Input", "Dense", "Conv2d", "AvgPool2d", "BatchNorm", "ReLU", "Flatten", "Identity", "Op", "Graph",
+    "Input", "Dense", "Conv2d", "AvgPool2d", "BatchNorm", "ReLU", "Reshape", "Identity", "Op", "Graph",
     "FloatLayer", "FloatNetwork",
 ]
 
@@ -116,9 +116,11 @@ class ReLU:
 
 
 @dataclass(frozen=True, eq=False)
-class Flatten:
-    """Row-major flatten of the per-sample shape (as ``torch.nn.Flatten``)."""
+class Reshape:
+    """The same values in the same row-major order, seen as per-sample ``shape``: ``Flatten``,
+    ``view``, ``reshape``, ``unflatten``, ``squeeze``, ``unsqueeze``, order-keeping ``permute``."""
     name: str
+    shape: tuple[int, ...]
     inputs: tuple[str, ...] = ()
     source: str = "Flatten"
 
@@ -131,7 +133,7 @@ class Identity:
     source: str = "Identity"
 
 
-Op = Union[Input, Dense, Conv2d, AvgPool2d, BatchNorm, ReLU, Flatten, Identity]
+Op = Union[Input, Dense, Conv2d, AvgPool2d, BatchNorm, ReLU, Reshape, Identity]
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, FloatLayer, FloatNetwork, Graph, Identity, ReLU
+from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, FloatLayer, FloatNetwork, Graph, Identity, ReLU, Reshape
 from ..contract.network import ConvGeometry
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
@@ -102,8 +102,9 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return Graph(tuple(ops), output)
 
 
-SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, ReLU, Flatten, Dropout, Identity, "
-             "BatchNorm1d/2d (after a Linear or Conv2d layer)")
+SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, ReLU, Dropout, Identity, "
+             "BatchNorm1d/2d (after a Linear or Conv2d layer), and shape ops that keep the row-major order "
+             "(Flatten, view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)")
 
 
 def conv_geometry(op: Conv2d | AvgPool2d, shape: tuple[int, int, int]) -> tuple[ConvGeometry, np.ndarray]:
@@ -189,7 +190,7 @@ def lower_convolutions(graph: Graph) -> Graph:
             bias = np.repeat(op.bias if isinstance(op, Conv2d) else np.zeros(geometry.out_channels),
                              geometry.pixels)
             if not flat:              # the image itself: flatten it, row-major as the matrix expects
-                ops.append(Flatten(f"{op.name}.flatten", inputs=op.inputs, source="Flatten"))
+                ops.append(Reshape(f"{op.name}.flatten", (int(np.prod(shape)),), inputs=op.inputs, source="Flatten"))
                 op = dataclasses.replace(op, inputs=(ops[-1].name,))
             ops.append(Dense(op.name, weight, bias, inputs=op.inputs, source=op.source, geometry=geometry,
                              kernel=kernel))
@@ -200,15 +201,15 @@ def lower_convolutions(graph: Graph) -> Graph:
                 f"Linear '{op.name}' is applied to the last axis of a {'x'.join(map(str, shape))} "
                 f"tensor; flatten it first (torch.nn.Flatten)")
         ops.append(op)
-        if isinstance(op, Flatten):
-            shape, flat = (int(np.prod(shape)),), True
+        if isinstance(op, Reshape):
+            shape = op.shape          # the same values in the same order: a vector stays a vector
         elif isinstance(op, Dense):
             shape, flat = (op.out_features,), True
     return Graph(tuple(ops), graph.output)
 
 
 def merge_linear(graph: Graph) -> Graph:
-    """Multiply a Dense layer not followed by a ReLU into the next Dense layer (Flatten between is a no-op).
+    """Multiply a Dense layer not followed by a ReLU into the next Dense layer (a Reshape between is a no-op).
 
     ``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``: a pooling layer joins the layer after it.
     Two convolutions (a pool and the convolution after it) stay one convolution where that is
@@ -220,7 +221,7 @@ def merge_linear(graph: Graph) -> Graph:
     kept: list = []
     pending: Dense | None = None
     for op in chain:
-        if isinstance(op, Flatten) and pending is not None:
+        if isinstance(op, Reshape) and pending is not None:
             continue                                  # a Dense layer's values are already flat
         if isinstance(op, Dense) and pending is not None:
             weight, bias = op.weight @ pending.weight, op.weight @ pending.bias + op.bias
@@ -246,7 +247,7 @@ def merge_linear(graph: Graph) -> Graph:
 
 
 def to_float_network(graph: Graph) -> FloatNetwork:
-    """Read a chain ``[Flatten] Dense ReLU ... Dense`` into a :class:`FloatNetwork`.
+    """Read a chain ``[Reshape] Dense ReLU ... Dense`` into a :class:`FloatNetwork` (reshapes anywhere).
 
     Every hidden Dense layer must be followed by a ReLU (it becomes a firing iLIF layer);
     the last Dense layer gives the logits. A ReLU after the last layer is dropped: the
@@ -262,16 +263,15 @@ def to_float_network(graph: Graph) -> FloatNetwork:
     layers: list[FloatLayer] = []
     pending: Dense | None = None
     for op in chain:
-        if isinstance(op, Flatten):
-            if pending is not None:
-                raise UnsupportedModelError(
-                    f"Flatten {graph.describe(op)} follows Linear '{pending.name}' without a ReLU")
-            shape = (int(np.prod(shape)),)
+        if isinstance(op, Reshape):
+            shape = op.shape              # a no-op on the flat values (also between a layer and its ReLU)
         elif isinstance(op, Dense):
             if pending is not None:
                 raise UnsupportedModelError(
                     f"Linear '{pending.name}' is followed by Linear '{op.name}' without a ReLU between them; "
                     f"every hidden layer must be a ReLU layer")
+            if op.geometry is not None:     # a lowered convolution reads its (C, H, W) map, flat
+                shape = (int(np.prod(shape)),)
             if len(shape) > 1 and int(np.prod(shape[:-1])) != 1:
                 raise UnsupportedModelError(
                     f"Linear '{op.name}' is applied to the last axis of a {'x'.join(map(str, shape))} "
@@ -298,7 +298,10 @@ def to_float_network(graph: Graph) -> FloatNetwork:
         layers[-1] = FloatLayer(last.name, last.weight, last.bias, relu=False, source=last.source)
     if not layers:
         raise UnsupportedModelError(f"the model has no Linear layer; supported: {SUPPORTED}")
-    return FloatNetwork(input_shape=tuple(inp.shape), layers=tuple(layers))
+    input_shape = tuple(inp.shape)
+    if layers[0].geometry is not None:
+        input_shape = layers[0].geometry.in_shape     # images kept flat and reshaped in the model: the same values
+    return FloatNetwork(input_shape=input_shape, layers=tuple(layers))
 
 
 def lower(graph: Graph) -> FloatNetwork:

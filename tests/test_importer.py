@@ -121,7 +121,7 @@ def test_final_relu_is_dropped():
 
 
 def test_flatten_ir_only_chain():
-    graph = ir.Graph((ir.Input("input", (2, 2)), ir.Flatten("f", ("input",)),
+    graph = ir.Graph((ir.Input("input", (2, 2)), ir.Reshape("f", (4,), ("input",)),
                       ir.Dense("d", np.ones((3, 4)), np.zeros(3), ("f",))), "d")
     network = lower(graph)
     assert network.input_size == 4 and len(network.layers) == 1
@@ -250,7 +250,7 @@ def test_symbolic_sizes_that_are_code_are_refused_before_torch_evaluates_them(tm
 
 def test_a_dynamic_batch_export_still_loads(tmp_path):
     graph = import_program(load_program(_dynamic_batch_model(tmp_path / "dynamic.pt2")))
-    assert [type(op).__name__ for op in graph.ops][:2] == ["Input", "Flatten"]
+    assert [type(op).__name__ for op in graph.ops][:2] == ["Input", "Reshape"]
 
 
 def test_convert_refuses_a_code_payload_in_one_line(tmp_path, saved_model):
