@@ -185,6 +185,9 @@ class _GraphWalk:
             aten.linear.default: self._linear, aten.addmm.default: self._addmm,
             aten.conv2d.default: self._conv, aten.convolution.default: self._conv,
             aten.avg_pool2d.default: self._avg_pool,
+            aten.adaptive_avg_pool2d.default: self._adaptive_avg_pool,
+            aten._adaptive_avg_pool2d.default: self._adaptive_avg_pool,
+            aten.mean.dim: self._spatial_mean,
             aten.max_pool2d.default: self._max_pool, aten.max_pool2d_with_indices.default: self._max_pool,
             aten.relu.default: self._relu, aten.relu_.default: self._relu,
             aten.batch_norm.default: self._batch_norm, aten._native_batch_norm_legit_no_training.default: self._batch_norm,
@@ -333,6 +336,39 @@ class _GraphWalk:
         op = AvgPool2d(layer.name, _pair(kernel), _pair(stride), _pair(padding), inputs=(layer.x.op_name,),
                        source=layer.cls)
         return self._add(op, op.output_shape(layer.x.shape))
+
+    def _global_pool(self, layer: _Layer, out_size: tuple[int, int], what: str) -> _Act:
+        """Average pooling to ``out_size`` as equal windows (kernel = stride = input / output): linear."""
+        if len(layer.x.shape) != 3:
+            raise UnsupportedModelError(f"{what} '{layer.path}' needs (C, H, W) values, not {layer.x.shape}")
+        _, h, w = layer.x.shape
+        oh, ow = (h if out_size[0] is None else out_size[0]), (w if out_size[1] is None else out_size[1])
+        if oh < 1 or ow < 1 or h % oh or w % ow:
+            raise UnsupportedModelError(
+                f"{what} '{layer.path}' from {h}x{w} to {oh}x{ow}: spikesmith folds adaptive average pooling "
+                f"when the output size divides the input size (windows of one size)")
+        kernel = (h // oh, w // ow)
+        op = AvgPool2d(layer.name, kernel, kernel, (0, 0), inputs=(layer.x.op_name,), source=layer.cls)
+        return self._add(op, op.output_shape(layer.x.shape))
+
+    def _adaptive_avg_pool(self, layer: _Layer) -> _Act:
+        size = self._arg(layer.node, 1)
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        return self._global_pool(layer, (size[0], size[-1]), "adaptive average pooling")
+
+    def _spatial_mean(self, layer: _Layer) -> _Act:
+        """``x.mean((2, 3))`` (or ``(-2, -1)``): global average pooling, then a squeeze unless ``keepdim``."""
+        rank = len(layer.x.shape) + (1 if self.batched else 0)
+        dims = sorted(int(d) % rank for d in self._arg(layer.node, 1))
+        keepdim = bool(self._arg(layer.node, 2, False))
+        if len(layer.x.shape) != 3 or dims != [rank - 2, rank - 1]:
+            raise UnsupportedModelError(f"mean '{layer.path}' over axes {dims}: spikesmith folds a mean over the "
+                                        f"two spatial axes of (C, H, W) values (global average pooling)")
+        pooled = self._global_pool(layer, (1, 1), "mean")
+        if keepdim:
+            return pooled
+        shape = (layer.x.shape[0],)
+        return self._add(Reshape(f"{layer.name}.squeeze", shape, inputs=(pooled.op_name,), source=layer.cls), shape)
 
     def _max_pool(self, layer: _Layer) -> _Act:
         raise UnsupportedModelError(

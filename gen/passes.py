@@ -102,7 +102,8 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return Graph(tuple(ops), output)
 
 
-SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, ReLU, Dropout, Identity, "
+SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, AdaptiveAvgPool2d (to a size dividing the input), "
+             "mean over H and W, ReLU, Dropout, Identity, "
              "BatchNorm1d/2d (after a Linear or Conv2d layer), and shape ops that keep the row-major order "
              "(Flatten, view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)")
 

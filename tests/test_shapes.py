@@ -104,3 +104,22 @@ def test_permutations_of_the_axis_ops():
     assert permutation("transpose.int", [1, -1], 4) == (0, 3, 2, 1)
     assert permutation("permute.default", [[0, -1, 1]], 3) == (0, 2, 1)
     assert permutation("t.default", [], 2) == (1, 0)
+
+
+@pytest.mark.parametrize("pool", [
+    nn.AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d((2, 3)), nn.AdaptiveAvgPool2d((None, 1)),
+    Lambda(lambda x: x.mean((2, 3))), Lambda(lambda x: x.mean((-1, -2), keepdim=True)),
+])
+def test_global_average_pooling_folds_into_the_next_layer(pool):
+    """AdaptiveAvgPool2d to a size that divides the input and a mean over H and W are average pools."""
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 1, 4, 6))                                    # materialise the lazy layer
+    network = lowered_matches_torch(model, (1, 4, 6))
+    assert len(network.layers) == 2, "the pool joins the Linear after it"
+
+
+def test_adaptive_pooling_to_a_size_that_does_not_divide_is_refused_by_name():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                          nn.Linear(27, 2))
+    with pytest.raises(UnsupportedModelError, match="'2' from 4x6 to 3x3: .*divides the input size"):
+        lower(import_module(model, (1, 4, 6)))
