@@ -271,15 +271,10 @@ def to_float_network(graph: Graph) -> FloatNetwork:
                 raise UnsupportedModelError(
                     f"Linear '{pending.name}' is followed by Linear '{op.name}' without a ReLU between them; "
                     f"every hidden layer must be a ReLU layer")
-            if op.geometry is not None:     # a lowered convolution reads its (C, H, W) map, flat
-                shape = (int(np.prod(shape)),)
-            if len(shape) > 1 and int(np.prod(shape[:-1])) != 1:
+            # A Dense op reads its input flat: lower_convolutions refused a Linear on the last axis of a map.
+            if int(np.prod(shape)) != op.in_features:
                 raise UnsupportedModelError(
-                    f"Linear '{op.name}' is applied to the last axis of a {'x'.join(map(str, shape))} "
-                    f"tensor; flatten it first (torch.nn.Flatten)")
-            if shape[-1] != op.in_features:
-                raise UnsupportedModelError(
-                    f"Linear '{op.name}' takes {op.in_features} inputs but receives {shape[-1]} values")
+                    f"Linear '{op.name}' takes {op.in_features} inputs but receives {int(np.prod(shape))} values")
             pending = op
             shape = (op.out_features,)
         elif isinstance(op, ReLU):

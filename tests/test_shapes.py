@@ -123,3 +123,20 @@ def test_adaptive_pooling_to_a_size_that_does_not_divide_is_refused_by_name():
                           nn.Linear(27, 2))
     with pytest.raises(UnsupportedModelError, match="'2' from 4x6 to 3x3: .*divides the input size"):
         lower(import_module(model, (1, 4, 6)))
+
+
+def test_reshapes_leave_the_converted_integer_network_unchanged():
+    """The same weights with and without shape ops in forward convert to the same integers."""
+    from spikesmith.gen.convert import ConversionOptions, convert_module
+    from spikesmith.gen.netfile import fingerprint
+
+    torch.manual_seed(3)
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 5),
+                          nn.ReLU(), nn.Linear(5, 3))
+    reshaping = nn.Sequential(Lambda(lambda x: x.view(x.size(0), 16).reshape(-1, 1, 4, 4)), plain[0], plain[1],
+                              Lambda(lambda x: x.unsqueeze(1).squeeze(1).contiguous()), plain[2],
+                              Lambda(lambda x: x.flatten(2)), nn.Flatten(), plain[4],
+                              Lambda(lambda x: x.view(-1, 1, 5).transpose(1, 0 + 1).reshape(-1, 5)), plain[5], plain[6])
+    calib = np.random.default_rng(3).uniform(0, 1, (30, 1, 4, 4)).astype(np.float32)
+    nets = [convert_module(model, calib, ConversionOptions(timesteps=5)) for model in (plain, reshaping)]
+    assert fingerprint(nets[0]) == fingerprint(nets[1])
