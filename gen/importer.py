@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
 from .archive import check_archive
-from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, ReLU, Reshape
+from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, MaxPool2d, ReLU, Reshape
 from .shapes import SQUEEZE_OPS, check_batch_axis, keeps_order, permutation
 from .passes import SUPPORTED
 
@@ -147,8 +147,13 @@ class _Act:
         self.shape = shape
 
 
-class _BatchNormTuple(_Act):
-    """The tuple returned by ``_native_batch_norm_legit_no_training``; item 0 is the output."""
+class _TupleAct(_Act):
+    """An op that returns a tuple whose item 0 is its output (batch norm's statistics, max pooling's
+    indices); ``other`` says what using another item means."""
+
+    def __init__(self, op_name: str, shape: tuple[int, ...], other: str = "uses batch statistics; export in eval mode"):
+        super().__init__(op_name, shape)
+        self.other = other
 
 
 def import_program(program: torch.export.ExportedProgram) -> Graph:
@@ -260,9 +265,9 @@ class _GraphWalk:
                 self.values[node.name] = node.target(*args, **node.kwargs)
             return
         x = acts[0]
-        if node.target is operator.getitem and isinstance(x, _BatchNormTuple):
+        if node.target is operator.getitem and isinstance(x, _TupleAct):
             if node.args[1] != 0:
-                raise UnsupportedModelError(f"layer '{path}' ({cls}) uses batch statistics; export in eval mode")
+                raise UnsupportedModelError(f"layer '{path}' ({cls}) {x.other}")
             self.values[node.name] = _Act(x.op_name, x.shape)
             return
         handler = self.handlers.get(node.target)
@@ -371,9 +376,21 @@ class _GraphWalk:
         return self._add(Reshape(f"{layer.name}.squeeze", shape, inputs=(pooled.op_name,), source=layer.cls), shape)
 
     def _max_pool(self, layer: _Layer) -> _Act:
-        raise UnsupportedModelError(
-            f"max pooling '{layer.path}' ({layer.cls}) is not supported: spikesmith folds pooling into the next "
-            "layer's weights, which only a linear pool allows; use nn.AvgPool2d (retrain), or a strided convolution")
+        node = layer.node
+        kernel = _pair(self._arg(node, 1))
+        stride = self._arg(node, 2) or kernel
+        padding, dilation = _pair(self._arg(node, 3, 0)), _pair(self._arg(node, 4, 1))
+        op = MaxPool2d(layer.name, kernel, _pair(stride), padding, dilation, bool(self._arg(node, 5, False)),
+                       inputs=(layer.x.op_name,), source=layer.cls)
+        if len(layer.x.shape) != 3:
+            raise UnsupportedModelError(f"max pooling '{layer.path}' needs (C, H, W) values, not {layer.x.shape}")
+        geometry = op.pool_geometry(layer.x.shape)
+        if not geometry.valid():
+            raise UnsupportedModelError(f"max pooling '{layer.path}' has no valid output for a {layer.x.shape} input")
+        act = self._add(op, geometry.out_shape)
+        if node.target == aten.max_pool2d_with_indices.default:
+            return _TupleAct(act.op_name, act.shape, f"max pooling '{layer.path}' ({layer.cls}) returns indices")
+        return act
 
     def _relu(self, layer: _Layer) -> _Act:
         return self._add(ReLU(layer.name, inputs=(layer.x.op_name,), source=layer.cls), layer.x.shape)
@@ -393,7 +410,7 @@ class _GraphWalk:
         beta = _to_numpy(bias) if bias is not None else np.zeros_like(mean)
         scale = gamma / np.sqrt(var + eps)
         self.ops.append(BatchNorm(layer.name, scale, beta - mean * scale, inputs=(layer.x.op_name,), source=layer.cls))
-        kind = _BatchNormTuple if node.target != aten.batch_norm.default else _Act
+        kind = _TupleAct if node.target != aten.batch_norm.default else _Act
         return kind(layer.name, layer.x.shape)
 
     def _dropout(self, layer: _Layer) -> _Act:

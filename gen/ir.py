@@ -15,10 +15,10 @@ from typing import Union
 
 import numpy as np
 
-from ..contract.network import ConvGeometry
+from ..contract.network import ConvGeometry, PoolGeometry, max_pool
 
 __all__ = [
-    "Input", "Dense", "Conv2d", "AvgPool2d", "BatchNorm", "ReLU", "Reshape", "Identity", "Op", "Graph",
+    "Input", "Dense", "Conv2d", "AvgPool2d", "MaxPool2d", "BatchNorm", "ReLU", "Reshape", "Identity", "Op", "Graph",
     "FloatLayer", "FloatNetwork",
 ]
 
@@ -99,6 +99,24 @@ class AvgPool2d:
 
 
 @dataclass(frozen=True, eq=False)
+class MaxPool2d:
+    """Max pooling on ``(C, H, W)`` values, as ``torch.nn.MaxPool2d``; ``geometry`` once the input
+    shape is known (``lower_convolutions``)."""
+    name: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    inputs: tuple[str, ...] = ()
+    source: str = "MaxPool2d"
+    geometry: PoolGeometry | None = None
+
+    def pool_geometry(self, shape: tuple[int, int, int]) -> PoolGeometry:
+        return PoolGeometry(tuple(shape), self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+
+@dataclass(frozen=True, eq=False)
 class BatchNorm:
     """Inference-mode batch norm as a per-feature affine map ``y = x * scale + shift``."""
     name: str
@@ -133,7 +151,7 @@ class Identity:
     source: str = "Identity"
 
 
-Op = Union[Input, Dense, Conv2d, AvgPool2d, BatchNorm, ReLU, Reshape, Identity]
+Op = Union[Input, Dense, Conv2d, AvgPool2d, MaxPool2d, BatchNorm, ReLU, Reshape, Identity]
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,6 +190,7 @@ class FloatLayer:
     source: str = "Linear"
     geometry: ConvGeometry | None = None   # a convolution: its geometry and float kernel
     kernel: np.ndarray | None = None
+    pool: PoolGeometry | None = None       # the layer reads the max pool of its input
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,6 +208,8 @@ class FloatNetwork:
         a = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
         outs = []
         for layer in self.layers:
+            if layer.pool is not None:
+                a = max_pool(a, layer.pool)            # values >= 0 (images, ReLU outputs): padding never wins
             a = a @ layer.weight.T + layer.bias
             if layer.relu:
                 a = np.maximum(a, 0.0)

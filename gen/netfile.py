@@ -31,8 +31,8 @@ from ..errors import NetFileError, SpikesmithError
 from ..resources import require_memory
 from ..fileio import write_atomic
 from ..contract.bounds import MAX_WIDTH, layer_bounds
-from ..contract.network import (ConvGeometry, ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork,
-                                fingerprint, stored_arrays)
+from ..contract.network import (ConvGeometry, ConvSpec, DenseLayer, FloatShadow, InputEncoding, PoolGeometry,
+                                SpikingNetwork, fingerprint, stored_arrays)
 
 __all__ = ["FORMAT", "VERSION", "save_network", "load_network", "fingerprint", "network_to_bytes"]
 
@@ -61,6 +61,7 @@ def network_to_bytes(net: SpikingNetwork) -> bytes:
             "fires": layer.fires, "weight_bits": layer.weight_bits,
             "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
             **({"convolution": layer.conv.geometry.as_dict()} if layer.conv is not None else {}),
+            **({"max_pool": layer.pool.as_dict()} if layer.pool is not None else {}),
         })
         weight, bias, threshold, float_weight, float_bias = stored_arrays(layer)
         arrays[f"layer{i}.weight"] = weight.astype(_weight_dtype(layer.weight_bits))
@@ -156,6 +157,22 @@ def _check_sizes(archive, path) -> dict:
     return meta
 
 
+def _pool_of(entry: dict, n_in: int, size: int, path, where: str) -> PoolGeometry | None:
+    """The layer's max pool (``"max_pool"``), checked against the ``size`` codes it receives."""
+    if "max_pool" not in entry:
+        _require(n_in == size, path, f"{where}: takes {n_in} inputs but receives {size}")
+        return None
+    try:
+        pool = PoolGeometry.from_dict(entry["max_pool"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise NetFileError(f"{path} is not a valid spikesmith network: {where}: unreadable max pool") from None
+    _require(pool.valid(), path, f"{where}: bad max-pool geometry")
+    _require(pool.in_size == size and pool.out_size == n_in, path,
+             f"{where}: its max pool takes {pool.in_size} codes to {pool.out_size}, but the layer receives "
+             f"{size} and takes {n_in}")
+    return pool
+
+
 def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
     timesteps = meta["timesteps"]
     _require(type(timesteps) is int and 1 <= timesteps <= 16, path,
@@ -183,7 +200,7 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
                      and int(np.prod(geometry.out_shape)) == n_out, path,
                      f"{where}: convolution geometry does not match its sizes")
         _require(fires == (i < len(entries) - 1), path, f"{where}: only the last layer may be non-firing")
-        _require(n_in == size, path, f"{where}: takes {n_in} inputs but receives {size}")
+        pool = _pool_of(entry, n_in, size, path, where)
         _require(2 <= bits <= 16, path, f"{where}: weight bits {bits} out of range")
         weight = arrays[f"layer{i}.weight"]
         bias = arrays[f"layer{i}.bias"]
@@ -219,7 +236,7 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
             conv = ConvSpec(geometry, weight.astype(np.int64))
             weight, bias = geometry.dense(conv.kernel), np.repeat(bias, geometry.pixels)
             threshold = np.repeat(threshold, geometry.pixels)
-        layer = DenseLayer(str(entry["name"]), weight.astype(np.int64), bias, threshold, bits, shadow, conv)
+        layer = DenseLayer(str(entry["name"]), weight.astype(np.int64), bias, threshold, bits, shadow, conv, pool)
         bounds = layer_bounds(layer, timesteps)
         _require(bounds.membrane_width <= MAX_WIDTH, path,
                  f"{where}: membrane needs {bounds.membrane_width} bits (limit {MAX_WIDTH})")

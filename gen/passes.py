@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, FloatLayer, FloatNetwork, Graph, Identity, ReLU, Reshape
+from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, FloatLayer, FloatNetwork, Graph, Identity, MaxPool2d, ReLU, Reshape
 from ..contract.network import ConvGeometry
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
@@ -102,7 +102,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return Graph(tuple(ops), output)
 
 
-SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, AdaptiveAvgPool2d (to a size dividing the input), "
+SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, MaxPool2d, AdaptiveAvgPool2d (to a size dividing the input), "
              "mean over H and W, ReLU, Dropout, Identity, "
              "BatchNorm1d/2d (after a Linear or Conv2d layer), and shape ops that keep the row-major order "
              "(Flatten, view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)")
@@ -197,6 +197,13 @@ def lower_convolutions(graph: Graph) -> Graph:
                              kernel=kernel))
             shape, flat = op.output_shape(shape), True
             continue
+        if isinstance(op, MaxPool2d):
+            if len(shape) != 3:
+                raise UnsupportedModelError(f"{graph.describe(op)} needs (C, H, W) values, not {shape}")
+            op = dataclasses.replace(op, geometry=op.pool_geometry(shape))
+            ops.append(op)
+            shape = op.geometry.out_shape
+            continue
         if isinstance(op, Dense) and len(shape) > 1:
             raise UnsupportedModelError(
                 f"Linear '{op.name}' is applied to the last axis of a {'x'.join(map(str, shape))} "
@@ -248,24 +255,31 @@ def merge_linear(graph: Graph) -> Graph:
 
 
 def to_float_network(graph: Graph) -> FloatNetwork:
-    """Read a chain ``[Reshape] Dense ReLU ... Dense`` into a :class:`FloatNetwork` (reshapes anywhere).
+    """Read a chain ``[Reshape] [MaxPool] Dense ReLU [MaxPool] ... Dense`` into a :class:`FloatNetwork`.
 
     Every hidden Dense layer must be followed by a ReLU (it becomes a firing iLIF layer);
     the last Dense layer gives the logits. A ReLU after the last layer is dropped: the
     output layer reports its integer logits and argmax is unchanged wherever a logit is
-    positive.
+    positive. Reshapes are no-ops anywhere. A max pool belongs to the layer after it, which
+    reads the pooled values; one between a layer and its ReLU moves after the ReLU (a max
+    commutes with the ReLU).
     """
     inp = graph.input
     chain = _chain(graph)
     if (chain[-1].name if chain else inp.name) != graph.output:
         raise UnsupportedModelError("the model output is not the end of its layer chain")
-
     shape = inp.shape
     layers: list[FloatLayer] = []
     pending: Dense | None = None
+    pool_in = pending_pool = pool_after = None     # pools read by the next layer, by the pending one, after it
     for op in chain:
         if isinstance(op, Reshape):
             shape = op.shape              # a no-op on the flat values (also between a layer and its ReLU)
+        elif isinstance(op, MaxPool2d):
+            if (pool_after if pending is not None else pool_in) is not None:
+                raise UnsupportedModelError(f"{graph.describe(op)} follows another max pool; merge them into one")
+            pool_after, pool_in = (op.geometry, pool_in) if pending is not None else (pool_after, op.geometry)
+            shape = op.geometry.out_shape
         elif isinstance(op, Dense):
             if pending is not None:
                 raise UnsupportedModelError(
@@ -275,27 +289,35 @@ def to_float_network(graph: Graph) -> FloatNetwork:
             if int(np.prod(shape)) != op.in_features:
                 raise UnsupportedModelError(
                     f"Linear '{op.name}' takes {op.in_features} inputs but receives {int(np.prod(shape))} values")
-            pending = op
+            pending, pending_pool, pool_in = op, pool_in, None
             shape = (op.out_features,)
         elif isinstance(op, ReLU):
             if pending is None:
                 raise UnsupportedModelError(
                     f"ReLU {graph.describe(op)} does not follow a Linear layer")
             layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=True, source=pending.source,
-                                     geometry=pending.geometry, kernel=pending.kernel))
-            pending = None
+                                     geometry=pending.geometry, kernel=pending.kernel, pool=pending_pool))
+            pending, pool_in, pool_after = None, pool_after, None
         else:
             raise UnsupportedModelError(
                 f"unsupported layer {graph.describe(op)} at this point; supported: {SUPPORTED}")
+    return _float_network(inp, layers, pending, pending_pool, pool_in or pool_after)
+
+
+def _float_network(inp, layers: list[FloatLayer], pending: Dense | None, pending_pool, trailing_pool) -> FloatNetwork:
+    """The output layer (the pending Dense, or the last ReLU layer without its ReLU) and the input shape."""
+    if trailing_pool is not None:
+        raise UnsupportedModelError("a max pool after the output layer: the model must end in its logits layer")
     if pending is not None:
-        layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=False, source=pending.source))
+        layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=False, source=pending.source,
+                                 pool=pending_pool))
     elif layers:
         last = layers[-1]
-        layers[-1] = FloatLayer(last.name, last.weight, last.bias, relu=False, source=last.source)
+        layers[-1] = FloatLayer(last.name, last.weight, last.bias, relu=False, source=last.source, pool=last.pool)
     if not layers:
         raise UnsupportedModelError(f"the model has no Linear layer; supported: {SUPPORTED}")
     input_shape = tuple(inp.shape)
-    if layers[0].geometry is not None:
+    if layers[0].geometry is not None and layers[0].pool is None:
         input_shape = layers[0].geometry.in_shape     # images kept flat and reshaped in the model: the same values
     return FloatNetwork(input_shape=input_shape, layers=tuple(layers))
 

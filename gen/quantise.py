@@ -99,7 +99,7 @@ def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, we
             name=float_layer.name, weight=weight, bias=bias.astype(np.int64), threshold=threshold,
             weight_bits=weight_bits,
             shadow=FloatShadow(w.astype(np.float64), b.astype(np.float64), lambda_out),
-            conv=conv,
+            conv=conv, pool=float_layer.pool,
         )
         bounds = layer_bounds(layer, timesteps)
         if bounds.membrane_width > MAX_WIDTH:

@@ -108,6 +108,10 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
 
     ``loaded_weights``: indices of layers whose weights are written at run time (SPRAM).
     """
+    pooled = [layer.name for layer in net.layers if layer.pool is not None]
+    if pooled:
+        raise SizingError(f"layer {pooled[0]} reads a max pool: max pooling is exact in the golden model "
+                          f"(convert, eval), but the core's pooling stage is not built yet")
     if lanes is None:
         lanes = choose_lanes(net, budget)
     lanes = [int(x) for x in lanes]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NetFileError
-from ..contract.network import SpikingNetwork, check_images, encode_codes
+from ..contract.network import SpikingNetwork, check_images, encode_codes, max_pool
 
 __all__ = ["ann_logits", "snn_float_logits"]
 
@@ -26,6 +26,7 @@ def _shadows(net: SpikingNetwork):
 def ann_logits(net: SpikingNetwork, images: np.ndarray) -> np.ndarray:
     a = check_images(images, net.input.shape)
     for layer, shadow in zip(net.layers, _shadows(net)):
+        a = a if layer.pool is None else max_pool(a, layer.pool)
         a = a @ shadow.weight.T + shadow.bias
         if layer.fires:
             a = np.maximum(a, 0.0)
@@ -37,6 +38,7 @@ def snn_float_logits(net: SpikingNetwork, images: np.ndarray) -> np.ndarray:
     x = check_images(images, net.input.shape)
     a = encode_codes(x, net.input.threshold, net.timesteps) * (net.input.threshold / steps)
     for layer, shadow in zip(net.layers, _shadows(net)):
+        a = a if layer.pool is None else max_pool(a, layer.pool)
         a = a @ shadow.weight.T + shadow.bias
         if layer.fires:
             lam = shadow.activation_threshold

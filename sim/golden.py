@@ -7,7 +7,8 @@ tests/test_golden.py proves equal to the step-by-step scalar model (sim/referenc
   ``V <- V + B``;
 - firing of T steps from ``clamp(V, 0, Theta)`` emits the code
   ``min(floor(2**T * clamp(V, 0, Theta) / Theta), 2**T - 1)``, MSB first;
-- the output layer does not fire: its ``V`` are the integer logits; the class is the first argmax.
+- the output layer does not fire: its ``V`` are the integer logits; the class is the first argmax;
+- a layer with a max pool reads the largest code of each window of its input codes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..contract.network import DenseLayer, SpikingNetwork, check_images
+from ..contract.network import DenseLayer, SpikingNetwork, check_images, max_pool
 
 __all__ = ["LayerTrace", "GoldenResult", "accumulate", "fire", "run", "run_images", "spike_trains"]
 
@@ -78,6 +79,8 @@ def run(net: SpikingNetwork, input_codes: np.ndarray, trace: bool = False) -> Go
     x = codes
     membrane = np.zeros((len(codes), 0), dtype=np.int64)
     for layer in net.layers:
+        if layer.pool is not None:
+            x = max_pool(x, layer.pool)            # the largest code of each window
         membrane = accumulate(layer, x, net.timesteps)
         if layer.fires:
             x = fire(membrane, layer.threshold, net.timesteps)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..contract.network import SpikingNetwork
+from ..contract.network import PoolGeometry, SpikingNetwork
 
-__all__ = ["ReferenceResult", "run_reference"]
+__all__ = ["ReferenceResult", "run_reference", "max_pool_spikes"]
 
 
 @dataclass
@@ -24,6 +24,27 @@ class ReferenceResult:
     extremes: list[tuple[int, int]] = field(default_factory=list)  # (min, max) membrane value per layer
 
 
+def max_pool_spikes(spikes: list[list[int]], geometry: PoolGeometry) -> list[list[int]]:
+    """Max pooling of MSB-first spike trains, step by step: the race of docs/semantics.md.
+
+    ``spikes[t][i]``: input ``i``'s spike at step ``t``. Every window starts with all its
+    inputs in the race (padding taps are never in it). At each step the output spikes if an
+    input still in the race spikes; if one does, those that stayed silent drop out.
+    """
+    windows = [[int(i) for i in row if i < geometry.in_size] for row in geometry.windows()]
+    racing = [list(window) for window in windows]
+    out = []
+    for step in spikes:
+        row = []
+        for k, racers in enumerate(racing):
+            spiking = [i for i in racers if step[i]]
+            row.append(1 if spiking else 0)
+            if spiking:
+                racing[k] = spiking
+        out.append(row)
+    return out
+
+
 def run_reference(net: SpikingNetwork, input_codes: list[int]) -> ReferenceResult:
     T = net.timesteps
     # Step t of the input spike train carries bit T-1-t of each input code (MSB first).
@@ -31,6 +52,8 @@ def run_reference(net: SpikingNetwork, input_codes: list[int]) -> ReferenceResul
     all_codes, all_spikes, extremes = [], [], []
     logits: list[int] = []
     for layer in net.layers:
+        if layer.pool is not None:
+            spikes_in = max_pool_spikes(spikes_in, layer.pool)
         weight = [[int(w) for w in row] for row in layer.weight]
         bias = [int(b) for b in layer.bias]
         lo = hi = 0

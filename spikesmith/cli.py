@@ -150,6 +150,7 @@ def _layer_dict(layer, bounds) -> dict:
     return {
         "name": layer.name, "kind": layer.kind, "in": layer.in_size, "out": layer.out_size, "fires": layer.fires,
         **({"convolution": layer.conv.geometry.as_dict()} if layer.conv is not None else {}),
+        **({"max_pool": layer.pool.as_dict()} if layer.pool is not None else {}),
         "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
         "threshold_min": int(layer.threshold.min()) if layer.fires else None,
         "threshold_max": int(layer.threshold.max()) if layer.fires else None,
@@ -167,6 +168,10 @@ def _print_layers(net, bounds) -> None:
             kind = (f"conv {'x'.join(map(str, g.in_shape))} -> {'x'.join(map(str, g.out_shape))}, "
                     f"kernel {g.kernel[0]}x{g.kernel[1]} stride {g.stride[0]},{g.stride[1]} "
                     f"padding {g.padding[0]},{g.padding[1]}")
+        if layer.pool is not None:
+            p = layer.pool
+            kind = (f"max pool {'x'.join(map(str, p.in_shape))} -> {'x'.join(map(str, p.out_shape))} "
+                    f"(kernel {p.kernel[0]}x{p.kernel[1]} stride {p.stride[0]},{p.stride[1]}), then {kind}")
         print(f"  {layer.name[:14]:<14} {layer.in_size:5d} {layer.out_size:5d}  {'yes' if layer.fires else 'no':>5}"
               f"  {b.weight_width:4d} b  {b.membrane_width:6d} b  {theta:<15}  {kind}")
 

@@ -65,7 +65,7 @@ def test_pool_merges_into_the_next_layer_and_the_first_conv_sees_the_flat_image(
 
 
 @pytest.mark.parametrize("layer, message", [
-    (nn.MaxPool2d(2), "max pooling '2' \\(MaxPool2d\\) is not supported.*use nn.AvgPool2d"),
+    (nn.Sequential(nn.MaxPool2d(2), nn.MaxPool2d(2)), "'2.1' \\(MaxPool2d\\) follows another max pool"),
     (nn.Conv2d(4, 4, 3, groups=2, padding=1), "groups=2.*spikesmith converts groups=1"),
     (nn.Conv2d(4, 4, 3, dilation=2, padding=2), "dilation=\\[2, 2\\]"),
     (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode"),

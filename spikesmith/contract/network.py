@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import DatasetError
 
-__all__ = ["fingerprint", "stored_arrays", "check_images", "encode_codes", "InputEncoding", "ConvGeometry", "ConvSpec", "DenseLayer", "SpikingNetwork",
+__all__ = ["fingerprint", "stored_arrays", "check_images", "encode_codes", "InputEncoding", "ConvGeometry", "ConvSpec", "PoolGeometry", "max_pool", "DenseLayer",
+           "SpikingNetwork",
            "FloatShadow", "signed_width", "unsigned_width"]
 
 
@@ -171,6 +172,79 @@ class ConvGeometry:
                    pair(d["stride"]), pair(d["padding"]))
 
 
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Max pooling of row-major ``(C, H, W)`` codes, as ``torch.nn.MaxPool2d``: windows of
+    ``kernel`` (taps ``dilation`` apart) every ``stride``, ``padding`` on each side, torch's
+    output size (``ceil_mode``: a last, partial window if it starts inside the input or its left
+    padding). Padding never wins a max: codes are >= 0, so it reads as code 0."""
+    in_shape: tuple[int, int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+
+    def _outputs(self, axis: int) -> int:
+        size, k, s = self.in_shape[1 + axis], self.kernel[axis], self.stride[axis]
+        p, d = self.padding[axis], self.dilation[axis]
+        span = d * (k - 1) + 1
+        if self.ceil_mode:
+            n = -(-(size + 2 * p - span) // s) + 1
+            return n - 1 if (n - 1) * s >= size + p else n
+        return (size + 2 * p - span) // s + 1
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.in_shape[0], self._outputs(0), self._outputs(1))
+
+    @property
+    def in_size(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def out_size(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    def windows(self) -> np.ndarray:
+        """``(out_size, kh*kw)`` int64: the flat input index of each tap of each output's window,
+        ``in_size`` for a tap in the padding or past the edge (the caller's code-0 column)."""
+        c, h, w = self.in_shape
+        _, ho, wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        iy = np.arange(ho)[:, None] * sh - ph + np.arange(kh)[None, :] * dh          # (ho, kh)
+        ix = np.arange(wo)[:, None] * sw - pw + np.arange(kw)[None, :] * dw          # (wo, kw)
+        rows = np.where((iy >= 0) & (iy < h), iy, -1)[:, None, :, None]
+        cols = np.where((ix >= 0) & (ix < w), ix, -1)[None, :, None, :]
+        inside = (rows >= 0) & (cols >= 0)                                         # (ho, wo, kh, kw)
+        flat = rows * w + cols
+        channel = np.arange(c)[:, None, None, None, None] * (h * w)
+        index = np.where(inside[None], channel + flat[None], c * h * w)
+        return index.reshape(c * ho * wo, kh * kw).astype(np.int64)
+
+    def as_dict(self) -> dict:
+        return {"in_shape": list(self.in_shape), "kernel": list(self.kernel), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation), "ceil_mode": bool(self.ceil_mode)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PoolGeometry":
+        pair = lambda v: (int(v[0]), int(v[1]))  # noqa: E731
+        return cls(tuple(int(v) for v in d["in_shape"]), pair(d["kernel"]), pair(d["stride"]), pair(d["padding"]),
+                   pair(d["dilation"]), bool(d["ceil_mode"]))
+
+    def valid(self) -> bool:
+        """Torch's own limits: positive sizes, padding at most half the kernel, an output pixel."""
+        return (len(self.in_shape) == 3 and min(*self.in_shape, *self.kernel, *self.stride, *self.dilation) >= 1
+                and all(0 <= p <= k // 2 for p, k in zip(self.padding, self.kernel))
+                and min(self.out_shape) >= 1)
+
+
+def max_pool(codes: np.ndarray, geometry: PoolGeometry) -> np.ndarray:
+    """``(N, in_size)`` codes -> ``(N, out_size)``: the largest code of each window (docs/semantics.md)."""
+    padded = np.concatenate([codes, np.zeros((len(codes), 1), dtype=codes.dtype)], axis=1)
+    return padded[:, geometry.windows()].max(axis=2)
+
+
 @dataclass(frozen=True, eq=False)
 class ConvSpec:
     """A layer's convolutional structure: its ``geometry`` and integer ``kernel``
@@ -201,6 +275,8 @@ class DenseLayer:
     - ``threshold``: ``(out,)`` integers >= 1 in membrane units, or ``None`` for the output layer.
     - ``conv``: for a convolution, its kernel and geometry (``weight`` is then the kernel's
       dense matrix, and the hardware keeps only the kernel); ``None`` for a fully connected layer.
+    - ``pool``: the layer reads the max-pooled codes of its input (``pool.in_size`` codes in,
+      ``in_size == pool.out_size`` after the pool); ``None``: it reads its input as it is.
     """
     name: str
     weight: np.ndarray
@@ -209,6 +285,12 @@ class DenseLayer:
     weight_bits: int
     shadow: FloatShadow | None = None
     conv: ConvSpec | None = None
+    pool: PoolGeometry | None = None
+
+    @property
+    def reads(self) -> int:
+        """Codes the layer reads from the layer before (before its max pool, if any)."""
+        return self.pool.in_size if self.pool is not None else self.in_size
 
     @property
     def kind(self) -> str:
@@ -269,6 +351,7 @@ def fingerprint(net: SpikingNetwork) -> str:
               "input_threshold": float(net.input.threshold).hex(),
               "layers": [[layer.kind, layer.in_size, layer.out_size, layer.weight_bits, layer.fires]
                          + ([layer.conv.geometry.as_dict()] if layer.conv is not None else [])
+                         + ([{"max_pool": layer.pool.as_dict()}] if layer.pool is not None else [])
                          for layer in net.layers]}
     h.update(json.dumps(header, sort_keys=True).encode())
     for layer in net.layers:
