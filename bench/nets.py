@@ -34,6 +34,13 @@ def mnist_mlp() -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
+def mnist_lenet() -> nn.Sequential:
+    """LeNet-5 style for 28x28 MNIST: conv 6@5x5 (padding 2), max pool 2, conv 16@5x5, max pool 2, 120, 84, 10."""
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10))
+
+
 def _import(module, shape):
     from spikesmith.gen.importer import export_module, import_program
     from spikesmith.gen.passes import lower
@@ -60,6 +67,10 @@ def train(key: str, epochs: int | None = None) -> Trained:
         module, title = mnist_mlp(), "MNIST MLP 784-128-10"
         train_set, test_set = mnist_split()
         epochs = epochs or 30
+    elif key == "mnist-lenet":
+        module, title = mnist_lenet(), "MNIST LeNet-5 (conv 6, max pool, conv 16, max pool, 120, 84, 10)"
+        train_set, test_set = mnist_split()
+        epochs = epochs or 15
     else:
         raise KeyError(key)
     train_classifier(module, train_set, epochs=epochs)
@@ -85,4 +96,4 @@ def first_within(points: dict, target: float) -> int | None:
     return min(good) if good else None
 
 
-__all__ = ["Trained", "train", "mnist_split", "first_within", "deep_digits_mlp", "mnist_mlp"]
+__all__ = ["Trained", "train", "mnist_split", "first_within", "deep_digits_mlp", "mnist_mlp", "mnist_lenet"]
