@@ -218,7 +218,7 @@ def cnn_mnist_section(f: dict) -> list[str]:
              f"{f['test']} (the shared t10k set, not the standard 60k training split). Max pools read by layers "
              f"{', '.join(f['pooled_layers'])}: exact in the golden model; the core's pooling stage is not built "
              "yet, so no hardware column.", "",
-             "| T | ANN | SNN float (conversion error only) | SNN golden (= hardware) | golden = ANN's class |",
+             "| T | ANN | SNN float (conversion error only) | SNN golden (the integer reference) | golden = ANN's class |",
              "|---|---|---|---|---|"]
     for t, p in f["points"].items():
         lines.append(f"| {t} | {_pct(f['ann_accuracy'])} | {_pct(p['snn_float'])} | {_pct(p['golden'])} | "
