@@ -135,3 +135,23 @@ def test_the_core_refuses_a_max_pool_in_one_line(tmp_path):
     assert not (tmp_path / "core").exists()
     report = json.loads(run_cli("eval", str(path), "--data", "digits", "-n", "20", "--json").stdout)
     assert report["images"] == 20, "eval runs a max-pool network (golden model)"
+
+
+@settings(max_examples=30, deadline=None)
+@given(pools(), st.integers(1, 6), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_random_pooled_networks_golden_equals_the_reference(geometry, timesteps, classes, seed):
+    """Random producer (its outputs are the pool's C x H x W), any pool geometry, random consumer:
+    the golden model's logits equal the step-by-step reference's (which pools by the spike race)."""
+    rng = np.random.default_rng(seed)
+    inputs, qmax = int(rng.integers(1, 6)), int(rng.integers(1, 20))
+    scale = qmax * inputs * ((1 << timesteps) - 1)
+    first = DenseLayer("l0", rng.integers(-qmax, qmax + 1, (geometry.in_size, inputs)),
+                       rng.integers(-scale // 4 - 1, scale // 4 + 1, geometry.in_size),
+                       rng.integers(1, max(2, scale // 2), geometry.in_size), 6)
+    second = DenseLayer("l1", rng.integers(-qmax, qmax + 1, (classes, geometry.out_size)),
+                        rng.integers(-50, 50, classes), None, 6, pool=geometry)
+    net = SpikingNetwork(timesteps, InputEncoding((inputs,), 1.0), (first, second))
+    codes = rng.integers(0, 1 << timesteps, size=(3, inputs))
+    result = golden.run(net, codes)
+    for n in range(len(codes)):
+        assert run_reference(net, codes[n].tolist()).logits == result.logits[n].tolist()
