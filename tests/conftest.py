@@ -102,9 +102,12 @@ def signal_a_waiting_infer(net_path, signum: int) -> tuple[int, str]:
     """``spikesmith infer`` on a port nobody answers, sent ``signum`` once the driver waits on the port:
     its exit status and stderr. A process still running a minute later is aborted, and its Python
     stacks (faulthandler) come back in the failure."""
+    # As from a terminal: SIGINT at its default, even when this test runs in a background job (a
+    # non-interactive shell starts those with SIGINT ignored, and Python then installs no Ctrl-C handler).
     proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(net_path), "--port", "loop://",
                              "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Signal only once the driver is waiting on the port (imports can take seconds on a busy machine).
     for line in proc.stderr:
         if "opening loop://" in line:
