@@ -220,3 +220,20 @@ def test_an_image_too_large_for_a_frame_is_refused_before_building():
         board_params(plan, 12_000_000, 115_200)
     with pytest.raises(ValueError, match="at most 65,535 payload bytes"):
         encode_frame(FrameType.INFER, 1, bytes(70_000))
+
+
+def test_a_result_whose_label_is_not_its_largest_logit_is_refused_as_damage():
+    """The CRC-16 misses about one damaged frame in 65,536: a result whose label is not the first
+    largest logit (e.g. a byte slipped into the logits) is dropped and asked for again."""
+    from spikesmith.contract.protocol import Identity
+
+    identity = Identity(timesteps=4, inputs=3, classes=3, logit_bytes=3, window=2, clock_hz=12_000_000,
+                        initiation_interval=100, fingerprint=b"\0" * 32)
+    good = (1).to_bytes(2, "little") + b"".join(v.to_bytes(3, "little", signed=True) for v in (5, 9, 9))
+    assert identity.decode_result(good) == (1, [5, 9, 9])
+    slipped = good[:2] + good[3:] + b"\0"                   # one logit byte lost, the next frame's byte after
+    with pytest.raises(ValueError, match="not the first largest"):
+        identity.decode_result(slipped)
+    tie = (2).to_bytes(2, "little") + good[2:]              # label 2 ties with 1, but the core names the first
+    with pytest.raises(ValueError, match="not the first largest"):
+        identity.decode_result(tie)

@@ -234,7 +234,15 @@ class Identity:
         return 2 + self.classes * self.logit_bytes
 
     def decode_result(self, payload: bytes) -> tuple[int, list[int]]:
-        """A RESULT payload -> (label, logits)."""
+        """A RESULT payload -> (label, logits); a ValueError for a payload no board sends.
+
+        The core's label is the first largest logit, so a payload whose label is not that
+        one is damage that the frame's CRC-16 let through (about one damaged frame in
+        65,536): the driver drops it and asks again.
+        """
         if len(payload) != self.result_bytes:
             raise ValueError(f"a result is {self.result_bytes} bytes, not {len(payload)}")
-        return unpack_result(int.from_bytes(payload, "little"), 16, 8 * self.logit_bytes, self.classes)
+        label, logits = unpack_result(int.from_bytes(payload, "little"), 16, 8 * self.logit_bytes, self.classes)
+        if label != max(range(len(logits)), key=lambda k: (logits[k], -k)):
+            raise ValueError(f"label {label} is not the first largest of the logits {logits}")
+        return label, logits
