@@ -34,7 +34,7 @@ from ..hw.core import emit_verilog
 from ..toolchain import verilator_binary, verilator_env
 from .golden import GoldenResult
 from .scoreboard import describe_mismatch
-from .verilator import TOP, SimulationError, VerilatorRun, fst_available
+from .verilator import TOP, SimulationError, VerilatorRun, fst_available, stream_timeout_cycles, weights_load_values
 
 __all__ = ["HarnessBuild", "build_harness", "run_harness", "pack_beats", "BUILD_OPTIONS"]
 
@@ -162,9 +162,8 @@ def _pack_chunk(input_plan: InputPlan, codes: np.ndarray, beat_words: int) -> np
 
 
 def _weight_load_words(plan: CorePlan) -> tuple[np.ndarray, int]:
-    """The ``weights_load`` port value per run-time weight row (en, addr, data, layer; LSB first) as u32 words."""
-    aw, dw = plan.load_addr_width, plan.load_data_width
-    values = [1 | address << 1 | row << (1 + aw) | layer << (1 + aw + dw) for layer, address, row in plan.weight_loads()]
+    """:func:`weights_load_values` as little-endian u32 words, and the words per value."""
+    values = weights_load_values(plan)
     words = -(-max((v.bit_length() for v in values), default=0) // 32)
     table = np.array([[(v >> (32 * i)) & 0xFFFFFFFF for i in range(words)] for v in values], dtype="<u4")
     return table.reshape(len(values), words), words
@@ -212,7 +211,7 @@ def run_harness(build: HarnessBuild, plan: CorePlan, codes: np.ndarray, expected
     codes = np.asarray(codes)
     if waves is not None and not build.waves:
         raise ValueError("a waveform needs a build with waves=True")
-    timeout = int(1000 + 4 * (len(codes) + 2) * plan.latency_bound / min(valid_probability, ready_probability))
+    timeout = stream_timeout_cycles(plan, len(codes), valid_probability, ready_probability)
     settings = ["--seed", str(seed), "--valid", repr(float(valid_probability)), "--ready",
                 repr(float(ready_probability)), "--timeout", str(timeout), "--drain", str(drain_cycles)]
     if waves is not None:

@@ -36,7 +36,7 @@ from ..toolchain import verilator_env
 from .golden import GoldenResult
 
 __all__ = ["VerilatorBuild", "VerilatorRun", "SimulationError", "build_core", "build_verilog", "run_cocotb", "run_core", "waves_requested",
-           "fst_available"]
+           "fst_available", "weights_load_values", "stream_timeout_cycles"]
 
 TOP = "spikesmith_core"
 
@@ -145,10 +145,15 @@ def run_cocotb(build: VerilatorBuild, test_module: str, test_dir: Path, env: dic
     return None
 
 
-def _weight_load_words(plan: CorePlan) -> list[int]:
+def weights_load_values(plan: CorePlan) -> list[int]:
     """The core's flat ``weights_load`` port value per run-time weight row: en, addr, data, layer (LSB first)."""
     aw, dw = plan.load_addr_width, plan.load_data_width
     return [1 | address << 1 | row << (1 + aw) | layer << (1 + aw + dw) for layer, address, row in plan.weight_loads()]
+
+
+def stream_timeout_cycles(plan: CorePlan, images: int, valid_probability: float, ready_probability: float) -> int:
+    """When a bench gives up on a stream: four times its worst-case cycle budget, slowed by the stress."""
+    return int(1000 + 4 * (images + 2) * plan.latency_bound / min(valid_probability, ready_probability))
 
 
 def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected: GoldenResult, *,
@@ -159,14 +164,13 @@ def run_core(build: VerilatorBuild, plan: CorePlan, codes: np.ndarray, expected:
     job = {
         "beats": [[format(b, "x") for b in plan.input.beats(row)] for row in codes],
         "words": plan.input.words,
-        "weight_loads": [format(value, "x") for value in _weight_load_words(plan)],
+        "weight_loads": [format(value, "x") for value in weights_load_values(plan)],
         "expected_labels": [int(x) for x in expected.predictions],
         "expected_logits": [[int(v) for v in row] for row in expected.logits],
         "label_width": plan.label_width, "logit_width": plan.logit_width, "classes": plan.classes,
         "seed": seed, "valid_probability": valid_probability, "ready_probability": ready_probability,
         "reset_at": reset_at, "drain_cycles": drain_cycles,
-        "timeout_cycles": int(1000 + 4 * (len(codes) + 2) * plan.latency_bound
-                              / min(valid_probability, ready_probability)),
+        "timeout_cycles": stream_timeout_cycles(plan, len(codes), valid_probability, ready_probability),
     }
     owned = test_dir is None
     test_dir = Path(tempfile.mkdtemp(prefix="spikesmith-cocotb-")) if owned else Path(test_dir)
