@@ -71,19 +71,11 @@ def random_case(index: int):
     return net, lanes, input_lanes, bool(rng.integers(0, 2)), valid, ready
 
 
-def random_codes(net, count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    codes = rng.integers(0, net.max_code + 1, size=(count, net.input.size))
-    codes[::2, rng.random(net.input.size) < 0.5] = 0      # sparse images
-    codes[::17] = 0                                       # silent images
-    codes[5::23] = net.max_code                           # saturating images
-    return codes
-
-
 def soak_networks(count: int, cache: Path) -> tuple[list[dict], dict]:
     from spikesmith.gen.sizing import plan_core
     from spikesmith.sim import golden
     from spikesmith.sim.harness import build_harness, run_harness
+    from spikesmith.sim.random_networks import random_codes
 
     rows, perturbed = [], {}
     for index in range(count):

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..contract.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
 
-__all__ = ["make_network", "make_conv_network"]
+__all__ = ["make_network", "make_conv_network", "random_codes"]
 
 
 def make_network(rng: np.random.Generator, sizes: list[int], timesteps: int, weight_bits: int = 8,
@@ -59,3 +59,15 @@ def make_conv_network(rng: np.random.Generator, in_shape: tuple[int, int, int], 
     layers.append(DenseLayer("out", weight.astype(np.int64), rng.integers(-50, 50, size=classes).astype(np.int64),
                              None, weight_bits))
     return SpikingNetwork(timesteps, InputEncoding(tuple(in_shape), 1.0), tuple(layers))
+
+
+def random_codes(net: SpikingNetwork, count: int, seed: int, sparse: bool = True) -> np.ndarray:
+    """``count`` images of random input codes: every 17th silent, every 23rd (from the 5th) saturating and, with
+    ``sparse``, every other one with the same random half of its inputs silent."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, net.max_code + 1, size=(count, net.input.size))
+    if sparse:
+        codes[::2, rng.random(net.input.size) < 0.5] = 0
+    codes[::17] = 0
+    codes[5::23] = net.max_code
+    return codes

@@ -16,6 +16,7 @@ from spikesmith.gen.netfile import load_network
 from spikesmith.gen.sizing import plan_core
 from spikesmith.sim import golden, harness
 from spikesmith.sim.harness import build_harness, pack_beats, run_harness
+from spikesmith.sim.random_networks import random_codes
 from spikesmith.sim.verilator import fst_available
 
 from conftest import RANDOM_NETWORKS, assert_one_line_error, random_core, run_cli
@@ -34,15 +35,6 @@ def digits_harness(digits_demo, harness_cache):
     net = load_network(digits_demo["net_path"])
     plan = plan_core(net)
     return net, plan, build_harness(plan, harness_cache)
-
-
-def random_codes(net, count, seed):
-    rng = np.random.default_rng(seed)
-    codes = rng.integers(0, net.max_code + 1, size=(count, net.input.size))
-    codes[::2, rng.random(net.input.size) < 0.5] = 0      # sparse images
-    codes[::17] = 0                                       # silent images
-    codes[5::23] = net.max_code                           # saturating images
-    return codes
 
 
 def assert_agrees(run, expected, images):

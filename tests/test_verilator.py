@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from spikesmith.sim import golden
+from spikesmith.sim.random_networks import random_codes
 from spikesmith.sim.verilator import build_core, fst_available, run_core
 
 from conftest import random_core, run_cli
@@ -21,18 +22,10 @@ def verilator_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("verilator")
 
 
-def random_codes(net, count, seed):
-    rng = np.random.default_rng(seed)
-    codes = rng.integers(0, net.max_code + 1, size=(count, net.input.size))
-    codes[::17] = 0                                       # silent images
-    codes[5::23] = net.max_code                           # saturating images
-    return codes
-
-
 def test_random_network_under_backpressure(verilator_cache):
     net, plan = random_core(3, seed=303, skip_silent=False)
     build = build_core(plan, verilator_cache)
-    codes = random_codes(net, 60, seed=3)
+    codes = random_codes(net, 60, seed=3, sparse=False)
     expected = golden.run(net, codes)
     run = run_core(build, plan, codes, expected, seed=3, valid_probability=0.6, ready_probability=0.4)
     assert run.first_mismatch is None and run.passed and run.extra == [] and run.lost == []
@@ -45,7 +38,7 @@ def test_reset_in_the_middle_of_a_stream(case, verilator_cache):
     """Images in flight at the reset are lost; every image sent after it gets its correct result."""
     net, plan = random_core(case, seed=300 + case, skip_silent=case % 2 == 0)
     build = build_core(plan, verilator_cache)
-    codes = random_codes(net, 60, seed=50 + case)
+    codes = random_codes(net, 60, seed=50 + case, sparse=False)
     expected = golden.run(net, codes)
     reset_at = 12 * plan.initiation_interval // 2
     run = run_core(build, plan, codes, expected, seed=case, valid_probability=0.8, ready_probability=0.5,
@@ -63,7 +56,7 @@ def test_a_perturbed_golden_value_fails_with_a_mismatch_report(verilator_cache):
     """The test of the test: change one golden logit and the scoreboard must catch it and say where."""
     net, plan = random_core(3, seed=303, skip_silent=False)
     build = build_core(plan, verilator_cache)
-    codes = random_codes(net, 20, seed=9)
+    codes = random_codes(net, 20, seed=9, sparse=False)
     expected = golden.run(net, codes)
     expected.logits[13, 2] += 1
     run = run_core(build, plan, codes, expected)
@@ -76,7 +69,7 @@ def test_waveform_dump(tmp_path, monkeypatch, verilator_cache):
     net, plan = random_core(3, seed=303)
     build = build_core(plan, verilator_cache)
     assert build.waves
-    codes = random_codes(net, 3, seed=1)
+    codes = random_codes(net, 3, seed=1, sparse=False)
     run = run_core(build, plan, codes, golden.run(net, codes), test_dir=tmp_path)
     assert run.passed and run.waves == tmp_path / ("dump.fst" if fst_available() else "dump.vcd")
     assert run.waves.is_file() and run.waves.stat().st_size > 1000
@@ -96,7 +89,7 @@ def test_the_harness_and_cocotb_see_the_same_cycles(verilator_cache, tmp_path):
     from spikesmith.sim.harness import build_harness, run_harness
 
     net, plan = random_core(3, seed=303, skip_silent=False)
-    codes = random_codes(net, 40, seed=8)
+    codes = random_codes(net, 40, seed=8, sparse=False)
     expected = golden.run(net, codes)
     cocotb_run = run_core(build_core(plan, verilator_cache), plan, codes, expected)
     harness_run = run_harness(build_harness(plan, tmp_path), plan, codes, expected)
