@@ -15,10 +15,9 @@ from collections.abc import Sequence
 
 from ..errors import UnsupportedModelError
 
-__all__ = ["REORDERING_OPS", "SQUEEZE_OPS", "permutation", "keeps_order", "check_batch_axis"]
+__all__ = ["SQUEEZE_OPS", "permutation", "keeps_order", "check_batch_axis"]
 
-#: ATen op names (``aten.<name>.<overload>`` without the ``aten.``) that permute axes.
-REORDERING_OPS = ("permute.default", "transpose.int", "t.default")
+#: ATen op names (``aten.<name>.<overload>`` without the ``aten.``) whose batch axis needs checking.
 SQUEEZE_OPS = ("squeeze.default", "squeeze.dim", "squeeze.dims", "unsqueeze.default")
 
 

@@ -288,11 +288,6 @@ class DenseLayer:
     pool: PoolGeometry | None = None
 
     @property
-    def reads(self) -> int:
-        """Codes the layer reads from the layer before (before its max pool, if any)."""
-        return self.pool.in_size if self.pool is not None else self.in_size
-
-    @property
     def kind(self) -> str:
         return "dense" if self.conv is None else "conv"
 
