@@ -11,7 +11,7 @@ import numpy as np
 
 from ..contract.bounds import layer_bounds
 from ..contract.network import SpikingNetwork, fingerprint
-from ..contract.plan import CorePlan, InputPlan, LayerPlan, ceil_div, pack_row
+from ..contract.plan import CorePlan, InputPlan, LayerPlan, PoolPlan, ceil_div, pack_row
 from ..errors import SpikesmithError
 
 __all__ = ["SizingError", "plan_core", "choose_lanes", "DEFAULT_LANE_BUDGET"]
@@ -70,8 +70,12 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
     costs: dict[tuple[int, int], int] = {}
 
     def cost(k: int, lanes: int) -> int:
+        """Layer k's accumulate cycles, and those of the pooling stage its lanes feed (if the next layer pools)."""
         if (k, lanes) not in costs:
             costs[k, lanes] = _skeleton(net.layers[k], lanes, T, engines[k]).accumulate_cycles()
+            following = net.layers[k + 1] if k + 1 < len(net.layers) else None
+            if following is not None and following.pool is not None:
+                costs[k, lanes] += PoolPlan(following.pool, lanes, T, False).cycles()
         return costs[k, lanes]
 
     while True:
@@ -85,20 +89,39 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
         choice[slowest] += 1
 
 
-def _input_order(previous: LayerPlan | None, inputs: int) -> np.ndarray:
+def _input_order(previous: LayerPlan | None, pool: PoolPlan | None, inputs: int) -> np.ndarray:
     """Which input of a dense layer each event address stands for.
 
     A convolution engine sends address ``row * L + lane`` for channel ``b*L + lane`` of pixel ``p``
-    (row ``b * P + p``), which is input ``(b*L + lane) * P + p`` in row-major (C, H, W) order;
-    everything else sends the input's own index.
+    (row ``b * P + p``), which is input ``(b*L + lane) * P + p`` in row-major (C, H, W) order; a
+    pooling stage sends ``lane * rows + row`` for its pooled row ``b * P + p`` (no multiplier: a
+    table of ``L`` offsets); everything else sends the input's own index.
     """
-    if previous is None or previous.conv is None:
-        return np.arange(inputs)
-    P, L = previous.conv.pixels, previous.lanes
     address = np.arange(inputs)
-    row, lane = address // L, address % L
+    if pool is not None:
+        lane, row = address // pool.rows, address % pool.rows
+        P, L = pool.pixels, pool.lanes
+    elif previous is not None and previous.conv is not None:
+        P, L = previous.conv.pixels, previous.lanes
+        row, lane = address // L, address % L
+    else:
+        return address
     block, pixel = row // P, row % P
     return (block * L + lane) * P + pixel
+
+
+def _check_pools(net: SpikingNetwork, engines: list[bool]) -> None:
+    """The core pools a convolution engine's spikes: refuse a max pool anywhere else, naming it."""
+    for index, layer in enumerate(net.layers):
+        if layer.pool is None:
+            continue
+        if index == 0:
+            raise SizingError(f"layer {layer.name} reads a max pool of the input image: the core pools the spikes "
+                              f"of a convolution; pool the images before they are streamed (or start with a convolution)")
+        if not engines[index - 1]:
+            previous = net.layers[index - 1]
+            raise SizingError(f"layer {layer.name} reads a max pool of layer {previous.name}, which runs on a dense "
+                              f"engine: the core pools only a convolution engine's spikes")
 
 
 def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int = DEFAULT_LANE_BUDGET,
@@ -108,16 +131,13 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
 
     ``loaded_weights``: indices of layers whose weights are written at run time (SPRAM).
     """
-    pooled = [layer.name for layer in net.layers if layer.pool is not None]
-    if pooled:
-        raise SizingError(f"layer {pooled[0]} reads a max pool: max pooling is exact in the golden model "
-                          f"(convert, eval), but the core's pooling stage is not built yet")
+    engines = convolution_engines(net)
+    _check_pools(net, engines)
     if lanes is None:
         lanes = choose_lanes(net, budget)
     lanes = [int(x) for x in lanes]
     if len(lanes) != len(net.layers):
         raise SizingError(f"--lanes gives {len(lanes)} values but the network has {len(net.layers)} layers")
-    engines = convolution_engines(net)
     for layer, count, conv in zip(net.layers, lanes, engines):
         if not 1 <= count <= layer.out_size:
             raise SizingError(f"layer {layer.name}: {count} lanes, but it has {layer.out_size} neurons "
@@ -143,11 +163,13 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
     T = net.timesteps
     plans: list[LayerPlan] = []
     for index, (layer, L, conv) in enumerate(zip(net.layers, lanes, engines)):
+        following = net.layers[index + 1] if index + 1 < len(net.layers) else None
         bounds = layer_bounds(layer, T)
         weight_width = max(2, bounds.weight_width)
         bias_width = max(2, bounds.bias_width)
         threshold_width = bounds.threshold_width
         geometry = layer.conv.geometry if conv else None
+        pool = PoolPlan(layer.pool, plans[-1].lanes, T, conv) if layer.pool is not None else None
         if geometry is not None:
             # Lanes are output channels; one row per (block, kernel offset, input channel).
             blocks, step = geometry.out_channels // L, geometry.pixels
@@ -160,7 +182,7 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
             blocks = ceil_div(layer.out_size, L)
             padded = blocks * L
             weight = np.zeros((padded, layer.in_size), dtype=np.int64)
-            weight[:layer.out_size] = layer.weight[:, _input_order(plans[-1] if plans else None, layer.in_size)]
+            weight[:layer.out_size] = layer.weight[:, _input_order(plans[-1] if plans else None, pool, layer.in_size)]
             weight_rows = tuple(pack_row(weight[b * L:(b + 1) * L, i], weight_width)
                                 for b in range(blocks) for i in range(layer.in_size))
             bias = np.zeros(padded, dtype=np.int64)
@@ -176,7 +198,8 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
             timesteps=T, fires=layer.fires, weight_width=weight_width, bias_width=bias_width,
             membrane_width=bounds.membrane_width, threshold_width=threshold_width,
             weight_rows=weight_rows, bias_rows=bias_rows, threshold_rows=threshold_rows,
-            weights_loaded=index in loaded_weights, conv=geometry,
-            emits_pixels=index + 1 < len(net.layers) and engines[index + 1]))
+            weights_loaded=index in loaded_weights, conv=geometry, pool=pool,
+            emits_pixels=following is not None and following.pool is None and engines[index + 1],
+            emits_rows=following is not None and following.pool is not None))
     return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T, pixels), layers=tuple(plans),
                     skip_silent=skip_silent, fingerprint=fingerprint(net))

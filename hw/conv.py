@@ -19,18 +19,9 @@ from ..contract.plan import LayerPlan
 from .accumulate import AccumulateStage, RowWalk
 from .events import index_signal
 from .ilif import AccumulateOp
+from .rows import lookup
 
 __all__ = ["ConvAccumulate"]
-
-
-def _table(m: Module, name: str, index, values: list[int], width: int) -> Signal:
-    """``values[index]`` as a combinational look-up (a case statement over constants)."""
-    out = Signal(width, name=name)
-    with m.Switch(index):
-        for k, value in enumerate(values):
-            with m.Case(k):
-                m.d.comb += out.eq(value)
-    return out
 
 
 class _ConvWalk:
@@ -51,12 +42,12 @@ class _ConvWalk:
         span_w = plan.weight_row_count + max(r[1] for r in row_table) + max(c[1] for c in col_table) + c_in
         mw_addr, ww_addr = signed_width(-span_m, span_m), unsigned_width(span_w)
         y, x = events.payload.y, events.payload.x
-        first_m_y = _table(m, "first_m_y", y, [r[0] for r in row_table], mw_addr)
-        first_w_y = _table(m, "first_w_y", y, [r[1] for r in row_table], ww_addr)
-        self.taps_y = _table(m, "taps_y", y, [r[2] for r in row_table], unsigned_width(kh))
-        first_m_x = _table(m, "first_m_x", x, [c[0] for c in col_table], mw_addr)
-        first_w_x = _table(m, "first_w_x", x, [c[1] for c in col_table], ww_addr)
-        self.taps_x = _table(m, "taps_x", x, [c[2] for c in col_table], unsigned_width(kw))
+        first_m_y = lookup(m, "first_m_y", y, [r[0] for r in row_table], mw_addr)
+        first_w_y = lookup(m, "first_w_y", y, [r[1] for r in row_table], ww_addr)
+        self.taps_y = lookup(m, "taps_y", y, [r[2] for r in row_table], unsigned_width(kh))
+        first_m_x = lookup(m, "first_m_x", x, [c[0] for c in col_table], mw_addr)
+        first_w_x = lookup(m, "first_w_x", x, [c[1] for c in col_table], ww_addr)
+        self.taps_x = lookup(m, "taps_x", x, [c[2] for c in col_table], unsigned_width(kw))
 
         # Event expansion counters and their offsets: b*P, u*W_out, v (membrane) and the weight rows'.
         self.block, self.tap_y, self.tap_x = index_signal(B), Signal(range(kh + 1)), Signal(range(kw + 1))

@@ -23,6 +23,7 @@ from ..contract.network import unsigned_width
 from ..contract.plan import CorePlan
 from .engines import InputEncoder, LayerEngine, OutputEngine
 from .events import image_beat_layout, result_layout, weight_load_layout
+from .pool import PoolStage
 
 __all__ = ["SpikingCore", "TOP_NAME", "emit_verilog", "core_result_layout", "core_weight_load_layout"]
 
@@ -62,15 +63,16 @@ class SpikingCore(wiring.Component):
         m.submodules.encoder = encoder = InputEncoder(plan.input, plan.skip_silent)
         wiring.connect(m, wiring.flipped(self.images), encoder.images)
         upstream = encoder.events
-        for layer in plan.layers[:-1]:
-            engine = LayerEngine(layer, plan.skip_silent)
+        for layer in plan.layers:
+            if layer.pool is not None:      # the previous engine's row beats, pooled
+                pool = m.submodules[f"pool{layer.index}"] = PoolStage(layer.pool)
+                wiring.connect(m, upstream, pool.rows)
+                upstream = pool.spikes
+            engine = LayerEngine(layer, plan.skip_silent) if layer.fires else OutputEngine(layer)
             m.submodules[f"layer{layer.index}"] = engine
             wiring.connect(m, upstream, engine.spikes_in)
-            upstream = engine.spikes_out
-        output = OutputEngine(plan.layers[-1])
-        m.submodules[f"layer{plan.layers[-1].index}"] = output
-        wiring.connect(m, upstream, output.spikes_in)
-        wiring.connect(m, output.results, wiring.flipped(self.results))
+            upstream = engine.spikes_out if layer.fires else None
+        wiring.connect(m, engine.results, wiring.flipped(self.results))
         for layer in plan.loaded_layers:
             engine, load = m.submodules[f"layer{layer.index}"], self.weights_load
             m.d.comb += [engine.weights_load.en.eq(load.en & (load.layer == layer.index)),

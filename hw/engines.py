@@ -17,7 +17,7 @@ from .accumulate import AccumulateStage, DenseAccumulate, input_event_layout, we
 from .conv import ConvAccumulate
 from .events import (BlockScanner, ScanCoordinates, image_beat_layout, index_signal, pixel_event_layout,
                      result_layout, spike_event_layout)
-from .fire import FireStage
+from .fire import FireStage, fire_output_layout
 from .membranes import MembraneBanks
 from .readout import Readout
 
@@ -106,7 +106,7 @@ class LayerEngine(wiring.Component):
     """Accumulate-then-fire engine for one hidden layer (iLIF, k=2, soft reset), two banks.
 
     ``spikes_in``: events of the previous layer, step by step. ``spikes_out``: this layer's
-    firing steps as events. Membranes are ``membrane_width``-bit signed, ``lanes`` per row.
+    firing steps as events (row beats when the next layer reads their max pool). Membranes are ``membrane_width``-bit signed, ``lanes`` per row.
     """
 
     def __init__(self, plan: LayerPlan, skip_silent: bool = True):
@@ -114,8 +114,7 @@ class LayerEngine(wiring.Component):
         self.plan, self.skip_silent = plan, skip_silent
         super().__init__({
             "spikes_in": In(stream.Signature(input_event_layout(plan))),
-            "spikes_out": Out(stream.Signature(pixel_event_layout(plan.conv.out_shape) if plan.emits_pixels
-                                               else spike_event_layout(plan.output_addr_width))),
+            "spikes_out": Out(stream.Signature(fire_output_layout(plan))),
             **weight_load_port(plan),
         })
 

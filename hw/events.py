@@ -14,7 +14,7 @@ from amaranth.lib import data
 
 from ..contract.network import unsigned_width
 
-__all__ = ["spike_event_layout", "pixel_event_layout", "result_layout", "image_beat_layout", "weight_load_layout",
+__all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
            "index_signal", "BlockScanner", "ScanCoordinates"]
 
 
@@ -37,6 +37,13 @@ def pixel_event_layout(shape: tuple[int, int, int]) -> data.StructLayout:
     c, h, w = shape
     return data.StructLayout({"channel": unsigned_width(c - 1), "y": unsigned_width(h - 1),
                               "x": unsigned_width(w - 1), "spike": 1, "end": 1})
+
+
+def spike_row_layout(lanes: int, timesteps: int) -> data.StructLayout:
+    """One row beat into a pooling stage: the ``spikes`` of a membrane row's ``lanes`` neurons at
+    this step, each lane's ``history`` (its spike bits of the image's earlier steps, bit ``t`` for
+    step ``t``, later bits zero), or ``end`` of a step. Rows come in the producer's row order."""
+    return data.StructLayout({"spikes": lanes, "history": data.ArrayLayout(timesteps, lanes), "end": 1})
 
 
 def image_beat_layout(lanes: int, timesteps: int) -> data.ArrayLayout:

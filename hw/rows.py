@@ -12,12 +12,22 @@ from amaranth.lib import data, memory
 
 from ..contract.plan import LayerPlan
 
-__all__ = ["lanes_view", "rom", "weight_store"]
+__all__ = ["lanes_view", "rom", "weight_store", "lookup"]
 
 
 def lanes_view(width: int, lanes: int, value, sign: bool = True):
     """A packed row viewed as ``lanes`` integers of ``width`` bits (lane 0 in the LSBs)."""
     return data.ArrayLayout(signed(width) if sign else unsigned(width), lanes)(value)
+
+
+def lookup(m: Module, name: str, index, values: list[int], width: int) -> Signal:
+    """``values[index]`` as a combinational look-up (a case statement over constants, in logic)."""
+    out = Signal(width, name=name)
+    with m.Switch(index):
+        for k, value in enumerate(values):
+            with m.Case(k):
+                m.d.comb += out.eq(value)
+    return out
 
 
 def rom(m: Module, name: str, width: int, rows: tuple[int, ...]):

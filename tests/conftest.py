@@ -134,6 +134,12 @@ def assert_one_line_error(proc, *fragments):
 
 
 @pytest.fixture(scope="session")
+def harness_cache(tmp_path_factory):
+    """One build folder for the compiled Verilator harness per test worker (builds are keyed by hash)."""
+    return tmp_path_factory.mktemp("harness")
+
+
+@pytest.fixture(scope="session")
 def digits_demo(tmp_path_factory, worker_id) -> dict:
     """``spikesmith demo -o DIR --json`` once per test run: its JSON and the files it wrote. The
     pytest-xdist workers share it (the first to get here runs the demo, the others wait for it);

@@ -26,11 +26,6 @@ IMAGES_PER_RANDOM_NETWORK = 300
 
 
 @pytest.fixture(scope="session")
-def harness_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("harness")
-
-
-@pytest.fixture(scope="session")
 def digits_harness(digits_demo, harness_cache):
     net = load_network(digits_demo["net_path"])
     plan = plan_core(net)

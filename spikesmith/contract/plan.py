@@ -19,11 +19,12 @@ kernel is stored (docs/core.md, "Convolution engine").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import gcd
 
-from .network import ConvGeometry, unsigned_width
+from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import unpack_result
 
-__all__ = ["ceil_div", "pack_row", "InputPlan", "LayerPlan", "CorePlan", "BoardParams"]
+__all__ = ["ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -84,6 +85,86 @@ class InputPlan:
         return self.timesteps * (self.words + 2) + events
 
 
+@dataclass(frozen=True)
+class PoolPlan:
+    """The max-pooling stage between a convolution engine and the layer that reads its pool.
+
+    The producer's fire stage sends one *row beat* per membrane row per step, in its row order
+    ``(block, y, x)``: the spike bits of the row's ``lanes`` channels and their earlier bits of
+    this image. The stage visits every window the row's pixel lies in and keeps one ``T``-bit
+    spike prefix per pooled output, ``lanes`` per row: pooled row ``b * P + oy * W_out + ox``
+    (``P = H_out * W_out``) holds channels ``b*L .. b*L+L-1`` of pooled pixel ``(oy, ox)``
+    (docs/core.md, "Max pooling").
+    """
+    geometry: PoolGeometry
+    lanes: int
+    timesteps: int
+    emits_pixels: bool        # the reader is a convolution: events carry (channel, y, x)
+
+    @property
+    def blocks(self) -> int:
+        return self.geometry.in_shape[0] // self.lanes
+
+    @property
+    def pixels(self) -> int:
+        """Pooled pixels per channel, ``H_out * W_out``."""
+        return self.geometry.out_shape[1] * self.geometry.out_shape[2]
+
+    @property
+    def rows(self) -> int:
+        """Rows of the prefix memory: ``blocks * H_out * W_out``."""
+        return self.blocks * self.pixels
+
+    def window_step(self, axis: int) -> int:
+        """How far apart (in pooled coordinates) the windows one input position lies in are:
+        ``dilation / gcd(stride, dilation)``."""
+        s, d = self.geometry.stride[axis], self.geometry.dilation[axis]
+        return d // gcd(s, d)
+
+    def visits(self, axis: int) -> list[tuple[int, int, int]]:
+        """Per input row (``axis`` 0) or column (1): ``(first window, count, first-tap bits)``.
+
+        The windows that read the position are ``first + j * window_step`` for ``j < count``;
+        bit ``j`` of the third entry is set when the position is that window's first real tap
+        (the one the row order reaches first in every step)."""
+        g = self.geometry
+        size, k, s = g.in_shape[1 + axis], g.kernel[axis], g.stride[axis]
+        p, d, outputs = g.padding[axis], g.dilation[axis], g.out_shape[1 + axis]
+        taps = {o: [o * s - p + j * d for j in range(k) if 0 <= o * s - p + j * d < size] for o in range(outputs)}
+        table = []
+        for position in range(size):
+            windows = [o for o in range(outputs) if position in taps[o]]
+            step = self.window_step(axis)
+            assert windows == list(range(windows[0], windows[0] + step * len(windows), step)) if windows else True
+            first = sum(1 << j for j, o in enumerate(windows) if taps[o][0] == position)
+            table.append((windows[0] if windows else 0, len(windows), first))
+        return table
+
+    def beat_cycles(self) -> list[int]:
+        """Cycles of one row beat per producer pixel (row-major ``(H, W)``): one per window visit, at least one."""
+        rows, cols = self.visits(0), self.visits(1)
+        return [max(1, r[1] * c[1]) for r in rows for c in cols]
+
+    def step_cycles(self) -> int:
+        """Worst-case cycles of one step: every row beat's visits, one cycle per pooled output
+        that spikes (all of them, at most once each), one for the end-of-step marker."""
+        return self.blocks * sum(self.beat_cycles()) + self.geometry.out_size + 1
+
+    def cycles(self) -> int:
+        """Worst-case cycles of one image (``T`` steps)."""
+        return self.timesteps * self.step_cycles()
+
+    @property
+    def memory_bits(self) -> int:
+        """The prefix memory (at least two rows), bits."""
+        return max(2, self.rows) * self.lanes * self.timesteps
+
+    @property
+    def output_addr_width(self) -> int:
+        """Bits of a pooled event's address (a dense reader's input)."""
+        return unsigned_width(self.geometry.out_size - 1)
+
+
 @dataclass(frozen=True, eq=False)
 class LayerPlan:
     """One layer engine: accumulate stage + fire stage (or readout for the output layer).
@@ -109,6 +190,8 @@ class LayerPlan:
     weights_loaded: bool = False   # weights written at run time (SPRAM), not initialised by the bitstream
     conv: ConvGeometry | None = None     # a convolution engine: its geometry (lanes = output channels)
     emits_pixels: bool = False           # spike events carry (channel, y, x): the next layer is a convolution
+    emits_rows: bool = False             # one row beat per membrane row and step: the next layer reads a max pool
+    pool: PoolPlan | None = None         # this layer reads the max pool of its input, through a pooling stage
 
     @property
     def blocks(self) -> int:
@@ -176,6 +259,10 @@ class LayerPlan:
         shapes += [("membranes", L * self.membrane_width, rows)] * 2
         if self.fires:
             shapes.append(("thresholds", L * self.threshold_width, blocks))
+        if self.emits_rows:
+            shapes.append(("spike history", L * self.timesteps, rows))
+        if self.pool is not None:
+            shapes.append(("pool prefixes", self.pool.lanes * self.timesteps, max(2, self.pool.rows)))
         return shapes
 
     @property
@@ -273,7 +360,11 @@ class CorePlan:
         """Worst-case cycles per image of every stage (each image's every input spiking)."""
         stages = {"input load": self.input.load_cycles}
         for layer in self.layers:
-            stages[f"{layer.name} accumulate"] = layer.accumulate_cycles()
+            if layer.pool is not None:
+                # The pooling stage and the accumulate stage it feeds stall each other: their sum bounds both.
+                stages[f"{layer.name} pool + accumulate"] = layer.pool.cycles() + layer.accumulate_cycles()
+            else:
+                stages[f"{layer.name} accumulate"] = layer.accumulate_cycles()
         stages["readout"] = self.layers[-1].readout_cycles()
         return stages
 
@@ -291,7 +382,7 @@ class CorePlan:
     def latency_bound(self) -> int:
         """Upper bound on the cycles from an image's first beat to its result (empty pipeline)."""
         return (self.input.load_cycles + self.input.scan_cycles()
-                + sum(layer.accumulate_cycles() for layer in self.layers)
+                + sum(layer.accumulate_cycles() + (layer.pool.cycles() if layer.pool else 0) for layer in self.layers)
                 + self.layers[-1].readout_cycles())
 
     @property
@@ -317,6 +408,8 @@ class CorePlan:
                 "memory_bits": layer.memory_bits,
                 "rows": layer.rows,
                 **({"convolution": layer.conv.as_dict()} if layer.conv is not None else {}),
+                **({"max_pool": {**layer.pool.geometry.as_dict(), "lanes": layer.pool.lanes,
+                                 "cycles_worst": layer.pool.cycles()}} if layer.pool is not None else {}),
                 "cycles_per_step_worst": layer.rows + sum(layer.event_cycles()) + 1,
                 "accumulate_cycles_worst": layer.accumulate_cycles(),
             } for layer in self.layers],
