@@ -57,7 +57,7 @@ def test_the_plan_pools_a_convolution_engines_rows():
     assert conv0.memory_bits["spike history"] == 4 * 8 * 8 * 8, "one T-bit history per neuron (4x8x8, T=8)"
     report = plan.report()
     assert report["layers"][2]["max_pool"]["kernel"] == [3, 3]
-    assert report["stage_cycles_worst"]["out pool + accumulate"] == out.pool.cycles() + out.accumulate_cycles()
+    assert report["stage_cycles_worst"][f"{out.name} pool + accumulate"] == out.pool.cycles() + out.accumulate_cycles()
 
 
 def test_the_plan_refuses_a_pool_of_the_input_image():
