@@ -1,22 +1,63 @@
-"""A LeNet-5 with max pooling on MNIST: the ANN against the SNN golden model at T = 2, 4, 6, 8.
+"""A LeNet-5 with max pooling on MNIST: ANN against SNN golden at T = 2, 4, 6, 8, then the core.
 
-    python bench/cnn_mnist.py           # trains in a few minutes on 2 cores
+    python bench/cnn_mnist.py           # train ~1 min; Verilator on 2,000 images; two board builds
+    python bench/cnn_mnist.py --no-build
 
 Data: the shared MNIST t10k set (../shared/data/mnist): images 0-7999 train and calibrate,
-8000-9999 test (not the standard 60k/10k split). The SNN column is the golden model, which
-every hardware output matches bit for bit; the core's max-pooling stage is not built yet, so
-there is no hardware column here. Writes bench/results/cnn_mnist.json and BENCHMARKS.md.
+8000-9999 test (not the standard 60k/10k split). The T=8 network's Verilog runs all 2,000
+test images under the compiled Verilator harness against the golden model (every logit
+compared); then ``spikesmith build`` for the ULX3S-85F and the iCEBreaker (a refusal is
+recorded with its reason). Writes bench/results/cnn_mnist.json and BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import tempfile
 import time
+from pathlib import Path
 
+from boards import build
 from common import log, save
 from nets import train
 
 
+def hardware(net, trained, work: Path, boards: list[str]) -> dict:
+    """The T=8 core under the compiled Verilator harness on every test image, and its board builds."""
+    import numpy as np
+
+    from spikesmith.gen.build import BOARDS, plan_for_board
+    from spikesmith.gen.netfile import save_network
+    from spikesmith.sim import golden
+    from spikesmith.sim.harness import build_harness, run_harness
+
+    plan = plan_for_board(net, BOARDS["ulx3s-85f"])
+    codes = net.input.encode(trained.test.images, net.timesteps)
+    expected = golden.run(net, codes)
+    log(f"Verilator harness: {len(codes)} test images, lanes {[layer.lanes for layer in plan.layers]}")
+    t = time.time()
+    built = build_harness(plan, work / "harness")
+    run = run_harness(built, plan, codes, expected)
+    mismatches = run.mismatches + len(codes) - len(run.labels)
+    cycles = run.result_cycles
+    figures = {"images": len(codes), "results": len(run.labels), "mismatches": mismatches,
+               "first_mismatch": run.first_mismatch, "harness_seconds": time.time() - t,
+               "lanes": [layer.lanes for layer in plan.layers], "initiation_interval_worst": plan.initiation_interval,
+               "measured_cycles_per_image": float((cycles[-1] - cycles[0]) / (len(cycles) - 1)),
+               "hardware_accuracy": float(np.mean(run.labels == trained.test.labels)), "boards": []}
+    log(f"  {mismatches} mismatches, {figures['measured_cycles_per_image']:.0f} cycles/image "
+        f"(worst case {plan.initiation_interval})")
+    net_path = save_network(net, work / "mnist-lenet.net.npz")
+    for board in boards:
+        log(f"building for {board}")
+        figures["boards"].append(build(net_path, board, [], work / board))
+    return figures
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-build", action="store_true", help="skip the board builds")
+    args = parser.parse_args()
     started = time.time()
     from spikesmith.gen.convert import ConversionOptions, convert_float_network
     from spikesmith.sim.evaluate import evaluate
@@ -36,6 +77,8 @@ def main() -> None:
     figures = {"network": trained.title, "train": trained.train.name, "test": trained.test.name,
                "ann_accuracy": trained.ann_accuracy, "train_seconds": train_seconds,
                "pooled_layers": [layer.name for layer in net.layers if layer.pool is not None], "points": points}
+    boards = [] if args.no_build else ["ulx3s-85f", "icebreaker"]
+    figures["hardware"] = hardware(net, trained, Path(tempfile.mkdtemp(prefix="spikesmith-bench-")), boards)
     save("cnn_mnist", figures, started)
 
 

@@ -147,8 +147,9 @@ class PoolPlan:
 
     def step_cycles(self) -> int:
         """Worst-case cycles of one step: every row beat's visits, one cycle per pooled output
-        that spikes (all of them, at most once each), one for the end-of-step marker."""
-        return self.blocks * sum(self.beat_cycles()) + self.geometry.out_size + 1
+        that spikes (all of them, at most once each), and three around the step's end (its
+        marker, the producer's first row of the next step, and that row's first read)."""
+        return self.blocks * sum(self.beat_cycles()) + self.geometry.out_size + 3
 
     def cycles(self) -> int:
         """Worst-case cycles of one image (``T`` steps)."""
