@@ -50,7 +50,11 @@ def hardware(net, trained, work: Path, boards: list[str]) -> dict:
     net_path = save_network(net, work / "mnist-lenet.net.npz")
     for board in boards:
         log(f"building for {board}")
-        figures["boards"].append(build(net_path, board, [], work / board))
+        try:
+            figures["boards"].append(build(net_path, board, [], work / board))
+        except SystemExit as refused:             # `build` refused in one line: what it needs and what the board has
+            figures["boards"].append({"board": board, "refused": str(refused).split("spikesmith: error: ")[-1]})
+        log(f"  {figures['boards'][-1].get('refused') or 'built'}")
     return figures
 
 

@@ -90,6 +90,7 @@ def calibrate(network: FloatNetwork, images: np.ndarray, timesteps: int, mode: s
             f"non-negative inputs, e.g. pixels scaled to [0, 1] without mean subtraction")
     activations = network.forward(x)
     input_threshold = choose_threshold(x, timesteps, mode, percentile)
-    hidden = tuple(choose_threshold(a, timesteps, mode, percentile)
+    # A relay neuron (residual shortcut) keeps its source's threshold: only the layer's own neurons count.
+    hidden = tuple(choose_threshold(a[:, layer.relay_neurons() < 0], timesteps, mode, percentile)
                    for a, layer in zip(activations, network.layers) if layer.relu)
     return Calibration(input_threshold, hidden, len(x))

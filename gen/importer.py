@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
 from .archive import check_archive
-from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, MaxPool2d, ReLU, Reshape
+from .ir import Add, AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, MaxPool2d, ReLU, Reshape
 from .shapes import SQUEEZE_OPS, check_batch_axis, keeps_order, permutation
 from .passes import SUPPORTED
 
@@ -270,6 +270,9 @@ class _GraphWalk:
                 raise UnsupportedModelError(f"layer '{path}' ({cls}) {x.other}")
             self.values[node.name] = _Act(x.op_name, x.shape)
             return
+        if node.target in (aten.add.Tensor, aten.add_.Tensor) and len(acts) == 2:
+            self.values[node.name] = self._residual_add(_Layer(node, x, _unique(path, self.ops), path, cls), acts)
+            return
         handler = self.handlers.get(node.target)
         if len(acts) != 1 or handler is None:
             target = node.target if len(acts) != 1 else str(node.target).replace("aten::", "aten.")
@@ -391,6 +394,14 @@ class _GraphWalk:
         if node.target == aten.max_pool2d_with_indices.default:
             return _TupleAct(act.op_name, act.shape, f"max pooling '{layer.path}' ({layer.cls}) returns indices")
         return act
+
+    def _residual_add(self, layer: _Layer, acts: list[_Act]) -> _Act:
+        """``a + b`` of two activations of one shape (a residual join), ``alpha`` 1."""
+        a, b = acts
+        if a.shape != b.shape or layer.node.kwargs.get("alpha", 1) != 1 or len(layer.node.args) > 2:
+            raise UnsupportedModelError(f"addition '{layer.path}' ({layer.cls}) of a {list(a.shape)} and a "
+                                        f"{list(b.shape)} value: spikesmith converts the plain sum of two equal shapes")
+        return self._add(Add(layer.name, inputs=(a.op_name, b.op_name), source=layer.cls), a.shape)
 
     def _relu(self, layer: _Layer) -> _Act:
         return self._add(ReLU(layer.name, inputs=(layer.x.op_name,), source=layer.cls), layer.x.shape)

@@ -18,7 +18,8 @@ import numpy as np
 from ..contract.network import ConvGeometry, PoolGeometry, max_pool
 
 __all__ = [
-    "Input", "Dense", "Conv2d", "AvgPool2d", "MaxPool2d", "BatchNorm", "ReLU", "Reshape", "Identity", "Op", "Graph",
+    "Input", "Dense", "Conv2d", "AvgPool2d", "MaxPool2d", "BatchNorm", "ReLU", "Reshape", "Identity", "Add", "Op",
+    "Graph",
     "FloatLayer", "FloatNetwork",
 ]
 
@@ -46,6 +47,7 @@ class Dense:
     source: str = "Linear"
     geometry: ConvGeometry | None = None
     kernel: np.ndarray | None = None
+    relays: tuple[int, ...] | None = None   # per output channel (feature): the input it relays, or -1
 
     @property
     def in_features(self) -> int:
@@ -66,6 +68,7 @@ class Conv2d:
     padding: tuple[int, int] = (0, 0)
     inputs: tuple[str, ...] = ()
     source: str = "Conv2d"
+    relays: tuple[int, ...] | None = None   # per output channel: the input channel it relays, or -1
 
     @property
     def out_channels(self) -> int:
@@ -151,7 +154,15 @@ class Identity:
     source: str = "Identity"
 
 
-Op = Union[Input, Dense, Conv2d, AvgPool2d, MaxPool2d, BatchNorm, ReLU, Reshape, Identity]
+@dataclass(frozen=True, eq=False)
+class Add:
+    """The sum of two values of the same shape (a residual block's join); ``inputs`` names both."""
+    name: str
+    inputs: tuple[str, ...] = ()
+    source: str = "add"
+
+
+Op = Union[Input, Dense, Conv2d, AvgPool2d, MaxPool2d, BatchNorm, ReLU, Reshape, Identity, Add]
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,6 +202,23 @@ class FloatLayer:
     geometry: ConvGeometry | None = None   # a convolution: its geometry and float kernel
     kernel: np.ndarray | None = None
     pool: PoolGeometry | None = None       # the layer reads the max pool of its input
+    # Relay channels (residual shortcuts, gen/passes.relay_residuals): per output channel (a
+    # convolution) or neuron, the input channel or neuron whose code it passes on unchanged, or -1.
+    relays: tuple[int, ...] | None = None
+
+    def relay_neurons(self) -> np.ndarray:
+        """``(out,)`` int: per output neuron, the input neuron it relays (same pixel's source channel
+        after the stride), or -1. Relay neurons take their input's threshold, not the layer's."""
+        out = self.weight.shape[0]
+        if self.relays is None:
+            return np.full(out, -1)
+        if self.geometry is None:
+            return np.asarray(self.relays, dtype=np.int64)
+        pixels = self.geometry.pixels
+        channel = np.repeat(np.asarray(self.relays, dtype=np.int64), pixels)
+        # A relay channel's weight row is one-hot at its source: that input neuron.
+        source = np.argmax(self.weight != 0, axis=1)
+        return np.where(channel >= 0, source, -1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,9 @@ Format (version 1), documented in docs/netfile.md:
   "fingerprint": "sha256:..."}``
 - per layer i: ``layer{i}.weight`` (int8/int16, (out, in)), ``layer{i}.bias`` (int64, (out,)),
   ``layer{i}.threshold`` (int64, (out,), firing layers only), ``layer{i}.float_weight`` and
-  ``layer{i}.float_bias`` (float64, the ANN parameters after batch-norm folding).
+  ``layer{i}.float_bias`` (float64, the ANN parameters after batch-norm folding), and for a layer
+  with relay channels (residual blocks) ``layer{i}.activation_thresholds`` (float64, one full
+  scale per output neuron or channel; the header holds the largest).
 - a convolution layer (``"kind": "conv"``, with ``"convolution"``: its geometry) stores its kernel
   instead, ``(C_out, C_in, kh, kw)``, and one bias, threshold and float bias per output channel.
 
@@ -59,10 +61,14 @@ def network_to_bytes(net: SpikingNetwork) -> bytes:
         meta["layers"].append({
             "name": layer.name, "kind": layer.kind, "in": layer.in_size, "out": layer.out_size,
             "fires": layer.fires, "weight_bits": layer.weight_bits,
-            "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
+            "activation_threshold": layer.shadow.full_scale if layer.shadow else None,
             **({"convolution": layer.conv.geometry.as_dict()} if layer.conv is not None else {}),
             **({"max_pool": layer.pool.as_dict()} if layer.pool is not None else {}),
         })
+        if layer.shadow is not None and isinstance(layer.shadow.activation_threshold, np.ndarray):
+            per_neuron = layer.shadow.activation_threshold      # relay channels keep their source's full scale
+            step = layer.conv.geometry.pixels if layer.conv is not None else 1
+            arrays[f"layer{i}.activation_thresholds"] = per_neuron[::step].astype(np.float64)
         weight, bias, threshold, float_weight, float_bias = stored_arrays(layer)
         arrays[f"layer{i}.weight"] = weight.astype(_weight_dtype(layer.weight_bits))
         arrays[f"layer{i}.bias"] = bias.astype(np.int64)
@@ -148,7 +154,7 @@ def _check_sizes(archive, path) -> dict:
              "layer sizes out of range")
     weights = sum(n_in * n_out for n_in, n_out in layers)
     for i, (n_in, n_out) in enumerate(layers):
-        for name in ("weight", "float_weight", "bias", "threshold", "float_bias"):
+        for name in ("weight", "float_weight", "bias", "threshold", "float_bias", "activation_thresholds"):
             info = members.get(f"layer{i}.{name}.npy")
             largest = 8 * (n_in * n_out if "weight" in name else n_out) + 4096
             _require(info is None or info.file_size <= largest, path,
@@ -228,9 +234,15 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
             if geometry is not None:
                 fw, fb = geometry.dense(fw.astype(np.float64)), np.repeat(fb, geometry.pixels)
             lam = entry.get("activation_threshold")
-            shadow = FloatShadow(fw.astype(np.float64), fb.astype(np.float64),
-                                 None if lam is None else float(lam))
             _require(not fires or (lam is not None and lam > 0), path, f"{where}: missing activation threshold")
+            lam = None if lam is None else float(lam)
+            if f"layer{i}.activation_thresholds" in arrays:
+                per = arrays[f"layer{i}.activation_thresholds"]
+                _require(fires and per.shape == (stored_out,) and per.dtype.kind == "f"
+                         and bool(np.isfinite(per).all() and (per > 0).all()), path,
+                         f"{where}: bad per-neuron activation thresholds")
+                lam = np.repeat(per.astype(np.float64), geometry.pixels if geometry is not None else 1)
+            shadow = FloatShadow(fw.astype(np.float64), fb.astype(np.float64), lam)
         conv = None
         if geometry is not None:
             conv = ConvSpec(geometry, weight.astype(np.int64))

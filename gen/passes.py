@@ -2,8 +2,10 @@
 
 The order used by :func:`lower` is::
 
-    check_finite -> drop_identities -> fold_batchnorm -> lower_convolutions -> merge_linear
-        -> to_float_network
+    check_finite -> drop_identities -> fold_batchnorm -> relay_residuals -> lower_convolutions
+        -> merge_linear -> to_float_network
+
+``relay_residuals`` (:mod:`spikesmith.gen.residual`) turns residual blocks into a chain.
 
 Convolutions and average pooling become Dense layers with the equivalent (Toeplitz)
 matrix over the row-major ``(C, H, W)`` values, keeping their geometry and kernel, and a
@@ -25,6 +27,7 @@ import numpy as np
 from ..errors import ConversionError, UnsupportedModelError
 from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, FloatLayer, FloatNetwork, Graph, Identity, MaxPool2d, ReLU, Reshape
 from ..contract.network import ConvGeometry
+from .residual import relay_residuals
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
            "to_float_network", "lower", "conv_geometry", "compose_convolutions"]
@@ -103,7 +106,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
 
 
 SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, MaxPool2d, AdaptiveAvgPool2d (to a size dividing the input), "
-             "mean over H and W, ReLU, Dropout, Identity, "
+             "mean over H and W, ReLU, Dropout, Identity, residual blocks relu(F(x) + S(x)), "
              "BatchNorm1d/2d (after a Linear or Conv2d layer), and shape ops that keep the row-major order "
              "(Flatten, view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)")
 
@@ -164,8 +167,8 @@ def _chain(graph: Graph) -> list:
             return chain
         if len(users) > 1:
             raise UnsupportedModelError(
-                f"the value of {graph.describe(graph.op(name))} is used by {len(users)} layers; "
-                f"branching graphs (residual adds) are not supported yet")
+                f"the value of {graph.describe(graph.op(name))} is used by {len(users)} layers; spikesmith "
+                f"converts branches only as residual blocks, y = relu(F(x) + S(x))")
         (user,) = users
         if len(user.inputs) != 1:
             raise UnsupportedModelError(f"layer {graph.describe(user)} takes several inputs; not supported yet")
@@ -194,7 +197,7 @@ def lower_convolutions(graph: Graph) -> Graph:
                 ops.append(Reshape(f"{op.name}.flatten", (int(np.prod(shape)),), inputs=op.inputs, source="Flatten"))
                 op = dataclasses.replace(op, inputs=(ops[-1].name,))
             ops.append(Dense(op.name, weight, bias, inputs=op.inputs, source=op.source, geometry=geometry,
-                             kernel=kernel))
+                             kernel=kernel, relays=getattr(op, "relays", None)))
             shape, flat = op.output_shape(shape), True
             continue
         if isinstance(op, MaxPool2d):
@@ -296,7 +299,8 @@ def to_float_network(graph: Graph) -> FloatNetwork:
                 raise UnsupportedModelError(
                     f"ReLU {graph.describe(op)} does not follow a Linear layer")
             layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=True, source=pending.source,
-                                     geometry=pending.geometry, kernel=pending.kernel, pool=pending_pool))
+                                     geometry=pending.geometry, kernel=pending.kernel, pool=pending_pool,
+                                     relays=pending.relays))
             pending, pool_in, pool_after = None, pool_after, None
         else:
             raise UnsupportedModelError(
@@ -324,4 +328,5 @@ def _float_network(inp, layers: list[FloatLayer], pending: Dense | None, pending
 
 def lower(graph: Graph) -> FloatNetwork:
     """Run the float-IR passes in order."""
-    return to_float_network(merge_linear(lower_convolutions(fold_batchnorm(drop_identities(check_finite(graph))))))
+    folded = relay_residuals(fold_batchnorm(drop_identities(check_finite(graph))))
+    return to_float_network(merge_linear(lower_convolutions(folded)))

@@ -47,6 +47,73 @@ def _weight_scales(weight: np.ndarray, bits: int, per_channel: bool) -> np.ndarr
     return np.maximum(row_max / qmax, layer_scale * MIN_CHANNEL_SCALE_RATIO)
 
 
+def _pooled(lambda_in: np.ndarray, pool) -> np.ndarray:
+    """Per-neuron full scales after a max pool: a window lies in one channel, whose neurons share one."""
+    per_channel = lambda_in.reshape(pool.in_shape[0], -1)
+    assert np.all(per_channel == per_channel[:, :1]), "full scales are per channel before a max pool"
+    return np.repeat(per_channel[:, 0], pool.out_size // pool.in_shape[0])
+
+
+def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | None, timesteps: int,
+                    weight_bits: int, weight_scale: str, keep_convolutions: bool) -> tuple[DenseLayer, np.ndarray]:
+    """One integer layer, and the full scale of each of its neurons (relays keep their source's).
+
+    Inputs may have different full scales (relay channels of a residual block): the weights are
+    scaled by ``lambda_i / lambda_ref`` per input before quantisation, so that one membrane unit
+    of neuron j is ``lambda_ref * s_j / 2**T`` for every input (with one full scale this is exactly
+    the plain scheme of the module docstring)."""
+    qmax, steps, fires = (1 << (weight_bits - 1)) - 1, float(1 << timesteps), float_layer.relu
+    w, b = float_layer.weight, float_layer.bias
+    reference = float(lambda_in.max())
+    column = lambda_in / reference
+    per_channel = fires and weight_scale == "channel"
+    relays = float_layer.relay_neurons()
+    conv = None
+    if fires and keep_convolutions and float_layer.geometry is not None:
+        geometry, kernel = float_layer.geometry, float_layer.kernel
+        channel_column = column.reshape(geometry.in_shape[0], -1)[:, 0]
+        scaled = kernel * channel_column[None, :, None, None]
+        channel_scale = _weight_scales(scaled.reshape(len(kernel), -1), weight_bits, per_channel)
+        kernel = np.clip(np.rint(scaled / channel_scale[:, None, None, None]), -qmax, qmax).astype(np.int64)
+        if float_layer.relays is not None:       # a relay channel passes its source on: weight 1 at the centre
+            relay_channels = np.asarray(float_layer.relays) >= 0
+            kernel[relay_channels] = np.rint(float_layer.kernel[relay_channels]).astype(np.int64)
+        conv = ConvSpec(geometry, kernel)
+        weight = geometry.dense(kernel)
+        scale = np.repeat(channel_scale, geometry.pixels)
+    else:
+        scaled = w * column[None, :]
+        scale = _weight_scales(scaled, weight_bits, per_channel)
+        weight = np.clip(np.rint(scaled / scale[:, None]), -qmax, qmax).astype(np.int64)
+        weight[relays >= 0] = np.rint(w[relays >= 0]).astype(np.int64)
+    unit = reference * scale / steps  # ANN value of one membrane unit, per neuron
+    if fires:
+        threshold = np.maximum(1, np.rint(lambda_layer / unit)).astype(np.int64)
+        bias = np.rint(b / unit + threshold / (2.0 * steps))
+        # A relay: weight 1, threshold 2**T, bias 0 -> its spike train is its source's code (docs/semantics.md).
+        threshold[relays >= 0], bias[relays >= 0] = 1 << timesteps, 0
+        lambda_out = np.where(relays >= 0, lambda_in[np.maximum(relays, 0)], lambda_layer)
+    else:
+        threshold, lambda_out = None, None
+        bias = np.rint(b / unit)
+    if not np.all(np.abs(bias) < 2.0 ** (MAX_WIDTH - 2)):
+        raise ConversionError(
+            f"layer '{float_layer.name}': a bias is {np.abs(b).max():.3g} while the weights are at most "
+            f"{np.abs(w).max():.3g}; its integer form would need more than {MAX_WIDTH} bits")
+    shadow_lambda = lambda_layer if float_layer.relays is None or lambda_out is None else lambda_out
+    layer = DenseLayer(
+        name=float_layer.name, weight=weight, bias=bias.astype(np.int64), threshold=threshold,
+        weight_bits=weight_bits, shadow=FloatShadow(w.astype(np.float64), b.astype(np.float64), shadow_lambda),
+        conv=conv, pool=float_layer.pool,
+    )
+    bounds = layer_bounds(layer, timesteps)
+    if bounds.membrane_width > MAX_WIDTH:
+        raise ConversionError(
+            f"layer '{float_layer.name}' needs a {bounds.membrane_width}-bit membrane, over the "
+            f"{MAX_WIDTH}-bit limit; use fewer weight bits or timesteps")
+    return layer, lambda_out
+
+
 def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, weight_bits: int = 8,
              weight_scale: str = "channel", metadata: dict | None = None,
              keep_convolutions: bool = True) -> SpikingNetwork:
@@ -62,52 +129,16 @@ def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, we
         raise ConversionError(f"timesteps must be between 1 and 16, not {timesteps}")
     if weight_scale not in WEIGHT_SCALES:
         raise ConversionError(f"unknown weight scale {weight_scale!r}; choose one of {', '.join(WEIGHT_SCALES)}")
-    qmax = (1 << (weight_bits - 1)) - 1
-    steps = float(1 << timesteps)
     layers = []
     thresholds = iter(calibration.activation_thresholds)
-    lambda_in = calibration.input_threshold
+    lambda_in = np.full(network.input_size, float(calibration.input_threshold))   # per input neuron
     for float_layer in network.layers:
-        fires = float_layer.relu
-        w, b = float_layer.weight, float_layer.bias
-        per_channel = fires and weight_scale == "channel"
-        conv = None
-        if fires and keep_convolutions and float_layer.geometry is not None:
-            geometry, kernel = float_layer.geometry, float_layer.kernel
-            channel_scale = _weight_scales(kernel.reshape(len(kernel), -1), weight_bits, per_channel)
-            kernel = np.clip(np.rint(kernel / channel_scale[:, None, None, None]), -qmax, qmax).astype(np.int64)
-            conv = ConvSpec(geometry, kernel)
-            weight = geometry.dense(kernel)
-            scale = np.repeat(channel_scale, geometry.pixels)
-        else:
-            scale = _weight_scales(w, weight_bits, per_channel)
-            weight = np.clip(np.rint(w / scale[:, None]), -qmax, qmax).astype(np.int64)
-        unit = lambda_in * scale / steps  # ANN value of one membrane unit, per neuron
-        if fires:
-            lambda_out = next(thresholds)
-            threshold = np.maximum(1, np.rint(lambda_out / unit)).astype(np.int64)
-            bias = np.rint(b / unit + threshold / (2.0 * steps))
-        else:
-            lambda_out = None
-            threshold = None
-            bias = np.rint(b / unit)
-        if not np.all(np.abs(bias) < 2.0 ** (MAX_WIDTH - 2)):
-            raise ConversionError(
-                f"layer '{float_layer.name}': a bias is {np.abs(b).max():.3g} while the weights are at most "
-                f"{np.abs(w).max():.3g}; its integer form would need more than {MAX_WIDTH} bits")
-        layer = DenseLayer(
-            name=float_layer.name, weight=weight, bias=bias.astype(np.int64), threshold=threshold,
-            weight_bits=weight_bits,
-            shadow=FloatShadow(w.astype(np.float64), b.astype(np.float64), lambda_out),
-            conv=conv, pool=float_layer.pool,
-        )
-        bounds = layer_bounds(layer, timesteps)
-        if bounds.membrane_width > MAX_WIDTH:
-            raise ConversionError(
-                f"layer '{float_layer.name}' needs a {bounds.membrane_width}-bit membrane, over the "
-                f"{MAX_WIDTH}-bit limit; use fewer weight bits or timesteps")
+        if float_layer.pool is not None:
+            lambda_in = _pooled(lambda_in, float_layer.pool)
+        layer, lambda_out = _quantise_layer(float_layer, lambda_in, next(thresholds) if float_layer.relu else None,
+                                            timesteps, weight_bits, weight_scale, keep_convolutions)
         layers.append(layer)
-        if fires:
+        if float_layer.relu:
             lambda_in = lambda_out
     return SpikingNetwork(
         timesteps=timesteps,

@@ -151,7 +151,7 @@ def _layer_dict(layer, bounds) -> dict:
         "name": layer.name, "kind": layer.kind, "in": layer.in_size, "out": layer.out_size, "fires": layer.fires,
         **({"convolution": layer.conv.geometry.as_dict()} if layer.conv is not None else {}),
         **({"max_pool": layer.pool.as_dict()} if layer.pool is not None else {}),
-        "activation_threshold": layer.shadow.activation_threshold if layer.shadow else None,
+        "activation_threshold": layer.shadow.full_scale if layer.shadow else None,
         "threshold_min": int(layer.threshold.min()) if layer.fires else None,
         "threshold_max": int(layer.threshold.max()) if layer.fires else None,
         **{k: v for k, v in bounds.as_dict().items() if k != "name"},

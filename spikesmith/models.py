@@ -10,7 +10,7 @@ from torch import nn
 
 from .datasets import Dataset
 
-__all__ = ["digits_mlp", "digits_cnn", "train_classifier", "accuracy"]
+__all__ = ["digits_mlp", "digits_cnn", "BasicBlock", "small_resnet", "train_classifier", "accuracy"]
 
 
 def digits_mlp() -> nn.Sequential:
@@ -34,6 +34,49 @@ def digits_cnn() -> nn.Sequential:
         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
         nn.Flatten(), nn.Linear(64, 10),
     )
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block: ``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``.
+
+    The shortcut is the identity, or a 1x1 convolution with batch norm when the block changes the
+    channel count or strides (``stride`` on the first 3x3 convolution, as torchvision does).
+    """
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.relu = nn.ReLU()
+        self.downsample = None
+        if stride != 1 or channels_in != channels_out:
+            self.downsample = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
+                                            nn.BatchNorm2d(channels_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+def small_resnet(channels_in: int, widths: tuple[int, ...], classes: int, blocks_per_stage: int = 1,
+                 stem_pool: bool = False) -> nn.Sequential:
+    """A ResNet for small images: a 3x3 stem (``widths[0]`` channels, batch norm, ReLU, optionally a
+    2x2 max pool), ``blocks_per_stage`` basic blocks per width (stride 2 from the second stage on),
+    global average pooling and one Linear layer. ``widths=(16, 32, 64)`` is a CIFAR-style ResNet-8."""
+    layers = [nn.Conv2d(channels_in, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    if stem_pool:
+        layers.append(nn.MaxPool2d(2))
+    current = widths[0]
+    for stage, width in enumerate(widths):
+        for block in range(blocks_per_stage):
+            layers.append(BasicBlock(current, width, 2 if stage > 0 and block == 0 else 1))
+            current = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(current, classes)]
+    return nn.Sequential(*layers)
 
 
 def train_classifier(model: nn.Module, data: Dataset, epochs: int = 60, lr: float = 2e-3,

@@ -91,7 +91,7 @@ def test_batchnorm_not_after_linear_is_refused():
         lower(import_module(model.eval(), (4,)))
 
 
-def test_residual_branch_is_refused_clearly():
+def test_a_residual_add_with_no_relu_after_it_is_refused_clearly():
     class Residual(nn.Module):
         def __init__(self):
             super().__init__()
@@ -101,7 +101,7 @@ def test_residual_branch_is_refused_clearly():
         def forward(self, x):
             return self.b(torch.relu(self.a(x)) + x)
 
-    with pytest.raises(UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError, match="residual add 'add' is not followed by a ReLU"):
         lower(import_module(Residual(), (4,)))
 
 

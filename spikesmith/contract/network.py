@@ -258,12 +258,18 @@ class ConvSpec:
 class FloatShadow:
     """The float parameters a layer was quantised from, for the float SNN evaluation.
 
-    ``activation_threshold`` is the layer's full-scale activation (lambda_l); ``None`` for the
-    output layer, which does not fire.
+    ``activation_threshold`` is the layer's full-scale activation (lambda_l), or one per neuron
+    when relay channels (residual shortcuts) pass on codes of another full scale; ``None`` for
+    the output layer, which does not fire.
     """
     weight: np.ndarray  # (out, in) float
     bias: np.ndarray    # (out,) float
-    activation_threshold: float | None
+    activation_threshold: float | np.ndarray | None   # per neuron when the layer has relay channels
+
+    @property
+    def full_scale(self) -> float | None:
+        """The layer's full-scale activation (the largest, if per neuron); ``None`` for the output layer."""
+        return None if self.activation_threshold is None else float(np.max(self.activation_threshold))
 
 
 @dataclass(frozen=True, eq=False)
