@@ -21,7 +21,7 @@ def normalised_layers(network, calib_images: np.ndarray, percentile: float = 99.
     layers, previous = [], 1.0
     for layer, a in zip(network.layers, activations):
         scale = max(float(np.percentile(a, percentile)), 1e-9) if layer.relu else 1.0
-        layers.append((layer.weight * previous / scale, layer.bias / scale, layer.relu))
+        layers.append((layer.matrix * previous / scale, layer.bias / scale, layer.relu))
         previous = scale if layer.relu else previous
     return layers
 

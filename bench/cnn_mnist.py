@@ -1,7 +1,7 @@
-"""A LeNet-5 with max pooling on MNIST: ANN against SNN golden at T = 2, 4, 6, 8, then the core.
+"""A LeNet-5 with max pooling and a small ResNet on MNIST: ANN against SNN golden at T = 2, 4, 6, 8, then the core.
 
-    python bench/cnn_mnist.py           # train ~1 min; Verilator on 2,000 images; two board builds
-    python bench/cnn_mnist.py --no-build
+    python bench/cnn_mnist.py           # per network: train 1-3 min; Verilator on 2,000 images; two board builds
+    python bench/cnn_mnist.py --nets mnist-resnet --no-build
 
 Data: the shared MNIST t10k set (../shared/data/mnist): images 0-7999 train and calibrate,
 8000-9999 test (not the standard 60k/10k split). The T=8 network's Verilog runs all 2,000
@@ -58,17 +58,14 @@ def hardware(net, trained, work: Path, boards: list[str]) -> dict:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-build", action="store_true", help="skip the board builds")
-    args = parser.parse_args()
-    started = time.time()
+def network_figures(key: str, boards: list[str]) -> dict:
+    """Train ``key``, convert it at T = 2, 4, 6, 8 (golden accuracy), then the T=8 core's figures."""
     from spikesmith.gen.convert import ConversionOptions, convert_float_network
     from spikesmith.sim.evaluate import evaluate
 
-    log("training a LeNet-5 with max pooling on MNIST t10k images 0-7999")
+    log(f"training {key} on MNIST t10k images 0-7999")
     t = time.time()
-    trained = train("mnist-lenet")
+    trained = train(key)
     train_seconds = time.time() - t
     log(f"ANN {100 * trained.ann_accuracy:.2f}% on images 8000-9999 ({train_seconds:.0f} s)")
     points = {}
@@ -80,10 +77,24 @@ def main() -> None:
         log(f"T={timesteps}: SNN golden {100 * result.golden_accuracy:.2f}%")
     figures = {"network": trained.title, "train": trained.train.name, "test": trained.test.name,
                "ann_accuracy": trained.ann_accuracy, "train_seconds": train_seconds,
-               "pooled_layers": [layer.name for layer in net.layers if layer.pool is not None], "points": points}
-    boards = [] if args.no_build else ["ulx3s-85f", "icebreaker"]
+               "layers": [{"name": layer.name, "kind": layer.kind, "out": layer.out_size,
+                           "max_pool": layer.pool is not None,
+                           "relays": int((layer.threshold == 1 << net.timesteps).sum()) if layer.fires else 0}
+                          for layer in net.layers],
+               "points": points}
     figures["hardware"] = hardware(net, trained, Path(tempfile.mkdtemp(prefix="spikesmith-bench-")), boards)
-    save("cnn_mnist", figures, started)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=["mnist-lenet", "mnist-resnet"],
+                        choices=["mnist-lenet", "mnist-resnet"], help="networks (default both)")
+    parser.add_argument("--no-build", action="store_true", help="skip the board builds")
+    args = parser.parse_args()
+    started = time.time()
+    boards = [] if args.no_build else ["ulx3s-85f", "icebreaker"]
+    save("cnn_mnist", {"networks": {key: network_figures(key, boards) for key in args.nets}}, started)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,14 @@ def mnist_lenet() -> nn.Sequential:
                          nn.Linear(84, 10))
 
 
+def mnist_resnet():
+    """A small ResNet for 28x28 MNIST: 3x3 stem of 8 channels, 2x2 max pool, two basic blocks (8, then
+    8 -> 16 with stride 2 and a 1x1 shortcut), global average pooling, Linear 16 -> 10."""
+    from spikesmith.models import small_resnet
+
+    return small_resnet(1, (8, 16), 10, stem_pool=True)
+
+
 def _import(module, shape):
     from spikesmith.gen.importer import export_module, import_program
     from spikesmith.gen.passes import lower
@@ -67,6 +75,11 @@ def train(key: str, epochs: int | None = None) -> Trained:
         module, title = mnist_mlp(), "MNIST MLP 784-128-10"
         train_set, test_set = mnist_split()
         epochs = epochs or 30
+    elif key == "mnist-resnet":
+        module, title = mnist_resnet(), ("MNIST ResNet (conv 8 + max pool, basic blocks 8 and 8->16 stride 2, "
+                                         "global average pool, 10)")
+        train_set, test_set = mnist_split()
+        epochs = epochs or 15
     elif key == "mnist-lenet":
         module, title = mnist_lenet(), "MNIST LeNet-5 (conv 6, max pool, conv 16, max pool, 120, 84, 10)"
         train_set, test_set = mnist_split()
@@ -96,4 +109,4 @@ def first_within(points: dict, target: float) -> int | None:
     return min(good) if good else None
 
 
-__all__ = ["Trained", "train", "mnist_split", "first_within", "deep_digits_mlp", "mnist_mlp", "mnist_lenet"]
+__all__ = ["Trained", "train", "mnist_split", "first_within", "deep_digits_mlp", "mnist_mlp", "mnist_lenet", "mnist_resnet"]

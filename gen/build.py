@@ -90,6 +90,27 @@ def ebr_blocks(width: int, depth: int, rom: bool = False) -> int:
     return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in _ICE40_EBR_SHAPES)
 
 
+#: ECP5 DP16KD shapes (data bits, rows), read and write port apart (pseudo dual port up to 36 bits).
+_ECP5_DP16KD_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+
+
+def dp16kd_blocks(width: int, depth: int, rom: bool = False) -> int:
+    """ECP5 DP16KD blocks for one memory (the cheapest shape). An estimate, like :func:`ebr_blocks`:
+    a ROM of at most 1 Kbit becomes logic, and so does any memory of at most 16 rows (distributed RAM)."""
+    if depth <= 16 or (rom and width * depth <= 1024):
+        return 0
+    return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in _ECP5_DP16KD_SHAPES)
+
+
+def ecp5_usage(plan: CorePlan) -> dict[str, int]:
+    """Estimated DP16KD blocks of the board top on an ECP5, per kind of memory (weights, membranes, ...)."""
+    usage: dict[str, int] = {}
+    for name, width, depth, _ in memory_shapes(plan):
+        kind = name.split(" ", 1)[1] if name.startswith(tuple(layer.name + " " for layer in plan.layers)) else name
+        usage[kind] = usage.get(kind, 0) + dp16kd_blocks(width, depth, rom=name.endswith(_ROMS))
+    return usage
+
+
 def spram_blocks(width: int, depth: int) -> int:
     """iCE40UP5K SPRAMs (16 bits x 16K rows each) for one memory."""
     return ceil_div(width, _SPRAM_WIDTH) * ceil_div(depth, _SPRAM_ROWS)
@@ -165,12 +186,14 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
 def check_fit(plan: CorePlan, board: BoardSpec) -> None:
     """Refuse, before synthesis, a network whose memories cannot fit the board's RAM."""
     if board.family != "ice40":
-        weight_bits = sum(layer.memory_bits["weights"] for layer in plan.layers)
-        have = board.ram_blocks * board.ram_block_bits
-        if weight_bits > have:
-            raise BuildError(f"the network does not fit the {board.name} ({board.device}): its weights need "
-                             f"{weight_bits:,} bits of block RAM, the device has {have:,} "
-                             f"({board.ram_blocks} blocks of {board.ram_block_bits} bits)")
+        usage = ecp5_usage(plan)
+        if sum(usage.values()) > board.ram_blocks:
+            parts = ", ".join(f"{kind} {blocks}" for kind, blocks in sorted(usage.items(), key=lambda kv: -kv[1])
+                              if blocks)
+            bits = plan.memory_bits()
+            raise BuildError(f"the network does not fit the {board.name} ({board.device}): it needs about "
+                             f"{sum(usage.values())} DP16KD block RAMs ({parts}; {bits:,} bits of memory in all), "
+                             f"the device has {board.ram_blocks} of {board.ram_block_bits} bits")
         return
     ebr, spram = ice40_usage(plan)
     if ebr > board.ram_blocks or spram > board.spram_blocks:

@@ -11,11 +11,12 @@ Shapes are per sample (no batch dimension). Arrays are float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Union
 
 import numpy as np
 
-from ..contract.network import ConvGeometry, PoolGeometry, max_pool
+from ..contract.network import ConvGeometry, PoolGeometry, convolve, max_pool
 
 __all__ = [
     "Input", "Dense", "Conv2d", "AvgPool2d", "MaxPool2d", "BatchNorm", "ReLU", "Reshape", "Identity", "Add", "Op",
@@ -38,10 +39,11 @@ class Dense:
     """``y = x @ weight.T + bias``; weight ``(out, in)``, bias ``(out,)``.
 
     A lowered convolution (or pool) keeps its ``geometry`` and float ``kernel``
-    ``(C_out, C_in, kh, kw)``; ``weight`` is then ``geometry.dense(kernel)``.
+    ``(C_out, C_in, kh, kw)``; ``weight`` is then ``None`` (or ``geometry.dense(kernel)``), and
+    :attr:`matrix` builds the matrix only where a pass needs it (merging two linear maps).
     """
     name: str
-    weight: np.ndarray
+    weight: np.ndarray | None
     bias: np.ndarray
     inputs: tuple[str, ...] = ()
     source: str = "Linear"
@@ -49,13 +51,18 @@ class Dense:
     kernel: np.ndarray | None = None
     relays: tuple[int, ...] | None = None   # per output channel (feature): the input it relays, or -1
 
+    @cached_property
+    def matrix(self) -> np.ndarray:
+        """``(out, in)`` float64: the weight matrix (a convolution's built from its kernel: large)."""
+        return self.weight if self.weight is not None else self.geometry.dense(self.kernel)
+
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return int(np.prod(self.geometry.in_shape)) if self.weight is None else self.weight.shape[1]
 
     @property
     def out_features(self) -> int:
-        return self.weight.shape[0]
+        return int(np.prod(self.geometry.out_shape)) if self.weight is None else self.weight.shape[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,9 +200,12 @@ class Graph:
 
 @dataclass(frozen=True, eq=False)
 class FloatLayer:
-    """One affine layer of the float network: ``z = W @ a + b``, ReLU unless it is the output."""
+    """One affine layer of the float network: ``z = W @ a + b``, ReLU unless it is the output.
+
+    A convolution has ``geometry`` and ``kernel`` and may leave ``weight`` ``None``: :meth:`apply`
+    convolves, :attr:`matrix` builds the dense matrix where one is needed."""
     name: str
-    weight: np.ndarray  # (out, in) float64
+    weight: np.ndarray | None  # (out, in) float64
     bias: np.ndarray    # (out,) float64
     relu: bool
     source: str = "Linear"
@@ -206,19 +216,35 @@ class FloatLayer:
     # convolution) or neuron, the input channel or neuron whose code it passes on unchanged, or -1.
     relays: tuple[int, ...] | None = None
 
+    @cached_property
+    def matrix(self) -> np.ndarray:
+        return self.weight if self.weight is not None else self.geometry.dense(self.kernel)
+
+    @property
+    def out_features(self) -> int:
+        return int(np.prod(self.geometry.out_shape)) if self.weight is None else self.weight.shape[0]
+
+    def apply(self, a: np.ndarray) -> np.ndarray:
+        """``a @ W.T + b`` for ``(N, in)`` values; a convolution by convolving its kernel."""
+        if self.weight is None:
+            return convolve(a, self.geometry, self.kernel) + self.bias
+        return a @ self.weight.T + self.bias
+
     def relay_neurons(self) -> np.ndarray:
-        """``(out,)`` int: per output neuron, the input neuron it relays (same pixel's source channel
-        after the stride), or -1. Relay neurons take their input's threshold, not the layer's."""
-        out = self.weight.shape[0]
+        """``(out,)`` int: per output neuron, the input neuron it relays (its source channel at the
+        kernel's centre tap), or -1. Relay neurons take their input's threshold, not the layer's."""
         if self.relays is None:
-            return np.full(out, -1)
+            return np.full(self.out_features, -1)
         if self.geometry is None:
             return np.asarray(self.relays, dtype=np.int64)
-        pixels = self.geometry.pixels
-        channel = np.repeat(np.asarray(self.relays, dtype=np.int64), pixels)
-        # A relay channel's weight row is one-hot at its source: that input neuron.
-        source = np.argmax(self.weight != 0, axis=1)
-        return np.where(channel >= 0, source, -1)
+        g = self.geometry
+        (_, h, w), (_, ho, wo) = g.in_shape, g.out_shape
+        y = np.arange(ho) * g.stride[0] - g.padding[0] + g.kernel[0] // 2
+        x = np.arange(wo) * g.stride[1] - g.padding[1] + g.kernel[1] // 2
+        pixel = (y[:, None] * w + x[None, :]).ravel()
+        channel = np.asarray(self.relays, dtype=np.int64)
+        source = channel[:, None] * (h * w) + pixel[None, :]
+        return np.where(channel[:, None] >= 0, source, -1).ravel()
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,7 +264,7 @@ class FloatNetwork:
         for layer in self.layers:
             if layer.pool is not None:
                 a = max_pool(a, layer.pool)            # values >= 0 (images, ReLU outputs): padding never wins
-            a = a @ layer.weight.T + layer.bias
+            a = layer.apply(a)
             if layer.relu:
                 a = np.maximum(a, 0.0)
             outs.append(a)

@@ -152,7 +152,7 @@ def _check_sizes(archive, path) -> dict:
         raise NetFileError(f"{path} is not a valid spikesmith network: unreadable header ({exc})") from None
     _require(all(0 < n_in < 1 << 31 and 0 < n_out < 1 << 31 for n_in, n_out in layers), path,
              "layer sizes out of range")
-    weights = sum(n_in * n_out for n_in, n_out in layers)
+    weights = sum(_weights_in_memory(entry, n_in * n_out) for entry, (n_in, n_out) in zip(meta["layers"], layers))
     for i, (n_in, n_out) in enumerate(layers):
         for name in ("weight", "float_weight", "bias", "threshold", "float_bias", "activation_thresholds"):
             info = members.get(f"layer{i}.{name}.npy")
@@ -161,6 +161,17 @@ def _check_sizes(archive, path) -> dict:
                      f"layer {i}: array {name} is larger than its declared sizes allow")
     require_memory(BYTES_PER_WEIGHT * weights, f"{path}: the network ({weights:,} weights as dense layers)")
     return meta
+
+
+def _weights_in_memory(entry: dict, dense: int) -> int:
+    """Weights a layer holds once loaded: a convolution's kernel (never its dense matrix), else ``dense``."""
+    try:
+        if entry.get("kind") == "conv":
+            g = entry["convolution"]
+            return int(g["out_channels"]) * int(g["in_shape"][0]) * int(g["kernel"][0]) * int(g["kernel"][1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        pass
+    return dense
 
 
 def _pool_of(entry: dict, n_in: int, size: int, path, where: str) -> PoolGeometry | None:
@@ -231,8 +242,9 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
                      and fb.dtype.kind == "f", path, f"{where}: bad float arrays")
             _require(bool(np.isfinite(fw).all() and np.isfinite(fb).all()), path,
                      f"{where}: NaN or infinite float weights")
-            if geometry is not None:
-                fw, fb = geometry.dense(fw.astype(np.float64)), np.repeat(fb, geometry.pixels)
+            kernel = None
+            if geometry is not None:                  # a convolution keeps its float kernel, not the dense matrix
+                kernel, fw, fb = fw.astype(np.float64), None, np.repeat(fb, geometry.pixels)
             lam = entry.get("activation_threshold")
             _require(not fires or (lam is not None and lam > 0), path, f"{where}: missing activation threshold")
             lam = None if lam is None else float(lam)
@@ -242,13 +254,14 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
                          and bool(np.isfinite(per).all() and (per > 0).all()), path,
                          f"{where}: bad per-neuron activation thresholds")
                 lam = np.repeat(per.astype(np.float64), geometry.pixels if geometry is not None else 1)
-            shadow = FloatShadow(fw.astype(np.float64), fb.astype(np.float64), lam)
+            shadow = FloatShadow(None if fw is None else fw.astype(np.float64), fb.astype(np.float64), lam, kernel)
         conv = None
         if geometry is not None:
             conv = ConvSpec(geometry, weight.astype(np.int64))
-            weight, bias = geometry.dense(conv.kernel), np.repeat(bias, geometry.pixels)
+            weight, bias = None, np.repeat(bias, geometry.pixels)
             threshold = np.repeat(threshold, geometry.pixels)
-        layer = DenseLayer(str(entry["name"]), weight.astype(np.int64), bias, threshold, bits, shadow, conv, pool)
+        layer = DenseLayer(str(entry["name"]), None if weight is None else weight.astype(np.int64), bias, threshold,
+                           bits, shadow, conv, pool)
         bounds = layer_bounds(layer, timesteps)
         _require(bounds.membrane_width <= MAX_WIDTH, path,
                  f"{where}: membrane needs {bounds.membrane_width} bits (limit {MAX_WIDTH})")

@@ -190,13 +190,12 @@ def lower_convolutions(graph: Graph) -> Graph:
             if len(shape) != 3:
                 raise UnsupportedModelError(f"{graph.describe(op)} needs (C, H, W) values, not {shape}")
             geometry, kernel = conv_geometry(op, shape)
-            weight = geometry.dense(kernel)
             bias = np.repeat(op.bias if isinstance(op, Conv2d) else np.zeros(geometry.out_channels),
                              geometry.pixels)
             if not flat:              # the image itself: flatten it, row-major as the matrix expects
                 ops.append(Reshape(f"{op.name}.flatten", (int(np.prod(shape)),), inputs=op.inputs, source="Flatten"))
                 op = dataclasses.replace(op, inputs=(ops[-1].name,))
-            ops.append(Dense(op.name, weight, bias, inputs=op.inputs, source=op.source, geometry=geometry,
+            ops.append(Dense(op.name, None, bias, inputs=op.inputs, source=op.source, geometry=geometry,
                              kernel=kernel, relays=getattr(op, "relays", None)))
             shape, flat = op.output_shape(shape), True
             continue
@@ -235,7 +234,7 @@ def merge_linear(graph: Graph) -> Graph:
         if isinstance(op, Reshape) and pending is not None:
             continue                                  # a Dense layer's values are already flat
         if isinstance(op, Dense) and pending is not None:
-            weight, bias = op.weight @ pending.weight, op.weight @ pending.bias + op.bias
+            weight, bias = op.matrix @ pending.matrix, op.matrix @ pending.bias + op.bias
             composed = compose_convolutions(pending, op, weight, bias)
             geometry, kernel = composed if composed is not None else (None, None)
             pending = Dense(op.name, weight, bias, source=f"{pending.source}+{op.source}", geometry=geometry,
@@ -313,11 +312,11 @@ def _float_network(inp, layers: list[FloatLayer], pending: Dense | None, pending
     if trailing_pool is not None:
         raise UnsupportedModelError("a max pool after the output layer: the model must end in its logits layer")
     if pending is not None:
-        layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=False, source=pending.source,
+        layers.append(FloatLayer(pending.name, pending.matrix, pending.bias, relu=False, source=pending.source,
                                  pool=pending_pool))
     elif layers:
         last = layers[-1]
-        layers[-1] = FloatLayer(last.name, last.weight, last.bias, relu=False, source=last.source, pool=last.pool)
+        layers[-1] = FloatLayer(last.name, last.matrix, last.bias, relu=False, source=last.source, pool=last.pool)
     if not layers:
         raise UnsupportedModelError(f"the model has no Linear layer; supported: {SUPPORTED}")
     input_shape = tuple(inp.shape)

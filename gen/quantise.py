@@ -63,7 +63,7 @@ def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | No
     of neuron j is ``lambda_ref * s_j / 2**T`` for every input (with one full scale this is exactly
     the plain scheme of the module docstring)."""
     qmax, steps, fires = (1 << (weight_bits - 1)) - 1, float(1 << timesteps), float_layer.relu
-    w, b = float_layer.weight, float_layer.bias
+    b = float_layer.bias
     reference = float(lambda_in.max())
     column = lambda_in / reference
     per_channel = fires and weight_scale == "channel"
@@ -79,9 +79,10 @@ def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | No
             relay_channels = np.asarray(float_layer.relays) >= 0
             kernel[relay_channels] = np.rint(float_layer.kernel[relay_channels]).astype(np.int64)
         conv = ConvSpec(geometry, kernel)
-        weight = geometry.dense(kernel)
+        weight = None                            # the kernel is the layer (DenseLayer.matrix builds the matrix)
         scale = np.repeat(channel_scale, geometry.pixels)
     else:
+        w = float_layer.matrix
         scaled = w * column[None, :]
         scale = _weight_scales(scaled, weight_bits, per_channel)
         weight = np.clip(np.rint(scaled / scale[:, None]), -qmax, qmax).astype(np.int64)
@@ -97,14 +98,16 @@ def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | No
         threshold, lambda_out = None, None
         bias = np.rint(b / unit)
     if not np.all(np.abs(bias) < 2.0 ** (MAX_WIDTH - 2)):
+        largest = np.abs(float_layer.kernel if conv is not None else w).max()
         raise ConversionError(
             f"layer '{float_layer.name}': a bias is {np.abs(b).max():.3g} while the weights are at most "
-            f"{np.abs(w).max():.3g}; its integer form would need more than {MAX_WIDTH} bits")
+            f"{largest:.3g}; its integer form would need more than {MAX_WIDTH} bits")
     shadow_lambda = lambda_layer if float_layer.relays is None or lambda_out is None else lambda_out
+    shadow = (FloatShadow(None, b.astype(np.float64), shadow_lambda, float_layer.kernel.astype(np.float64))
+              if conv is not None else FloatShadow(w.astype(np.float64), b.astype(np.float64), shadow_lambda))
     layer = DenseLayer(
         name=float_layer.name, weight=weight, bias=bias.astype(np.int64), threshold=threshold,
-        weight_bits=weight_bits, shadow=FloatShadow(w.astype(np.float64), b.astype(np.float64), shadow_lambda),
-        conv=conv, pool=float_layer.pool,
+        weight_bits=weight_bits, shadow=shadow, conv=conv, pool=float_layer.pool,
     )
     bounds = layer_bounds(layer, timesteps)
     if bounds.membrane_width > MAX_WIDTH:

@@ -182,7 +182,7 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
             blocks = ceil_div(layer.out_size, L)
             padded = blocks * L
             weight = np.zeros((padded, layer.in_size), dtype=np.int64)
-            weight[:layer.out_size] = layer.weight[:, _input_order(plans[-1] if plans else None, pool, layer.in_size)]
+            weight[:layer.out_size] = layer.matrix[:, _input_order(plans[-1] if plans else None, pool, layer.in_size)]
             weight_rows = tuple(pack_row(weight[b * L:(b + 1) * L, i], weight_width)
                                 for b in range(blocks) for i in range(layer.in_size))
             bias = np.zeros(padded, dtype=np.int64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NetFileError
-from ..contract.network import SpikingNetwork, check_images, encode_codes, max_pool
+from ..contract.network import SpikingNetwork, check_images, convolve, encode_codes, max_pool
 
 __all__ = ["ann_logits", "snn_float_logits"]
 
@@ -23,11 +23,18 @@ def _shadows(net: SpikingNetwork):
     return [layer.shadow for layer in net.layers]
 
 
+def _affine(layer, shadow, a: np.ndarray) -> np.ndarray:
+    """The float layer: a convolution by its kernel, a dense layer by its matrix."""
+    if shadow.kernel is not None:
+        return convolve(a, layer.conv.geometry, shadow.kernel) + shadow.bias
+    return a @ shadow.weight.T + shadow.bias
+
+
 def ann_logits(net: SpikingNetwork, images: np.ndarray) -> np.ndarray:
     a = check_images(images, net.input.shape)
     for layer, shadow in zip(net.layers, _shadows(net)):
         a = a if layer.pool is None else max_pool(a, layer.pool)
-        a = a @ shadow.weight.T + shadow.bias
+        a = _affine(layer, shadow, a)
         if layer.fires:
             a = np.maximum(a, 0.0)
     return a
@@ -39,7 +46,7 @@ def snn_float_logits(net: SpikingNetwork, images: np.ndarray) -> np.ndarray:
     a = encode_codes(x, net.input.threshold, net.timesteps) * (net.input.threshold / steps)
     for layer, shadow in zip(net.layers, _shadows(net)):
         a = a if layer.pool is None else max_pool(a, layer.pool)
-        a = a @ shadow.weight.T + shadow.bias
+        a = _affine(layer, shadow, a)
         if layer.fires:
             lam = shadow.activation_threshold
             a = encode_codes(a, lam, net.timesteps) * (lam / steps)

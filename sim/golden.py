@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..contract.network import DenseLayer, SpikingNetwork, check_images, max_pool
+from ..contract.network import DenseLayer, SpikingNetwork, check_images, convolve, max_pool
 
 __all__ = ["LayerTrace", "GoldenResult", "accumulate", "fire", "run", "run_images", "spike_trains"]
 
@@ -52,7 +52,15 @@ def spike_trains(codes: np.ndarray, timesteps: int) -> np.ndarray:
 
 
 def accumulate(layer: DenseLayer, codes: np.ndarray, timesteps: int) -> np.ndarray:
-    """``codes @ W.T + B`` exactly, int64. Uses float64 BLAS when every sum is below 2**53."""
+    """``codes @ W.T + B`` exactly, int64. Uses float64 BLAS when every sum is below 2**53; a
+    convolution convolves its kernel (never its dense matrix)."""
+    if layer.conv is not None:
+        kernel, geometry = layer.conv.kernel, layer.conv.geometry
+        bound = int(np.abs(kernel).reshape(len(kernel), -1).sum(axis=1).max(initial=0)) * ((1 << timesteps) - 1)
+        if bound < _EXACT_FLOAT:
+            product = np.rint(convolve(codes.astype(np.float64), geometry, kernel.astype(np.float64)))
+            return product.astype(np.int64) + layer.bias[None, :]
+        return convolve(codes.astype(np.int64), geometry, kernel.astype(np.int64)) + layer.bias[None, :]
     weight = layer.weight
     bound = int(np.abs(weight).sum(axis=1).max(initial=0)) * ((1 << timesteps) - 1)
     if bound < _EXACT_FLOAT:

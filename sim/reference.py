@@ -54,7 +54,7 @@ def run_reference(net: SpikingNetwork, input_codes: list[int]) -> ReferenceResul
     for layer in net.layers:
         if layer.pool is not None:
             spikes_in = max_pool_spikes(spikes_in, layer.pool)
-        weight = [[int(w) for w in row] for row in layer.weight]
+        weight = [[int(w) for w in row] for row in layer.matrix]
         bias = [int(b) for b in layer.bias]
         lo = hi = 0
         membrane = [0] * layer.out_size

@@ -59,7 +59,7 @@ def test_lowered_convnet_computes_what_torch_computes(case):
 def test_pool_merges_into_the_next_layer_and_the_first_conv_sees_the_flat_image():
     model, shape = make_convnet(*RANDOM_CONVNETS[0])
     network = lower(import_module(model, shape))
-    assert [layer.weight.shape for layer in network.layers] == [(4 * 8 * 8, 64), (6 * 4 * 4, 4 * 8 * 8),
+    assert [layer.matrix.shape for layer in network.layers] == [(4 * 8 * 8, 64), (6 * 4 * 4, 4 * 8 * 8),
                                                                 (10, 6 * 4 * 4)]
     assert "AvgPool2d" in network.layers[1].source
 
@@ -136,7 +136,8 @@ def test_convolutions_keep_their_kernel_and_compute_the_dense_map(case, tmp_path
     assert [layer.kind for layer in net.layers] == ["conv"] * len(convs) + ["dense"]
     for layer in net.layers[:-1]:
         g = layer.conv.geometry
-        assert np.array_equal(layer.weight, g.dense(layer.conv.kernel))
+        assert layer.weight is None, "a convolution is its kernel: no dense matrix is kept"
+        assert np.array_equal(layer.matrix, g.dense(layer.conv.kernel))
         assert (layer.bias.reshape(g.out_channels, -1) == layer.bias[::g.pixels, None]).all(), "one bias per channel"
         assert (layer.threshold.reshape(g.out_channels, -1) == layer.threshold[::g.pixels, None]).all()
     dense, _ = convert_convnet(case, convolutions="dense")
@@ -145,7 +146,7 @@ def test_convolutions_keep_their_kernel_and_compute_the_dense_map(case, tmp_path
     loaded = load_network(save_network(net, tmp_path / "conv.net.npz"))
     assert fingerprint(loaded) == fingerprint(net) != fingerprint(dense)
     for a, b in zip(loaded.layers, net.layers):
-        assert a.kind == b.kind and np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+        assert a.kind == b.kind and np.array_equal(a.matrix, b.matrix) and np.array_equal(a.bias, b.bias)
 
 
 def test_pool_then_conv_becomes_one_strided_convolution():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from spikesmith.errors import NetFileError
+from spikesmith.sim import golden
 from spikesmith.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
 from spikesmith.contract.network import FloatShadow
 
@@ -119,18 +120,14 @@ def test_failed_save_leaves_no_file(tmp_path, net, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def _conv_net_file(tmp_path, in_shape):
-    """A real conv network file whose header then claims a ``in_shape`` input (its arrays stay small)."""
-    from conftest import make_conv_network
-
-    net = make_conv_network(np.random.default_rng(3), (1, 8, 8), [(4, (3, 3), (1, 1), (1, 1))], 3, 4)
+def _claiming_file(tmp_path, inputs: int):
+    """A real dense network file whose header then claims ``inputs`` inputs (its arrays stay small)."""
+    net = make_network(np.random.default_rng(3), [6, 40, 3], 4)
 
     def claim(meta):
-        conv = meta["layers"][0]["convolution"]
-        conv["in_shape"] = list(in_shape)
-        meta["input"]["shape"] = list(in_shape)
-        meta["layers"][0]["in"] = int(np.prod(in_shape))
-        meta["layers"][0]["out"] = meta["layers"][1]["in"] = 4 * in_shape[1] * in_shape[2]
+        meta["input"]["shape"] = [inputs]
+        meta["layers"][0]["in"] = inputs
+        meta["layers"][0]["out"] = meta["layers"][1]["in"] = inputs
         return meta
 
     path = tmp_path / "claims.net.npz"
@@ -139,26 +136,33 @@ def _conv_net_file(tmp_path, in_shape):
 
 
 def test_a_tiny_file_declaring_a_huge_network_is_refused_before_allocating(tmp_path):
-    """A few KB whose convolution claims a 1x200x200 input used to make ``info`` allocate 11.9 GiB."""
-    path = _conv_net_file(tmp_path, (1, 200, 200))
+    """A few KB whose header claims a 200,000 x 200,000 layer: refused by its declared size, nothing read."""
+    path = _claiming_file(tmp_path, 200_000)
     assert path.stat().st_size < 20_000
     with pytest.raises(NetFileError, match=r"needs about [\d.]+ GiB of memory; this machine has"):
         load_network(path)
 
 
-def test_an_array_larger_than_its_declared_sizes_is_refused_unread(tmp_path, net):
-    data = _rewrite(network_to_bytes(net), lambda n, p: (n, _npy(np.zeros((500, 500), np.int64)))
-                    if n == "layer0.bias.npy" else (n, p))
-    path = tmp_path / "big-bias.net.npz"
-    path.write_bytes(data)
-    with pytest.raises(NetFileError, match="array bias is larger than its declared sizes allow"):
-        load_network(path)
+def test_a_convolution_is_loaded_as_its_kernel(tmp_path):
+    """A 16 -> 32 channel 3x3 convolution on 64x64 maps: 4,608 kernel weights, not a 131,072 x 65,536 matrix."""
+    from spikesmith.contract.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, SpikingNetwork
+
+    geometry = ConvGeometry((16, 64, 64), 32, (3, 3), (1, 1), (1, 1))
+    kernel = np.random.default_rng(0).integers(-7, 8, geometry.kernel_shape)
+    conv = DenseLayer("conv", None, np.zeros(32 * 64 * 64, np.int64), np.full(32 * 64 * 64, 50), 4,
+                      conv=ConvSpec(geometry, kernel))
+    out = DenseLayer("out", np.ones((2, 32 * 64 * 64), np.int64), np.zeros(2, np.int64), None, 4)
+    net = SpikingNetwork(2, InputEncoding((16, 64, 64), 1.0), (conv, out))
+    loaded = load_network(save_network(net, tmp_path / "wide.net.npz"))
+    assert loaded.layers[0].weight is None and np.array_equal(loaded.layers[0].conv.kernel, kernel)
+    codes = np.random.default_rng(1).integers(0, 4, (2, 16 * 64 * 64))
+    assert np.array_equal(golden.run(loaded, codes).logits, golden.run(net, codes).logits)
 
 
 def test_info_says_so_in_one_line(tmp_path):
     from conftest import assert_one_line_error, run_cli
 
-    proc = run_cli("info", str(_conv_net_file(tmp_path, (1, 200, 200))), check=False)
+    proc = run_cli("info", str(_claiming_file(tmp_path, 200_000)), check=False)
     assert_one_line_error(proc, "needs about", "GiB of memory")
 
 

@@ -68,12 +68,12 @@ def layer_bounds(layer: DenseLayer, timesteps: int) -> LayerBounds:
         threshold_width = 0
     membrane_lo, membrane_hi = min(lo), max(hi)
     membrane_width = signed_width(membrane_lo, membrane_hi)
-    w = layer.weight
+    weight_lo, weight_hi = layer.weight_range
     return LayerBounds(
         name=layer.name,
         neuron_lo=np.array(lo, dtype=object), neuron_hi=np.array(hi, dtype=object),
         membrane_lo=membrane_lo, membrane_hi=membrane_hi, membrane_width=membrane_width,
-        weight_width=signed_width(int(w.min(initial=0)), int(w.max(initial=0))),
+        weight_width=signed_width(weight_lo, weight_hi),
         bias_width=signed_width(int(bias.min(initial=0)), int(bias.max(initial=0))),
         threshold_width=threshold_width,
         logit_width=0 if layer.fires else membrane_width,

@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from ..errors import DatasetError
 
-__all__ = ["fingerprint", "stored_arrays", "check_images", "encode_codes", "InputEncoding", "ConvGeometry", "ConvSpec", "PoolGeometry", "max_pool", "DenseLayer",
+__all__ = ["fingerprint", "stored_arrays", "check_images", "encode_codes", "InputEncoding", "ConvGeometry", "ConvSpec", "PoolGeometry", "max_pool", "convolve", "DenseLayer",
            "SpikingNetwork",
            "FloatShadow", "signed_width", "unsigned_width"]
 
@@ -172,6 +173,36 @@ class ConvGeometry:
                    pair(d["stride"]), pair(d["padding"]))
 
 
+#: Images per chunk of :func:`convolve` (its im2col buffer is ``chunk * C_in*kh*kw * H_out*W_out`` values).
+CONVOLVE_CHUNK = 64
+
+
+def convolve(x: np.ndarray, geometry: ConvGeometry, kernel: np.ndarray) -> np.ndarray:
+    """``(N, C_in*H*W)`` -> ``(N, C_out*H_out*W_out)``: the convolution, equal to
+    ``x @ geometry.dense(kernel).T`` without building that matrix (im2col, ``CONVOLVE_CHUNK`` images
+    at a time). Exact for integer ``x`` and ``kernel`` (int64 arithmetic); float64 otherwise."""
+    x = np.asarray(x)
+    kernel = np.asarray(kernel)
+    exact = x.dtype.kind in "iub" and kernel.dtype.kind in "iub"
+    dtype = np.int64 if exact else np.float64
+    c, h, w = geometry.in_shape
+    c_out, ho, wo = geometry.out_shape
+    (kh, kw), (sh, sw), (ph, pw) = geometry.kernel, geometry.stride, geometry.padding
+    matrix = kernel.reshape(c_out, c * kh * kw).astype(dtype)
+    out = np.empty((len(x), c_out * ho * wo), dtype=dtype)
+    for start in range(0, len(x), CONVOLVE_CHUNK):
+        part = x[start:start + CONVOLVE_CHUNK].reshape(-1, c, h, w).astype(dtype)
+        padded = np.zeros((len(part), c, h + 2 * ph, w + 2 * pw), dtype=dtype)
+        padded[:, :, ph:ph + h, pw:pw + w] = part
+        columns = np.empty((len(part), c, kh, kw, ho, wo), dtype=dtype)
+        for dy in range(kh):
+            for dx in range(kw):
+                columns[:, :, dy, dx] = padded[:, :, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
+        product = matrix @ columns.reshape(len(part), c * kh * kw, ho * wo)
+        out[start:start + len(part)] = product.reshape(len(part), -1)
+    return out
+
+
 @dataclass(frozen=True)
 class PoolGeometry:
     """Max pooling of row-major ``(C, H, W)`` codes, as ``torch.nn.MaxPool2d``: windows of
@@ -262,9 +293,10 @@ class FloatShadow:
     when relay channels (residual shortcuts) pass on codes of another full scale; ``None`` for
     the output layer, which does not fire.
     """
-    weight: np.ndarray  # (out, in) float
+    weight: np.ndarray | None  # (out, in) float; None for a convolution (its ``kernel``)
     bias: np.ndarray    # (out,) float
     activation_threshold: float | np.ndarray | None   # per neuron when the layer has relay channels
+    kernel: np.ndarray | None = None   # a convolution's float kernel (the layer's geometry)
 
     @property
     def full_scale(self) -> float | None:
@@ -279,19 +311,36 @@ class DenseLayer:
     - ``weight``: ``(out, in)`` signed integers of ``weight_bits`` bits.
     - ``bias``: ``(out,)`` integers in membrane units, added once after the last accumulation step.
     - ``threshold``: ``(out,)`` integers >= 1 in membrane units, or ``None`` for the output layer.
-    - ``conv``: for a convolution, its kernel and geometry (``weight`` is then the kernel's
-      dense matrix, and the hardware keeps only the kernel); ``None`` for a fully connected layer.
+    - ``conv``: for a convolution, its kernel and geometry (``weight`` is then ``None`` or the
+      kernel's dense matrix; :attr:`matrix` builds it when asked, :meth:`apply` never does, and the
+      hardware keeps only the kernel); ``None`` for a fully connected layer.
     - ``pool``: the layer reads the max-pooled codes of its input (``pool.in_size`` codes in,
       ``in_size == pool.out_size`` after the pool); ``None``: it reads its input as it is.
     """
     name: str
-    weight: np.ndarray
+    weight: np.ndarray | None
     bias: np.ndarray
     threshold: np.ndarray | None
     weight_bits: int
     shadow: FloatShadow | None = None
     conv: ConvSpec | None = None
     pool: PoolGeometry | None = None
+
+    def __post_init__(self):
+        assert self.weight is not None or self.conv is not None, "a dense layer needs its weight matrix"
+
+    @cached_property
+    def matrix(self) -> np.ndarray:
+        """``(out, in)`` int64: the weight matrix (a convolution's built from its kernel: large)."""
+        if self.weight is not None:
+            return self.weight
+        return self.conv.geometry.dense(self.conv.kernel.astype(np.int64))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``x @ matrix.T`` for ``(N, in)`` values (int64 codes: exact), a convolution by convolving."""
+        if self.conv is not None:
+            return convolve(x, self.conv.geometry, self.conv.kernel)
+        return x @ self.weight.T
 
     @property
     def kind(self) -> str:
@@ -303,20 +352,36 @@ class DenseLayer:
 
     @property
     def in_size(self) -> int:
+        if self.conv is not None:
+            return int(np.prod(self.conv.geometry.in_shape))
         return int(self.weight.shape[1])
 
     @property
     def out_size(self) -> int:
+        if self.conv is not None:
+            return int(np.prod(self.conv.geometry.out_shape))
         return int(self.weight.shape[0])
 
     def weight_sums(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per output neuron: (sum of positive weights, sum of negative weights), int64."""
+        """Per output neuron: (sum of positive weights, sum of negative weights), int64. A
+        convolution's: its kernel's over the taps inside the input (the convolution of ones)."""
+        if self.conv is not None:
+            kernel, ones = self.conv.kernel.astype(np.int64), np.ones((1, self.in_size), dtype=np.int64)
+            geometry = self.conv.geometry
+            return (convolve(ones, geometry, np.where(kernel > 0, kernel, 0))[0],
+                    convolve(ones, geometry, np.where(kernel < 0, kernel, 0))[0])
         w = self.weight.astype(np.int64)
         return np.where(w > 0, w, 0).sum(axis=1), np.where(w < 0, w, 0).sum(axis=1)
 
     @property
+    def weight_range(self) -> tuple[int, int]:
+        """The smallest and largest integer weight (0 included)."""
+        w = self.conv.kernel if self.conv is not None else self.weight
+        return int(w.min(initial=0)), int(w.max(initial=0))
+
+    @property
     def synapses(self) -> int:
-        return int(self.weight.size)
+        return self.in_size * self.out_size
 
 
 @dataclass(frozen=True, eq=False)
@@ -372,5 +437,5 @@ def stored_arrays(layer):
                 None if shadow is None else shadow.weight, None if shadow is None else shadow.bias)
     geometry, step = layer.conv.geometry, layer.conv.geometry.pixels
     return (layer.conv.kernel, layer.bias[::step], None if threshold is None else threshold[::step],
-            None if shadow is None else geometry.kernel_of(shadow.weight),
+            None if shadow is None else (shadow.kernel if shadow.kernel is not None else geometry.kernel_of(shadow.weight)),
             None if shadow is None else shadow.bias[::step])
