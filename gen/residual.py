@@ -52,6 +52,12 @@ def _branch(graph: Graph, add: Add, name: str) -> tuple[str, list]:
     return name, ops
 
 
+def _main_branch_rank(ops: list) -> tuple[bool, int, bool]:
+    """The main branch has the ReLUs, else more layers, else is not a 1x1 convolution (the shortcut is)."""
+    one_by_one = len(ops) == 1 and isinstance(ops[0], Conv2d) and ops[0].weight.shape[2:] == (1, 1)
+    return any(isinstance(op, ReLU) for op in ops), len(ops), not one_by_one
+
+
 def _relay_block(graph: Graph, add: Add) -> Graph:
     where = f"residual add '{add.name}'"
     users = graph.consumers(add.name)
@@ -61,8 +67,7 @@ def _relay_block(graph: Graph, add: Add) -> Graph:
     if fork_a != fork_b:
         raise UnsupportedModelError(f"{where}: its two branches start from different values; spikesmith converts "
                                     f"blocks whose branches both read the block's input")
-    main, shortcut = (a, b) if (any(isinstance(op, ReLU) for op in a), len(a)) > (any(isinstance(op, ReLU) for op in b), len(b)) \
-        else (b, a)
+    main, shortcut = sorted((a, b), key=_main_branch_rank, reverse=True)
     if any(isinstance(op, ReLU) for op in shortcut) or len(shortcut) > 1:
         raise UnsupportedModelError(f"{where}: its shortcut has {len(shortcut)} layers with a ReLU; spikesmith converts "
                                     f"the identity or one Linear / 1x1 Conv2d (with batch norm) as a shortcut")

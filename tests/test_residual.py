@@ -189,3 +189,55 @@ def test_a_basic_block_alone_converts():
                                                 nn.Flatten(), nn.Linear(6 * 4 * 4, 4)), 3)
     net = convert_module(model, images(30), ConversionOptions(timesteps=8))
     assert [layer.out_size for layer in net.layers] == [3 * 64, (6 + 3) * 16, 6 * 16, 4]
+
+
+class RandomResidual(nn.Module):
+    """A stem, then blocks of random depth (1-3 layers), width and stride, identity or 1x1 shortcuts."""
+
+    def __init__(self, channels: int, blocks: list[tuple[int, int, int]]):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.branches, self.shortcuts = nn.ModuleList(), nn.ModuleList()
+        for depth, width, stride in blocks:
+            layers = []
+            for index in range(depth):
+                layers += [nn.Conv2d(channels if index == 0 else width, width, 3, stride if index == 0 else 1, 1),
+                           nn.BatchNorm2d(width)]
+                if index < depth - 1:
+                    layers.append(nn.ReLU())
+            self.branches.append(nn.Sequential(*layers))
+            self.shortcuts.append(nn.Identity() if (stride, width) == (1, channels) else
+                                  nn.Sequential(nn.Conv2d(channels, width, 1, stride), nn.BatchNorm2d(width)))
+            channels = width
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for branch, shortcut in zip(self.branches, self.shortcuts):
+            x = torch.relu(branch(x) + shortcut(x))
+        return self.head(x)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_residual_networks_convert_exactly(seed):
+    """Random blocks: the float chain equals torch, every relay neuron repeats its source's code, and the
+    golden model equals the step-by-step reference."""
+    rng = np.random.default_rng(seed)
+    blocks = [(int(rng.integers(1, 4)), int(rng.choice([2, 3, 4])), int(rng.choice([1, 2])))
+              for _ in range(int(rng.integers(1, 3)))]
+    torch.manual_seed(seed)
+    model = _randomise_batch_norm(RandomResidual(int(rng.choice([2, 3])), blocks), seed)
+    x = images(30, seed)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(lower(import_module(model, (1, 8, 8))).forward(x)[-1], want, rtol=1e-5, atol=1e-5)
+    net = convert_module(model, x, ConversionOptions(timesteps=int(rng.integers(2, 9))))
+    result = golden.run_images(net, x[:6], trace=True)
+    codes = [result.input_codes] + [trace.codes for trace in result.trace]
+    for index, layer in enumerate(net.layers[:-1]):
+        relays = layer.threshold == 1 << net.timesteps
+        if relays.any():
+            sources = np.argmax(layer.matrix[relays] != 0, axis=1)
+            assert np.array_equal(codes[index + 1][:, relays], codes[index][:, sources]), layer.name
+    for n in range(2):
+        assert run_reference(net, result.input_codes[n].tolist()).logits == result.logits[n].tolist()
