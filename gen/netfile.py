@@ -163,6 +163,32 @@ def _check_sizes(archive, path) -> dict:
     return meta
 
 
+def _shadow_of(arrays: dict, i: int, entry: dict, geometry, stored_weight, stored_out: int, path,
+               where: str) -> FloatShadow | None:
+    """Layer ``i``'s float parameters and full scales, checked; ``None`` when the file has none."""
+    if f"layer{i}.float_weight" not in arrays:
+        return None
+    fires = bool(entry["fires"])
+    fw, fb = arrays[f"layer{i}.float_weight"], arrays[f"layer{i}.float_bias"]
+    _require(fw.shape == stored_weight and fb.shape == (stored_out,) and fw.dtype.kind == "f"
+             and fb.dtype.kind == "f", path, f"{where}: bad float arrays")
+    _require(bool(np.isfinite(fw).all() and np.isfinite(fb).all()), path,
+             f"{where}: NaN or infinite float weights")
+    kernel = None
+    if geometry is not None:                  # a convolution keeps its float kernel, not the dense matrix
+        kernel, fw, fb = fw.astype(np.float64), None, np.repeat(fb, geometry.pixels)
+    lam = entry.get("activation_threshold")
+    _require(not fires or (lam is not None and lam > 0), path, f"{where}: missing activation threshold")
+    lam = None if lam is None else float(lam)
+    if f"layer{i}.activation_thresholds" in arrays:
+        per = arrays[f"layer{i}.activation_thresholds"]
+        _require(fires and per.shape == (stored_out,) and per.dtype.kind == "f"
+                 and bool(np.isfinite(per).all() and (per > 0).all()), path,
+                 f"{where}: bad per-neuron activation thresholds")
+        lam = np.repeat(per.astype(np.float64), geometry.pixels if geometry is not None else 1)
+    return FloatShadow(None if fw is None else fw.astype(np.float64), fb.astype(np.float64), lam, kernel)
+
+
 def _weights_in_memory(entry: dict, dense: int) -> int:
     """Weights a layer holds once loaded: a convolution's kernel (never its dense matrix), else ``dense``."""
     try:
@@ -235,26 +261,7 @@ def _from_meta(meta: dict, arrays: dict, path) -> SpikingNetwork:
             _require(threshold.shape == (stored_out,) and threshold.dtype == np.int64, path,
                      f"{where}: bad threshold array")
             _require(bool(np.all(threshold >= 1)), path, f"{where}: thresholds must be >= 1")
-        shadow = None
-        if f"layer{i}.float_weight" in arrays:
-            fw, fb = arrays[f"layer{i}.float_weight"], arrays[f"layer{i}.float_bias"]
-            _require(fw.shape == stored_weight and fb.shape == (stored_out,) and fw.dtype.kind == "f"
-                     and fb.dtype.kind == "f", path, f"{where}: bad float arrays")
-            _require(bool(np.isfinite(fw).all() and np.isfinite(fb).all()), path,
-                     f"{where}: NaN or infinite float weights")
-            kernel = None
-            if geometry is not None:                  # a convolution keeps its float kernel, not the dense matrix
-                kernel, fw, fb = fw.astype(np.float64), None, np.repeat(fb, geometry.pixels)
-            lam = entry.get("activation_threshold")
-            _require(not fires or (lam is not None and lam > 0), path, f"{where}: missing activation threshold")
-            lam = None if lam is None else float(lam)
-            if f"layer{i}.activation_thresholds" in arrays:
-                per = arrays[f"layer{i}.activation_thresholds"]
-                _require(fires and per.shape == (stored_out,) and per.dtype.kind == "f"
-                         and bool(np.isfinite(per).all() and (per > 0).all()), path,
-                         f"{where}: bad per-neuron activation thresholds")
-                lam = np.repeat(per.astype(np.float64), geometry.pixels if geometry is not None else 1)
-            shadow = FloatShadow(None if fw is None else fw.astype(np.float64), fb.astype(np.float64), lam, kernel)
+        shadow = _shadow_of(arrays, i, entry, geometry, stored_weight, stored_out, path, where)
         conv = None
         if geometry is not None:
             conv = ConvSpec(geometry, weight.astype(np.int64))
