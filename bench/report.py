@@ -13,7 +13,8 @@ ORDER = [("accuracy", "1. Accuracy vs time steps"), ("hardware", "2. Hardware ef
          ("simspeed", "3. Simulation speed"), ("boards", "4. Boards"),
          ("mnist", "5. MNIST against published FPGA SNN generators"), ("link", "6. A noisy serial link"),
          ("soak", "7. Soak: random networks and all of MNIST through the compiled harness"),
-         ("cnn_mnist", "8. CNNs with max pooling and residual blocks on MNIST, to the core and the board")]
+         ("cnn_mnist", "8. CNNs with max pooling and residual blocks on MNIST, to the core and the board"),
+         ("cifar_shapes", "9. The seed's scale: CIFAR-shaped ResNet-8 and VGG (untrained, synthetic images)")]
 
 
 def _pct(value) -> str:
@@ -239,7 +240,12 @@ def cnn_mnist_section(f: dict) -> list[str]:
         if built:
             lines += ["| network | board | options | lanes | logic (LC / LUT4) | RAM | Fmax (clock) | core images/s "
                       "(worst case) | build |", "|---|---|---|---|---|---|---|---|---|"]
-            lines += [_board_row(r) for r in built]
+            lines += [_board_row({**r, "network": entry["network"]}) for r in built]
+            for r in built:
+                lines += ["", f"At the build's {r['clock_hz'] / 1e6:g} MHz clock the measured steady state is "
+                              f"{r['clock_hz'] / hw['measured_cycles_per_image']:,.0f} images/s "
+                              f"({1e6 * hw['measured_cycles_per_image'] / r['clock_hz']:,.0f} us per image); at "
+                              f"its Fmax it would be {1e6 * r['fmax_mhz'] / hw['measured_cycles_per_image']:,.0f}."]
         for r in hw["boards"]:
             if "refused" in r:
                 lines += ["", f"{r['board']}: refused: {r['refused']}"]
@@ -247,9 +253,38 @@ def cnn_mnist_section(f: dict) -> list[str]:
     return lines
 
 
+def cifar_shapes_section(f: dict) -> list[str]:
+    lines = ["CIFAR-10 is not shipped: the networks are untrained (seeded initialisation, batch norm drawn away "
+             "from the identity), calibrated on 64 synthetic 3x32x32 colour fields and run on others. What is "
+             "measured is the generator at this size, not accuracy. T=8, lanes as `build --board ulx3s-85f` "
+             "chooses them.", "",
+             "| network | layers | synapses | golden s/image | Verilator images | mismatches | cycles/image "
+             "(worst case) | memory (bits) | DP16KD estimate | ULX3S-85F |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in f["networks"].values():
+        board = entry["boards"][0] if entry["boards"] else {}
+        if "refused" in board:
+            verdict = "refused: " + board["refused"]
+        elif board:
+            verdict = (f"built: {board['fmax_mhz']:.1f} MHz Fmax, "
+                       f"{board['core_images_per_second_at_clock']:,.0f} images/s worst case")
+        else:
+            verdict = "not built (--no-build)"
+        estimate = entry["dp16kd_estimate"]
+        lines.append(f"| {entry['network']} | {len(entry['layers'])} | {entry['synapses']:,} | "
+                     f"{entry['golden_seconds_per_image']:.2f} | {entry['images']} | {entry['mismatches']} | "
+                     f"{entry['measured_cycles_per_image']:,.0f} ({entry['initiation_interval_worst']:,}) | "
+                     f"{entry['memory_bits']:,} | {sum(estimate.values())} | {verdict} |")
+    lines += ["", "Memory by kind (bits):", ""]
+    for entry in f["networks"].values():
+        parts = ", ".join(f"{kind} {bits:,}" for kind, bits in sorted(entry["memory_bits_by_kind"].items(),
+                                                                     key=lambda kv: -kv[1]))
+        lines.append(f"- {entry['network']}: {parts}")
+    return lines
+
+
 SECTIONS = {"link": link_section, "accuracy": accuracy_section, "hardware": hardware_section, "simspeed": simspeed_section,
             "boards": boards_section, "mnist": mnist_section, "soak": soak_section,
-            "cnn_mnist": cnn_mnist_section}
+            "cnn_mnist": cnn_mnist_section, "cifar_shapes": cifar_shapes_section}
 
 
 def write_report() -> None:
