@@ -381,6 +381,11 @@ class DenseLayer:
 
     @property
     def synapses(self) -> int:
+        """Connections: ``in * out`` for a dense layer; a convolution's kernel taps that land inside its input."""
+        if self.conv is not None:
+            geometry = self.conv.geometry
+            ones = np.ones((1, self.in_size), dtype=np.int64)
+            return int(convolve(ones, geometry, np.ones(geometry.kernel_shape, dtype=np.int64)).sum())
         return self.in_size * self.out_size
 
 
