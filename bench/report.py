@@ -258,7 +258,7 @@ def cifar_shapes_section(f: dict) -> list[str]:
              "from the identity), calibrated on 64 synthetic 3x32x32 colour fields and run on others. What is "
              "measured is the generator at this size, not accuracy. T=8, lanes as `build --board ulx3s-85f` "
              "chooses them.", "",
-             "| network | layers | synapses | golden s/image | Verilator images | mismatches | cycles/image "
+             "| network | layers | synapses | golden ms/image | Verilator images | mismatches | cycles/image "
              "(worst case) | memory (bits) | DP16KD estimate | ULX3S-85F |", "|---|---|---|---|---|---|---|---|---|---|"]
     for entry in f["networks"].values():
         board = entry["boards"][0] if entry["boards"] else {}
@@ -271,14 +271,18 @@ def cifar_shapes_section(f: dict) -> list[str]:
             verdict = "not built (--no-build)"
         estimate = entry["dp16kd_estimate"]
         lines.append(f"| {entry['network']} | {len(entry['layers'])} | {entry['synapses']:,} | "
-                     f"{entry['golden_seconds_per_image']:.2f} | {entry['images']} | {entry['mismatches']} | "
+                     f"{1000 * entry['golden_seconds_per_image']:.1f} | {entry['images']} | {entry['mismatches']} | "
                      f"{entry['measured_cycles_per_image']:,.0f} ({entry['initiation_interval_worst']:,}) | "
                      f"{entry['memory_bits']:,} | {sum(estimate.values())} | {verdict} |")
     lines += ["", "Memory by kind (bits):", ""]
     for entry in f["networks"].values():
-        parts = ", ".join(f"{kind} {bits:,}" for kind, bits in sorted(entry["memory_bits_by_kind"].items(),
-                                                                     key=lambda kv: -kv[1]))
-        lines.append(f"- {entry['network']}: {parts}")
+        kinds = entry["memory_bits_by_kind"]
+        parts = ", ".join(f"{kind} {bits:,}" for kind, bits in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        lines.append(f"- {entry['network']}: {parts} (membranes "
+                     f"{100 * kinds.get('membranes', 0) / sum(kinds.values()):.0f} %)")
+    lines += ["", "Membrane storage is what does not fit: every layer keeps two banks (it accumulates image n+1 "
+                  "while it fires image n) of every neuron's membrane at its full worst-case width. That sets the "
+                  "next goal: narrower stored membranes, a single bank for the largest layers, or external memory."]
     return lines
 
 

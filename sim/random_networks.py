@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contract.network import ConvGeometry, ConvSpec, DenseLayer, InputEncoding, PoolGeometry, SpikingNetwork
+from ..contract.network import (ConvGeometry, ConvSpec, DenseLayer, InputEncoding, PoolGeometry, SpikingNetwork,
+                                convolve)
 
 __all__ = ["make_network", "make_conv_network", "make_pooled_network", "random_codes"]
 
@@ -49,12 +50,12 @@ def make_conv_network(rng: np.random.Generator, in_shape: tuple[int, int, int], 
     for i, (c_out, kernel, stride, padding) in enumerate(convs):
         geometry = ConvGeometry(shape, c_out, tuple(kernel), tuple(stride), tuple(padding))
         kernel_values = rng.integers(-qmax, qmax + 1, size=geometry.kernel_shape)
-        weight = geometry.dense(kernel_values)
-        scale = max(1, int(np.abs(weight).sum(axis=1).max()) * max_code)
+        ones = np.ones((1, int(np.prod(shape))), dtype=np.int64)
+        scale = max(1, int(convolve(ones, geometry, np.abs(kernel_values)).max()) * max_code)   # largest |row| sum
         bias = np.repeat(rng.integers(-scale // 4 - 1, scale // 4 + 1, size=c_out), geometry.pixels)
         threshold = np.repeat(np.maximum(1, (rng.random(c_out) * scale * threshold_scale).astype(np.int64)),
                               geometry.pixels)
-        layers.append(DenseLayer(f"conv{i}", weight.astype(np.int64), bias.astype(np.int64), threshold, weight_bits,
+        layers.append(DenseLayer(f"conv{i}", None, bias.astype(np.int64), threshold, weight_bits,
                                  conv=ConvSpec(geometry, kernel_values.astype(np.int64)), pool=pool))
         shape, pool = geometry.out_shape, None
         if pools[i] is not None:

@@ -44,6 +44,22 @@ def test_a_network_too_large_for_the_up5k_is_refused_before_synthesis(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_membranes_beyond_the_ecp5_are_refused_before_synthesis_naming_them(tmp_path):
+    """Two 16-channel 3x3 convolutions on 64x64 maps: few weights, but 2 x 2 banks of 65,536 membranes
+    each, beyond the ECP5-85F's 208 DP16KD blocks: refused with the estimate per kind, membranes first."""
+    from conftest import make_conv_network
+
+    net = make_conv_network(np.random.default_rng(0), (1, 64, 64), [(16, (3, 3), (1, 1), (1, 1))] * 2, 2, 8)
+    plan = plan_for_board(net, BOARDS["ulx3s-85f"])
+    with pytest.raises(BuildError, match=r"ulx3s-85f \(LFE5U-85F\): it needs about \d+ DP16KD block RAMs "
+                                         r"\(membranes \d+, .*\), the device has 208 of 18432 bits"):
+        check_fit(plan, BOARDS["ulx3s-85f"])
+    path = save_network(net, tmp_path / "wide.net.npz")
+    proc = run_cli("build", str(path), "--board", "ulx3s-85f", "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "does not fit the ulx3s-85f", "membranes")
+    assert not (tmp_path / "out").exists()
+
+
 def test_mnist_sized_mlp_fits_the_up5k_with_its_first_layer_in_spram(digits_demo):
     """784-128-10: the first layer's 802,816 weight bits go to SPRAM, two 8-bit lanes per 16-bit row."""
     net = make_network(np.random.default_rng(0), [784, 128, 10], 8)

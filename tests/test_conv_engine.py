@@ -61,7 +61,7 @@ def test_the_plan_stores_only_the_kernel():
     assert conv0.blocks == 2 and conv0.rows == 2 * 8 * 8, "4 channels on 2 lanes, 8x8 pixels"
     assert conv1.blocks == 1 and conv1.rows == 4 * 4
     assert plan.input.pixels == (1, 8, 8)
-    dense_bits = net.layers[1].weight.size * conv1.weight_width
+    dense_bits = net.layers[1].in_size * net.layers[1].out_size * conv1.weight_width
     assert conv1.memory_bits["weights"] * 10 < dense_bits
 
 

@@ -115,7 +115,7 @@ def test_conv_accumulate_leaves_the_convolution_plus_bias():
     rows = _accumulate_and_read(ConvAccumulate(plan), plan, events)
     got = _rows_to_lanes(rows, plan.lanes, plan.membrane_width)        # row b*P + p, lane l: channel b*L + l
     layer = net.layers[0]
-    want = (layer.weight @ code.reshape(-1) + layer.bias).reshape(g.out_channels, g.pixels)
+    want = (layer.matrix @ code.reshape(-1) + layer.bias).reshape(g.out_channels, g.pixels)
     for b in range(plan.blocks):
         for lane in range(plan.lanes):
             assert got[b * g.pixels:(b + 1) * g.pixels, lane].tolist() == want[b * plan.lanes + lane].tolist()
