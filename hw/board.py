@@ -15,7 +15,7 @@ error codes and the CRC come from ``spikesmith.contract.protocol``.
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Signal, signed
+from amaranth import Cat, Const, Module, Signal, signed
 from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -366,17 +366,11 @@ class FrameTransmitter(wiring.Component):
         p = self.params
         m.submodules.crc = frame_crc = _frame_crc()
         out_type, out_seq, out_len = Signal(FrameKind, init=FrameKind.ERROR), Signal(16), Signal(16)
-        out_code = Signal(ErrorKind, init=ErrorKind.CRC)
-        result_payload = Signal(8 * p.result_bytes)
+        # The payload waits in a shift register, next byte in the low 8 bits: no byte multiplexer on the
+        # path from the payload to the UART and the CRC (it limited the iCE40's clock).
+        payload = Signal(8 * max(p.result_bytes, len(p.identity), 1))
+        identity = Const(int.from_bytes(p.identity, "little"), 8 * len(p.identity))
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
-        payload_byte = Signal(8)
-        with m.Switch(out_type):
-            with m.Case(FrameKind.IDENTITY):
-                m.d.comb += payload_byte.eq(Array(Const(b, 8) for b in p.identity)[index])
-            with m.Case(FrameKind.RESULT):
-                m.d.comb += payload_byte.eq(result_payload.word_select(index, 8))
-            with m.Default():
-                m.d.comb += payload_byte.eq(out_code)
         m.d.comb += frame_crc.data.eq(self.bytes.payload)
         wire = self._wire_result(m)
         with m.FSM(name="transmit"):
@@ -386,7 +380,7 @@ class FrameTransmitter(wiring.Component):
                 with m.If(self.errors.valid):
                     m.d.comb += self.errors.ready.eq(1)
                     m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq),
-                                 out_code.eq(self.errors.payload.code), out_len.eq(1)]
+                                 payload.eq(self.errors.payload.code), out_len.eq(1)]
                     m.next = "SYNC"
                 with m.Elif(self.acks.valid):
                     m.d.comb += self.acks.ready.eq(1)
@@ -395,20 +389,21 @@ class FrameTransmitter(wiring.Component):
                 with m.Elif(self.identify.valid):
                     m.d.comb += self.identify.ready.eq(1)
                     m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
-                                 out_len.eq(len(p.identity))]
+                                 out_len.eq(len(p.identity)), payload.eq(identity)]
                     m.next = "SYNC"
                 with m.Elif(self.results.valid & self.requests.valid):
                     m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
                     with m.If(self.requests.payload.generation == self.generation):
                         m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
-                                     out_len.eq(p.result_bytes), result_payload.eq(wire.as_value())]
+                                     out_len.eq(p.result_bytes), payload.eq(wire.as_value())]
                         m.next = "SYNC"
             self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
-                              payload_byte, out_len, index)
+                              payload, out_len, index)
         return m
 
-    def _send_states(self, m: Module, frame_crc, header: list, payload_byte, out_len, index) -> None:
-        """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes), then the CRC, low byte first."""
+    def _send_states(self, m: Module, frame_crc, header: list, payload, out_len, index) -> None:
+        """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes, shifted out of ``payload``
+        low byte first), then the CRC, low byte first."""
         sent = self.bytes.valid & self.bytes.ready
 
         def send(state: str, value, following: str, crc_it: bool = True):
@@ -421,7 +416,7 @@ class FrameTransmitter(wiring.Component):
                         m.next = "CRC0"
                 if state == "PAYLOAD":
                     with m.If(sent):
-                        m.d.sync += index.eq(index + 1)
+                        m.d.sync += [index.eq(index + 1), payload.eq(payload >> 8)]
                         with m.If(index == out_len - 1):
                             m.next = "CRC0"
 
@@ -429,7 +424,7 @@ class FrameTransmitter(wiring.Component):
         for state, value, following in zip(("TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1"), header,
                                            ("SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD")):
             send(state, value, following)
-        send("PAYLOAD", payload_byte, "PAYLOAD")
+        send("PAYLOAD", payload[:8], "PAYLOAD")
         send("CRC0", frame_crc.crc[:8], "CRC1", crc_it=False)
         send("CRC1", frame_crc.crc[8:], "IDLE", crc_it=False)
 

@@ -73,11 +73,20 @@ class ILIFFire(wiring.Component):
         self.membrane_width = membrane_width
 
     def elaborate(self, platform):
+        """One carry chain on the path: ``2V - theta``, whose sign is the spike and whose value is the
+        soft reset. The first step's clamp needs no chain of its own: ``V < 0`` is the sign bit (no
+        spike, 0), and ``V > theta`` (a comparator beside the subtraction, not after it) gives
+        2*theta - theta: a spike and ``theta``."""
         m = Module()
         v, theta = self.membrane, self.threshold
-        clamped = Mux(v < 0, 0, Mux(v > theta, theta, v))
-        doubled = Signal(signed(self.membrane_width + 1))   # 2 * theta fits: contract/bounds.py
-        m.d.comb += doubled.eq(Mux(self.first, clamped, v) << 1)
-        m.d.comb += [self.spike.eq(doubled >= theta),
-                     self.updated.eq(Mux(self.spike, doubled - theta, doubled))]
+        doubled = Signal(signed(self.membrane_width + 1))
+        difference = Signal(signed(self.membrane_width + 2))        # 2V - theta
+        m.d.comb += [doubled.eq(v << 1), difference.eq(doubled - theta)]
+        fires = ~difference[-1]                                       # 2V >= theta
+        with m.If(self.first & v[-1]):                                # clamped to 0: 2*0 < theta
+            m.d.comb += [self.spike.eq(0), self.updated.eq(0)]
+        with m.Elif(self.first & (v > theta)):                        # clamped to theta: 2*theta - theta
+            m.d.comb += [self.spike.eq(1), self.updated.eq(theta)]
+        with m.Else():
+            m.d.comb += [self.spike.eq(fires), self.updated.eq(Mux(fires, difference, doubled))]
         return m
