@@ -241,6 +241,55 @@ _UTILISATION = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
 
 
+_PATH_HEADER = re.compile(r"^Info: Critical path report for (?:clock '([^']+)'|cross-domain path '([^']+)' -> '([^']+)')")
+_PATH_STEP = re.compile(r"^Info:\s+(\S+)\s+([\d.]+)\s+([\d.]+) (Source|Net) (\S+)")
+_PATH_SINK = re.compile(r"^Info:\s+Sink (\S+)")
+_PATH_TOTAL = re.compile(r"^Info: ([\d.]+) ns logic, ([\d.]+) ns routing")
+
+
+def _cell_of(name: str) -> str:
+    """A readable hierarchical place from a nextpnr cell name: the module path up to the first
+    mapped-cell suffix (``board.core.layer1.banks.membranes0...`` -> ``board.core.layer1.banks.membranes0``)."""
+    return re.split(r"[_$][A-Z$]", name, maxsplit=1)[0].rstrip("._")
+
+
+def parse_critical_paths(text: str) -> list[dict]:
+    """The critical paths of nextpnr's final timing report, slowest first: ``from`` and ``to`` (where
+    the path starts and ends), the modules it goes ``through`` in order, ``delay_ns``, and its
+    ``logic_ns`` / ``routing_ns`` split."""
+    paths, current = [], None
+    for line in text.splitlines():
+        header = _PATH_HEADER.match(line)
+        if header:
+            clock = header.group(1) or f"{header.group(2)} -> {header.group(3)}"
+            current = {"clock": clock, "from": None, "to": None, "through": [], "delay_ns": 0.0}
+            continue
+        if current is None:
+            continue
+        step = _PATH_STEP.match(line)
+        if step:
+            current["delay_ns"] = float(step.group(3))
+            if step.group(4) == "Source":
+                place = _cell_of(step.group(5))
+                current["from"] = current["from"] or place
+                module = place.rsplit(".", 1)[0]
+                if module not in current["through"] and not module.startswith("$"):
+                    current["through"].append(module)
+            continue
+        sink = _PATH_SINK.match(line)
+        if sink:
+            current["to"] = _cell_of(sink.group(1))
+            continue
+        total = _PATH_TOTAL.match(line)
+        if total:
+            current.update(logic_ns=float(total.group(1)), routing_ns=float(total.group(2)))
+            current["delay_ns"] = round(current["logic_ns"] + current["routing_ns"], 2)
+            paths.append(current)
+            current = None
+    final: dict[str, dict] = {path["clock"]: path for path in paths}    # the last report of each clock
+    return sorted(final.values(), key=lambda path: -path["delay_ns"])
+
+
 def parse_nextpnr_log(text: str) -> dict:
     """Utilisation (the last report) and the final Fmax of the core's clock from nextpnr's log.
 
@@ -256,7 +305,7 @@ def parse_nextpnr_log(text: str) -> dict:
     sync = [entry for clock, entry in final.items() if "sync" in clock]
     clock, mhz, verdict, target = sync[-1] if sync else fmax[-1]
     return {"utilisation": utilisation, "fmax_mhz": float(mhz), "clock_mhz": float(target),
-            "timing_met": verdict == "PASS"}
+            "timing_met": verdict == "PASS", "critical_paths": parse_critical_paths(text)}
 
 
 def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: int = 115200,

@@ -536,6 +536,9 @@ def cmd_build(args) -> int:
             print(f"  {name:<14} {use['used']:7d} / {use['total']:<7d} {100 * use['used'] / use['total']:5.1f}%")
     print(f"  Fmax {report['fmax_mhz']:.2f} MHz ({'meets' if report['timing_met'] else 'FAILS'} "
           f"{report['clock_mhz']:g} MHz)")
+    for path in report["critical_paths"][:1]:
+        print(f"  critical path {path['delay_ns']:.1f} ns ({path['logic_ns']:.1f} logic, {path['routing_ns']:.1f} "
+              f"routing) from {path['from']} through {', '.join(path['through'][1:-1]) or '-'} to {path['to']}")
     print(f"  core: {report['initiation_interval']} cycles per image worst case = "
           f"{report['core_images_per_second_at_clock']:,.0f} images/s at {report['clock_hz'] / 1e6:g} MHz "
           f"({report['core_images_per_second_at_fmax']:,.0f} at Fmax); the UART at {args.baud} baud carries "

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from spikesmith.gen.build import BOARDS, BuildError, check_fit, ice40_usage, parse_nextpnr_log, plan_for_board
+from spikesmith.gen.build import (BOARDS, BuildError, check_fit, ice40_usage, parse_critical_paths, parse_nextpnr_log,
+                                  plan_for_board)
 from spikesmith.gen.netfile import load_network, save_network
 from spikesmith.hw.clocking import ClockError, ecp5_pll, ice40_pll
 
@@ -29,6 +30,38 @@ def test_nextpnr_log_parsing_takes_the_final_figures():
     assert (figures["fmax_mhz"], figures["clock_mhz"], figures["timing_met"]) == (20.54, 12.0, True)
     with pytest.raises(BuildError):
         parse_nextpnr_log("Info: nothing here\n")
+
+
+CRITICAL_PATHS_LOG = """Info: Critical path report for clock 'board.clk' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  1.39  1.39 Source board.core.layer1.banks.membranes0.0.1_RDATA_8_SB_DFFE_Q_D_SB_LUT4_O_LC.O
+Info:    routing  3.06  4.45 Net board.core.layer1.banks.membranes0.0.0_RDATA[0] (8,22) -> (7,19)
+Info:                          Sink board.core.layer1.firestage.fire0.difference_SB_LUT4_I3_LC.I1
+Info:      logic  1.23  5.68 Source board.core.layer1.firestage.fire0.difference_SB_LUT4_I3_LC.O
+Info:    routing  1.76  7.44 Net board.core.layer1.firestage.fire0.difference[1] (7,19) -> (8,19)
+Info:                          Sink board.core.layer1.banks.membranes1.0.0_WDATA_SB_LUT4_O_LC.I3
+Info:      setup  0.82  8.26 Source board.core.layer1.banks.membranes1.0.0_WDATA_SB_LUT4_O_LC.I3
+Info: 3.44 ns logic, 4.82 ns routing
+
+Info: Critical path report for cross-domain path '<async>' -> 'posedge board.clk':
+Info:       type curr  total name
+Info:     source  0.00  0.00 Source pin_uart_0__rx.buf.buf0.D_IN_0
+Info:    routing  2.41  2.41 Net pin_uart_0__rx$i (0,12) -> (1,12)
+Info:                          Sink board.uart_rx.rx$3_SB_LUT4_I3_LC.I3
+Info: 0.82 ns logic, 2.41 ns routing
+"""
+
+
+def test_critical_paths_are_read_from_nextpnrs_report():
+    """Slowest first, with where each starts and ends, the modules it crosses and its logic/routing split."""
+    paths = parse_critical_paths(CRITICAL_PATHS_LOG)
+    assert [p["clock"] for p in paths] == ["board.clk", "<async> -> posedge board.clk"]
+    core = paths[0]
+    assert core["from"] == "board.core.layer1.banks.membranes0.0.1" and core["to"] == "board.core.layer1.banks.membranes1.0.0"
+    assert core["through"] == ["board.core.layer1.banks.membranes0.0", "board.core.layer1.firestage.fire0",
+                               "board.core.layer1.banks.membranes1.0"]
+    assert (core["delay_ns"], core["logic_ns"], core["routing_ns"]) == (8.26, 3.44, 4.82)
+    assert parse_nextpnr_log(NEXTPNR_LOG + CRITICAL_PATHS_LOG)["critical_paths"] == paths
 
 
 def test_a_network_too_large_for_the_up5k_is_refused_before_synthesis(tmp_path):
@@ -141,6 +174,9 @@ def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
     assert report["clock_hz"] == 16_125_000 and report["clock_mhz"] == pytest.approx(16.125, abs=0.02)
     assert report["timing_met"] and report["fmax_mhz"] >= 16.125
     assert report["spram_layers"] == [0] and report["lanes"] == [2, 1, 1]
+    slowest = report["critical_paths"][0]
+    assert slowest["clock"] and slowest["from"].startswith("board.") and slowest["through"]
+    assert slowest["delay_ns"] == pytest.approx(1000 / report["fmax_mhz"], rel=0.05), "the path that sets Fmax"
 
 
 def test_the_digits_cnn_fits_the_up5k_with_its_kernels_but_not_as_dense_layers(digits_demo, tmp_path):
