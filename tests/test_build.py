@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from spikesmith.gen.build import (BOARDS, BuildError, check_fit, ice40_usage, parse_critical_paths, parse_nextpnr_log,
-                                  plan_for_board)
+from spikesmith.gen.build import (BOARDS, BuildError, check_fit, clock_for_baud, ice40_usage, parse_critical_paths,
+                                  parse_nextpnr_log, plan_for_board)
 from spikesmith.gen.netfile import load_network, save_network
 from spikesmith.hw.clocking import ClockError, ecp5_pll, ice40_pll
 
@@ -145,6 +145,34 @@ def test_ecp5_pll_settings_stay_in_the_device_limits(target_mhz):
     assert 3.125e6 <= 25e6 / config.clki_div <= 400e6 and 400e6 <= vco <= 800e6
     assert 1 <= config.clkfb_div <= 80 and 1 <= config.clkop_div <= 128
     assert abs(config.output_hz - target_mhz * 1e6) <= 0.01 * target_mhz * 1e6
+
+
+@pytest.mark.parametrize("board, baud", [("icebreaker", 115200), ("icebreaker", 3_000_000),
+                                         ("ulx3s-85f", 115200), ("ulx3s-85f", 5_000_000)])
+def test_an_oscillator_that_makes_the_baud_rate_needs_no_pll(board, baud):
+    """12 MHz is 4 bit periods of 3 Mbaud (the FT2232H's top rate); 25 MHz is 5 of 5 Mbaud."""
+    assert clock_for_baud(BOARDS[board], baud) is None
+
+
+@pytest.mark.parametrize("baud", [2_000_000, 3_000_000])
+def test_a_baud_rate_the_oscillator_misses_gets_the_slowest_pll_clock_that_makes_it(baud):
+    """25 MHz is 8.33 bit periods of 3 Mbaud (4 % off): the PLL clock chosen is a whole number of bit
+    periods within 2 %, one the PLL makes, no slower than the oscillator and within the board's limit."""
+    board = BOARDS["ulx3s-85f"]
+    clock = clock_for_baud(board, baud)
+    assert board.clock_hz <= clock <= board.uart_clock_hz
+    divisor = round(clock / baud)
+    assert divisor >= 4 and abs(clock / divisor - baud) / baud <= 0.02
+    assert abs(board.pll(clock).output_hz - clock) < 1, "a clock the PLL really makes"
+
+
+def test_a_baud_rate_no_clock_makes_is_refused_in_one_line(tmp_path, digits_demo):
+    with pytest.raises(BuildError, match="7,000,000 baud: neither the icebreaker's 12 MHz oscillator nor a PLL"):
+        clock_for_baud(BOARDS["icebreaker"], 7_000_000)
+    proc = run_cli("build", str(digits_demo["net_path"]), "--board", "icebreaker", "--baud", "7000000",
+                   "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "7,000,000 baud", "give --clock")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_clock_no_pll_can_make_is_refused_before_synthesis(tmp_path, digits_demo):
