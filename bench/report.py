@@ -182,7 +182,7 @@ def soak_section(f: dict) -> list[str]:
     lines = ["Every result of every image compared with the golden model (label and every logit).", "",
              "| part | networks | images | simulated cycles | mismatches | wall time (build + run) |",
              "|---|---|---|---|---|---|"]
-    for kind in ("dense", "conv"):
+    for kind in ("dense", "conv", "pooled"):
         part = [r for r in rows if r["kind"] == kind]
         lines.append(f"| random {kind} networks | {len(part)} | {sum(r['images'] for r in part):,} | "
                      f"{sum(r['cycles'] for r in part):,} | {sum(r['mismatches'] for r in part)} | "

@@ -1,9 +1,10 @@
 """Soak: random networks and the MNIST MLP through the compiled Verilator harness, every result checked.
 
-    python bench/soak.py                # 56 networks x 1,000 images, then MNIST 10,000 images: ~5 min
+    python bench/soak.py                # 56 + 24 pooled networks x 1,000 images, then MNIST 10,000 images: ~8 min
 
 Random networks (spikesmith.sim.random_networks, seeded): two in three dense, one in three
-convolutional; T 1-16, weight bits 2-8, random lanes per layer and input lanes, spike skipping
+convolutional, then networks with random max pools (make_pooled_network: any kernel, stride,
+padding, dilation, ceil_mode); T 1-16, weight bits 2-8, random lanes per layer and input lanes, spike skipping
 on or off, random input gaps and result backpressure. Each one's emitted Verilog is compiled
 with the C++ harness and streams 1,000 images (random codes, with silent and saturating ones);
 every label and logit is compared with the golden model. A test of the test: one golden
@@ -71,15 +72,29 @@ def random_case(index: int):
     return net, lanes, input_lanes, bool(rng.integers(0, 2)), valid, ready
 
 
-def soak_networks(count: int, cache: Path) -> tuple[list[dict], dict]:
+def pooled_case(index: int):
+    """Soak case ``index`` of the pooled networks: one or two convolutions with random max pools (any
+    geometry torch allows), same draws of T, lanes, skipping, gaps and backpressure as :func:`random_case`."""
+    from spikesmith.sim.random_networks import make_pooled_network
+
+    rng = np.random.default_rng(9000 + index)
+    net, lanes = make_pooled_network(rng, int(rng.integers(1, 17)), int(rng.integers(2, 9)))
+    lanes[-1] = int(rng.integers(1, min(16, net.layers[-1].out_size) + 1))
+    width = net.input.shape[-1]
+    input_lanes = int(rng.choice([d for d in range(1, min(16, width) + 1) if width % d == 0]))
+    valid, ready = (float(rng.choice([1.0, rng.uniform(0.3, 1.0)])) for _ in range(2))
+    return net, lanes, input_lanes, bool(rng.integers(0, 2)), valid, ready
+
+
+def soak_networks(count: int, pooled: int, cache: Path) -> tuple[list[dict], dict]:
     from spikesmith.gen.sizing import plan_core
     from spikesmith.sim import golden
     from spikesmith.sim.harness import build_harness, run_harness
     from spikesmith.sim.random_networks import random_codes
 
     rows, perturbed = [], {}
-    for index in range(count):
-        net, lanes, input_lanes, skip, valid, ready = random_case(index)
+    cases = [random_case(index) for index in range(count)] + [pooled_case(index) for index in range(pooled)]
+    for index, (net, lanes, input_lanes, skip, valid, ready) in enumerate(cases):
         plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=skip)
         codes = random_codes(net, IMAGES_PER_NETWORK, seed=index)
         expected = golden.run(net, codes)
@@ -90,7 +105,8 @@ def soak_networks(count: int, cache: Path) -> tuple[list[dict], dict]:
         run = run_harness(build, plan, codes, expected, seed=index, valid_probability=valid, ready_probability=ready)
         seconds = time.perf_counter() - t
         complete = run.images.tolist() == list(range(len(codes)))
-        rows.append({"index": index, "network": net.describe(), "kind": "conv" if net.layers[0].conv else "dense",
+        kind = "pooled" if any(layer.pool for layer in net.layers) else "conv" if net.layers[0].conv else "dense"
+        rows.append({"index": index, "network": net.describe(), "kind": kind,
                      "timesteps": net.timesteps, "weight_bits": max(layer.weight_bits for layer in net.layers),
                      "lanes": lanes, "input_lanes": input_lanes, "skip": skip, "valid": valid, "ready": ready,
                      "images": len(codes), "cycles": run.cycles, "mismatches": run.mismatches + (not complete),
@@ -140,11 +156,12 @@ def soak_mnist(cache: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", type=int, default=56, help="random networks (default 56)")
+    parser.add_argument("--pooled", type=int, default=24, help="random networks with max pools (default 24)")
     parser.add_argument("--skip-mnist", action="store_true", help="only the random networks")
     args = parser.parse_args()
     started = time.time()
     cache = Path(tempfile.mkdtemp(prefix="spikesmith-soak-"))
-    rows, perturbed = soak_networks(args.networks, cache / "random")
+    rows, perturbed = soak_networks(args.networks, args.pooled, cache / "random")
     figures = {"networks": rows, "perturbed": perturbed,
                "totals": {"networks": len(rows), "images": sum(r["images"] for r in rows),
                           "cycles": sum(r["cycles"] for r in rows), "mismatches": sum(r["mismatches"] for r in rows),
