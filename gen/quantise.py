@@ -37,9 +37,11 @@ WEIGHT_SCALES = ("channel", "layer")
 MIN_CHANNEL_SCALE_RATIO = 1 / 16
 
 
-def _weight_scales(weight: np.ndarray, bits: int, per_channel: bool) -> np.ndarray:
+def _weight_scales(weight: np.ndarray, bits: int, per_channel: bool, own: np.ndarray | None = None) -> np.ndarray:
+    """Per output row, the float value of one integer weight step. ``own``: the rows that set the layer's
+    scale (relay rows, whose integer weight is 1 whatever the scale, are left out)."""
     qmax = (1 << (bits - 1)) - 1
-    layer_max = float(np.abs(weight).max(initial=0.0))
+    layer_max = float(np.abs(weight if own is None else weight[own]).max(initial=0.0))
     layer_scale = layer_max / qmax if layer_max > 0 else 1.0
     if not per_channel:
         return np.full(weight.shape[0], layer_scale)
@@ -73,7 +75,8 @@ def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | No
         geometry, kernel = float_layer.geometry, float_layer.kernel
         channel_column = column.reshape(geometry.in_shape[0], -1)[:, 0]
         scaled = kernel * channel_column[None, :, None, None]
-        channel_scale = _weight_scales(scaled.reshape(len(kernel), -1), weight_bits, per_channel)
+        own = None if float_layer.relays is None else np.asarray(float_layer.relays) < 0
+        channel_scale = _weight_scales(scaled.reshape(len(kernel), -1), weight_bits, per_channel, own)
         kernel = np.clip(np.rint(scaled / channel_scale[:, None, None, None]), -qmax, qmax).astype(np.int64)
         if float_layer.relays is not None:       # a relay channel passes its source on: weight 1 at the centre
             relay_channels = np.asarray(float_layer.relays) >= 0
@@ -84,7 +87,7 @@ def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | No
     else:
         w = float_layer.matrix
         scaled = w * column[None, :]
-        scale = _weight_scales(scaled, weight_bits, per_channel)
+        scale = _weight_scales(scaled, weight_bits, per_channel, None if float_layer.relays is None else relays < 0)
         weight = np.clip(np.rint(scaled / scale[:, None]), -qmax, qmax).astype(np.int64)
         weight[relays >= 0] = np.rint(w[relays >= 0]).astype(np.int64)
     unit = reference * scale / steps  # ANN value of one membrane unit, per neuron

@@ -106,6 +106,11 @@ def _relay_block(graph: Graph, add: Add) -> Graph:
     return Graph(tuple(ops), graph.output)
 
 
+def _kept_relays(layer, outputs: int) -> tuple[int, ...]:
+    """The layer's own relay entries (an inner block's, rewritten first), or none: its channels stay what they were."""
+    return tuple(layer.relays) if layer.relays is not None else (-1,) * outputs
+
+
 class _DenseRelay:
     """Relays of a Linear block: identity rows (features)."""
 
@@ -122,7 +127,7 @@ class _DenseRelay:
         relays = np.zeros((width, weight.shape[1]))
         relays[np.arange(width), start + np.arange(width)] = 1.0
         return dataclasses.replace(layer, weight=np.vstack([weight, relays]), bias=np.concatenate([layer.bias, np.zeros(width)]),
-                                   relays=(-1,) * len(layer.weight) + tuple(start + r for r in range(width)))
+                                   relays=_kept_relays(layer, len(layer.weight)) + tuple(start + r for r in range(width)))
 
     def join(self, layer: Dense, shortcut: Dense | None, width: int, carried: int | None) -> Dense:
         """The block's last layer plus the shortcut, on ``[h ; x relayed]`` (or on ``x`` itself)."""
@@ -167,7 +172,7 @@ class _ConvRelay:
         relays[np.arange(width), start + np.arange(width), cy, cx] = 1.0
         return dataclasses.replace(layer, weight=np.concatenate([kernel, relays]),
                                    bias=np.concatenate([layer.bias, np.zeros(width)]),
-                                   relays=(-1,) * len(layer.weight) + tuple(start + r for r in range(width)))
+                                   relays=_kept_relays(layer, len(layer.weight)) + tuple(start + r for r in range(width)))
 
     def join(self, layer: Conv2d, shortcut: Conv2d | None, width: int, carried: int | None) -> Conv2d:
         cy, cx = self._centre(layer)

@@ -241,3 +241,50 @@ def test_random_residual_networks_convert_exactly(seed):
             assert np.array_equal(codes[index + 1][:, relays], codes[index][:, sources]), layer.name
     for n in range(2):
         assert run_reference(net, result.input_codes[n].tolist()).logits == result.logits[n].tolist()
+
+
+class NestedBlocks(nn.Module):
+    """A residual block inside another: the inner block's first layer is also a layer of the outer branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 2, 3, padding=1)
+        self.c1, self.c2, self.c3, self.c4 = (nn.Conv2d(2, 2, 3, padding=1) for _ in range(4))
+        self.head = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        h1 = torch.relu(self.c1(x))
+        inner = torch.relu(self.c3(torch.relu(self.c2(h1))) + h1)
+        return self.head(torch.relu(self.c4(inner) + x).flatten(1))
+
+
+def _relays_repeat_their_sources(net, x) -> None:
+    result = golden.run_images(net, x, trace=True)
+    codes = [result.input_codes] + [trace.codes for trace in result.trace]
+    for index, layer in enumerate(net.layers[:-1]):
+        relays = layer.threshold == 1 << net.timesteps
+        if relays.any():
+            sources = np.argmax(layer.matrix[relays] != 0, axis=1)
+            assert np.array_equal(codes[index + 1][:, relays], codes[index][:, sources]), layer.name
+
+
+def test_nested_blocks_keep_the_inner_relays():
+    """The outer block adds its relays to a layer that already carries the inner block's: both stay relays."""
+    torch.manual_seed(5)
+    model = NestedBlocks().eval()
+    x = images(30, 5)
+    net = convert_module(model, x, ConversionOptions(timesteps=6))
+    inner_first = next(layer for layer in net.layers if layer.name == "c2")
+    assert (inner_first.threshold.reshape(-1, 64)[:, 0] == 1 << 6).sum() == 4, "2 inner + 2 outer relay channels"
+    with torch.no_grad():
+        np.testing.assert_allclose(ann_logits(net, x), model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    _relays_repeat_their_sources(net, x[:8])
+
+
+def test_relay_rows_do_not_set_the_layers_weight_scale():
+    """With one weight scale per layer, the layer's own channels still use the full 8-bit range."""
+    net = convert_module(resnet(), images(30), ConversionOptions(timesteps=6, weight_scale="layer"))
+    for layer in net.layers[:-1]:
+        own = layer.threshold.reshape(layer.conv.geometry.out_channels, -1)[:, 0] != 1 << 6
+        assert np.abs(layer.conv.kernel[own]).max() == 127, layer.name
