@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from boards import build
-from common import log, save
+from common import command, log, save
 from nets import train
 
 
@@ -83,6 +83,7 @@ def network_figures(key: str, boards: list[str]) -> dict:
                           for layer in net.layers],
                "points": points}
     figures["hardware"] = hardware(net, trained, Path(tempfile.mkdtemp(prefix="spikesmith-bench-")), boards)
+    figures.update(command=command(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     return figures
 
 
@@ -94,7 +95,25 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     boards = [] if args.no_build else ["ulx3s-85f", "icebreaker"]
-    save("cnn_mnist", {"networks": {key: network_figures(key, boards) for key in args.nets}}, started)
+    networks = _earlier_networks()                       # a network not rerun keeps its last figures
+    networks.update({key: network_figures(key, boards) for key in args.nets})
+    save("cnn_mnist", {"networks": networks}, started)
+
+
+def _earlier_networks() -> dict:
+    import json
+
+    from common import RESULTS
+
+    try:
+        record = json.loads((RESULTS / "cnn_mnist.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    networks = record.get("figures", {}).get("networks", {})
+    for entry in networks.values():                     # which run made each network's figures
+        entry.setdefault("command", record.get("command"))
+        entry.setdefault("date", record.get("date"))
+    return networks
 
 
 if __name__ == "__main__":

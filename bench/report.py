@@ -224,7 +224,8 @@ def cnn_mnist_section(f: dict) -> list[str]:
         relays = sum(layer["relays"] for layer in entry["layers"])
         lines += [f"**{entry['network']}** (trained in {entry['train_seconds']:.0f} s; {len(entry['layers'])} "
                   f"spiking layers{', max pools read by ' + ', '.join(pooled) if pooled else ''}"
-                  f"{f', {relays:,} relay neurons carrying the shortcuts' if relays else ''})", "",
+                  f"{f', {relays:,} relay neurons carrying the shortcuts' if relays else ''})"
+                  + (f"; figures from `{entry['command']}` ({entry['date']})" if entry.get("command") else ""), "",
                   "| T | ANN | SNN float (conversion error only) | SNN golden | golden = ANN's class |",
                   "|---|---|---|---|---|"]
         for t, p in entry["points"].items():
