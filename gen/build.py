@@ -288,13 +288,12 @@ def parse_critical_paths(text: str) -> list[dict]:
         header = _PATH_HEADER.match(line)
         if header:
             clock = header.group(1) or f"{header.group(2)} -> {header.group(3)}"
-            current = {"clock": clock, "from": None, "to": None, "through": [], "delay_ns": 0.0}
+            current = {"clock": clock, "from": None, "to": None, "through": []}
             continue
         if current is None:
             continue
         step = _PATH_STEP.match(line)
         if step:
-            current["delay_ns"] = float(step.group(3))
             if step.group(4) == "Source":
                 place = _cell_of(step.group(5))
                 current["from"] = current["from"] or place

@@ -218,6 +218,18 @@ class RandomResidual(nn.Module):
         return self.head(x)
 
 
+def _relays_repeat_their_sources(net, x):
+    """Every relay neuron's output code is its source neuron's, image by image; returns the golden result."""
+    result = golden.run_images(net, x, trace=True)
+    codes = [result.input_codes] + [trace.codes for trace in result.trace]
+    for index, layer in enumerate(net.layers[:-1]):
+        relays = layer.threshold == 1 << net.timesteps
+        if relays.any():
+            sources = np.argmax(layer.matrix[relays] != 0, axis=1)
+            assert np.array_equal(codes[index + 1][:, relays], codes[index][:, sources]), layer.name
+    return result
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_residual_networks_convert_exactly(seed):
     """Random blocks: the float chain equals torch, every relay neuron repeats its source's code, and the
@@ -232,13 +244,7 @@ def test_random_residual_networks_convert_exactly(seed):
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(lower(import_module(model, (1, 8, 8))).forward(x)[-1], want, rtol=1e-5, atol=1e-5)
     net = convert_module(model, x, ConversionOptions(timesteps=int(rng.integers(2, 9))))
-    result = golden.run_images(net, x[:6], trace=True)
-    codes = [result.input_codes] + [trace.codes for trace in result.trace]
-    for index, layer in enumerate(net.layers[:-1]):
-        relays = layer.threshold == 1 << net.timesteps
-        if relays.any():
-            sources = np.argmax(layer.matrix[relays] != 0, axis=1)
-            assert np.array_equal(codes[index + 1][:, relays], codes[index][:, sources]), layer.name
+    result = _relays_repeat_their_sources(net, x[:6])
     for n in range(2):
         assert run_reference(net, result.input_codes[n].tolist()).logits == result.logits[n].tolist()
 
@@ -257,16 +263,6 @@ class NestedBlocks(nn.Module):
         h1 = torch.relu(self.c1(x))
         inner = torch.relu(self.c3(torch.relu(self.c2(h1))) + h1)
         return self.head(torch.relu(self.c4(inner) + x).flatten(1))
-
-
-def _relays_repeat_their_sources(net, x) -> None:
-    result = golden.run_images(net, x, trace=True)
-    codes = [result.input_codes] + [trace.codes for trace in result.trace]
-    for index, layer in enumerate(net.layers[:-1]):
-        relays = layer.threshold == 1 << net.timesteps
-        if relays.any():
-            sources = np.argmax(layer.matrix[relays] != 0, axis=1)
-            assert np.array_equal(codes[index + 1][:, relays], codes[index][:, sources]), layer.name
 
 
 def test_nested_blocks_keep_the_inner_relays():

@@ -312,8 +312,8 @@ class DenseLayer:
     - ``bias``: ``(out,)`` integers in membrane units, added once after the last accumulation step.
     - ``threshold``: ``(out,)`` integers >= 1 in membrane units, or ``None`` for the output layer.
     - ``conv``: for a convolution, its kernel and geometry (``weight`` is then ``None`` or the
-      kernel's dense matrix; :attr:`matrix` builds it when asked, :meth:`apply` never does, and the
-      hardware keeps only the kernel); ``None`` for a fully connected layer.
+      kernel's dense matrix; :attr:`matrix` builds it when asked, the golden model convolves
+      instead, and the hardware keeps only the kernel); ``None`` for a fully connected layer.
     - ``pool``: the layer reads the max-pooled codes of its input (``pool.in_size`` codes in,
       ``in_size == pool.out_size`` after the pool); ``None``: it reads its input as it is.
     """
@@ -335,12 +335,6 @@ class DenseLayer:
         if self.weight is not None:
             return self.weight
         return self.conv.geometry.dense(self.conv.kernel.astype(np.int64))
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """``x @ matrix.T`` for ``(N, in)`` values (int64 codes: exact), a convolution by convolving."""
-        if self.conv is not None:
-            return convolve(x, self.conv.geometry, self.conv.kernel)
-        return x @ self.weight.T
 
     @property
     def kind(self) -> str:

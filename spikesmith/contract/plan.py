@@ -156,11 +156,6 @@ class PoolPlan:
         return self.timesteps * self.step_cycles()
 
     @property
-    def memory_bits(self) -> int:
-        """The prefix memory (at least two rows), bits."""
-        return max(2, self.rows) * self.lanes * self.timesteps
-
-    @property
     def output_addr_width(self) -> int:
         """Bits of a pooled event's address (a dense reader's input)."""
         return unsigned_width(self.geometry.out_size - 1)
