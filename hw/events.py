@@ -15,7 +15,7 @@ from amaranth.lib import data
 from ..contract.network import unsigned_width
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
-           "index_signal", "BlockScanner", "ScanCoordinates"]
+           "index_signal", "lowest_set_lane", "BlockScanner", "ScanCoordinates"]
 
 
 def index_signal(count: int, **kwargs) -> Signal:
@@ -24,6 +24,15 @@ def index_signal(count: int, **kwargs) -> Signal:
     ``Signal(range(1))`` would be zero bits wide, which Verilog cannot declare (``[-1:0]``).
     """
     return Signal(range(max(2, count)), **kwargs)
+
+
+def lowest_set_lane(m: Module, mask, lanes: int) -> Signal:
+    """The index of the lowest set bit of ``mask`` (``lanes`` bits; 0 when none is set), in logic."""
+    lowest = index_signal(lanes)
+    for lane in reversed(range(lanes)):        # the last assignment wins: the lowest set lane
+        with m.If(mask[lane]):
+            m.d.comb += lowest.eq(lane)
+    return lowest
 
 
 def spike_event_layout(addr_width: int) -> data.StructLayout:
@@ -106,9 +115,7 @@ class BlockScanner:
         row_base = index_signal(blocks * lanes + 1)
 
         lowest = self.lowest
-        for lane in reversed(range(lanes)):        # the last assignment wins: the lowest set lane
-            with m.If(pending[lane]):
-                m.d.comb += lowest.eq(lane)
+        m.d.comb += lowest.eq(lowest_set_lane(m, pending, lanes))
         emitting = pending.any()
         m.d.comb += [
             events.valid.eq(emitting | (self.busy & loaded_all)),

@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..contract.network import unsigned_width
 from ..contract.plan import PoolPlan
-from .events import index_signal, pixel_event_layout, spike_event_layout, spike_row_layout
+from .events import index_signal, lowest_set_lane, pixel_event_layout, spike_event_layout, spike_row_layout
 from .rows import lanes_view, lookup
 
 __all__ = ["PoolStage", "pooled_event_layout"]
@@ -189,10 +189,7 @@ class PoolStage(wiring.Component):
         with m.If(execute):
             m.d.sync += [pending.eq(fired), where_row.eq(visits.row), where_channel.eq(visits.held_block_channel),
                          where_y.eq(visits.oy), where_x.eq(visits.ox)]
-        lowest = index_signal(L)
-        for lane in reversed(range(L)):         # the last assignment wins: the lowest pending lane
-            with m.If(pending[lane]):
-                m.d.comb += lowest.eq(lane)
+        lowest = lowest_set_lane(m, pending, L)
         emitting = pending.any()
         closing = rows.valid & rows.payload.end & ~held & ~emitting
         m.d.comb += [events.valid.eq(emitting | closing), events.payload.end.eq(~emitting),
