@@ -44,6 +44,17 @@ def build(net_path: Path, board: str, options: list[str], out: Path) -> dict:
     return report
 
 
+def build_or_refusal(net_path: Path, board: str, options: list[str], out: Path) -> dict:
+    """:func:`build`'s report, or ``{"board", "refused"}`` with the reason when ``spikesmith build`` refused
+    the network in one line (it does not fit: what it needs and what the board has)."""
+    try:
+        return build(net_path, board, options, out)
+    except SystemExit as failed:
+        if "spikesmith: error: " not in str(failed):
+            raise
+        return {"board": board, "refused": str(failed).split("spikesmith: error: ")[-1]}
+
+
 def save_network_of(key: str, folder: Path) -> tuple[Path, str]:
     from spikesmith.gen.convert import ConversionOptions, convert_float_network
     from spikesmith.gen.netfile import save_network

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from boards import build
+from boards import build_or_refusal
 from common import command, log, save
 from nets import train
 
@@ -50,10 +50,7 @@ def hardware(net, trained, work: Path, boards: list[str]) -> dict:
     net_path = save_network(net, work / "mnist-lenet.net.npz")
     for board in boards:
         log(f"building for {board}")
-        try:
-            figures["boards"].append(build(net_path, board, [], work / board))
-        except SystemExit as refused:             # `build` refused in one line: what it needs and what the board has
-            figures["boards"].append({"board": board, "refused": str(refused).split("spikesmith: error: ")[-1]})
+        figures["boards"].append(build_or_refusal(net_path, board, [], work / board))
         log(f"  {figures['boards'][-1].get('refused') or 'built'}")
     return figures
 
