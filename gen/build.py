@@ -118,6 +118,7 @@ def spram_blocks(width: int, depth: int) -> int:
 
 
 _ROMS = (" weights", " biases", " thresholds")   # initialised memories (run-time weights are in SPRAM)
+_LOGIC = (" row queue",)     # read combinationally (amaranth.lib.fifo.SyncFIFO): never block RAM
 
 
 def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
@@ -159,7 +160,7 @@ def clock_for_baud(board: BoardSpec, baud: int) -> float | None:
 
 def ice40_usage(plan: CorePlan) -> tuple[int, int]:
     """Estimated (block RAMs, SPRAMs) of the board top on an iCE40UP5K."""
-    shapes = memory_shapes(plan)
+    shapes = [shape for shape in memory_shapes(plan) if not shape[0].endswith(_LOGIC)]
     return (sum(ebr_blocks(w, d, rom=name.endswith(_ROMS)) for name, w, d, spram in shapes if not spram),
             sum(spram_blocks(w, d) for _, w, d, spram in shapes if spram))
 

@@ -5,8 +5,10 @@ doubles them (the first step's pass writes zeros: the bank is cleared for free),
 step's input events until its end marker; then a pass that adds the biases, and the hand-over
 of the bank to the fire stage (docs/core.md, "One layer engine").
 
-Two-deep pipeline: *issue* picks an operation and a row and starts the reads; *execute*
-writes the row back the next cycle, lane by lane (:class:`~.ilif.ILIFAccumulate`). A dense
+Three-deep pipeline: *issue* picks an operation and a row and starts the reads; *read*
+registers the memories' outputs; *execute* updates the row lane by lane
+(:class:`~.ilif.ILIFAccumulate`) and writes it back, two cycles after its issue. A row issued
+again before its write lands reads the new value by forwarding (:mod:`.membranes`). A dense
 stage (:class:`DenseAccumulate`) and a convolution stage (:class:`~.conv.ConvAccumulate`)
 differ only in how they walk the rows and what an event costs: their :class:`RowWalk`.
 """
@@ -46,7 +48,7 @@ def weight_load_port(plan: LayerPlan) -> dict:
 
 def accumulate_issue_layout(rows: int) -> data.StructLayout:
     """The row operation issued in a cycle (``valid``): ``op`` on membrane row ``row`` (of
-    ``rows``), with the event's ``spike`` bit; executed the next cycle."""
+    ``rows``), with the event's ``spike`` bit; executed two cycles later."""
     return data.StructLayout({"valid": 1, "op": AccumulateOp, "row": range(max(2, rows)), "spike": 1})
 
 
@@ -126,27 +128,31 @@ class AccumulateStage(wiring.Component):
             with m.State("BIAS"):
                 m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.BIAS)]
                 with m.If(walk.advance_pass(m)):
-                    m.next = "HANDOVER"
+                    m.next = "READ"
+            with m.State("READ"):       # the last bias row's read
+                m.next = "HANDOVER"
             with m.State("HANDOVER"):   # the last bias row is written this cycle
                 m.d.comb += self.membranes.done.eq(1)
                 m.next = "CLAIM"
 
     def _execute(self, m: Module, issue, weights, biases) -> None:
-        """The read data of the row issued last cycle, updated lane by lane and written back."""
+        """The row issued two cycles ago, updated lane by lane and written back; the weight and bias
+        rows read with it are registered on the way, like the membranes (:data:`~.membranes.READ_LATENCY`)."""
         plan, port = self.plan, self.membranes
         L, mw = plan.lanes, plan.membrane_width
-        executed = Signal(accumulate_issue_layout(plan.rows))
-        m.d.sync += executed.eq(issue)
+        reading, executed = Signal(accumulate_issue_layout(plan.rows)), Signal(accumulate_issue_layout(plan.rows))
+        weight_row, bias_row = Signal.like(weights.data), Signal.like(biases.data)
+        m.d.sync += [reading.eq(issue), executed.eq(reading), weight_row.eq(weights.data), bias_row.eq(biases.data)]
         membrane = lanes_view(mw, L, port.read_data)
-        weight = lanes_view(plan.weight_width, L, weights.data)
-        bias = lanes_view(plan.bias_width, L, biases.data)
+        weight = lanes_view(plan.weight_width, L, weight_row)
+        bias = lanes_view(plan.bias_width, L, bias_row)
         updated = lanes_view(mw, L, port.write_data)
         for lane in range(L):
             unit = ILIFAccumulate(mw, plan.weight_width, plan.bias_width)
             m.submodules[f"accumulate{lane}"] = unit
             m.d.comb += [unit.op.eq(executed.op), unit.spike.eq(executed.spike), unit.membrane.eq(membrane[lane]),
                          unit.weight.eq(weight[lane]), unit.bias.eq(bias[lane]), updated[lane].eq(unit.updated)]
-        m.d.comb += [port.read_en.eq(1), port.write_addr.eq(executed.row), port.write_en.eq(executed.valid)]
+        m.d.comb += [port.write_addr.eq(executed.row), port.write_en.eq(executed.valid)]
 
 
 class _DenseWalk:

@@ -15,10 +15,10 @@ from amaranth.lib.wiring import In, Out
 from ..contract.plan import InputPlan, LayerPlan
 from .accumulate import AccumulateStage, DenseAccumulate, input_event_layout, weight_load_port
 from .conv import ConvAccumulate
-from .events import (BlockScanner, ScanCoordinates, image_beat_layout, index_signal, pixel_event_layout,
-                     result_layout, spike_event_layout)
+from .events import (BlockScanner, RowReader, ScanCoordinates, image_beat_layout, index_signal, pixel_event_layout,
+                     result_layout, scanned_row_layout, spike_event_layout)
 from .fire import FireStage, fire_output_layout
-from .membranes import MembraneBanks
+from .membranes import READ_LATENCY, MembraneBanks
 from .readout import Readout
 
 __all__ = ["InputEncoder", "LayerEngine", "OutputEngine"]
@@ -62,25 +62,29 @@ class InputEncoder(wiring.Component):
             with m.Else():
                 m.d.sync += word.eq(word + 1)
 
-        # Scan: the full bank `scan_bank`, T times, MSB first.
+        # Scan: the full bank `scan_bank`, T times, MSB first, its words read into a queue of spike masks.
         scan = BlockScanner(blocks=words, lanes=plan.lanes, neurons=plan.size, timesteps=T,
                             skip_silent=self.skip_silent)
+        reader = RowReader(rows=words, timesteps=T, latency=READ_LATENCY, entry=scanned_row_layout(plan.lanes))
+        reader.build(m)
         scan_bank = Signal()
-        m.d.comb += scan.start.eq(~scan.busy & full.bit_select(scan_bank, 1))
-        m.d.comb += [read.en.eq(scan.read_en), read.addr.eq(Mux(scan_bank, words + scan.next_row, scan.next_row))]
-        codes = data.ArrayLayout(T, plan.lanes)(read.data)
+        m.d.comb += [reader.ready.eq(full.bit_select(scan_bank, 1)),
+                     read.addr.eq(Mux(scan_bank, words + reader.row, reader.row))]
+        word_row = Signal.like(read.data)             # registered, as the membranes are
+        m.d.sync += word_row.eq(read.data)
+        codes = data.ArrayLayout(T, plan.lanes)(word_row)
         bit = index_signal(T)                     # step t carries bit T-1-t: MSB first
-        m.d.comb += bit.eq(T - 1 - scan.step)
-        m.d.comb += scan.spikes.eq(Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes)))
-        scan.build(m, self.events)
+        m.d.comb += bit.eq(T - 1 - reader.arrived.step)
+        m.d.comb += reader.entry.spikes.eq(Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes)))
+        scan.build(m, reader.rows_out, self.events)
         if plan.pixels:
             # A word is `lanes` neighbouring pixels of one image row (lanes divide the width).
             channels, height, width = plan.pixels
             where = ScanCoordinates(groups=channels, height=height, width=width, x_step=plan.lanes)
-            where.build(m, scan)
+            where.build(m, scan.load, scan.row == words - 1)
             m.d.comb += [self.events.payload.channel.eq(where.loaded_group_base), self.events.payload.y.eq(where.loaded_y),
                          self.events.payload.x.eq(where.loaded_x + scan.lowest)]
-        with m.If(scan.finished):
+        with m.If(reader.done):
             m.d.sync += [full.bit_select(scan_bank, 1).eq(0), scan_bank.eq(~scan_bank)]
         return m
 

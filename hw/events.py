@@ -10,12 +10,13 @@ silent neuron costs the consumer nothing.
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal
-from amaranth.lib import data
+from amaranth.lib import data, fifo, stream
 
 from ..contract.network import unsigned_width
+from ..contract.plan import ROW_QUEUE_DEPTH
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
-           "index_signal", "lowest_set_lane", "BlockScanner", "ScanCoordinates"]
+           "index_signal", "lowest_set_lane", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
 
 
 def index_signal(count: int, **kwargs) -> Signal:
@@ -77,40 +78,93 @@ def weight_load_layout(addr_width: int, data_width: int, layer_width: int = 0) -
     return data.StructLayout(fields)
 
 
-class BlockScanner:
-    """Walks ``blocks`` rows of a bank ``timesteps`` times, emitting each row's spikes as events.
+def scanned_row_layout(lanes: int, **extra) -> data.StructLayout:
+    """One row into a :class:`BlockScanner`: its ``lanes`` spike bits at this step and whatever
+    else (``extra``: field name -> shape) the caller wants back while the row's events go out."""
+    return data.StructLayout({"spikes": lanes, **extra})
 
-    Not a component of its own: the engine that owns the bank calls :meth:`build` inside its
-    ``elaborate`` and wires the returned signals to its memory ports. Per step it *loads* one
-    row per cycle while the previous row's events drain (a row with ``k`` events takes
-    ``max(1, k)`` cycles), then sends the end-of-step marker.
 
-    The caller reads row ``next_row`` when ``read_en`` is high (the read is one cycle ahead:
-    a prefetch), and during a cycle with ``load`` high computes that row's ``spikes`` (a
-    ``lanes``-bit mask, comb) from the read data, at ``step``. ``start`` (comb, only while
-    ``~busy``) begins an image; ``finished`` (comb) marks the cycle its last marker is sent.
+def read_tag_layout(rows: int, timesteps: int) -> data.StructLayout:
+    """A row read on its way through a :class:`RowReader`: ``valid``, its ``row`` and ``step``,
+    and ``last`` (the image's last read)."""
+    return data.StructLayout({"valid": 1, "row": range(max(2, rows)), "step": range(max(2, timesteps)), "last": 1})
+
+
+class RowReader:
+    """Reads a bank's ``rows`` rows ``timesteps`` times per image, one per cycle, into a queue of rows.
+
+    The engine calls :meth:`build` in its ``elaborate``: ``ready`` (in) says a bank is there;
+    in a cycle with ``issue`` the engine reads row ``row`` (at step ``step``); ``latency``
+    cycles later that read *arrives* (``arrived``, a :func:`read_tag_layout`, valid for that
+    cycle): the engine computes the row's queue entry into ``entry`` (and may write the row
+    back), and ``done`` (comb) marks the image's last arrival, which frees the bank. Reads are
+    issued only while the queue (``depth`` entries) has room for them, so a slow consumer
+    stalls the reads, never the arrivals; :attr:`rows` is the queue's output, for a
+    :class:`BlockScanner`. A new bank is claimed the cycle after ``done``.
     """
 
-    def __init__(self, *, blocks: int, lanes: int, neurons: int, timesteps: int, skip_silent: bool):
+    def __init__(self, *, rows: int, timesteps: int, latency: int, entry: data.StructLayout,
+                 depth: int = ROW_QUEUE_DEPTH):
+        self.rows, self.timesteps, self.latency, self.depth = rows, timesteps, latency, depth
+        self.ready, self.issue, self.done = Signal(), Signal(), Signal()
+        self.row, self.step = index_signal(rows), index_signal(timesteps)
+        self.arrived = Signal(read_tag_layout(rows, timesteps))
+        self.entry = Signal(entry)
+        self.rows_out = stream.Signature(entry).create()
+
+    def build(self, m: Module) -> None:
+        m.submodules.row_queue = queue = fifo.SyncFIFO(width=len(self.entry.as_value()), depth=self.depth)
+        reading, finishing = Signal(), Signal()       # an image's reads are being issued / still arriving
+        tags = [Signal(read_tag_layout(self.rows, self.timesteps), name=f"read_tag{k}") for k in range(self.latency)]
+        in_flight = sum(tag.valid for tag in tags)
+        last_row, last_step = self.row == self.rows - 1, self.step == self.timesteps - 1
+        m.d.comb += [self.issue.eq(reading & (queue.level + in_flight < self.depth)),
+                     self.arrived.eq(tags[-1]), self.done.eq(tags[-1].valid & tags[-1].last),
+                     queue.w_data.eq(self.entry), queue.w_en.eq(tags[-1].valid),
+                     self.rows_out.valid.eq(queue.r_rdy), self.rows_out.payload.eq(queue.r_data),
+                     queue.r_en.eq(self.rows_out.ready)]
+        m.d.sync += [tags[0].valid.eq(self.issue), tags[0].row.eq(self.row), tags[0].step.eq(self.step),
+                     tags[0].last.eq(last_row & last_step)]
+        m.d.sync += [later.eq(earlier) for earlier, later in zip(tags, tags[1:])]
+        with m.If(self.ready & ~reading & ~finishing):
+            m.d.sync += [reading.eq(1), self.row.eq(0), self.step.eq(0)]
+        with m.If(self.issue):
+            m.d.sync += self.row.eq(Mux(last_row, 0, self.row + 1))
+            with m.If(last_row):
+                m.d.sync += self.step.eq(self.step + 1)
+                with m.If(last_step):
+                    m.d.sync += [reading.eq(0), finishing.eq(1)]
+        with m.If(self.done):
+            m.d.sync += finishing.eq(0)
+
+
+class BlockScanner:
+    """Turns a stream of rows, ``blocks`` per step and ``timesteps`` steps per image, into events.
+
+    Not a component of its own: the engine calls :meth:`build` inside its ``elaborate`` and
+    gives it the stream of rows (:func:`scanned_row_layout`, ``row_layout``) from its
+    :class:`RowReader`. The scanner *loads* a row (``load``, one cycle: ``rows.ready``) when the previous row's events
+    are out or going out this cycle, so a row with ``k`` events takes ``max(1, k)`` cycles;
+    after a step's last row it sends the end-of-step marker. ``loaded`` holds the row whose
+    events are on offer; ``finished`` (comb) marks the cycle an image's last marker is sent.
+    """
+
+    def __init__(self, *, blocks: int, lanes: int, neurons: int, timesteps: int, skip_silent: bool,
+                 row_layout: data.StructLayout | None = None):
         self.blocks, self.lanes, self.neurons = blocks, lanes, neurons
         self.timesteps, self.skip_silent = timesteps, skip_silent
-        self.start = Signal()
-        self.spikes = Signal(lanes)
-        self.busy = Signal()
+        self.loaded = Signal(row_layout or scanned_row_layout(lanes))
         self.step = index_signal(timesteps)
         self.row = index_signal(blocks)          # the row the next load takes
         self.load = Signal()
-        self.read_en = Signal()
-        self.next_row = index_signal(blocks)
         self.finished = Signal()
         self.lowest = index_signal(lanes)        # the lane of the event on offer
 
-    def build(self, m: Module, events) -> None:
-        """Add the scanner's logic to ``m``, driving the stream interface ``events``."""
+    def build(self, m: Module, rows, events) -> None:
+        """Add the scanner's logic to ``m``: ``rows`` in, the stream interface ``events`` out."""
         lanes, blocks = self.lanes, self.blocks
         loaded_all = Signal()                      # every row of this step is loaded
         pending = Signal(lanes)                    # lanes of the loaded row still to send
-        fired = Signal(lanes)                      # spike bits of the loaded row
         base = index_signal(blocks * lanes)       # address of lane 0 of the loaded row
         row_base = index_signal(blocks * lanes + 1)
 
@@ -118,53 +172,46 @@ class BlockScanner:
         m.d.comb += lowest.eq(lowest_set_lane(m, pending, lanes))
         emitting = pending.any()
         m.d.comb += [
-            events.valid.eq(emitting | (self.busy & loaded_all)),
-            events.payload.spike.eq(fired.bit_select(lowest, 1)),
+            events.valid.eq(emitting | loaded_all),
+            events.payload.spike.eq(self.loaded.spikes.bit_select(lowest, 1)),
             events.payload.end.eq(~emitting),
         ]
         if "addr" in events.payload.shape().members:   # pixel events get their coordinates from ScanCoordinates
             m.d.comb += events.payload.addr.eq(base + lowest)
         sent = events.valid & events.ready
         remaining = Mux(sent & emitting, pending & (pending - 1), pending)   # x & (x-1) clears the lowest bit
-        m.d.comb += self.load.eq(self.busy & ~loaded_all & (remaining == 0))
+        m.d.comb += [self.load.eq(rows.valid & ~loaded_all & (remaining == 0)), rows.ready.eq(self.load)]
         m.d.sync += pending.eq(remaining)
 
         # Lanes of the last row beyond the layer's neurons carry nothing.
         tail = self.neurons - (blocks - 1) * lanes
         valid_lanes = Mux(self.row == blocks - 1, (1 << tail) - 1, (1 << lanes) - 1)
-        emit = valid_lanes if not self.skip_silent else self.spikes & valid_lanes
+        spikes = rows.payload.spikes
+        emit = valid_lanes if not self.skip_silent else spikes & valid_lanes
         last_row = self.row == blocks - 1
         with m.If(self.load):
-            m.d.sync += [pending.eq(emit), fired.eq(self.spikes), base.eq(row_base),
+            m.d.sync += [pending.eq(emit), self.loaded.eq(rows.payload), base.eq(row_base),
                          row_base.eq(row_base + lanes), self.row.eq(Mux(last_row, 0, self.row + 1))]
             with m.If(last_row):
                 m.d.sync += loaded_all.eq(1)
-
-        m.d.comb += [
-            self.read_en.eq(self.start | self.load),
-            self.next_row.eq(Mux(self.start | last_row, 0, self.row + 1)),
-        ]
         with m.If(sent & ~emitting):               # the end-of-step marker went out
             m.d.sync += [loaded_all.eq(0), row_base.eq(0)]
             with m.If(self.step == self.timesteps - 1):
-                m.d.sync += self.busy.eq(0)
+                m.d.sync += self.step.eq(0)
                 m.d.comb += self.finished.eq(1)
             with m.Else():
                 m.d.sync += self.step.eq(self.step + 1)
-        with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), self.step.eq(0), self.row.eq(0), loaded_all.eq(0), row_base.eq(0)]
 
 
 class ScanCoordinates:
-    """Feature-map coordinates of the rows a :class:`BlockScanner` walks, kept by counters (no division).
+    """Feature-map coordinates of a walk over rows, kept by counters (no division).
 
     Rows are in ``(group, y, x)`` order: ``x`` advances by ``x_step`` per row up to ``width``,
     then ``y`` up to ``height``, then ``group`` (and ``group_base`` by ``group_stride``). For a
     convolution engine a row is one pixel of one block of channels (``x_step = 1``, group =
     block, ``group_base`` = its first channel); for the input encoder a row is a word of
-    ``x_step`` pixels of one channel. ``group``/``y``/``x`` follow ``scanner.row``;
-    ``next_group`` is the group of ``scanner.next_row`` (the prefetch); ``loaded_*`` hold the
-    coordinates of the row whose events are on offer.
+    ``x_step`` pixels of one channel. :meth:`build` steps them past a row: ``group``/``y``/``x``
+    are the coordinates of the row the walk takes next, ``loaded_*`` those of the row it took last.
     """
 
     def __init__(self, *, groups: int, height: int, width: int, x_step: int = 1, group_stride: int = 1):
@@ -172,23 +219,20 @@ class ScanCoordinates:
         self.group_stride = group_stride
         self.group, self.y, self.x = index_signal(groups), index_signal(height), index_signal(width)
         self.group_base = index_signal(groups * group_stride)
-        self.next_group = index_signal(groups)
         self.loaded_group_base = index_signal(groups * group_stride)
         self.loaded_y, self.loaded_x = index_signal(height), index_signal(width)
 
-    def build(self, m: Module, scanner: BlockScanner) -> None:
+    def build(self, m: Module, advance, last_row) -> None:
+        """Step past the current row in cycles with ``advance``; back to the first after ``last_row``."""
         end_of_line = self.x == self.width - self.x_step
         end_of_map = end_of_line & (self.y == self.height - 1)
-        last_row = scanner.row == scanner.blocks - 1
-        m.d.comb += self.next_group.eq(Mux(scanner.start | last_row, 0, Mux(end_of_map, self.group + 1, self.group)))
-        with m.If(scanner.start | (scanner.load & last_row)):
+        with m.If(advance & last_row):
             m.d.sync += [self.group.eq(0), self.group_base.eq(0), self.y.eq(0), self.x.eq(0)]
-        with m.Elif(scanner.load):
+        with m.Elif(advance):
             m.d.sync += self.x.eq(Mux(end_of_line, 0, self.x + self.x_step))
             with m.If(end_of_line):
                 m.d.sync += self.y.eq(Mux(end_of_map, 0, self.y + 1))
             with m.If(end_of_map):
                 m.d.sync += [self.group.eq(self.group + 1), self.group_base.eq(self.group_base + self.group_stride)]
-        with m.If(scanner.load):
-            m.d.sync += [self.loaded_group_base.eq(self.group_base), self.loaded_y.eq(self.y),
-                         self.loaded_x.eq(self.x)]
+        with m.If(advance):
+            m.d.sync += [self.loaded_group_base.eq(self.group_base), self.loaded_y.eq(self.y), self.loaded_x.eq(self.x)]

@@ -2,8 +2,9 @@
 
 Before the first step each membrane is clamped to ``[0, theta]``; every step doubles it and,
 if ``V >= theta``, spikes and subtracts ``theta`` (:class:`~.ilif.ILIFFire`, one per lane;
-docs/semantics.md, "One layer"). The block scanner reads one row per cycle and sends the
-step's events, then an end marker (docs/core.md, "Spike events").
+docs/semantics.md, "One layer"). A row reader fires one row per cycle (read, registered,
+fired and written back) into a short queue, running ahead of the block scanner, which sends
+each row's events and, per step, an end marker (docs/core.md, "Spike events").
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import Out
 
 from ..contract.plan import LayerPlan
-from .events import BlockScanner, ScanCoordinates, pixel_event_layout, spike_event_layout, spike_row_layout
+from .events import (BlockScanner, RowReader, ScanCoordinates, pixel_event_layout, scanned_row_layout,
+                     spike_event_layout, spike_row_layout)
 from .ilif import ILIFFire
-from .membranes import MembranePort
+from .membranes import READ_LATENCY, MembranePort, forwarded_read
 from .rows import lanes_view, rom
 
 __all__ = ["FireStage", "fire_output_layout"]
@@ -54,70 +56,80 @@ class FireStage(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        plan, port, L, mw = self.plan, self.membranes, self.plan.lanes, self.plan.membrane_width
-        thresholds = rom(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
-        if plan.emits_rows:   # one event per row: a one-lane scanner that never skips
-            scan = BlockScanner(blocks=plan.rows, lanes=1, neurons=plan.rows, timesteps=plan.timesteps,
-                                skip_silent=False)
+        plan, port, L, mw, T = self.plan, self.membranes, self.plan.lanes, self.plan.membrane_width, self.plan.timesteps
+        if plan.emits_rows:   # one event per row: a one-lane scanner that never skips; the queue keeps the row
+            entry = scanned_row_layout(1, lane_spikes=L, history=L * T)
+            scan = BlockScanner(blocks=plan.rows, lanes=1, neurons=plan.rows, timesteps=T, skip_silent=False,
+                                row_layout=entry)
             events = stream.Signature(spike_event_layout(1)).create()
         else:
+            entry = scanned_row_layout(L)
             scan = BlockScanner(blocks=plan.rows, lanes=L, neurons=plan.rows * L if plan.conv else plan.neurons,
-                                timesteps=plan.timesteps, skip_silent=self.skip_silent)
+                                timesteps=T, skip_silent=self.skip_silent)
             events = self.spikes
-        m.d.comb += [
-            scan.start.eq(~scan.busy & port.ready),
-            port.read_en.eq(scan.read_en), port.read_addr.eq(scan.next_row),
-            thresholds.en.eq(scan.read_en), thresholds.addr.eq(scan.next_row),
-            port.write_addr.eq(scan.row), port.write_en.eq(scan.load),
-        ]
-        if plan.conv is not None:
-            # Rows are (block, y, x): the thresholds are the block's; events may carry the pixel.
+        reader = RowReader(rows=plan.rows, timesteps=T, latency=READ_LATENCY, entry=entry)
+        reader.build(m)
+        m.d.comb += [reader.ready.eq(port.ready), port.done.eq(reader.done), port.read_addr.eq(reader.row),
+                     port.write_addr.eq(reader.arrived.row), port.write_en.eq(reader.arrived.valid)]
+        spikes = self._fire(m, reader)
+        if plan.emits_rows:
+            self._row_beats(m, reader, scan, events, spikes)
+        else:
+            m.d.comb += reader.entry.spikes.eq(spikes)
+        scan.build(m, reader.rows_out, events)
+        if plan.emits_pixels:
             _, height, width = plan.conv.out_shape
             where = ScanCoordinates(groups=plan.blocks, height=height, width=width, group_stride=L)
-            where.build(m, scan)
-            m.d.comb += thresholds.addr.eq(where.next_group)
-            if plan.emits_pixels:
-                m.d.comb += [self.spikes.payload.channel.eq(where.loaded_group_base + scan.lowest),
-                             self.spikes.payload.y.eq(where.loaded_y),
-                             self.spikes.payload.x.eq(where.loaded_x)]
+            where.build(m, scan.load, scan.row == plan.rows - 1)
+            m.d.comb += [self.spikes.payload.channel.eq(where.loaded_group_base + scan.lowest),
+                         self.spikes.payload.y.eq(where.loaded_y), self.spikes.payload.x.eq(where.loaded_x)]
+        return m
+
+    def _fire(self, m: Module, reader: RowReader) -> Signal:
+        """The firing step of each arriving row, lane by lane, written back; returns its spike mask.
+
+        The thresholds are read with the membranes (the row's block) and registered like them."""
+        plan, port, L, mw = self.plan, self.membranes, self.plan.lanes, self.plan.membrane_width
+        thresholds = rom(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
+        if plan.conv is not None:       # rows are (block, y, x): a block's rows share its thresholds
+            _, height, width = plan.conv.out_shape
+            blocks = ScanCoordinates(groups=plan.blocks, height=height, width=width)
+            blocks.build(m, reader.issue, reader.row == plan.rows - 1)
+            m.d.comb += thresholds.addr.eq(blocks.group)
+        else:
+            m.d.comb += thresholds.addr.eq(reader.row)
+        threshold_row = Signal.like(thresholds.data)
+        m.d.sync += threshold_row.eq(thresholds.data)
         membrane = lanes_view(mw, L, port.read_data)
-        threshold = lanes_view(plan.threshold_width, L, thresholds.data, sign=False)
+        threshold = lanes_view(plan.threshold_width, L, threshold_row, sign=False)
         updated = lanes_view(mw, L, port.write_data)
         spikes = Signal(L)
         for lane in range(L):
             unit = ILIFFire(mw, plan.threshold_width)
             m.submodules[f"fire{lane}"] = unit
-            m.d.comb += [unit.first.eq(scan.step == 0), unit.membrane.eq(membrane[lane]),
+            m.d.comb += [unit.first.eq(reader.arrived.step == 0), unit.membrane.eq(membrane[lane]),
                          unit.threshold.eq(threshold[lane]), spikes[lane].eq(unit.spike), updated[lane].eq(unit.updated)]
-        if plan.emits_rows:
-            self._row_beats(m, scan, events, spikes)
-        else:
-            m.d.comb += scan.spikes.eq(spikes)
-        scan.build(m, events)
-        m.d.comb += port.done.eq(scan.finished)
-        return m
+        return spikes
 
-    def _row_beats(self, m: Module, scan: BlockScanner, events, spikes: Signal) -> None:
-        """Row beats from the one-lane scanner's events: the loaded row's spikes and history.
+    def _row_beats(self, m: Module, reader: RowReader, scan: BlockScanner, events, spikes: Signal) -> None:
+        """Row beats: each arriving row's spikes and history into the queue, one event per row out.
 
-        The history memory is read with the membranes (the scanner's prefetch) and written in
-        the load cycle: bits of earlier steps kept, bit ``step`` = the spike, later bits zero
-        (they are the previous image's)."""
+        The history memory is read with the membranes and written when the row arrives: bits of
+        earlier steps kept, bit ``step`` = the spike, later bits zero (they are the previous image's)."""
         plan, L, T = self.plan, self.plan.lanes, self.plan.timesteps
         store = memory.Memory(shape=unsigned(L * T), depth=max(2, plan.rows), init=[])
         m.submodules.spike_history = store
-        write = store.write_port()
-        read = store.read_port(transparent_for=(write,))
+        write, read = store.write_port(), store.read_port(transparent_for=())
+        step = reader.arrived.step
         earlier = Signal(T)                   # bits of the steps before this one
-        m.d.comb += [earlier.eq((1 << scan.step) - 1), read.en.eq(scan.read_en), read.addr.eq(scan.next_row),
-                     write.addr.eq(scan.row), write.en.eq(scan.load)]
-        history = lanes_view(T, L, read.data, sign=False)
+        m.d.comb += [earlier.eq((1 << step) - 1), read.addr.eq(reader.row),
+                     write.addr.eq(reader.arrived.row), write.en.eq(reader.arrived.valid)]
+        history = lanes_view(T, L, forwarded_read(m, read.data, read.addr, write.addr, write.data, write.en,
+                                                  "history"), sign=False)
         kept = [history[lane] & earlier for lane in range(L)]
-        m.d.comb += [scan.spikes.eq(1),
-                     write.data.eq(Cat((kept[lane] | (spikes[lane] << scan.step))[:T] for lane in range(L)))]
-        row_spikes, row_history = Signal(L), Signal(L * T)
-        with m.If(scan.load):
-            m.d.sync += [row_spikes.eq(spikes), row_history.eq(Cat(kept))]
+        m.d.comb += [write.data.eq(Cat((kept[lane] | (spikes[lane] << step))[:T] for lane in range(L))),
+                     reader.entry.spikes.eq(1), reader.entry.lane_spikes.eq(spikes), reader.entry.history.eq(Cat(kept))]
         m.d.comb += [self.spikes.valid.eq(events.valid), events.ready.eq(self.spikes.ready),
-                     self.spikes.payload.end.eq(events.payload.end), self.spikes.payload.spikes.eq(row_spikes),
-                     self.spikes.payload.history.eq(row_history)]
+                     self.spikes.payload.end.eq(events.payload.end),
+                     self.spikes.payload.spikes.eq(scan.loaded.lane_spikes),
+                     self.spikes.payload.history.eq(scan.loaded.history)]

@@ -4,6 +4,10 @@ Every engine owns two banks (ping-pong) and a ``full`` flag per bank: the accumu
 fills an empty bank, the fire (or readout) stage drains a full one, so stage 1 works on
 image n+1 while stage 2 works on image n. A bank's ports belong to the draining stage while
 it is full and to the filling stage while it is empty (docs/core.md, "One layer engine").
+
+Reads take two cycles (:data:`READ_LATENCY`): the block RAM's output is registered, so no
+carry chain follows a RAM output in the same cycle. A stage that writes a row back and may
+read it again before the write lands gets the new value by forwarding (:func:`forwarded_read`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MembranePort", "MembraneBanks"]
+__all__ = ["READ_LATENCY", "MembranePort", "MembraneBanks", "forwarded_read"]
+
+#: Cycles from a row's address to its data at a :class:`MembranePort`.
+READ_LATENCY = 2
 
 
 class MembranePort(wiring.Signature):
@@ -20,8 +27,9 @@ class MembranePort(wiring.Signature):
 
     ``ready``: the bank is there to work on (fill: an empty bank; drain: a full one).
     ``done``: one cycle, the stage is finished with it (fill: hand it to the fire stage;
-    drain: free it for the next image). Rows are ``width`` bits (``lanes`` membranes);
-    reads are synchronous (data the cycle after ``read_addr``/``read_en``).
+    drain: free it for the next image); it issues no read in that cycle. Rows are ``width``
+    bits (``lanes`` membranes). ``read_data`` in cycle ``c + 2`` is row ``read_addr`` of cycle
+    ``c`` with every write of the cycles up to ``c + 1`` in it (:data:`READ_LATENCY`).
     """
 
     def __init__(self, rows: int, width: int):
@@ -30,12 +38,37 @@ class MembranePort(wiring.Signature):
             "ready": In(1),
             "done": Out(1),
             "read_addr": Out(address),
-            "read_en": Out(1),
             "read_data": In(width),
             "write_addr": Out(address),
             "write_data": Out(width),
             "write_en": Out(1),
         })
+
+
+def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, name: str) -> Signal:
+    """The data of a two-cycle read that a stage's own writes keep exact.
+
+    ``raw``: a synchronous, non-transparent read of the row ``read_addr`` gave in the cycle
+    before (it misses the writes of that cycle and of this one). Returns a signal that, two
+    cycles after ``read_addr``, is ``raw`` registered, or the newer of those two writes to the
+    same row. The selects and the data are registers: a 3-way multiplexer, no comparator, on the path.
+    """
+    width = len(raw)
+    registered = Signal(width, name=f"{name}_registered")
+    addressed = Signal.like(read_addr, name=f"{name}_addressed")       # the row whose data is in `raw`
+    last = Signal(width, name=f"{name}_last")                          # written one cycle ago
+    older = Signal(width, name=f"{name}_older")                        # written two cycles ago
+    last_en, last_addr = Signal(name=f"{name}_last_en"), Signal.like(write_addr, name=f"{name}_last_addr")
+    take_last, take_older = Signal(name=f"{name}_take_last"), Signal(name=f"{name}_take_older")
+    m.d.sync += [
+        addressed.eq(read_addr), registered.eq(raw),
+        last.eq(write_data), last_en.eq(write_en), last_addr.eq(write_addr), older.eq(last),
+        take_last.eq(write_en & (write_addr == addressed)),
+        take_older.eq(last_en & (last_addr == addressed)),
+    ]
+    out = Signal(width, name=f"{name}_data")
+    m.d.comb += out.eq(Mux(take_last, last, Mux(take_older, older, registered)))
+    return out
 
 
 class MembraneBanks(wiring.Component):
@@ -60,21 +93,22 @@ class MembraneBanks(wiring.Component):
             bank = memory.Memory(shape=unsigned(self.width), depth=max(2, self.rows), init=[])
             m.submodules[f"membranes{k}"] = bank
             write = bank.write_port()
-            # Transparent: a row written this cycle is read back new (one-row layers update it every cycle).
-            read = bank.read_port(transparent_for=(write,))
+            read = bank.read_port(transparent_for=())       # forwarded_read keeps it exact
             drained = full[k]
             m.d.comb += [
                 read.addr.eq(Mux(drained, drain.read_addr, fill.read_addr)),
-                read.en.eq(Mux(drained, drain.read_en, fill.read_en)),
                 write.addr.eq(Mux(drained, drain.write_addr, fill.write_addr)),
                 write.data.eq(Mux(drained, drain.write_data, fill.write_data)),
                 write.en.eq(Mux(drained, drain.write_en & (drain_bank == k), fill.write_en & (fill_bank == k))),
             ]
             reads.append(read.data)
-        m.d.comb += [fill.read_data.eq(Mux(fill_bank, reads[1], reads[0])),
-                     drain.read_data.eq(Mux(drain_bank, reads[1], reads[0])),
-                     fill.ready.eq(~full.bit_select(fill_bank, 1)),
-                     drain.ready.eq(full.bit_select(drain_bank, 1))]
+        for port, bank, name in ((fill, fill_bank, "fill"), (drain, drain_bank, "drain")):
+            read_bank = Signal(name=f"{name}_read_bank")      # the bank the read in the RAM's output came from
+            m.d.sync += read_bank.eq(bank)
+            raw = Mux(read_bank, reads[1], reads[0])
+            m.d.comb += port.read_data.eq(forwarded_read(m, raw, port.read_addr, port.write_addr, port.write_data,
+                                                         port.write_en, name))
+        m.d.comb += [fill.ready.eq(~full.bit_select(fill_bank, 1)), drain.ready.eq(full.bit_select(drain_bank, 1))]
         with m.If(fill.done):         # the filled bank becomes full; fill the other one next
             m.d.sync += [full.bit_select(fill_bank, 1).eq(1), fill_bank.eq(~fill_bank)]
         with m.If(drain.done):        # the drained bank becomes empty; drain the other one next

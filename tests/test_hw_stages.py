@@ -15,7 +15,7 @@ from spikesmith.hw.board import (ErrorKind, FrameKind, FrameReceiver, FrameTrans
                                  WeightLoader)
 from spikesmith.hw.conv import ConvAccumulate
 from spikesmith.hw.fire import FireStage
-from spikesmith.hw.membranes import MembraneBanks
+from spikesmith.hw.membranes import READ_LATENCY, MembraneBanks
 from spikesmith.hw.readout import Readout
 from spikesmith.sim.hdl import StreamSink, StreamSource
 
@@ -65,11 +65,7 @@ def _accumulate_and_read(stage, plan, events: list[int]) -> list[int]:
 
     async def read(ctx):
         await ctx.tick().until(drain.ready)
-        for row in range(plan.rows):
-            ctx.set(drain.read_addr, row)
-            ctx.set(drain.read_en, 1)
-            await ctx.tick()
-            rows.append(ctx.get(drain.read_data))
+        rows.extend(await _read_rows(ctx, drain, plan.rows))
         ctx.set(drain.done, 1)
         await ctx.tick()
         ctx.set(drain.done, 0)
@@ -78,6 +74,18 @@ def _accumulate_and_read(stage, plan, events: list[int]) -> list[int]:
     sim.add_testbench(send)
     sim.add_testbench(read)
     sim.run()
+    return rows
+
+
+async def _read_rows(ctx, port, count: int) -> list[int]:
+    """Rows ``0 .. count-1`` through a membrane port, one address per cycle (data two cycles later)."""
+    rows = []
+    for cycle in range(count + READ_LATENCY):
+        if cycle < count:
+            ctx.set(port.read_addr, cycle)
+        await ctx.tick()
+        if cycle >= READ_LATENCY - 1 and len(rows) < count:
+            rows.append(ctx.get(port.read_data))
     return rows
 
 
@@ -207,6 +215,33 @@ def test_readout_sends_the_logits_and_the_first_largest():
     assert sink.extra == []
 
 
+def test_membrane_reads_see_the_stages_writes_before_they_land():
+    """Forwarding: a read two cycles in flight returns the newest of the port's writes to its row
+    (older write, last write, then the RAM itself)."""
+    banks = MembraneBanks(rows=3, width=8)
+    writes = {0: (1, 5), 1: (2, 7), 2: (1, 9)}          # cycle: (row, value)
+    reads = [1, 1, 2, 1, 0]                               # one address per cycle
+    seen = []
+
+    async def bench(ctx):
+        fill = banks.fill
+        for cycle in range(len(reads) + READ_LATENCY):
+            row, value = writes.get(cycle, (0, 0))
+            ctx.set(fill.write_en, cycle in writes)
+            ctx.set(fill.write_addr, row)
+            ctx.set(fill.write_data, value)
+            ctx.set(fill.read_addr, reads[cycle] if cycle < len(reads) else 0)
+            if cycle >= READ_LATENCY:
+                seen.append(ctx.get(fill.read_data))
+            await ctx.tick()
+
+    sim = Simulator(banks)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [5, 9, 7, 9, 0]
+
+
 def test_membrane_banks_alternate_between_fill_and_drain():
     banks = MembraneBanks(rows=3, width=8)
     seen = []
@@ -219,13 +254,7 @@ def test_membrane_banks_alternate_between_fill_and_drain():
                 await ctx.tick()
             assert ctx.get(drain.ready), "a handed-over bank is full"
             assert ctx.get(fill.ready), "the other bank is free for the next image"
-            rows = []
-            for row in range(3):
-                ctx.set(drain.read_addr, row)
-                ctx.set(drain.read_en, 1)
-                await ctx.tick()
-                rows.append(ctx.get(drain.read_data))
-            seen.append(rows)
+            seen.append(await _read_rows(ctx, drain, 3))
             ctx.set(drain.done, 1)
             await ctx.tick()
             ctx.set(drain.done, 0)

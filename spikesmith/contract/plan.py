@@ -24,7 +24,11 @@ from math import gcd
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import unpack_result
 
-__all__ = ["ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
+__all__ = ["ROW_QUEUE_DEPTH", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
+
+
+#: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner.
+ROW_QUEUE_DEPTH = 4
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -63,8 +67,8 @@ class InputPlan:
 
     @property
     def memory_bits(self) -> int:
-        """Two image banks (ping-pong), bits."""
-        return 2 * self.words * self.lanes * self.timesteps
+        """Two image banks (ping-pong) and the queue of spike masks, bits."""
+        return 2 * self.words * self.lanes * self.timesteps + ROW_QUEUE_DEPTH * self.lanes
 
     @property
     def load_cycles(self) -> int:
@@ -255,6 +259,10 @@ class LayerPlan:
         shapes += [("membranes", L * self.membrane_width, rows)] * 2
         if self.fires:
             shapes.append(("thresholds", L * self.threshold_width, blocks))
+        if self.fires:
+            # The row queue: spike masks, or whole row beats (one-bit mask, spikes, history).
+            entry = 1 + L + L * self.timesteps if self.emits_rows else L
+            shapes.append(("row queue", entry, ROW_QUEUE_DEPTH))
         if self.emits_rows:
             shapes.append(("spike history", L * self.timesteps, rows))
         if self.pool is not None:
@@ -274,8 +282,8 @@ class LayerPlan:
 
         Per image: 1 cycle to claim a free bank, T doubling passes over the ``rows`` (the
         first clears the bank), :meth:`event_cycles` per input spike event (dense: B), 1 cycle
-        per end-of-step marker, ``rows`` cycles of bias, 1 cycle to hand the bank to the fire
-        stage. ``events=None``: every input spikes at every step (the worst case, and always
+        per end-of-step marker, ``rows`` cycles of bias, 2 cycles for the last bias row to be
+        read and written (the stage's read latency) while the bank is handed to the fire stage. ``events=None``: every input spikes at every step (the worst case, and always
         the case with skipping off); a number of events of a convolution costs the dearest input's.
         """
         R, T = self.rows, self.timesteps
@@ -283,7 +291,7 @@ class LayerPlan:
             event_cost = T * sum(self.event_cycles())
         else:
             event_cost = events * max(self.event_cycles())
-        return 1 + T * R + event_cost + T + R + 1
+        return 1 + T * R + event_cost + T + R + 2
 
     @property
     def weight_row_count(self) -> int:
@@ -297,8 +305,8 @@ class LayerPlan:
         return self.lanes * self.weight_width
 
     def readout_cycles(self) -> int:
-        """Cycles of the output layer's readout (claim, B block reads, one drain cycle)."""
-        return self.blocks + 2
+        """Cycles of the output layer's readout (claim, B block reads, two of read latency, one drain cycle)."""
+        return self.blocks + 3
 
 
 @dataclass(frozen=True, eq=False)
