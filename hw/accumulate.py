@@ -1,9 +1,9 @@
 """Stage 1 of a layer engine: ``T`` steps of ``V <- 2V + sum W*s``, then ``V <- V + B``.
 
-Per image: claim an empty bank; per step ``t = 0..T-1`` a pass over the membrane rows that
-doubles them (the first step's pass writes zeros: the bank is cleared for free), then the
-step's input events until its end marker; then a pass that adds the biases, and the hand-over
-of the bank to the fire stage (docs/core.md, "One layer engine").
+Per image: claim an empty bank and clear it (a pass over the membrane rows); per step
+``t = 0..T-1`` the step's input events until its end marker, each adding its weights shifted
+left by ``T-1-t`` (the doublings of the steps after it: no doubling pass); then a pass that
+adds the biases, and the hand-over of the bank to the fire stage (docs/core.md, "One layer engine").
 
 Three-deep pipeline: *issue* picks an operation and a row and starts the reads; *read*
 registers the memories' outputs; *execute* updates the row lane by lane
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from amaranth import Module, Mux, Signal, Value
+from amaranth import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract.network import unsigned_width
 from ..contract.plan import LayerPlan
 from .events import index_signal, pixel_event_layout, spike_event_layout, weight_load_layout
-from .ilif import AccumulateOp, ILIFAccumulate
+from .ilif import AccumulateOp, ILIFAccumulate, accumulate_addend
 from .membranes import MembranePort
 from .rows import lanes_view, rom, weight_store
 
@@ -46,10 +46,12 @@ def weight_load_port(plan: LayerPlan) -> dict:
     return {"weights_load": In(weight_load_layout(unsigned_width(plan.weight_row_count - 1), plan.weight_row_width))}
 
 
-def accumulate_issue_layout(rows: int) -> data.StructLayout:
+def accumulate_issue_layout(rows: int, timesteps: int) -> data.StructLayout:
     """The row operation issued in a cycle (``valid``): ``op`` on membrane row ``row`` (of
-    ``rows``), with the event's ``spike`` bit; executed two cycles later."""
-    return data.StructLayout({"valid": 1, "op": AccumulateOp, "row": range(max(2, rows)), "spike": 1})
+    ``rows``), with the event's ``spike`` bit and its weight's ``shift`` (``T-1-t`` at step
+    ``t``); executed two cycles later."""
+    return data.StructLayout({"valid": 1, "op": AccumulateOp, "row": range(max(2, rows)), "spike": 1,
+                              "shift": range(max(2, timesteps))})
 
 
 class RowWalk(Protocol):
@@ -92,7 +94,7 @@ class AccumulateStage(wiring.Component):
         plan = self.plan
         weights = weight_store(m, plan, getattr(self, "weights_load", None))
         biases = rom(m, "biases", plan.lanes * plan.bias_width, plan.bias_rows)
-        issue, in_pass = Signal(accumulate_issue_layout(plan.rows)), Signal()
+        issue, in_pass = Signal(accumulate_issue_layout(plan.rows, plan.timesteps)), Signal()
         self._steps(m, self.walk(m, issue, in_pass, weights, biases), issue, in_pass)
         self._execute(m, issue, weights, biases)
         return m
@@ -106,23 +108,19 @@ class AccumulateStage(wiring.Component):
                 with m.If(self.membranes.ready):
                     walk.start_pass(m)
                     m.d.sync += step.eq(0)
-                    m.next = "DOUBLE"
-            with m.State("DOUBLE"):
-                m.d.comb += [in_pass.eq(1), issue.valid.eq(1)]
-                with m.If(step == 0):
-                    m.d.comb += issue.op.eq(AccumulateOp.CLEAR)
-                with m.Else():
-                    m.d.comb += issue.op.eq(AccumulateOp.DOUBLE)
+                    m.next = "CLEAR"
+            with m.State("CLEAR"):
+                m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.CLEAR)]
                 with m.If(walk.advance_pass(m)):
                     m.next = "EVENTS"
             with m.State("EVENTS"):
+                m.d.comb += issue.shift.eq(T - 1 - step)
                 with m.If(events.valid & events.payload.end):
                     m.d.comb += events.ready.eq(1)
                     with m.If(step == T - 1):
                         m.next = "BIAS"
                     with m.Else():
                         m.d.sync += step.eq(step + 1)
-                        m.next = "DOUBLE"
                 with m.Elif(events.valid):
                     walk.on_event(m)
             with m.State("BIAS"):
@@ -136,22 +134,25 @@ class AccumulateStage(wiring.Component):
                 m.next = "CLAIM"
 
     def _execute(self, m: Module, issue, weights, biases) -> None:
-        """The row issued two cycles ago, updated lane by lane and written back; the weight and bias
-        rows read with it are registered on the way, like the membranes (:data:`~.membranes.READ_LATENCY`)."""
+        """The row issued two cycles ago, updated lane by lane and written back; what each lane adds
+        (weight, bias or 0) is chosen from the rows read with it and registered on the way, like the
+        membranes (:data:`~.membranes.READ_LATENCY`)."""
         plan, port = self.plan, self.membranes
         L, mw = plan.lanes, plan.membrane_width
-        reading, executed = Signal(accumulate_issue_layout(plan.rows)), Signal(accumulate_issue_layout(plan.rows))
-        weight_row, bias_row = Signal.like(weights.data), Signal.like(biases.data)
-        m.d.sync += [reading.eq(issue), executed.eq(reading), weight_row.eq(weights.data), bias_row.eq(biases.data)]
+        reading, executed = Signal(accumulate_issue_layout(plan.rows, plan.timesteps)), Signal(accumulate_issue_layout(plan.rows, plan.timesteps))
+        m.d.sync += [reading.eq(issue), executed.eq(reading)]
+        addend_width = max(plan.weight_width + plan.timesteps - 1, plan.bias_width)
         membrane = lanes_view(mw, L, port.read_data)
-        weight = lanes_view(plan.weight_width, L, weight_row)
-        bias = lanes_view(plan.bias_width, L, bias_row)
+        weight = lanes_view(plan.weight_width, L, weights.data)
+        bias = lanes_view(plan.bias_width, L, biases.data)
         updated = lanes_view(mw, L, port.write_data)
         for lane in range(L):
-            unit = ILIFAccumulate(mw, plan.weight_width, plan.bias_width)
+            addend = Signal(signed(addend_width), name=f"addend{lane}")    # chosen while the membrane is read
+            m.d.sync += addend.eq(accumulate_addend(reading.op, reading.spike, weight[lane], bias[lane], reading.shift))
+            unit = ILIFAccumulate(mw, addend_width)
             m.submodules[f"accumulate{lane}"] = unit
-            m.d.comb += [unit.op.eq(executed.op), unit.spike.eq(executed.spike), unit.membrane.eq(membrane[lane]),
-                         unit.weight.eq(weight[lane]), unit.bias.eq(bias[lane]), updated[lane].eq(unit.updated)]
+            m.d.comb += [unit.op.eq(executed.op), unit.membrane.eq(membrane[lane]), unit.addend.eq(addend),
+                         updated[lane].eq(unit.updated)]
         m.d.comb += [port.write_addr.eq(executed.row), port.write_en.eq(executed.valid)]
 
 

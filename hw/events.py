@@ -9,7 +9,7 @@ silent neuron costs the consumer nothing.
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream
 
 from ..contract.network import unsigned_width
@@ -100,12 +100,15 @@ class RowReader:
     back), and ``done`` (comb) marks the image's last arrival, which frees the bank. Reads are
     issued only while the queue (``depth`` entries) has room for them, so a slow consumer
     stalls the reads, never the arrivals; :attr:`rows` is the queue's output, for a
-    :class:`BlockScanner`. A new bank is claimed the cycle after ``done``.
+    :class:`BlockScanner`. A new bank is claimed the cycle after ``done``. With ``rewrites`` the
+    engine writes each row back when it arrives, so a row is read again no sooner than that
+    (a pass shorter than the latency waits; a write-first read sees the write).
     """
 
     def __init__(self, *, rows: int, timesteps: int, latency: int, entry: data.StructLayout,
-                 depth: int = ROW_QUEUE_DEPTH):
+                 depth: int = ROW_QUEUE_DEPTH, rewrites: bool = False):
         self.rows, self.timesteps, self.latency, self.depth = rows, timesteps, latency, depth
+        self.rewrites = rewrites
         self.ready, self.issue, self.done = Signal(), Signal(), Signal()
         self.row, self.step = index_signal(rows), index_signal(timesteps)
         self.arrived = Signal(read_tag_layout(rows, timesteps))
@@ -118,7 +121,9 @@ class RowReader:
         tags = [Signal(read_tag_layout(self.rows, self.timesteps), name=f"read_tag{k}") for k in range(self.latency)]
         in_flight = sum(tag.valid for tag in tags)
         last_row, last_step = self.row == self.rows - 1, self.step == self.timesteps - 1
-        m.d.comb += [self.issue.eq(reading & (queue.level + in_flight < self.depth)),
+        # A row still on its way back (only a pass shorter than the latency can read it again that soon).
+        unwritten = [tag.valid & (tag.row == self.row) for tag in tags[:-1]] if self.rewrites and self.rows < self.latency else []
+        m.d.comb += [self.issue.eq(reading & (queue.level + in_flight < self.depth) & ~Cat(unwritten).any()),
                      self.arrived.eq(tags[-1]), self.done.eq(tags[-1].valid & tags[-1].last),
                      queue.w_data.eq(self.entry), queue.w_en.eq(tags[-1].valid),
                      self.rows_out.valid.eq(queue.r_rdy), self.rows_out.payload.eq(queue.r_data),
@@ -143,10 +148,11 @@ class BlockScanner:
 
     Not a component of its own: the engine calls :meth:`build` inside its ``elaborate`` and
     gives it the stream of rows (:func:`scanned_row_layout`, ``row_layout``) from its
-    :class:`RowReader`. The scanner *loads* a row (``load``, one cycle: ``rows.ready``) when the previous row's events
-    are out or going out this cycle, so a row with ``k`` events takes ``max(1, k)`` cycles;
-    after a step's last row it sends the end-of-step marker. ``loaded`` holds the row whose
-    events are on offer; ``finished`` (comb) marks the cycle an image's last marker is sent.
+    :class:`RowReader`. The scanner *loads* a row (``load``, one cycle: ``rows.ready``) when
+    the previous row's events are out or going out this cycle, so a row with ``k`` events
+    takes ``max(1, k)`` cycles; after a step's last row it sends the end-of-step marker and, in
+    the same cycle, loads the next step's first row. ``loaded`` holds the row whose events are
+    on offer; ``finished`` (comb) marks the cycle an image's last marker is sent.
     """
 
     def __init__(self, *, blocks: int, lanes: int, neurons: int, timesteps: int, skip_silent: bool,
@@ -179,8 +185,11 @@ class BlockScanner:
         if "addr" in events.payload.shape().members:   # pixel events get their coordinates from ScanCoordinates
             m.d.comb += events.payload.addr.eq(base + lowest)
         sent = events.valid & events.ready
+        marker_sent = sent & ~emitting
         remaining = Mux(sent & emitting, pending & (pending - 1), pending)   # x & (x-1) clears the lowest bit
-        m.d.comb += [self.load.eq(rows.valid & ~loaded_all & (remaining == 0)), rows.ready.eq(self.load)]
+        # A row loads when the last one's events are out, or with the step's marker (the next step's first row).
+        m.d.comb += [self.load.eq(rows.valid & (~loaded_all | marker_sent) & (remaining == 0)),
+                     rows.ready.eq(self.load)]
         m.d.sync += pending.eq(remaining)
 
         # Lanes of the last row beyond the layer's neurons carry nothing.
@@ -189,13 +198,14 @@ class BlockScanner:
         spikes = rows.payload.spikes
         emit = valid_lanes if not self.skip_silent else spikes & valid_lanes
         last_row = self.row == blocks - 1
+        first_base = Mux(marker_sent, 0, row_base)
         with m.If(self.load):
-            m.d.sync += [pending.eq(emit), self.loaded.eq(rows.payload), base.eq(row_base),
-                         row_base.eq(row_base + lanes), self.row.eq(Mux(last_row, 0, self.row + 1))]
-            with m.If(last_row):
-                m.d.sync += loaded_all.eq(1)
-        with m.If(sent & ~emitting):               # the end-of-step marker went out
+            m.d.sync += [pending.eq(emit), self.loaded.eq(rows.payload), base.eq(first_base),
+                         row_base.eq(first_base + lanes), self.row.eq(Mux(last_row, 0, self.row + 1)),
+                         loaded_all.eq(last_row)]
+        with m.Elif(marker_sent):
             m.d.sync += [loaded_all.eq(0), row_base.eq(0)]
+        with m.If(marker_sent):
             with m.If(self.step == self.timesteps - 1):
                 m.d.sync += self.step.eq(0)
                 m.d.comb += self.finished.eq(1)

@@ -17,7 +17,7 @@ from ..contract.plan import LayerPlan
 from .events import (BlockScanner, RowReader, ScanCoordinates, pixel_event_layout, scanned_row_layout,
                      spike_event_layout, spike_row_layout)
 from .ilif import ILIFFire
-from .membranes import READ_LATENCY, MembranePort, forwarded_read
+from .membranes import READ_LATENCY, MembranePort
 from .rows import lanes_view, rom
 
 __all__ = ["FireStage", "fire_output_layout"]
@@ -67,7 +67,7 @@ class FireStage(wiring.Component):
             scan = BlockScanner(blocks=plan.rows, lanes=L, neurons=plan.rows * L if plan.conv else plan.neurons,
                                 timesteps=T, skip_silent=self.skip_silent)
             events = self.spikes
-        reader = RowReader(rows=plan.rows, timesteps=T, latency=READ_LATENCY, entry=entry)
+        reader = RowReader(rows=plan.rows, timesteps=T, latency=READ_LATENCY, entry=entry, rewrites=True)
         reader.build(m)
         m.d.comb += [reader.ready.eq(port.ready), port.done.eq(reader.done), port.read_addr.eq(reader.row),
                      port.write_addr.eq(reader.arrived.row), port.write_en.eq(reader.arrived.valid)]
@@ -119,13 +119,15 @@ class FireStage(wiring.Component):
         plan, L, T = self.plan, self.plan.lanes, self.plan.timesteps
         store = memory.Memory(shape=unsigned(L * T), depth=max(2, plan.rows), init=[])
         m.submodules.spike_history = store
-        write, read = store.write_port(), store.read_port(transparent_for=())
+        write = store.write_port()
+        read = store.read_port(transparent_for=(write,))      # write-first, like the membranes
         step = reader.arrived.step
         earlier = Signal(T)                   # bits of the steps before this one
         m.d.comb += [earlier.eq((1 << step) - 1), read.addr.eq(reader.row),
                      write.addr.eq(reader.arrived.row), write.en.eq(reader.arrived.valid)]
-        history = lanes_view(T, L, forwarded_read(m, read.data, read.addr, write.addr, write.data, write.en,
-                                                  "history"), sign=False)
+        registered = Signal.like(read.data)
+        m.d.sync += registered.eq(read.data)
+        history = lanes_view(T, L, registered, sign=False)
         kept = [history[lane] & earlier for lane in range(L)]
         m.d.comb += [write.data.eq(Cat((kept[lane] | (spikes[lane] << step))[:T] for lane in range(L))),
                      reader.entry.spikes.eq(1), reader.entry.lane_spikes.eq(spikes), reader.entry.history.eq(Cat(kept))]

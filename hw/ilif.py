@@ -11,46 +11,48 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AccumulateOp", "ILIFAccumulate", "ILIFFire"]
+__all__ = ["AccumulateOp", "accumulate_addend", "ILIFAccumulate", "ILIFFire"]
 
 
 class AccumulateOp(enum.Enum, shape=2):
     """What the accumulate stage does to a membrane this cycle."""
-    CLEAR = 0   # V <- 0 (the first step's doubling: a fresh image starts from zero)
-    DOUBLE = 1  # V <- 2V (the amplification k = 2: a shift)
-    ADD = 2     # V <- V + W if the input spiked (one input spike event)
-    BIAS = 3    # V <- V + B (once, after the last accumulation step)
+    CLEAR = 0   # V <- 0 (a fresh image starts from zero)
+    ADD = 1     # V <- V + W * 2**(T-1-t) if the input spiked (one spike event of step t)
+    BIAS = 2    # V <- V + B (once, after the last accumulation step)
+
+
+def accumulate_addend(op, spike, weight, bias, shift):
+    """What an :class:`AccumulateOp` adds to the membrane: the weight shifted left by ``shift``
+    (``T-1-t`` at step ``t``) if the input spiked (ADD), the bias (BIAS), else 0 (CLEAR too).
+
+    ``V <- 2V + sum W*s`` over ``T`` steps leaves ``sum_t 2**(T-1-t) * sum W*s[t]``: each event
+    adds its weight with the doublings of the steps after it, so no step doubles the bank
+    (docs/core.md, "One layer engine"). The accumulate stage registers the addend before
+    :class:`ILIFAccumulate`."""
+    return Mux(op == AccumulateOp.BIAS, bias, Mux((op == AccumulateOp.ADD) & spike, weight << shift, 0))
 
 
 class ILIFAccumulate(wiring.Component):
-    """One membrane's accumulate-phase update.
+    """One membrane's accumulate-phase update: ``updated = (0 if CLEAR else membrane) + addend``,
+    one adder and nothing after it.
 
-    ``membrane`` and ``updated`` are ``membrane_width``-bit signed; ``weight`` and ``bias``
-    are signed of their widths; ``op`` is an :class:`AccumulateOp`.
+    ``membrane`` and ``updated`` are ``membrane_width``-bit signed; ``addend`` is signed of
+    ``addend_width`` (:func:`accumulate_addend`, 0 for CLEAR); ``op`` is an :class:`AccumulateOp`.
     """
 
-    def __init__(self, membrane_width: int, weight_width: int, bias_width: int):
+    def __init__(self, membrane_width: int, addend_width: int):
         self.membrane_width = membrane_width
         super().__init__({
             "op": In(AccumulateOp),
-            "spike": In(1),
             "membrane": In(signed(membrane_width)),
-            "weight": In(signed(weight_width)),
-            "bias": In(signed(bias_width)),
+            "addend": In(signed(addend_width)),
             "updated": Out(signed(membrane_width)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        with m.Switch(self.op):
-            with m.Case(AccumulateOp.CLEAR):
-                m.d.comb += self.updated.eq(0)
-            with m.Case(AccumulateOp.DOUBLE):
-                m.d.comb += self.updated.eq(self.membrane << 1)
-            with m.Case(AccumulateOp.ADD):
-                m.d.comb += self.updated.eq(self.membrane + Mux(self.spike, self.weight, 0))
-            with m.Case(AccumulateOp.BIAS):
-                m.d.comb += self.updated.eq(self.membrane + self.bias)
+        kept = Mux(self.op == AccumulateOp.CLEAR, 0, self.membrane)
+        m.d.comb += self.updated.eq(kept + self.addend)
         return m
 
 

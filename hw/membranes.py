@@ -6,8 +6,10 @@ image n+1 while stage 2 works on image n. A bank's ports belong to the draining 
 it is full and to the filling stage while it is empty (docs/core.md, "One layer engine").
 
 Reads take two cycles (:data:`READ_LATENCY`): the block RAM's output is registered, so no
-carry chain follows a RAM output in the same cycle. A stage that writes a row back and may
-read it again before the write lands gets the new value by forwarding (:func:`forwarded_read`).
+carry chain follows a RAM output in the same cycle. The RAM reads write-first (a row written
+in the cycle it is read comes back new); the fill port also forwards its last write
+(:func:`forwarded_read`), so the accumulate stage may update one row every cycle. The drain
+port does not: a fire stage reads a row again no sooner than the cycle it writes it back.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class MembranePort(wiring.Signature):
     ``done``: one cycle, the stage is finished with it (fill: hand it to the fire stage;
     drain: free it for the next image); it issues no read in that cycle. Rows are ``width``
     bits (``lanes`` membranes). ``read_data`` in cycle ``c + 2`` is row ``read_addr`` of cycle
-    ``c`` with every write of the cycles up to ``c + 1`` in it (:data:`READ_LATENCY`).
+    ``c`` with every write of the cycles up to ``c`` in it (:data:`READ_LATENCY`); on the fill
+    port, also the write of cycle ``c + 1`` (:class:`MembraneBanks`).
     """
 
     def __init__(self, rows: int, width: int):
@@ -46,28 +49,23 @@ class MembranePort(wiring.Signature):
 
 
 def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, name: str) -> Signal:
-    """The data of a two-cycle read that a stage's own writes keep exact.
+    """The data of a two-cycle read that a stage's own last write keeps exact.
 
-    ``raw``: a synchronous, non-transparent read of the row ``read_addr`` gave in the cycle
-    before (it misses the writes of that cycle and of this one). Returns a signal that, two
-    cycles after ``read_addr``, is ``raw`` registered, or the newer of those two writes to the
-    same row. The selects and the data are registers: a 3-way multiplexer, no comparator, on the path.
+    ``raw``: a synchronous write-first read of the row ``read_addr`` gave in the cycle before
+    (it has the writes up to that read's cycle, and misses the write of this one). Returns a
+    signal that, two cycles after ``read_addr``, is ``raw`` registered, or the write of the
+    cycle in between if it was to the same row. The select and the data are registers: one
+    2-way multiplexer, no comparator, on the path.
     """
     width = len(raw)
     registered = Signal(width, name=f"{name}_registered")
     addressed = Signal.like(read_addr, name=f"{name}_addressed")       # the row whose data is in `raw`
     last = Signal(width, name=f"{name}_last")                          # written one cycle ago
-    older = Signal(width, name=f"{name}_older")                        # written two cycles ago
-    last_en, last_addr = Signal(name=f"{name}_last_en"), Signal.like(write_addr, name=f"{name}_last_addr")
-    take_last, take_older = Signal(name=f"{name}_take_last"), Signal(name=f"{name}_take_older")
-    m.d.sync += [
-        addressed.eq(read_addr), registered.eq(raw),
-        last.eq(write_data), last_en.eq(write_en), last_addr.eq(write_addr), older.eq(last),
-        take_last.eq(write_en & (write_addr == addressed)),
-        take_older.eq(last_en & (last_addr == addressed)),
-    ]
+    take_last = Signal(name=f"{name}_take_last")
+    m.d.sync += [addressed.eq(read_addr), registered.eq(raw), last.eq(write_data),
+                 take_last.eq(write_en & (write_addr == addressed))]
     out = Signal(width, name=f"{name}_data")
-    m.d.comb += out.eq(Mux(take_last, last, Mux(take_older, older, registered)))
+    m.d.comb += out.eq(Mux(take_last, last, registered))
     return out
 
 
@@ -93,7 +91,7 @@ class MembraneBanks(wiring.Component):
             bank = memory.Memory(shape=unsigned(self.width), depth=max(2, self.rows), init=[])
             m.submodules[f"membranes{k}"] = bank
             write = bank.write_port()
-            read = bank.read_port(transparent_for=())       # forwarded_read keeps it exact
+            read = bank.read_port(transparent_for=(write,))
             drained = full[k]
             m.d.comb += [
                 read.addr.eq(Mux(drained, drain.read_addr, fill.read_addr)),
@@ -102,12 +100,16 @@ class MembraneBanks(wiring.Component):
                 write.en.eq(Mux(drained, drain.write_en & (drain_bank == k), fill.write_en & (fill_bank == k))),
             ]
             reads.append(read.data)
+        raw = {}
         for port, bank, name in ((fill, fill_bank, "fill"), (drain, drain_bank, "drain")):
             read_bank = Signal(name=f"{name}_read_bank")      # the bank the read in the RAM's output came from
             m.d.sync += read_bank.eq(bank)
-            raw = Mux(read_bank, reads[1], reads[0])
-            m.d.comb += port.read_data.eq(forwarded_read(m, raw, port.read_addr, port.write_addr, port.write_data,
-                                                         port.write_en, name))
+            raw[name] = Mux(read_bank, reads[1], reads[0])
+        m.d.comb += fill.read_data.eq(forwarded_read(m, raw["fill"], fill.read_addr, fill.write_addr,
+                                                     fill.write_data, fill.write_en, "fill"))
+        drained = Signal(self.width, name="drain_registered")
+        m.d.sync += drained.eq(raw["drain"])
+        m.d.comb += drain.read_data.eq(drained)
         m.d.comb += [fill.ready.eq(~full.bit_select(fill_bank, 1)), drain.ready.eq(full.bit_select(drain_bank, 1))]
         with m.If(fill.done):         # the filled bank becomes full; fill the other one next
             m.d.sync += [full.bit_select(fill_bank, 1).eq(1), fill_bank.eq(~fill_bank)]

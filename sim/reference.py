@@ -1,9 +1,10 @@
 """A plain, step-by-step scalar transcription of docs/semantics.md.
 
-Slow on purpose: Python ints, one neuron, one step and one spike event at a time, in the
-order the hardware will use (doubling first, then the spike events of the step in input
-order, bias once at the phase boundary). It records the extremes of every value a membrane
-register takes, so tests can check the width bounds of :mod:`spikesmith.contract.bounds`.
+Slow on purpose: Python ints, one neuron, one step and one spike event at a time (doubling
+first, then the spike events of the step in input order, bias once at the phase boundary).
+It records the extremes of every value a membrane register takes, in this order and in the
+hardware's (each event adds its weight times ``2**(T-1-t)``, no doubling: the same sum,
+docs/core.md), so tests can check the width bounds of :mod:`spikesmith.contract.bounds`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def run_reference(net: SpikingNetwork, input_codes: list[int]) -> ReferenceResul
         bias = [int(b) for b in layer.bias]
         lo = hi = 0
         membrane = [0] * layer.out_size
+        shifted = [0] * layer.out_size          # the hardware's partial sums
         # Accumulation phase: T steps of V <- 2V + sum of the weights of the inputs that spiked.
         for t in range(T):
             for j in range(layer.out_size):
@@ -66,8 +68,10 @@ def run_reference(net: SpikingNetwork, input_codes: list[int]) -> ReferenceResul
                 for i, s in enumerate(spikes_in[t]):
                     if s:
                         v += weight[j][i]
-                        lo, hi = min(lo, v), max(hi, v)
+                        shifted[j] += weight[j][i] << (T - 1 - t)
+                        lo, hi = min(lo, v, shifted[j]), max(hi, v, shifted[j])
                 membrane[j] = v
+        assert shifted == membrane, "adding W * 2**(T-1-t) per event leaves the doubled sum"
         # Phase boundary: the bias enters once.
         for j in range(layer.out_size):
             membrane[j] += bias[j]

@@ -1,9 +1,10 @@
 """The iLIF lane datapath (hw/ilif.py) against docs/semantics.md, exhaustively on small widths."""
 
 import pytest
+from amaranth import Elaboratable, Module, Signal, signed
 from amaranth.sim import Simulator
 
-from spikesmith.hw.ilif import AccumulateOp, ILIFAccumulate, ILIFFire
+from spikesmith.hw.ilif import AccumulateOp, ILIFAccumulate, ILIFFire, accumulate_addend
 
 
 def _run(dut, vectors, check):
@@ -49,21 +50,37 @@ def test_fire_step_matches_semantics(membrane_width, threshold_width):
     assert _run(dut, vectors, check) == []
 
 
+class _AccumulateWithAddend(Elaboratable):
+    """ILIFAccumulate behind accumulate_addend, as the accumulate stage joins them (less the register)."""
+
+    def __init__(self, mw: int, ww: int, bw: int, timesteps: int):
+        self.op, self.spike, self.shift = Signal(AccumulateOp), Signal(), Signal(range(timesteps))
+        self.membrane, self.weight, self.bias = Signal(signed(mw)), Signal(signed(ww)), Signal(signed(bw))
+        self.unit = ILIFAccumulate(mw, max(ww + timesteps - 1, bw))
+        self.updated = self.unit.updated
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = self.unit
+        m.d.comb += [self.unit.op.eq(self.op), self.unit.membrane.eq(self.membrane),
+                     self.unit.addend.eq(accumulate_addend(self.op, self.spike, self.weight, self.bias, self.shift))]
+        return m
+
+
 def test_accumulate_ops_match_semantics():
-    """CLEAR, DOUBLE, ADD (spike or not) and BIAS on every in-range membrane, weight and bias."""
-    mw, ww, bw = 7, 3, 4
-    dut = ILIFAccumulate(mw, ww, bw)
+    """CLEAR, ADD (spike or not, every shift) and BIAS on every in-range membrane, weight and bias."""
+    mw, ww, bw, T = 7, 3, 4, 3
+    dut = _AccumulateWithAddend(mw, ww, bw, T)
     lo, hi = -(1 << (mw - 1)), (1 << (mw - 1)) - 1
     vectors = []
     for v in range(lo, hi + 1):
         for w in range(-(1 << (ww - 1)) + 1, 1 << (ww - 1)):
-            for op, spike in ((AccumulateOp.CLEAR, 0), (AccumulateOp.DOUBLE, 0), (AccumulateOp.ADD, 0),
-                              (AccumulateOp.ADD, 1), (AccumulateOp.BIAS, 0)):
-                vectors.append({"op": op, "spike": spike, "membrane": v, "weight": w, "bias": 2 * w})
+            for op, spike, shift in ((AccumulateOp.CLEAR, 0, 0), (AccumulateOp.ADD, 0, 2), (AccumulateOp.BIAS, 0, 1),
+                                     *((AccumulateOp.ADD, 1, k) for k in range(T))):
+                vectors.append({"op": op, "spike": spike, "shift": shift, "membrane": v, "weight": w, "bias": 2 * w})
     expected = {
         AccumulateOp.CLEAR: lambda x: 0,
-        AccumulateOp.DOUBLE: lambda x: 2 * x["membrane"],
-        AccumulateOp.ADD: lambda x: x["membrane"] + (x["weight"] if x["spike"] else 0),
+        AccumulateOp.ADD: lambda x: x["membrane"] + ((x["weight"] << x["shift"]) if x["spike"] else 0),
         AccumulateOp.BIAS: lambda x: x["membrane"] + x["bias"],
     }
     # Only results the width bounds allow: a valid network never produces the others.

@@ -216,8 +216,8 @@ def test_readout_sends_the_logits_and_the_first_largest():
 
 
 def test_membrane_reads_see_the_stages_writes_before_they_land():
-    """Forwarding: a read two cycles in flight returns the newest of the port's writes to its row
-    (older write, last write, then the RAM itself)."""
+    """A fill-port read returns the newest of the writes to its row up to the cycle before its data:
+    the RAM's own (written in the read's cycle: write-first), or the last one (forwarded)."""
     banks = MembraneBanks(rows=3, width=8)
     writes = {0: (1, 5), 1: (2, 7), 2: (1, 9)}          # cycle: (row, value)
     reads = [1, 1, 2, 1, 0]                               # one address per cycle

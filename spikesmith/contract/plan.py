@@ -280,8 +280,9 @@ class LayerPlan:
     def accumulate_cycles(self, events: int | None = None) -> int:
         """Cycles of the accumulate stage for one image with ``events`` input spikes in all.
 
-        Per image: 1 cycle to claim a free bank, T doubling passes over the ``rows`` (the
-        first clears the bank), :meth:`event_cycles` per input spike event (dense: B), 1 cycle
+        Per image: 1 cycle to claim a free bank, a pass over the ``rows`` that clears it (no
+        step doubles the bank: an event's weights are shifted by ``T-1-t``), :meth:`event_cycles`
+        per input spike event (dense: B), 1 cycle
         per end-of-step marker, ``rows`` cycles of bias, 2 cycles for the last bias row to be
         read and written (the stage's read latency) while the bank is handed to the fire stage. ``events=None``: every input spikes at every step (the worst case, and always
         the case with skipping off); a number of events of a convolution costs the dearest input's.
@@ -291,7 +292,7 @@ class LayerPlan:
             event_cost = T * sum(self.event_cycles())
         else:
             event_cost = events * max(self.event_cycles())
-        return 1 + T * R + event_cost + T + R + 2
+        return 1 + R + event_cost + T + R + 2
 
     @property
     def weight_row_count(self) -> int:
@@ -414,7 +415,7 @@ class CorePlan:
                 **({"convolution": layer.conv.as_dict()} if layer.conv is not None else {}),
                 **({"max_pool": {**layer.pool.geometry.as_dict(), "lanes": layer.pool.lanes,
                                  "cycles_worst": layer.pool.cycles()}} if layer.pool is not None else {}),
-                "cycles_per_step_worst": layer.rows + sum(layer.event_cycles()) + 1,
+                "cycles_per_step_worst": sum(layer.event_cycles()) + 1,
                 "accumulate_cycles_worst": layer.accumulate_cycles(),
             } for layer in self.layers],
             "classes": self.classes,
