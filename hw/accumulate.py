@@ -5,10 +5,12 @@ Per image: claim an empty bank and clear it (a pass over the membrane rows); per
 left by ``T-1-t`` (the doublings of the steps after it: no doubling pass); then a pass that
 adds the biases, and the hand-over of the bank to the fire stage (docs/core.md, "One layer engine").
 
-Three-deep pipeline: *issue* picks an operation and a row and starts the reads; *read*
-registers the memories' outputs; *execute* updates the row lane by lane
-(:class:`~.ilif.ILIFAccumulate`) and writes it back, two cycles after its issue. A row issued
-again before its write lands reads the new value by forwarding (:mod:`.membranes`). A dense
+Four-deep pipeline: *issue* picks an operation and a row and reads the weight and bias rows;
+*read* registers them and reads the membrane row; *shift* chooses each lane's addend (the
+weight shifted, the bias, or 0) and registers it; *execute* updates the row lane by lane
+(:class:`~.ilif.ILIFAccumulate`) and writes it back, three cycles after its issue. A row
+issued again before its write lands reads the new value by forwarding (:mod:`.membranes`).
+No path has more than one carry chain or follows a block RAM's output with logic. A dense
 stage (:class:`DenseAccumulate`) and a convolution stage (:class:`~.conv.ConvAccumulate`)
 differ only in how they walk the rows and what an event costs: their :class:`RowWalk`.
 """
@@ -49,7 +51,7 @@ def weight_load_port(plan: LayerPlan) -> dict:
 def accumulate_issue_layout(rows: int, timesteps: int) -> data.StructLayout:
     """The row operation issued in a cycle (``valid``): ``op`` on membrane row ``row`` (of
     ``rows``), with the event's ``spike`` bit and its weight's ``shift`` (``T-1-t`` at step
-    ``t``); executed two cycles later."""
+    ``t``); executed three cycles later."""
     return data.StructLayout({"valid": 1, "op": AccumulateOp, "row": range(max(2, rows)), "spike": 1,
                               "shift": range(max(2, timesteps))})
 
@@ -86,7 +88,7 @@ class AccumulateStage(wiring.Component):
         })
 
     def walk(self, m: Module, issue, in_pass: Signal, weights, biases) -> RowWalk:
-        """The row walk: drives ``issue.row``, ``membranes.read_addr``, ``weights.addr``, ``biases.addr``."""
+        """The row walk: drives ``issue.row``, ``weights.addr``, ``biases.addr``."""
         raise NotImplementedError
 
     def elaborate(self, platform):
@@ -127,28 +129,35 @@ class AccumulateStage(wiring.Component):
                 m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.BIAS)]
                 with m.If(walk.advance_pass(m)):
                     m.next = "READ"
-            with m.State("READ"):       # the last bias row's read
+            with m.State("READ"):       # the last bias row's membrane read
+                m.next = "SHIFT"
+            with m.State("SHIFT"):      # its addend
                 m.next = "HANDOVER"
             with m.State("HANDOVER"):   # the last bias row is written this cycle
                 m.d.comb += self.membranes.done.eq(1)
                 m.next = "CLAIM"
 
     def _execute(self, m: Module, issue, weights, biases) -> None:
-        """The row issued two cycles ago, updated lane by lane and written back; what each lane adds
-        (weight, bias or 0) is chosen from the rows read with it and registered on the way, like the
-        membranes (:data:`~.membranes.READ_LATENCY`)."""
+        """The row issued three cycles ago, updated lane by lane and written back; what each lane adds
+        (the weight shifted, the bias, or 0) is chosen from the registered weight and bias rows while
+        the membrane row is read (:data:`~.membranes.READ_LATENCY`), and registered."""
         plan, port = self.plan, self.membranes
         L, mw = plan.lanes, plan.membrane_width
-        reading, executed = Signal(accumulate_issue_layout(plan.rows, plan.timesteps)), Signal(accumulate_issue_layout(plan.rows, plan.timesteps))
-        m.d.sync += [reading.eq(issue), executed.eq(reading)]
+        layout = accumulate_issue_layout(plan.rows, plan.timesteps)
+        reading, shifting, executed = Signal(layout), Signal(layout), Signal(layout)
+        weight_row, bias_row = Signal.like(weights.data), Signal.like(biases.data)
+        m.d.sync += [reading.eq(issue), shifting.eq(reading), executed.eq(shifting),
+                     weight_row.eq(weights.data), bias_row.eq(biases.data)]
+        m.d.comb += port.read_addr.eq(reading.row)
         addend_width = max(plan.weight_width + plan.timesteps - 1, plan.bias_width)
         membrane = lanes_view(mw, L, port.read_data)
-        weight = lanes_view(plan.weight_width, L, weights.data)
-        bias = lanes_view(plan.bias_width, L, biases.data)
+        weight = lanes_view(plan.weight_width, L, weight_row)
+        bias = lanes_view(plan.bias_width, L, bias_row)
         updated = lanes_view(mw, L, port.write_data)
         for lane in range(L):
-            addend = Signal(signed(addend_width), name=f"addend{lane}")    # chosen while the membrane is read
-            m.d.sync += addend.eq(accumulate_addend(reading.op, reading.spike, weight[lane], bias[lane], reading.shift))
+            addend = Signal(signed(addend_width), name=f"addend{lane}")
+            m.d.sync += addend.eq(accumulate_addend(shifting.op, shifting.spike, weight[lane], bias[lane],
+                                                    shifting.shift))
             unit = ILIFAccumulate(mw, addend_width)
             m.submodules[f"accumulate{lane}"] = unit
             m.d.comb += [unit.op.eq(executed.op), unit.membrane.eq(membrane[lane]), unit.addend.eq(addend),
@@ -167,7 +176,7 @@ class _DenseWalk:
         self.row = index_signal(plan.blocks)
         self.weight_row = index_signal(plan.blocks * plan.inputs)
         self.weight_row_next = Signal.like(self.weight_row)     # row of the same event in the next block
-        m.d.comb += [issue.row.eq(self.row), port.read_addr.eq(self.row), weights.addr.eq(self.weight_row),
+        m.d.comb += [issue.row.eq(self.row), weights.addr.eq(self.weight_row),
                      biases.addr.eq(self.row)]
 
     def start_pass(self, m: Module) -> None:

@@ -62,7 +62,6 @@ class _ConvWalk:
         m.d.comb += [
             issue_row.eq(Mux(in_pass, self.row, event_m[:len(issue_row)])),
             issue.row.eq(issue_row),
-            port.read_addr.eq(issue_row),
             weights.addr.eq(event_w[:len(weights.addr)]),
             biases.addr.eq(self.pass_block),
         ]

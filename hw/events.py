@@ -96,7 +96,7 @@ class RowReader:
     The engine calls :meth:`build` in its ``elaborate``: ``ready`` (in) says a bank is there;
     in a cycle with ``issue`` the engine reads row ``row`` (at step ``step``); ``latency``
     cycles later that read *arrives* (``arrived``, a :func:`read_tag_layout`, valid for that
-    cycle): the engine computes the row's queue entry into ``entry`` (and may write the row
+    cycle; ``tags[k]`` is the read issued ``k + 1`` cycles ago): the engine computes the row's queue entry into ``entry`` (and may write the row
     back), and ``done`` (comb) marks the image's last arrival, which frees the bank. Reads are
     issued only while the queue (``depth`` entries) has room for them, so a slow consumer
     stalls the reads, never the arrivals; :attr:`rows` is the queue's output, for a
@@ -109,16 +109,18 @@ class RowReader:
                  depth: int = ROW_QUEUE_DEPTH, rewrites: bool = False):
         self.rows, self.timesteps, self.latency, self.depth = rows, timesteps, latency, depth
         self.rewrites = rewrites
+        assert depth >= latency + 2, "a shallower queue cannot keep up one row per cycle"
         self.ready, self.issue, self.done = Signal(), Signal(), Signal()
         self.row, self.step = index_signal(rows), index_signal(timesteps)
         self.arrived = Signal(read_tag_layout(rows, timesteps))
+        self.tags = [Signal(read_tag_layout(rows, timesteps), name=f"read_tag{k}") for k in range(latency)]
         self.entry = Signal(entry)
         self.rows_out = stream.Signature(entry).create()
 
     def build(self, m: Module) -> None:
         m.submodules.row_queue = queue = fifo.SyncFIFO(width=len(self.entry.as_value()), depth=self.depth)
         reading, finishing = Signal(), Signal()       # an image's reads are being issued / still arriving
-        tags = [Signal(read_tag_layout(self.rows, self.timesteps), name=f"read_tag{k}") for k in range(self.latency)]
+        tags = self.tags
         in_flight = sum(tag.valid for tag in tags)
         last_row, last_step = self.row == self.rows - 1, self.step == self.timesteps - 1
         # A row still on its way back (only a pass shorter than the latency can read it again that soon).

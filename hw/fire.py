@@ -20,7 +20,10 @@ from .ilif import ILIFFire
 from .membranes import READ_LATENCY, MembranePort
 from .rows import lanes_view, rom
 
-__all__ = ["FireStage", "fire_output_layout"]
+__all__ = ["FireStage", "fire_output_layout", "FIRE_LATENCY"]
+
+#: Cycles from a row's read to its fired result: the membrane read, then the lanes' datapath.
+FIRE_LATENCY = READ_LATENCY + 1
 
 
 def fire_output_layout(plan: LayerPlan):
@@ -67,7 +70,7 @@ class FireStage(wiring.Component):
             scan = BlockScanner(blocks=plan.rows, lanes=L, neurons=plan.rows * L if plan.conv else plan.neurons,
                                 timesteps=T, skip_silent=self.skip_silent)
             events = self.spikes
-        reader = RowReader(rows=plan.rows, timesteps=T, latency=READ_LATENCY, entry=entry, rewrites=True)
+        reader = RowReader(rows=plan.rows, timesteps=T, latency=FIRE_LATENCY, entry=entry, rewrites=True)
         reader.build(m)
         m.d.comb += [reader.ready.eq(port.ready), port.done.eq(reader.done), port.read_addr.eq(reader.row),
                      port.write_addr.eq(reader.arrived.row), port.write_en.eq(reader.arrived.valid)]
@@ -88,7 +91,9 @@ class FireStage(wiring.Component):
     def _fire(self, m: Module, reader: RowReader) -> Signal:
         """The firing step of each arriving row, lane by lane, written back; returns its spike mask.
 
-        The thresholds are read with the membranes (the row's block) and registered like them."""
+        The thresholds are read with the membranes (the row's block) and registered like them; the
+        lanes' datapath takes the row the cycle its data is there and gives its result a cycle
+        later (:class:`~.ilif.ILIFFire`), when the read arrives."""
         plan, port, L, mw = self.plan, self.membranes, self.plan.lanes, self.plan.membrane_width
         thresholds = rom(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
         if plan.conv is not None:       # rows are (block, y, x): a block's rows share its thresholds
@@ -107,7 +112,7 @@ class FireStage(wiring.Component):
         for lane in range(L):
             unit = ILIFFire(mw, plan.threshold_width)
             m.submodules[f"fire{lane}"] = unit
-            m.d.comb += [unit.first.eq(reader.arrived.step == 0), unit.membrane.eq(membrane[lane]),
+            m.d.comb += [unit.first.eq(reader.tags[-2].step == 0), unit.membrane.eq(membrane[lane]),
                          unit.threshold.eq(threshold[lane]), spikes[lane].eq(unit.spike), updated[lane].eq(unit.updated)]
         return spikes
 
@@ -123,7 +128,8 @@ class FireStage(wiring.Component):
         read = store.read_port(transparent_for=(write,))      # write-first, like the membranes
         step = reader.arrived.step
         earlier = Signal(T)                   # bits of the steps before this one
-        m.d.comb += [earlier.eq((1 << step) - 1), read.addr.eq(reader.row),
+        # Read a cycle after the membranes: the registered history comes with the fired row.
+        m.d.comb += [earlier.eq((1 << step) - 1), read.addr.eq(reader.tags[0].row),
                      write.addr.eq(reader.arrived.row), write.en.eq(reader.arrived.valid)]
         registered = Signal.like(read.data)
         m.d.sync += registered.eq(read.data)

@@ -1,6 +1,8 @@
 """The iLIF neuron datapath (k = 2, soft reset): adders, shifts and comparators, no multipliers.
 
-One instance of each per lane. Both are combinational; the engines register around them.
+One instance of each per lane. :class:`ILIFAccumulate` is combinational (the accumulate
+stage registers around it); :class:`ILIFFire` has a register between its carry chains and its
+result.
 Semantics: docs/semantics.md ("One layer"); widths come from spikesmith/contract/bounds.py, which proves that
 no result of a valid network leaves ``membrane_width`` bits.
 """
@@ -57,11 +59,12 @@ class ILIFAccumulate(wiring.Component):
 
 
 class ILIFFire(wiring.Component):
-    """One membrane's firing step: ``V <- 2V; if V >= theta: spike, V <- V - theta``.
+    """One membrane's firing step: ``V <- 2V; if V >= theta: spike, V <- V - theta``, in two cycles.
 
     With ``first`` high (the first firing step) the membrane is clamped to ``[0, theta]``
     before the doubling (the saturation of docs/semantics.md). ``membrane``/``updated``:
     ``membrane_width``-bit signed; ``threshold``: ``threshold_width``-bit unsigned, >= 1.
+    ``spike`` and ``updated`` are those of the inputs of the cycle before (one cycle of latency).
     """
 
     def __init__(self, membrane_width: int, threshold_width: int):
@@ -75,20 +78,20 @@ class ILIFFire(wiring.Component):
         self.membrane_width = membrane_width
 
     def elaborate(self, platform):
-        """One carry chain on the path: ``2V - theta``, whose sign is the spike and whose value is the
-        soft reset. The first step's clamp needs no chain of its own: ``V < 0`` is the sign bit (no
-        spike, 0), and ``V > theta`` (a comparator beside the subtraction, not after it) gives
-        2*theta - theta: a spike and ``theta``."""
+        """The carry chains, then a register, then the choice. Cycle 1: ``2V - theta`` (its sign is
+        the spike, its value the soft reset) and, beside it, ``V > theta`` for the first step's clamp;
+        the step's result if no clamp applies (one multiplexer) and the clamp's flags are registered.
+        Cycle 2: a clamped membrane gives 0 (``V < 0``: no spike) or ``2*theta - theta = theta`` (a spike)."""
         m = Module()
-        v, theta = self.membrane, self.threshold
-        doubled = Signal(signed(self.membrane_width + 1))
-        difference = Signal(signed(self.membrane_width + 2))        # 2V - theta
+        v, theta, mw = self.membrane, self.threshold, self.membrane_width
+        doubled = Signal(signed(mw + 1))
+        difference = Signal(signed(mw + 2))                           # 2V - theta
         m.d.comb += [doubled.eq(v << 1), difference.eq(doubled - theta)]
         fires = ~difference[-1]                                       # 2V >= theta
-        with m.If(self.first & v[-1]):                                # clamped to 0: 2*0 < theta
-            m.d.comb += [self.spike.eq(0), self.updated.eq(0)]
-        with m.Elif(self.first & (v > theta)):                        # clamped to theta: 2*theta - theta
-            m.d.comb += [self.spike.eq(1), self.updated.eq(theta)]
-        with m.Else():
-            m.d.comb += [self.spike.eq(fires), self.updated.eq(Mux(fires, difference, doubled))]
+        stepped, spiked = Signal(signed(mw)), Signal()                # the result without a clamp
+        to_zero, to_theta, kept_theta = Signal(), Signal(), Signal.like(theta)
+        m.d.sync += [stepped.eq(Mux(fires, difference, doubled)), spiked.eq(fires), kept_theta.eq(theta),
+                     to_zero.eq(self.first & v[-1]), to_theta.eq(self.first & ~v[-1] & (v > theta))]
+        m.d.comb += [self.spike.eq(~to_zero & (to_theta | spiked)),
+                     self.updated.eq(Mux(to_zero, 0, Mux(to_theta, kept_theta, stepped)))]
         return m

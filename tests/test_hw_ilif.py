@@ -7,19 +7,24 @@ from amaranth.sim import Simulator
 from spikesmith.hw.ilif import AccumulateOp, ILIFAccumulate, ILIFFire, accumulate_addend
 
 
-def _run(dut, vectors, check):
-    """Apply every input vector to a combinational ``dut``; collect what ``check`` reports."""
+def _run(dut, vectors, check, clocked: bool = False):
+    """Apply every input vector to ``dut``; collect what ``check`` reports, at once (combinational)
+    or after a clock edge (``clocked``: one cycle of latency)."""
     failures = []
 
     async def bench(ctx):
         for inputs in vectors:
             for name, value in inputs.items():
                 ctx.set(getattr(dut, name), value)
+            if clocked:
+                await ctx.tick()
             problem = check(ctx, inputs)
             if problem:
                 failures.append(problem)
 
     sim = Simulator(dut)
+    if clocked:
+        sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
     return failures
@@ -37,7 +42,7 @@ def test_fire_step_matches_semantics(membrane_width, threshold_width):
             vectors += [{"first": first, "membrane": v, "threshold": theta} for v in values]
     assert len(vectors) > 30
 
-    def check(ctx, x):
+    def check(ctx, x):          # (the register: each vector is checked a clock edge after it is applied)
         v, theta = x["membrane"], x["threshold"]
         if x["first"]:
             v = min(max(v, 0), theta)
@@ -47,7 +52,7 @@ def test_fire_step_matches_semantics(membrane_width, threshold_width):
         got = (ctx.get(dut.spike), ctx.get(dut.updated))
         return None if got == want else f"{x}: got {got}, want {want}"
 
-    assert _run(dut, vectors, check) == []
+    assert _run(dut, vectors, check, clocked=True) == []
 
 
 class _AccumulateWithAddend(Elaboratable):

@@ -27,8 +27,9 @@ from .protocol import unpack_result
 __all__ = ["ROW_QUEUE_DEPTH", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
 
-#: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner.
-ROW_QUEUE_DEPTH = 4
+#: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner: its read
+#: latency (at most 3 cycles) and two, so that it reads a row every cycle while the scanner takes one.
+ROW_QUEUE_DEPTH = 5
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -283,8 +284,8 @@ class LayerPlan:
         Per image: 1 cycle to claim a free bank, a pass over the ``rows`` that clears it (no
         step doubles the bank: an event's weights are shifted by ``T-1-t``), :meth:`event_cycles`
         per input spike event (dense: B), 1 cycle
-        per end-of-step marker, ``rows`` cycles of bias, 2 cycles for the last bias row to be
-        read and written (the stage's read latency) while the bank is handed to the fire stage. ``events=None``: every input spikes at every step (the worst case, and always
+        per end-of-step marker, ``rows`` cycles of bias, 3 cycles for the last bias row to pass
+        the stage's pipeline (its write is in the cycle the bank is handed to the fire stage). ``events=None``: every input spikes at every step (the worst case, and always
         the case with skipping off); a number of events of a convolution costs the dearest input's.
         """
         R, T = self.rows, self.timesteps
@@ -292,7 +293,7 @@ class LayerPlan:
             event_cost = T * sum(self.event_cycles())
         else:
             event_cost = events * max(self.event_cycles())
-        return 1 + R + event_cost + T + R + 2
+        return 1 + R + event_cost + T + R + 3
 
     @property
     def weight_row_count(self) -> int:
