@@ -145,8 +145,10 @@ class AccumulateStage(wiring.Component):
         L, mw = plan.lanes, plan.membrane_width
         layout = accumulate_issue_layout(plan.rows, plan.timesteps)
         reading, shifting, executed = Signal(layout), Signal(layout), Signal(layout)
+        clearing = Signal()                     # executed.op == CLEAR, registered on its own
         weight_row, bias_row = Signal.like(weights.data), Signal.like(biases.data)
         m.d.sync += [reading.eq(issue), shifting.eq(reading), executed.eq(shifting),
+                     clearing.eq(shifting.op == AccumulateOp.CLEAR),
                      weight_row.eq(weights.data), bias_row.eq(biases.data)]
         m.d.comb += port.read_addr.eq(reading.row)
         addend_width = max(plan.weight_width + plan.timesteps - 1, plan.bias_width)
@@ -160,7 +162,7 @@ class AccumulateStage(wiring.Component):
                                                     shifting.shift))
             unit = ILIFAccumulate(mw, addend_width)
             m.submodules[f"accumulate{lane}"] = unit
-            m.d.comb += [unit.op.eq(executed.op), unit.membrane.eq(membrane[lane]), unit.addend.eq(addend),
+            m.d.comb += [unit.clear.eq(clearing), unit.membrane.eq(membrane[lane]), unit.addend.eq(addend),
                          updated[lane].eq(unit.updated)]
         m.d.comb += [port.write_addr.eq(executed.row), port.write_en.eq(executed.valid)]
 

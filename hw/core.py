@@ -24,6 +24,7 @@ from ..contract.plan import CorePlan
 from .engines import InputEncoder, LayerEngine, OutputEngine
 from .events import image_beat_layout, result_layout, weight_load_layout
 from .pool import PoolStage
+from .streams import StreamRegister
 
 __all__ = ["SpikingCore", "TOP_NAME", "emit_verilog", "core_result_layout", "core_weight_load_layout"]
 
@@ -66,11 +67,11 @@ class SpikingCore(wiring.Component):
         for layer in plan.layers:
             if layer.pool is not None:      # the previous engine's row beats, pooled
                 pool = m.submodules[f"pool{layer.index}"] = PoolStage(layer.pool)
-                wiring.connect(m, upstream, pool.rows)
+                wiring.connect(m, self._registered(m, upstream, f"rows{layer.index}"), pool.rows)
                 upstream = pool.spikes
             engine = LayerEngine(layer, plan.skip_silent) if layer.fires else OutputEngine(layer)
             m.submodules[f"layer{layer.index}"] = engine
-            wiring.connect(m, upstream, engine.spikes_in)
+            wiring.connect(m, self._registered(m, upstream, f"events{layer.index}"), engine.spikes_in)
             upstream = engine.spikes_out if layer.fires else None
         wiring.connect(m, engine.results, wiring.flipped(self.results))
         for layer in plan.loaded_layers:
@@ -78,6 +79,14 @@ class SpikingCore(wiring.Component):
             m.d.comb += [engine.weights_load.en.eq(load.en & (load.layer == layer.index)),
                          engine.weights_load.addr.eq(load.addr), engine.weights_load.data.eq(load.data)]
         return m
+
+
+    @staticmethod
+    def _registered(m: Module, upstream, name: str):
+        """``upstream`` through a :class:`~.streams.StreamRegister`: no path runs from one stage into the next."""
+        stage = m.submodules[name] = StreamRegister(upstream.payload.shape())
+        wiring.connect(m, upstream, stage.inlet)
+        return stage.outlet
 
 
 def emit_verilog(plan: CorePlan) -> str:

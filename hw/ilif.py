@@ -35,17 +35,18 @@ def accumulate_addend(op, spike, weight, bias, shift):
 
 
 class ILIFAccumulate(wiring.Component):
-    """One membrane's accumulate-phase update: ``updated = (0 if CLEAR else membrane) + addend``,
+    """One membrane's accumulate-phase update: ``updated = (0 if clear else membrane) + addend``,
     one adder and nothing after it.
 
     ``membrane`` and ``updated`` are ``membrane_width``-bit signed; ``addend`` is signed of
-    ``addend_width`` (:func:`accumulate_addend`, 0 for CLEAR); ``op`` is an :class:`AccumulateOp`.
+    ``addend_width`` (:func:`accumulate_addend`, 0 for CLEAR); ``clear``: the op is CLEAR (a
+    register of its own, so that the clear and the forwarding of :mod:`.membranes` share a LUT).
     """
 
     def __init__(self, membrane_width: int, addend_width: int):
         self.membrane_width = membrane_width
         super().__init__({
-            "op": In(AccumulateOp),
+            "clear": In(1),
             "membrane": In(signed(membrane_width)),
             "addend": In(signed(addend_width)),
             "updated": Out(signed(membrane_width)),
@@ -53,8 +54,7 @@ class ILIFAccumulate(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        kept = Mux(self.op == AccumulateOp.CLEAR, 0, self.membrane)
-        m.d.comb += self.updated.eq(kept + self.addend)
+        m.d.comb += self.updated.eq(Mux(self.clear, 0, self.membrane) + self.addend)
         return m
 
 

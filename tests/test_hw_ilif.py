@@ -67,7 +67,7 @@ class _AccumulateWithAddend(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.unit = self.unit
-        m.d.comb += [self.unit.op.eq(self.op), self.unit.membrane.eq(self.membrane),
+        m.d.comb += [self.unit.clear.eq(self.op == AccumulateOp.CLEAR), self.unit.membrane.eq(self.membrane),
                      self.unit.addend.eq(accumulate_addend(self.op, self.spike, self.weight, self.bias, self.shift))]
         return m
 

@@ -4,7 +4,7 @@ and the board top's frame receiver, frame transmitter, image loader and weight l
 import numpy as np
 import pytest
 from amaranth import Elaboratable, Module
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
 from spikesmith.contract.protocol import ErrorCode, FrameDecoder, FrameType, encode_frame
@@ -17,7 +17,8 @@ from spikesmith.hw.conv import ConvAccumulate
 from spikesmith.hw.fire import FireStage
 from spikesmith.hw.membranes import READ_LATENCY, MembraneBanks
 from spikesmith.hw.readout import Readout
-from spikesmith.sim.hdl import StreamSink, StreamSource
+from spikesmith.hw.streams import StreamRegister
+from spikesmith.sim.hdl import StreamSink, StreamSource, run_streams
 
 from conftest import make_conv_network, make_network
 from test_hw_engines import addr_width, expected_events, pack_event, unpack_event
@@ -197,6 +198,20 @@ def test_fire_stage_sends_the_binary_code_of_each_membrane(skip_silent):
     _drain_a_filled_bank(stage, plan, _pack_rows(membrane, plan), sink)
     assert [unpack_event(v, addr_width(plan.neurons)) for v in sink.received] == want
     assert sink.extra == []
+
+
+@pytest.mark.parametrize("valid,ready", [(1.0, 1.0), (0.6, 0.4), (0.3, 0.9)])
+def test_stream_register_passes_every_beat_once_in_order(valid, ready):
+    """Under any pattern of valid and ready: every beat, once, in order; a full-rate stream stays full-rate."""
+    rng = np.random.default_rng(11)
+    stage = StreamRegister(data.StructLayout({"value": 8}))
+    beats = rng.integers(0, 256, size=200).tolist()
+    source = StreamSource(stage.inlet, beats, probability=valid, rng=rng)
+    sink = StreamSink(stage.outlet, len(beats), probability=ready, rng=rng, drain=10)
+    run_streams(stage, source, sink)
+    assert sink.received == beats and sink.extra == []
+    if valid == ready == 1.0:
+        assert sink.received_at[-1] <= len(beats) + 2
 
 
 def test_readout_sends_the_logits_and_the_first_largest():

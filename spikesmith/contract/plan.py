@@ -24,12 +24,17 @@ from math import gcd
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import unpack_result
 
-__all__ = ["ROW_QUEUE_DEPTH", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
+__all__ = ["ROW_QUEUE_DEPTH", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
 
 #: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner: its read
 #: latency (at most 3 cycles) and two, so that it reads a row every cycle while the scanner takes one.
 ROW_QUEUE_DEPTH = 5
+
+
+#: Cycles an image's first event spends between two stages beyond their own worst cases: the
+#: producer's row read and datapath (at most 3) and the stream register between the two.
+HOP_CYCLES = 4
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -386,8 +391,11 @@ class CorePlan:
 
     @property
     def latency_bound(self) -> int:
-        """Upper bound on the cycles from an image's first beat to its result (empty pipeline)."""
-        return (self.input.load_cycles + self.input.scan_cycles()
+        """Upper bound on the cycles from an image's first beat to its result (empty pipeline):
+        every stage's worst case, and per hop between stages the stream register's cycle and the
+        producer's read latency (:data:`HOP_CYCLES`)."""
+        hops = len(self.layers) + sum(layer.pool is not None for layer in self.layers)
+        return (self.input.load_cycles + self.input.scan_cycles() + HOP_CYCLES * hops
                 + sum(layer.accumulate_cycles() + (layer.pool.cycles() if layer.pool else 0) for layer in self.layers)
                 + self.layers[-1].readout_cycles())
 

@@ -1,0 +1,34 @@
+"""Stream plumbing between the core's stages."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["StreamRegister"]
+
+
+class StreamRegister(wiring.Component):
+    """A registered stage on a stream (a skid buffer): ``payload``/``valid`` out of registers and
+    ``ready`` in from a register, so neither path crosses it; one beat per cycle, one cycle later.
+
+    ``inlet`` takes a beat while the spare register is empty; ``outlet`` offers the oldest beat.
+    When the outlet stalls, the beat already accepted waits in the spare register.
+    """
+
+    def __init__(self, layout):
+        self.layout = layout
+        super().__init__({"inlet": In(stream.Signature(layout)), "outlet": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        inlet, outlet = self.inlet, self.outlet
+        spare, spare_valid = Signal(self.layout), Signal()
+        m.d.comb += inlet.ready.eq(~spare_valid)
+        with m.If(~outlet.valid | outlet.ready):             # the output register moves on
+            m.d.sync += [outlet.valid.eq(spare_valid | inlet.valid),
+                         outlet.payload.eq(Mux(spare_valid, spare, inlet.payload)), spare_valid.eq(0)]
+        with m.Elif(inlet.valid & inlet.ready):              # it holds: the new beat waits in the spare
+            m.d.sync += [spare.eq(inlet.payload), spare_valid.eq(1)]
+        return m
