@@ -15,7 +15,7 @@ error codes and the CRC come from ``spikesmith.contract.protocol``.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,6 +23,7 @@ from ..contract.plan import BoardParams
 from ..contract.protocol import COMMIT_LAYER, SYNC, ErrorCode, FrameType
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
+from .streams import StreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["BoardTop", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind", "ErrorKind",
@@ -120,6 +121,7 @@ class FrameReceiver(wiring.Component):
         self._seq, self._kind, self._length = Signal(16), Signal(FrameKind, init=FrameKind.IDENTIFY), Signal(16)
         self._count = index_signal(max(p.image_bytes, p.load_payload_bytes) + 1)
         self._received_crc = Signal(8)
+        self._crc_ok = Signal()          # the frame's CRC matched (registered: the check is a cycle of its own)
         self._take = Signal()
         self._load = Signal(load_request_layout(max(1, p.load_bytes)))     # (unused without run-time weights)
         lanes, T = p.plan.input.lanes, p.plan.timesteps
@@ -153,12 +155,14 @@ class FrameReceiver(wiring.Component):
                     m.d.sync += target.eq(byte)
                     m.next = following
         with m.State("LEN1"):
-            m.d.comb += self._take.eq(available & self.errors.ready)     # room for a refusal: none is dropped
-            m.d.comb += self._crc.valid.eq(self._take)
-            with m.If(self._take):
+            m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+            with m.If(available):
                 m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._beat.eq(0), self._lane.eq(0),
                              self._word.eq(0), self._shift.eq(0)]
-                length, kind, loads = Cat(self._length[:8], byte), self._kind, bool(p.load_bytes)
+                m.next = "DECIDE"
+        with m.State("DECIDE"):       # the header is in registers: what follows, or a refusal
+            with m.If(self.errors.ready):                # room for a refusal: none is dropped
+                length, kind, loads = self._length, self._kind, bool(p.load_bytes)
                 with m.If((kind == FrameKind.IDENTIFY) & (length == 0)):
                     m.next = "CRC0"
                 with m.Elif((kind == FrameKind.INFER) & (length == p.image_bytes)):
@@ -222,12 +226,15 @@ class FrameReceiver(wiring.Component):
                 m.d.sync += self._received_crc.eq(byte)
                 m.next = "CRC1"
         with m.State("CRC1"):
+            m.d.comb += self._take.eq(self.bytes.valid)
+            with m.If(self.bytes.valid):
+                m.d.sync += self._crc_ok.eq(Cat(self._received_crc, byte) == self._crc.crc)
+                m.next = "CHECK"
+        with m.State("CHECK"):
             # Wait for room for any answer, so no request is ever silently dropped.
-            ready = (self.bytes.valid & self.errors.ready & self.acks.ready & ~self.identify.valid
-                     & ~self.image.busy)
-            m.d.comb += self._take.eq(ready)
+            ready = self.errors.ready & self.acks.ready & ~self.identify.valid & ~self.image.busy
             with m.If(ready):
-                with m.If(Cat(self._received_crc, byte) != self._crc.crc):
+                with m.If(~self._crc_ok):
                     self._refuse(m, ErrorKind.CRC)
                 with m.Elif(self._kind == FrameKind.IDENTIFY):     # a new session: older results are dropped
                     m.d.sync += [self.identify.valid.eq(1), self.identify.payload.eq(self._seq),
@@ -330,6 +337,9 @@ class WeightLoader(wiring.Component):
         return m
 
 
+_ERROR, _ACK, _IDENTITY, _RESULT, _DROPPED = range(5)     # what FrameTransmitter sends next
+
+
 class FrameTransmitter(wiring.Component):
     """Answers -> framed bytes for the UART: errors first, then LOAD acknowledgements, the
     identity, and results with the seq of their request (in order: the core keeps order).
@@ -373,30 +383,48 @@ class FrameTransmitter(wiring.Component):
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
         m.d.comb += frame_crc.data.eq(self.bytes.payload)
         wire = self._wire_result(m)
+        # IDLE picks the answer to send (a register); TAKE takes it from its queue and loads the frame.
+        # Two states, so no path runs from the queues' flags to the payload register's enable.
+        chosen = Signal(range(5))            # _ERROR, _ACK, _IDENTITY, _RESULT, _DROPPED
         with m.FSM(name="transmit"):
             with m.State("IDLE"):
                 m.d.comb += frame_crc.start.eq(1)
                 m.d.sync += index.eq(0)
                 with m.If(self.errors.valid):
-                    m.d.comb += self.errors.ready.eq(1)
-                    m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq),
-                                 payload.eq(self.errors.payload.code), out_len.eq(1)]
-                    m.next = "SYNC"
+                    m.d.sync += chosen.eq(_ERROR)
+                    m.next = "TAKE"
                 with m.Elif(self.acks.valid):
-                    m.d.comb += self.acks.ready.eq(1)
-                    m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
-                    m.next = "SYNC"
+                    m.d.sync += chosen.eq(_ACK)
+                    m.next = "TAKE"
                 with m.Elif(self.identify.valid):
-                    m.d.comb += self.identify.ready.eq(1)
-                    m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
-                                 out_len.eq(len(p.identity)), payload.eq(identity)]
-                    m.next = "SYNC"
+                    m.d.sync += chosen.eq(_IDENTITY)
+                    m.next = "TAKE"
                 with m.Elif(self.results.valid & self.requests.valid):
-                    m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
-                    with m.If(self.requests.payload.generation == self.generation):
+                    current = self.requests.payload.generation == self.generation
+                    m.d.sync += chosen.eq(Mux(current, _RESULT, _DROPPED))
+                    m.next = "TAKE"
+            with m.State("TAKE"):
+                m.d.comb += frame_crc.start.eq(1)
+                m.next = "SYNC"
+                with m.Switch(chosen):
+                    with m.Case(_ERROR):
+                        m.d.comb += self.errors.ready.eq(1)
+                        m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq),
+                                     payload.eq(self.errors.payload.code), out_len.eq(1)]
+                    with m.Case(_ACK):
+                        m.d.comb += self.acks.ready.eq(1)
+                        m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
+                    with m.Case(_IDENTITY):
+                        m.d.comb += self.identify.ready.eq(1)
+                        m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
+                                     out_len.eq(len(p.identity)), payload.eq(identity)]
+                    with m.Case(_RESULT):
+                        m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
                         m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
                                      out_len.eq(p.result_bytes), payload.eq(wire.as_value())]
-                        m.next = "SYNC"
+                    with m.Case(_DROPPED):           # an earlier session's result: taken, not sent
+                        m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
+                        m.next = "IDLE"
             self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
                               payload, out_len, index)
         return m
@@ -452,12 +480,18 @@ class BoardTop(wiring.Component):
         m.submodules.transmitter = transmitter = FrameTransmitter(p)
 
         wiring.connect(m, uart_rx.data, rx_fifo.w_stream)
-        wiring.connect(m, rx_fifo.r_stream, receiver.bytes)
+        m.submodules.rx_register = rx_register = StreamRegister(8)
+        wiring.connect(m, rx_fifo.r_stream, rx_register.inlet)
+        wiring.connect(m, rx_register.outlet, receiver.bytes)
         wiring.connect(m, receiver.image, loader.receive)
         wiring.connect(m, loader.images, core.images)
         wiring.connect(m, receiver.requests, in_flight.w_stream)
-        wiring.connect(m, receiver.errors, errors.w_stream)
-        wiring.connect(m, receiver.acks, acks.w_stream)
+        # Registered on the way into their FIFOs (the refusal logic is long); `requests` is not: its
+        # FIFO's room is the window the receiver checks.
+        for name, answers, queue in (("errors", receiver.errors, errors), ("acks", receiver.acks, acks)):
+            stage = m.submodules[f"{name}_register"] = StreamRegister(answers.payload.shape())
+            wiring.connect(m, answers, stage.inlet)
+            wiring.connect(m, stage.outlet, queue.w_stream)
         wiring.connect(m, receiver.identify, transmitter.identify)
         m.d.comb += transmitter.generation.eq(receiver.generation)
         m.d.comb += receiver.in_flight.eq(in_flight.r_rdy)
