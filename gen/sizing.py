@@ -55,16 +55,21 @@ def _skeleton(layer, lanes: int, timesteps: int, conv_engine: bool) -> LayerPlan
                      conv=layer.conv.geometry if conv_engine else None)
 
 
-def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list[int]:
+def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET, max_lanes: int | None = None,
+                 fill: bool = False) -> list[int]:
     """Lanes per layer that balance the worst-case accumulate cycles under a total-lane budget.
 
     Greedy: every layer starts at one lane; the slowest layer takes its next lane option
     (fewer blocks) while the budget allows. The slowest layer then sets the initiation interval.
+    ``max_lanes``: no layer gets more. ``fill``: when the slowest layer cannot grow, the next
+    slowest go on taking lanes (the worst case does not improve, but with sparse spikes another
+    layer may be the one that waits: speed sizing fills the board this way).
     """
     if budget < len(net.layers):
         raise SizingError(f"a lane budget of {budget} is below one lane per layer ({len(net.layers)} layers)")
     engines = convolution_engines(net)
-    options = [_lane_options(layer, conv) for layer, conv in zip(net.layers, engines)]
+    options = [[L for L in _lane_options(layer, conv) if max_lanes is None or L <= max_lanes]
+               for layer, conv in zip(net.layers, engines)]
     choice = [0] * len(net.layers)
     T = net.timesteps
     costs: dict[tuple[int, int], int] = {}
@@ -78,14 +83,17 @@ def choose_lanes(net: SpikingNetwork, budget: int = DEFAULT_LANE_BUDGET) -> list
                 costs[k, lanes] += PoolPlan(following.pool, lanes, T, False).cycles()
         return costs[k, lanes]
 
+    growing = set(range(len(choice)))
     while True:
         lanes = [options[k][choice[k]] for k in range(len(choice))]
-        slowest = max(range(len(choice)), key=lambda k: cost(k, lanes[k]))
+        slowest = max(growing, key=lambda k: cost(k, lanes[k]))
         # Only the slowest layer sets the interval: when it cannot grow, more lanes elsewhere buy nothing.
-        if choice[slowest] + 1 == len(options[slowest]):
-            return lanes
-        if sum(lanes) + options[slowest][choice[slowest] + 1] - lanes[slowest] > budget:
-            return lanes
+        if choice[slowest] + 1 == len(options[slowest]) or \
+                sum(lanes) + options[slowest][choice[slowest] + 1] - lanes[slowest] > budget:
+            growing.discard(slowest)
+            if not fill or not growing:
+                return lanes
+            continue
         choice[slowest] += 1
 
 

@@ -509,14 +509,20 @@ def _print_infer_report(payload: dict) -> None:
 # ---------------------------------------------------------------------------- build
 
 def cmd_build(args) -> int:
-    from .gen.build import BOARDS, build_bitstream, check_fit, clock_for_baud, plan_for_board
+    from .gen.build import (BOARDS, build_bitstream, check_fit, clock_for_baud, fastest, plan_for_board,
+                            sizing_report, speed_candidates)
     from .gen.netfile import load_network
 
     progress = Progress(not args.quiet)
     output = check_output_folder(args.output)
     board = BOARDS[args.board]
     net = load_network(args.net)
-    plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip, args.spram)
+    sizing = None
+    if args.lanes is None and args.lane_budget is None:
+        candidates = speed_candidates(net, board, args.input_lanes, not args.no_skip, args.spram)
+        plan, sizing = fastest(candidates)["plan"], sizing_report(candidates, board)
+    else:
+        plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip, args.spram)
     check_fit(plan, board)
     clock_hz = None
     if args.clock is not None:
@@ -528,10 +534,14 @@ def cmd_build(args) -> int:
         if clock_hz is not None:
             progress(f"PLL: {board.clock_hz / 1e6:g} MHz -> {clock_hz / 1e6:.3f} MHz, the slowest clock that "
                      f"makes {args.baud:,} baud within 2% (--clock chooses another)")
+    if sizing is not None:
+        progress(f"sized for speed: lanes {sizing['chosen_lanes']}, the shortest worst-case interval of "
+                 f"{len(candidates)} plans within {sizing['logic_limit']:,} of logic and {sizing['ram_limit']} block "
+                 f"RAMs (estimates; report.json has them all)")
     progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {[layer.lanes for layer in plan.layers]}, "
              f"input lanes {plan.input.lanes}, worst-case interval {plan.initiation_interval} cycles")
     report = build_bitstream(plan, board, output, baud=args.baud, clock_hz=clock_hz, program=args.program,
-                             progress=progress)
+                             sizing=sizing, progress=progress)
     if args.json:
         _emit_json(report)
         return 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spikesmith.gen.build import (BOARDS, BuildError, check_fit, clock_for_baud, ice40_usage, parse_critical_paths,
-                                  parse_nextpnr_log, plan_for_board)
+                                  fastest, parse_nextpnr_log, plan_for_board, speed_candidates)
 from spikesmith.gen.netfile import load_network, save_network
 from spikesmith.hw.clocking import ClockError, ecp5_pll, ice40_pll
 
@@ -202,9 +202,29 @@ def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
     assert report["clock_hz"] == 16_125_000 and report["clock_mhz"] == pytest.approx(16.125, abs=0.02)
     assert report["timing_met"] and report["fmax_mhz"] >= 16.125
     assert report["spram_layers"] == [0] and report["lanes"] == [2, 1, 1]
+    assert report["sizing"]["chosen_lanes"] == report["lanes"], "the report says why: speed sizing chose them"
+    assert report["estimate"]["logic"] == pytest.approx(use["ICESTORM_LC"]["used"], rel=0.25)
     slowest = report["critical_paths"][0]
     assert slowest["clock"] and slowest["from"].startswith("board.") and slowest["through"]
     assert slowest["delay_ns"] == pytest.approx(1000 / report["fmax_mhz"], rel=0.05), "the path that sets Fmax"
+
+
+def test_speed_sizing_takes_the_fastest_plan_that_fits_the_ecp5(digits_demo):
+    net = load_network(digits_demo["net_path"])
+    candidates = speed_candidates(net, BOARDS["ulx3s-85f"])
+    chosen = fastest(candidates)
+    assert chosen["fits"] and sum(chosen["lanes"]) > len(net.layers)
+    assert all(c["interval"] >= chosen["interval"] for c in candidates if c["fits"])
+    intervals = [c["interval"] for c in candidates]
+    assert intervals == sorted(intervals, reverse=True), "a doubled budget is never slower"
+    assert [layer.lanes for layer in plan_for_board(net, BOARDS["ulx3s-85f"]).layers] == chosen["lanes"]
+
+
+def test_speed_sizing_leaves_a_full_device_at_one_lane_per_layer(digits_demo):
+    """The iCEBreaker's logic is nearly full with one lane per layer: no bigger plan is estimated to fit."""
+    candidates = speed_candidates(load_network(digits_demo["net_path"]), BOARDS["icebreaker"])
+    assert candidates[0]["lanes"] == [1, 1, 1] and not any(c["fits"] for c in candidates[1:])
+    assert fastest(candidates) is candidates[0]
 
 
 def test_the_digits_cnn_fits_the_up5k_with_its_kernels_but_not_as_dense_layers(digits_demo, tmp_path):
