@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,20 +23,24 @@ from pathlib import Path
 from common import log, save
 from nets import train
 
+# The issue #18 targets: the iCEBreaker at a 48 MHz PLL (MLP) and 40 MHz (CNN), the ULX3S at 120 MHz (MLP)
+# and 100 MHz (CNN); lanes sized for speed unless given. A build that misses its clock is recorded, not dropped.
 CONFIGS = [
     ("digits-mlp", "icebreaker", []),
-    ("digits-mlp", "icebreaker", ["--clock", "16"]),
-    ("digits-mlp", "ulx3s-85f", []),
-    ("digits-mlp", "ulx3s-85f", ["--clock", "50"]),
-    ("digits-cnn", "icebreaker", []),
-    ("digits-cnn", "ulx3s-85f", []),
+    ("digits-mlp", "icebreaker", ["--clock", "48"]),
+    ("digits-mlp", "ulx3s-85f", ["--lanes", "10", "5", "1", "--clock", "120"]),
+    ("digits-mlp", "ulx3s-85f", ["--clock", "120"]),
+    ("digits-cnn", "icebreaker", ["--clock", "40"]),
+    ("digits-cnn", "ulx3s-85f", ["--clock", "100"]),
 ]
 
 
 def build(net_path: Path, board: str, options: list[str], out: Path) -> dict:
     start = time.perf_counter()
+    # nextpnr keeps going past a missed clock, so the report says by how much (Amaranth reads AMARANTH_nextpnr_opts).
+    env = {**os.environ, "AMARANTH_nextpnr_opts": "--timing-allow-fail"}
     proc = subprocess.run([sys.executable, "-m", "spikesmith.cli", "build", str(net_path), "--board", board,
-                           "-o", str(out), "--json", "-q", *options], capture_output=True, text=True)
+                           "-o", str(out), "--json", "-q", *options], capture_output=True, text=True, env=env)
     if proc.returncode not in (0, 1) or not proc.stdout.strip():
         raise SystemExit(f"build for {board} {options} failed: {proc.stderr.strip()}")
     report = json.loads(proc.stdout)

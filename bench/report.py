@@ -116,8 +116,10 @@ def _board_row(r: dict) -> str:
     logic = use.get("ICESTORM_LC") or use.get("TRELLIS_COMB")
     ram = [f"{u['used']} {name}" for name, u in use.items()
            if name in ("ICESTORM_RAM", "ICESTORM_SPRAM", "DP16KD", "TRELLIS_RAMW") and u["used"]]
+    estimate = r.get("estimate", {}).get("logic")
+    estimated = f" (est. {estimate:,})" if estimate else ""
     return (f"| {r.get('network', '').split(' (')[0].split(',')[0]} | {r['board']} ({r['device']}) | {r['options'] or '-'} | {'/'.join(map(str, r['lanes']))} | "
-            f"{logic['used']:,} / {logic['total']:,} | {', '.join(ram)} | {r['fmax_mhz']:.1f} MHz "
+            f"{logic['used']:,} / {logic['total']:,}{estimated} | {', '.join(ram)} | {r['fmax_mhz']:.1f} MHz "
             f"({r['clock_hz'] / 1e6:g} MHz{'' if r['timing_met'] else ', FAILS'}) | "
             f"{r['core_images_per_second_at_clock']:,.0f} | {r['build_seconds'] / 60:.1f} min |")
 
@@ -125,7 +127,9 @@ def _board_row(r: dict) -> str:
 def boards_section(f: dict) -> list[str]:
     networks = "; ".join(f.get("networks") or [f["network"]])
     lines = [f"{networks}. Figures from nextpnr's report; images/s from the worst-case interval at the clock "
-             "(spike skipping makes the real rate higher; the 115200-baud UART carries ~160 images/s).", "",
+             "(spike skipping makes the real rate higher; the 115200-baud UART carries ~160 images/s). Lanes sized "
+             "for speed unless the options give them; logic with the sizing's estimate beside it. A build that "
+             "misses its clock is kept (nextpnr with --timing-allow-fail): FAILS beside the clock.", "",
              "| network | board | options | lanes | logic (LC / LUT4) | RAM | Fmax (clock) | core images/s | build |",
              "|---|---|---|---|---|---|---|---|---|"]
     return lines + [_board_row(r) for r in f["builds"]]

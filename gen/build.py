@@ -42,8 +42,10 @@ class BuildError(SpikesmithError):
 
 
 #: (fixed part, per lane and membrane bit) of the logic nextpnr reports for the board top, by family:
-#: a least-squares line through the builds of BENCHMARKS.md section 4 (bench/boards.py prints its error).
-LOGIC_FIT = {"ice40": (3000, 20.0), "ecp5": (4000, 12.0)}
+#: ECP5, the line through two builds (digits MLP 10/5/1: 8,607 LUT4; MNIST MLP 64/10: 31,335); iCE40, one
+#: build (digits MLP 1/1/1: 4,300 LC) and a steeper slope, a guess (flip-flops take logic cells of their own).
+#: report.json has each build's estimate beside nextpnr's count.
+LOGIC_FIT = {"ice40": (3000, 20.0), "ecp5": (3000, 15.0)}
 #: Speed sizing fills at most this share of a device's logic, and its block RAM (routing room for Fmax).
 LOGIC_FILL, RAM_FILL = 0.6, 0.9
 #: Speed sizing gives no layer more lanes: a wider row's spike scanner would set the clock.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import Out
 
@@ -15,12 +15,13 @@ __all__ = ["Readout"]
 
 
 class Readout(wiring.Component):
-    """Rows in order into a shift register of ``B*L`` logits, with a running argmax.
+    """Rows in order into a shift register of ``B*L`` logits, then an argmax over them, one a cycle.
 
     ``membranes``: the drain port of the output layer's banks. ``results``: one beat per
     image, ``label`` (first index of the largest logit) and the ``classes`` integer logits
-    (``membrane_width``-bit signed). Takes ``B + 3`` cycles per image (claim, reads, the
-    two-cycle read latency, drain).
+    (``membrane_width``-bit signed). Takes ``B + 3 + B*L`` cycles per image (claim, reads,
+    the two-cycle read latency, one logit a cycle for the argmax, drain): no comparator
+    chain across the lanes.
     """
 
     def __init__(self, plan: LayerPlan):
@@ -37,15 +38,9 @@ class Readout(wiring.Component):
         B, L, mw = plan.blocks, plan.lanes, plan.membrane_width
         logits = [Signal(signed(mw), name=f"logit{j}") for j in range(B * L)]
         best, best_label = Signal(signed(mw)), index_signal(B * L)
-        row, base = index_signal(B), index_signal(B * L)
+        row, scanned = index_signal(B), index_signal(B * L)
         valid = Signal()
         membrane = lanes_view(mw, L, port.read_data)
-        # The row's largest valid lane, ties to the lower lane.
-        row_best, row_lane = membrane[0], 0
-        tail = plan.neurons - (B - 1) * L
-        for lane in range(1, L):
-            take = (membrane[lane] > row_best) & ((row != B - 1) | (lane < tail))
-            row_best, row_lane = Mux(take, membrane[lane], row_best), Mux(take, lane, row_lane)
         # Row `issued` is read in CLAIM and READ; row `row` arrives two cycles after its read.
         issued, arriving = index_signal(B + 1), Signal(2)       # arriving[k]: a row read k + 1 cycles ago
         reading = Signal()
@@ -55,7 +50,7 @@ class Readout(wiring.Component):
             with m.State("CLAIM"):
                 with m.If(port.ready & ~valid):
                     m.d.comb += [reading.eq(1), port.read_addr.eq(0)]
-                    m.d.sync += [issued.eq(1), row.eq(0), base.eq(0)]
+                    m.d.sync += [issued.eq(1), row.eq(0)]
                     m.next = "READ"
             with m.State("READ"):
                 m.d.comb += reading.eq(issued < B)
@@ -63,11 +58,20 @@ class Readout(wiring.Component):
                 with m.If(arriving[1]):
                     m.d.sync += [logits[j].eq(logits[j + L]) for j in range(B * L - L)]
                     m.d.sync += [logits[B * L - L + lane].eq(membrane[lane]) for lane in range(L)]
-                    with m.If((row == 0) | (row_best > best)):
-                        m.d.sync += [best.eq(row_best), best_label.eq(base + row_lane)]
-                    m.d.sync += [row.eq(row + 1), base.eq(base + L)]
+                    m.d.sync += row.eq(row + 1)
                     with m.If(row == B - 1):
-                        m.next = "DONE"
+                        m.d.sync += scanned.eq(0)
+                        m.next = "ARGMAX"
+            with m.State("ARGMAX"):
+                # One logit a cycle: the register rotates, the first compares (one comparator: ties keep the
+                # first index); after B*L cycles the logits are back in order.
+                head = logits[0]
+                m.d.sync += [logits[j].eq(logits[(j + 1) % (B * L)]) for j in range(B * L)]
+                with m.If((scanned == 0) | ((scanned < plan.neurons) & (head > best))):
+                    m.d.sync += [best.eq(head), best_label.eq(scanned)]
+                m.d.sync += scanned.eq(scanned + 1)
+                with m.If(scanned == B * L - 1):
+                    m.next = "DONE"
             with m.State("DONE"):
                 m.d.sync += valid.eq(1)
                 m.d.comb += port.done.eq(1)

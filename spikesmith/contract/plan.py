@@ -312,8 +312,9 @@ class LayerPlan:
         return self.lanes * self.weight_width
 
     def readout_cycles(self) -> int:
-        """Cycles of the output layer's readout (claim, B block reads, two of read latency, one drain cycle)."""
-        return self.blocks + 3
+        """Cycles of the output layer's readout (claim, B block reads, two of read latency, one logit a
+        cycle for the argmax, one drain cycle)."""
+        return self.blocks + 3 + self.blocks * self.lanes
 
 
 @dataclass(frozen=True, eq=False)
