@@ -178,10 +178,17 @@ def test_spram_board_takes_its_weights_over_the_wire(tmp_path):
         assert info.load_bytes == (plan.load_data_width + 7) // 8 >= 2
         with pytest.raises(BoardError, match="not loaded"):
             list(driver.infer(codes[:1]))                # ERROR NOT_LOADED
-        with pytest.raises(BoardError, match="refused weight row 0"):
-            driver._acknowledged([info.encode_load(5, 0, 0)])     # no layer 5: ERROR LENGTH
+        with pytest.raises(BoardError, match="refused weight LOAD 0"):
+            driver._acknowledged([(info.encode_load(5, 0, [0]), 1)])     # no layer 5: ERROR LENGTH
         driver.expect(net)
+        assert info.load_rows == 170 and plan.layers[0].weight_row_count == 30     # one LOAD per layer
         assert driver.load_weights(plan) == len(list(plan.weight_loads()))    # the rows, then the commit
+        # A damaged LOAD of zero rows over layer 0: refused (CRC), and none of its rows is written.
+        damaged = bytearray(encode_frame(FrameType.LOAD, 9, info.encode_load(0, 0, [0] * 30)))
+        damaged[-3] ^= 0x01
+        driver._send(bytes(damaged))
+        assert [(f.type, f.seq, f.payload) for f in driver._receive(30.0)] == [
+            (FrameType.ERROR, 9, bytes([ErrorCode.CRC]))]
         results = list(driver.infer(codes))
     expected = golden.run(net, codes)
     assert [r.label for r in results] == expected.predictions.tolist()
