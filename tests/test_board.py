@@ -136,6 +136,31 @@ def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
     assert "3/3 [" in human.stderr and " images/s]" in human.stderr, "a progress bar on stderr"
 
 
+def test_infer_sim_runs_the_uart_at_the_baud_rate_and_reports_rates_in_simulated_time(small_digits_net, tmp_path):
+    """``infer --sim --baud 3000000``: the board top's UART at 12 MHz / 4; the weight load and the
+    images timed in simulated cycles, end to end below the line's bound (one 720-bit image frame each)
+    and close to it (the window keeps the line busy), the core's worst case far above both."""
+    proc = run_cli("infer", str(small_digits_net), "--sim", "--baud", "3000000", "--spram", "0", "-n", "8",
+                   "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
+    report = json.loads(proc.stdout)
+    b, load = report["board"], report["board"]["weight_load"]
+    assert (b["baud"], b["clock_hz"], b["divisor"], b["image_frame_bits"]) == (3_000_000, 12_000_000, 4, 720)
+    assert report["golden"]["mismatches"] == 0 and b["line_images_per_second"] == pytest.approx(3e6 / 720)
+    assert 0.8 * b["line_images_per_second"] < b["images_per_second_end_to_end"] < b["line_images_per_second"]
+    assert b["core_images_per_second_worst"] > 2 * b["line_images_per_second"]
+    assert load["rows"] == report["weight_rows_loaded"] > 0 and load["simulated_cycles"] > 0
+    assert (load["load_bytes"], load["load_rows"]) == (6, 85)           # 12 lanes of 4-bit weights, 4096 / 48 rows
+    assert 0.5 * 3e6 / 60 < load["rows_per_second"] < 3e6 / 60           # 60 bits on the line per row, and framing
+
+
+def test_infer_sim_refuses_a_baud_rate_its_clock_cannot_make(small_digits_net):
+    proc = run_cli("infer", str(small_digits_net), "--sim", "--baud", "2500000", "--clock", "12", "-n", "1",
+                   check=False)
+    assert_one_line_error(proc, "2500000 baud is more than 2% off any divisor of 12 MHz")
+    proc = run_cli("infer", str(small_digits_net), "--port", "loop://", "--clock", "12", "-n", "1", check=False)
+    assert_one_line_error(proc, "--clock sets the simulated board's clock: give it with --sim")
+
+
 def test_infer_runs_the_digits_cnn_on_the_simulated_board(digits_demo, tmp_path):
     """The CNN's convolution engines behind the UART board top: every logit equals the golden model's."""
     proc = run_cli("infer", str(digits_demo["cnn_net_path"]), "--sim", "--data", "digits", "--range", "100:", "-n", "30",
