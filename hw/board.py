@@ -490,6 +490,15 @@ class FrameTransmitter(wiring.Component):
         send("CRC1", frame_crc.crc[8:], "IDLE", crc_it=False)
 
 
+def _fifo(width: int, depth: int) -> wiring.Component:
+    """A FIFO of exactly ``depth`` entries. Amaranth's SyncFIFOBuffered of depth 2 keeps a one-entry
+    inner FIFO whose address is zero bits wide, which Verilator refuses (``[-1:0]``): depth 2 (a
+    window of 2) takes the unbuffered SyncFIFO instead."""
+    if depth == 2:
+        return fifo.SyncFIFO(width=width, depth=depth)
+    return fifo.SyncFIFOBuffered(width=width, depth=depth)
+
+
 class BoardTop(wiring.Component):
     """UART pins in and out; everything else inside."""
 
@@ -504,7 +513,7 @@ class BoardTop(wiring.Component):
         m.submodules.uart_tx = uart_tx = UARTTransmitter(p.divisor)
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=32)
-        m.submodules.in_flight = in_flight = fifo.SyncFIFOBuffered(width=InFlight.size, depth=p.window)
+        m.submodules.in_flight = in_flight = _fifo(InFlight.size, p.window)
         m.submodules.errors = errors = fifo.SyncFIFOBuffered(width=ErrorReport.size, depth=4)
         m.submodules.acks = acks = fifo.SyncFIFOBuffered(width=16, depth=3)                   # LOADs done
         m.submodules.receiver = receiver = FrameReceiver(p)

@@ -122,6 +122,24 @@ def test_board_protocol_on_the_wire(small_board):
     assert sorted(results + busy) == list(range(300, 309)) and len(results) >= 4 and busy
 
 
+@pytest.mark.parametrize("window", [1, 2, 3, 4])
+def test_board_tops_of_small_windows_pass_verilator_lint(tmp_path, window):
+    """With run-time weights and every small window. A window of 2 once made Amaranth's buffered FIFO
+    emit a zero-width address (``[-1:0]``) that Verilator refused: ``infer --sim --window 2`` did not build."""
+    from amaranth.back import verilog
+
+    from spikesmith.gen.board import board_params
+    from spikesmith.gen.emit import lint_verilog
+    from spikesmith.hw.board import BoardTop
+
+    net = make_network(np.random.default_rng(8), [4, 7, 24], 5, negative_bias=0.5, threshold_scale=0.3)
+    params = board_params(plan_core(net, lanes=[3, 4], input_lanes=4, loaded_weights=[0]), 12_000_000, 1_500_000,
+                          window)
+    path = tmp_path / "board.v"
+    path.write_text(verilog.convert(BoardTop(params), name="spikesmith_board", emit_src=False))
+    assert lint_verilog(path, top="spikesmith_board") == []
+
+
 def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
     """``spikesmith infer --sim``: 150 digits test images through the UART board top in Verilator,
     every logit checked with the golden model (the core alone takes all 450 in tests/test_harness.py)."""
