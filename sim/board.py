@@ -81,6 +81,15 @@ class SimulatedBoard:
         self.progress(f"simulated board listening at {self.url}")
         return self
 
+    def reply_timeout(self, window: int) -> float:
+        """Wall-clock seconds a reply may take here: 30 s, plus ``window`` + 1 times a frame's line time
+        and the core's worst-case latency, simulated at a slow 20,000 cycles/s (an MNIST image at 115200
+        baud is 824,000 cycles of line). The driver's timeout is wall-clock time: a shorter one resent
+        images the board was still receiving, and the resends took the line (half of it, measured)."""
+        p = self.params
+        frame = 10 * (8 + max(p.image_bytes, p.result_bytes, p.load_payload_bytes)) * p.divisor
+        return 30.0 + (window + 1) * (frame + p.plan.latency_bound) / 20_000
+
     def clock(self) -> dict:
         """The simulated time now: ``cycles`` since reset, ``last_tx_cycle`` (when the last byte to the
         host ended) and ``bytes_from_host``. Answered between the chunks of host bytes the bench shifts in."""

@@ -438,7 +438,8 @@ def cmd_infer(args) -> int:
     codes = net.input.encode(images, net.timesteps)         # the one encoder (docs/semantics.md)
     with contextlib.ExitStack() as stack:
         board = _simulated_board(args, net, stack, progress) if args.sim else None
-        url, timeout = (board.url, args.timeout or 30.0) if board else (args.port, args.timeout or 2.0)
+        url, timeout = ((board.url, args.timeout or board.reply_timeout(board.params.window)) if board
+                        else (args.port, args.timeout or 2.0))
         progress(f"opening {url}")
         driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
         identity = driver.expect(net)
@@ -767,7 +768,8 @@ def _add_hardware_commands(sub) -> None:
     p.add_argument("--window", type=_number(int, 1, 255), metavar="W",
                    help="images in flight, 1-255 (default: what the board allows)")
     p.add_argument("--timeout", type=_number(float, 0.001, 3600.0), metavar="S",
-                   help="seconds to wait for a reply before resending (default 2; 30 with --sim)")
+                   help="seconds to wait for a reply before resending (default 2; with --sim 30 and more, "
+                        "as the simulated line needs)")
     p.add_argument("--build-dir", metavar="DIR", help="where Verilator builds are kept (with --sim)")
     _hardware_options(p)
     _common_options(p)

@@ -140,6 +140,17 @@ def test_board_tops_of_small_windows_pass_verilator_lint(tmp_path, window):
     assert lint_verilog(path, top="spikesmith_board") == []
 
 
+def test_the_simulated_board_waits_for_its_slow_line(tmp_path):
+    """The driver's timeout is wall-clock time: at 115200 baud an MNIST-sized frame is 824,000 simulated
+    cycles (about 10 s of simulation here), so the 30 s it had resent the fourth image in flight while the
+    board was still receiving the first, and the resends took half the line (bench/endtoend.py)."""
+    net = make_network(np.random.default_rng(0), [784, 4, 3], 8)
+    slow = SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path, baud=115_200)        # not started
+    frame_cycles = 10 * (8 + 784) * 104
+    assert slow.reply_timeout(4) >= 30 + 5 * frame_cycles / 20_000
+    assert SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path).reply_timeout(4) < 60     # 1.5 Mbaud: quick
+
+
 def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
     """``spikesmith infer --sim``: 150 digits test images through the UART board top in Verilator,
     every logit checked with the golden model (the core alone takes all 450 in tests/test_harness.py)."""
