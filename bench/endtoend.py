@@ -81,7 +81,7 @@ def run(network: dict, cache: Path, baud: int, images: int, options: list[str] =
         + (f"; weight load {b['weight_load']['rows_per_second']:,.0f} rows/s" if b["weight_load"]["rows"] else "")
         + f" [{time.time() - started:.0f} s]")
     return {"network": network["key"], "baud": baud, "options": " ".join(options), "images": report["images"],
-            "accuracy": report["accuracy"], "mismatches": report["golden"]["mismatches"],
+            "accuracy": report["accuracy"], "mismatches": report["golden"]["mismatches"], "resent": report["resent"],
             "wall_seconds": round(time.time() - started, 1), **b}
 
 
