@@ -229,7 +229,8 @@ class FrameReceiver(wiring.Component):
             m.d.comb += self._take.eq(available & self.errors.ready)     # room for a refusal: none is dropped
             m.d.comb += self._crc.valid.eq(self._take)
             commit = self._load.layer == COMMIT_LAYER
-            rows_fit = Mux(commit, byte == 0, (byte != 0) & (byte <= p.load_rows))
+            # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
+            rows_fit = Mux(commit, byte == 0, byte != 0)
             with m.If(self._take):
                 m.d.sync += [self._load.count.eq(byte), self._row_byte.eq(0), self._row_index.eq(0)]
                 with m.If(~rows_fit | (self._length != LOAD_HEAD + byte * p.load_bytes)):

@@ -122,10 +122,11 @@ def test_board_protocol_on_the_wire(small_board):
     assert sorted(results + busy) == list(range(300, 309)) and len(results) >= 4 and busy
 
 
-@pytest.mark.parametrize("window", [1, 2, 3, 4])
-def test_board_tops_of_small_windows_pass_verilator_lint(tmp_path, window):
-    """With run-time weights and every small window. A window of 2 once made Amaranth's buffered FIFO
-    emit a zero-width address (``[-1:0]``) that Verilator refused: ``infer --sim --window 2`` did not build."""
+@pytest.mark.parametrize("window,lanes", [(1, 3), (2, 3), (3, 3), (4, 3), (4, 2)])
+def test_board_tops_of_small_windows_pass_verilator_lint(tmp_path, window, lanes):
+    """With run-time weights (3-byte rows, 170 a LOAD; 2-byte rows, 255) and every small window. A window
+    of 2 once made Amaranth's buffered FIFO emit a zero-width address (``[-1:0]``) that Verilator refused
+    (``infer --sim --window 2`` did not build), and 255 rows a LOAD a constant compare (CMPCONST)."""
     from amaranth.back import verilog
 
     from spikesmith.gen.board import board_params
@@ -133,8 +134,9 @@ def test_board_tops_of_small_windows_pass_verilator_lint(tmp_path, window):
     from spikesmith.hw.board import BoardTop
 
     net = make_network(np.random.default_rng(8), [4, 7, 24], 5, negative_bias=0.5, threshold_scale=0.3)
-    params = board_params(plan_core(net, lanes=[3, 4], input_lanes=4, loaded_weights=[0]), 12_000_000, 1_500_000,
+    params = board_params(plan_core(net, lanes=[lanes, 4], input_lanes=4, loaded_weights=[0]), 12_000_000, 1_500_000,
                           window)
+    assert params.load_rows == {3: 170, 2: 255}[lanes]
     path = tmp_path / "board.v"
     path.write_text(verilog.convert(BoardTop(params), name="spikesmith_board", emit_src=False))
     assert lint_verilog(path, top="spikesmith_board") == []
