@@ -326,7 +326,7 @@ def endtoend_section(f: dict) -> list[str]:
     lines += ["", "Simulated time counts the board and the line; the host's own reaction shrinks with the "
               "simulation's speed (about 100,000-200,000 cycles/s here, 60-120 times slower than the 12 MHz "
               "board), and a real USB UART adds its latency timer (1-16 ms on an FTDI), which the window must "
-              "also cover: 4 frames of a 784-byte image are 10.6 ms of line at 3 Mbaud."]
+              "also cover: 3 frames of a 784-byte image are 7.9 ms of line at 3 Mbaud."]
     return lines
 
 

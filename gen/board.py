@@ -14,8 +14,11 @@ from .sizing import plan_core
 
 __all__ = ["board_params", "plan_for_identity", "uart_divisor", "load_rows", "DEFAULT_WINDOW", "LOAD_BUFFER_BITS"]
 
-#: Images a board takes in flight (the host driver never sends more).
-DEFAULT_WINDOW = 4
+#: Images a board takes in flight (the host driver never sends more): as many as it can hold without
+#: its receiver waiting, the image buffer and the core's two input banks. With 4, a core slower than
+#: the line (MNIST on the iCEBreaker at 3 Mbaud) left the fourth image in the UART's 32-byte FIFO,
+#: which overflowed: bytes were lost and the images resent after a timeout (bench/endtoend.py).
+DEFAULT_WINDOW = 3
 
 
 #: The board's LOAD buffer holds this many bits of weight rows: one iCE40 block RAM (256 x 16).

@@ -95,7 +95,7 @@ def test_board_protocol_on_the_wire(small_board):
     [identity] = exchange(conn, encode_frame(FrameType.IDENTIFY, 7), 1)
     assert (identity.type, identity.seq) == (FrameType.IDENTITY, 7)
     info = Identity.decode(identity.payload)
-    assert info.fingerprint_text == board.params.plan.fingerprint and info.inputs == 4 and info.window == 4
+    assert info.fingerprint_text == board.params.plan.fingerprint and info.inputs == 4 and info.window == 3
 
     codes = np.random.default_rng(1).integers(0, 32, size=(3, 4))
     frames = exchange(conn, b"".join(encode_frame(FrameType.INFER, 100 + k, info.encode_image(row))
@@ -119,7 +119,7 @@ def test_board_protocol_on_the_wire(small_board):
     frames = exchange(conn, burst, 9)
     results = sorted(f.seq for f in frames if f.type == FrameType.RESULT)
     busy = sorted(f.seq for f in frames if f.type == FrameType.ERROR and f.payload == bytes([ErrorCode.BUSY]))
-    assert sorted(results + busy) == list(range(300, 309)) and len(results) >= 4 and busy
+    assert sorted(results + busy) == list(range(300, 309)) and len(results) >= 3 and busy
 
 
 @pytest.mark.parametrize("window,lanes", [(1, 3), (2, 3), (3, 3), (4, 3), (4, 2)])
@@ -151,6 +151,24 @@ def test_the_simulated_board_waits_for_its_slow_line(tmp_path):
     frame_cycles = 10 * (8 + 784) * 104
     assert slow.reply_timeout(4) >= 30 + 5 * frame_cycles / 20_000
     assert SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path).reply_timeout(4) < 60     # 1.5 Mbaud: quick
+
+
+def test_a_core_slower_than_the_line_never_loses_a_byte(tmp_path):
+    """A first layer of 50,000 cycles an image behind a 3 Mbaud line (2,240 cycles a frame): the board's
+    window (3: the image buffer and the core's two input banks) keeps the host from sending an image it
+    cannot hold. With 4 the fourth waited in the UART's 32-byte FIFO, which overflowed: CRC errors and
+    resends after a timeout (bench/endtoend.py: MNIST on the iCEBreaker plan at 3 Mbaud, 7 images/s)."""
+    from spikesmith.host.driver import Accelerator
+
+    net = make_network(np.random.default_rng(3), [48, 128, 4], 8, negative_bias=0.5, threshold_scale=0.3)
+    plan = plan_core(net, lanes=[1, 1], input_lanes=1, skip_silent=False)
+    codes = np.full((8, 48), net.max_code)
+    with SimulatedBoard(plan, tmp_path, baud=3_000_000) as board, Accelerator.open(board.url, timeout=10) as driver:
+        driver.expect(net)
+        results = list(driver.infer(codes))
+        assert driver.window == 3 and plan.initiation_interval > 20 * 2240
+        assert driver.stats.resent == 0 and not driver.stats.board_errors
+    assert [r.logits for r in results] == golden.run(net, codes).logits.tolist()
 
 
 def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
