@@ -7,15 +7,30 @@ parameters, so the host driver can refuse a board that runs another network.
 from __future__ import annotations
 
 from ..errors import SpikesmithError
-from ..contract.protocol import MAX_FRAME_PAYLOAD, Identity, code_bytes, logit_bytes
+from ..contract.protocol import MAX_FRAME_PAYLOAD, MAX_LOAD_ROWS, Identity, code_bytes, logit_bytes
 from ..contract.network import SpikingNetwork
 from ..contract.plan import BoardParams, CorePlan
 from .sizing import plan_core
 
-__all__ = ["board_params", "plan_for_identity", "uart_divisor", "DEFAULT_WINDOW"]
+__all__ = ["board_params", "plan_for_identity", "uart_divisor", "load_rows", "DEFAULT_WINDOW", "LOAD_BUFFER_BITS"]
 
-#: Images a board takes in flight (the host driver never sends more).
-DEFAULT_WINDOW = 4
+#: Images a board takes in flight (the host driver never sends more): as many as it can hold without
+#: its receiver waiting, the image buffer and the core's two input banks. With 4, a core slower than
+#: the line (MNIST on the iCEBreaker at 3 Mbaud) left the fourth image in the UART's 32-byte FIFO,
+#: which overflowed: bytes were lost and the images resent after a timeout (bench/endtoend.py).
+DEFAULT_WINDOW = 3
+
+
+#: The board's LOAD buffer holds this many bits of weight rows: one iCE40 block RAM (256 x 16).
+LOAD_BUFFER_BITS = 4096
+
+
+def load_rows(load_bytes: int) -> int:
+    """Most weight rows one LOAD carries (docs/protocol.md): what fills the LOAD buffer, at most 255
+    (the count byte); 0 when no weights are loaded at run time. 2-byte rows: 255 rows, 522-byte frames."""
+    if not load_bytes:
+        return 0
+    return max(1, min(MAX_LOAD_ROWS, LOAD_BUFFER_BITS // (8 * load_bytes)))
 
 
 #: The UART's bit period must be within this share of the baud rate's.
@@ -43,9 +58,9 @@ def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT
     identity = Identity(plan.timesteps, plan.input.size, plan.classes, logit_bytes(plan.logit_width), window,
                         int(clock_hz), plan.initiation_interval, bytes.fromhex(plan.fingerprint.split(":")[1]),
                         tuple(layer.lanes for layer in plan.layers),
-                        tuple(layer.weights_loaded for layer in plan.layers), plan.load_bytes)
+                        tuple(layer.weights_loaded for layer in plan.layers), plan.load_bytes, load_rows(plan.load_bytes))
     return BoardParams(plan, identity.encode(), divisor, window, code_bytes(plan.timesteps),
-                       logit_bytes(plan.logit_width), plan.load_bytes)
+                       logit_bytes(plan.logit_width), plan.load_bytes, load_rows(plan.load_bytes))
 
 
 def plan_for_identity(net: SpikingNetwork, identity: Identity) -> CorePlan:

@@ -29,7 +29,7 @@ from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
-from .board import board_params, uart_divisor
+from .board import board_params, load_rows, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
@@ -144,6 +144,8 @@ def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
     shapes = [("input banks", inp.lanes * T, 2 * inp.words, False),
               ("image buffer", inp.lanes * T, max(2, inp.words), False),
               ("UART FIFO", 8, 32, False)]
+    if plan.load_bytes:
+        shapes.append(("LOAD buffer", 8 * plan.load_bytes, max(2, load_rows(plan.load_bytes)), False))
     for layer in plan.layers:
         shapes += [(f"{layer.name} {kind}", width, rows, kind == "weights" and layer.weights_loaded)
                    for kind, width, rows in layer.memories]

@@ -70,10 +70,10 @@ def write_core(plan: CorePlan, out_dir: Path, verilog: str | None = None, lint: 
     return {"verilog": out_dir / VERILOG_NAME, "report": out_dir / REPORT_NAME}
 
 
-def lint_verilog(path: Path) -> list[str]:
-    """``verilator --lint-only -Wall`` with :data:`LINT_WAIVERS`; returns its warnings (empty: clean)."""
+def lint_verilog(path: Path, top: str = "spikesmith_core") -> list[str]:
+    """``verilator --lint-only -Wall`` of module ``top`` with :data:`LINT_WAIVERS`; returns its warnings (empty: clean)."""
     command = [str(verilator_binary()), "--lint-only", "-Wall", *[f"-Wno-{w}" for w in LINT_WAIVERS],
-               "--top-module", "spikesmith_core", str(path)]
+               "--top-module", top, str(path)]
     proc = subprocess.run(command, capture_output=True, text=True, env=verilator_env(), timeout=600)
     messages = [line for line in proc.stderr.splitlines() if line.startswith("%")]
     if proc.returncode != 0 and not messages:

@@ -27,7 +27,8 @@ from ..contract.plan import CorePlan
 from ..contract.protocol import COMMIT_LAYER, ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
 from ..errors import SpikesmithError
 
-__all__ = ["Accelerator", "InferenceResult", "DriverStats", "BoardError", "BoardTimeout", "WrongNetworkError"]
+__all__ = ["Accelerator", "InferenceResult", "DriverStats", "BoardError", "BoardTimeout", "WrongNetworkError",
+           "load_payloads"]
 
 
 class BoardError(SpikesmithError):
@@ -78,6 +79,24 @@ class _InFlight:
     frame: bytes
     sent: float
     attempts: int = 1
+
+
+def load_payloads(identity: Identity, loads) -> list[tuple[bytes, int]]:
+    """LOAD payloads for ``(layer, address, row)`` weight rows (docs/protocol.md, LOAD), each with its
+    row count: runs of consecutive addresses of one layer, at most ``identity.load_rows`` rows each."""
+    payloads: list[tuple[bytes, int]] = []
+    run: list[int] = []
+    layer = start = 0
+    for row_layer, address, row in loads:
+        if run and (row_layer != layer or address != start + len(run) or len(run) == identity.load_rows):
+            payloads.append((identity.encode_load(layer, start, run), len(run)))
+            run = []
+        if not run:
+            layer, start = row_layer, address
+        run.append(row)
+    if run:
+        payloads.append((identity.encode_load(layer, start, run), len(run)))
+    return payloads
 
 
 class Accelerator:
@@ -195,9 +214,9 @@ class Accelerator:
 
         ``plan`` is the board's core plan (``spikesmith.gen.board.plan_for_identity`` makes it
         from the network and the identity's lanes); its rows are packed as the core reads them
-        (:meth:`CorePlan.weight_loads`). ``progress(done, total)`` is called as rows are
-        acknowledged. Up to ``window`` LOADs are in flight; a damaged or missing acknowledgement
-        resends the row.
+        (:meth:`CorePlan.weight_loads`), up to ``identity.load_rows`` consecutive rows a LOAD.
+        ``progress(done, total)`` is called as rows are acknowledged. Up to ``window`` LOADs are in
+        flight; a damaged or missing acknowledgement resends its LOAD.
         """
         identity = self.identity or self.identify()
         if plan.fingerprint != identity.fingerprint_text:
@@ -213,20 +232,21 @@ class Accelerator:
         if plan.load_bytes != identity.load_bytes:
             raise WrongNetworkError(f"the board takes {identity.load_bytes}-byte weight rows, this network's "
                                     f"are {plan.load_bytes}")
-        payloads = [identity.encode_load(*load) for load in plan.weight_loads()]
+        payloads = load_payloads(identity, plan.weight_loads())
         self._acknowledged(payloads, progress)
-        self._acknowledged([identity.encode_load(COMMIT_LAYER, 0, 0)])     # after every row is in
-        return len(payloads)
+        self._acknowledged([(identity.encode_load(COMMIT_LAYER, 0), 0)])     # after every row is in
+        return sum(rows for _, rows in payloads)
 
-    def _acknowledged(self, payloads: list[bytes], progress=None) -> None:
-        """Send LOAD ``payloads``, ``window`` at a time, until each is acknowledged (LOADED)."""
+    def _acknowledged(self, payloads: list[tuple[bytes, int]], progress=None) -> None:
+        """Send LOAD ``payloads`` (each with its row count), ``window`` at a time, until each is
+        acknowledged (LOADED); ``progress(rows done, rows)``."""
         pending = iter(enumerate(payloads))
         in_flight: dict[int, _InFlight] = {}
-        done, exhausted = 0, False
+        done, exhausted, total = 0, False, sum(rows for _, rows in payloads)
         while True:
             while not exhausted and len(in_flight) < self.window:
                 try:
-                    index, payload = next(pending)
+                    index, (payload, _) = next(pending)
                 except StopIteration:
                     exhausted = True
                     break
@@ -241,14 +261,14 @@ class Accelerator:
                     self.stats.unexpected_replies += 1
                 elif frame.type == FrameType.LOADED:
                     del in_flight[frame.seq]
-                    done += 1
+                    done += payloads[request.index][1]
                     if progress:
-                        progress(done, len(payloads))
+                        progress(done, total)
                 else:
                     code = frame.payload[0] if frame.payload else 0
-                    self._resend(frame.seq, request, f"board error {code}", "weight row",
+                    self._resend(frame.seq, request, f"board error {code}", "weight LOAD",
                                  refusal=code in (ErrorCode.LENGTH, ErrorCode.TYPE))
-            self._resend_overdue(in_flight, "weight row")
+            self._resend_overdue(in_flight, "weight LOAD")
 
     # ------------------------------------------------------------------ inference
 

@@ -1,7 +1,7 @@
 """The board top: the spiking core behind a UART and the frame protocol of docs/protocol.md.
 
     rx -> UARTReceiver -> byte FIFO -> FrameReceiver -> ImageLoader -> SpikingCore
-                                            |  \\-> WeightLoader ----------^ (run-time weights)
+                                            |  \\-> WeightLoader ----------^ (run-time weights, a LOAD's rows)
                                             +--> in-flight, error, ack FIFOs, identify
     tx <- UARTTransmitter <- FrameTransmitter <- results (+ their sequence numbers), identity, errors
 
@@ -20,14 +20,14 @@ from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract.plan import BoardParams
-from ..contract.protocol import COMMIT_LAYER, SYNC, ErrorCode, FrameType
+from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameType
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
 from .streams import StreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["BoardTop", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind", "ErrorKind",
-           "ErrorReport", "InFlight", "ImageHandoff", "WeightWrite"]
+           "ErrorReport", "InFlight", "ImageHandoff", "WeightWrite", "LoadRequest"]
 
 
 class FrameKind(enum.Enum, shape=8):
@@ -61,9 +61,8 @@ def _frame_crc() -> crc.Processor:
     return crc.catalog.CRC16_CCITT_FALSE(data_width=8).create()
 
 
-def load_request_layout(load_bytes: int) -> data.StructLayout:
-    """A LOAD payload as received (docs/protocol.md): ``layer``, row ``address``, packed ``row``."""
-    return data.StructLayout({"layer": 8, "address": 16, "row": 8 * load_bytes})
+#: A LOAD's head as received (docs/protocol.md): ``layer``, first row ``address``, row ``count``.
+LoadRequest = data.StructLayout({"layer": 8, "address": 16, "count": 8})
 
 
 class ImageHandoff(wiring.Signature):
@@ -80,10 +79,17 @@ class ImageHandoff(wiring.Signature):
 
 
 class WeightWrite(wiring.Signature):
-    """A checked LOAD, one cycle with ``en``: write ``row`` at ``address`` of ``layer``, or commit."""
+    """The frame receiver's hold on the LOAD buffer, from the receiver's side.
 
-    def __init__(self, load_bytes: int):
-        super().__init__({"en": Out(1), "request": Out(load_request_layout(load_bytes)), "loaded": In(1)})
+    ``addr``/``data``/``en``: a row of the LOAD being received (at most ``rows`` rows of
+    ``8 * load_bytes`` bits). ``start``: one cycle, the LOAD passed its CRC: write its ``request.count``
+    rows at ``request.address``, ``address + 1``, ... of ``request.layer``, or commit (layer
+    ``COMMIT_LAYER``). ``busy``: the buffer's rows are not all written yet. ``loaded``: committed.
+    """
+
+    def __init__(self, load_bytes: int, rows: int):
+        super().__init__({"addr": Out(range(max(2, rows))), "data": Out(8 * load_bytes), "en": Out(1),
+                          "start": Out(1), "request": Out(LoadRequest), "busy": In(1), "loaded": In(1)})
 
 
 class FrameReceiver(wiring.Component):
@@ -111,7 +117,7 @@ class FrameReceiver(wiring.Component):
             "acks": Out(stream.Signature(16)),
         }
         if params.load_bytes:
-            members["weights"] = Out(WeightWrite(params.load_bytes))
+            members["weights"] = Out(WeightWrite(params.load_bytes, params.load_rows))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -119,11 +125,13 @@ class FrameReceiver(wiring.Component):
         p = self.params
         m.submodules.crc = self._crc = _frame_crc()
         self._seq, self._kind, self._length = Signal(16), Signal(FrameKind, init=FrameKind.IDENTIFY), Signal(16)
-        self._count = index_signal(max(p.image_bytes, p.load_payload_bytes) + 1)
+        self._count = index_signal(p.image_bytes + 1)        # an INFER's payload bytes
         self._received_crc = Signal(8)
         self._crc_ok = Signal()          # the frame's CRC matched (registered: the check is a cycle of its own)
         self._take = Signal()
-        self._load = Signal(load_request_layout(max(1, p.load_bytes)))     # (unused without run-time weights)
+        self._load = Signal(LoadRequest)                       # (unused without run-time weights)
+        self._row = Signal(8 * max(1, p.load_bytes))          # the row being received, first byte in the LSBs
+        self._row_byte, self._row_index = index_signal(p.load_bytes), index_signal(p.load_rows)
         lanes, T = p.plan.input.lanes, p.plan.timesteps
         self._beat, self._lane, self._word = Signal(lanes * T), index_signal(lanes), index_signal(p.plan.input.words)
         self._shift = index_signal(lanes * T)        # lane * T, kept by adding T (no multiplier)
@@ -133,7 +141,9 @@ class FrameReceiver(wiring.Component):
         with m.FSM(name="receive"):
             self._header(m)
             self._image_payload(m)
-            self._load_payload(m)
+            if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
+                self._load_head(m)
+                self._load_rows(m)
             self._check(m)
         return m
 
@@ -167,8 +177,9 @@ class FrameReceiver(wiring.Component):
                     m.next = "CRC0"
                 with m.Elif((kind == FrameKind.INFER) & (length == p.image_bytes)):
                     m.next = "PAYLOAD"
-                with m.Elif((kind == FrameKind.LOAD) & (length == p.load_payload_bytes) & loads):
-                    m.next = "LOAD"
+                if loads:
+                    with m.Elif((kind == FrameKind.LOAD) & (length >= LOAD_HEAD) & (length <= p.load_payload_bytes)):
+                        m.next = "LOAD"             # the exact length is checked against the row count
                 with m.Elif((kind == FrameKind.IDENTIFY) | (kind == FrameKind.INFER) | ((kind == FrameKind.LOAD) & loads)):
                     self._refuse(m, ErrorKind.LENGTH)
                     m.next = "HUNT"
@@ -207,15 +218,48 @@ class FrameReceiver(wiring.Component):
                 with m.If(count == p.image_bytes - 1):
                     m.next = "CRC0"
 
-    def _load_payload(self, m: Module) -> None:
-        """A LOAD's payload, shifted in from the top: its first byte ends in the LSBs."""
-        with m.State("LOAD"):
-            m.d.comb += [self._take.eq(self.bytes.valid), self._crc.valid.eq(self.bytes.valid)]
-            frame = self._load.as_value()
+    def _load_head(self, m: Module) -> None:
+        """A LOAD's layer, address and row count; the length must be exactly ``LOAD_HEAD + count *
+        load_bytes`` with 1 to ``load_rows`` rows (none for the commit), else it is refused here."""
+        p, byte, available = self.params, self.bytes.payload, self.bytes.valid
+        for state, target, following in (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
+                                         ("ADDR1", self._load.address[8:], "COUNT")):
+            with m.State(state):
+                m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+                with m.If(available):
+                    m.d.sync += target.eq(byte)
+                    m.next = following
+        with m.State("COUNT"):
+            m.d.comb += self._take.eq(available & self.errors.ready)     # room for a refusal: none is dropped
+            m.d.comb += self._crc.valid.eq(self._take)
+            commit = self._load.layer == COMMIT_LAYER
+            # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
+            rows_fit = Mux(commit, byte == 0, byte != 0)
             with m.If(self._take):
-                m.d.sync += [self._count.eq(self._count + 1), frame.eq(Cat(frame[8:], self.bytes.payload))]
-                with m.If(self._count == self.params.load_payload_bytes - 1):
+                m.d.sync += [self._load.count.eq(byte), self._row_byte.eq(0), self._row_index.eq(0)]
+                with m.If(~rows_fit | (self._length != LOAD_HEAD + byte * p.load_bytes)):
+                    self._refuse(m, ErrorKind.LENGTH)
+                    m.next = "HUNT"
+                with m.Elif(commit):
                     m.next = "CRC0"
+                with m.Else():
+                    m.next = "ROWS"
+
+    def _load_rows(self, m: Module) -> None:
+        """A LOAD's rows into the LOAD buffer, each row's first byte in its LSBs; only once the
+        previous LOAD's rows are all written (``busy``), so the buffer never holds two LOADs."""
+        p, byte = self.params, self.bytes.payload
+        with m.State("ROWS"):
+            m.d.comb += [self._take.eq(self.bytes.valid & ~self.weights.busy), self._crc.valid.eq(self._take)]
+            row = Cat(self._row[8:8 * p.load_bytes], byte)
+            with m.If(self._take):
+                m.d.sync += [self._row.eq(row), self._row_byte.eq(self._row_byte + 1)]
+                with m.If(self._row_byte == p.load_bytes - 1):
+                    m.d.comb += [self.weights.en.eq(1), self.weights.addr.eq(self._row_index),
+                                 self.weights.data.eq(row)]
+                    m.d.sync += [self._row_byte.eq(0), self._row_index.eq(self._row_index + 1)]
+                    with m.If(self._row_index == self._load.count - 1):
+                        m.next = "CRC0"
 
     def _check(self, m: Module) -> None:
         """The CRC; then the request is accepted (and answered later) or refused now."""
@@ -231,8 +275,10 @@ class FrameReceiver(wiring.Component):
                 m.d.sync += self._crc_ok.eq(Cat(self._received_crc, byte) == self._crc.crc)
                 m.next = "CHECK"
         with m.State("CHECK"):
-            # Wait for room for any answer, so no request is ever silently dropped.
-            ready = self.errors.ready & self.acks.ready & ~self.identify.valid & ~self.image.busy
+            # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD
+            # buffer's rows to be written: a commit must not overtake them).
+            ready = (self.errors.ready & self.acks.ready & ~self.identify.valid & ~self.image.busy
+                     & ~self._weights_busy())
             with m.If(ready):
                 with m.If(~self._crc_ok):
                     self._refuse(m, ErrorKind.CRC)
@@ -255,6 +301,10 @@ class FrameReceiver(wiring.Component):
         """Every run-time weight row written and committed (always, without run-time weights)."""
         return self.weights.loaded if self.params.load_bytes else Const(1)
 
+    def _weights_busy(self):
+        """The LOAD buffer's rows are still being written (never, without run-time weights)."""
+        return self.weights.busy if self.params.load_bytes else Const(0)
+
     def _accept_load(self, m: Module) -> None:
         target = self._load.layer
         known = target == COMMIT_LAYER
@@ -265,7 +315,7 @@ class FrameReceiver(wiring.Component):
         with m.Elif(~known):
             self._refuse(m, ErrorKind.LENGTH)
         with m.Else():
-            m.d.comb += [self.weights.en.eq(1), self.weights.request.eq(self._load),
+            m.d.comb += [self.weights.start.eq(1), self.weights.request.eq(self._load),
                          self.acks.valid.eq(1), self.acks.payload.eq(self._seq)]
 
 
@@ -311,29 +361,42 @@ class ImageLoader(wiring.Component):
 
 
 class WeightLoader(wiring.Component):
-    """Checked LOADs -> the core's ``weights_load`` port (one row a cycle), and the *loaded* flag.
-
-    A row clears *loaded*; the commit (layer ``COMMIT_LAYER``) sets it (docs/protocol.md, LOAD).
+    """The LOAD buffer (``load_rows`` rows of ``8 * load_bytes`` bits, one block RAM), filled by the
+    frame receiver; a checked LOAD's rows go from it into the core's ``weights_load`` port, one row
+    a cycle at consecutive addresses. A LOAD of rows clears the *loaded* flag; the commit (layer
+    ``COMMIT_LAYER``) sets it (docs/protocol.md, LOAD).
     """
 
     def __init__(self, params: BoardParams):
         self.params = params
-        super().__init__({"requests": In(WeightWrite(params.load_bytes)),
+        super().__init__({"requests": In(WeightWrite(params.load_bytes, params.load_rows)),
                           "core": Out(core_weight_load_layout(params.plan))})
 
     def elaborate(self, platform):
         m = Module()
-        plan, request = self.params.plan, self.requests.request
-        loaded = Signal()
-        m.d.comb += self.requests.loaded.eq(loaded)
-        with m.If(self.requests.en):
+        p, plan, request = self.params, self.params.plan, self.requests.request
+        m.submodules.buffer = buffer = memory.Memory(shape=8 * p.load_bytes, depth=max(2, p.load_rows), init=[])
+        write, read = buffer.write_port(), buffer.read_port()
+        m.d.comb += [write.addr.eq(self.requests.addr), write.data.eq(self.requests.data),
+                     write.en.eq(self.requests.en)]
+        loaded, reading, writing = Signal(), Signal(), Signal()     # writing: read.data is a row for the core
+        layer, address, count, index = Signal(8), Signal(16), Signal(8), index_signal(p.load_rows)
+        m.d.comb += [self.requests.loaded.eq(loaded), self.requests.busy.eq(reading | writing), read.addr.eq(index)]
+        with m.If(self.requests.start):
             with m.If(request.layer == COMMIT_LAYER):
                 m.d.sync += loaded.eq(1)
             with m.Else():
-                m.d.sync += loaded.eq(0)
-                m.d.comb += [self.core.en.eq(1), self.core.layer.eq(request.layer),
-                             self.core.addr.eq(request.address[:plan.load_addr_width]),
-                             self.core.data.eq(request.row[:plan.load_data_width])]
+                m.d.sync += [loaded.eq(0), reading.eq(1), index.eq(0), layer.eq(request.layer),
+                             address.eq(request.address), count.eq(request.count)]
+        with m.If(reading):
+            m.d.sync += index.eq(index + 1)
+            with m.If(index == count - 1):
+                m.d.sync += reading.eq(0)
+        m.d.sync += writing.eq(reading)
+        with m.If(writing):
+            m.d.comb += [self.core.en.eq(1), self.core.layer.eq(layer), self.core.addr.eq(address[:plan.load_addr_width]),
+                         self.core.data.eq(read.data[:plan.load_data_width])]
+            m.d.sync += address.eq(address + 1)
         return m
 
 
@@ -457,6 +520,15 @@ class FrameTransmitter(wiring.Component):
         send("CRC1", frame_crc.crc[8:], "IDLE", crc_it=False)
 
 
+def _fifo(width: int, depth: int) -> wiring.Component:
+    """A FIFO of exactly ``depth`` entries. Amaranth's SyncFIFOBuffered of depth 2 keeps a one-entry
+    inner FIFO whose address is zero bits wide, which Verilator refuses (``[-1:0]``): depth 2 (a
+    window of 2) takes the unbuffered SyncFIFO instead."""
+    if depth == 2:
+        return fifo.SyncFIFO(width=width, depth=depth)
+    return fifo.SyncFIFOBuffered(width=width, depth=depth)
+
+
 class BoardTop(wiring.Component):
     """UART pins in and out; everything else inside."""
 
@@ -471,7 +543,7 @@ class BoardTop(wiring.Component):
         m.submodules.uart_tx = uart_tx = UARTTransmitter(p.divisor)
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=32)
-        m.submodules.in_flight = in_flight = fifo.SyncFIFOBuffered(width=InFlight.size, depth=p.window)
+        m.submodules.in_flight = in_flight = _fifo(InFlight.size, p.window)
         m.submodules.errors = errors = fifo.SyncFIFOBuffered(width=ErrorReport.size, depth=4)
         m.submodules.acks = acks = fifo.SyncFIFOBuffered(width=16, depth=3)                   # LOADs done
         m.submodules.receiver = receiver = FrameReceiver(p)

@@ -8,6 +8,7 @@ URL), and cannot tell them apart.
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 import threading
 import time
@@ -22,25 +23,33 @@ from .verilator import build_verilog, run_cocotb
 
 __all__ = ["SimulatedBoard", "SIM_CLOCK_HZ", "SIM_BAUD"]
 
-#: The simulated board's clock and UART rate: 8 clock cycles per bit keeps simulation quick.
+#: The simulated board's default clock and UART rate: 8 clock cycles per bit keeps simulation quick.
 SIM_CLOCK_HZ = 12_000_000
 SIM_BAUD = 1_500_000
+#: Wall-clock seconds to wait for the simulated time (the bench answers between chunks it shifts in).
+CLOCK_SECONDS = 120.0
 
 
 class SimulatedBoard:
-    """The board top for a plan under Verilator, reachable at :attr:`url` while open.
+    """The board top for a plan under Verilator at ``clock_hz`` and ``baud`` (refused in one line
+    when the clock cannot make the baud rate within 2 %), reachable at :attr:`url` while open.
 
-        with SimulatedBoard(plan, cache_dir) as board:
-            with Accelerator.open(board.url, timeout=30) as driver: ...
+        with SimulatedBoard(plan, cache_dir, baud=3_000_000) as board:
+            with Accelerator.open(board.url, timeout=30) as driver:
+                start = board.clock()["cycles"]                      # simulated cycles since reset
+                ...
+                cycles = board.clock()["last_tx_cycle"] - start      # ... to the last byte sent to the host
         board.stats     # {"cycles": simulated clock cycles, ...}
     """
 
-    def __init__(self, plan, cache_dir: Path, *, window: int | None = None, progress=lambda message: None,
-                 start_seconds: float = 180.0):
-        self.params = board_params(plan, SIM_CLOCK_HZ, SIM_BAUD, window or DEFAULT_WINDOW)
+    def __init__(self, plan, cache_dir: Path, *, window: int | None = None, clock_hz: float = SIM_CLOCK_HZ,
+                 baud: int = SIM_BAUD, progress=lambda message: None, start_seconds: float = 180.0):
+        self.params = board_params(plan, clock_hz, baud, window or DEFAULT_WINDOW)
+        self.clock_hz, self.baud = int(clock_hz), baud
         self.cache_dir, self.progress, self.start_seconds = Path(cache_dir), progress, start_seconds
         self.url: str | None = None
         self.stats: dict = {}
+        self._control: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._failure: Exception | None = None
         self._folder: tempfile.TemporaryDirectory | None = None
@@ -66,14 +75,42 @@ class SimulatedBoard:
                 raise SpikesmithError(f"the simulated board did not start ({self._failure or 'timeout'}); "
                                       f"see {folder / 'sim.log'}")
             time.sleep(0.05)
-        self.url = f"socket://127.0.0.1:{int(port_file.read_text())}"
+        data_port, control_port = (int(port) for port in port_file.read_text().split())
+        self._control = socket.create_connection(("127.0.0.1", control_port), timeout=CLOCK_SECONDS)
+        self.url = f"socket://127.0.0.1:{data_port}"
         self.progress(f"simulated board listening at {self.url}")
         return self
+
+    def reply_timeout(self, window: int) -> float:
+        """Wall-clock seconds a reply may take here: 30 s, plus ``window`` + 1 times a frame's line time
+        and the core's worst-case latency, simulated at a slow 20,000 cycles/s (an MNIST image at 115200
+        baud is 824,000 cycles of line). The driver's timeout is wall-clock time: a shorter one resent
+        images the board was still receiving, and the resends took the line (half of it, measured)."""
+        p = self.params
+        frame = 10 * (8 + max(p.image_bytes, p.result_bytes, p.load_payload_bytes)) * p.divisor
+        return 30.0 + (window + 1) * (frame + p.plan.latency_bound) / 20_000
+
+    def clock(self) -> dict:
+        """The simulated time now: ``cycles`` since reset, ``last_tx_cycle`` (when the last byte to the
+        host ended) and ``bytes_from_host``. Answered between the chunks of host bytes the bench shifts in."""
+        if self._control is None:
+            raise SpikesmithError("the simulated board is not running")
+        self._control.sendall(b"?")
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = self._control.recv(4096)
+            if not chunk:
+                raise SpikesmithError("the simulated board stopped")
+            line += chunk
+        return json.loads(line)
 
     def __exit__(self, *exc) -> None:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self._thread is not None:
             self._thread.join(timeout=60)
         if self._folder is not None:

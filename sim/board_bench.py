@@ -6,7 +6,9 @@ board's UART pins: bytes from the host are shifted into ``rx`` bit by bit (8N1),
 board shifts out on ``tx`` go back to the host. The host driver opens it as
 ``socket://127.0.0.1:PORT`` with pyserial, exactly as it opens a real board's serial port.
 When the host closes the connection the simulation ends and writes its cycle count to
-``SPIKESMITH_STATS``.
+``SPIKESMITH_STATS``. A second port, the *control* connection (``SimulatedBoard.clock``),
+answers each request with the simulated time: cycles since reset and when the last byte to the
+host ended, so the host can time a stretch of its run in simulated cycles.
 
 Every wait is a :class:`Timer` of whole clock periods started on a falling clock edge, so the
 bench changes ``rx`` and samples ``tx`` half a period away from the rising edges and no Python
@@ -34,7 +36,18 @@ def cycles(count: int) -> Timer:
     return Timer(count * CLOCK_NS, unit="ns")
 
 
-async def _board_to_host(dut, divisor: int, conn: socket.socket):
+class SimTime:
+    """Simulated cycles since reset, and when the last byte to the host ended (the run's end)."""
+
+    def __init__(self):
+        self.start = get_sim_time(unit="ns")
+        self.last_tx = 0
+
+    def now(self) -> int:
+        return int((get_sim_time(unit="ns") - self.start) // CLOCK_NS)
+
+
+async def _board_to_host(dut, divisor: int, conn: socket.socket, clock: SimTime):
     """Sample the board's tx line at the middle of each bit; send every byte to the host."""
     while True:
         await FallingEdge(dut.tx)                       # a start bit (tx changes on a rising edge)
@@ -46,10 +59,59 @@ async def _board_to_host(dut, divisor: int, conn: socket.socket):
             await cycles(divisor)
             value |= int(dut.tx.value) << bit
         await cycles(divisor)                            # the stop bit
+        clock.last_tx = clock.now()
         try:
             conn.sendall(bytes([value]))
         except OSError:
             return
+
+
+def _listen() -> socket.socket:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(ACCEPT_SECONDS)
+    return server
+
+
+def _accept(server: socket.socket) -> socket.socket:
+    conn, _ = server.accept()
+    server.close()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
+def _answer(control: socket.socket, clock: SimTime, received: int) -> bool:
+    """A request on the control connection: the simulated time, as a JSON line. False: it closed."""
+    try:
+        if not control.recv(64):
+            return False
+        control.sendall((json.dumps({"cycles": clock.now(), "last_tx_cycle": clock.last_tx,
+                                     "bytes_from_host": received}) + "\n").encode())
+    except OSError:
+        return False
+    return True
+
+
+async def _host_to_board(dut, divisor: int, conn: socket.socket, control: socket.socket | None, clock: SimTime) -> int:
+    """Shift the host's bytes into rx (8N1) until it closes the port; answer the control connection
+    between chunks. Returns the bytes received."""
+    received = 0
+    while True:
+        readable, _, _ = select.select([conn] + ([control] if control else []), [], [], 0)
+        if control in readable and not _answer(control, clock, received):
+            control = None
+        if conn not in readable:
+            await cycles(10 * divisor)                   # idle line for one character time
+            continue
+        data = conn.recv(4096)
+        if not data:                                     # the host closed the port
+            return received
+        received += len(data)
+        for byte in data:
+            for bit in [0] + [(byte >> k) & 1 for k in range(8)] + [1]:
+                dut.rx.value = bit
+                await cycles(divisor)
 
 
 @cocotb.test()
@@ -61,35 +123,18 @@ async def serve(dut):
     await FallingEdge(dut.clk)
     await cycles(4)
     dut.rst.value = 0
-    start = get_sim_time(unit="ns")
+    clock = SimTime()
 
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(ACCEPT_SECONDS)
+    server, control_server = _listen(), _listen()
     with open(os.environ["SPIKESMITH_PORT_FILE"] + ".tmp", "w") as f:
-        f.write(str(server.getsockname()[1]))
+        f.write(f"{server.getsockname()[1]} {control_server.getsockname()[1]}")
     os.replace(os.environ["SPIKESMITH_PORT_FILE"] + ".tmp", os.environ["SPIKESMITH_PORT_FILE"])
-    conn, _ = server.accept()
-    server.close()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    cocotb.start_soon(_board_to_host(dut, divisor, conn))
-
-    received = 0
-    while True:
-        readable, _, _ = select.select([conn], [], [], 0)
-        if not readable:
-            await cycles(10 * divisor)                   # idle line for one character time
-            continue
-        data = conn.recv(4096)
-        if not data:                                     # the host closed the port
-            break
-        received += len(data)
-        for byte in data:
-            for bit in [0] + [(byte >> k) & 1 for k in range(8)] + [1]:
-                dut.rx.value = bit
-                await cycles(divisor)
+    control = _accept(control_server)                    # SimulatedBoard connects it before it gives out the URL
+    conn = _accept(server)
+    cocotb.start_soon(_board_to_host(dut, divisor, conn, clock))
+    received = await _host_to_board(dut, divisor, conn, control, clock)
     await cycles(20 * divisor)
     conn.close()
+    control.close()
     with open(os.environ["SPIKESMITH_STATS"], "w") as f:
-        json.dump({"cycles": int((get_sim_time(unit="ns") - start) // CLOCK_NS), "bytes_from_host": received}, f)
+        json.dump({"cycles": clock.now(), "last_tx_cycle": clock.last_tx, "bytes_from_host": received}, f)

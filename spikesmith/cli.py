@@ -422,51 +422,43 @@ def cmd_infer(args) -> int:
     import numpy as np
 
     from .contract.network import check_images
-    from .gen.board import plan_for_identity
     from .host.driver import Accelerator
     from .sim import golden
 
+    if args.clock is not None and not args.sim:
+        raise SpikesmithError("--clock sets the simulated board's clock: give it with --sim (a real board's "
+                              "clock is in its bitstream: build --clock)")
+    if args.baud is None:
+        from .sim.board import SIM_BAUD
+
+        args.baud = SIM_BAUD if args.sim else 115200
     progress = Progress(not args.quiet)
     net, data = _net_and_images(args)
     images = check_images(data.images, net.input.shape, "images")
     codes = net.input.encode(images, net.timesteps)         # the one encoder (docs/semantics.md)
     with contextlib.ExitStack() as stack:
-        board = None
-        if args.sim:
-            from .sim.board import SimulatedBoard
-
-            plan = _plan(args, net)
-            cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
-            board = stack.enter_context(SimulatedBoard(plan, cache, window=args.window, progress=progress))
-            url, timeout = board.url, args.timeout or 30.0
-        else:
-            url, timeout = args.port, args.timeout or 2.0
+        board = _simulated_board(args, net, stack, progress) if args.sim else None
+        url, timeout = ((board.url, args.timeout or board.reply_timeout(board.params.window)) if board
+                        else (args.port, args.timeout or 2.0))
         progress(f"opening {url}")
         driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
         identity = driver.expect(net)
-        sent = 0
-        if any(identity.loaded):
-            progress(f"loading the weights the board keeps in SPRAM (layers "
-                     f"{[i for i, flag in enumerate(identity.loaded) if flag]})")
-            with progress_bar(0, not args.quiet, unit="weight rows") as bar:
-                sent = driver.load_weights(plan_for_identity(net, identity), progress=bar)
-            progress(f"loaded {sent} weight rows")
+        marks = [board.clock()] if board else []             # simulated time: before the load, before and after images
+        sent = _load_weights(args, net, driver, identity, progress)
+        marks += [board.clock()] if board else []
         progress(f"board runs {identity.fingerprint_text[:23]}... (T={identity.timesteps}, window {driver.window}); "
                  f"streaming {data.describe()}")
         with progress_bar(len(codes), not args.quiet) as bar:
             results = list(driver.infer(codes, progress=bar))
+        marks += [board.clock()] if board else []
         stats = driver.stats
     labels = np.array([r.label for r in results])
     logits = np.array([r.logits for r in results])
     payload = {"net": str(args.net), "data": data.name, "transport": "simulated board (Verilator)" if args.sim else url,
                "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict(),
                "weight_rows_loaded": sent}
-    if board is not None and board.stats.get("cycles"):
-        cycles = board.stats["cycles"] / len(results)
-        payload["board"] = {"clock_hz": identity.clock_hz, "simulated_cycles": board.stats["cycles"],
-                            "cycles_per_image": cycles, "images_per_second_at_clock": identity.clock_hz / cycles,
-                            "core_images_per_second_worst": identity.clock_hz / identity.initiation_interval,
-                            "includes_weight_load": any(identity.loaded)}
+    if board is not None:
+        payload["board"] = _simulated_rates(board, identity, marks, len(results), sent)
     mismatches = None
     if args.compare_golden:
         expected = golden.run(net, codes)
@@ -488,6 +480,60 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def _simulated_board(args, net, stack: contextlib.ExitStack, progress):
+    """The board top under Verilator at ``--baud``, clocked as the iCEBreaker would be for it: its
+    12 MHz oscillator, or the PLL clock ``build`` picks; ``--clock`` chooses another (refused in one
+    line when it cannot make the baud rate within 2 %)."""
+    from .gen.build import BOARDS, clock_for_baud
+    from .sim.board import SimulatedBoard
+
+    if args.clock is not None:
+        clock_hz = args.clock * 1e6
+    else:
+        board = BOARDS["icebreaker"]
+        clock_hz = clock_for_baud(board, args.baud) or board.clock_hz
+    cache = Path(args.build_dir) if args.build_dir else default_cache_dir()
+    simulated = SimulatedBoard(_plan(args, net), cache, window=args.window, clock_hz=clock_hz, baud=args.baud,
+                               progress=progress)
+    progress(f"simulating the board top at {clock_hz / 1e6:g} MHz, {args.baud:,} baud "
+             f"({simulated.params.divisor} cycles per bit)")
+    return stack.enter_context(simulated)
+
+
+def _load_weights(args, net, driver, identity, progress) -> int:
+    """The run-time weights, if the board keeps any in RAM (SPRAM): the rows sent."""
+    from .gen.board import plan_for_identity
+
+    if not any(identity.loaded):
+        return 0
+    progress(f"loading the weights the board keeps in SPRAM (layers "
+             f"{[i for i, flag in enumerate(identity.loaded) if flag]}, {identity.load_rows} rows a LOAD)")
+    with progress_bar(0, not args.quiet, unit="weight rows") as bar:
+        sent = driver.load_weights(plan_for_identity(net, identity), progress=bar)
+    progress(f"loaded {sent} weight rows")
+    return sent
+
+
+def _simulated_rates(board, identity, marks: list[dict], images: int, rows: int) -> dict:
+    """Rates in simulated time (docs/protocol.md, "Rates"): the weight load and the images from the
+    first request's first byte to the last reply's last byte, beside the core's worst case and the line's bound."""
+    from .contract.protocol import code_bytes
+
+    clock, bit_rate = board.clock_hz, board.clock_hz / board.params.divisor
+    load_cycles = marks[1]["last_tx_cycle"] - marks[0]["cycles"] if rows else 0
+    cycles = max(1, marks[2]["last_tx_cycle"] - marks[1]["cycles"])
+    request = 8 + identity.inputs * code_bytes(identity.timesteps)      # frame bytes each way
+    reply = 8 + identity.result_bytes
+    return {"clock_hz": clock, "baud": board.baud, "uart_bit_rate": bit_rate, "divisor": board.params.divisor,
+            "window": identity.window, "simulated_cycles": cycles, "cycles_per_image": cycles / max(1, images),
+            "images_per_second_end_to_end": images * clock / cycles,
+            "core_images_per_second_worst": clock / identity.initiation_interval,
+            "line_images_per_second": bit_rate / (10 * max(request, reply)), "image_frame_bits": 10 * request,
+            "weight_load": {"rows": rows, "load_bytes": identity.load_bytes, "load_rows": identity.load_rows,
+                            "simulated_cycles": load_cycles,
+                            "rows_per_second": rows * clock / load_cycles if load_cycles else None}}
+
+
 def _print_infer_report(payload: dict) -> None:
     """The human-readable lines of ``infer`` below its heading."""
     print(f"  accuracy: {_pct(payload['accuracy']).strip()}")
@@ -496,10 +542,15 @@ def _print_infer_report(payload: dict) -> None:
           f"{payload['resent']} resent")
     if "board" in payload:
         b = payload["board"]
-        print(f"  simulated board at {b['clock_hz'] / 1e6:g} MHz: {b['cycles_per_image']:.0f} cycles per image "
-              f"over its UART = {b['images_per_second_at_clock']:.0f} images/s "
-              f"(the core alone: >= {b['core_images_per_second_worst']:.0f} images/s)"
-              f"{'; the cycles include the SPRAM weight load' if b['includes_weight_load'] else ''}")
+        print(f"  simulated board at {b['clock_hz'] / 1e6:g} MHz, {b['baud']:,} baud: "
+              f"{b['images_per_second_end_to_end']:,.1f} images/s end to end in simulated time "
+              f"({b['cycles_per_image']:,.0f} cycles per image); the core alone >= "
+              f"{b['core_images_per_second_worst']:,.0f} images/s (worst case), the line alone <= "
+              f"{b['line_images_per_second']:,.1f} images/s ({b['image_frame_bits']:,} bits per image frame)")
+        load = b["weight_load"]
+        if load["rows"]:
+            print(f"  weight load: {load['rows']:,} rows in {load['simulated_cycles'] / b['clock_hz']:.3f} s "
+                  f"simulated = {load['rows_per_second']:,.0f} rows/s")
     if "golden" in payload:
         g, images = payload["golden"], payload["images"]
         print(f"  agreement with the golden model: {images - g['mismatches']}/{images} images "
@@ -715,15 +766,20 @@ def _add_hardware_commands(sub) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--sim", action="store_true", help="a simulated board: the board top under Verilator")
     where.add_argument("--port", metavar="URL", help="serial port of a board: /dev/ttyUSB1, socket://host:port, ...")
-    p.add_argument("--baud", type=_number(int, 300, 12_000_000), default=115200,
-                   help="serial baud rate for --port (default 115200)")
+    p.add_argument("--baud", type=_number(int, 300, 12_000_000),
+                   help="serial baud rate (default 115200); with --sim the simulated board's UART runs at it "
+                        "(default 1,500,000 there, which keeps the simulation quick)")
+    p.add_argument("--clock", type=_number(float, 1.0, 500.0), metavar="MHZ",
+                   help="with --sim: the simulated board's clock (default: the iCEBreaker's for the baud rate, "
+                        "12 MHz or the PLL clock build chooses)")
     _image_options(p)
     p.add_argument("--compare-golden", action="store_true",
                    help="compare every label and logit with the golden model (exit 1 on any difference)")
     p.add_argument("--window", type=_number(int, 1, 255), metavar="W",
                    help="images in flight, 1-255 (default: what the board allows)")
     p.add_argument("--timeout", type=_number(float, 0.001, 3600.0), metavar="S",
-                   help="seconds to wait for a reply before resending (default 2; 30 with --sim)")
+                   help="seconds to wait for a reply before resending (default 2; with --sim 30 and more, "
+                        "as the simulated line needs)")
     p.add_argument("--build-dir", metavar="DIR", help="where Verilator builds are kept (with --sim)")
     _hardware_options(p)
     _common_options(p)

@@ -95,7 +95,7 @@ def test_board_protocol_on_the_wire(small_board):
     [identity] = exchange(conn, encode_frame(FrameType.IDENTIFY, 7), 1)
     assert (identity.type, identity.seq) == (FrameType.IDENTITY, 7)
     info = Identity.decode(identity.payload)
-    assert info.fingerprint_text == board.params.plan.fingerprint and info.inputs == 4 and info.window == 4
+    assert info.fingerprint_text == board.params.plan.fingerprint and info.inputs == 4 and info.window == 3
 
     codes = np.random.default_rng(1).integers(0, 32, size=(3, 4))
     frames = exchange(conn, b"".join(encode_frame(FrameType.INFER, 100 + k, info.encode_image(row))
@@ -119,7 +119,56 @@ def test_board_protocol_on_the_wire(small_board):
     frames = exchange(conn, burst, 9)
     results = sorted(f.seq for f in frames if f.type == FrameType.RESULT)
     busy = sorted(f.seq for f in frames if f.type == FrameType.ERROR and f.payload == bytes([ErrorCode.BUSY]))
-    assert sorted(results + busy) == list(range(300, 309)) and len(results) >= 4 and busy
+    assert sorted(results + busy) == list(range(300, 309)) and len(results) >= 3 and busy
+
+
+@pytest.mark.parametrize("window,lanes", [(1, 3), (2, 3), (3, 3), (4, 3), (4, 2)])
+def test_board_tops_of_small_windows_pass_verilator_lint(tmp_path, window, lanes):
+    """With run-time weights (3-byte rows, 170 a LOAD; 2-byte rows, 255) and every small window. A window
+    of 2 once made Amaranth's buffered FIFO emit a zero-width address (``[-1:0]``) that Verilator refused
+    (``infer --sim --window 2`` did not build), and 255 rows a LOAD a constant compare (CMPCONST)."""
+    from amaranth.back import verilog
+
+    from spikesmith.gen.board import board_params
+    from spikesmith.gen.emit import lint_verilog
+    from spikesmith.hw.board import BoardTop
+
+    net = make_network(np.random.default_rng(8), [4, 7, 24], 5, negative_bias=0.5, threshold_scale=0.3)
+    params = board_params(plan_core(net, lanes=[lanes, 4], input_lanes=4, loaded_weights=[0]), 12_000_000, 1_500_000,
+                          window)
+    assert params.load_rows == {3: 170, 2: 255}[lanes]
+    path = tmp_path / "board.v"
+    path.write_text(verilog.convert(BoardTop(params), name="spikesmith_board", emit_src=False))
+    assert lint_verilog(path, top="spikesmith_board") == []
+
+
+def test_the_simulated_board_waits_for_its_slow_line(tmp_path):
+    """The driver's timeout is wall-clock time: at 115200 baud an MNIST-sized frame is 824,000 simulated
+    cycles (about 10 s of simulation here), so the 30 s it had resent the fourth image in flight while the
+    board was still receiving the first, and the resends took half the line (bench/endtoend.py)."""
+    net = make_network(np.random.default_rng(0), [784, 4, 3], 8)
+    slow = SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path, baud=115_200)        # not started
+    frame_cycles = 10 * (8 + 784) * 104
+    assert slow.reply_timeout(4) >= 30 + 5 * frame_cycles / 20_000
+    assert SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path).reply_timeout(4) < 60     # 1.5 Mbaud: quick
+
+
+def test_a_core_slower_than_the_line_never_loses_a_byte(tmp_path):
+    """A first layer of 50,000 cycles an image behind a 3 Mbaud line (2,240 cycles a frame): the board's
+    window (3: the image buffer and the core's two input banks) keeps the host from sending an image it
+    cannot hold. With 4 the fourth waited in the UART's 32-byte FIFO, which overflowed: CRC errors and
+    resends after a timeout (bench/endtoend.py: MNIST on the iCEBreaker plan at 3 Mbaud, 7 images/s)."""
+    from spikesmith.host.driver import Accelerator
+
+    net = make_network(np.random.default_rng(3), [48, 128, 4], 8, negative_bias=0.5, threshold_scale=0.3)
+    plan = plan_core(net, lanes=[1, 1], input_lanes=1, skip_silent=False)
+    codes = np.full((8, 48), net.max_code)
+    with SimulatedBoard(plan, tmp_path, baud=3_000_000) as board, Accelerator.open(board.url, timeout=10) as driver:
+        driver.expect(net)
+        results = list(driver.infer(codes))
+        assert driver.window == 3 and plan.initiation_interval > 20 * 2240
+        assert driver.stats.resent == 0 and not driver.stats.board_errors
+    assert [r.logits for r in results] == golden.run(net, codes).logits.tolist()
 
 
 def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
@@ -134,6 +183,31 @@ def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
                     "--build-dir", str(tmp_path / "cache"))
     assert "agreement with the golden model: 3/3 images (100.00%)" in human.stdout
     assert "3/3 [" in human.stderr and " images/s]" in human.stderr, "a progress bar on stderr"
+
+
+def test_infer_sim_runs_the_uart_at_the_baud_rate_and_reports_rates_in_simulated_time(small_digits_net, tmp_path):
+    """``infer --sim --baud 3000000``: the board top's UART at 12 MHz / 4; the weight load and the
+    images timed in simulated cycles, end to end below the line's bound (one 720-bit image frame each)
+    and close to it (the window keeps the line busy), the core's worst case far above both."""
+    proc = run_cli("infer", str(small_digits_net), "--sim", "--baud", "3000000", "--spram", "0", "-n", "8",
+                   "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
+    report = json.loads(proc.stdout)
+    b, load = report["board"], report["board"]["weight_load"]
+    assert (b["baud"], b["clock_hz"], b["divisor"], b["image_frame_bits"]) == (3_000_000, 12_000_000, 4, 720)
+    assert report["golden"]["mismatches"] == 0 and b["line_images_per_second"] == pytest.approx(3e6 / 720)
+    assert 0.8 * b["line_images_per_second"] < b["images_per_second_end_to_end"] < b["line_images_per_second"]
+    assert b["core_images_per_second_worst"] > 2 * b["line_images_per_second"]
+    assert load["rows"] == report["weight_rows_loaded"] > 0 and load["simulated_cycles"] > 0
+    assert (load["load_bytes"], load["load_rows"]) == (6, 85)           # 12 lanes of 4-bit weights, 4096 / 48 rows
+    assert 0.5 * 3e6 / 60 < load["rows_per_second"] < 3e6 / 60           # 60 bits on the line per row, and framing
+
+
+def test_infer_sim_refuses_a_baud_rate_its_clock_cannot_make(small_digits_net):
+    proc = run_cli("infer", str(small_digits_net), "--sim", "--baud", "2500000", "--clock", "12", "-n", "1",
+                   check=False)
+    assert_one_line_error(proc, "2500000 baud is more than 2% off any divisor of 12 MHz")
+    proc = run_cli("infer", str(small_digits_net), "--port", "loop://", "--clock", "12", "-n", "1", check=False)
+    assert_one_line_error(proc, "--clock sets the simulated board's clock: give it with --sim")
 
 
 def test_infer_runs_the_digits_cnn_on_the_simulated_board(digits_demo, tmp_path):
@@ -178,10 +252,17 @@ def test_spram_board_takes_its_weights_over_the_wire(tmp_path):
         assert info.load_bytes == (plan.load_data_width + 7) // 8 >= 2
         with pytest.raises(BoardError, match="not loaded"):
             list(driver.infer(codes[:1]))                # ERROR NOT_LOADED
-        with pytest.raises(BoardError, match="refused weight row 0"):
-            driver._acknowledged([info.encode_load(5, 0, 0)])     # no layer 5: ERROR LENGTH
+        with pytest.raises(BoardError, match="refused weight LOAD 0"):
+            driver._acknowledged([(info.encode_load(5, 0, [0]), 1)])     # no layer 5: ERROR LENGTH
         driver.expect(net)
+        assert info.load_rows == 170 and plan.layers[0].weight_row_count == 30     # one LOAD per layer
         assert driver.load_weights(plan) == len(list(plan.weight_loads()))    # the rows, then the commit
+        # A damaged LOAD of zero rows over layer 0: refused (CRC), and none of its rows is written.
+        damaged = bytearray(encode_frame(FrameType.LOAD, 9, info.encode_load(0, 0, [0] * 30)))
+        damaged[-3] ^= 0x01
+        driver._send(bytes(damaged))
+        assert [(f.type, f.seq, f.payload) for f in driver._receive(30.0)] == [
+            (FrameType.ERROR, 9, bytes([ErrorCode.CRC]))]
         results = list(driver.infer(codes))
     expected = golden.run(net, codes)
     assert [r.label for r in results] == expected.predictions.tolist()

@@ -67,7 +67,8 @@ def test_critical_paths_are_read_from_nextpnrs_report():
 def test_a_network_too_large_for_the_up5k_is_refused_before_synthesis(tmp_path):
     """A 784-256-10 MLP: 203,264 8-bit weights, beyond the UP5K's block RAM and SPRAM together."""
     net = make_network(np.random.default_rng(0), [784, 256, 10], 8)
-    with pytest.raises(BuildError, match=r"needs about \d+ block RAMs and 7 SPRAMs \(weights 1,626,112 bits\), "
+    # Its first layer alone in SPRAM leaves 31 block RAMs (the LOAD buffer's among them): the second goes there too.
+    with pytest.raises(BuildError, match=r"needs about 28 block RAMs and 8 SPRAMs \(weights 1,626,112 bits\), "
                                          r"the device has 30 block RAMs of 4096 bits and 4 SPRAMs"):
         check_fit(plan_for_board(net, BOARDS["icebreaker"]), BOARDS["icebreaker"])
     check_fit(plan_for_board(net, BOARDS["ulx3s-85f"]), BOARDS["ulx3s-85f"])    # the ECP5 has room
@@ -234,7 +235,8 @@ def test_the_digits_cnn_fits_the_up5k_with_its_kernels_but_not_as_dense_layers(d
     plan = plan_for_board(net, BOARDS["icebreaker"])
     check_fit(plan, BOARDS["icebreaker"])
     assert [layer.lanes for layer in plan.layers] == [1, 2, 1] and [layer.index for layer in plan.loaded_layers] == [1]
-    assert ice40_usage(plan) == (26, 1), "measured with nextpnr: 26 block RAMs and 1 SPRAM (README)"
+    # nextpnr placed 26 block RAMs and 1 SPRAM (README), before protocol version 4 added the LOAD buffer (one block).
+    assert ice40_usage(plan) == (27, 1)
     check_fit(plan_for_board(net, BOARDS["ulx3s-85f"]), BOARDS["ulx3s-85f"])
     # Every RAM is block RAM however shallow: 16 lanes make the second convolution's membrane banks
     # 16 rows of 400 bits, 25 blocks each, and that is refused before synthesis.

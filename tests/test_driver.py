@@ -5,8 +5,10 @@ import zlib
 import numpy as np
 import pytest
 
-from spikesmith.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError
-from spikesmith.contract.protocol import (FrameDecoder, FrameType, Identity, crc16, encode_frame)
+from spikesmith.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError, load_payloads
+from spikesmith.contract.protocol import (LOAD_HEAD, ErrorCode, FrameDecoder, FrameType, Identity, crc16,
+                                          encode_frame)
+from spikesmith.gen.sizing import plan_core
 from spikesmith.sim import golden
 from spikesmith.sim.link import LossyLink
 
@@ -61,6 +63,69 @@ def test_identity_round_trip(net):
     assert Identity.decode(identity.encode()) == identity
     with pytest.raises(ValueError):
         Identity.decode(b"NOPE" + identity.encode()[4:])
+    loads = identity_of(net, plan=plan_core(net, lanes=[2, 3], loaded_weights=[0]))
+    assert Identity.decode(loads.encode()) == loads and loads.load_rows == 255 and loads.loaded == (True, False)
+
+
+@pytest.fixture(scope="module")
+def spram_net():
+    """Weights in RAM, two layers of them: 64 x 40 1-byte rows (11 LOADs of <= 255), then 40 x 10."""
+    net = make_network(np.random.default_rng(6), [64, 40, 10], 6, negative_bias=0.5, threshold_scale=0.3)
+    return net, plan_core(net, lanes=[1, 1], loaded_weights=[0, 1])
+
+
+def test_load_payloads_are_runs_of_consecutive_rows(spram_net):
+    """docs/protocol.md, LOAD: a run of one layer's consecutive rows, at most load_rows a frame."""
+    net, plan = spram_net
+    identity = identity_of(net, plan=plan)
+    loads = [(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 5, 4), (1, 6, 5)] + [(1, 7 + k, k) for k in range(256)]
+    payloads = load_payloads(identity, loads)
+    heads = [(p[0], int.from_bytes(p[1:3], "little"), p[3], rows) for p, rows in payloads]
+    assert heads == [(0, 0, 3, 3), (0, 5, 1, 1), (1, 6, 255, 255), (1, 261, 2, 2)]
+    assert payloads[0][0][LOAD_HEAD:] == bytes([1, 2, 3]) and identity.load_bytes == 1
+
+
+def test_weights_go_in_frames_of_many_rows(spram_net):
+    """Every row of plan.weight_loads() lands at its address, 255 rows a LOAD, and only then the commit."""
+    net, plan = spram_net
+    board = FakeBoard(net, plan=plan)
+    with Accelerator(board, timeout=5.0) as driver:
+        driver.expect(net)
+        assert driver.load_weights(plan) == 64 * 40 + 40 * 10
+    assert board.rows == {(layer, address): row for layer, address, row in plan.weight_loads()}
+    assert board.loads == [255] * 10 + [10, 255, 145] and board.committed
+
+
+@pytest.mark.parametrize("faults", [{"corrupt_in": 0.002}, {"drop_out": 0.05}, {"corrupt_out": 0.05}],
+                         ids=["corrupt-in", "drop-out", "corrupt-out"])
+def test_damaged_loads_are_resent_until_every_row_is_in(spram_net, faults):
+    net, plan = spram_net
+    board = FakeBoard(net, plan=plan, seed=zlib.crc32(repr(faults).encode()))
+    with Accelerator(board, timeout=0.05, retries=20) as driver:
+        driver.expect(net)
+        for name, value in faults.items():         # after the identity: the loads take the damage
+            setattr(board, name, value)
+        driver.load_weights(plan)
+        for name in faults:
+            setattr(board, name, 0.0)
+        assert driver.stats.resent > 0
+        results = list(driver.infer(np.zeros((2, net.input.size), dtype=int)))
+    assert board.rows == {(layer, address): row for layer, address, row in plan.weight_loads()}
+    assert len(results) == 2
+
+
+def test_a_load_whose_length_does_not_match_its_row_count_is_refused(spram_net):
+    net, plan = spram_net
+    board = FakeBoard(net, plan=plan)
+    identity = identity_of(net, plan=plan)
+    good = identity.encode_load(0, 0, [7, 8])
+    for payload in (good[:3] + bytes([3]) + good[4:], good + b"\0", identity.encode_load(0xFF, 0, [1])):
+        board.write(encode_frame(FrameType.LOAD, 1, payload))
+    board.write(encode_frame(FrameType.LOAD, 2, good))
+    frames = FrameDecoder().feed(board.read(1000))
+    assert [(f.type, f.seq, f.payload) for f in frames] == [(FrameType.ERROR, 1, bytes([ErrorCode.LENGTH]))] * 3 + [
+        (FrameType.LOADED, 2, b"")]
+    assert board.rows == {(0, 0): 7, (0, 1): 8}
 
 
 def test_clean_board(net, codes):

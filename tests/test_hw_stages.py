@@ -290,40 +290,59 @@ def board():
     return net, board_params(plan_core(net, lanes=[2, 3], input_lanes=2), 12_000_000, 1_500_000)
 
 
-def _run_receiver(params, data: bytes, cycles: int = 400):
-    """Bytes into a FrameReceiver with every answer stream ready; what came out of each port."""
+def _run_receiver(params, data: bytes, cycles: int = 400, busy=lambda cycle: False):
+    """Bytes into a FrameReceiver with every answer stream ready; what came out of each port.
+    With run-time weights: the LOAD buffer rows written, the LOADs started (``busy(cycle)``: the
+    weight loader's busy input) and the acknowledgements."""
     dut = FrameReceiver(params)
-    out = {"requests": [], "errors": [], "identify": [], "image": [], "start": 0}
+    out = {"requests": [], "errors": [], "identify": [], "image": [], "start": 0, "rows": [], "loads": [], "acks": []}
+    ports = {"taken": dut.bytes.ready, "req": dut.requests.valid, "seq": dut.requests.payload,
+             "err": dut.errors.valid, "error": dut.errors.payload, "ident": dut.identify.valid,
+             "ident_seq": dut.identify.payload, "write": dut.image.en, "addr": dut.image.addr, "beat": dut.image.data,
+             "start": dut.image.start, "ack": dut.acks.valid, "ack_seq": dut.acks.payload}
+    if hasattr(dut, "weights"):
+        ports.update({"row": dut.weights.en, "row_addr": dut.weights.addr, "row_data": dut.weights.data,
+                      "load": dut.weights.start, "request": dut.weights.request})
 
     async def bench(ctx):
         for port in (dut.requests, dut.errors, dut.acks, dut.identify):
             ctx.set(port.ready, 1)
         pending = list(data)
-        for _ in range(cycles):
+        for cycle in range(cycles):
             ctx.set(dut.bytes.valid, bool(pending))
             if pending:
                 ctx.set(dut.bytes.payload, pending[0])
-            _, _, taken, req, seq, err, error, ident, ident_seq, write, addr, beat, start = await ctx.tick().sample(
-                dut.bytes.ready, dut.requests.valid, dut.requests.payload, dut.errors.valid, dut.errors.payload,
-                dut.identify.valid, dut.identify.payload, dut.image.en, dut.image.addr, dut.image.data,
-                dut.image.start)
-            if pending and taken:
+            if "row" in ports:
+                ctx.set(dut.weights.busy, busy(cycle))
+            got = dict(zip(ports, (await ctx.tick().sample(*ports.values()))[2:]))
+            if pending and got["taken"]:
                 pending.pop(0)
-            if req:
-                out["requests"].append(seq.seq)
-            if err:
-                out["errors"].append((error.seq, error.code))
-            if ident:
-                out["identify"].append(ident_seq)
-            if write:
-                out["image"].append((addr, beat))
-            out["start"] += start
+            _record(out, got, cycle)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
     return out
+
+
+def _record(out: dict, got: dict, cycle: int) -> None:
+    """One cycle's outputs of a FrameReceiver, sampled at the clock edge."""
+    if got["req"]:
+        out["requests"].append(got["seq"].seq)
+    if got["err"]:
+        out["errors"].append((got["error"].seq, got["error"].code))
+    if got["ident"]:
+        out["identify"].append(got["ident_seq"])
+    if got["write"]:
+        out["image"].append((got["addr"], got["beat"]))
+    if got["ack"]:
+        out["acks"].append(got["ack_seq"])
+    out["start"] += got["start"]
+    if got.get("row"):
+        out["rows"].append((cycle, got["row_addr"], got["row_data"]))
+    if got.get("load"):
+        out["loads"].append((cycle, got["request"].layer, got["request"].address, got["request"].count))
 
 
 def test_frame_receiver_accepts_a_checked_image(board):
@@ -351,6 +370,59 @@ def test_frame_receiver_holds_an_identify_until_taken(board):
     _, params = board
     out = _run_receiver(params, b"\x00\x13" + encode_frame(FrameType.IDENTIFY, 300))   # noise before SYNC
     assert 300 in out["identify"] and out["errors"] == []
+
+
+@pytest.fixture(scope="module")
+def loading_board():
+    """Both layers' weights loaded at run time: 3-byte rows (lanes 3 x 8 bits), 170 rows a LOAD."""
+    net = make_network(np.random.default_rng(2), [5, 4, 3], 4)
+    params = board_params(plan_core(net, lanes=[2, 3], input_lanes=2, loaded_weights=[0, 1]), 12_000_000, 1_500_000)
+    assert (params.load_bytes, params.load_rows) == (3, 170)
+    return net, params
+
+
+def _load_frame(params, seq: int, layer: int, address: int, rows, count: int | None = None) -> bytes:
+    """A LOAD frame; ``count`` overrides the row count byte (a length that does not fit it)."""
+    payload = bytearray(bytes([layer]) + address.to_bytes(2, "little") + bytes([len(rows)])
+                        + b"".join(row.to_bytes(params.load_bytes, "little") for row in rows))
+    if count is not None:
+        payload[3] = count
+    return encode_frame(FrameType.LOAD, seq, bytes(payload))
+
+
+def test_frame_receiver_takes_a_load_of_several_rows_once_the_buffer_is_free(loading_board):
+    """docs/protocol.md, LOAD: rows into the buffer, in order, not before the last LOAD's rows are
+    written (busy for 60 cycles), then one start with layer, address and count, and an acknowledgement."""
+    _, params = loading_board
+    rows = [0x123456, 0xABCDEF, 0x000001]
+    out = _run_receiver(params, _load_frame(params, 21, 1, 2, rows), busy=lambda cycle: cycle < 60)
+    assert [(addr, data) for _, addr, data in out["rows"]] == list(enumerate(rows)) and out["rows"][0][0] >= 60
+    assert [load[1:] for load in out["loads"]] == [(1, 2, 3)] and out["acks"] == [21] and out["errors"] == []
+    commit = _run_receiver(params, _load_frame(params, 22, 0xFF, 0, []), busy=lambda cycle: cycle < 60)
+    assert [load[1:] for load in commit["loads"]] == [(0xFF, 0, 0)] and commit["loads"][0][0] >= 60
+    assert commit["rows"] == [] and commit["acks"] == [22]
+
+
+def _damaged(frame: bytes) -> bytes:
+    frame = bytearray(frame)
+    frame[-1] ^= 0x10
+    return bytes(frame)
+
+
+@pytest.mark.parametrize("frame,error,buffered", [
+    (lambda p: _load_frame(p, 9, 1, 0, [1, 2], count=3), ErrorCode.LENGTH, 0),     # the length is not 4 + 3 rows
+    (lambda p: _load_frame(p, 9, 1, 0, [], count=0), ErrorCode.LENGTH, 0),         # a LOAD of no rows
+    (lambda p: _load_frame(p, 9, 1, 0, [7] * 171), ErrorCode.LENGTH, 0),          # more rows than the buffer's
+    (lambda p: _load_frame(p, 9, 0xFF, 0, [7]), ErrorCode.LENGTH, 0),             # a commit with a row
+    (lambda p: _load_frame(p, 9, 5, 0, [7, 8]), ErrorCode.LENGTH, 2),             # no layer 5 (after the CRC)
+    (lambda p: _damaged(_load_frame(p, 9, 1, 0, [7, 8])), ErrorCode.CRC, 2),
+], ids=["length-not-count", "no-rows", "too-many-rows", "commit-with-rows", "unknown-layer", "crc"])
+def test_frame_receiver_never_starts_a_bad_load(loading_board, frame, error, buffered):
+    """A refused LOAD is answered and never started: its rows (if any reached the buffer) are never written."""
+    _, params = loading_board
+    out = _run_receiver(params, frame(params), cycles=600)
+    assert out["errors"] == [(9, ErrorKind(error.value))] and out["loads"] == [] and out["acks"] == []
+    assert len(out["rows"]) == buffered
 
 
 def test_frame_kinds_are_the_protocol_numbers():
@@ -480,26 +552,40 @@ def test_image_loader_streams_the_buffer_into_the_core(board):
     assert sink.received == beats and sink.extra == []
 
 
-def test_weight_loader_writes_rows_and_commits():
-    net = make_network(np.random.default_rng(4), [5, 4, 3], 4)
-    plan = plan_core(net, lanes=[2, 3], loaded_weights=[1])
-    params = board_params(plan, 12_000_000, 1_500_000)
+def test_weight_loader_writes_rows_and_commits(loading_board):
+    """The buffer's rows go to consecutive core addresses, one a cycle; busy until the last; the
+    rows clear *loaded*, the commit sets it."""
+    _, params = loading_board
+    plan = params.plan
     dut = WeightLoader(params)
+    rows, written = [0x5A5A5A, 0x000102, 0xFFFFFF], []
+    mask = (1 << plan.load_data_width) - 1
 
     async def bench(ctx):
-        ctx.set(dut.requests.request, {"layer": 1, "address": 2, "row": 0x5A5})
-        ctx.set(dut.requests.en, 1)
-        assert (ctx.get(dut.core.en), ctx.get(dut.core.layer), ctx.get(dut.core.addr)) == (1, 1, 2)
-        assert ctx.get(dut.core.data) == 0x5A5 & ((1 << plan.load_data_width) - 1)
-        await ctx.tick()
-        assert not ctx.get(dut.requests.loaded)
-        ctx.set(dut.requests.request, {"layer": 0xFF, "address": 0, "row": 0})     # the commit
-        assert not ctx.get(dut.core.en)
-        await ctx.tick()
+        for address, row in enumerate(rows):
+            ctx.set(dut.requests.addr, address)
+            ctx.set(dut.requests.data, row)
+            ctx.set(dut.requests.en, 1)
+            await ctx.tick()
         ctx.set(dut.requests.en, 0)
-        assert ctx.get(dut.requests.loaded)
+        ctx.set(dut.requests.request, {"layer": 1, "address": 5, "count": 3})
+        ctx.set(dut.requests.start, 1)
+        await ctx.tick()
+        ctx.set(dut.requests.start, 0)
+        for _ in range(6):
+            busy = ctx.get(dut.requests.busy)
+            if ctx.get(dut.core.en):
+                written.append((ctx.get(dut.core.layer), ctx.get(dut.core.addr), ctx.get(dut.core.data), busy))
+            await ctx.tick()
+        assert not ctx.get(dut.requests.busy) and not ctx.get(dut.requests.loaded)
+        ctx.set(dut.requests.request, {"layer": 0xFF, "address": 0, "count": 0})     # the commit
+        ctx.set(dut.requests.start, 1)
+        await ctx.tick()
+        ctx.set(dut.requests.start, 0)
+        assert ctx.get(dut.requests.loaded) and not ctx.get(dut.core.en)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+    assert written == [(1, 5 + k, row & mask, 1) for k, row in enumerate(rows)]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from math import gcd
 
 from .network import ConvGeometry, PoolGeometry, unsigned_width
-from .protocol import unpack_result
+from .protocol import LOAD_HEAD, unpack_result
 
 __all__ = ["ROW_QUEUE_DEPTH", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
@@ -451,12 +451,13 @@ class BoardParams:
     window: int           # images in flight
     code_bytes: int
     logit_bytes: int
-    load_bytes: int = 0   # bytes of a LOAD's row field; 0: every weight is in the bitstream
+    load_bytes: int = 0   # bytes of a weight row in a LOAD; 0: every weight is in the bitstream
+    load_rows: int = 0    # most rows a LOAD carries (the board's LOAD buffer rows)
 
     @property
     def load_payload_bytes(self) -> int:
-        """Length of a LOAD payload: layer (1), row address (2), row (``load_bytes``)."""
-        return 3 + self.load_bytes
+        """Length of the longest LOAD payload: layer (1), address (2), count (1), ``load_rows`` rows."""
+        return LOAD_HEAD + self.load_rows * self.load_bytes
 
     @property
     def image_bytes(self) -> int:

@@ -16,14 +16,17 @@ import enum
 import struct
 from dataclasses import dataclass
 
-__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "MAX_FRAME_PAYLOAD", "COMMIT_LAYER", "FrameType", "ErrorCode", "Frame",
+__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "MAX_FRAME_PAYLOAD", "COMMIT_LAYER", "LOAD_HEAD",
+           "MAX_LOAD_ROWS", "FrameType", "ErrorCode", "Frame",
            "crc16", "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes", "unpack_result"]
 
 SYNC = 0xA5
 HEADER = 6            # sync, type, seq, len
 MAGIC = b"SPKS"       # a spikesmith board
-VERSION = 3             # 3: an IDENTIFY starts a session (docs/protocol.md, "Sessions")
+VERSION = 4             # 3: an IDENTIFY starts a session (docs/protocol.md, "Sessions"); 4: a LOAD carries rows
 COMMIT_LAYER = 0xFF     # a LOAD for this layer commits the run-time weights
+LOAD_HEAD = 4           # a LOAD's payload before its rows: layer (1), first row address (2), row count (1)
+MAX_LOAD_ROWS = 255     # the count byte's limit; a board takes at most its identity's ``load_rows``
 MAX_PAYLOAD = 4096    # no reply is longer; a longer reply header is noise
 MAX_FRAME_PAYLOAD = 0xFFFF     # the length field's limit: the largest image a frame carries
 
@@ -31,7 +34,7 @@ MAX_FRAME_PAYLOAD = 0xFFFF     # the length field's limit: the largest image a f
 class FrameType(enum.IntEnum):
     IDENTIFY = 0x01   # host -> board, empty
     INFER = 0x02      # host -> board, one image's input codes
-    LOAD = 0x03       # host -> board, one run-time weight row, or the commit (layer 0xFF)
+    LOAD = 0x03       # host -> board, consecutive run-time weight rows, or the commit (layer 0xFF)
     IDENTITY = 0x81   # board -> host, the network and core parameters
     RESULT = 0x82     # board -> host, label and logits of the request with the same seq
     LOADED = 0x83     # board -> host, empty: the LOAD with the same seq is done
@@ -164,7 +167,8 @@ class Identity:
     """What a board says about itself (an IDENTITY payload).
 
     ``lanes`` and ``loaded`` (per layer) let the host rebuild the packed rows of the layers
-    whose weights the board takes at run time (LOAD); ``load_bytes`` is a LOAD's row field.
+    whose weights the board takes at run time (LOAD); ``load_bytes`` is a row's size in a LOAD,
+    ``load_rows`` the most rows one LOAD carries (the board's LOAD buffer).
     """
     timesteps: int
     inputs: int
@@ -177,15 +181,16 @@ class Identity:
     lanes: tuple[int, ...] = ()
     loaded: tuple[bool, ...] = ()
     load_bytes: int = 0
+    load_rows: int = 0
 
-    FORMAT = "<4sBBBBHHBxII32sBB"          # then per layer: lanes (H), loaded (B)
+    FORMAT = "<4sBBBBHHBBII32sBB"          # then per layer: lanes (H), loaded (B)
     LAYER_FORMAT = "<HB"
     MIN_SIZE = struct.calcsize(FORMAT)
     MAX_SIZE = struct.calcsize(FORMAT) + 255 * struct.calcsize(LAYER_FORMAT)
 
     def encode(self) -> bytes:
         head = struct.pack(self.FORMAT, MAGIC, VERSION, self.timesteps, code_bytes(self.timesteps),
-                           self.logit_bytes, self.inputs, self.classes, self.window,
+                           self.logit_bytes, self.inputs, self.classes, self.window, self.load_rows,
                            self.clock_hz, self.initiation_interval, self.fingerprint, len(self.lanes),
                            self.load_bytes)
         return head + b"".join(struct.pack(self.LAYER_FORMAT, lanes, loaded)
@@ -201,7 +206,7 @@ class Identity:
                              "(rebuild the bitstream with this spikesmith)")
         if len(payload) < head:
             raise ValueError(f"an identity is at least {head} bytes, not {len(payload)}")
-        (_, _, timesteps, _, logit_nbytes, inputs, classes, window, clock_hz, interval,
+        (_, _, timesteps, _, logit_nbytes, inputs, classes, window, load_rows, clock_hz, interval,
          fingerprint, layers, load_bytes) = struct.unpack(cls.FORMAT, payload[:head])
         size = struct.calcsize(cls.LAYER_FORMAT)
         if len(payload) != head + layers * size:
@@ -212,12 +217,20 @@ class Identity:
                 or not window:
             raise ValueError(f"T={timesteps}, {inputs} inputs, {classes} classes, window {window} is no board "
                              "this host can drive")
+        if load_bytes and not load_rows:
+            raise ValueError(f"the board takes {load_bytes}-byte weight rows but no rows per LOAD")
         return cls(timesteps, inputs, classes, logit_nbytes, window, clock_hz, interval, fingerprint,
-                   tuple(lanes for lanes, _ in per_layer), tuple(bool(flag) for _, flag in per_layer), load_bytes)
+                   tuple(lanes for lanes, _ in per_layer), tuple(bool(flag) for _, flag in per_layer), load_bytes,
+                   load_rows)
 
-    def encode_load(self, layer: int, address: int, row: int) -> bytes:
-        """A LOAD payload: layer, row address (LE), the packed row in ``load_bytes`` bytes (LE)."""
-        return bytes([layer]) + address.to_bytes(2, "little") + row.to_bytes(self.load_bytes, "little")
+    def encode_load(self, layer: int, address: int, rows=()) -> bytes:
+        """A LOAD payload: layer, first row address (LE), row count, then the packed ``rows`` (for
+        addresses ``address``, ``address + 1``, ...), ``load_bytes`` bytes each (LE). No rows: the commit."""
+        rows = list(rows)
+        if len(rows) > MAX_LOAD_ROWS:
+            raise ValueError(f"a LOAD carries at most {MAX_LOAD_ROWS} rows, not {len(rows)}")
+        return (bytes([layer]) + address.to_bytes(2, "little") + bytes([len(rows)])
+                + b"".join(int(row).to_bytes(self.load_bytes, "little") for row in rows))
 
     @property
     def fingerprint_text(self) -> str:
