@@ -150,6 +150,17 @@ class FrameReceiver(wiring.Component):
     def _refuse(self, m: Module, code: ErrorKind) -> None:
         m.d.comb += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq), self.errors.payload.code.eq(code)]
 
+    def _field_states(self, m: Module, fields) -> None:
+        """One state per byte of a frame's fixed fields ``(state, target, next state)``: the byte
+        (CRC'd) goes into its target."""
+        byte, available = self.bytes.payload, self.bytes.valid
+        for state, target, following in fields:
+            with m.State(state):
+                m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+                with m.If(available):
+                    m.d.sync += target.eq(byte)
+                    m.next = following
+
     def _header(self, m: Module) -> None:
         """Hunt for SYNC, then type, seq and length; the length decides what follows."""
         p, byte, available = self.params, self.bytes.payload, self.bytes.valid
@@ -157,13 +168,8 @@ class FrameReceiver(wiring.Component):
             m.d.comb += [self._take.eq(available), self._crc.start.eq(available & (byte == SYNC))]
             with m.If(available & (byte == SYNC)):
                 m.next = "TYPE"
-        for state, target, following in (("TYPE", self._kind, "SEQ0"), ("SEQ0", self._seq[:8], "SEQ1"),
-                                          ("SEQ1", self._seq[8:], "LEN0"), ("LEN0", self._length[:8], "LEN1")):
-            with m.State(state):
-                m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
-                with m.If(available):
-                    m.d.sync += target.eq(byte)
-                    m.next = following
+        self._field_states(m, (("TYPE", self._kind, "SEQ0"), ("SEQ0", self._seq[:8], "SEQ1"),
+                               ("SEQ1", self._seq[8:], "LEN0"), ("LEN0", self._length[:8], "LEN1")))
         with m.State("LEN1"):
             m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
             with m.If(available):
@@ -222,13 +228,8 @@ class FrameReceiver(wiring.Component):
         """A LOAD's layer, address and row count; the length must be exactly ``LOAD_HEAD + count *
         load_bytes`` with 1 to ``load_rows`` rows (none for the commit), else it is refused here."""
         p, byte, available = self.params, self.bytes.payload, self.bytes.valid
-        for state, target, following in (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
-                                         ("ADDR1", self._load.address[8:], "COUNT")):
-            with m.State(state):
-                m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
-                with m.If(available):
-                    m.d.sync += target.eq(byte)
-                    m.next = following
+        self._field_states(m, (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
+                               ("ADDR1", self._load.address[8:], "COUNT")))
         with m.State("COUNT"):
             m.d.comb += self._take.eq(available & self.errors.ready)     # room for a refusal: none is dropped
             m.d.comb += self._crc.valid.eq(self._take)
