@@ -559,12 +559,10 @@ class BoardTop(wiring.Component):
         wiring.connect(m, receiver.image, loader.receive)
         wiring.connect(m, loader.images, core.images)
         wiring.connect(m, receiver.requests, in_flight.w_stream)
-        # Registered on the way into their FIFOs (the refusal logic is long); `requests` is not: its
-        # FIFO's room is the window the receiver checks.
-        for name, answers, queue in (("errors", receiver.errors, errors), ("acks", receiver.acks, acks)):
-            stage = m.submodules[f"{name}_register"] = StreamRegister(answers.payload.shape())
-            wiring.connect(m, answers, stage.inlet)
-            wiring.connect(m, stage.outlet, queue.w_stream)
+        # (Not registered on the way into their FIFOs: on the iCE40UP5K the ~130 logic cells it took were what
+        # a board with run-time weights no longer had.)
+        wiring.connect(m, receiver.errors, errors.w_stream)
+        wiring.connect(m, receiver.acks, acks.w_stream)
         wiring.connect(m, receiver.identify, transmitter.identify)
         m.d.comb += transmitter.generation.eq(receiver.generation)
         m.d.comb += receiver.in_flight.eq(in_flight.r_rdy)

@@ -21,7 +21,7 @@ class Readout(wiring.Component):
     image, ``label`` (first index of the largest logit) and the ``classes`` integer logits
     (``membrane_width``-bit signed). Takes ``B + 3 + B*L`` cycles per image (claim, reads,
     the two-cycle read latency, one logit a cycle for the argmax, drain): no comparator
-    chain across the lanes.
+    chain across the lanes. With one lane the argmax runs as the rows arrive (``B + 3``).
     """
 
     def __init__(self, plan: LayerPlan):
@@ -59,9 +59,12 @@ class Readout(wiring.Component):
                     m.d.sync += [logits[j].eq(logits[j + L]) for j in range(B * L - L)]
                     m.d.sync += [logits[B * L - L + lane].eq(membrane[lane]) for lane in range(L)]
                     m.d.sync += row.eq(row + 1)
+                    if L == 1:      # one logit a row: the running argmax needs no pass of its own
+                        with m.If((row == 0) | (membrane[0] > best)):
+                            m.d.sync += [best.eq(membrane[0]), best_label.eq(row)]
                     with m.If(row == B - 1):
                         m.d.sync += scanned.eq(0)
-                        m.next = "ARGMAX"
+                        m.next = "ARGMAX" if L > 1 else "DONE"
             with m.State("ARGMAX"):
                 # One logit a cycle: the register rotates, the first compares (one comparator: ties keep the
                 # first index); after B*L cycles the logits are back in order.

@@ -313,8 +313,8 @@ class LayerPlan:
 
     def readout_cycles(self) -> int:
         """Cycles of the output layer's readout (claim, B block reads, two of read latency, one logit a
-        cycle for the argmax, one drain cycle)."""
-        return self.blocks + 3 + self.blocks * self.lanes
+        cycle for the argmax unless a row holds one logit, one drain cycle)."""
+        return self.blocks + 3 + (self.blocks * self.lanes if self.lanes > 1 else 0)
 
 
 @dataclass(frozen=True, eq=False)
