@@ -99,7 +99,7 @@ class RowReader:
     cycle; ``tags[k]`` is the read issued ``k + 1`` cycles ago): the engine computes the row's queue entry into ``entry`` (and may write the row
     back), and ``done`` (comb) marks the image's last arrival, which frees the bank. Reads are
     issued only while the queue (``depth`` entries) has room for them, so a slow consumer
-    stalls the reads, never the arrivals; :attr:`rows` is the queue's output, for a
+    stalls the reads, never the arrivals; :attr:`rows_out` is the queue's output, for a
     :class:`BlockScanner`. A new bank is claimed the cycle after ``done``. With ``rewrites`` the
     engine writes each row back when it arrives, so a row is read again no sooner than that
     (a pass shorter than the latency waits; a write-first read sees the write).
@@ -112,8 +112,8 @@ class RowReader:
         assert depth >= latency + 2, "a shallower queue cannot keep up one row per cycle"
         self.ready, self.issue, self.done = Signal(), Signal(), Signal()
         self.row, self.step = index_signal(rows), index_signal(timesteps)
-        self.arrived = Signal(read_tag_layout(rows, timesteps))
         self.tags = [Signal(read_tag_layout(rows, timesteps), name=f"read_tag{k}") for k in range(latency)]
+        self.arrived = self.tags[-1]
         self.entry = Signal(entry)
         self.rows_out = stream.Signature(entry).create()
 
@@ -126,7 +126,7 @@ class RowReader:
         # A row still on its way back (only a pass shorter than the latency can read it again that soon).
         unwritten = [tag.valid & (tag.row == self.row) for tag in tags[:-1]] if self.rewrites and self.rows < self.latency else []
         m.d.comb += [self.issue.eq(reading & (queue.level + in_flight < self.depth) & ~Cat(unwritten).any()),
-                     self.arrived.eq(tags[-1]), self.done.eq(tags[-1].valid & tags[-1].last),
+                     self.done.eq(tags[-1].valid & tags[-1].last),
                      queue.w_data.eq(self.entry), queue.w_en.eq(tags[-1].valid),
                      self.rows_out.valid.eq(queue.r_rdy), self.rows_out.payload.eq(queue.r_data),
                      queue.r_en.eq(self.rows_out.ready)]
@@ -154,7 +154,7 @@ class BlockScanner:
     the previous row's events are out or going out this cycle, so a row with ``k`` events
     takes ``max(1, k)`` cycles; after a step's last row it sends the end-of-step marker and, in
     the same cycle, loads the next step's first row. ``loaded`` holds the row whose events are
-    on offer; ``finished`` (comb) marks the cycle an image's last marker is sent.
+    on offer. (The bank is freed by the row reader, not by the scanner.)
     """
 
     def __init__(self, *, blocks: int, lanes: int, neurons: int, timesteps: int, skip_silent: bool,
@@ -165,7 +165,6 @@ class BlockScanner:
         self.step = index_signal(timesteps)
         self.row = index_signal(blocks)          # the row the next load takes
         self.load = Signal()
-        self.finished = Signal()
         self.lowest = index_signal(lanes)        # the lane of the event on offer
 
     def build(self, m: Module, rows, events) -> None:
@@ -210,7 +209,6 @@ class BlockScanner:
         with m.If(marker_sent):
             with m.If(self.step == self.timesteps - 1):
                 m.d.sync += self.step.eq(0)
-                m.d.comb += self.finished.eq(1)
             with m.Else():
                 m.d.sync += self.step.eq(self.step + 1)
 
