@@ -75,7 +75,8 @@ class InputEncoder(wiring.Component):
         codes = data.ArrayLayout(T, plan.lanes)(word_row)
         bit = index_signal(T)                     # step t carries bit T-1-t: MSB first
         m.d.comb += bit.eq(T - 1 - reader.arrived.step)
-        m.d.comb += reader.entry.spikes.eq(Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes)))
+        spikes = Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes))
+        m.d.comb += [reader.entry.spikes.eq(spikes), reader.entry.sends.eq(scan.sends(spikes, reader.arrived.row))]
         scan.build(m, reader.rows_out, self.events)
         if plan.pixels:
             # A word is `lanes` neighbouring pixels of one image row (lanes divide the width).

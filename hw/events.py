@@ -9,14 +9,14 @@ silent neuron costs the consumer nothing.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import C, Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream
 
 from ..contract.network import unsigned_width
 from ..contract.plan import ROW_QUEUE_DEPTH
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
-           "index_signal", "lowest_set_lane", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
+           "index_signal", "lowest_set_lane", "count_up_to", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
 
 
 def index_signal(count: int, **kwargs) -> Signal:
@@ -28,11 +28,25 @@ def index_signal(count: int, **kwargs) -> Signal:
 
 
 def lowest_set_lane(m: Module, mask, lanes: int) -> Signal:
-    """The index of the lowest set bit of ``mask`` (``lanes`` bits; 0 when none is set), in logic."""
+    """The index of the lowest set bit of ``mask`` (``lanes`` bits), in logic; unspecified when none is set.
+
+    A tree of 2-way choices, ``ceil(log2(lanes))`` deep: each node takes its lower half's index
+    when that half has a bit set, else its upper half's, and appends which it took as the next
+    index bit. (A chain of priority choices was ``lanes`` deep and set the clock of a 64-lane row.)
+    """
     lowest = index_signal(lanes)
-    for lane in reversed(range(lanes)):        # the last assignment wins: the lowest set lane
-        with m.If(mask[lane]):
-            m.d.comb += lowest.eq(lane)
+    padded = 1 << max(1, (lanes - 1).bit_length())
+
+    def subtree(bits):                         # (any bit set, index of the lowest set bit)
+        if len(bits) == 2:
+            return bits[0] | bits[1], ~bits[0]
+        half = len(bits) // 2
+        low_any, low_index = subtree(bits[:half])
+        high_any, high_index = subtree(bits[half:])
+        return low_any | high_any, Cat(Mux(low_any, low_index, high_index), ~low_any)
+
+    bits = [mask[lane] if lane < lanes else C(0, 1) for lane in range(padded)]
+    m.d.comb += lowest.eq(subtree(bits)[1])
     return lowest
 
 
@@ -79,9 +93,22 @@ def weight_load_layout(addr_width: int, data_width: int, layer_width: int = 0) -
 
 
 def scanned_row_layout(lanes: int, **extra) -> data.StructLayout:
-    """One row into a :class:`BlockScanner`: its ``lanes`` spike bits at this step and whatever
-    else (``extra``: field name -> shape) the caller wants back while the row's events go out."""
-    return data.StructLayout({"spikes": lanes, **extra})
+    """One row into a :class:`BlockScanner`: its ``lanes`` spike bits at this step, ``sends`` (how
+    many events it sends, counted up to 2: :meth:`BlockScanner.sends`) and whatever else
+    (``extra``: field name -> shape) the caller wants back while the row's events go out."""
+    return data.StructLayout({"spikes": lanes, "sends": 2, **extra})
+
+
+def count_up_to(bits, cap: int):
+    """The number of set bits among ``bits`` (a list of 1-bit values), or ``cap`` if more: a tree of
+    small saturating adders, ``ceil(log2(len(bits)))`` deep, no carry chain."""
+    if len(bits) == 1:
+        return bits[0]
+    half = len(bits) // 2
+    total = count_up_to(bits[:half], cap) + count_up_to(bits[half:], cap)
+    if len(bits) <= cap:                       # it cannot pass the cap (a constant compare, which Verilator refuses)
+        return total
+    return Mux(total > cap, cap, total)[:cap.bit_length()]
 
 
 def read_tag_layout(rows: int, timesteps: int) -> data.StructLayout:
@@ -167,44 +194,65 @@ class BlockScanner:
         self.load = Signal()
         self.lowest = index_signal(lanes)        # the lane of the event on offer
 
+    def _lanes_sent(self, spikes, last_row):
+        """The lanes of a row that send an event: its spiking ones (every one without skipping), but
+        none of the last row's beyond the layer's neurons."""
+        tail = self.neurons - (self.blocks - 1) * self.lanes
+        valid_lanes = Mux(last_row, (1 << tail) - 1, (1 << self.lanes) - 1)
+        return spikes & valid_lanes if self.skip_silent else valid_lanes
+
+    def sends(self, spikes, row):
+        """The ``sends`` field of row ``row`` of a step with spike bits ``spikes``: its events counted
+        up to 2. Computed as the row goes into the queue, so that the scanner knows at once whether
+        a loaded row is empty or sends one event, without counting a wide row in the cycle it loads."""
+        sent = self._lanes_sent(spikes, row == self.blocks - 1)
+        return count_up_to([sent[lane] for lane in range(self.lanes)], 2)
+
     def build(self, m: Module, rows, events) -> None:
         """Add the scanner's logic to ``m``: ``rows`` in, the stream interface ``events`` out."""
         lanes, blocks = self.lanes, self.blocks
         loaded_all = Signal()                      # every row of this step is loaded
         pending = Signal(lanes)                    # lanes of the loaded row still to send
+        # Registered with `pending`: none left / at most one left. With them, whether a row loads
+        # this cycle comes from registers, not from counting `pending`.
+        idle, single = Signal(init=1), Signal(init=1)
         base = index_signal(blocks * lanes)       # address of lane 0 of the loaded row
         row_base = index_signal(blocks * lanes + 1)
 
         lowest = self.lowest
         m.d.comb += lowest.eq(lowest_set_lane(m, pending, lanes))
-        emitting = pending.any()
+        emitting = ~idle
+        others = pending & (pending - 1)           # x & (x-1) clears the lowest set bit
+        # Skipping sends spiking lanes only; else the lowest pending lane's bit, without a lane multiplexer.
+        spike = 1 if self.skip_silent else (self.loaded.spikes & (pending ^ others)).any()
         m.d.comb += [
             events.valid.eq(emitting | loaded_all),
-            events.payload.spike.eq(self.loaded.spikes.bit_select(lowest, 1)),
+            events.payload.spike.eq(spike),
             events.payload.end.eq(~emitting),
         ]
         if "addr" in events.payload.shape().members:   # pixel events get their coordinates from ScanCoordinates
-            m.d.comb += events.payload.addr.eq(base + lowest)
+            # Rows start at multiples of ``lanes``: with a power of two the low bits are the lane's (no carry chain).
+            power_of_two = lanes & (lanes - 1) == 0
+            m.d.comb += events.payload.addr.eq(base | lowest if power_of_two else base + lowest)
         sent = events.valid & events.ready
         marker_sent = sent & ~emitting
-        remaining = Mux(sent & emitting, pending & (pending - 1), pending)   # x & (x-1) clears the lowest bit
+        event_sent = sent & emitting
         # A row loads when the last one's events are out, or with the step's marker (the next step's first row).
-        m.d.comb += [self.load.eq(rows.valid & (~loaded_all | marker_sent) & (remaining == 0)),
+        m.d.comb += [self.load.eq(rows.valid & (~loaded_all | marker_sent) & (idle | (event_sent & single))),
                      rows.ready.eq(self.load)]
-        m.d.sync += pending.eq(remaining)
 
-        # Lanes of the last row beyond the layer's neurons carry nothing.
-        tail = self.neurons - (blocks - 1) * lanes
-        valid_lanes = Mux(self.row == blocks - 1, (1 << tail) - 1, (1 << lanes) - 1)
-        spikes = rows.payload.spikes
-        emit = valid_lanes if not self.skip_silent else spikes & valid_lanes
         last_row = self.row == blocks - 1
         first_base = Mux(marker_sent, 0, row_base)
         with m.If(self.load):
-            m.d.sync += [pending.eq(emit), self.loaded.eq(rows.payload), base.eq(first_base),
+            m.d.sync += [pending.eq(self._lanes_sent(rows.payload.spikes, last_row)),
+                         idle.eq(rows.payload.sends == 0), single.eq(rows.payload.sends <= 1),
+                         self.loaded.eq(rows.payload), base.eq(first_base),
                          row_base.eq(first_base + lanes), self.row.eq(Mux(last_row, 0, self.row + 1)),
                          loaded_all.eq(last_row)]
-        with m.Elif(marker_sent):
+        with m.Elif(event_sent):
+            two_or_fewer = count_up_to([pending[lane] for lane in range(lanes)], 3) <= 2
+            m.d.sync += [pending.eq(others), idle.eq(single), single.eq(two_or_fewer)]
+        with m.If(~self.load & marker_sent):
             m.d.sync += [loaded_all.eq(0), row_base.eq(0)]
         with m.If(marker_sent):
             with m.If(self.step == self.timesteps - 1):

@@ -78,7 +78,7 @@ class FireStage(wiring.Component):
         if plan.emits_rows:
             self._row_beats(m, reader, scan, events, spikes)
         else:
-            m.d.comb += reader.entry.spikes.eq(spikes)
+            m.d.comb += [reader.entry.spikes.eq(spikes), reader.entry.sends.eq(scan.sends(spikes, reader.arrived.row))]
         scan.build(m, reader.rows_out, events)
         if plan.emits_pixels:
             _, height, width = plan.conv.out_shape
@@ -136,7 +136,8 @@ class FireStage(wiring.Component):
         history = lanes_view(T, L, registered, sign=False)
         kept = [history[lane] & earlier for lane in range(L)]
         m.d.comb += [write.data.eq(Cat((kept[lane] | (spikes[lane] << step))[:T] for lane in range(L))),
-                     reader.entry.spikes.eq(1), reader.entry.lane_spikes.eq(spikes), reader.entry.history.eq(Cat(kept))]
+                     reader.entry.spikes.eq(1), reader.entry.sends.eq(1), reader.entry.lane_spikes.eq(spikes),
+                     reader.entry.history.eq(Cat(kept))]
         m.d.comb += [self.spikes.valid.eq(events.valid), events.ready.eq(self.spikes.ready),
                      self.spikes.payload.end.eq(events.payload.end),
                      self.spikes.payload.spikes.eq(scan.loaded.lane_spikes),

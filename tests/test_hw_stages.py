@@ -3,7 +3,7 @@ and the board top's frame receiver, frame transmitter, image loader and weight l
 
 import numpy as np
 import pytest
-from amaranth import Elaboratable, Module
+from amaranth import Elaboratable, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
@@ -14,6 +14,7 @@ from spikesmith.hw.accumulate import DenseAccumulate, input_event_layout
 from spikesmith.hw.board import (ErrorKind, FrameKind, FrameReceiver, FrameTransmitter, ImageLoader,
                                  WeightLoader)
 from spikesmith.hw.conv import ConvAccumulate
+from spikesmith.hw.events import count_up_to, lowest_set_lane
 from spikesmith.hw.fire import FireStage
 from spikesmith.hw.membranes import READ_LATENCY, MembraneBanks
 from spikesmith.hw.readout import Readout
@@ -198,6 +199,42 @@ def test_fire_stage_sends_the_binary_code_of_each_membrane(skip_silent):
     _drain_a_filled_bank(stage, plan, _pack_rows(membrane, plan), sink)
     assert [unpack_event(v, addr_width(plan.neurons)) for v in sink.received] == want
     assert sink.extra == []
+
+
+def _evaluate(m: Module, given: Signal, output: Signal, values: list[int]) -> list[int]:
+    """``output`` of the logic in ``m`` for each of ``values`` of ``given``, in amaranth.sim."""
+    got = []
+
+    async def testbench(ctx):
+        for value in values:
+            ctx.set(given, value)
+            got.append(ctx.get(output))
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, 10, 64])
+def test_lowest_set_lane_finds_the_lowest_set_bit(lanes):
+    rng = np.random.default_rng(lanes)
+    m, mask = Module(), Signal(lanes)
+    lowest = lowest_set_lane(m, mask, lanes)
+    masks = [1 << lane for lane in range(lanes)] + [int(rng.integers(1, 1 << min(lanes, 62))) << int(rng.integers(0, max(1, lanes - 62)))
+                                                    for _ in range(50)] + [(1 << lanes) - 1]
+    assert _evaluate(m, mask, lowest, masks) == [(value & -value).bit_length() - 1 for value in masks]
+
+
+@pytest.mark.parametrize("lanes,cap", [(1, 2), (5, 2), (64, 2), (64, 3)])
+def test_count_up_to_counts_set_bits_and_saturates(lanes, cap):
+    rng = np.random.default_rng(lanes + cap)
+    m, mask = Module(), Signal(lanes)
+    count = Signal(2)
+    m.d.comb += count.eq(count_up_to([mask[lane] for lane in range(lanes)], cap))
+    masks = [0, (1 << lanes) - 1] + [sum(1 << int(k) for k in rng.choice(lanes, size=int(n), replace=False))
+                                     for n in rng.integers(0, min(lanes, 4) + 1, size=40)]
+    assert _evaluate(m, mask, count, masks) == [min(bin(value).count("1"), cap) for value in masks]
 
 
 @pytest.mark.parametrize("valid,ready", [(1.0, 1.0), (0.6, 0.4), (0.3, 0.9)])
