@@ -15,13 +15,14 @@ __all__ = ["Readout"]
 
 
 class Readout(wiring.Component):
-    """Rows in order into a shift register of ``B*L`` logits, then an argmax over them, one a cycle.
+    """Rows in order into a shift register of ``B*L`` logits, then an argmax over them, two cycles a logit.
 
     ``membranes``: the drain port of the output layer's banks. ``results``: one beat per
     image, ``label`` (first index of the largest logit) and the ``classes`` integer logits
-    (``membrane_width``-bit signed). Takes ``B + 3 + B*L`` cycles per image (claim, reads,
-    the two-cycle read latency, one logit a cycle for the argmax, drain): no comparator
-    chain across the lanes. With one lane the argmax runs as the rows arrive (``B + 3``).
+    (``membrane_width``-bit signed). Takes ``B + 3 + 2*B*L`` cycles per image (claim, reads,
+    the two-cycle read latency, the argmax, drain): the comparison of a logit with the best
+    so far goes into a register and the best takes it a cycle later, so one carry chain lies
+    between registers (a compare feeding the best's enable in one cycle set the iCE40's clock).
     """
 
     def __init__(self, plan: LayerPlan):
@@ -59,20 +60,22 @@ class Readout(wiring.Component):
                     m.d.sync += [logits[j].eq(logits[j + L]) for j in range(B * L - L)]
                     m.d.sync += [logits[B * L - L + lane].eq(membrane[lane]) for lane in range(L)]
                     m.d.sync += row.eq(row + 1)
-                    if L == 1:      # one logit a row: the running argmax needs no pass of its own
-                        with m.If((row == 0) | (membrane[0] > best)):
-                            m.d.sync += [best.eq(membrane[0]), best_label.eq(row)]
                     with m.If(row == B - 1):
                         m.d.sync += scanned.eq(0)
-                        m.next = "ARGMAX" if L > 1 else "DONE"
-            with m.State("ARGMAX"):
-                # One logit a cycle: the register rotates, the first compares (one comparator: ties keep the
-                # first index); after B*L cycles the logits are back in order.
-                head = logits[0]
-                m.d.sync += [logits[j].eq(logits[(j + 1) % (B * L)]) for j in range(B * L)]
-                with m.If((scanned == 0) | ((scanned < plan.neurons) & (head > best))):
+                        m.next = "COMPARE"
+            # Two cycles a logit: the head is compared with the best (one comparator: ties keep the first
+            # index) into `greater`, then taken if greater and the register rotates; after B*L logits
+            # the logits are back in order.
+            greater, head = Signal(), logits[0]
+            with m.State("COMPARE"):
+                m.d.sync += greater.eq((scanned == 0) | ((scanned < plan.neurons) & (head > best)))
+                m.next = "TAKE"
+            with m.State("TAKE"):
+                with m.If(greater):
                     m.d.sync += [best.eq(head), best_label.eq(scanned)]
+                m.d.sync += [logits[j].eq(logits[(j + 1) % (B * L)]) for j in range(B * L)]
                 m.d.sync += scanned.eq(scanned + 1)
+                m.next = "COMPARE"
                 with m.If(scanned == B * L - 1):
                     m.next = "DONE"
             with m.State("DONE"):

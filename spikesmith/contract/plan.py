@@ -312,9 +312,9 @@ class LayerPlan:
         return self.lanes * self.weight_width
 
     def readout_cycles(self) -> int:
-        """Cycles of the output layer's readout (claim, B block reads, two of read latency, one logit a
-        cycle for the argmax unless a row holds one logit, one drain cycle)."""
-        return self.blocks + 3 + (self.blocks * self.lanes if self.lanes > 1 else 0)
+        """Cycles of the output layer's readout (claim, B block reads, two of read latency, two cycles a
+        logit for the argmax, one drain cycle)."""
+        return self.blocks + 3 + 2 * self.blocks * self.lanes
 
 
 @dataclass(frozen=True, eq=False)
