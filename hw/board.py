@@ -275,12 +275,16 @@ class FrameReceiver(wiring.Component):
             with m.If(self.bytes.valid):
                 m.d.sync += self._crc_ok.eq(Cat(self._received_crc, byte) == self._crc.crc)
                 m.next = "CHECK"
+        # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD buffer's
+        # rows to be written: a commit must not overtake them). Registered, with what CHECK decides on:
+        # only the receiver's own acts in CHECK take room away (it then leaves CHECK), so a cycle-old
+        # value is never too hopeful, and the decision starts from registers.
+        room, loaded, request_room = Signal(), Signal(), Signal()
+        m.d.sync += [room.eq(self.errors.ready & self.acks.ready & ~self.identify.valid & ~self.image.busy
+                             & ~self._weights_busy()),
+                     loaded.eq(self._loaded()), request_room.eq(self.requests.ready)]
         with m.State("CHECK"):
-            # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD
-            # buffer's rows to be written: a commit must not overtake them).
-            ready = (self.errors.ready & self.acks.ready & ~self.identify.valid & ~self.image.busy
-                     & ~self._weights_busy())
-            with m.If(ready):
+            with m.If(room):
                 with m.If(~self._crc_ok):
                     self._refuse(m, ErrorKind.CRC)
                 with m.Elif(self._kind == FrameKind.IDENTIFY):     # a new session: older results are dropped
@@ -289,9 +293,9 @@ class FrameReceiver(wiring.Component):
                 if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
                     with m.Elif(self._kind == FrameKind.LOAD):
                         self._accept_load(m)
-                with m.Elif(~self._loaded()):
+                with m.Elif(~loaded):
                     self._refuse(m, ErrorKind.NOT_LOADED)
-                with m.Elif(~self.requests.ready):
+                with m.Elif(~request_room):
                     self._refuse(m, ErrorKind.BUSY)
                 with m.Else():
                     m.d.comb += [self.requests.valid.eq(1), self.requests.payload.seq.eq(self._seq),
@@ -401,8 +405,6 @@ class WeightLoader(wiring.Component):
         return m
 
 
-_ERROR, _ACK, _IDENTITY, _RESULT, _DROPPED = range(5)     # what FrameTransmitter sends next
-
 
 class FrameTransmitter(wiring.Component):
     """Answers -> framed bytes for the UART: errors first, then LOAD acknowledgements, the
@@ -447,48 +449,48 @@ class FrameTransmitter(wiring.Component):
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
         m.d.comb += frame_crc.data.eq(self.bytes.payload)
         wire = self._wire_result(m)
-        # IDLE picks the answer to send (a register); TAKE takes it from its queue and loads the frame.
-        # Two states, so no path runs from the queues' flags to the payload register's enable.
-        chosen = Signal(range(5))            # _ERROR, _ACK, _IDENTITY, _RESULT, _DROPPED
+        # IDLE picks the answer to send into one-hot registers, set for the one cycle in TAKE; TAKE takes it
+        # from its queue and loads the frame. So each queue's ready is a register (a decode of the state
+        # and a choice, feeding the FIFOs' internals, set the iCE40's clock).
+        taking = {kind: Signal(name=f"take_{kind}") for kind in ("error", "ack", "identity", "result", "dropped")}
+        m.d.comb += [self.errors.ready.eq(taking["error"]), self.acks.ready.eq(taking["ack"]),
+                     self.identify.ready.eq(taking["identity"]),
+                     self.results.ready.eq(taking["result"] | taking["dropped"]),
+                     self.requests.ready.eq(taking["result"] | taking["dropped"])]
+        m.d.sync += [take.eq(0) for take in taking.values()]
         with m.FSM(name="transmit"):
             with m.State("IDLE"):
                 m.d.comb += frame_crc.start.eq(1)
                 m.d.sync += index.eq(0)
                 with m.If(self.errors.valid):
-                    m.d.sync += chosen.eq(_ERROR)
+                    m.d.sync += taking["error"].eq(1)
                     m.next = "TAKE"
                 with m.Elif(self.acks.valid):
-                    m.d.sync += chosen.eq(_ACK)
+                    m.d.sync += taking["ack"].eq(1)
                     m.next = "TAKE"
                 with m.Elif(self.identify.valid):
-                    m.d.sync += chosen.eq(_IDENTITY)
+                    m.d.sync += taking["identity"].eq(1)
                     m.next = "TAKE"
                 with m.Elif(self.results.valid & self.requests.valid):
                     current = self.requests.payload.generation == self.generation
-                    m.d.sync += chosen.eq(Mux(current, _RESULT, _DROPPED))
+                    m.d.sync += [taking["result"].eq(current), taking["dropped"].eq(~current)]
                     m.next = "TAKE"
             with m.State("TAKE"):
                 m.d.comb += frame_crc.start.eq(1)
                 m.next = "SYNC"
-                with m.Switch(chosen):
-                    with m.Case(_ERROR):
-                        m.d.comb += self.errors.ready.eq(1)
-                        m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq),
-                                     payload.eq(self.errors.payload.code), out_len.eq(1)]
-                    with m.Case(_ACK):
-                        m.d.comb += self.acks.ready.eq(1)
-                        m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
-                    with m.Case(_IDENTITY):
-                        m.d.comb += self.identify.ready.eq(1)
-                        m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
-                                     out_len.eq(len(p.identity)), payload.eq(identity)]
-                    with m.Case(_RESULT):
-                        m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
-                        m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
-                                     out_len.eq(p.result_bytes), payload.eq(wire.as_value())]
-                    with m.Case(_DROPPED):           # an earlier session's result: taken, not sent
-                        m.d.comb += [self.results.ready.eq(1), self.requests.ready.eq(1)]
-                        m.next = "IDLE"
+                with m.If(taking["error"]):
+                    m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq),
+                                 payload.eq(self.errors.payload.code), out_len.eq(1)]
+                with m.If(taking["ack"]):
+                    m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
+                with m.If(taking["identity"]):
+                    m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
+                                 out_len.eq(len(p.identity)), payload.eq(identity)]
+                with m.If(taking["result"]):
+                    m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
+                                 out_len.eq(p.result_bytes), payload.eq(wire.as_value())]
+                with m.If(taking["dropped"]):           # an earlier session's result: taken, not sent
+                    m.next = "IDLE"
             self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
                               payload, out_len, index)
         return m
