@@ -145,12 +145,11 @@ class AccumulateStage(wiring.Component):
         L, mw = plan.lanes, plan.membrane_width
         layout = accumulate_issue_layout(plan.rows, plan.timesteps)
         reading, shifting, executed = Signal(layout), Signal(layout), Signal(layout)
-        clearing = Signal()                     # executed.op == CLEAR, registered on its own
         weight_row, bias_row = Signal.like(weights.data), Signal.like(biases.data)
         m.d.sync += [reading.eq(issue), shifting.eq(reading), executed.eq(shifting),
-                     clearing.eq(shifting.op == AccumulateOp.CLEAR),
                      weight_row.eq(weights.data), bias_row.eq(biases.data)]
-        m.d.comb += port.read_addr.eq(reading.row)
+        # A CLEAR's row reads as 0: the bank zeroes it on the way into its read register.
+        m.d.comb += [port.read_addr.eq(reading.row), port.zero_read.eq(shifting.valid & (shifting.op == AccumulateOp.CLEAR))]
         addend_width = max(plan.weight_width + plan.timesteps - 1, plan.bias_width)
         membrane = lanes_view(mw, L, port.read_data)
         weight = lanes_view(plan.weight_width, L, weight_row)
@@ -162,7 +161,7 @@ class AccumulateStage(wiring.Component):
                                                     shifting.shift))
             unit = ILIFAccumulate(mw, addend_width)
             m.submodules[f"accumulate{lane}"] = unit
-            m.d.comb += [unit.clear.eq(clearing), unit.membrane.eq(membrane[lane]), unit.addend.eq(addend),
+            m.d.comb += [unit.membrane.eq(membrane[lane]), unit.addend.eq(addend),
                          updated[lane].eq(unit.updated)]
         m.d.comb += [port.write_addr.eq(executed.row), port.write_en.eq(executed.valid)]
 

@@ -35,18 +35,17 @@ def accumulate_addend(op, spike, weight, bias, shift):
 
 
 class ILIFAccumulate(wiring.Component):
-    """One membrane's accumulate-phase update: ``updated = (0 if clear else membrane) + addend``,
-    one adder and nothing after it.
+    """One membrane's accumulate-phase update: ``updated = membrane + addend``, one adder and
+    nothing before or after it.
 
     ``membrane`` and ``updated`` are ``membrane_width``-bit signed; ``addend`` is signed of
-    ``addend_width`` (:func:`accumulate_addend`, 0 for CLEAR); ``clear``: the op is CLEAR (a
-    register of its own, so that the clear and the forwarding of :mod:`.membranes` share a LUT).
+    ``addend_width`` (:func:`accumulate_addend`, 0 for CLEAR, whose membrane the bank's
+    ``zero_read`` makes 0).
     """
 
     def __init__(self, membrane_width: int, addend_width: int):
         self.membrane_width = membrane_width
         super().__init__({
-            "clear": In(1),
             "membrane": In(signed(membrane_width)),
             "addend": In(signed(addend_width)),
             "updated": Out(signed(membrane_width)),
@@ -54,7 +53,7 @@ class ILIFAccumulate(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.updated.eq(Mux(self.clear, 0, self.membrane) + self.addend)
+        m.d.comb += self.updated.eq(self.membrane + self.addend)
         return m
 
 

@@ -32,7 +32,9 @@ class MembranePort(wiring.Signature):
     drain: free it for the next image); it issues no read in that cycle. Rows are ``width``
     bits (``lanes`` membranes). ``read_data`` in cycle ``c + 2`` is row ``read_addr`` of cycle
     ``c`` with every write of the cycles up to ``c`` in it (:data:`READ_LATENCY`); on the fill
-    port, also the write of cycle ``c + 1`` (:class:`MembraneBanks`).
+    port, also the write of cycle ``c + 1`` (:class:`MembraneBanks`), and ``zero_read`` in
+    cycle ``c + 1`` makes it 0 instead (the accumulate stage's CLEAR: the row is zeroed on its
+    way into the read register, so the stage's adders have no clear multiplexer of their own).
     """
 
     def __init__(self, rows: int, width: int):
@@ -45,27 +47,26 @@ class MembranePort(wiring.Signature):
             "write_addr": Out(address),
             "write_data": Out(width),
             "write_en": Out(1),
+            "zero_read": Out(1),
         })
 
 
-def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, name: str) -> Signal:
+def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, zero, name: str) -> Signal:
     """The data of a two-cycle read that a stage's own last write keeps exact.
 
     ``raw``: a synchronous write-first read of the row ``read_addr`` gave in the cycle before
     (it has the writes up to that read's cycle, and misses the write of this one). Returns a
-    signal that, two cycles after ``read_addr``, is ``raw`` registered, or the write of the
-    cycle in between if it was to the same row. The select and the data are registers: one
-    2-way multiplexer, no comparator, on the path.
+    register that, two cycles after ``read_addr``, holds ``raw``, or the write of the cycle in
+    between if it was to the same row, or 0 if ``zero`` was high in that cycle in between (a
+    synchronous reset of the register). The choice is made on the way into the register, so
+    the stage reads a register with no multiplexer after it: the choice's select drives a
+    multiplexer per bit of the row (1,280 of them for 64 lanes), and as a register feeding the
+    stage's adders that net's routing had set the MNIST MLP's clock.
     """
-    width = len(raw)
-    registered = Signal(width, name=f"{name}_registered")
     addressed = Signal.like(read_addr, name=f"{name}_addressed")       # the row whose data is in `raw`
-    last = Signal(width, name=f"{name}_last")                          # written one cycle ago
-    take_last = Signal(name=f"{name}_take_last")
-    m.d.sync += [addressed.eq(read_addr), registered.eq(raw), last.eq(write_data),
-                 take_last.eq(write_en & (write_addr == addressed))]
-    out = Signal(width, name=f"{name}_data")
-    m.d.comb += out.eq(Mux(take_last, last, registered))
+    out = Signal(len(raw), name=f"{name}_data")
+    m.d.sync += [addressed.eq(read_addr),
+                 out.eq(Mux(zero, 0, Mux(write_en & (write_addr == addressed), write_data, raw)))]
     return out
 
 
@@ -106,7 +107,7 @@ class MembraneBanks(wiring.Component):
             m.d.sync += read_bank.eq(bank)
             raw[name] = Mux(read_bank, reads[1], reads[0])
         m.d.comb += fill.read_data.eq(forwarded_read(m, raw["fill"], fill.read_addr, fill.write_addr,
-                                                     fill.write_data, fill.write_en, "fill"))
+                                                     fill.write_data, fill.write_en, fill.zero_read, "fill"))
         drained = Signal(self.width, name="drain_registered")
         m.d.sync += drained.eq(raw["drain"])
         m.d.comb += drain.read_data.eq(drained)

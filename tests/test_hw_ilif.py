@@ -1,7 +1,7 @@
 """The iLIF lane datapath (hw/ilif.py) against docs/semantics.md, exhaustively on small widths."""
 
 import pytest
-from amaranth import Elaboratable, Module, Signal, signed
+from amaranth import Elaboratable, Module, Mux, Signal, signed
 from amaranth.sim import Simulator
 
 from spikesmith.hw.ilif import AccumulateOp, ILIFAccumulate, ILIFFire, accumulate_addend
@@ -56,7 +56,8 @@ def test_fire_step_matches_semantics(membrane_width, threshold_width):
 
 
 class _AccumulateWithAddend(Elaboratable):
-    """ILIFAccumulate behind accumulate_addend, as the accumulate stage joins them (less the register)."""
+    """ILIFAccumulate behind accumulate_addend, as the accumulate stage joins them (less the register),
+    with a CLEAR's membrane read as 0, as the bank's ``zero_read`` gives it."""
 
     def __init__(self, mw: int, ww: int, bw: int, timesteps: int):
         self.op, self.spike, self.shift = Signal(AccumulateOp), Signal(), Signal(range(timesteps))
@@ -67,7 +68,7 @@ class _AccumulateWithAddend(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.unit = self.unit
-        m.d.comb += [self.unit.clear.eq(self.op == AccumulateOp.CLEAR), self.unit.membrane.eq(self.membrane),
+        m.d.comb += [self.unit.membrane.eq(Mux(self.op == AccumulateOp.CLEAR, 0, self.membrane)),
                      self.unit.addend.eq(accumulate_addend(self.op, self.spike, self.weight, self.bias, self.shift))]
         return m
 
