@@ -23,7 +23,7 @@ from ..contract.plan import BoardParams
 from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameType
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
-from .streams import StreamRegister
+from .streams import SlowStreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["BoardTop", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind", "ErrorKind",
@@ -138,6 +138,8 @@ class FrameReceiver(wiring.Component):
         m.d.comb += [self.bytes.ready.eq(self._take), self._crc.data.eq(self.bytes.payload)]
         with m.If(self.identify.ready):
             m.d.sync += self.identify.valid.eq(0)
+        with m.If(self.errors.ready):                    # (a refusal this cycle takes the register again)
+            m.d.sync += self.errors.valid.eq(0)
         with m.FSM(name="receive"):
             self._header(m)
             self._image_payload(m)
@@ -148,7 +150,12 @@ class FrameReceiver(wiring.Component):
         return m
 
     def _refuse(self, m: Module, code: ErrorKind) -> None:
-        m.d.comb += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq), self.errors.payload.code.eq(code)]
+        """Queue a refusal: a register in front of the refusal queue (only when :meth:`_refusal_room`)."""
+        m.d.sync += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq), self.errors.payload.code.eq(code)]
+
+    def _refusal_room(self):
+        """The refusal register is empty or goes into the queue this cycle."""
+        return ~self.errors.valid | self.errors.ready
 
     def _field_states(self, m: Module, fields) -> None:
         """One state per byte of a frame's fixed fields ``(state, target, next state)``: the byte
@@ -176,17 +183,29 @@ class FrameReceiver(wiring.Component):
                 m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._beat.eq(0), self._lane.eq(0),
                              self._word.eq(0), self._shift.eq(0)]
                 m.next = "DECIDE"
-        with m.State("DECIDE"):       # the header is in registers: what follows, or a refusal
-            with m.If(self.errors.ready):                # room for a refusal: none is dropped
-                length, kind, loads = self._length, self._kind, bool(p.load_bytes)
-                with m.If((kind == FrameKind.IDENTIFY) & (length == 0)):
+        # The header is in registers: DECIDE compares it into flags (registers), ROUTE acts on them (what
+        # follows, or a refusal), so no cycle runs from the length's compare to the refusal and the state.
+        expected = {"identify": Signal(), "infer": Signal(), "load": Signal(), "known": Signal()}
+        with m.State("DECIDE"):
+            length, kind, loads = self._length, self._kind, bool(p.load_bytes)
+            m.d.sync += [expected["identify"].eq((kind == FrameKind.IDENTIFY) & (length == 0)),
+                         expected["infer"].eq((kind == FrameKind.INFER) & (length == p.image_bytes)),
+                         expected["load"].eq((kind == FrameKind.LOAD) & (length >= LOAD_HEAD)
+                                             & (length <= p.load_payload_bytes) if loads else 0),
+                         expected["known"].eq((kind == FrameKind.IDENTIFY) | (kind == FrameKind.INFER)
+                                              | ((kind == FrameKind.LOAD) & loads))]
+            m.next = "ROUTE"
+        with m.State("ROUTE"):
+            loads = bool(p.load_bytes)
+            with m.If(self._refusal_room()):             # room for a refusal: none is dropped
+                with m.If(expected["identify"]):
                     m.next = "CRC0"
-                with m.Elif((kind == FrameKind.INFER) & (length == p.image_bytes)):
+                with m.Elif(expected["infer"]):
                     m.next = "PAYLOAD"
                 if loads:
-                    with m.Elif((kind == FrameKind.LOAD) & (length >= LOAD_HEAD) & (length <= p.load_payload_bytes)):
-                        m.next = "LOAD"             # the exact length is checked against the row count
-                with m.Elif((kind == FrameKind.IDENTIFY) | (kind == FrameKind.INFER) | ((kind == FrameKind.LOAD) & loads)):
+                    with m.Elif(expected["load"]):
+                        m.next = "LOAD"         # the exact length is checked against the row count
+                with m.Elif(expected["known"]):
                     self._refuse(m, ErrorKind.LENGTH)
                     m.next = "HUNT"
                 with m.Else():
@@ -231,7 +250,7 @@ class FrameReceiver(wiring.Component):
         self._field_states(m, (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
                                ("ADDR1", self._load.address[8:], "COUNT")))
         with m.State("COUNT"):
-            m.d.comb += self._take.eq(available & self.errors.ready)     # room for a refusal: none is dropped
+            m.d.comb += self._take.eq(available & self._refusal_room())     # room for a refusal: none is dropped
             m.d.comb += self._crc.valid.eq(self._take)
             commit = self._load.layer == COMMIT_LAYER
             # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
@@ -280,7 +299,7 @@ class FrameReceiver(wiring.Component):
         # only the receiver's own acts in CHECK take room away (it then leaves CHECK), so a cycle-old
         # value is never too hopeful, and the decision starts from registers.
         room, loaded, request_room = Signal(), Signal(), Signal()
-        m.d.sync += [room.eq(self.errors.ready & self.acks.ready & ~self.identify.valid & ~self.image.busy
+        m.d.sync += [room.eq(self._refusal_room() & self.acks.ready & ~self.identify.valid & ~self.image.busy
                              & ~self._weights_busy()),
                      loaded.eq(self._loaded()), request_room.eq(self.requests.ready)]
         with m.State("CHECK"):
@@ -458,21 +477,28 @@ class FrameTransmitter(wiring.Component):
                      self.results.ready.eq(taking["result"] | taking["dropped"]),
                      self.requests.ready.eq(taking["result"] | taking["dropped"])]
         m.d.sync += [take.eq(0) for take in taking.values()]
+        # What the queues offer, registered: IDLE chooses from registers. Only TAKE empties a queue, and no
+        # state after it reaches IDLE sooner than a cycle later, when these have seen the queue emptied.
+        offered = {kind: Signal(name=f"offered_{kind}") for kind in ("error", "ack", "identity", "result")}
+        current = Signal()                          # the offered result's request is of this session
+        m.d.sync += [offered["error"].eq(self.errors.valid), offered["ack"].eq(self.acks.valid),
+                     offered["identity"].eq(self.identify.valid),
+                     offered["result"].eq(self.results.valid & self.requests.valid),
+                     current.eq(self.requests.payload.generation == self.generation)]
         with m.FSM(name="transmit"):
             with m.State("IDLE"):
                 m.d.comb += frame_crc.start.eq(1)
                 m.d.sync += index.eq(0)
-                with m.If(self.errors.valid):
+                with m.If(offered["error"]):
                     m.d.sync += taking["error"].eq(1)
                     m.next = "TAKE"
-                with m.Elif(self.acks.valid):
+                with m.Elif(offered["ack"]):
                     m.d.sync += taking["ack"].eq(1)
                     m.next = "TAKE"
-                with m.Elif(self.identify.valid):
+                with m.Elif(offered["identity"]):
                     m.d.sync += taking["identity"].eq(1)
                     m.next = "TAKE"
-                with m.Elif(self.results.valid & self.requests.valid):
-                    current = self.requests.payload.generation == self.generation
+                with m.Elif(offered["result"]):
                     m.d.sync += [taking["result"].eq(current), taking["dropped"].eq(~current)]
                     m.next = "TAKE"
             with m.State("TAKE"):
@@ -490,7 +516,9 @@ class FrameTransmitter(wiring.Component):
                     m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
                                  out_len.eq(p.result_bytes), payload.eq(wire.as_value())]
                 with m.If(taking["dropped"]):           # an earlier session's result: taken, not sent
-                    m.next = "IDLE"
+                    m.next = "DROPPED"
+            with m.State("DROPPED"):                    # (a cycle for `offered` to see the queues after it)
+                m.next = "IDLE"
             self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
                               payload, out_len, index)
         return m
@@ -555,7 +583,7 @@ class BoardTop(wiring.Component):
         m.submodules.transmitter = transmitter = FrameTransmitter(p)
 
         wiring.connect(m, uart_rx.data, rx_fifo.w_stream)
-        m.submodules.rx_register = rx_register = StreamRegister(8)
+        m.submodules.rx_register = rx_register = SlowStreamRegister(8)
         wiring.connect(m, rx_fifo.r_stream, rx_register.inlet)
         wiring.connect(m, rx_register.outlet, receiver.bytes)
         wiring.connect(m, receiver.image, loader.receive)

@@ -148,11 +148,14 @@ class RowReader:
         m.submodules.row_queue = queue = fifo.SyncFIFO(width=len(self.entry.as_value()), depth=self.depth)
         reading, finishing = Signal(), Signal()       # an image's reads are being issued / still arriving
         tags = self.tags
-        in_flight = sum(tag.valid for tag in tags)
+        # Queue entries neither taken nor promised to a read in flight: a read takes one, a row leaving the
+        # queue gives one back (a register, so no sum of the queue's level and the reads in flight).
+        credits = Signal(range(self.depth + 1), init=self.depth)
+        m.d.sync += credits.eq(credits - self.issue + (queue.r_en & queue.r_rdy))
         last_row, last_step = self.row == self.rows - 1, self.step == self.timesteps - 1
         # A row still on its way back (only a pass shorter than the latency can read it again that soon).
         unwritten = [tag.valid & (tag.row == self.row) for tag in tags[:-1]] if self.rewrites and self.rows < self.latency else []
-        m.d.comb += [self.issue.eq(reading & (queue.level + in_flight < self.depth) & ~Cat(unwritten).any()),
+        m.d.comb += [self.issue.eq(reading & (credits != 0) & ~Cat(unwritten).any()),
                      self.done.eq(tags[-1].valid & tags[-1].last),
                      queue.w_data.eq(self.entry), queue.w_en.eq(tags[-1].valid),
                      self.rows_out.valid.eq(queue.r_rdy), self.rows_out.payload.eq(queue.r_data),

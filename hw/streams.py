@@ -6,7 +6,7 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["StreamRegister"]
+__all__ = ["StreamRegister", "SlowStreamRegister"]
 
 
 class StreamRegister(wiring.Component):
@@ -31,4 +31,27 @@ class StreamRegister(wiring.Component):
                          outlet.payload.eq(Mux(spare_valid, spare, inlet.payload)), spare_valid.eq(0)]
         with m.Elif(inlet.valid & inlet.ready):              # it holds: the new beat waits in the spare
             m.d.sync += [spare.eq(inlet.payload), spare_valid.eq(1)]
+        return m
+
+
+class SlowStreamRegister(wiring.Component):
+    """A registered stage on a slow stream: one register, taking a beat only while it is empty.
+
+    ``outlet.ready`` only empties the register, and ``inlet.ready`` is its emptiness, so no
+    path crosses it either way (as with :class:`StreamRegister`) at half its logic: at most one
+    beat every two cycles, which is plenty for bytes from a UART (one per 10 bit times).
+    """
+
+    def __init__(self, layout):
+        self.layout = layout
+        super().__init__({"inlet": In(stream.Signature(layout)), "outlet": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        inlet, outlet = self.inlet, self.outlet
+        m.d.comb += inlet.ready.eq(~outlet.valid)
+        with m.If(outlet.ready):
+            m.d.sync += outlet.valid.eq(0)
+        with m.If(inlet.valid & inlet.ready):
+            m.d.sync += [outlet.valid.eq(1), outlet.payload.eq(inlet.payload)]
         return m

@@ -18,7 +18,7 @@ from spikesmith.hw.events import count_up_to, lowest_set_lane
 from spikesmith.hw.fire import FireStage
 from spikesmith.hw.membranes import READ_LATENCY, MembraneBanks
 from spikesmith.hw.readout import Readout
-from spikesmith.hw.streams import StreamRegister
+from spikesmith.hw.streams import SlowStreamRegister, StreamRegister
 from spikesmith.sim.hdl import StreamSink, StreamSource, run_streams
 
 from conftest import make_conv_network, make_network
@@ -249,6 +249,20 @@ def test_stream_register_passes_every_beat_once_in_order(valid, ready):
     assert sink.received == beats and sink.extra == []
     if valid == ready == 1.0:
         assert sink.received_at[-1] <= len(beats) + 2
+
+
+@pytest.mark.parametrize("valid,ready", [(1.0, 1.0), (0.6, 0.4), (0.3, 0.9)])
+def test_slow_stream_register_passes_every_beat_once_in_order(valid, ready):
+    """Under any pattern of valid and ready: every beat, once, in order, at least every other cycle."""
+    rng = np.random.default_rng(12)
+    stage = SlowStreamRegister(data.StructLayout({"value": 8}))
+    beats = rng.integers(0, 256, size=200).tolist()
+    source = StreamSource(stage.inlet, beats, probability=valid, rng=rng)
+    sink = StreamSink(stage.outlet, len(beats), probability=ready, rng=rng, drain=10)
+    run_streams(stage, source, sink)
+    assert sink.received == beats and sink.extra == []
+    if valid == ready == 1.0:
+        assert sink.received_at[-1] <= 2 * len(beats) + 2
 
 
 def test_readout_sends_the_logits_and_the_first_largest():
