@@ -80,13 +80,17 @@ def main() -> None:
 
     def run(config):
         key, board, options = config
-        report = build(networks[key][0], board, options, work / f"{key}-{board}-{len(options)}")
+        try:
+            report = build(networks[key][0], board, options, work / f"{key}-{board}-{len(options)}")
+        except SystemExit as failed:           # e.g. nextpnr could not place it: recorded, not hidden
+            report = {"board": board, "options": " ".join(options), "failed": str(failed).split("error: ")[-1]}
         return {**report, "network": networks[key][1] + ", T=8"}
 
     with ThreadPoolExecutor(args.jobs) as pool:
         reports = list(pool.map(run, CONFIGS))
     for report in reports:
-        log(f"{report['network']} on the {report['board']} {report['options']}: Fmax {report['fmax_mhz']:.1f} MHz")
+        outcome = f"failed: {report['failed']}" if "failed" in report else f"Fmax {report['fmax_mhz']:.1f} MHz"
+        log(f"{report['network']} on the {report['board']} {report['options']}: {outcome}")
     save("boards", {"networks": sorted({r["network"] for r in reports}), "builds": reports}, started)
 
 
