@@ -34,17 +34,14 @@ class StreamRegister(wiring.Component):
         return m
 
 
-class SlowStreamRegister(wiring.Component):
+class SlowStreamRegister(StreamRegister):
     """A registered stage on a slow stream: one register, taking a beat only while it is empty.
 
-    ``outlet.ready`` only empties the register, and ``inlet.ready`` is its emptiness, so no
-    path crosses it either way (as with :class:`StreamRegister`) at half its logic: at most one
-    beat every two cycles, which is plenty for bytes from a UART (one per 10 bit times).
+    The same ports as :class:`StreamRegister`. ``outlet.ready`` only empties the register, and
+    ``inlet.ready`` is its emptiness, so no path crosses it either way, at half the skid
+    buffer's registers: at most one beat every two cycles, which is plenty for bytes from a
+    UART (one per 10 bit times).
     """
-
-    def __init__(self, layout):
-        self.layout = layout
-        super().__init__({"inlet": In(stream.Signature(layout)), "outlet": Out(stream.Signature(layout))})
 
     def elaborate(self, platform):
         m = Module()

@@ -237,32 +237,20 @@ def test_count_up_to_counts_set_bits_and_saturates(lanes, cap):
     assert _evaluate(m, mask, count, masks) == [min(bin(value).count("1"), cap) for value in masks]
 
 
+@pytest.mark.parametrize("register,cycles_per_beat", [(StreamRegister, 1), (SlowStreamRegister, 2)])
 @pytest.mark.parametrize("valid,ready", [(1.0, 1.0), (0.6, 0.4), (0.3, 0.9)])
-def test_stream_register_passes_every_beat_once_in_order(valid, ready):
-    """Under any pattern of valid and ready: every beat, once, in order; a full-rate stream stays full-rate."""
+def test_stream_registers_pass_every_beat_once_in_order(register, cycles_per_beat, valid, ready):
+    """Under any pattern of valid and ready: every beat, once, in order; at full rate, a beat every
+    cycle (the skid buffer) or every other cycle (the slow one)."""
     rng = np.random.default_rng(11)
-    stage = StreamRegister(data.StructLayout({"value": 8}))
+    stage = register(data.StructLayout({"value": 8}))
     beats = rng.integers(0, 256, size=200).tolist()
     source = StreamSource(stage.inlet, beats, probability=valid, rng=rng)
     sink = StreamSink(stage.outlet, len(beats), probability=ready, rng=rng, drain=10)
     run_streams(stage, source, sink)
     assert sink.received == beats and sink.extra == []
     if valid == ready == 1.0:
-        assert sink.received_at[-1] <= len(beats) + 2
-
-
-@pytest.mark.parametrize("valid,ready", [(1.0, 1.0), (0.6, 0.4), (0.3, 0.9)])
-def test_slow_stream_register_passes_every_beat_once_in_order(valid, ready):
-    """Under any pattern of valid and ready: every beat, once, in order, at least every other cycle."""
-    rng = np.random.default_rng(12)
-    stage = SlowStreamRegister(data.StructLayout({"value": 8}))
-    beats = rng.integers(0, 256, size=200).tolist()
-    source = StreamSource(stage.inlet, beats, probability=valid, rng=rng)
-    sink = StreamSink(stage.outlet, len(beats), probability=ready, rng=rng, drain=10)
-    run_streams(stage, source, sink)
-    assert sink.received == beats and sink.extra == []
-    if valid == ready == 1.0:
-        assert sink.received_at[-1] <= 2 * len(beats) + 2
+        assert sink.received_at[-1] <= cycles_per_beat * len(beats) + 2
 
 
 def test_readout_sends_the_logits_and_the_first_largest():
