@@ -13,7 +13,7 @@ from amaranth import C, Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream
 
 from ..contract.network import unsigned_width
-from ..contract.plan import ROW_QUEUE_DEPTH
+from ..contract.plan import QUEUED_COUNT_BITS, ROW_QUEUE_DEPTH
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
            "index_signal", "lowest_set_lane", "count_up_to", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
@@ -96,7 +96,7 @@ def scanned_row_layout(lanes: int, **extra) -> data.StructLayout:
     """One row into a :class:`BlockScanner`: its ``lanes`` spike bits at this step, ``sends`` (how
     many events it sends, counted up to 2: :meth:`BlockScanner.sends`) and whatever else
     (``extra``: field name -> shape) the caller wants back while the row's events go out."""
-    return data.StructLayout({"spikes": lanes, "sends": 2, **extra})
+    return data.StructLayout({"spikes": lanes, "sends": QUEUED_COUNT_BITS, **extra})
 
 
 def count_up_to(bits, cap: int):

@@ -30,6 +30,8 @@ __all__ = ["ROW_QUEUE_DEPTH", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan",
 #: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner: its read
 #: latency (at most 3 cycles) and two, so that it reads a row every cycle while the scanner takes one.
 ROW_QUEUE_DEPTH = 5
+#: Bits of a queued row's event count (0, 1 or 2 and more) beside its spike mask (hw/events.py, ``sends``).
+QUEUED_COUNT_BITS = 2
 
 
 #: Cycles an image's first event spends between two stages beyond their own worst cases: the
@@ -74,7 +76,7 @@ class InputPlan:
     @property
     def memory_bits(self) -> int:
         """Two image banks (ping-pong) and the queue of spike masks, bits."""
-        return 2 * self.words * self.lanes * self.timesteps + ROW_QUEUE_DEPTH * self.lanes
+        return 2 * self.words * self.lanes * self.timesteps + ROW_QUEUE_DEPTH * (self.lanes + QUEUED_COUNT_BITS)
 
     @property
     def load_cycles(self) -> int:
@@ -266,8 +268,9 @@ class LayerPlan:
         if self.fires:
             shapes.append(("thresholds", L * self.threshold_width, blocks))
         if self.fires:
-            # The row queue: spike masks, or whole row beats (one-bit mask, spikes, history).
-            entry = 1 + L + L * self.timesteps if self.emits_rows else L
+            # The row queue: spike masks, or whole row beats (one-bit mask, spikes, history), each with its
+            # event count up to two (QUEUED_COUNT_BITS).
+            entry = QUEUED_COUNT_BITS + (1 + L + L * self.timesteps if self.emits_rows else L)
             shapes.append(("row queue", entry, ROW_QUEUE_DEPTH))
         if self.emits_rows:
             shapes.append(("spike history", L * self.timesteps, rows))
