@@ -186,8 +186,9 @@ class FrameReceiver(wiring.Component):
         # The header is in registers: DECIDE compares it into flags (registers), ROUTE acts on them (what
         # follows, or a refusal), so no cycle runs from the length's compare to the refusal and the state.
         expected = {"identify": Signal(), "infer": Signal(), "load": Signal(), "known": Signal()}
+        loads = bool(p.load_bytes)
         with m.State("DECIDE"):
-            length, kind, loads = self._length, self._kind, bool(p.load_bytes)
+            length, kind = self._length, self._kind
             m.d.sync += [expected["identify"].eq((kind == FrameKind.IDENTIFY) & (length == 0)),
                          expected["infer"].eq((kind == FrameKind.INFER) & (length == p.image_bytes)),
                          expected["load"].eq((kind == FrameKind.LOAD) & (length >= LOAD_HEAD)
@@ -196,7 +197,6 @@ class FrameReceiver(wiring.Component):
                                               | ((kind == FrameKind.LOAD) & loads))]
             m.next = "ROUTE"
         with m.State("ROUTE"):
-            loads = bool(p.load_bytes)
             with m.If(self._refusal_room()):             # room for a refusal: none is dropped
                 with m.If(expected["identify"]):
                     m.next = "CRC0"
@@ -424,7 +424,6 @@ class WeightLoader(wiring.Component):
         return m
 
 
-
 class FrameTransmitter(wiring.Component):
     """Answers -> framed bytes for the UART: errors first, then LOAD acknowledgements, the
     identity, and results with the seq of their request (in order: the core keeps order).
@@ -589,8 +588,8 @@ class BoardTop(wiring.Component):
         wiring.connect(m, receiver.image, loader.receive)
         wiring.connect(m, loader.images, core.images)
         wiring.connect(m, receiver.requests, in_flight.w_stream)
-        # (Not registered on the way into their FIFOs: on the iCE40UP5K the ~130 logic cells it took were what
-        # a board with run-time weights no longer had.)
+        # Refusals leave the receiver from a register; acknowledgements go straight into their FIFO (a skid
+        # buffer on both took ~130 logic cells a board with run-time weights no longer had on the iCE40UP5K).
         wiring.connect(m, receiver.errors, errors.w_stream)
         wiring.connect(m, receiver.acks, acks.w_stream)
         wiring.connect(m, receiver.identify, transmitter.identify)

@@ -80,7 +80,6 @@ class SpikingCore(wiring.Component):
                          engine.weights_load.addr.eq(load.addr), engine.weights_load.data.eq(load.data)]
         return m
 
-
     @staticmethod
     def _registered(m: Module, upstream, name: str):
         """``upstream`` through a :class:`~.streams.StreamRegister`: no path runs from one stage into the next."""
