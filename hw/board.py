@@ -15,7 +15,7 @@ error codes and the CRC come from ``spikesmith.contract.protocol``.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -429,8 +429,9 @@ class FrameTransmitter(wiring.Component):
     identity, and results with the seq of their request (in order: the core keeps order).
 
     ``results``: the core's results; ``requests``: the in-flight FIFO's entries, one per
-    result. A result whose request came before the current ``generation`` (an earlier
-    session) is taken from the core and dropped, not sent.
+    result. An answer stays in its queue while its frame is sent (its payload bytes are read
+    from the queue's output, one at a time) and is taken after the CRC. A result whose request
+    came before the current ``generation`` (an earlier session) is taken and dropped, not sent.
     """
 
     def __init__(self, params: BoardParams):
@@ -446,13 +447,18 @@ class FrameTransmitter(wiring.Component):
             "generation": In(8),
         })
 
-    def _wire_result(self, m: Module) -> Signal:
-        """The core's result as its RESULT payload: 16-bit label, then sign-extended logits."""
+    def _result_bytes(self) -> list:
+        """The RESULT payload bytes of ``results``: the 16-bit label, then the logits sign-extended to
+        ``logit_bytes`` each, little-endian."""
         p = self.params
-        wire = Signal(data.StructLayout({"label": 16,
-                                         "logits": data.ArrayLayout(signed(8 * p.logit_bytes), p.plan.classes)}))
-        m.d.comb += wire.label.eq(self.results.payload.label)
-        m.d.comb += [wire.logits[k].eq(self.results.payload.logits[k]) for k in range(p.plan.classes)]
+        result = self.results.payload
+        label = Cat(result.label, Const(0, 16))
+        wire = [label[:8], label[8:16]]
+        for k in range(p.plan.classes):
+            logit = Value.cast(result.logits[k])
+            wide = Cat(logit, logit[-1].replicate(8 * p.logit_bytes - len(logit)))
+            wire += [wide[8 * b:8 * b + 8] for b in range(p.logit_bytes)]
+        assert len(wire) == p.result_bytes
         return wire
 
     def elaborate(self, platform):
@@ -460,71 +466,76 @@ class FrameTransmitter(wiring.Component):
         p = self.params
         m.submodules.crc = frame_crc = _frame_crc()
         out_type, out_seq, out_len = Signal(FrameKind, init=FrameKind.ERROR), Signal(16), Signal(16)
-        # The payload waits in a shift register, next byte in the low 8 bits: no byte multiplexer on the
-        # path from the payload to the UART and the CRC (it limited the iCE40's clock).
-        payload = Signal(8 * max(p.result_bytes, len(p.identity), 1))
-        identity = Const(int.from_bytes(p.identity, "little"), 8 * len(p.identity))
-        index = index_signal(max(len(p.identity), p.result_bytes) + 1)
         m.d.comb += frame_crc.data.eq(self.bytes.payload)
-        wire = self._wire_result(m)
-        # IDLE picks the answer to send into one-hot registers, set for the one cycle in TAKE; TAKE takes it
-        # from its queue and loads the frame. So each queue's ready is a register (a decode of the state
-        # and a choice, feeding the FIFOs' internals, set the iCE40's clock).
-        taking = {kind: Signal(name=f"take_{kind}") for kind in ("error", "ack", "identity", "result", "dropped")}
+        kinds = ("error", "ack", "identity", "result", "dropped")
+        # IDLE chooses an answer into one-hot `chosen` registers; LOAD copies its header; after the CRC,
+        # `take` (registers, so each queue's ready is a flip-flop) takes it from its queue for one cycle.
+        chosen = {kind: Signal(name=f"chosen_{kind}") for kind in kinds}
+        taking = {kind: Signal(name=f"take_{kind}") for kind in kinds}
         m.d.comb += [self.errors.ready.eq(taking["error"]), self.acks.ready.eq(taking["ack"]),
                      self.identify.ready.eq(taking["identity"]),
                      self.results.ready.eq(taking["result"] | taking["dropped"]),
                      self.requests.ready.eq(taking["result"] | taking["dropped"])]
         m.d.sync += [take.eq(0) for take in taking.values()]
-        # What the queues offer, registered: IDLE chooses from registers. Only TAKE empties a queue, and no
-        # state after it reaches IDLE sooner than a cycle later, when these have seen the queue emptied.
+        # What the queues offer, registered: IDLE chooses from registers. Only a take empties a queue, and
+        # IDLE comes two cycles after it (RELEASE, SETTLE), when these have seen the queue emptied.
         offered = {kind: Signal(name=f"offered_{kind}") for kind in ("error", "ack", "identity", "result")}
         current = Signal()                          # the offered result's request is of this session
         m.d.sync += [offered["error"].eq(self.errors.valid), offered["ack"].eq(self.acks.valid),
                      offered["identity"].eq(self.identify.valid),
                      offered["result"].eq(self.results.valid & self.requests.valid),
                      current.eq(self.requests.payload.generation == self.generation)]
+        # The next payload byte, registered: byte `index` of the chosen answer, read from its queue.
+        index = index_signal(max(len(p.identity), p.result_bytes) + 1)
+        next_byte = Signal(8)
+        result_byte = Array(self._result_bytes())[index]
+        identity_byte = Array(Const(byte, 8) for byte in p.identity)[index]
+        m.d.sync += next_byte.eq(Mux(chosen["result"], result_byte,
+                                     Mux(chosen["identity"], identity_byte, self.errors.payload.code)))
         with m.FSM(name="transmit"):
             with m.State("IDLE"):
                 m.d.comb += frame_crc.start.eq(1)
-                m.d.sync += index.eq(0)
+                m.d.sync += [index.eq(0), *(chosen[kind].eq(0) for kind in kinds)]
                 with m.If(offered["error"]):
-                    m.d.sync += taking["error"].eq(1)
-                    m.next = "TAKE"
+                    m.d.sync += chosen["error"].eq(1)
+                    m.next = "LOAD"
                 with m.Elif(offered["ack"]):
-                    m.d.sync += taking["ack"].eq(1)
-                    m.next = "TAKE"
+                    m.d.sync += chosen["ack"].eq(1)
+                    m.next = "LOAD"
                 with m.Elif(offered["identity"]):
-                    m.d.sync += taking["identity"].eq(1)
-                    m.next = "TAKE"
+                    m.d.sync += chosen["identity"].eq(1)
+                    m.next = "LOAD"
                 with m.Elif(offered["result"]):
-                    m.d.sync += [taking["result"].eq(current), taking["dropped"].eq(~current)]
-                    m.next = "TAKE"
-            with m.State("TAKE"):
+                    m.d.sync += [chosen["result"].eq(current), chosen["dropped"].eq(~current)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
                 m.d.comb += frame_crc.start.eq(1)
                 m.next = "SYNC"
-                with m.If(taking["error"]):
-                    m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq),
-                                 payload.eq(self.errors.payload.code), out_len.eq(1)]
-                with m.If(taking["ack"]):
+                with m.If(chosen["error"]):
+                    m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq), out_len.eq(1)]
+                with m.If(chosen["ack"]):
                     m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
-                with m.If(taking["identity"]):
+                with m.If(chosen["identity"]):
                     m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
-                                 out_len.eq(len(p.identity)), payload.eq(identity)]
-                with m.If(taking["result"]):
+                                 out_len.eq(len(p.identity))]
+                with m.If(chosen["result"]):
                     m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
-                                 out_len.eq(p.result_bytes), payload.eq(wire.as_value())]
-                with m.If(taking["dropped"]):           # an earlier session's result: taken, not sent
-                    m.next = "DROPPED"
-            with m.State("DROPPED"):                    # (a cycle for `offered` to see the queues after it)
+                                 out_len.eq(p.result_bytes)]
+                with m.If(chosen["dropped"]):           # an earlier session's result: taken, not sent
+                    m.d.sync += taking["dropped"].eq(1)
+                    m.next = "RELEASE"
+            with m.State("RELEASE"):                    # `take` is set: the queue gives the answer up
+                m.next = "SETTLE"
+            with m.State("SETTLE"):                     # (a cycle for `offered` to see the queue after it)
                 m.next = "IDLE"
             self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
-                              payload, out_len, index)
+                              next_byte, out_len, index, sent_all=[taking[kind].eq(chosen[kind]) for kind in kinds])
         return m
 
-    def _send_states(self, m: Module, frame_crc, header: list, payload, out_len, index) -> None:
-        """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes, shifted out of ``payload``
-        low byte first), then the CRC, low byte first."""
+    def _send_states(self, m: Module, frame_crc, header: list, next_byte, out_len, index, sent_all: list) -> None:
+        """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes of ``next_byte``, each
+        followed by a cycle in FETCH for the next one to be read), then the CRC, low byte first;
+        ``sent_all`` (sync statements) as the last byte goes."""
         sent = self.bytes.valid & self.bytes.ready
 
         def send(state: str, value, following: str, crc_it: bool = True):
@@ -535,9 +546,12 @@ class FrameTransmitter(wiring.Component):
                 if state == "LEN1":
                     with m.If(sent & (out_len == 0)):
                         m.next = "CRC0"
+                if state == "CRC1":
+                    with m.If(sent):
+                        m.d.sync += sent_all
                 if state == "PAYLOAD":
                     with m.If(sent):
-                        m.d.sync += [index.eq(index + 1), payload.eq(payload >> 8)]
+                        m.d.sync += index.eq(index + 1)
                         with m.If(index == out_len - 1):
                             m.next = "CRC0"
 
@@ -545,9 +559,11 @@ class FrameTransmitter(wiring.Component):
         for state, value, following in zip(("TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1"), header,
                                            ("SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD")):
             send(state, value, following)
-        send("PAYLOAD", payload[:8], "PAYLOAD")
+        send("PAYLOAD", next_byte, "FETCH")
+        with m.State("FETCH"):                          # `next_byte` reads the byte at the new index
+            m.next = "PAYLOAD"
         send("CRC0", frame_crc.crc[:8], "CRC1", crc_it=False)
-        send("CRC1", frame_crc.crc[8:], "IDLE", crc_it=False)
+        send("CRC1", frame_crc.crc[8:], "RELEASE", crc_it=False)
 
 
 def _fifo(width: int, depth: int) -> wiring.Component:
