@@ -302,24 +302,44 @@ class FrameReceiver(wiring.Component):
         m.d.sync += [room.eq(self._refusal_room() & self.acks.ready & ~self.identify.valid & ~self.image.busy
                              & ~self._weights_busy()),
                      loaded.eq(self._loaded()), request_room.eq(self.requests.ready)]
+        # CHECK decides into one-hot verdict registers; ACT acts on them a cycle later (the decision and
+        # the answer queues' writes were one path). Room is still there: only ACT takes it.
+        verdicts = ("crc", "identify", "load", "not_loaded", "busy", "accept")
+        verdict = {name: Signal(name=f"verdict_{name}") for name in verdicts}
         with m.State("CHECK"):
             with m.If(room):
+                m.d.sync += [flag.eq(0) for flag in verdict.values()]
                 with m.If(~self._crc_ok):
-                    self._refuse(m, ErrorKind.CRC)
+                    m.d.sync += verdict["crc"].eq(1)
                 with m.Elif(self._kind == FrameKind.IDENTIFY):     # a new session: older results are dropped
-                    m.d.sync += [self.identify.valid.eq(1), self.identify.payload.eq(self._seq),
-                                 self.generation.eq(self.generation + 1)]
+                    m.d.sync += verdict["identify"].eq(1)
                 if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
                     with m.Elif(self._kind == FrameKind.LOAD):
-                        self._accept_load(m)
+                        m.d.sync += verdict["load"].eq(1)
                 with m.Elif(~loaded):
-                    self._refuse(m, ErrorKind.NOT_LOADED)
+                    m.d.sync += verdict["not_loaded"].eq(1)
                 with m.Elif(~request_room):
-                    self._refuse(m, ErrorKind.BUSY)
+                    m.d.sync += verdict["busy"].eq(1)
                 with m.Else():
-                    m.d.comb += [self.requests.valid.eq(1), self.requests.payload.seq.eq(self._seq),
-                                 self.requests.payload.generation.eq(self.generation), self.image.start.eq(1)]
-                m.next = "HUNT"
+                    m.d.sync += verdict["accept"].eq(1)
+                m.next = "ACT"
+        with m.State("ACT"):
+            with m.If(verdict["crc"]):
+                self._refuse(m, ErrorKind.CRC)
+            with m.If(verdict["identify"]):
+                m.d.sync += [self.identify.valid.eq(1), self.identify.payload.eq(self._seq),
+                             self.generation.eq(self.generation + 1)]
+            if self.params.load_bytes:
+                with m.If(verdict["load"]):
+                    self._accept_load(m)
+            with m.If(verdict["not_loaded"]):
+                self._refuse(m, ErrorKind.NOT_LOADED)
+            with m.If(verdict["busy"]):
+                self._refuse(m, ErrorKind.BUSY)
+            with m.If(verdict["accept"]):
+                m.d.comb += [self.requests.valid.eq(1), self.requests.payload.seq.eq(self._seq),
+                             self.requests.payload.generation.eq(self.generation), self.image.start.eq(1)]
+            m.next = "HUNT"
 
     def _loaded(self):
         """Every run-time weight row written and committed (always, without run-time weights)."""
@@ -466,7 +486,10 @@ class FrameTransmitter(wiring.Component):
         p = self.params
         m.submodules.crc = frame_crc = _frame_crc()
         out_type, out_seq, out_len = Signal(FrameKind, init=FrameKind.ERROR), Signal(16), Signal(16)
-        m.d.comb += frame_crc.data.eq(self.bytes.payload)
+        # The CRC takes each sent byte a cycle later, from registers (SUM waits for the last one).
+        crc_byte, crc_valid = Signal(8), Signal()
+        m.d.comb += [frame_crc.data.eq(crc_byte), frame_crc.valid.eq(crc_valid)]
+        m.d.sync += [crc_byte.eq(self.bytes.payload), crc_valid.eq(0)]
         kinds = ("error", "ack", "identity", "result", "dropped")
         # IDLE chooses an answer into one-hot `chosen` registers; LOAD copies its header; after the CRC,
         # `take` (registers, so each queue's ready is a flip-flop) takes it from its queue for one cycle.
@@ -485,11 +508,16 @@ class FrameTransmitter(wiring.Component):
                      offered["identity"].eq(self.identify.valid),
                      offered["result"].eq(self.results.valid & self.requests.valid),
                      current.eq(self.requests.payload.generation == self.generation)]
-        # The next payload byte, registered: byte `index` of the chosen answer, read from its queue.
+        # The next payload byte: byte `index` of the chosen answer, read from its queue in two registered
+        # steps, each a few LUTs deep: the 4-byte words of the result and the identity that hold it, then
+        # the byte of the chosen one. (One multiplexer over 65 bytes was seven LUTs deep on the iCE40.)
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
-        next_byte = Signal(8)
-        result_byte = Array(self._result_bytes())[index]
-        identity_byte = Array(Const(byte, 8) for byte in p.identity)[index]
+        identity = [Const(byte, 8) for byte in p.identity]
+        result_word, identity_word, next_byte = Signal(32), Signal(32), Signal(8)
+        m.d.sync += [result_word.eq(Array(_words(self._result_bytes()))[index[2:]]),
+                     identity_word.eq(Array(_words(identity))[index[2:]])]
+        result_byte = Array(result_word.word_select(k, 8) for k in range(4))[index[:2]]
+        identity_byte = Array(identity_word.word_select(k, 8) for k in range(4))[index[:2]]
         m.d.sync += next_byte.eq(Mux(chosen["result"], result_byte,
                                      Mux(chosen["identity"], identity_byte, self.errors.payload.code)))
         with m.FSM(name="transmit"):
@@ -528,24 +556,27 @@ class FrameTransmitter(wiring.Component):
                 m.next = "SETTLE"
             with m.State("SETTLE"):                     # (a cycle for `offered` to see the queue after it)
                 m.next = "IDLE"
-            self._send_states(m, frame_crc, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
+            self._send_states(m, frame_crc, crc_valid, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
                               next_byte, out_len, index, sent_all=[taking[kind].eq(chosen[kind]) for kind in kinds])
         return m
 
-    def _send_states(self, m: Module, frame_crc, header: list, next_byte, out_len, index, sent_all: list) -> None:
+    def _send_states(self, m: Module, frame_crc, crc_valid, header: list, next_byte, out_len, index,
+                     sent_all: list) -> None:
         """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes of ``next_byte``, each
-        followed by a cycle in FETCH for the next one to be read), then the CRC, low byte first;
-        ``sent_all`` (sync statements) as the last byte goes."""
+        followed by two cycles, FETCH and FETCHED, for the next one to be read), a cycle in SUM for the CRC to
+        take the last byte, then the CRC, low byte first; ``sent_all`` (sync statements) as the
+        last byte goes. ``crc_valid``: a register, set for the cycle after a CRC'd byte is sent."""
         sent = self.bytes.valid & self.bytes.ready
 
         def send(state: str, value, following: str, crc_it: bool = True):
             with m.State(state):
-                m.d.comb += [self.bytes.valid.eq(1), self.bytes.payload.eq(value), frame_crc.valid.eq(sent & crc_it)]
+                m.d.comb += [self.bytes.valid.eq(1), self.bytes.payload.eq(value)]
+                m.d.sync += crc_valid.eq(sent & crc_it)
                 with m.If(sent):
                     m.next = following
                 if state == "LEN1":
                     with m.If(sent & (out_len == 0)):
-                        m.next = "CRC0"
+                        m.next = "SUM"
                 if state == "CRC1":
                     with m.If(sent):
                         m.d.sync += sent_all
@@ -553,7 +584,7 @@ class FrameTransmitter(wiring.Component):
                     with m.If(sent):
                         m.d.sync += index.eq(index + 1)
                         with m.If(index == out_len - 1):
-                            m.next = "CRC0"
+                            m.next = "SUM"
 
         send("SYNC", SYNC, "TYPE", crc_it=False)
         for state, value, following in zip(("TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1"), header,
@@ -561,9 +592,19 @@ class FrameTransmitter(wiring.Component):
             send(state, value, following)
         send("PAYLOAD", next_byte, "FETCH")
         with m.State("FETCH"):                          # `next_byte` reads the byte at the new index
+            m.next = "FETCHED"
+        with m.State("FETCHED"):
             m.next = "PAYLOAD"
+        with m.State("SUM"):
+            m.next = "CRC0"
         send("CRC0", frame_crc.crc[:8], "CRC1", crc_it=False)
         send("CRC1", frame_crc.crc[8:], "RELEASE", crc_it=False)
+
+
+def _words(data: list) -> list:
+    """Bytes (8-bit values) -> 32-bit words of four, little-endian, the last padded with zeros."""
+    padded = [*data, *[Const(0, 8)] * (-len(data) % 4)]
+    return [Cat(*padded[k:k + 4]) for k in range(0, len(padded), 4)]
 
 
 def _fifo(width: int, depth: int) -> wiring.Component:
@@ -619,5 +660,9 @@ class BoardTop(wiring.Component):
         wiring.connect(m, acks.r_stream, transmitter.acks)
         wiring.connect(m, core.results, transmitter.results)
         wiring.connect(m, in_flight.r_stream, transmitter.requests)
-        wiring.connect(m, transmitter.bytes, uart_tx.data)
+        # The sent bytes pass a register too: the UART's ready fed the transmitter's state and CRC, and
+        # its valid the UART's counters, in one path (it set the iCE40's clock).
+        m.submodules.tx_register = tx_register = SlowStreamRegister(8)
+        wiring.connect(m, transmitter.bytes, tx_register.inlet)
+        wiring.connect(m, tx_register.outlet, uart_tx.data)
         return m

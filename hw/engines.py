@@ -66,7 +66,7 @@ class InputEncoder(wiring.Component):
         scan = BlockScanner(blocks=words, lanes=plan.lanes, neurons=plan.size, timesteps=T,
                             skip_silent=self.skip_silent)
         reader = RowReader(rows=words, timesteps=T, latency=READ_LATENCY, entry=scanned_row_layout(plan.lanes))
-        reader.build(m)
+        reader.build(m, scan.sends)
         scan_bank = Signal()
         m.d.comb += [reader.ready.eq(full.bit_select(scan_bank, 1)),
                      read.addr.eq(Mux(scan_bank, words + reader.row, reader.row))]
@@ -76,7 +76,7 @@ class InputEncoder(wiring.Component):
         bit = index_signal(T)                     # step t carries bit T-1-t: MSB first
         m.d.comb += bit.eq(T - 1 - reader.arrived.step)
         spikes = Cat(codes[lane].bit_select(bit, 1) for lane in range(plan.lanes))
-        m.d.comb += [reader.entry.spikes.eq(spikes), reader.entry.sends.eq(scan.sends(spikes, reader.arrived.row))]
+        m.d.comb += reader.entry.spikes.eq(spikes)
         scan.build(m, reader.rows_out, self.events)
         if plan.pixels:
             # A word is `lanes` neighbouring pixels of one image row (lanes divide the width).

@@ -123,8 +123,12 @@ class RowReader:
     The engine calls :meth:`build` in its ``elaborate``: ``ready`` (in) says a bank is there;
     in a cycle with ``issue`` the engine reads row ``row`` (at step ``step``); ``latency``
     cycles later that read *arrives* (``arrived``, a :func:`read_tag_layout`, valid for that
-    cycle; ``tags[k]`` is the read issued ``k + 1`` cycles ago): the engine computes the row's queue entry into ``entry`` (and may write the row
-    back), and ``done`` (comb) marks the image's last arrival, which frees the bank. Reads are
+    cycle; ``tags[k]`` is the read issued ``k + 1`` cycles ago): the engine computes the row's
+    queue entry into ``entry`` (and may write the row back), and ``done`` (comb) marks the
+    image's last arrival, which frees the bank. The entry waits a cycle in a register, where
+    ``sends`` (given to :meth:`build`: spike bits and row -> the entry's ``sends`` field) counts
+    its events, and goes into the queue the cycle after (the fire stage's compare, the count
+    and the queue's write were one path). Reads are
     issued only while the queue (``depth`` entries) has room for them, so a slow consumer
     stalls the reads, never the arrivals; :attr:`rows_out` is the queue's output, for a
     :class:`BlockScanner`. A new bank is claimed the cycle after ``done``. With ``rewrites`` the
@@ -136,7 +140,7 @@ class RowReader:
                  depth: int = ROW_QUEUE_DEPTH, rewrites: bool = False):
         self.rows, self.timesteps, self.latency, self.depth = rows, timesteps, latency, depth
         self.rewrites = rewrites
-        assert depth >= latency + 2, "a shallower queue cannot keep up one row per cycle"
+        assert depth >= latency + 3, "a shallower queue cannot keep up one row per cycle"
         self.ready, self.issue, self.done = Signal(), Signal(), Signal()
         self.row, self.step = index_signal(rows), index_signal(timesteps)
         self.tags = [Signal(read_tag_layout(rows, timesteps), name=f"read_tag{k}") for k in range(latency)]
@@ -144,8 +148,11 @@ class RowReader:
         self.entry = Signal(entry)
         self.rows_out = stream.Signature(entry).create()
 
-    def build(self, m: Module) -> None:
+    def build(self, m: Module, sends) -> None:
         m.submodules.row_queue = queue = fifo.SyncFIFO(width=len(self.entry.as_value()), depth=self.depth)
+        staged, staged_tag, written = Signal.like(self.entry), Signal.like(self.tags[-1]), Signal.like(self.entry)
+        m.d.sync += [staged.eq(self.entry), staged_tag.eq(self.tags[-1])]
+        m.d.comb += [written.eq(staged), written.sends.eq(sends(staged.spikes, staged_tag.row))]
         reading, finishing = Signal(), Signal()       # an image's reads are being issued / still arriving
         tags = self.tags
         # Queue entries neither taken nor promised to a read in flight: a read takes one, a row leaving the
@@ -157,7 +164,7 @@ class RowReader:
         unwritten = [tag.valid & (tag.row == self.row) for tag in tags[:-1]] if self.rewrites and self.rows < self.latency else []
         m.d.comb += [self.issue.eq(reading & (credits != 0) & ~Cat(unwritten).any()),
                      self.done.eq(tags[-1].valid & tags[-1].last),
-                     queue.w_data.eq(self.entry), queue.w_en.eq(tags[-1].valid),
+                     queue.w_data.eq(written), queue.w_en.eq(staged_tag.valid),
                      self.rows_out.valid.eq(queue.r_rdy), self.rows_out.payload.eq(queue.r_data),
                      queue.r_en.eq(self.rows_out.ready)]
         m.d.sync += [tags[0].valid.eq(self.issue), tags[0].row.eq(self.row), tags[0].step.eq(self.step),

@@ -59,7 +59,7 @@ class FireStage(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        plan, port, L, mw, T = self.plan, self.membranes, self.plan.lanes, self.plan.membrane_width, self.plan.timesteps
+        plan, port, L, T = self.plan, self.membranes, self.plan.lanes, self.plan.timesteps
         if plan.emits_rows:   # one event per row: a one-lane scanner that never skips; the queue keeps the row
             entry = scanned_row_layout(1, lane_spikes=L, history=L * T)
             scan = BlockScanner(blocks=plan.rows, lanes=1, neurons=plan.rows, timesteps=T, skip_silent=False,
@@ -71,14 +71,14 @@ class FireStage(wiring.Component):
                                 timesteps=T, skip_silent=self.skip_silent)
             events = self.spikes
         reader = RowReader(rows=plan.rows, timesteps=T, latency=FIRE_LATENCY, entry=entry, rewrites=True)
-        reader.build(m)
+        reader.build(m, scan.sends)
         m.d.comb += [reader.ready.eq(port.ready), port.done.eq(reader.done), port.read_addr.eq(reader.row),
                      port.write_addr.eq(reader.arrived.row), port.write_en.eq(reader.arrived.valid)]
         spikes = self._fire(m, reader)
         if plan.emits_rows:
             self._row_beats(m, reader, scan, events, spikes)
         else:
-            m.d.comb += [reader.entry.spikes.eq(spikes), reader.entry.sends.eq(scan.sends(spikes, reader.arrived.row))]
+            m.d.comb += reader.entry.spikes.eq(spikes)
         scan.build(m, reader.rows_out, events)
         if plan.emits_pixels:
             _, height, width = plan.conv.out_shape
@@ -136,7 +136,7 @@ class FireStage(wiring.Component):
         history = lanes_view(T, L, registered, sign=False)
         kept = [history[lane] & earlier for lane in range(L)]
         m.d.comb += [write.data.eq(Cat((kept[lane] | (spikes[lane] << step))[:T] for lane in range(L))),
-                     reader.entry.spikes.eq(1), reader.entry.sends.eq(1), reader.entry.lane_spikes.eq(spikes),
+                     reader.entry.spikes.eq(1), reader.entry.lane_spikes.eq(spikes),
                      reader.entry.history.eq(Cat(kept))]
         m.d.comb += [self.spikes.valid.eq(events.valid), events.ready.eq(self.spikes.ready),
                      self.spikes.payload.end.eq(events.payload.end),

@@ -66,12 +66,17 @@ class Readout(wiring.Component):
             # Two cycles a logit: the head is compared with the best (one comparator: ties keep the first
             # index) into `greater`, then taken if greater and the register rotates; after B*L logits
             # the logits are back in order.
-            greater, head = Signal(), logits[0]
+            # `greater` is the sign of one subtraction (one carry chain, nothing after it); whether the
+            # logit is the first or a padding lane is registered beside it.
+            head = logits[0]
+            greater, first, real = Signal(name="greater"), Signal(name="first"), Signal(name="real")
+            difference = Signal(signed(mw + 1), name="difference")
+            m.d.comb += difference.eq(best - head)
             with m.State("COMPARE"):
-                m.d.sync += greater.eq((scanned == 0) | ((scanned < plan.neurons) & (head > best)))
+                m.d.sync += [greater.eq(difference[-1]), first.eq(scanned == 0), real.eq(scanned < plan.neurons)]
                 m.next = "TAKE"
             with m.State("TAKE"):
-                with m.If(greater):
+                with m.If(first | (real & greater)):
                     m.d.sync += [best.eq(head), best_label.eq(scanned)]
                 m.d.sync += [logits[j].eq(logits[(j + 1) % (B * L)]) for j in range(B * L)]
                 m.d.sync += scanned.eq(scanned + 1)

@@ -28,15 +28,17 @@ __all__ = ["ROW_QUEUE_DEPTH", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan",
 
 
 #: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner: its read
-#: latency (at most 3 cycles) and two, so that it reads a row every cycle while the scanner takes one.
-ROW_QUEUE_DEPTH = 5
+#: latency (at most 3 cycles), the entry's register and two, so that it reads a row every cycle while
+#: the scanner takes one.
+ROW_QUEUE_DEPTH = 6
 #: Bits of a queued row's event count (0, 1 or 2 and more) beside its spike mask (hw/events.py, ``sends``).
 QUEUED_COUNT_BITS = 2
 
 
 #: Cycles an image's first event spends between two stages beyond their own worst cases: the
-#: producer's row read and datapath (at most 3) and the stream register between the two.
-HOP_CYCLES = 4
+#: producer's row read and datapath (at most 3), its queue entry's register and the stream register
+#: between the two.
+HOP_CYCLES = 5
 
 
 def ceil_div(a: int, b: int) -> int:
