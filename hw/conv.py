@@ -49,14 +49,16 @@ class _ConvWalk:
         first_w_x = lookup(m, "first_w_x", x, [c[1] for c in col_table], ww_addr)
         self.taps_x = lookup(m, "taps_x", x, [c[2] for c in col_table], unsigned_width(kw))
 
-        # Event expansion counters and their offsets: b*P, u*W_out, v (membrane) and the weight rows'.
+        # Event expansion counters, and the offsets of the walk so far as sums kept in registers (one
+        # operand each in the address adders, not three): membrane rows b*P - u*W_out - v, weight rows
+        # the block's, tap row's and tap's; `block_*` and `tap_row_*` hold the partial sums a wrap returns to.
         self.block, self.tap_y, self.tap_x = index_signal(B), Signal(range(kh + 1)), Signal(range(kw + 1))
-        self.block_m, self.tap_y_m, self.tap_x_m = Signal(mw_addr), Signal(mw_addr), Signal(mw_addr)
-        self.block_w, self.tap_y_w, self.tap_x_w = Signal(ww_addr), Signal(ww_addr), Signal(ww_addr)
+        self.block_m, self.tap_row_m, self.walk_m = Signal(mw_addr), Signal(mw_addr), Signal(mw_addr)
+        self.block_w, self.tap_row_w, self.walk_w = Signal(ww_addr), Signal(ww_addr), Signal(ww_addr)
         event_m, event_w = Signal(signed(mw_addr)), Signal(ww_addr)
         m.d.comb += [
-            event_m.eq(first_m_y + first_m_x + self.block_m - self.tap_y_m - self.tap_x_m),
-            event_w.eq(first_w_y + first_w_x + events.payload.channel + self.block_w + self.tap_y_w + self.tap_x_w),
+            event_m.eq(first_m_y + first_m_x + self.walk_m),
+            event_w.eq(first_w_y + first_w_x + events.payload.channel + self.walk_w),
         ]
         issue_row = index_signal(R)
         m.d.comb += [
@@ -88,20 +90,26 @@ class _ConvWalk:
             m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD),
                          self.issue.spike.eq(events.payload.spike)]
             with m.If(self.tap_x != self.taps_x - 1):
-                m.d.sync += [self.tap_x.eq(self.tap_x + 1), self.tap_x_m.eq(self.tap_x_m + m_step_x),
-                             self.tap_x_w.eq(self.tap_x_w + w_step_x)]
+                m.d.sync += [self.tap_x.eq(self.tap_x + 1), self.walk_m.eq(self.walk_m - m_step_x),
+                             self.walk_w.eq(self.walk_w + w_step_x)]
             with m.Else():
-                m.d.sync += [self.tap_x.eq(0), self.tap_x_m.eq(0), self.tap_x_w.eq(0)]
+                m.d.sync += self.tap_x.eq(0)
                 with m.If(self.tap_y != self.taps_y - 1):
-                    m.d.sync += [self.tap_y.eq(self.tap_y + 1), self.tap_y_m.eq(self.tap_y_m + m_step_y),
-                                 self.tap_y_w.eq(self.tap_y_w + w_step_y)]
+                    row_m, row_w = self.tap_row_m - m_step_y, self.tap_row_w + w_step_y
+                    m.d.sync += [self.tap_y.eq(self.tap_y + 1), self.tap_row_m.eq(row_m), self.walk_m.eq(row_m),
+                                 self.tap_row_w.eq(row_w), self.walk_w.eq(row_w)]
                 with m.Else():
-                    m.d.sync += [self.tap_y.eq(0), self.tap_y_m.eq(0), self.tap_y_w.eq(0)]
+                    m.d.sync += self.tap_y.eq(0)
                     with m.If(self.block != self.plan.blocks - 1):
-                        m.d.sync += [self.block.eq(self.block + 1), self.block_m.eq(self.block_m + g.pixels),
-                                     self.block_w.eq(self.block_w + g.kernel[0] * g.kernel[1] * g.in_shape[0])]
+                        block_m = self.block_m + g.pixels
+                        block_w = self.block_w + g.kernel[0] * g.kernel[1] * g.in_shape[0]
+                        m.d.sync += [self.block.eq(self.block + 1),
+                                     *(reg.eq(block_m) for reg in (self.block_m, self.tap_row_m, self.walk_m)),
+                                     *(reg.eq(block_w) for reg in (self.block_w, self.tap_row_w, self.walk_w))]
                     with m.Else():
-                        m.d.sync += [self.block.eq(0), self.block_m.eq(0), self.block_w.eq(0)]
+                        m.d.sync += [self.block.eq(0),
+                                     *(reg.eq(0) for reg in (self.block_m, self.tap_row_m, self.walk_m,
+                                                             self.block_w, self.tap_row_w, self.walk_w))]
                         m.d.comb += events.ready.eq(1)
 
 
