@@ -66,7 +66,7 @@ class InputEncoder(wiring.Component):
         scan = BlockScanner(blocks=words, lanes=plan.lanes, neurons=plan.size, timesteps=T,
                             skip_silent=self.skip_silent)
         reader = RowReader(rows=words, timesteps=T, latency=READ_LATENCY, entry=scanned_row_layout(plan.lanes))
-        reader.build(m, scan.sends)
+        reader.build(m, scan)
         scan_bank = Signal()
         m.d.comb += [reader.ready.eq(full.bit_select(scan_bank, 1)),
                      read.addr.eq(Mux(scan_bank, words + reader.row, reader.row))]

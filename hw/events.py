@@ -9,11 +9,11 @@ silent neuron costs the consumer nothing.
 
 from __future__ import annotations
 
-from amaranth import C, Cat, Module, Mux, Signal
+from amaranth import C, Cat, Module, Mux, Shape, Signal
 from amaranth.lib import data, fifo, stream
 
 from ..contract.network import unsigned_width
-from ..contract.plan import QUEUED_COUNT_BITS, ROW_QUEUE_DEPTH
+from ..contract.plan import QUEUED_COUNT_BITS, STAGED_ROW_LANES, row_queue_depth
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
            "index_signal", "lowest_set_lane", "count_up_to", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
@@ -102,13 +102,24 @@ def scanned_row_layout(lanes: int, **extra) -> data.StructLayout:
 def count_up_to(bits, cap: int):
     """The number of set bits among ``bits`` (a list of 1-bit values), or ``cap`` if more: a tree of
     small saturating adders, ``ceil(log2(len(bits)))`` deep, no carry chain."""
-    if len(bits) == 1:
-        return bits[0]
-    half = len(bits) // 2
-    total = count_up_to(bits[:half], cap) + count_up_to(bits[half:], cap)
-    if len(bits) <= cap:                       # it cannot pass the cap (a constant compare, which Verilator refuses)
-        return total
-    return Mux(total > cap, cap, total)[:cap.bit_length()]
+    return sum_up_to([(bit, 1) for bit in bits], cap)
+
+
+def sum_up_to(terms, cap: int):
+    """The sum of ``terms`` (pairs of a small unsigned value and its largest value), or ``cap`` if
+    more: a tree of saturating adders."""
+    return _sum_up_to(terms, cap)[0]
+
+
+def _sum_up_to(terms, cap: int):
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    (left, left_most), (right, right_most) = _sum_up_to(terms[:half], cap), _sum_up_to(terms[half:], cap)
+    total, most = left + right, left_most + right_most
+    if most <= cap:                            # it cannot pass the cap (a constant compare, which Verilator refuses)
+        return total, most
+    return Mux(total > cap, cap, total)[:cap.bit_length()], cap
 
 
 def read_tag_layout(rows: int, timesteps: int) -> data.StructLayout:
@@ -125,10 +136,11 @@ class RowReader:
     cycles later that read *arrives* (``arrived``, a :func:`read_tag_layout`, valid for that
     cycle; ``tags[k]`` is the read issued ``k + 1`` cycles ago): the engine computes the row's
     queue entry into ``entry`` (and may write the row back), and ``done`` (comb) marks the
-    image's last arrival, which frees the bank. The entry waits a cycle in a register, where
-    ``sends`` (given to :meth:`build`: spike bits and row -> the entry's ``sends`` field) counts
-    its events, and goes into the queue the cycle after (the fire stage's compare, the count
-    and the queue's write were one path). Reads are
+    image's last arrival, which frees the bank. :meth:`build` takes the scanner, which counts
+    the entry's events into its ``sends`` field: a row of more than :data:`STAGED_ROW_LANES`
+    lanes is counted in groups as it arrives, waits a cycle in a register, and the groups'
+    counts are added on its way into the queue (the fire stage's compare, the count and the
+    queue's write were one path at 64 lanes). Reads are
     issued only while the queue (``depth`` entries) has room for them, so a slow consumer
     stalls the reads, never the arrivals; :attr:`rows_out` is the queue's output, for a
     :class:`BlockScanner`. A new bank is claimed the cycle after ``done``. With ``rewrites`` the
@@ -136,11 +148,13 @@ class RowReader:
     (a pass shorter than the latency waits; a write-first read sees the write).
     """
 
-    def __init__(self, *, rows: int, timesteps: int, latency: int, entry: data.StructLayout,
-                 depth: int = ROW_QUEUE_DEPTH, rewrites: bool = False):
-        self.rows, self.timesteps, self.latency, self.depth = rows, timesteps, latency, depth
+    def __init__(self, *, rows: int, timesteps: int, latency: int, entry: data.StructLayout, rewrites: bool = False):
+        self.lanes = Shape.cast(entry.members["spikes"]).width
+        self.staged = self.lanes > STAGED_ROW_LANES
+        self.rows, self.timesteps, self.latency = rows, timesteps, latency
+        self.depth = row_queue_depth(self.lanes)
         self.rewrites = rewrites
-        assert depth >= latency + 3, "a shallower queue cannot keep up one row per cycle"
+        assert self.depth >= latency + 2 + self.staged, "a shallower queue cannot keep up one row per cycle"
         self.ready, self.issue, self.done = Signal(), Signal(), Signal()
         self.row, self.step = index_signal(rows), index_signal(timesteps)
         self.tags = [Signal(read_tag_layout(rows, timesteps), name=f"read_tag{k}") for k in range(latency)]
@@ -148,11 +162,17 @@ class RowReader:
         self.entry = Signal(entry)
         self.rows_out = stream.Signature(entry).create()
 
-    def build(self, m: Module, sends) -> None:
+    def build(self, m: Module, scanner: "BlockScanner") -> None:
         m.submodules.row_queue = queue = fifo.SyncFIFO(width=len(self.entry.as_value()), depth=self.depth)
-        staged, staged_tag, written = Signal.like(self.entry), Signal.like(self.tags[-1]), Signal.like(self.entry)
-        m.d.sync += [staged.eq(self.entry), staged_tag.eq(self.tags[-1])]
-        m.d.comb += [written.eq(staged), written.sends.eq(sends(staged.spikes, staged_tag.row))]
+        arrived, written = self.tags[-1], Signal.like(self.entry)
+        groups = scanner.group_counts(self.entry.spikes, arrived.row)
+        if self.staged:
+            staged, staged_groups, stored = Signal.like(self.entry), Signal(2 * len(groups)), Signal()
+            m.d.sync += [staged.eq(self.entry), staged_groups.eq(Cat(*groups)), stored.eq(arrived.valid)]
+            groups = [staged_groups[2 * k:2 * k + 2] for k in range(len(groups))]
+        else:
+            staged, stored = self.entry, arrived.valid
+        m.d.comb += [written.eq(staged), written.sends.eq(sum_up_to([(group, 2) for group in groups], 2))]
         reading, finishing = Signal(), Signal()       # an image's reads are being issued / still arriving
         tags = self.tags
         # Queue entries neither taken nor promised to a read in flight: a read takes one, a row leaving the
@@ -164,7 +184,7 @@ class RowReader:
         unwritten = [tag.valid & (tag.row == self.row) for tag in tags[:-1]] if self.rewrites and self.rows < self.latency else []
         m.d.comb += [self.issue.eq(reading & (credits != 0) & ~Cat(unwritten).any()),
                      self.done.eq(tags[-1].valid & tags[-1].last),
-                     queue.w_data.eq(written), queue.w_en.eq(staged_tag.valid),
+                     queue.w_data.eq(written), queue.w_en.eq(stored),
                      self.rows_out.valid.eq(queue.r_rdy), self.rows_out.payload.eq(queue.r_data),
                      queue.r_en.eq(self.rows_out.ready)]
         m.d.sync += [tags[0].valid.eq(self.issue), tags[0].row.eq(self.row), tags[0].step.eq(self.step),
@@ -211,12 +231,14 @@ class BlockScanner:
         valid_lanes = Mux(last_row, (1 << tail) - 1, (1 << self.lanes) - 1)
         return spikes & valid_lanes if self.skip_silent else valid_lanes
 
-    def sends(self, spikes, row):
-        """The ``sends`` field of row ``row`` of a step with spike bits ``spikes``: its events counted
-        up to 2. Computed as the row goes into the queue, so that the scanner knows at once whether
-        a loaded row is empty or sends one event, without counting a wide row in the cycle it loads."""
+    def group_counts(self, spikes, row) -> list:
+        """The events of row ``row`` of a step with spike bits ``spikes``, counted up to 2 in groups of
+        :data:`STAGED_ROW_LANES` lanes: their sum up to 2 is the queued row's ``sends``, so that the
+        scanner knows at once whether a loaded row is empty or sends one event, without counting a
+        wide row in the cycle it loads."""
         sent = self._lanes_sent(spikes, row == self.blocks - 1)
-        return count_up_to([sent[lane] for lane in range(self.lanes)], 2)
+        return [count_up_to([sent[lane] for lane in range(first, min(first + STAGED_ROW_LANES, self.lanes))], 2)
+                for first in range(0, self.lanes, STAGED_ROW_LANES)]
 
     def build(self, m: Module, rows, events) -> None:
         """Add the scanner's logic to ``m``: ``rows`` in, the stream interface ``events`` out."""

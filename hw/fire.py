@@ -71,7 +71,7 @@ class FireStage(wiring.Component):
                                 timesteps=T, skip_silent=self.skip_silent)
             events = self.spikes
         reader = RowReader(rows=plan.rows, timesteps=T, latency=FIRE_LATENCY, entry=entry, rewrites=True)
-        reader.build(m, scan.sends)
+        reader.build(m, scan)
         m.d.comb += [reader.ready.eq(port.ready), port.done.eq(reader.done), port.read_addr.eq(reader.row),
                      port.write_addr.eq(reader.arrived.row), port.write_en.eq(reader.arrived.valid)]
         spikes = self._fire(m, reader)

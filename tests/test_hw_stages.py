@@ -14,7 +14,7 @@ from spikesmith.hw.accumulate import DenseAccumulate, input_event_layout
 from spikesmith.hw.board import (ErrorKind, FrameKind, FrameReceiver, FrameTransmitter, ImageLoader,
                                  WeightLoader)
 from spikesmith.hw.conv import ConvAccumulate
-from spikesmith.hw.events import count_up_to, lowest_set_lane
+from spikesmith.hw.events import count_up_to, lowest_set_lane, sum_up_to
 from spikesmith.hw.fire import FireStage
 from spikesmith.hw.membranes import READ_LATENCY, MembraneBanks
 from spikesmith.hw.readout import Readout
@@ -235,6 +235,18 @@ def test_count_up_to_counts_set_bits_and_saturates(lanes, cap):
     masks = [0, (1 << lanes) - 1] + [sum(1 << int(k) for k in rng.choice(lanes, size=int(n), replace=False))
                                      for n in rng.integers(0, min(lanes, 4) + 1, size=40)]
     assert _evaluate(m, mask, count, masks) == [min(bin(value).count("1"), cap) for value in masks]
+
+
+@pytest.mark.parametrize("terms", [1, 3, 8])
+def test_sum_up_to_adds_capped_counts_and_saturates(terms):
+    """The group counts of a wide row (each 0..2, two bits) add up to at most 2."""
+    rng = np.random.default_rng(terms)
+    m, packed = Module(), Signal(2 * terms)
+    total = Signal(2)
+    m.d.comb += total.eq(sum_up_to([(packed[2 * k:2 * k + 2], 2) for k in range(terms)], 2))
+    values = [rng.integers(0, 3, size=terms).tolist() for _ in range(40)] + [[0] * terms, [2] * terms]
+    packs = [sum(v << (2 * k) for k, v in enumerate(value)) for value in values]
+    assert _evaluate(m, packed, total, packs) == [min(sum(value), 2) for value in values]
 
 
 @pytest.mark.parametrize("register,cycles_per_beat", [(StreamRegister, 1), (SlowStreamRegister, 2)])

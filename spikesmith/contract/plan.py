@@ -24,21 +24,29 @@ from math import gcd
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import LOAD_HEAD, unpack_result
 
-__all__ = ["ROW_QUEUE_DEPTH", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
+__all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_queue_depth", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
 
 #: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner: its read
-#: latency (at most 3 cycles), the entry's register and two, so that it reads a row every cycle while
-#: the scanner takes one.
-ROW_QUEUE_DEPTH = 6
+#: latency (at most 3 cycles) and two, so that it reads a row every cycle while the scanner takes one;
+#: one more for a row wider than :data:`STAGED_ROW_LANES`, whose entry waits a cycle in a register
+#: (hw/events.py, ``RowReader``).
+ROW_QUEUE_DEPTH = 5
+#: Rows of more lanes than this are counted in two registered halves on their way into the queue.
+STAGED_ROW_LANES = 8
 #: Bits of a queued row's event count (0, 1 or 2 and more) beside its spike mask (hw/events.py, ``sends``).
 QUEUED_COUNT_BITS = 2
 
 
 #: Cycles an image's first event spends between two stages beyond their own worst cases: the
-#: producer's row read and datapath (at most 3), its queue entry's register and the stream register
-#: between the two.
+#: producer's row read and datapath (at most 3), its queue entry's register (wide rows) and the
+#: stream register between the two.
 HOP_CYCLES = 5
+
+
+def row_queue_depth(lanes: int) -> int:
+    """Entries of the row queue of a scanner over rows of ``lanes`` lanes."""
+    return ROW_QUEUE_DEPTH + (lanes > STAGED_ROW_LANES)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -78,7 +86,8 @@ class InputPlan:
     @property
     def memory_bits(self) -> int:
         """Two image banks (ping-pong) and the queue of spike masks, bits."""
-        return 2 * self.words * self.lanes * self.timesteps + ROW_QUEUE_DEPTH * (self.lanes + QUEUED_COUNT_BITS)
+        return (2 * self.words * self.lanes * self.timesteps
+                + row_queue_depth(self.lanes) * (self.lanes + QUEUED_COUNT_BITS))
 
     @property
     def load_cycles(self) -> int:
@@ -273,7 +282,7 @@ class LayerPlan:
             # The row queue: spike masks, or whole row beats (one-bit mask, spikes, history), each with its
             # event count up to two (QUEUED_COUNT_BITS).
             entry = QUEUED_COUNT_BITS + (1 + L + L * self.timesteps if self.emits_rows else L)
-            shapes.append(("row queue", entry, ROW_QUEUE_DEPTH))
+            shapes.append(("row queue", entry, row_queue_depth(1 if self.emits_rows else L)))
         if self.emits_rows:
             shapes.append(("spike history", L * self.timesteps, rows))
         if self.pool is not None:
