@@ -77,20 +77,21 @@ class ILIFFire(wiring.Component):
         self.membrane_width = membrane_width
 
     def elaborate(self, platform):
-        """The carry chains, then a register, then the choice. Cycle 1: ``2V - theta`` (its sign is
-        the spike, its value the soft reset) and, beside it, ``V > theta`` for the first step's clamp;
-        the step's result if no clamp applies (one multiplexer) and the clamp's flags are registered.
-        Cycle 2: a clamped membrane gives 0 (``V < 0``: no spike) or ``2*theta - theta = theta`` (a spike)."""
+        """The carry chains, then registers, then the choice. Cycle 1: ``2V - theta`` (its sign is
+        the spike, its value the soft reset) and, beside it, ``V > theta`` for the first step's clamp,
+        are registered with ``V`` and the clamp's flags. Cycle 2: the choice, from registers: a clamped
+        membrane gives 0 (``V < 0``: no spike) or ``2*theta - theta = theta`` (a spike); else ``2V -
+        theta`` if it fired, ``2V`` if not. (Choosing by the sign in cycle 1 put a multiplexer per
+        bit, selected by the end of the carry chain, in its path: the iCE40's slowest.)"""
         m = Module()
         v, theta, mw = self.membrane, self.threshold, self.membrane_width
-        doubled = Signal(signed(mw + 1))
         difference = Signal(signed(mw + 2))                           # 2V - theta
-        m.d.comb += [doubled.eq(v << 1), difference.eq(doubled - theta)]
-        fires = ~difference[-1]                                       # 2V >= theta
-        stepped, spiked = Signal(signed(mw)), Signal()                # the result without a clamp
+        m.d.comb += difference.eq((v << 1) - theta)
+        kept_v, kept_difference, spiked = Signal(signed(mw)), Signal(signed(mw)), Signal()
         to_zero, to_theta, kept_theta = Signal(), Signal(), Signal.like(theta)
-        m.d.sync += [stepped.eq(Mux(fires, difference, doubled)), spiked.eq(fires), kept_theta.eq(theta),
+        m.d.sync += [kept_v.eq(v), kept_difference.eq(difference), spiked.eq(~difference[-1]), kept_theta.eq(theta),
                      to_zero.eq(self.first & v[-1]), to_theta.eq(self.first & ~v[-1] & (v > theta))]
+        stepped = Mux(spiked, kept_difference, kept_v << 1)           # the result without a clamp
         m.d.comb += [self.spike.eq(~to_zero & (to_theta | spiked)),
                      self.updated.eq(Mux(to_zero, 0, Mux(to_theta, kept_theta, stepped)))]
         return m
