@@ -250,14 +250,18 @@ class FrameReceiver(wiring.Component):
         self._field_states(m, (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
                                ("ADDR1", self._load.address[8:], "COUNT")))
         with m.State("COUNT"):
-            m.d.comb += self._take.eq(available & self._refusal_room())     # room for a refusal: none is dropped
-            m.d.comb += self._crc.valid.eq(self._take)
-            commit = self._load.layer == COMMIT_LAYER
-            # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
-            rows_fit = Mux(commit, byte == 0, byte != 0)
-            with m.If(self._take):
+            m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+            with m.If(available):
                 m.d.sync += [self._load.count.eq(byte), self._row_byte.eq(0), self._row_index.eq(0)]
-                with m.If(~rows_fit | (self._length != LOAD_HEAD + byte * p.load_bytes)):
+                m.next = "COUNTED"
+        # The count is checked from its register, a cycle later (its product and compare were one path with
+        # the received byte).
+        with m.State("COUNTED"):
+            count, commit = self._load.count, self._load.layer == COMMIT_LAYER
+            # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
+            rows_fit = Mux(commit, count == 0, count != 0)
+            with m.If(self._refusal_room()):                 # room for a refusal: none is dropped
+                with m.If(~rows_fit | (self._length != LOAD_HEAD + count * p.load_bytes)):
                     self._refuse(m, ErrorKind.LENGTH)
                     m.next = "HUNT"
                 with m.Elif(commit):
@@ -509,15 +513,14 @@ class FrameTransmitter(wiring.Component):
                      offered["result"].eq(self.results.valid & self.requests.valid),
                      current.eq(self.requests.payload.generation == self.generation)]
         # The next payload byte: byte `index` of the chosen answer, read from its queue in two registered
-        # steps, each a few LUTs deep: the 4-byte words of the result and the identity that hold it, then
-        # the byte of the chosen one. (One multiplexer over 65 bytes was seven LUTs deep on the iCE40.)
+        # steps, each a few LUTs deep: the 4-byte word of the result that holds it (and the identity's
+        # byte, a constant table), then the byte of the chosen one. (One multiplexer over both was seven
+        # LUTs deep on the iCE40.)
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
-        identity = [Const(byte, 8) for byte in p.identity]
-        result_word, identity_word, next_byte = Signal(32), Signal(32), Signal(8)
+        result_word, identity_byte, next_byte = Signal(32), Signal(8), Signal(8)
         m.d.sync += [result_word.eq(Array(_words(self._result_bytes()))[index[2:]]),
-                     identity_word.eq(Array(_words(identity))[index[2:]])]
+                     identity_byte.eq(Array(Const(byte, 8) for byte in p.identity)[index])]
         result_byte = Array(result_word.word_select(k, 8) for k in range(4))[index[:2]]
-        identity_byte = Array(identity_word.word_select(k, 8) for k in range(4))[index[:2]]
         m.d.sync += next_byte.eq(Mux(chosen["result"], result_byte,
                                      Mux(chosen["identity"], identity_byte, self.errors.payload.code)))
         with m.FSM(name="transmit"):
@@ -631,7 +634,8 @@ class BoardTop(wiring.Component):
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=32)
         m.submodules.in_flight = in_flight = _fifo(InFlight.size, p.window)
-        m.submodules.errors = errors = fifo.SyncFIFOBuffered(width=ErrorReport.size, depth=4)
+        # Two refusals queue (and one waits in the receiver's register); the receiver waits for room.
+        m.submodules.errors = errors = _fifo(ErrorReport.size, 2)
         m.submodules.acks = acks = fifo.SyncFIFOBuffered(width=16, depth=3)                   # LOADs done
         m.submodules.receiver = receiver = FrameReceiver(p)
         m.submodules.loader = loader = ImageLoader(p)
