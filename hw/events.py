@@ -9,14 +9,14 @@ silent neuron costs the consumer nothing.
 
 from __future__ import annotations
 
-from amaranth import C, Cat, Module, Mux, Shape, Signal
+from amaranth import C, Cat, Module, Mux, Shape, Signal, Value
 from amaranth.lib import data, fifo, stream
 
 from ..contract.network import unsigned_width
-from ..contract.plan import QUEUED_COUNT_BITS, STAGED_ROW_LANES, row_queue_depth
+from ..contract.plan import QUEUED_COUNT_BITS, STAGED_ROW_LANES, row_is_staged, row_queue_depth
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
-           "index_signal", "lowest_set_lane", "count_up_to", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
+           "index_signal", "lowest_set_lane", "count_up_to", "sum_up_to", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
 
 
 def index_signal(count: int, **kwargs) -> Signal:
@@ -94,7 +94,7 @@ def weight_load_layout(addr_width: int, data_width: int, layer_width: int = 0) -
 
 def scanned_row_layout(lanes: int, **extra) -> data.StructLayout:
     """One row into a :class:`BlockScanner`: its ``lanes`` spike bits at this step, ``sends`` (how
-    many events it sends, counted up to 2: :meth:`BlockScanner.sends`) and whatever else
+    many events it sends, counted up to 2: :meth:`BlockScanner.group_counts`) and whatever else
     (``extra``: field name -> shape) the caller wants back while the row's events go out."""
     return data.StructLayout({"spikes": lanes, "sends": QUEUED_COUNT_BITS, **extra})
 
@@ -150,7 +150,7 @@ class RowReader:
 
     def __init__(self, *, rows: int, timesteps: int, latency: int, entry: data.StructLayout, rewrites: bool = False):
         self.lanes = Shape.cast(entry.members["spikes"]).width
-        self.staged = self.lanes > STAGED_ROW_LANES
+        self.staged = row_is_staged(self.lanes)
         self.rows, self.timesteps, self.latency = rows, timesteps, latency
         self.depth = row_queue_depth(self.lanes)
         self.rewrites = rewrites
@@ -167,12 +167,13 @@ class RowReader:
         arrived, written = self.tags[-1], Signal.like(self.entry)
         groups = scanner.group_counts(self.entry.spikes, arrived.row)
         if self.staged:
-            staged, staged_groups, stored = Signal.like(self.entry), Signal(2 * len(groups)), Signal()
+            bits = QUEUED_COUNT_BITS
+            staged, staged_groups, stored = Signal.like(self.entry), Signal(bits * len(groups)), Signal()
             m.d.sync += [staged.eq(self.entry), staged_groups.eq(Cat(*groups)), stored.eq(arrived.valid)]
-            groups = [staged_groups[2 * k:2 * k + 2] for k in range(len(groups))]
+            groups = [staged_groups.word_select(k, bits) for k in range(len(groups))]
         else:
             staged, stored = self.entry, arrived.valid
-        m.d.comb += [written.eq(staged), written.sends.eq(sum_up_to([(group, 2) for group in groups], 2))]
+        m.d.comb += [written.eq(staged), written.sends.eq(scanner.sends(groups))]
         reading, finishing = Signal(), Signal()       # an image's reads are being issued / still arriving
         tags = self.tags
         # Queue entries neither taken nor promised to a read in flight: a read takes one, a row leaving the
@@ -214,6 +215,9 @@ class BlockScanner:
     on offer. (The bank is freed by the row reader, not by the scanner.)
     """
 
+    #: A queued row's events are counted up to this (none, one, more: ``QUEUED_COUNT_BITS`` bits).
+    SENDS_CAP = 2
+
     def __init__(self, *, blocks: int, lanes: int, neurons: int, timesteps: int, skip_silent: bool,
                  row_layout: data.StructLayout | None = None):
         self.blocks, self.lanes, self.neurons = blocks, lanes, neurons
@@ -237,8 +241,12 @@ class BlockScanner:
         scanner knows at once whether a loaded row is empty or sends one event, without counting a
         wide row in the cycle it loads."""
         sent = self._lanes_sent(spikes, row == self.blocks - 1)
-        return [count_up_to([sent[lane] for lane in range(first, min(first + STAGED_ROW_LANES, self.lanes))], 2)
-                for first in range(0, self.lanes, STAGED_ROW_LANES)]
+        return [count_up_to([sent[lane] for lane in range(first, min(first + STAGED_ROW_LANES, self.lanes))],
+                            self.SENDS_CAP) for first in range(0, self.lanes, STAGED_ROW_LANES)]
+
+    def sends(self, groups) -> Value:
+        """The queued row's ``sends``: its :meth:`group_counts` added up to 2."""
+        return sum_up_to([(group, self.SENDS_CAP) for group in groups], self.SENDS_CAP)
 
     def build(self, m: Module, rows, events) -> None:
         """Add the scanner's logic to ``m``: ``rows`` in, the stream interface ``events`` out."""

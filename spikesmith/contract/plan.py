@@ -24,7 +24,7 @@ from math import gcd
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import LOAD_HEAD, unpack_result
 
-__all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_queue_depth", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
+__all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_is_staged", "row_queue_depth", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
 
 #: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner: its read
@@ -44,9 +44,14 @@ QUEUED_COUNT_BITS = 2
 HOP_CYCLES = 5
 
 
+def row_is_staged(lanes: int) -> bool:
+    """A row of ``lanes`` lanes waits a cycle in a register on its way into its queue."""
+    return lanes > STAGED_ROW_LANES
+
+
 def row_queue_depth(lanes: int) -> int:
     """Entries of the row queue of a scanner over rows of ``lanes`` lanes."""
-    return ROW_QUEUE_DEPTH + (lanes > STAGED_ROW_LANES)
+    return ROW_QUEUE_DEPTH + row_is_staged(lanes)
 
 
 def ceil_div(a: int, b: int) -> int:
