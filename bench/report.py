@@ -112,9 +112,14 @@ def simspeed_section(f: dict) -> list[str]:
     return lines
 
 
+def _network_name(r: dict) -> str:
+    """The network's short name (its title up to the first bracket or comma)."""
+    return r.get("network", "").split(" (")[0].split(",")[0]
+
+
 def _board_row(r: dict) -> str:
     if "failed" in r:
-        return (f"| {r.get('network', '').split(' (')[0].split(',')[0]} | {r['board']} | {r['options'] or '-'} | - | - | - | "
+        return (f"| {_network_name(r)} | {r['board']} | {r['options'] or '-'} | - | - | - | "
                 f"**build failed**: {r['failed'][:200]} | - | - |")
     use = r["utilisation"]
     logic = use.get("ICESTORM_LC") or use.get("TRELLIS_COMB")
@@ -122,7 +127,7 @@ def _board_row(r: dict) -> str:
            if name in ("ICESTORM_RAM", "ICESTORM_SPRAM", "DP16KD", "TRELLIS_RAMW") and u["used"]]
     estimate = r.get("estimate", {}).get("logic")
     estimated = f" (est. {estimate:,})" if estimate else ""
-    return (f"| {r.get('network', '').split(' (')[0].split(',')[0]} | {r['board']} ({r['device']}) | {r['options'] or '-'} | {'/'.join(map(str, r['lanes']))} | "
+    return (f"| {_network_name(r)} | {r['board']} ({r['device']}) | {r['options'] or '-'} | {'/'.join(map(str, r['lanes']))} | "
             f"{logic['used']:,} / {logic['total']:,}{estimated} | {', '.join(ram)} | {r['fmax_mhz']:.1f} MHz "
             f"({r['clock_hz'] / 1e6:g} MHz{'' if r['timing_met'] else ', FAILS'}) | "
             f"{_core_rate(r):,.0f} | {r['build_seconds'] / 60:.1f} min |")
