@@ -102,24 +102,32 @@ def signal_a_waiting_infer(net_path, signum: int) -> tuple[int, str]:
     """``spikesmith infer`` on a port nobody answers, sent ``signum`` once the driver waits on the port:
     its exit status and stderr. A process still running a minute later is aborted, and its Python
     stacks (faulthandler) come back in the failure."""
+    # The port is a pseudo-terminal, opened by pyserial's POSIX driver as a USB serial board would be
+    # (pyserial's loop:// keeps its bytes behind a queue lock that a signal can leave held).
+    board_end, port_end = os.openpty()
+    port = os.ttyname(port_end)
     # As from a terminal: SIGINT at its default, even when this test runs in a background job (a
     # non-interactive shell starts those with SIGINT ignored, and Python then installs no Ctrl-C handler).
-    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(net_path), "--port", "loop://",
+    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(net_path), "--port", port,
                              "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONFAULTHANDLER": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    # Signal only once the driver is waiting on the port (imports can take seconds on a busy machine).
-    for line in proc.stderr:
-        if "opening loop://" in line:
-            break
-    time.sleep(0.5)
-    proc.send_signal(signum)
     try:
-        _, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)             # faulthandler prints where every thread is
-        _, stderr = proc.communicate(timeout=30)
-        raise AssertionError(f"still running 60 s after signal {signum}; its stacks:\n{stderr}") from None
+        # Signal only once the driver is waiting on the port (imports can take seconds on a busy machine).
+        for line in proc.stderr:
+            if f"opening {port}" in line:
+                break
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)             # faulthandler prints where every thread is
+            _, stderr = proc.communicate(timeout=30)
+            raise AssertionError(f"still running 60 s after signal {signum}; its stacks:\n{stderr}") from None
+    finally:
+        os.close(board_end)
+        os.close(port_end)
     return proc.returncode, stderr
 
 
