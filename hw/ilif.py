@@ -87,10 +87,13 @@ class ILIFFire(wiring.Component):
         v, theta, mw = self.membrane, self.threshold, self.membrane_width
         difference = Signal(signed(mw + 2))                           # 2V - theta
         m.d.comb += difference.eq((v << 1) - theta)
+        # V > theta as the sign of theta - V: an adder's carry chain (a compare was a chain of LUTs on the iCE40)
+        above = Signal(signed(mw + 2))
+        m.d.comb += above.eq(theta - v)
         kept_v, kept_difference, spiked = Signal(signed(mw)), Signal(signed(mw)), Signal()
         to_zero, to_theta, kept_theta = Signal(), Signal(), Signal.like(theta)
         m.d.sync += [kept_v.eq(v), kept_difference.eq(difference), spiked.eq(~difference[-1]), kept_theta.eq(theta),
-                     to_zero.eq(self.first & v[-1]), to_theta.eq(self.first & ~v[-1] & (v > theta))]
+                     to_zero.eq(self.first & v[-1]), to_theta.eq(self.first & ~v[-1] & above[-1])]
         stepped = Mux(spiked, kept_difference, kept_v << 1)           # the result without a clamp
         m.d.comb += [self.spike.eq(~to_zero & (to_theta | spiked)),
                      self.updated.eq(Mux(to_zero, 0, Mux(to_theta, kept_theta, stepped)))]
