@@ -23,6 +23,7 @@ from ..contract.plan import BoardParams
 from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameType
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
+from .onehot import OneHotFSM
 from .streams import SlowStreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
@@ -140,14 +141,31 @@ class FrameReceiver(wiring.Component):
             m.d.sync += self.identify.valid.eq(0)
         with m.If(self.errors.ready):                    # (a refusal this cycle takes the register again)
             m.d.sync += self.errors.valid.eq(0)
-        with m.FSM(name="receive"):
-            self._header(m)
-            self._image_payload(m)
-            if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
-                self._load_head(m)
-                self._load_rows(m)
-            self._check(m)
+        # One flip-flop per state: the decode of a binary state led the receiver's paths on the iCE40.
+        self._fsm = OneHotFSM(m, "receive", initial="HUNT")
+        self._header(m)
+        self._image_payload(m)
+        if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
+            self._load_head(m)
+            self._load_rows(m)
+        self._check(m)
+        self._take_bytes(m)
         return m
+
+    def _take_bytes(self, m: Module) -> None:
+        """Which states take the byte on offer, and which of them sum it into the CRC: one OR over
+        state flip-flops (assigned state by state, it was a chain of multiplexers in front of the CRC).
+        PAYLOAD waits while the image buffer is busy, ROWS while the LOAD buffer is."""
+        bits, byte, available = self._fsm.bits, self.bytes.payload, self.bytes.valid
+        summed = ["TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD"]
+        waiting = bits["PAYLOAD"] & self.image.busy
+        if self.params.load_bytes:
+            summed += ["LOAD", "ADDR0", "ADDR1", "COUNT", "ROWS"]
+            waiting |= bits["ROWS"] & self.weights.busy
+        summing = Cat(bits[state] for state in summed).any()
+        m.d.comb += [self._take.eq(available & ~waiting & (summing | bits["HUNT"] | bits["CRC0"] | bits["CRC1"])),
+                     self._crc.valid.eq(available & ~waiting & summing),
+                     self._crc.start.eq(available & bits["HUNT"] & (byte == SYNC))]
 
     def _refuse(self, m: Module, code: ErrorKind) -> None:
         """Queue a refusal: a register in front of the refusal queue (only when :meth:`_refusal_room`)."""
@@ -162,32 +180,29 @@ class FrameReceiver(wiring.Component):
         (CRC'd) goes into its target."""
         byte, available = self.bytes.payload, self.bytes.valid
         for state, target, following in fields:
-            with m.State(state):
-                m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+            with self._fsm.State(state):
                 with m.If(available):
                     m.d.sync += target.eq(byte)
-                    m.next = following
+                    self._fsm.next = following
 
     def _header(self, m: Module) -> None:
         """Hunt for SYNC, then type, seq and length; the length decides what follows."""
         p, byte, available = self.params, self.bytes.payload, self.bytes.valid
-        with m.State("HUNT"):
-            m.d.comb += [self._take.eq(available), self._crc.start.eq(available & (byte == SYNC))]
+        with self._fsm.State("HUNT"):
             with m.If(available & (byte == SYNC)):
-                m.next = "TYPE"
+                self._fsm.next = "TYPE"
         self._field_states(m, (("TYPE", self._kind, "SEQ0"), ("SEQ0", self._seq[:8], "SEQ1"),
                                ("SEQ1", self._seq[8:], "LEN0"), ("LEN0", self._length[:8], "LEN1")))
-        with m.State("LEN1"):
-            m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+        with self._fsm.State("LEN1"):
             with m.If(available):
                 m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._beat.eq(0), self._lane.eq(0),
                              self._word.eq(0), self._shift.eq(0)]
-                m.next = "DECIDE"
+                self._fsm.next = "DECIDE"
         # The header is in registers: DECIDE compares it into flags (registers), ROUTE acts on them (what
         # follows, or a refusal), so no cycle runs from the length's compare to the refusal and the state.
         expected = {"identify": Signal(), "infer": Signal(), "load": Signal(), "known": Signal()}
         loads = bool(p.load_bytes)
-        with m.State("DECIDE"):
+        with self._fsm.State("DECIDE"):
             length, kind = self._length, self._kind
             m.d.sync += [expected["identify"].eq((kind == FrameKind.IDENTIFY) & (length == 0)),
                          expected["infer"].eq((kind == FrameKind.INFER) & (length == p.image_bytes)),
@@ -195,22 +210,22 @@ class FrameReceiver(wiring.Component):
                                              & (length <= p.load_payload_bytes) if loads else 0),
                          expected["known"].eq((kind == FrameKind.IDENTIFY) | (kind == FrameKind.INFER)
                                               | ((kind == FrameKind.LOAD) & loads))]
-            m.next = "ROUTE"
-        with m.State("ROUTE"):
+            self._fsm.next = "ROUTE"
+        with self._fsm.State("ROUTE"):
             with m.If(self._refusal_room()):             # room for a refusal: none is dropped
                 with m.If(expected["identify"]):
-                    m.next = "CRC0"
+                    self._fsm.next = "CRC0"
                 with m.Elif(expected["infer"]):
-                    m.next = "PAYLOAD"
+                    self._fsm.next = "PAYLOAD"
                 if loads:
                     with m.Elif(expected["load"]):
-                        m.next = "LOAD"         # the exact length is checked against the row count
+                        self._fsm.next = "LOAD"         # the exact length is checked against the row count
                 with m.Elif(expected["known"]):
                     self._refuse(m, ErrorKind.LENGTH)
-                    m.next = "HUNT"
+                    self._fsm.next = "HUNT"
                 with m.Else():
                     self._refuse(m, ErrorKind.TYPE)
-                    m.next = "HUNT"
+                    self._fsm.next = "HUNT"
 
     def _image_payload(self, m: Module) -> None:
         """An INFER's codes, packed ``lanes`` to a beat and written into the image buffer."""
@@ -219,10 +234,8 @@ class FrameReceiver(wiring.Component):
         beat, lane, word, shift = self._beat, self._lane, self._word, self._shift
         low_byte = Signal(8)                         # first byte of a two-byte code
         count = self._count
-        with m.State("PAYLOAD"):
+        with self._fsm.State("PAYLOAD"):
             # The image buffer is free only once the previous image went into the core.
-            m.d.comb += self._take.eq(self.bytes.valid & ~self.image.busy)
-            m.d.comb += self._crc.valid.eq(self._take)
             with m.If(self._take):
                 m.d.sync += count.eq(count + 1)
                 if p.code_bytes == 2:
@@ -241,7 +254,7 @@ class FrameReceiver(wiring.Component):
                     with m.Else():
                         m.d.sync += [beat.eq(placed), lane.eq(lane + 1), shift.eq(shift + T)]
                 with m.If(count == p.image_bytes - 1):
-                    m.next = "CRC0"
+                    self._fsm.next = "CRC0"
 
     def _load_head(self, m: Module) -> None:
         """A LOAD's layer, address and row count; the length must be exactly ``LOAD_HEAD + count *
@@ -249,32 +262,30 @@ class FrameReceiver(wiring.Component):
         p, byte, available = self.params, self.bytes.payload, self.bytes.valid
         self._field_states(m, (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
                                ("ADDR1", self._load.address[8:], "COUNT")))
-        with m.State("COUNT"):
-            m.d.comb += [self._take.eq(available), self._crc.valid.eq(available)]
+        with self._fsm.State("COUNT"):
             with m.If(available):
                 m.d.sync += [self._load.count.eq(byte), self._row_byte.eq(0), self._row_index.eq(0)]
-                m.next = "COUNTED"
+                self._fsm.next = "COUNTED"
         # The count is checked from its register, a cycle later (its product and compare were one path with
         # the received byte).
-        with m.State("COUNTED"):
+        with self._fsm.State("COUNTED"):
             count, commit = self._load.count, self._load.layer == COMMIT_LAYER
             # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
             rows_fit = Mux(commit, count == 0, count != 0)
             with m.If(self._refusal_room()):                 # room for a refusal: none is dropped
                 with m.If(~rows_fit | (self._length != LOAD_HEAD + count * p.load_bytes)):
                     self._refuse(m, ErrorKind.LENGTH)
-                    m.next = "HUNT"
+                    self._fsm.next = "HUNT"
                 with m.Elif(commit):
-                    m.next = "CRC0"
+                    self._fsm.next = "CRC0"
                 with m.Else():
-                    m.next = "ROWS"
+                    self._fsm.next = "ROWS"
 
     def _load_rows(self, m: Module) -> None:
         """A LOAD's rows into the LOAD buffer, each row's first byte in its LSBs; only once the
         previous LOAD's rows are all written (``busy``), so the buffer never holds two LOADs."""
         p, byte = self.params, self.bytes.payload
-        with m.State("ROWS"):
-            m.d.comb += [self._take.eq(self.bytes.valid & ~self.weights.busy), self._crc.valid.eq(self._take)]
+        with self._fsm.State("ROWS"):
             row = Cat(self._row[8:8 * p.load_bytes], byte)
             with m.If(self._take):
                 m.d.sync += [self._row.eq(row), self._row_byte.eq(self._row_byte + 1)]
@@ -283,21 +294,19 @@ class FrameReceiver(wiring.Component):
                                  self.weights.data.eq(row)]
                     m.d.sync += [self._row_byte.eq(0), self._row_index.eq(self._row_index + 1)]
                     with m.If(self._row_index == self._load.count - 1):
-                        m.next = "CRC0"
+                        self._fsm.next = "CRC0"
 
     def _check(self, m: Module) -> None:
         """The CRC; then the request is accepted (and answered later) or refused now."""
         byte = self.bytes.payload
-        with m.State("CRC0"):
-            m.d.comb += self._take.eq(self.bytes.valid)
+        with self._fsm.State("CRC0"):
             with m.If(self.bytes.valid):
                 m.d.sync += self._received_crc.eq(byte)
-                m.next = "CRC1"
-        with m.State("CRC1"):
-            m.d.comb += self._take.eq(self.bytes.valid)
+                self._fsm.next = "CRC1"
+        with self._fsm.State("CRC1"):
             with m.If(self.bytes.valid):
                 m.d.sync += self._crc_ok.eq(Cat(self._received_crc, byte) == self._crc.crc)
-                m.next = "CHECK"
+                self._fsm.next = "CHECK"
         # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD buffer's
         # rows to be written: a commit must not overtake them). Registered, with what CHECK decides on:
         # only the receiver's own acts in CHECK take room away (it then leaves CHECK), so a cycle-old
@@ -310,7 +319,7 @@ class FrameReceiver(wiring.Component):
         # the answer queues' writes were one path). Room is still there: only ACT takes it.
         verdicts = ("crc", "identify", "load", "not_loaded", "busy", "accept")
         verdict = {name: Signal(name=f"verdict_{name}") for name in verdicts}
-        with m.State("CHECK"):
+        with self._fsm.State("CHECK"):
             with m.If(room):
                 m.d.sync += [flag.eq(0) for flag in verdict.values()]
                 with m.If(~self._crc_ok):
@@ -326,8 +335,8 @@ class FrameReceiver(wiring.Component):
                     m.d.sync += verdict["busy"].eq(1)
                 with m.Else():
                     m.d.sync += verdict["accept"].eq(1)
-                m.next = "ACT"
-        with m.State("ACT"):
+                self._fsm.next = "ACT"
+        with self._fsm.State("ACT"):
             with m.If(verdict["crc"]):
                 self._refuse(m, ErrorKind.CRC)
             with m.If(verdict["identify"]):
@@ -343,7 +352,7 @@ class FrameReceiver(wiring.Component):
             with m.If(verdict["accept"]):
                 m.d.comb += [self.requests.valid.eq(1), self.requests.payload.seq.eq(self._seq),
                              self.requests.payload.generation.eq(self.generation), self.image.start.eq(1)]
-            m.next = "HUNT"
+            self._fsm.next = "HUNT"
 
     def _loaded(self):
         """Every run-time weight row written and committed (always, without run-time weights)."""
@@ -512,102 +521,127 @@ class FrameTransmitter(wiring.Component):
                      offered["identity"].eq(self.identify.valid),
                      offered["result"].eq(self.results.valid & self.requests.valid),
                      current.eq(self.requests.payload.generation == self.generation)]
-        # The next payload byte: byte `index` of the chosen answer, read from its queue in two registered
-        # steps, each a few LUTs deep: the 4-byte word of the result that holds it (and the identity's
-        # byte, a constant table), then the byte of the chosen one. (One multiplexer over both was seven
-        # LUTs deep on the iCE40.)
+        # The next payload byte: byte `index` of the chosen answer, read from its queue in three registered
+        # steps, each a few LUTs deep: which 4-byte word holds it, that word (of the result, and of the
+        # identity, a constant table), then the byte of the chosen one. (One multiplexer over all was seven
+        # LUTs deep on the iCE40.) The UART takes a byte in thousands of cycles: the steps cost nothing.
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
-        result_word, identity_byte, next_byte = Signal(32), Signal(8), Signal(8)
-        m.d.sync += [result_word.eq(Array(_words(self._result_bytes()))[index[2:]]),
-                     identity_byte.eq(Array(Const(byte, 8) for byte in p.identity)[index])]
+        word_index, result_word, identity_word, next_byte = Signal.like(index[2:]), Signal(32), Signal(32), Signal(8)
+        m.d.sync += [word_index.eq(index[2:]), result_word.eq(Array(_words(self._result_bytes()))[word_index]),
+                     identity_word.eq(Array(_words([Const(byte, 8) for byte in p.identity]))[word_index])]
         result_byte = Array(result_word.word_select(k, 8) for k in range(4))[index[:2]]
+        identity_byte = Array(identity_word.word_select(k, 8) for k in range(4))[index[:2]]
         m.d.sync += next_byte.eq(Mux(chosen["result"], result_byte,
                                      Mux(chosen["identity"], identity_byte, self.errors.payload.code)))
-        with m.FSM(name="transmit"):
-            with m.State("IDLE"):
-                m.d.comb += frame_crc.start.eq(1)
-                m.d.sync += [index.eq(0), *(chosen[kind].eq(0) for kind in kinds)]
-                with m.If(offered["error"]):
-                    m.d.sync += chosen["error"].eq(1)
-                    m.next = "LOAD"
-                with m.Elif(offered["ack"]):
-                    m.d.sync += chosen["ack"].eq(1)
-                    m.next = "LOAD"
-                with m.Elif(offered["identity"]):
-                    m.d.sync += chosen["identity"].eq(1)
-                    m.next = "LOAD"
-                with m.Elif(offered["result"]):
-                    m.d.sync += [chosen["result"].eq(current), chosen["dropped"].eq(~current)]
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += frame_crc.start.eq(1)
-                m.next = "SYNC"
-                with m.If(chosen["error"]):
-                    m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq), out_len.eq(1)]
-                with m.If(chosen["ack"]):
-                    m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
-                with m.If(chosen["identity"]):
-                    m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
-                                 out_len.eq(len(p.identity))]
-                with m.If(chosen["result"]):
-                    m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
-                                 out_len.eq(p.result_bytes)]
-                with m.If(chosen["dropped"]):           # an earlier session's result: taken, not sent
-                    m.d.sync += taking["dropped"].eq(1)
-                    m.next = "RELEASE"
-            with m.State("RELEASE"):                    # `take` is set: the queue gives the answer up
-                m.next = "SETTLE"
-            with m.State("SETTLE"):                     # (a cycle for `offered` to see the queue after it)
-                m.next = "IDLE"
-            self._send_states(m, frame_crc, crc_valid, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
-                              next_byte, out_len, index, sent_all=[taking[kind].eq(chosen[kind]) for kind in kinds])
+        fsm = OneHotFSM(m, "transmit", initial="IDLE")          # (a binary state was 5 bits to decode)
+        with fsm.State("IDLE"):
+            m.d.sync += [index.eq(0), *(chosen[kind].eq(0) for kind in kinds)]
+            with m.If(offered["error"]):
+                m.d.sync += chosen["error"].eq(1)
+                fsm.next = "LOAD"
+            with m.Elif(offered["ack"]):
+                m.d.sync += chosen["ack"].eq(1)
+                fsm.next = "LOAD"
+            with m.Elif(offered["identity"]):
+                m.d.sync += chosen["identity"].eq(1)
+                fsm.next = "LOAD"
+            with m.Elif(offered["result"]):
+                m.d.sync += [chosen["result"].eq(current), chosen["dropped"].eq(~current)]
+                fsm.next = "LOAD"
+        with fsm.State("LOAD"):
+            fsm.next = "SYNC"
+            with m.If(chosen["error"]):
+                m.d.sync += [out_type.eq(FrameKind.ERROR), out_seq.eq(self.errors.payload.seq), out_len.eq(1)]
+            with m.If(chosen["ack"]):
+                m.d.sync += [out_type.eq(FrameKind.LOADED), out_seq.eq(self.acks.payload), out_len.eq(0)]
+            with m.If(chosen["identity"]):
+                m.d.sync += [out_type.eq(FrameKind.IDENTITY), out_seq.eq(self.identify.payload),
+                             out_len.eq(len(p.identity))]
+            with m.If(chosen["result"]):
+                m.d.sync += [out_type.eq(FrameKind.RESULT), out_seq.eq(self.requests.payload.seq),
+                             out_len.eq(p.result_bytes)]
+            with m.If(chosen["dropped"]):           # an earlier session's result: taken, not sent
+                m.d.sync += taking["dropped"].eq(1)
+                fsm.next = "RELEASE"
+        m.d.comb += frame_crc.start.eq(fsm.ongoing("IDLE") | fsm.ongoing("LOAD"))
+        with fsm.State("RELEASE"):                    # `take` is set: the queue gives the answer up
+            fsm.next = "SETTLE"
+        with fsm.State("SETTLE"):                     # (a cycle for `offered` to see the queue after it)
+            fsm.next = "IDLE"
+        self._send_states(m, fsm, crc_valid, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
+                          next_byte, frame_crc.crc, out_len, index,
+                          sent_all=[taking[kind].eq(chosen[kind]) for kind in kinds])
         return m
 
-    def _send_states(self, m: Module, frame_crc, crc_valid, header: list, next_byte, out_len, index,
+    def _send_states(self, m: Module, fsm: OneHotFSM, crc_valid, header: list, next_byte, crc, out_len, index,
                      sent_all: list) -> None:
         """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes of ``next_byte``, each
-        followed by two cycles, FETCH and FETCHED, for the next one to be read), a cycle in SUM for the CRC to
-        take the last byte, then the CRC, low byte first; ``sent_all`` (sync statements) as the
-        last byte goes. ``crc_valid``: a register, set for the cycle after a CRC'd byte is sent."""
+        followed by three cycles, FETCH, WORD and BYTE, for the next one to be read), a cycle in SUM for the CRC to
+        take the last byte, then the ``crc``, low byte first; ``sent_all`` (sync statements) as the
+        last byte goes. ``crc_valid``: a register, set for the cycle after a CRC'd byte is sent.
+        The byte on offer is one OR over the sending states' flip-flops (:func:`_one_of`)."""
         sent = self.bytes.valid & self.bytes.ready
+        # The length's compares, registered: `out_len` is set in LOAD, five bytes before LEN1, and `index`
+        # settles in FETCH, WORD and BYTE before each payload byte (the compares were a carry chain in front of
+        # the state's next value).
+        empty, last = Signal(), Signal()
+        m.d.sync += [empty.eq(out_len == 0), last.eq(index == out_len - 1)]
+        sending, summed = [], []                      # (state, byte); states whose byte goes into the CRC
 
         def send(state: str, value, following: str, crc_it: bool = True):
-            with m.State(state):
-                m.d.comb += [self.bytes.valid.eq(1), self.bytes.payload.eq(value)]
-                m.d.sync += crc_valid.eq(sent & crc_it)
+            sending.append((state, value))
+            if crc_it:
+                summed.append(state)
+            with fsm.State(state):
                 with m.If(sent):
-                    m.next = following
+                    fsm.next = following
                 if state == "LEN1":
-                    with m.If(sent & (out_len == 0)):
-                        m.next = "SUM"
+                    with m.If(sent & empty):
+                        fsm.next = "SUM"
                 if state == "CRC1":
                     with m.If(sent):
                         m.d.sync += sent_all
                 if state == "PAYLOAD":
                     with m.If(sent):
                         m.d.sync += index.eq(index + 1)
-                        with m.If(index == out_len - 1):
-                            m.next = "SUM"
+                        with m.If(last):
+                            fsm.next = "SUM"
 
         send("SYNC", SYNC, "TYPE", crc_it=False)
         for state, value, following in zip(("TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1"), header,
                                            ("SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD")):
             send(state, value, following)
         send("PAYLOAD", next_byte, "FETCH")
-        with m.State("FETCH"):                          # `next_byte` reads the byte at the new index
-            m.next = "FETCHED"
-        with m.State("FETCHED"):
-            m.next = "PAYLOAD"
-        with m.State("SUM"):
-            m.next = "CRC0"
-        send("CRC0", frame_crc.crc[:8], "CRC1", crc_it=False)
-        send("CRC1", frame_crc.crc[8:], "RELEASE", crc_it=False)
+        with fsm.State("FETCH"):                      # `next_byte` reads the byte at the new index
+            fsm.next = "WORD"
+        with fsm.State("WORD"):
+            fsm.next = "BYTE"
+        with fsm.State("BYTE"):
+            fsm.next = "PAYLOAD"
+        with fsm.State("SUM"):
+            fsm.next = "CRC0"
+        send("CRC0", crc[:8], "CRC1", crc_it=False)
+        send("CRC1", crc[8:], "RELEASE", crc_it=False)
+        states = Cat(fsm.ongoing(state) for state, _ in sending)
+        m.d.comb += [self.bytes.valid.eq(states.any()),
+                     self.bytes.payload.eq(_one_of(states, [Value.cast(value)[:8] if not isinstance(value, int)
+                                                            else Const(value, 8) for _, value in sending]))]
+        m.d.sync += crc_valid.eq(sent & Cat(fsm.ongoing(state) for state in summed).any())
 
 
 def _words(data: list) -> list:
     """Bytes (8-bit values) -> 32-bit words of four, little-endian, the last padded with zeros."""
     padded = [*data, *[Const(0, 8)] * (-len(data) % 4)]
     return [Cat(*padded[k:k + 4]) for k in range(0, len(padded), 4)]
+
+
+def _one_of(one_hot: Value, values: list) -> Value:
+    """The value whose bit is set in ``one_hot`` (zero if none): an OR of ANDs, no decoder (for a few
+    values: each costs a LUT input per bit)."""
+    picked = Const(0, len(values[0]))
+    for k, value in enumerate(values):
+        picked = picked | (value & one_hot[k].replicate(len(value)))
+    return picked
 
 
 def _fifo(width: int, depth: int) -> wiring.Component:
