@@ -29,6 +29,7 @@ from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
+from ..hw.rows import TABLE_ROWS
 from .board import board_params, load_rows, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
 
@@ -124,7 +125,7 @@ def dp16kd_blocks(width: int, depth: int, rom: bool = False) -> int:
 def ecp5_usage(plan: CorePlan) -> dict[str, int]:
     """Estimated DP16KD blocks of the board top on an ECP5, per kind of memory (weights, membranes, ...)."""
     usage: dict[str, int] = {}
-    for name, width, depth, _ in memory_shapes(plan):
+    for name, width, depth, _ in _memories_in_ram(plan):
         kind = name.split(" ", 1)[1] if name.startswith(tuple(layer.name + " " for layer in plan.layers)) else name
         usage[kind] = usage.get(kind, 0) + dp16kd_blocks(width, depth, rom=name.endswith(_ROMS))
     return usage
@@ -137,6 +138,14 @@ def spram_blocks(width: int, depth: int) -> int:
 
 _ROMS = (" weights", " biases", " thresholds")   # initialised memories (run-time weights are in SPRAM)
 _LOGIC = (" row queue",)     # read combinationally (amaranth.lib.fifo.SyncFIFO): never block RAM
+_TABLES = (" biases", " thresholds")    # logic up to TABLE_ROWS rows (hw/rows.py, row_table)
+
+
+def _memories_in_ram(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
+    """:func:`memory_shapes` without those built from logic: the row queues, and the tables of
+    biases and thresholds of at most ``TABLE_ROWS`` rows."""
+    return [(name, width, depth, spram) for name, width, depth, spram in memory_shapes(plan)
+            if not name.endswith(_LOGIC) and not (name.endswith(_TABLES) and depth <= TABLE_ROWS)]
 
 
 def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
@@ -180,7 +189,7 @@ def clock_for_baud(board: BoardSpec, baud: int) -> float | None:
 
 def ice40_usage(plan: CorePlan) -> tuple[int, int]:
     """Estimated (block RAMs, SPRAMs) of the board top on an iCE40UP5K."""
-    shapes = [shape for shape in memory_shapes(plan) if not shape[0].endswith(_LOGIC)]
+    shapes = _memories_in_ram(plan)
     return (sum(ebr_blocks(w, d, rom=name.endswith(_ROMS)) for name, w, d, spram in shapes if not spram),
             sum(spram_blocks(w, d) for _, w, d, spram in shapes if spram))
 

@@ -28,7 +28,7 @@ from ..contract.plan import LayerPlan
 from .events import index_signal, pixel_event_layout, spike_event_layout, weight_load_layout
 from .ilif import AccumulateOp, ILIFAccumulate, accumulate_addend
 from .membranes import MembranePort
-from .rows import lanes_view, rom, weight_store
+from .rows import lanes_view, row_table, weight_store
 
 __all__ = ["accumulate_issue_layout", "RowWalk", "AccumulateStage", "DenseAccumulate", "input_event_layout",
            "weight_load_port"]
@@ -95,7 +95,7 @@ class AccumulateStage(wiring.Component):
         m = Module()
         plan = self.plan
         weights = weight_store(m, plan, getattr(self, "weights_load", None))
-        biases = rom(m, "biases", plan.lanes * plan.bias_width, plan.bias_rows)
+        biases = row_table(m, "biases", plan.lanes * plan.bias_width, plan.bias_rows)
         issue, in_pass = Signal(accumulate_issue_layout(plan.rows, plan.timesteps)), Signal()
         self._steps(m, self.walk(m, issue, in_pass, weights, biases), issue, in_pass)
         self._execute(m, issue, weights, biases)
@@ -145,9 +145,9 @@ class AccumulateStage(wiring.Component):
         L, mw = plan.lanes, plan.membrane_width
         layout = accumulate_issue_layout(plan.rows, plan.timesteps)
         reading, shifting, executed = Signal(layout), Signal(layout), Signal(layout)
-        weight_row, bias_row = Signal.like(weights.data), Signal.like(biases.data)
+        weight_row, bias_row = Signal.like(weights.data), biases.data       # (the table registers its row)
         m.d.sync += [reading.eq(issue), shifting.eq(reading), executed.eq(shifting),
-                     weight_row.eq(weights.data), bias_row.eq(biases.data)]
+                     weight_row.eq(weights.data)]
         # A CLEAR's row reads as 0: the bank zeroes it on the way into its read register.
         m.d.comb += [port.read_addr.eq(reading.row), port.zero_read.eq(shifting.valid & (shifting.op == AccumulateOp.CLEAR))]
         addend_width = max(plan.weight_width + plan.timesteps - 1, plan.bias_width)
@@ -192,7 +192,9 @@ class _DenseWalk:
         payload = self.events.payload
         m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD), self.issue.spike.eq(payload.spike),
                      self.weight_row.eq(Mux(self.row == 0, payload.addr, self.weight_row_next))]
-        m.d.sync += self.weight_row_next.eq(self.weight_row + self.plan.inputs)
+        # (Both sums from registers, then the choice: the sum of the chosen row was one path with the state.)
+        m.d.sync += self.weight_row_next.eq(Mux(self.row == 0, payload.addr + self.plan.inputs,
+                                                self.weight_row_next + self.plan.inputs))
         with m.If(self.advance_pass(m)):
             m.d.comb += self.events.ready.eq(1)
 

@@ -18,7 +18,7 @@ from .events import (BlockScanner, RowReader, ScanCoordinates, pixel_event_layou
                      spike_event_layout, spike_row_layout)
 from .ilif import ILIFFire
 from .membranes import READ_LATENCY, MembranePort
-from .rows import lanes_view, rom
+from .rows import lanes_view, row_table
 
 __all__ = ["FireStage", "fire_output_layout", "FIRE_LATENCY"]
 
@@ -95,7 +95,7 @@ class FireStage(wiring.Component):
         lanes' datapath takes the row the cycle its data is there and gives its result a cycle
         later (:class:`~.ilif.ILIFFire`), when the read arrives."""
         plan, port, L, mw = self.plan, self.membranes, self.plan.lanes, self.plan.membrane_width
-        thresholds = rom(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
+        thresholds = row_table(m, "thresholds", L * plan.threshold_width, plan.threshold_rows)
         if plan.conv is not None:       # rows are (block, y, x): a block's rows share its thresholds
             _, height, width = plan.conv.out_shape
             blocks = ScanCoordinates(groups=plan.blocks, height=height, width=width)
@@ -103,8 +103,7 @@ class FireStage(wiring.Component):
             m.d.comb += thresholds.addr.eq(blocks.group)
         else:
             m.d.comb += thresholds.addr.eq(reader.row)
-        threshold_row = Signal.like(thresholds.data)
-        m.d.sync += threshold_row.eq(thresholds.data)
+        threshold_row = thresholds.data          # TABLE_LATENCY: with the membranes' READ_LATENCY
         membrane = lanes_view(mw, L, port.read_data)
         threshold = lanes_view(plan.threshold_width, L, threshold_row, sign=False)
         updated = lanes_view(mw, L, port.write_data)

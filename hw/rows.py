@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory
 
 from ..contract.plan import LayerPlan
 
-__all__ = ["lanes_view", "rom", "weight_store", "lookup"]
+__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "TABLE_ROWS", "TABLE_LATENCY"]
+
+#: The deepest table :func:`row_table` builds from logic (four groups of 16 rows); deeper ones are ROMs.
+TABLE_ROWS = 64
+#: Cycles from :func:`row_table`'s address to its data.
+TABLE_LATENCY = 2
 
 
 def lanes_view(width: int, lanes: int, value, sign: bool = True):
@@ -36,6 +41,37 @@ def rom(m: Module, name: str, width: int, rows: tuple[int, ...]):
     store = memory.Memory(shape=unsigned(width), depth=max(2, len(rows)), init=rows)
     m.submodules[name] = store
     return store.read_port()
+
+
+def row_table(m: Module, name: str, width: int, rows, logic_rows: int = TABLE_ROWS):
+    """A constant table of rows (biases, thresholds), ``TABLE_LATENCY`` = 2 cycles from address to data.
+
+    Up to ``logic_rows`` rows it is logic in two registered steps: each group of 16 rows
+    picks its row by the address's low 4 bits (one 4-input LUT a bit on the iCE40, its flip-flop
+    beside it), then the address's high bits pick the group. A synchronous ROM read from logic
+    and then registered was 6-7 LUTs deep (yosys builds such small ROMs from logic anyway).
+    Deeper tables are a ROM (:func:`rom`) with its data registered once more.
+    Returns an object with ``addr`` (in) and ``data``.
+    """
+    rows = tuple(rows)
+    if len(rows) > logic_rows:
+        store = rom(m, name, width, rows)
+        data = Signal(width, name=f"{name}_data")
+        m.d.sync += data.eq(store.data)
+        return SimpleNamespace(addr=store.addr, data=data)
+    depth = max(2, len(rows))
+    addr, data = Signal(range(depth), name=f"{name}_addr"), Signal(width, name=f"{name}_data")
+    low = min(4, len(addr))
+    groups = [rows[start:start + 16] for start in range(0, len(rows), 16)] or [(0,)]
+    picked = [Signal(width, name=f"{name}_group{g}") for g in range(len(groups))]
+    for group, row in zip(groups, picked):
+        m.d.sync += row.eq(Array(Const(value, width) for value in group)[addr[:low]])
+    if len(picked) == 1:
+        m.d.sync += data.eq(picked[0])
+    else:
+        group_of = Signal(len(addr) - low, name=f"{name}_group_of")
+        m.d.sync += [group_of.eq(addr[low:]), data.eq(Array(picked)[group_of])]
+    return SimpleNamespace(addr=addr, data=data)
 
 
 def weight_store(m: Module, plan: LayerPlan, load):
