@@ -64,13 +64,18 @@ def row_table(m: Module, name: str, width: int, rows, logic_rows: int = TABLE_RO
     low = min(4, len(addr))
     groups = [rows[start:start + 16] for start in range(0, len(rows), 16)] or [(0,)]
     picked = [Signal(width, name=f"{name}_group{g}") for g in range(len(groups))]
+    # Every index of each look-up is in range (groups padded with zeros, the group list with its last):
+    # with the board identity's 5 groups unpadded, yosys failed an internal assertion in its ABC pass on
+    # the ECP5 (digits MLP at 10/5/1 lanes); padded, the same build passes.
     for group, row in zip(groups, picked):
-        m.d.sync += row.eq(Array(Const(value, width) for value in group)[addr[:low]])
+        padded = [*group, *[0] * ((1 << low) - len(group))]
+        m.d.sync += row.eq(Array(Const(value, width) for value in padded)[addr[:low]])
     if len(picked) == 1:
         m.d.sync += data.eq(picked[0])
     else:
         group_of = Signal(len(addr) - low, name=f"{name}_group_of")
-        m.d.sync += [group_of.eq(addr[low:]), data.eq(Array(picked)[group_of])]
+        choices = [*picked, *[picked[-1]] * ((1 << len(group_of)) - len(picked))]
+        m.d.sync += [group_of.eq(addr[low:]), data.eq(Array(choices)[group_of])]
     return SimpleNamespace(addr=addr, data=data)
 
 
