@@ -24,7 +24,6 @@ from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameT
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
 from .onehot import OneHotFSM
-from .rows import row_table
 from .streams import SlowStreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
@@ -524,18 +523,17 @@ class FrameTransmitter(wiring.Component):
                      offered["result"].eq(self.results.valid & self.requests.valid),
                      current.eq(self.requests.payload.generation == self.generation)]
         # The next payload byte: byte `index` of the chosen answer, read from its queue in three registered
-        # steps, each a few LUTs deep: which 4-byte word of the result holds it, that word, then the byte of
-        # the chosen one; the identity's byte comes from a constant table in the same time (row_table). (One
-        # multiplexer over all was seven LUTs deep on the iCE40.) The UART takes a byte in thousands of
-        # cycles: the steps cost nothing.
+        # steps, each a few LUTs deep: which 4-byte word holds it, that word (of the result, and of the
+        # identity, a constant table), then the byte of the chosen one. (One multiplexer over all was seven
+        # LUTs deep on the iCE40.) The UART takes a byte in thousands of cycles: the steps cost nothing.
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
-        word_index, result_word, next_byte = Signal.like(index[2:]), Signal(32), Signal(8)
-        m.d.sync += [word_index.eq(index[2:]), result_word.eq(Array(_words(self._result_bytes()))[word_index])]
+        word_index, result_word, identity_word, next_byte = Signal.like(index[2:]), Signal(32), Signal(32), Signal(8)
+        m.d.sync += [word_index.eq(index[2:]), result_word.eq(Array(_words(self._result_bytes()))[word_index]),
+                     identity_word.eq(Array(_words([Const(byte, 8) for byte in p.identity]))[word_index])]
         result_byte = Array(result_word.word_select(k, 8) for k in range(4))[index[:2]]
-        identity = row_table(m, "identity", 8, p.identity, logic_rows=len(p.identity))   # (TABLE_LATENCY 2)
-        m.d.comb += identity.addr.eq(index)
+        identity_byte = Array(identity_word.word_select(k, 8) for k in range(4))[index[:2]]
         m.d.sync += next_byte.eq(Mux(chosen["result"], result_byte,
-                                     Mux(chosen["identity"], identity.data, self.errors.payload.code)))
+                                     Mux(chosen["identity"], identity_byte, self.errors.payload.code)))
         fsm = OneHotFSM(m, "transmit", initial="IDLE")          # (a binary state was 5 bits to decode)
         with fsm.State("IDLE"):
             m.d.sync += [index.eq(0), *(chosen[kind].eq(0) for kind in kinds)]
