@@ -29,7 +29,6 @@ from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
-from ..hw.rows import TABLE_ROWS
 from .board import board_params, load_rows, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
 
@@ -138,14 +137,11 @@ def spram_blocks(width: int, depth: int) -> int:
 
 _ROMS = (" weights", " biases", " thresholds")   # initialised memories (run-time weights are in SPRAM)
 _LOGIC = (" row queue",)     # read combinationally (amaranth.lib.fifo.SyncFIFO): never block RAM
-_TABLES = (" biases", " thresholds")    # logic up to TABLE_ROWS rows (hw/rows.py, row_table)
 
 
 def _memories_in_ram(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
-    """:func:`memory_shapes` without those built from logic: the row queues, and the tables of
-    biases and thresholds of at most ``TABLE_ROWS`` rows."""
-    return [(name, width, depth, spram) for name, width, depth, spram in memory_shapes(plan)
-            if not name.endswith(_LOGIC) and not (name.endswith(_TABLES) and depth <= TABLE_ROWS)]
+    """:func:`memory_shapes` without the row queues (logic)."""
+    return [shape for shape in memory_shapes(plan) if not shape[0].endswith(_LOGIC)]
 
 
 def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:

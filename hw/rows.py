@@ -10,12 +10,10 @@ from types import SimpleNamespace
 from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory
 
-from ..contract.plan import LayerPlan
+from ..contract.plan import TABLE_ROWS, LayerPlan
 
 __all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "TABLE_ROWS", "TABLE_LATENCY"]
 
-#: The deepest table :func:`row_table` builds from logic (four groups of 16 rows); deeper ones are ROMs.
-TABLE_ROWS = 64
 #: Cycles from :func:`row_table`'s address to its data.
 TABLE_LATENCY = 2
 
@@ -65,8 +63,8 @@ def row_table(m: Module, name: str, width: int, rows, logic_rows: int = TABLE_RO
     groups = [rows[start:start + 16] for start in range(0, len(rows), 16)] or [(0,)]
     picked = [Signal(width, name=f"{name}_group{g}") for g in range(len(groups))]
     # Every index of each look-up is in range (groups padded with zeros, the group list with its last):
-    # with the board identity's 5 groups unpadded, yosys failed an internal assertion in its ABC pass on
-    # the ECP5 (digits MLP at 10/5/1 lanes); padded, the same build passes.
+    # a 5-group table of the board's identity, unpadded, made yosys fail an internal assertion in its ABC
+    # pass on the ECP5 (the identity is a word table again: padded, another build failed the same way).
     for group, row in zip(groups, picked):
         padded = [*group, *[0] * ((1 << low) - len(group))]
         m.d.sync += row.eq(Array(Const(value, width) for value in padded)[addr[:low]])

@@ -36,6 +36,8 @@ ROW_QUEUE_DEPTH = 5
 STAGED_ROW_LANES = 8
 #: Bits of a queued row's event count (0, 1 or 2 and more) beside its spike mask (hw/events.py, ``sends``).
 QUEUED_COUNT_BITS = 2
+#: The deepest table of biases or thresholds built from logic (hw/rows.py, ``row_table``); deeper ones are ROMs.
+TABLE_ROWS = 64
 
 
 #: Cycles an image's first event spends between two stages beyond their own worst cases: the
@@ -276,12 +278,14 @@ class LayerPlan:
     @property
     def memories(self) -> list[tuple[str, int, int]]:
         """Every memory of the engine as built, ``(kind, width, rows)``: at least two rows each
-        (hw/engines.py: no zero-width addresses); the membranes are two banks."""
+        (hw/engines.py: no zero-width addresses); the membranes are two banks; biases and thresholds
+        only in tables deeper than ``TABLE_ROWS`` (shallower ones are logic)."""
         blocks, rows, L = max(2, self.blocks), max(2, self.rows), self.lanes
-        shapes = [("weights", self.weight_row_width, self.weight_row_count),
-                  ("biases", L * self.bias_width, blocks)]
+        shapes = [("weights", self.weight_row_width, self.weight_row_count)]
+        if len(self.bias_rows) > TABLE_ROWS:             # (else logic: hw/rows.py, row_table)
+            shapes.append(("biases", L * self.bias_width, blocks))
         shapes += [("membranes", L * self.membrane_width, rows)] * 2
-        if self.fires:
+        if self.fires and len(self.threshold_rows) > TABLE_ROWS:
             shapes.append(("thresholds", L * self.threshold_width, blocks))
         if self.fires:
             # The row queue: spike masks, or whole row beats (one-bit mask, spikes, history), each with its
