@@ -503,7 +503,7 @@ class FrameTransmitter(wiring.Component):
         # The CRC takes each sent byte a cycle later, from registers (SUM waits for the last one).
         crc_byte, crc_valid = Signal(8), Signal()
         m.d.comb += [frame_crc.data.eq(crc_byte), frame_crc.valid.eq(crc_valid)]
-        m.d.sync += [crc_byte.eq(self.bytes.payload), crc_valid.eq(0)]
+        m.d.sync += crc_byte.eq(self.bytes.payload)           # (crc_valid: set in _send_states)
         kinds = ("error", "ack", "identity", "result", "dropped")
         # IDLE chooses an answer into one-hot `chosen` registers; LOAD copies its header; after the CRC,
         # `take` (registers, so each queue's ready is a flip-flop) takes it from its queue for one cycle.

@@ -12,7 +12,7 @@ from amaranth.lib import data, memory
 
 from ..contract.plan import TABLE_ROWS, LayerPlan
 
-__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "TABLE_ROWS", "TABLE_LATENCY"]
+__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "TABLE_LATENCY"]
 
 #: Cycles from :func:`row_table`'s address to its data.
 TABLE_LATENCY = 2
@@ -41,18 +41,17 @@ def rom(m: Module, name: str, width: int, rows: tuple[int, ...]):
     return store.read_port()
 
 
-def row_table(m: Module, name: str, width: int, rows, logic_rows: int = TABLE_ROWS):
+def row_table(m: Module, name: str, width: int, rows: tuple[int, ...]):
     """A constant table of rows (biases, thresholds), ``TABLE_LATENCY`` = 2 cycles from address to data.
 
-    Up to ``logic_rows`` rows it is logic in two registered steps: each group of 16 rows
+    Up to ``TABLE_ROWS`` rows (spikesmith/contract/plan.py) it is logic in two registered steps: each group of 16 rows
     picks its row by the address's low 4 bits (one 4-input LUT a bit on the iCE40, its flip-flop
     beside it), then the address's high bits pick the group. A synchronous ROM read from logic
     and then registered was 6-7 LUTs deep (yosys builds such small ROMs from logic anyway).
     Deeper tables are a ROM (:func:`rom`) with its data registered once more.
     Returns an object with ``addr`` (in) and ``data``.
     """
-    rows = tuple(rows)
-    if len(rows) > logic_rows:
+    if len(rows) > TABLE_ROWS:
         store = rom(m, name, width, rows)
         data = Signal(width, name=f"{name}_data")
         m.d.sync += data.eq(store.data)
@@ -62,9 +61,8 @@ def row_table(m: Module, name: str, width: int, rows, logic_rows: int = TABLE_RO
     low = min(4, len(addr))
     groups = [rows[start:start + 16] for start in range(0, len(rows), 16)] or [(0,)]
     picked = [Signal(width, name=f"{name}_group{g}") for g in range(len(groups))]
-    # Every index of each look-up is in range (groups padded with zeros, the group list with its last):
-    # a 5-group table of the board's identity, unpadded, made yosys fail an internal assertion in its ABC
-    # pass on the ECP5 (the identity is a word table again: padded, another build failed the same way).
+    # Every index of each look-up is in range (groups padded with zeros, the group list with its last): an
+    # unpadded 5-group table once made yosys fail an internal assertion in its ABC pass on the ECP5.
     for group, row in zip(groups, picked):
         padded = [*group, *[0] * ((1 << low) - len(group))]
         m.d.sync += row.eq(Array(Const(value, width) for value in padded)[addr[:low]])

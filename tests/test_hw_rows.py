@@ -6,7 +6,8 @@ import pytest
 from amaranth import Elaboratable, Module
 from amaranth.sim import Simulator
 
-from spikesmith.hw.rows import TABLE_LATENCY, TABLE_ROWS, row_table
+from spikesmith.contract.plan import TABLE_ROWS
+from spikesmith.hw.rows import TABLE_LATENCY, row_table
 
 
 class _Table(Elaboratable):
