@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import Elaboratable, Module
+from amaranth import ClockDomain, Elaboratable, Module
 from amaranth._toolchain import ToolNotFound
 from amaranth.build.run import LocalBuildProducts
 
@@ -332,7 +332,8 @@ class _OnBoard(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         if self.pll is not None:
-            m.submodules.clocking = BoardClock(self.pll)
+            m.domains.sync = sync = ClockDomain()
+            m.submodules.clocking = BoardClock(self.pll, sync)
         uart = platform.request("uart", 0)
         m.submodules.board = board = BoardTop(self.params)
         m.d.comb += [board.rx.eq(uart.rx.i), uart.tx.o.eq(board.tx)]

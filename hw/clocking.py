@@ -1,11 +1,12 @@
 """The core's clock on a board: the oscillator directly, or a PLL for ``spikesmith build --clock``.
 
     config = ice40_pll(12e6, 24e6)      # -> ICE40PLLConfig(divr=0, divf=63, divq=5, ...)
-    m.submodules.clocking = BoardClock(config)
+    m.domains.sync = sync = ClockDomain()
+    m.submodules.clocking = BoardClock(config, sync)
 
 The solvers search the divider settings the devices allow and return the closest output
 frequency; :class:`BoardClock` instantiates the PLL primitive (``SB_PLL40_PAD`` on the
-iCE40, ``EHXPLLL`` on the ECP5), drives the ``sync`` domain from its output and holds the
+iCE40, ``EHXPLLL`` on the ECP5), drives the parent's domain from its output and holds the
 domain in reset until the PLL reports lock.
 """
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib import io
+from amaranth.lib.cdc import AsyncFFSynchronizer, ResetSynchronizer
 
 from ..errors import SpikesmithError
 
@@ -104,17 +106,18 @@ def ecp5_pll(input_hz: float, output_hz: float) -> ECP5PLLConfig:
 
 
 class BoardClock(Elaboratable):
-    """The ``sync`` domain from the platform's oscillator through ``config``'s PLL.
+    """Drives ``domain`` (defined by the parent) from the platform's oscillator through ``config``'s PLL.
 
-    The domain's reset is held until the PLL locks and released synchronously.
+    The domain's reset is held until the PLL locks and released synchronously; on the ECP5 it
+    reaches the registers through a global clock buffer (``DCCA``).
     """
 
-    def __init__(self, config: ICE40PLLConfig | ECP5PLLConfig):
-        self.config = config
+    def __init__(self, config: ICE40PLLConfig | ECP5PLLConfig, domain: ClockDomain):
+        self.config, self.domain = config, domain
 
     def elaborate(self, platform):
         m = Module()
-        m.domains.sync = sync = ClockDomain("sync")
+        sync = self.domain
         locked = Signal()
         config = self.config
         if isinstance(config, ICE40PLLConfig):
@@ -126,7 +129,7 @@ class BoardClock(Elaboratable):
                 i_PACKAGEPIN=pad.io, i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBAL=sync.clk, o_LOCK=locked)
         else:
-            oscillator = platform.request(platform.default_clk, 0).i
+            m.submodules.oscillator = oscillator = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
             m.submodules.pll = Instance(
                 "EHXPLLL",
                 a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
@@ -135,9 +138,18 @@ class BoardClock(Elaboratable):
                 p_CLKI_DIV=config.clki_div, p_CLKFB_DIV=config.clkfb_div,
                 p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=config.clkop_div,
                 p_CLKOP_CPHASE=config.clkop_div // 2, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
-                i_RST=0, i_STDBY=0, i_CLKI=oscillator, i_CLKFB=sync.clk, i_PHASESEL0=0, i_PHASESEL1=0,
+                i_RST=0, i_STDBY=0, i_CLKI=oscillator.i, i_CLKFB=sync.clk, i_PHASESEL0=0, i_PHASESEL1=0,
                 i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
                 o_CLKOP=sync.clk, o_LOCK=locked)
         platform.add_clock_constraint(sync.clk, config.output_hz)
-        m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+        if isinstance(config, ICE40PLLConfig):
+            # nextpnr-ice40 puts a high fan-out reset on a global net by itself.
+            m.submodules.reset = ResetSynchronizer(~locked, domain=sync.name)
+        else:
+            # nextpnr-ecp5 promotes only clocks: through fabric routing, the reset of every
+            # register became the critical path of large cores (17 ns of routing on the 85F).
+            # A clock buffer puts it on a global net.
+            released = Signal()
+            m.submodules.reset = AsyncFFSynchronizer(~locked, released, o_domain=sync.name)
+            m.submodules.reset_buffer = Instance("DCCA", i_CLKI=released, i_CE=1, o_CLKO=sync.rst)
         return m
