@@ -15,7 +15,7 @@ error codes and the CRC come from ``spikesmith.contract.protocol``.
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
+from amaranth import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -24,6 +24,7 @@ from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameT
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
 from .onehot import OneHotFSM
+from .rows import mux_tree
 from .streams import SlowStreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
@@ -127,7 +128,7 @@ class FrameReceiver(wiring.Component):
         m.submodules.crc = self._crc = _frame_crc()
         self._seq, self._kind, self._length = Signal(16), Signal(FrameKind, init=FrameKind.IDENTIFY), Signal(16)
         self._count = index_signal(p.image_bytes + 1)        # an INFER's payload bytes
-        self._received_crc = Signal(8)
+        self._last_byte = Signal()                           # _count is at the image's last byte (registered)
         self._crc_ok = Signal()          # the frame's CRC matched (registered: the check is a cycle of its own)
         self._take = Signal()
         self._load = Signal(LoadRequest)                       # (unused without run-time weights)
@@ -195,8 +196,8 @@ class FrameReceiver(wiring.Component):
                                ("SEQ1", self._seq[8:], "LEN0"), ("LEN0", self._length[:8], "LEN1")))
         with self._fsm.State("LEN1"):
             with m.If(available):
-                m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._beat.eq(0), self._lane.eq(0),
-                             self._word.eq(0), self._shift.eq(0)]
+                m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._last_byte.eq(p.image_bytes == 1),
+                             self._beat.eq(0), self._lane.eq(0), self._word.eq(0), self._shift.eq(0)]
                 self._fsm.next = "DECIDE"
         # The header is in registers: DECIDE compares it into flags (registers), ROUTE acts on them (what
         # follows, or a refusal), so no cycle runs from the length's compare to the refusal and the state.
@@ -233,11 +234,12 @@ class FrameReceiver(wiring.Component):
         T, lanes = plan.timesteps, plan.input.lanes
         beat, lane, word, shift = self._beat, self._lane, self._word, self._shift
         low_byte = Signal(8)                         # first byte of a two-byte code
-        count = self._count
+        count, last_byte = self._count, self._last_byte
         with self._fsm.State("PAYLOAD"):
             # The image buffer is free only once the previous image went into the core.
             with m.If(self._take):
-                m.d.sync += count.eq(count + 1)
+                # (last_byte: the count's compare, a cycle ahead; in front of the image write, it was 2 LUTs deep)
+                m.d.sync += [count.eq(count + 1), last_byte.eq(count == p.image_bytes - 2)]
                 if p.code_bytes == 2:
                     code_done, code = count[0], Cat(low_byte, byte)[:T]
                     with m.If(~count[0]):
@@ -248,12 +250,12 @@ class FrameReceiver(wiring.Component):
                     # Place the code in its lane; write the beat when full or at the image's end.
                     placed = Signal(lanes * T)
                     m.d.comb += placed.eq(beat | (code << shift))
-                    with m.If((lane == lanes - 1) | (count == p.image_bytes - 1)):
+                    with m.If((lane == lanes - 1) | last_byte):
                         m.d.comb += [self.image.en.eq(1), self.image.addr.eq(word), self.image.data.eq(placed)]
                         m.d.sync += [beat.eq(0), lane.eq(0), shift.eq(0), word.eq(word + 1)]
                     with m.Else():
                         m.d.sync += [beat.eq(placed), lane.eq(lane + 1), shift.eq(shift + T)]
-                with m.If(count == p.image_bytes - 1):
+                with m.If(last_byte):
                     self._fsm.next = "CRC0"
 
     def _load_head(self, m: Module) -> None:
@@ -299,13 +301,16 @@ class FrameReceiver(wiring.Component):
     def _check(self, m: Module) -> None:
         """The CRC; then the request is accepted (and answered later) or refused now."""
         byte = self.bytes.payload
+        # A byte at a time: the low byte's compare is registered in CRC0 (one 16-bit compare behind the byte
+        # register was 6 LUTs deep on the iCE40).
+        low_ok = Signal()
         with self._fsm.State("CRC0"):
             with m.If(self.bytes.valid):
-                m.d.sync += self._received_crc.eq(byte)
+                m.d.sync += low_ok.eq(byte == self._crc.crc[:8])
                 self._fsm.next = "CRC1"
         with self._fsm.State("CRC1"):
             with m.If(self.bytes.valid):
-                m.d.sync += self._crc_ok.eq(Cat(self._received_crc, byte) == self._crc.crc)
+                m.d.sync += self._crc_ok.eq(low_ok & (byte == self._crc.crc[8:]))
                 self._fsm.next = "CHECK"
         # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD buffer's
         # rows to be written: a commit must not overtake them). Registered, with what CHECK decides on:
@@ -495,6 +500,21 @@ class FrameTransmitter(wiring.Component):
         assert len(wire) == p.result_bytes
         return wire
 
+    def _next_byte(self, m: Module, index, chosen: dict) -> Signal:
+        """Payload byte ``index`` of the chosen answer (a register), read from its queue in three registered
+        steps, each a few LUTs deep: which 4-byte word holds it, that word (of the result, and of the
+        identity, a constant table), then the byte of the chosen one. (One multiplexer over all was seven
+        LUTs deep on the iCE40.) The UART takes a byte in thousands of cycles: the steps cost nothing."""
+        p = self.params
+        word_index, result_word, identity_word, next_byte = Signal.like(index[2:]), Signal(32), Signal(32), Signal(8)
+        m.d.sync += [word_index.eq(index[2:]), result_word.eq(mux_tree(_words(self._result_bytes()), word_index)),
+                     identity_word.eq(mux_tree(_words([Const(byte, 8) for byte in p.identity]), word_index))]
+        result_byte = mux_tree([result_word.word_select(k, 8) for k in range(4)], index[:2])
+        identity_byte = mux_tree([identity_word.word_select(k, 8) for k in range(4)], index[:2])
+        m.d.sync += next_byte.eq(Mux(chosen["result"], result_byte,
+                                     Mux(chosen["identity"], identity_byte, self.errors.payload.code)))
+        return next_byte
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
@@ -522,19 +542,11 @@ class FrameTransmitter(wiring.Component):
                      offered["identity"].eq(self.identify.valid),
                      offered["result"].eq(self.results.valid & self.requests.valid),
                      current.eq(self.requests.payload.generation == self.generation)]
-        # The next payload byte: byte `index` of the chosen answer, read from its queue in three registered
-        # steps, each a few LUTs deep: which 4-byte word holds it, that word (of the result, and of the
-        # identity, a constant table), then the byte of the chosen one. (One multiplexer over all was seven
-        # LUTs deep on the iCE40.) The UART takes a byte in thousands of cycles: the steps cost nothing.
         index = index_signal(max(len(p.identity), p.result_bytes) + 1)
-        word_index, result_word, identity_word, next_byte = Signal.like(index[2:]), Signal(32), Signal(32), Signal(8)
-        m.d.sync += [word_index.eq(index[2:]), result_word.eq(Array(_words(self._result_bytes()))[word_index]),
-                     identity_word.eq(Array(_words([Const(byte, 8) for byte in p.identity]))[word_index])]
-        result_byte = Array(result_word.word_select(k, 8) for k in range(4))[index[:2]]
-        identity_byte = Array(identity_word.word_select(k, 8) for k in range(4))[index[:2]]
-        m.d.sync += next_byte.eq(Mux(chosen["result"], result_byte,
-                                     Mux(chosen["identity"], identity_byte, self.errors.payload.code)))
+        next_byte = self._next_byte(m, index, chosen)
         fsm = OneHotFSM(m, "transmit", initial="IDLE")          # (a binary state was 5 bits to decode)
+        # The byte is on offer in these states: one flip-flop, not an OR of nine in front of the UART's register.
+        offering = fsm.group("offering", _SENDING_STATES)
         with fsm.State("IDLE"):
             m.d.sync += [index.eq(0), *(chosen[kind].eq(0) for kind in kinds)]
             with m.If(offered["error"]):
@@ -569,18 +581,20 @@ class FrameTransmitter(wiring.Component):
             fsm.next = "SETTLE"
         with fsm.State("SETTLE"):                     # (a cycle for `offered` to see the queue after it)
             fsm.next = "IDLE"
-        self._send_states(m, fsm, crc_valid, [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
+        self._send_states(m, fsm, offering, crc_valid,
+                          [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
                           next_byte, frame_crc.crc, out_len, index,
                           sent_all=[taking[kind].eq(chosen[kind]) for kind in kinds])
         return m
 
-    def _send_states(self, m: Module, fsm: OneHotFSM, crc_valid, header: list, next_byte, crc, out_len, index,
-                     sent_all: list) -> None:
+    def _send_states(self, m: Module, fsm: OneHotFSM, offering, crc_valid, header: list, next_byte, crc, out_len,
+                     index, sent_all: list) -> None:
         """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes of ``next_byte``, each
         followed by three cycles, FETCH, WORD and BYTE, for the next one to be read), a cycle in SUM for the CRC to
         take the last byte, then the ``crc``, low byte first; ``sent_all`` (sync statements) as the
         last byte goes. ``crc_valid``: a register, set for the cycle after a CRC'd byte is sent.
-        The byte on offer is one OR over the sending states' flip-flops (:func:`_one_of`)."""
+        ``offering``: the FSM's flip-flop of :data:`_SENDING_STATES`, the byte's valid; the byte is
+        picked by the sending state's flip-flop (:func:`_one_of`)."""
         sent = self.bytes.valid & self.bytes.ready
         # The length's compares, registered: `out_len` is set in LOAD, five bytes before LEN1, and `index`
         # settles in FETCH, WORD and BYTE before each payload byte (the compares were a carry chain in front of
@@ -623,11 +637,16 @@ class FrameTransmitter(wiring.Component):
             fsm.next = "CRC0"
         send("CRC0", crc[:8], "CRC1", crc_it=False)
         send("CRC1", crc[8:], "RELEASE", crc_it=False)
+        assert tuple(state for state, _ in sending) == _SENDING_STATES
         states = Cat(fsm.ongoing(state) for state, _ in sending)
-        m.d.comb += [self.bytes.valid.eq(states.any()),
+        m.d.comb += [self.bytes.valid.eq(offering),
                      self.bytes.payload.eq(_one_of(states, [Value.cast(value)[:8] if not isinstance(value, int)
                                                             else Const(value, 8) for _, value in sending]))]
         m.d.sync += crc_valid.eq(sent & Cat(fsm.ongoing(state) for state in summed).any())
+
+
+#: The transmitter's states that offer a byte, in the frame's order.
+_SENDING_STATES = ("SYNC", "TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")
 
 
 def _words(data: list) -> list:

@@ -29,12 +29,24 @@ class OneHotFSM:
         self.bits: dict[str, Signal] = {}
         self._current: str | None = None
         self._targets: list[str] = []          # states the current block has chosen so far
+        self._groups: list[tuple[Signal, frozenset[str]]] = []
+        self._transitions = False              # a `next` was written (groups come before)
         self._bit(initial)
 
     def _bit(self, state: str) -> Signal:
         if state not in self.bits:
             self.bits[state] = Signal(name=f"{self._name}_{state}", init=(state == self._initial))
         return self.bits[state]
+
+    def group(self, name: str, states) -> Signal:
+        """A flip-flop set while the machine is in any of ``states``: written with each ``next``, so
+        it is one register where the OR of their flip-flops would be a few LUTs. Declare it before
+        the transitions."""
+        states = frozenset(states)
+        assert not self._transitions, "groups are declared before the transitions"
+        flag = Signal(name=f"{self._name}_{name}", init=(self._initial in states))
+        self._groups.append((flag, states))
+        return flag
 
     @contextmanager
     def State(self, state: str):
@@ -56,11 +68,13 @@ class OneHotFSM:
         """Go to ``target`` on the next cycle. A later ``next`` in the same state wins: the states
         chosen before are cleared again (and the current one set, if it is the target)."""
         assert self._current is not None, "next is set inside a State"
+        self._transitions = True
         if target not in self._targets:
             self._targets.append(target)
         self._bit(target)
         self._m.d.sync += [self.bits[state].eq(state == target)
                            for state in dict.fromkeys((self._current, *self._targets))]
+        self._m.d.sync += [flag.eq(target in states) for flag, states in self._groups]
 
     def ongoing(self, state: str) -> Signal:
         """The flip-flop of ``state``."""

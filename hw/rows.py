@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory
 
 from ..contract.plan import TABLE_ROWS, LayerPlan
 
-__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "TABLE_LATENCY"]
+__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY"]
 
 #: Cycles from :func:`row_table`'s address to its data.
 TABLE_LATENCY = 2
@@ -31,6 +31,19 @@ def lookup(m: Module, name: str, index, values: list[int], width: int) -> Signal
             with m.Case(k):
                 m.d.comb += out.eq(value)
     return out
+
+
+def mux_tree(values: list, index) -> Value:
+    """``values[index]``, as a balanced tree of 2:1 multiplexers on ``index``'s bits, low bit first:
+    at most ``len(index)`` deep. An index past the list picks one of the values, which is not specified.
+    (yosys builds an ``Array`` look-up as a chain of compares: 6 LUTs deep for 20 words on the iCE40.)"""
+    level = [Value.cast(value) for value in values]
+    for bit in Value.cast(index):
+        if len(level) == 1:
+            break
+        level = [Mux(bit, level[k + 1] if k + 1 < len(level) else level[k], level[k])
+                 for k in range(0, len(level), 2)]
+    return level[0]
 
 
 def rom(m: Module, name: str, width: int, rows: tuple[int, ...]):

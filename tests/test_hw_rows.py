@@ -3,11 +3,11 @@
 import random
 
 import pytest
-from amaranth import Elaboratable, Module
+from amaranth import Elaboratable, Module, Signal
 from amaranth.sim import Simulator
 
 from spikesmith.contract.plan import TABLE_ROWS
-from spikesmith.hw.rows import TABLE_LATENCY, row_table
+from spikesmith.hw.rows import TABLE_LATENCY, mux_tree, row_table
 
 
 class _Table(Elaboratable):
@@ -39,3 +39,25 @@ def test_row_table_gives_each_row_two_cycles_after_its_address(depth):
     sim.add_testbench(bench)
     sim.run()
     assert seen[TABLE_LATENCY:] == [rows[a] for a in addresses]
+
+
+@pytest.mark.parametrize("count", [1, 3, 6, 8])
+def test_mux_tree_picks_the_value_at_each_index(count):
+    values = [Signal(8, name=f"v{k}") for k in range(count)]
+    index = Signal(3)
+    picked = mux_tree(values, index)
+    m = Module()
+    m.d.comb += Signal(8).eq(picked)        # (a module for the simulator to hold the expression)
+    seen = {}
+
+    async def bench(ctx):
+        for k, value in enumerate(values):
+            ctx.set(value, 10 + k)
+        for position in range(count):
+            ctx.set(index, position)
+            seen[position] = ctx.get(picked)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == {position: 10 + position for position in range(count)}
