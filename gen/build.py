@@ -29,6 +29,7 @@ from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
+from ..hw.fanout import YOSYS_KEEP_COPIES
 from .board import board_params, load_rows, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
 
@@ -448,11 +449,11 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
                  "(minutes; the tools' first start takes longer)")
         # The tools' own output goes to build.log, not to our stdout (which may carry --json).
         try:
-            overrides = {}
+            overrides = {"script_after_read": YOSYS_KEEP_COPIES}          # (hw/fanout.py)
             if plan.loaded_layers:
                 # Amaranth gives every memory an initial value (zeros); SPRAM cannot have one.
-                overrides = {"synth_opts": "-spram",
-                             "script_after_read": "delete t:$meminit_v2 r:MEMID=*weights_spram %i"}
+                overrides = {"synth_opts": "-spram", "script_after_read": "\n".join(
+                    (YOSYS_KEEP_COPIES, "delete t:$meminit_v2 r:MEMID=*weights_spram %i"))}
             platform.prepare(_OnBoard(params, pll), name="top", **overrides).extract(str(work))
         except ToolNotFound as exc:
             raise BuildError(f"an FPGA tool is missing: {exc}") from exc

@@ -26,8 +26,10 @@ from amaranth.lib.wiring import In, Out
 from ..contract.network import unsigned_width
 from ..contract.plan import LayerPlan
 from .events import index_signal, pixel_event_layout, spike_event_layout, weight_load_layout
+from .fanout import FANOUT_LANES, fanout_copies
 from .ilif import AccumulateOp, ILIFAccumulate, accumulate_addend
 from .membranes import MembranePort
+from .onehot import OneHotFSM
 from .rows import lanes_view, row_table, weight_store
 
 __all__ = ["accumulate_issue_layout", "RowWalk", "AccumulateStage", "DenseAccumulate", "input_event_layout",
@@ -105,37 +107,37 @@ class AccumulateStage(wiring.Component):
         """The step state machine every accumulate stage shares."""
         events, T = self.events, self.plan.timesteps
         step = index_signal(T)
-        with m.FSM(name="accumulate"):
-            with m.State("CLAIM"):
-                with m.If(self.membranes.ready):
-                    walk.start_pass(m)
-                    m.d.sync += step.eq(0)
-                    m.next = "CLEAR"
-            with m.State("CLEAR"):
-                m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.CLEAR)]
-                with m.If(walk.advance_pass(m)):
-                    m.next = "EVENTS"
-            with m.State("EVENTS"):
-                m.d.comb += issue.shift.eq(T - 1 - step)
-                with m.If(events.valid & events.payload.end):
-                    m.d.comb += events.ready.eq(1)
-                    with m.If(step == T - 1):
-                        m.next = "BIAS"
-                    with m.Else():
-                        m.d.sync += step.eq(step + 1)
-                with m.Elif(events.valid):
-                    walk.on_event(m)
-            with m.State("BIAS"):
-                m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.BIAS)]
-                with m.If(walk.advance_pass(m)):
-                    m.next = "READ"
-            with m.State("READ"):       # the last bias row's membrane read
-                m.next = "SHIFT"
-            with m.State("SHIFT"):      # its addend
-                m.next = "HANDOVER"
-            with m.State("HANDOVER"):   # the last bias row is written this cycle
-                m.d.comb += self.membranes.done.eq(1)
-                m.next = "CLAIM"
+        fsm = OneHotFSM(m, "accumulate", initial="CLAIM")      # (one flip-flop per state: no decode)
+        with fsm.State("CLAIM"):
+            with m.If(self.membranes.ready):
+                walk.start_pass(m)
+                m.d.sync += step.eq(0)
+                fsm.next = "CLEAR"
+        with fsm.State("CLEAR"):
+            m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.CLEAR)]
+            with m.If(walk.advance_pass(m)):
+                fsm.next = "EVENTS"
+        with fsm.State("EVENTS"):
+            m.d.comb += issue.shift.eq(T - 1 - step)
+            with m.If(events.valid & events.payload.end):
+                m.d.comb += events.ready.eq(1)
+                with m.If(step == T - 1):
+                    fsm.next = "BIAS"
+                with m.Else():
+                    m.d.sync += step.eq(step + 1)
+            with m.Elif(events.valid):
+                walk.on_event(m)
+        with fsm.State("BIAS"):
+            m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.BIAS)]
+            with m.If(walk.advance_pass(m)):
+                fsm.next = "READ"
+        with fsm.State("READ"):       # the last bias row's membrane read
+            fsm.next = "SHIFT"
+        with fsm.State("SHIFT"):      # its addend
+            fsm.next = "HANDOVER"
+        with fsm.State("HANDOVER"):   # the last bias row is written this cycle
+            m.d.comb += self.membranes.done.eq(1)
+            fsm.next = "CLAIM"
 
     def _execute(self, m: Module, issue, weights, biases) -> None:
         """The row issued three cycles ago, updated lane by lane and written back; what each lane adds
@@ -155,10 +157,13 @@ class AccumulateStage(wiring.Component):
         weight = lanes_view(plan.weight_width, L, weight_row)
         bias = lanes_view(plan.bias_width, L, bias_row)
         updated = lanes_view(mw, L, port.write_data)
+        # The op, spike and shift of `shifting` again, a copy for each FANOUT_LANES lanes' addends (hw/fanout.py).
+        controls = [shifting] if L <= FANOUT_LANES else fanout_copies(m, "shifting", reading, layout,
+                                                                       -(-L // FANOUT_LANES))
         for lane in range(L):
-            addend = Signal(signed(addend_width), name=f"addend{lane}")
-            m.d.sync += addend.eq(accumulate_addend(shifting.op, shifting.spike, weight[lane], bias[lane],
-                                                    shifting.shift))
+            addend, control = Signal(signed(addend_width), name=f"addend{lane}"), controls[lane // FANOUT_LANES]
+            m.d.sync += addend.eq(accumulate_addend(control.op, control.spike, weight[lane], bias[lane],
+                                                    control.shift))
             unit = ILIFAccumulate(mw, addend_width)
             m.submodules[f"accumulate{lane}"] = unit
             m.d.comb += [unit.membrane.eq(membrane[lane]), unit.addend.eq(addend),
@@ -175,25 +180,29 @@ class _DenseWalk:
     def __init__(self, m: Module, plan: LayerPlan, events, port, issue, weights, biases):
         self.plan, self.events, self.issue = plan, events, issue
         self.row = index_signal(plan.blocks)
+        # row == 0 and row == B - 1, kept in registers beside it (compares in front of the weights' read
+        # address and the event's ready were 2 of the 6 LUTs of the iCE40's slowest path).
+        self.first_row, self.last_row = Signal(init=1), Signal(init=(plan.blocks == 1))
         self.weight_row = index_signal(plan.blocks * plan.inputs)
         self.weight_row_next = Signal.like(self.weight_row)     # row of the same event in the next block
         m.d.comb += [issue.row.eq(self.row), weights.addr.eq(self.weight_row),
                      biases.addr.eq(self.row)]
 
     def start_pass(self, m: Module) -> None:
-        m.d.sync += self.row.eq(0)
+        m.d.sync += [self.row.eq(0), self.first_row.eq(1), self.last_row.eq(self.plan.blocks == 1)]
 
     def advance_pass(self, m: Module) -> Value:
-        last = self.row == self.plan.blocks - 1
-        m.d.sync += self.row.eq(Mux(last, 0, self.row + 1))
+        last, blocks = self.last_row, self.plan.blocks
+        m.d.sync += [self.row.eq(Mux(last, 0, self.row + 1)), self.first_row.eq(last),
+                     self.last_row.eq(Mux(last, blocks == 1, self.row == blocks - 2))]
         return last
 
     def on_event(self, m: Module) -> None:
         payload = self.events.payload
         m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD), self.issue.spike.eq(payload.spike),
-                     self.weight_row.eq(Mux(self.row == 0, payload.addr, self.weight_row_next))]
+                     self.weight_row.eq(Mux(self.first_row, payload.addr, self.weight_row_next))]
         # (Both sums from registers, then the choice: the sum of the chosen row was one path with the state.)
-        m.d.sync += self.weight_row_next.eq(Mux(self.row == 0, payload.addr + self.plan.inputs,
+        m.d.sync += self.weight_row_next.eq(Mux(self.first_row, payload.addr + self.plan.inputs,
                                                 self.weight_row_next + self.plan.inputs))
         with m.If(self.advance_pass(m)):
             m.d.comb += self.events.ready.eq(1)
