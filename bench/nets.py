@@ -20,7 +20,11 @@ class Trained:
 
 def deep_digits_mlp() -> nn.Sequential:
     """Six affine layers on the 8x8 digits: 64-128-128-64-64-32-10."""
-    sizes = [64, 128, 128, 64, 64, 32, 10]
+    return mlp([64, 128, 128, 64, 64, 32, 10])
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Affine layers of ``sizes`` (inputs first) with ReLU between them."""
     layers: list[nn.Module] = [nn.Flatten()]
     for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -69,6 +73,11 @@ def train(key: str, epochs: int | None = None) -> Trained:
         epochs = epochs or 60
     elif key == "digits-deep":
         module, title = deep_digits_mlp(), "digits deep MLP 64-128-128-64-64-32-10 (6 layers)"
+        train_set, test_set = digits("train"), digits("test")
+        epochs = epochs or 60
+    elif key.startswith("digits-mlp-"):                 # e.g. digits-mlp-64-37-10: an MLP of these sizes
+        sizes = [int(size) for size in key.removeprefix("digits-mlp-").split("-")]
+        module, title = mlp(sizes), f"digits MLP {'-'.join(map(str, sizes))}"
         train_set, test_set = digits("train"), digits("test")
         epochs = epochs or 60
     elif key == "mnist-mlp":
