@@ -146,10 +146,14 @@ class AccumulateStage(wiring.Component):
         plan, port = self.plan, self.membranes
         L, mw = plan.lanes, plan.membrane_width
         layout = accumulate_issue_layout(plan.rows, plan.timesteps)
-        reading, shifting, executed = Signal(layout), Signal(layout), Signal(layout)
+        reading, executed = Signal(layout), Signal(layout)
+        # `shifting`, the issue in the shift cycle, and for wide stages a copy of it for each FANOUT_LANES lanes'
+        # addends (hw/fanout.py; `shifting` itself then also a kept copy, else yosys merges it into one of them).
+        groups = -(-L // FANOUT_LANES)
+        shifting, *controls = fanout_copies(m, "shifting", reading, layout, 1 if groups == 1 else 1 + groups)
+        controls = controls or [shifting]
         weight_row, bias_row = Signal.like(weights.data), biases.data       # (the table registers its row)
-        m.d.sync += [reading.eq(issue), shifting.eq(reading), executed.eq(shifting),
-                     weight_row.eq(weights.data)]
+        m.d.sync += [reading.eq(issue), executed.eq(shifting), weight_row.eq(weights.data)]
         # A CLEAR's row reads as 0: the bank zeroes it on the way into its read register.
         m.d.comb += [port.read_addr.eq(reading.row), port.zero_read.eq(shifting.valid & (shifting.op == AccumulateOp.CLEAR))]
         addend_width = max(plan.weight_width + plan.timesteps - 1, plan.bias_width)
@@ -157,9 +161,6 @@ class AccumulateStage(wiring.Component):
         weight = lanes_view(plan.weight_width, L, weight_row)
         bias = lanes_view(plan.bias_width, L, bias_row)
         updated = lanes_view(mw, L, port.write_data)
-        # The op, spike and shift of `shifting` again, a copy for each FANOUT_LANES lanes' addends (hw/fanout.py).
-        controls = [shifting] if L <= FANOUT_LANES else fanout_copies(m, "shifting", reading, layout,
-                                                                       -(-L // FANOUT_LANES))
         for lane in range(L):
             addend, control = Signal(signed(addend_width), name=f"addend{lane}"), controls[lane // FANOUT_LANES]
             m.d.sync += addend.eq(accumulate_addend(control.op, control.spike, weight[lane], bias[lane],
