@@ -18,6 +18,7 @@ from .conv import ConvAccumulate
 from .events import (BlockScanner, RowReader, ScanCoordinates, image_beat_layout, index_signal, pixel_event_layout,
                      result_layout, scanned_row_layout, spike_event_layout)
 from .fire import FireStage, fire_output_layout
+from .fanout import FANOUT_LANES
 from .membranes import READ_LATENCY, MembraneBanks
 from .readout import Readout
 
@@ -98,7 +99,8 @@ def _banked(m: Module, engine, second_stage) -> None:
     """``engine``'s accumulate stage -> membrane banks -> ``second_stage``, joined with ``wiring.connect``."""
     plan = engine.plan
     m.submodules.accumulate = accumulate = _accumulate_stage(plan)
-    m.submodules.banks = banks = MembraneBanks(plan.rows, plan.lanes * plan.membrane_width)
+    m.submodules.banks = banks = MembraneBanks(plan.rows, plan.lanes * plan.membrane_width,
+                                               chunk_bits=FANOUT_LANES * plan.membrane_width)
     m.submodules[second_stage.__class__.__name__.lower()] = second_stage
     wiring.connect(m, wiring.flipped(engine.spikes_in), accumulate.events)
     wiring.connect(m, accumulate.membranes, banks.fill)

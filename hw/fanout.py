@@ -23,7 +23,9 @@ YOSYS_KEEP_COPIES = "setattr -set keep 1 w:*fanout_copy* %ci1:+$dff[Q] w:*fanout
 
 
 def fanout_copies(m: Module, name: str, value, shape, count: int) -> list:
-    """``count`` registers of ``shape``, each ``value`` a cycle later (``count`` >= 1)."""
-    copies = [Signal(shape, name=f"{name}_fanout_copy{k}") for k in range(max(1, count))]
+    """``count`` registers of ``shape``, each ``value`` a cycle later. One (``count`` <= 1) is a plain
+    register named ``name``, which yosys may optimise as usual (e.g. drop bits no one reads)."""
+    names = [name] if count <= 1 else [f"{name}_fanout_copy{k}" for k in range(count)]
+    copies = [Signal(shape, name=copy_name) for copy_name in names]
     m.d.sync += [copy.eq(value) for copy in copies]
     return copies

@@ -14,9 +14,11 @@ port does not: a fire stage reads a row again no sooner than the cycle it writes
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
+
+from .fanout import fanout_copies
 
 __all__ = ["READ_LATENCY", "MembranePort", "MembraneBanks", "forwarded_read"]
 
@@ -51,7 +53,8 @@ class MembranePort(wiring.Signature):
         })
 
 
-def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, zero, name: str) -> Signal:
+def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, zero, name: str,
+                   chunk_bits: int | None = None) -> Signal:
     """The data of a two-cycle read that a stage's own last write keeps exact.
 
     ``raw``: a synchronous write-first read of the row ``read_addr`` gave in the cycle before
@@ -62,12 +65,24 @@ def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, 
     the stage reads a register with no multiplexer after it: the choice's select drives a
     multiplexer per bit of the row (1,280 of them for 64 lanes), and as a register feeding the
     stage's adders that net's routing had set the MNIST MLP's clock.
+
+    With ``chunk_bits``, each chunk of that many bits compares the write's row with its own copy of
+    the read's row (hw/fanout.py), so no one select drives the whole row.
     """
-    addressed = Signal.like(read_addr, name=f"{name}_addressed")       # the row whose data is in `raw`
+    chunks = _chunks(len(raw), chunk_bits)
+    # the row whose data is in `raw`, a copy per chunk
+    addressed = fanout_copies(m, f"{name}_addressed", read_addr, len(read_addr), len(chunks))
     out = Signal(len(raw), name=f"{name}_data")
-    m.d.sync += [addressed.eq(read_addr),
-                 out.eq(Mux(zero, 0, Mux(write_en & (write_addr == addressed), write_data, raw)))]
+    for (low, high), row in zip(chunks, addressed):
+        forward = write_en & (write_addr == row)
+        m.d.sync += out[low:high].eq(Mux(zero, 0, Mux(forward, write_data[low:high], raw[low:high])))
     return out
+
+
+def _chunks(width: int, chunk_bits: int | None) -> list[tuple[int, int]]:
+    """``(low, high)`` bit ranges of ``chunk_bits`` (the last one shorter) covering ``width`` bits."""
+    step = chunk_bits or width
+    return [(low, min(low + step, width)) for low in range(0, width, step)]
 
 
 class MembraneBanks(wiring.Component):
@@ -76,8 +91,10 @@ class MembraneBanks(wiring.Component):
     ``fill``: the accumulate stage's port; ``drain``: the fire or readout stage's port.
     """
 
-    def __init__(self, rows: int, width: int):
-        self.rows, self.width = rows, width
+    def __init__(self, rows: int, width: int, chunk_bits: int | None = None):
+        """``chunk_bits``: the fill port's read chooses its bank and forwards its last write by a select
+        for each chunk of that many bits (:func:`forwarded_read`); None: one select for the row."""
+        self.rows, self.width, self.chunk_bits = rows, width, chunk_bits
         super().__init__({"fill": In(MembranePort(rows, width)), "drain": In(MembranePort(rows, width))})
 
     def elaborate(self, platform):
@@ -103,11 +120,14 @@ class MembraneBanks(wiring.Component):
             reads.append(read.data)
         raw = {}
         for port, bank, name in ((fill, fill_bank, "fill"), (drain, drain_bank, "drain")):
-            read_bank = Signal(name=f"{name}_read_bank")      # the bank the read in the RAM's output came from
-            m.d.sync += read_bank.eq(bank)
-            raw[name] = Mux(read_bank, reads[1], reads[0])
+            # The bank the read in the RAM's output came from: on the fill port, a copy per chunk.
+            chunks = _chunks(self.width, self.chunk_bits if name == "fill" else None)
+            read_bank = fanout_copies(m, f"{name}_read_bank", bank, 1, len(chunks))
+            raw[name] = Cat(Mux(copy, reads[1][low:high], reads[0][low:high])
+                            for (low, high), copy in zip(chunks, read_bank))
         m.d.comb += fill.read_data.eq(forwarded_read(m, raw["fill"], fill.read_addr, fill.write_addr,
-                                                     fill.write_data, fill.write_en, fill.zero_read, "fill"))
+                                                     fill.write_data, fill.write_en, fill.zero_read, "fill",
+                                                     self.chunk_bits))
         drained = Signal(self.width, name="drain_registered")
         m.d.sync += drained.eq(raw["drain"])
         m.d.comb += drain.read_data.eq(drained)
