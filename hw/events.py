@@ -180,7 +180,9 @@ class RowReader:
         # queue gives one back (a register, so no sum of the queue's level and the reads in flight).
         credits = Signal(range(self.depth + 1), init=self.depth)
         m.d.sync += credits.eq(credits - self.issue + (queue.r_en & queue.r_rdy))
-        last_row, last_step = self.row == self.rows - 1, self.step == self.timesteps - 1
+        # row == rows - 1 and step == timesteps - 1, kept in registers beside them (their compares fed the
+        # issue and `finishing`: 2 of the 5 LUTs of the iCE40's slowest path for 64-row layers).
+        last_row, last_step = Signal(init=(self.rows == 1)), Signal(init=(self.timesteps == 1))
         # A row still on its way back (only a pass shorter than the latency can read it again that soon).
         unwritten = [tag.valid & (tag.row == self.row) for tag in tags[:-1]] if self.rewrites and self.rows < self.latency else []
         m.d.comb += [self.issue.eq(reading & (credits != 0) & ~Cat(unwritten).any()),
@@ -192,11 +194,13 @@ class RowReader:
                      tags[0].last.eq(last_row & last_step)]
         m.d.sync += [later.eq(earlier) for earlier, later in zip(tags, tags[1:])]
         with m.If(self.ready & ~reading & ~finishing):
-            m.d.sync += [reading.eq(1), self.row.eq(0), self.step.eq(0)]
+            m.d.sync += [reading.eq(1), self.row.eq(0), self.step.eq(0), last_row.eq(self.rows == 1),
+                         last_step.eq(self.timesteps == 1)]
         with m.If(self.issue):
-            m.d.sync += self.row.eq(Mux(last_row, 0, self.row + 1))
+            m.d.sync += [self.row.eq(Mux(last_row, 0, self.row + 1)),
+                         last_row.eq(Mux(last_row, self.rows == 1, self.row == self.rows - 2))]
             with m.If(last_row):
-                m.d.sync += self.step.eq(self.step + 1)
+                m.d.sync += [self.step.eq(self.step + 1), last_step.eq(self.step == self.timesteps - 2)]
                 with m.If(last_step):
                     m.d.sync += [reading.eq(0), finishing.eq(1)]
         with m.If(self.done):
