@@ -92,8 +92,8 @@ class MembraneBanks(wiring.Component):
     """
 
     def __init__(self, rows: int, width: int, chunk_bits: int | None = None):
-        """``chunk_bits``: the fill port's read chooses its bank and forwards its last write by a select
-        for each chunk of that many bits (:func:`forwarded_read`); None: one select for the row."""
+        """``chunk_bits``: each port's read chooses its bank (and the fill port's forwards its last write)
+        by a select for each chunk of that many bits (:func:`forwarded_read`); None: one for the row."""
         self.rows, self.width, self.chunk_bits = rows, width, chunk_bits
         super().__init__({"fill": In(MembranePort(rows, width)), "drain": In(MembranePort(rows, width))})
 
@@ -120,8 +120,8 @@ class MembraneBanks(wiring.Component):
             reads.append(read.data)
         raw = {}
         for port, bank, name in ((fill, fill_bank, "fill"), (drain, drain_bank, "drain")):
-            # The bank the read in the RAM's output came from: on the fill port, a copy per chunk.
-            chunks = _chunks(self.width, self.chunk_bits if name == "fill" else None)
+            # The bank the read in the RAM's output came from, a copy per chunk.
+            chunks = _chunks(self.width, self.chunk_bits)
             read_bank = fanout_copies(m, f"{name}_read_bank", bank, 1, len(chunks))
             raw[name] = Cat(Mux(copy, reads[1][low:high], reads[0][low:high])
                             for (low, high), copy in zip(chunks, read_bank))
