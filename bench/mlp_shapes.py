@@ -34,13 +34,19 @@ def main() -> None:
 
     def run(shape):
         path, title = networks[shape]
-        report = build(path, "icebreaker", ["--clock", f"{args.clock:g}"], work / shape)
+        options = ["--clock", f"{args.clock:g}"]
+        try:
+            report = build(path, "icebreaker", options, work / shape)
+        except SystemExit as failed:           # e.g. nextpnr could not place it: recorded, not hidden
+            report = {"board": "icebreaker", "options": " ".join(options), "failed": str(failed).split("error: ")[-1]}
         return {**report, "network": title + ", T=8"}
 
     with ThreadPoolExecutor(args.jobs) as pool:
         reports = list(pool.map(run, SHAPES))
     for report in reports:
-        log(f"{report['network']}: Fmax {report['fmax_mhz']:.1f} MHz ({'met' if report['timing_met'] else 'missed'})")
+        outcome = (f"failed: {report['failed']}" if "failed" in report else
+                   f"Fmax {report['fmax_mhz']:.1f} MHz ({'met' if report['timing_met'] else 'missed'})")
+        log(f"{report['network']}: {outcome}")
     save("mlp_shapes", {"networks": [r["network"] for r in reports], "clock_mhz": args.clock, "builds": reports},
          started)
 

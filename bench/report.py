@@ -151,7 +151,7 @@ def boards_section(f: dict) -> list[str]:
 
 
 def mlp_shapes_section(f: dict) -> list[str]:
-    met = sum(r["timing_met"] for r in f["builds"])
+    met = sum(r.get("timing_met", False) for r in f["builds"])
     lines = [f"Digits MLPs with one to three hidden layers (odd widths included), T=8, trained on the digits set; "
              f"`spikesmith build --board icebreaker --clock {f['clock_mhz']:g}`, lanes sized for speed. "
              f"**{met} of {len(f['builds'])} meet {f['clock_mhz']:g} MHz.** Columns as in section 4.", "",
