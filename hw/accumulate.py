@@ -29,7 +29,6 @@ from .events import index_signal, pixel_event_layout, spike_event_layout, weight
 from .fanout import FANOUT_LANES, fanout_copies
 from .ilif import AccumulateOp, ILIFAccumulate, accumulate_addend
 from .membranes import MembranePort
-from .onehot import OneHotFSM
 from .rows import lanes_view, row_table, weight_store
 
 __all__ = ["accumulate_issue_layout", "RowWalk", "AccumulateStage", "DenseAccumulate", "input_event_layout",
@@ -107,37 +106,38 @@ class AccumulateStage(wiring.Component):
         """The step state machine every accumulate stage shares."""
         events, T = self.events, self.plan.timesteps
         step = index_signal(T)
-        fsm = OneHotFSM(m, "accumulate", initial="CLAIM")      # (one flip-flop per state: no decode)
-        with fsm.State("CLAIM"):
-            with m.If(self.membranes.ready):
-                walk.start_pass(m)
-                m.d.sync += step.eq(0)
-                fsm.next = "CLEAR"
-        with fsm.State("CLEAR"):
-            m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.CLEAR)]
-            with m.If(walk.advance_pass(m)):
-                fsm.next = "EVENTS"
-        with fsm.State("EVENTS"):
-            m.d.comb += issue.shift.eq(T - 1 - step)
-            with m.If(events.valid & events.payload.end):
-                m.d.comb += events.ready.eq(1)
-                with m.If(step == T - 1):
-                    fsm.next = "BIAS"
-                with m.Else():
-                    m.d.sync += step.eq(step + 1)
-            with m.Elif(events.valid):
-                walk.on_event(m)
-        with fsm.State("BIAS"):
-            m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.BIAS)]
-            with m.If(walk.advance_pass(m)):
-                fsm.next = "READ"
-        with fsm.State("READ"):       # the last bias row's membrane read
-            fsm.next = "SHIFT"
-        with fsm.State("SHIFT"):      # its addend
-            fsm.next = "HANDOVER"
-        with fsm.State("HANDOVER"):   # the last bias row is written this cycle
-            m.d.comb += self.membranes.done.eq(1)
-            fsm.next = "CLAIM"
+        # (Binary states: one-hot cost the digits CNN the last logic cells of the iCE40UP5K.)
+        with m.FSM(name="accumulate"):
+            with m.State("CLAIM"):
+                with m.If(self.membranes.ready):
+                    walk.start_pass(m)
+                    m.d.sync += step.eq(0)
+                    m.next = "CLEAR"
+            with m.State("CLEAR"):
+                m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.CLEAR)]
+                with m.If(walk.advance_pass(m)):
+                    m.next = "EVENTS"
+            with m.State("EVENTS"):
+                m.d.comb += issue.shift.eq(T - 1 - step)
+                with m.If(events.valid & events.payload.end):
+                    m.d.comb += events.ready.eq(1)
+                    with m.If(step == T - 1):
+                        m.next = "BIAS"
+                    with m.Else():
+                        m.d.sync += step.eq(step + 1)
+                with m.Elif(events.valid):
+                    walk.on_event(m)
+            with m.State("BIAS"):
+                m.d.comb += [in_pass.eq(1), issue.valid.eq(1), issue.op.eq(AccumulateOp.BIAS)]
+                with m.If(walk.advance_pass(m)):
+                    m.next = "READ"
+            with m.State("READ"):       # the last bias row's membrane read
+                m.next = "SHIFT"
+            with m.State("SHIFT"):      # its addend
+                m.next = "HANDOVER"
+            with m.State("HANDOVER"):   # the last bias row is written this cycle
+                m.d.comb += self.membranes.done.eq(1)
+                m.next = "CLAIM"
 
     def _execute(self, m: Module, issue, weights, biases) -> None:
         """The row issued three cycles ago, updated lane by lane and written back; what each lane adds
