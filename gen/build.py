@@ -449,11 +449,12 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
                  "(minutes; the tools' first start takes longer)")
         # The tools' own output goes to build.log, not to our stdout (which may carry --json).
         try:
-            overrides = {"script_after_read": YOSYS_KEEP_COPIES}          # (hw/fanout.py)
+            script, overrides = [YOSYS_KEEP_COPIES], {}                   # (hw/fanout.py)
             if plan.loaded_layers:
                 # Amaranth gives every memory an initial value (zeros); SPRAM cannot have one.
-                overrides = {"synth_opts": "-spram", "script_after_read": "\n".join(
-                    (YOSYS_KEEP_COPIES, "delete t:$meminit_v2 r:MEMID=*weights_spram %i"))}
+                script.append("delete t:$meminit_v2 r:MEMID=*weights_spram %i")
+                overrides["synth_opts"] = "-spram"
+            overrides["script_after_read"] = "\n".join(script)
             platform.prepare(_OnBoard(params, pll), name="top", **overrides).extract(str(work))
         except ToolNotFound as exc:
             raise BuildError(f"an FPGA tool is missing: {exc}") from exc

@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..contract.network import unsigned_width
 from ..contract.plan import LayerPlan
-from .events import index_signal, pixel_event_layout, spike_event_layout, weight_load_layout
+from .events import WrappingCounter, index_signal, pixel_event_layout, spike_event_layout, weight_load_layout
 from .fanout import FANOUT_LANES, fanout_copies
 from .ilif import AccumulateOp, ILIFAccumulate, accumulate_addend
 from .membranes import MembranePort
@@ -180,30 +180,28 @@ class _DenseWalk:
 
     def __init__(self, m: Module, plan: LayerPlan, events, port, issue, weights, biases):
         self.plan, self.events, self.issue = plan, events, issue
-        self.row = index_signal(plan.blocks)
-        # row == 0 and row == B - 1, kept in registers beside it (compares in front of the weights' read
-        # address and the event's ready were 2 of the 6 LUTs of the iCE40's slowest path).
-        self.first_row, self.last_row = Signal(init=1), Signal(init=(plan.blocks == 1))
+        # row == 0 and row == B - 1 in registers (compares in front of the weights' read address and the
+        # event's ready were 2 of the 6 LUTs of the iCE40's slowest path).
+        self.block = WrappingCounter(plan.blocks, "row")
+        self.row = self.block.value
         self.weight_row = index_signal(plan.blocks * plan.inputs)
         self.weight_row_next = Signal.like(self.weight_row)     # row of the same event in the next block
         m.d.comb += [issue.row.eq(self.row), weights.addr.eq(self.weight_row),
                      biases.addr.eq(self.row)]
 
     def start_pass(self, m: Module) -> None:
-        m.d.sync += [self.row.eq(0), self.first_row.eq(1), self.last_row.eq(self.plan.blocks == 1)]
+        self.block.restart(m)
 
     def advance_pass(self, m: Module) -> Value:
-        last, blocks = self.last_row, self.plan.blocks
-        m.d.sync += [self.row.eq(Mux(last, 0, self.row + 1)), self.first_row.eq(last),
-                     self.last_row.eq(Mux(last, blocks == 1, self.row == blocks - 2))]
-        return last
+        self.block.advance(m)
+        return self.block.last
 
     def on_event(self, m: Module) -> None:
         payload = self.events.payload
         m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD), self.issue.spike.eq(payload.spike),
-                     self.weight_row.eq(Mux(self.first_row, payload.addr, self.weight_row_next))]
+                     self.weight_row.eq(Mux(self.block.first, payload.addr, self.weight_row_next))]
         # (Both sums from registers, then the choice: the sum of the chosen row was one path with the state.)
-        m.d.sync += self.weight_row_next.eq(Mux(self.first_row, payload.addr + self.plan.inputs,
+        m.d.sync += self.weight_row_next.eq(Mux(self.block.first, payload.addr + self.plan.inputs,
                                                 self.weight_row_next + self.plan.inputs))
         with m.If(self.advance_pass(m)):
             m.d.comb += self.events.ready.eq(1)

@@ -16,7 +16,7 @@ from ..contract.network import unsigned_width
 from ..contract.plan import QUEUED_COUNT_BITS, STAGED_ROW_LANES, row_is_staged, row_queue_depth
 
 __all__ = ["spike_event_layout", "pixel_event_layout", "spike_row_layout", "result_layout", "image_beat_layout", "weight_load_layout",
-           "index_signal", "lowest_set_lane", "count_up_to", "sum_up_to", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
+           "index_signal", "WrappingCounter", "lowest_set_lane", "count_up_to", "sum_up_to", "scanned_row_layout", "read_tag_layout", "RowReader", "BlockScanner", "ScanCoordinates"]
 
 
 def index_signal(count: int, **kwargs) -> Signal:
@@ -25,6 +25,29 @@ def index_signal(count: int, **kwargs) -> Signal:
     ``Signal(range(1))`` would be zero bits wide, which Verilog cannot declare (``[-1:0]``).
     """
     return Signal(range(max(2, count)), **kwargs)
+
+
+class WrappingCounter:
+    """``value`` counts ``0 .. count-1`` and wraps; ``first`` (``value == 0``) and ``last``
+    (``value == count - 1``) are registers beside it, so no compare sits in front of what they drive.
+
+    ``restart`` and ``advance`` add to ``m.d.sync``; the caller puts them under its own conditions.
+    """
+
+    def __init__(self, count: int, name: str):
+        self.count = count
+        self.value = index_signal(count, name=name)
+        self.first = Signal(init=1, name=f"{name}_first")
+        self.last = Signal(init=(count == 1), name=f"{name}_last")
+
+    def restart(self, m: Module) -> None:
+        """Back to 0 next cycle."""
+        m.d.sync += [self.value.eq(0), self.first.eq(1), self.last.eq(self.count == 1)]
+
+    def advance(self, m: Module) -> None:
+        """One on next cycle, to 0 after ``count - 1``."""
+        m.d.sync += [self.value.eq(Mux(self.last, 0, self.value + 1)), self.first.eq(self.last),
+                     self.last.eq(Mux(self.last, self.count == 1, self.value == self.count - 2))]
 
 
 def lowest_set_lane(m: Module, mask, lanes: int) -> Signal:
@@ -156,7 +179,8 @@ class RowReader:
         self.rewrites = rewrites
         assert self.depth >= latency + 2 + self.staged, "a shallower queue cannot keep up one row per cycle"
         self.ready, self.issue, self.done = Signal(), Signal(), Signal()
-        self.row, self.step = index_signal(rows), index_signal(timesteps)
+        self._row_counter, self._step_counter = WrappingCounter(rows, "row"), WrappingCounter(timesteps, "step")
+        self.row, self.step = self._row_counter.value, self._step_counter.value
         self.tags = [Signal(read_tag_layout(rows, timesteps), name=f"read_tag{k}") for k in range(latency)]
         self.arrived = self.tags[-1]
         self.entry = Signal(entry)
@@ -180,9 +204,9 @@ class RowReader:
         # queue gives one back (a register, so no sum of the queue's level and the reads in flight).
         credits = Signal(range(self.depth + 1), init=self.depth)
         m.d.sync += credits.eq(credits - self.issue + (queue.r_en & queue.r_rdy))
-        # row == rows - 1 and step == timesteps - 1, kept in registers beside them (their compares fed the
-        # issue and `finishing`: 2 of the 5 LUTs of the iCE40's slowest path for 64-row layers).
-        last_row, last_step = Signal(init=(self.rows == 1)), Signal(init=(self.timesteps == 1))
+        # The last row and step in registers beside their counters (their compares fed the issue and
+        # `finishing`: 2 of the 5 LUTs of the iCE40's slowest path for 64-row layers).
+        row, step = self._row_counter, self._step_counter
         # A row still on its way back (only a pass shorter than the latency can read it again that soon).
         unwritten = [tag.valid & (tag.row == self.row) for tag in tags[:-1]] if self.rewrites and self.rows < self.latency else []
         m.d.comb += [self.issue.eq(reading & (credits != 0) & ~Cat(unwritten).any()),
@@ -191,17 +215,17 @@ class RowReader:
                      self.rows_out.valid.eq(queue.r_rdy), self.rows_out.payload.eq(queue.r_data),
                      queue.r_en.eq(self.rows_out.ready)]
         m.d.sync += [tags[0].valid.eq(self.issue), tags[0].row.eq(self.row), tags[0].step.eq(self.step),
-                     tags[0].last.eq(last_row & last_step)]
+                     tags[0].last.eq(row.last & step.last)]
         m.d.sync += [later.eq(earlier) for earlier, later in zip(tags, tags[1:])]
         with m.If(self.ready & ~reading & ~finishing):
-            m.d.sync += [reading.eq(1), self.row.eq(0), self.step.eq(0), last_row.eq(self.rows == 1),
-                         last_step.eq(self.timesteps == 1)]
+            m.d.sync += reading.eq(1)
+            row.restart(m)
+            step.restart(m)
         with m.If(self.issue):
-            m.d.sync += [self.row.eq(Mux(last_row, 0, self.row + 1)),
-                         last_row.eq(Mux(last_row, self.rows == 1, self.row == self.rows - 2))]
-            with m.If(last_row):
-                m.d.sync += [self.step.eq(self.step + 1), last_step.eq(self.step == self.timesteps - 2)]
-                with m.If(last_step):
+            row.advance(m)
+            with m.If(row.last):
+                step.advance(m)
+                with m.If(step.last):
                     m.d.sync += [reading.eq(0), finishing.eq(1)]
         with m.If(self.done):
             m.d.sync += finishing.eq(0)

@@ -54,7 +54,7 @@ class MembranePort(wiring.Signature):
 
 
 def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, zero, name: str,
-                   chunk_bits: int | None = None) -> Signal:
+                   chunks: list[tuple[int, int]] | None = None) -> Signal:
     """The data of a two-cycle read that a stage's own last write keeps exact.
 
     ``raw``: a synchronous write-first read of the row ``read_addr`` gave in the cycle before
@@ -66,10 +66,10 @@ def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, 
     multiplexer per bit of the row (1,280 of them for 64 lanes), and as a register feeding the
     stage's adders that net's routing had set the MNIST MLP's clock.
 
-    With ``chunk_bits``, each chunk of that many bits compares the write's row with its own copy of
-    the read's row (hw/fanout.py), so no one select drives the whole row.
+    With ``chunks`` (``(low, high)`` bit ranges, :func:`_chunks`), each chunk compares the write's row
+    with its own copy of the read's row (hw/fanout.py), so no one select drives the whole row.
     """
-    chunks = _chunks(len(raw), chunk_bits)
+    chunks = chunks or _chunks(len(raw), None)
     # the row whose data is in `raw`, a copy per chunk
     addressed = fanout_copies(m, f"{name}_addressed", read_addr, len(read_addr), len(chunks))
     out = Signal(len(raw), name=f"{name}_data")
@@ -118,16 +118,15 @@ class MembraneBanks(wiring.Component):
                 write.en.eq(Mux(drained, drain.write_en & (drain_bank == k), fill.write_en & (fill_bank == k))),
             ]
             reads.append(read.data)
-        raw = {}
-        for port, bank, name in ((fill, fill_bank, "fill"), (drain, drain_bank, "drain")):
+        raw, chunks = {}, _chunks(self.width, self.chunk_bits)
+        for bank, name in ((fill_bank, "fill"), (drain_bank, "drain")):
             # The bank the read in the RAM's output came from, a copy per chunk.
-            chunks = _chunks(self.width, self.chunk_bits)
             read_bank = fanout_copies(m, f"{name}_read_bank", bank, 1, len(chunks))
             raw[name] = Cat(Mux(copy, reads[1][low:high], reads[0][low:high])
                             for (low, high), copy in zip(chunks, read_bank))
         m.d.comb += fill.read_data.eq(forwarded_read(m, raw["fill"], fill.read_addr, fill.write_addr,
                                                      fill.write_data, fill.write_en, fill.zero_read, "fill",
-                                                     self.chunk_bits))
+                                                     chunks))
         drained = Signal(self.width, name="drain_registered")
         m.d.sync += drained.eq(raw["drain"])
         m.d.comb += drain.read_data.eq(drained)

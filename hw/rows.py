@@ -84,7 +84,7 @@ def row_table(m: Module, name: str, width: int, rows: tuple[int, ...]):
     else:
         group_of = Signal(len(addr) - low, name=f"{name}_group_of")
         choices = [*picked, *[picked[-1]] * ((1 << len(group_of)) - len(picked))]
-        m.d.sync += [group_of.eq(addr[low:]), data.eq(Array(choices)[group_of])]
+        m.d.sync += [group_of.eq(addr[low:]), data.eq(mux_tree(choices, group_of))]
     return SimpleNamespace(addr=addr, data=data)
 
 
