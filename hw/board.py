@@ -70,13 +70,14 @@ LoadRequest = data.StructLayout({"layer": 8, "address": 16, "count": 8})
 class ImageHandoff(wiring.Signature):
     """The frame receiver's hold on the image buffer, from the receiver's side.
 
-    ``addr``/``data``/``en``: a beat of the image being received (``words`` beats of ``width``
-    bits). ``start``: one cycle, the request passed its CRC: load the image into the core.
-    ``busy``: the buffer still holds an image not yet in the core.
+    ``addr``/``data``/``en``: codes of the image being received, into word ``addr`` (``words``
+    words of ``lanes`` codes of ``timesteps`` bits); ``en`` has a bit per lane, and a lane is
+    written where its bit is set. ``start``: one cycle, the request passed its CRC: load the image
+    into the core. ``busy``: the buffer still holds an image not yet in the core.
     """
 
-    def __init__(self, words: int, width: int):
-        super().__init__({"addr": Out(range(max(2, words))), "data": Out(width), "en": Out(1),
+    def __init__(self, words: int, lanes: int, timesteps: int):
+        super().__init__({"addr": Out(range(max(2, words))), "data": Out(lanes * timesteps), "en": Out(lanes),
                           "start": Out(1), "busy": In(1)})
 
 
@@ -110,7 +111,7 @@ class FrameReceiver(wiring.Component):
         plan = params.plan
         members = {
             "bytes": In(stream.Signature(8)),
-            "image": Out(ImageHandoff(plan.input.words, plan.input.lanes * plan.timesteps)),
+            "image": Out(ImageHandoff(plan.input.words, plan.input.lanes, plan.timesteps)),
             "requests": Out(stream.Signature(InFlight)),
             "in_flight": In(1),
             "generation": Out(8),
@@ -131,11 +132,12 @@ class FrameReceiver(wiring.Component):
         self._last_byte = Signal()                           # _count is at the image's last byte (registered)
         self._crc_ok = Signal()          # the frame's CRC matched (registered: the check is a cycle of its own)
         self._take = Signal()
+        self._refusing, self._refusal = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # a refusal now, its code
         self._load = Signal(LoadRequest)                       # (unused without run-time weights)
         self._row = Signal(8 * max(1, p.load_bytes))          # the row being received, first byte in the LSBs
         self._row_byte, self._row_index = index_signal(p.load_bytes), index_signal(p.load_rows)
         lanes, T = p.plan.input.lanes, p.plan.timesteps
-        self._beat, self._word = Signal(lanes * T), index_signal(p.plan.input.words)
+        self._word = index_signal(p.plan.input.words)
         self._lane = Signal(lanes, init=1)           # the lane the next code goes to, one-hot
         m.d.comb += [self.bytes.ready.eq(self._take), self._crc.data.eq(self.bytes.payload)]
         with m.If(self.identify.ready):
@@ -151,6 +153,7 @@ class FrameReceiver(wiring.Component):
             self._load_rows(m)
         self._check(m)
         self._take_bytes(m)
+        self._refusals(m)
         return m
 
     def _take_bytes(self, m: Module) -> None:
@@ -170,7 +173,14 @@ class FrameReceiver(wiring.Component):
 
     def _refuse(self, m: Module, code: ErrorKind) -> None:
         """Queue a refusal: a register in front of the refusal queue (only when :meth:`_refusal_room`)."""
-        m.d.sync += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq), self.errors.payload.code.eq(code)]
+        m.d.comb += [self._refusing.eq(1), self._refusal.eq(code)]
+
+    def _refusals(self, m: Module) -> None:
+        """The refusal register, written in one place (each of the seven refusals writing it was a layer of
+        multiplexers on its 24 bits: ~360 logic cells)."""
+        with m.If(self._refusing):
+            m.d.sync += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq),
+                         self.errors.payload.code.eq(self._refusal)]
 
     def _refusal_room(self):
         """The refusal register is empty or goes into the queue this cycle."""
@@ -197,7 +207,7 @@ class FrameReceiver(wiring.Component):
         with self._fsm.State("LEN1"):
             with m.If(available):
                 m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._last_byte.eq(p.image_bytes == 1),
-                             self._beat.eq(0), self._lane.eq(1), self._word.eq(0)]
+                             self._lane.eq(1), self._word.eq(0)]
                 self._fsm.next = "DECIDE"
         # The header is in registers: DECIDE compares it into flags (registers), ROUTE acts on them (what
         # follows, or a refusal), so no cycle runs from the length's compare to the refusal and the state.
@@ -229,10 +239,14 @@ class FrameReceiver(wiring.Component):
                     self._fsm.next = "HUNT"
 
     def _image_payload(self, m: Module) -> None:
-        """An INFER's codes, packed ``lanes`` to a beat and written into the image buffer."""
+        """An INFER's codes, each written into its lane of the image buffer (the buffer's write enable has
+        a bit per lane: a word of codes gathered in a register cost ~450 logic cells at 8 lanes of 8 steps).
+        The last word's lanes past the image are written with zeros by the image's last code."""
         p, plan, byte = self.params, self.params.plan, self.bytes.payload
         T, lanes = plan.timesteps, plan.input.lanes
-        beat, lane, word = self._beat, self._lane, self._word
+        lane, word = self._lane, self._word
+        real = plan.input.size - (plan.input.words - 1) * lanes      # lanes of the last word that hold codes
+        padding = ((1 << lanes) - 1) ^ ((1 << real) - 1)
         low_byte = Signal(8)                         # first byte of a two-byte code
         count, last_byte = self._count, self._last_byte
         with self._fsm.State("PAYLOAD"):
@@ -247,16 +261,14 @@ class FrameReceiver(wiring.Component):
                 else:
                     code_done, code = Const(1), byte[:T]
                 with m.If(code_done):
-                    # Place the code in its lane (a multiplexer per bit on the lane's one-hot flip-flop: a
-                    # shift by lane * T was a barrel shifter, ~600 logic cells at 8 lanes of 8 steps); write
-                    # the beat when full or at the image's end.
-                    placed = Signal(lanes * T)
-                    m.d.comb += placed.eq(Cat(Mux(lane[k], code, beat[k * T:(k + 1) * T]) for k in range(lanes)))
+                    zero_or_code = Mux(last_byte, 0, code)
+                    m.d.comb += [self.image.addr.eq(word),
+                                 self.image.data.eq(Cat(*[code] * real, *[zero_or_code] * (lanes - real))),
+                                 self.image.en.eq(lane | Mux(last_byte, padding, 0))]
                     with m.If(lane[lanes - 1] | last_byte):
-                        m.d.comb += [self.image.en.eq(1), self.image.addr.eq(word), self.image.data.eq(placed)]
-                        m.d.sync += [beat.eq(0), lane.eq(1), word.eq(word + 1)]
+                        m.d.sync += [lane.eq(1), word.eq(word + 1)]
                     with m.Else():
-                        m.d.sync += [beat.eq(placed), lane.eq(lane << 1)]
+                        m.d.sync += lane.eq(lane << 1)
                 with m.If(last_byte):
                     self._fsm.next = "CRC0"
 
@@ -393,7 +405,7 @@ class ImageLoader(wiring.Component):
         self.params = params
         plan = params.plan
         super().__init__({
-            "receive": In(ImageHandoff(plan.input.words, plan.input.lanes * plan.timesteps)),
+            "receive": In(ImageHandoff(plan.input.words, plan.input.lanes, plan.timesteps)),
             "images": Out(stream.Signature(image_beat_layout(plan.input.lanes, plan.timesteps))),
         })
 
@@ -402,7 +414,7 @@ class ImageLoader(wiring.Component):
         plan, words = self.params.plan, self.params.plan.input.words
         m.submodules.image = image = memory.Memory(shape=plan.input.lanes * plan.timesteps, depth=max(2, words),
                                                    init=[])
-        write, read = image.write_port(), image.read_port()
+        write, read = image.write_port(granularity=plan.timesteps), image.read_port()
         m.d.comb += [write.addr.eq(self.receive.addr), write.data.eq(self.receive.data),
                      write.en.eq(self.receive.en)]
         busy, loading, word = Signal(), Signal(), index_signal(words + 1)

@@ -346,7 +346,9 @@ def _run_receiver(params, data: bytes, cycles: int = 400, busy=lambda cycle: Fal
     With run-time weights: the LOAD buffer rows written, the LOADs started (``busy(cycle)``: the
     weight loader's busy input) and the acknowledgements."""
     dut = FrameReceiver(params)
-    out = {"requests": [], "errors": [], "identify": [], "image": [], "start": 0, "rows": [], "loads": [], "acks": []}
+    T, lanes = params.plan.timesteps, params.plan.input.lanes
+    out = {"requests": [], "errors": [], "identify": [], "image": {}, "start": 0, "rows": [], "loads": [], "acks": [],
+           "lane_bits": [((1 << T) - 1) << (lane * T) for lane in range(lanes)]}
     ports = {"taken": dut.bytes.ready, "req": dut.requests.valid, "seq": dut.requests.payload,
              "err": dut.errors.valid, "error": dut.errors.payload, "ident": dut.identify.valid,
              "ident_seq": dut.identify.payload, "write": dut.image.en, "addr": dut.image.addr, "beat": dut.image.data,
@@ -385,8 +387,12 @@ def _record(out: dict, got: dict, cycle: int) -> None:
         out["errors"].append((got["error"].seq, got["error"].code))
     if got["ident"]:
         out["identify"].append(got["ident_seq"])
-    if got["write"]:
-        out["image"].append((got["addr"], got["beat"]))
+    if got["write"]:      # the lanes whose bit is set in the write enable (unwritten lanes read as all ones)
+        word = out["image"].setdefault(got["addr"], sum(out["lane_bits"]))
+        for lane, bits in enumerate(out["lane_bits"]):
+            if got["write"] >> lane & 1:
+                word = word & ~bits | got["beat"] & bits
+        out["image"][got["addr"]] = word
     if got["ack"]:
         out["acks"].append(got["ack_seq"])
     out["start"] += got["start"]
@@ -401,7 +407,7 @@ def test_frame_receiver_accepts_a_checked_image(board):
     codes = [3, 0, 15, 7, 1]
     out = _run_receiver(params, encode_frame(FrameType.INFER, 41, bytes(codes)))
     assert out["requests"] == [41] and out["errors"] == [] and out["start"] == 1
-    assert out["image"] == list(enumerate(params.plan.input.beats(codes)))
+    assert out["image"] == dict(enumerate(params.plan.input.beats(codes)))
 
 
 @pytest.mark.parametrize("frame,error", [
@@ -583,7 +589,7 @@ def test_image_loader_streams_the_buffer_into_the_core(board):
         for address, beat in enumerate(beats):
             ctx.set(dut.receive.addr, address)
             ctx.set(dut.receive.data, beat)
-            ctx.set(dut.receive.en, 1)
+            ctx.set(dut.receive.en, (1 << params.plan.input.lanes) - 1)
             await ctx.tick()
         ctx.set(dut.receive.en, 0)
         ctx.set(dut.receive.start, 1)
