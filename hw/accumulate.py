@@ -186,8 +186,10 @@ class _DenseWalk:
         self.row = self.block.value
         self.weight_row = index_signal(plan.blocks * plan.inputs)
         self.weight_row_next = Signal.like(self.weight_row)     # row of the same event in the next block
-        m.d.comb += [issue.row.eq(self.row), weights.addr.eq(self.weight_row),
-                     biases.addr.eq(self.row)]
+        # The weights' address follows the event in every state (read only for an event): under EVENTS it
+        # was the binary step state's decode in front of the address, the iCE40's slowest path.
+        m.d.comb += [issue.row.eq(self.row), weights.addr.eq(self.weight_row), biases.addr.eq(self.row),
+                     self.weight_row.eq(Mux(self.block.first, events.payload.addr, self.weight_row_next))]
 
     def start_pass(self, m: Module) -> None:
         self.block.restart(m)
@@ -198,8 +200,7 @@ class _DenseWalk:
 
     def on_event(self, m: Module) -> None:
         payload = self.events.payload
-        m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD), self.issue.spike.eq(payload.spike),
-                     self.weight_row.eq(Mux(self.block.first, payload.addr, self.weight_row_next))]
+        m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD), self.issue.spike.eq(payload.spike)]
         # (Both sums from registers, then the choice: the sum of the chosen row was one path with the state.)
         m.d.sync += self.weight_row_next.eq(Mux(self.block.first, payload.addr + self.plan.inputs,
                                                 self.weight_row_next + self.plan.inputs))

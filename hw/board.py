@@ -146,6 +146,7 @@ class FrameReceiver(wiring.Component):
             m.d.sync += self.errors.valid.eq(0)
         # One flip-flop per state: the decode of a binary state led the receiver's paths on the iCE40.
         self._fsm = OneHotFSM(m, "receive", initial="HUNT")
+        self._refusals(m)
         self._header(m)
         self._image_payload(m)
         if self.params.load_bytes:                   # (LEN1 refuses a LOAD otherwise)
@@ -153,7 +154,6 @@ class FrameReceiver(wiring.Component):
             self._load_rows(m)
         self._check(m)
         self._take_bytes(m)
-        self._refusals(m)
         return m
 
     def _take_bytes(self, m: Module) -> None:
@@ -177,14 +177,20 @@ class FrameReceiver(wiring.Component):
 
     def _refusals(self, m: Module) -> None:
         """The refusal register, written in one place (each of the seven refusals writing it was a layer of
-        multiplexers on its 24 bits: ~360 logic cells)."""
-        with m.If(self._refusing):
+        multiplexers on its 24 bits: ~360 logic cells), a cycle after the refusal: the refusal and its code
+        wait in ``_pending`` registers (the OR of the seven refusals' conditions in front of the refusal
+        register's valid was the iCE40's slowest path). The seq is still the refused frame's then: a frame's
+        seq comes at least three bytes after the refusal sends the receiver hunting."""
+        pending, code = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)
+        m.d.sync += [pending.eq(self._refusing), code.eq(self._refusal)]
+        with m.If(pending):
             m.d.sync += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq),
-                         self.errors.payload.code.eq(self._refusal)]
+                         self.errors.payload.code.eq(code)]
+        self._pending = pending
 
     def _refusal_room(self):
-        """The refusal register is empty or goes into the queue this cycle."""
-        return ~self.errors.valid | self.errors.ready
+        """No refusal waits, and the refusal register is empty or goes into the queue this cycle."""
+        return ~self._pending & (~self.errors.valid | self.errors.ready)
 
     def _field_states(self, m: Module, fields) -> None:
         """One state per byte of a frame's fixed fields ``(state, target, next state)``: the byte
