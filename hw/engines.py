@@ -100,7 +100,8 @@ def _banked(m: Module, engine, second_stage) -> None:
     plan = engine.plan
     m.submodules.accumulate = accumulate = _accumulate_stage(plan)
     m.submodules.banks = banks = MembraneBanks(plan.rows, plan.lanes * plan.membrane_width,
-                                               chunk_bits=FANOUT_LANES * plan.membrane_width)
+                                               chunk_bits=FANOUT_LANES * plan.membrane_width,
+                                               drain_rereads=second_stage.rereads)
     m.submodules[second_stage.__class__.__name__.lower()] = second_stage
     wiring.connect(m, wiring.flipped(engine.spikes_in), accumulate.events)
     wiring.connect(m, accumulate.membranes, banks.fill)

@@ -52,6 +52,8 @@ class FireStage(wiring.Component):
         assert plan.conv is not None or not (plan.emits_pixels or plan.emits_rows), \
             "only a convolution's events carry coordinates"
         self.plan, self.skip_silent = plan, skip_silent
+        #: It may read a row in the cycle it writes the row back: a pass of no more rows than its latency.
+        self.rereads = plan.rows <= FIRE_LATENCY
         super().__init__({
             "membranes": Out(MembranePort(plan.rows, plan.lanes * plan.membrane_width)),
             "spikes": Out(stream.Signature(fire_output_layout(plan))),

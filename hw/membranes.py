@@ -6,10 +6,13 @@ image n+1 while stage 2 works on image n. A bank's ports belong to the draining 
 it is full and to the filling stage while it is empty (docs/core.md, "One layer engine").
 
 Reads take two cycles (:data:`READ_LATENCY`): the block RAM's output is registered, so no
-carry chain follows a RAM output in the same cycle. The RAM reads write-first (a row written
-in the cycle it is read comes back new); the fill port also forwards its last write
-(:func:`forwarded_read`), so the accumulate stage may update one row every cycle. The drain
-port does not: a fire stage reads a row again no sooner than the cycle it writes it back.
+carry chain follows a RAM output in the same cycle. The RAM reads old data (a row written in
+the cycle it is read comes back as it was: neither the iCE40's nor the ECP5's block RAM reads
+its own write, and yosys built the difference from logic for each bank, a register and a
+multiplexer per bit); the fill port forwards the write of the read's own cycle and of the
+cycle after it (:func:`forwarded_read`), so the accumulate stage may update one row every
+cycle. The drain port forwards the write of the read's own cycle only where its stage may read
+a row in the cycle it writes it back (``drain_rereads``: a fire stage of few rows).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class MembranePort(wiring.Signature):
     ``done``: one cycle, the stage is finished with it (fill: hand it to the fire stage;
     drain: free it for the next image); it issues no read in that cycle. Rows are ``width``
     bits (``lanes`` membranes). ``read_data`` in cycle ``c + 2`` is row ``read_addr`` of cycle
-    ``c`` with every write of the cycles up to ``c`` in it (:data:`READ_LATENCY`); on the fill
+    ``c`` with every write of the cycles up to ``c`` in it (:data:`READ_LATENCY`; on a drain port
+    without ``drain_rereads``, up to ``c - 1``: its stage never reads a row in a cycle it writes it); on the fill
     port, also the write of cycle ``c + 1`` (:class:`MembraneBanks`), and ``zero_read`` in
     cycle ``c + 1`` makes it 0 instead (the accumulate stage's CLEAR: the row is zeroed on its
     way into the read register, so the stage's adders have no clear multiplexer of their own).
@@ -54,28 +58,34 @@ class MembranePort(wiring.Signature):
 
 
 def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, zero, name: str,
-                   chunks: list[tuple[int, int]] | None = None) -> Signal:
-    """The data of a two-cycle read that a stage's own last write keeps exact.
+                   chunks: list[tuple[int, int]] | None = None, after: bool = True) -> Signal:
+    """The data of a two-cycle read that a stage's own writes keep exact.
 
-    ``raw``: a synchronous write-first read of the row ``read_addr`` gave in the cycle before
-    (it has the writes up to that read's cycle, and misses the write of this one). Returns a
-    register that, two cycles after ``read_addr``, holds ``raw``, or the write of the cycle in
-    between if it was to the same row, or 0 if ``zero`` was high in that cycle in between (a
-    synchronous reset of the register). The choice is made on the way into the register, so
-    the stage reads a register with no multiplexer after it: the choice's select drives a
-    multiplexer per bit of the row (1,280 of them for 64 lanes), and as a register feeding the
-    stage's adders that net's routing had set the MNIST MLP's clock.
+    ``raw``: a synchronous read-old of the row ``read_addr`` gave in the cycle before (it has the
+    writes before that read's cycle). Returns a register that, two cycles after ``read_addr``, holds
+    ``raw``, or the write of the read's own cycle if it was to the same row, or (``after``) the write
+    of the cycle in between if it was to the same row (the later wins), or 0 if ``zero`` was high in
+    that cycle in between (a synchronous reset of the register). The choice is made on the way into
+    the register, so the stage reads a register with no multiplexer after it: the choice's select
+    drives a multiplexer per bit of the row (1,280 of them for 64 lanes), and as a register feeding
+    the stage's adders that net's routing had set the MNIST MLP's clock.
 
     With ``chunks`` (``(low, high)`` bit ranges, :func:`_chunks`), each chunk compares the write's row
     with its own copy of the read's row (hw/fanout.py), so no one select drives the whole row.
     """
     chunks = chunks or _chunks(len(raw), None)
+    # the write of the read's own cycle (its data, and whether it was the read's row: a copy per chunk)
+    written = Signal(len(raw), name=f"{name}_written")
+    m.d.sync += written.eq(write_data)
+    same = fanout_copies(m, f"{name}_same", write_en & (write_addr == read_addr), 1, len(chunks))
     # the row whose data is in `raw`, a copy per chunk
-    addressed = fanout_copies(m, f"{name}_addressed", read_addr, len(read_addr), len(chunks))
+    addressed = fanout_copies(m, f"{name}_addressed", read_addr, len(read_addr), len(chunks)) if after else []
     out = Signal(len(raw), name=f"{name}_data")
-    for (low, high), row in zip(chunks, addressed):
-        forward = write_en & (write_addr == row)
-        m.d.sync += out[low:high].eq(Mux(zero, 0, Mux(forward, write_data[low:high], raw[low:high])))
+    for k, (low, high) in enumerate(chunks):
+        data = Mux(same[k], written[low:high], raw[low:high])
+        if after:
+            data = Mux(write_en & (write_addr == addressed[k]), write_data[low:high], data)
+        m.d.sync += out[low:high].eq(Mux(zero, 0, data))
     return out
 
 
@@ -91,10 +101,11 @@ class MembraneBanks(wiring.Component):
     ``fill``: the accumulate stage's port; ``drain``: the fire or readout stage's port.
     """
 
-    def __init__(self, rows: int, width: int, chunk_bits: int | None = None):
-        """``chunk_bits``: each port's read chooses its bank (and the fill port's forwards its last write)
-        by a select for each chunk of that many bits (:func:`forwarded_read`); None: one for the row."""
-        self.rows, self.width, self.chunk_bits = rows, width, chunk_bits
+    def __init__(self, rows: int, width: int, chunk_bits: int | None = None, drain_rereads: bool = True):
+        """``chunk_bits``: each port's read chooses its bank (and forwards writes) by a select for each
+        chunk of that many bits (:func:`forwarded_read`); None: one for the row. ``drain_rereads``: the
+        drain port's stage may read a row in the cycle it writes it (its read then gets the write)."""
+        self.rows, self.width, self.chunk_bits, self.drain_rereads = rows, width, chunk_bits, drain_rereads
         super().__init__({"fill": In(MembranePort(rows, width)), "drain": In(MembranePort(rows, width))})
 
     def elaborate(self, platform):
@@ -109,7 +120,7 @@ class MembraneBanks(wiring.Component):
             bank = memory.Memory(shape=unsigned(self.width), depth=max(2, self.rows), init=[])
             m.submodules[f"membranes{k}"] = bank
             write = bank.write_port()
-            read = bank.read_port(transparent_for=(write,))
+            read = bank.read_port()           # read-old (the ports forward their own writes)
             drained = full[k]
             m.d.comb += [
                 read.addr.eq(Mux(drained, drain.read_addr, fill.read_addr)),
@@ -127,8 +138,12 @@ class MembraneBanks(wiring.Component):
         m.d.comb += fill.read_data.eq(forwarded_read(m, raw["fill"], fill.read_addr, fill.write_addr,
                                                      fill.write_data, fill.write_en, fill.zero_read, "fill",
                                                      chunks))
-        drained = Signal(self.width, name="drain_registered")
-        m.d.sync += drained.eq(raw["drain"])
+        if self.drain_rereads:
+            drained = forwarded_read(m, raw["drain"], drain.read_addr, drain.write_addr, drain.write_data,
+                                     drain.write_en, 0, "drain", chunks, after=False)
+        else:
+            drained = Signal(self.width, name="drain_registered")
+            m.d.sync += drained.eq(raw["drain"])
         m.d.comb += drain.read_data.eq(drained)
         m.d.comb += [fill.ready.eq(~full.bit_select(fill_bank, 1)), drain.ready.eq(full.bit_select(drain_bank, 1))]
         with m.If(fill.done):         # the filled bank becomes full; fill the other one next

@@ -28,6 +28,7 @@ class Readout(wiring.Component):
     def __init__(self, plan: LayerPlan):
         assert not plan.fires
         self.plan = plan
+        self.rereads = False                   # it writes no row
         super().__init__({
             "membranes": Out(MembranePort(plan.rows, plan.lanes * plan.membrane_width)),
             "results": Out(stream.Signature(result_layout(plan.neurons, plan.output_addr_width, plan.membrane_width))),

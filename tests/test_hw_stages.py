@@ -283,7 +283,7 @@ def test_readout_sends_the_logits_and_the_first_largest():
 
 def test_membrane_reads_see_the_stages_writes_before_they_land():
     """A fill-port read returns the newest of the writes to its row up to the cycle before its data:
-    the RAM's own (written in the read's cycle: write-first), or the last one (forwarded)."""
+    the one in the read's own cycle or the one after it (both forwarded: the RAM reads old data)."""
     banks = MembraneBanks(rows=3, width=8)
     writes = {0: (1, 5), 1: (2, 7), 2: (1, 9)}          # cycle: (row, value)
     reads = [1, 1, 2, 1, 0]                               # one address per cycle
@@ -306,6 +306,35 @@ def test_membrane_reads_see_the_stages_writes_before_they_land():
     sim.add_testbench(bench)
     sim.run()
     assert seen == [5, 9, 7, 9, 0]
+
+
+@pytest.mark.parametrize("rereads", [True, False])
+def test_a_drain_read_sees_a_write_of_its_own_cycle_only_where_its_stage_rereads(rereads):
+    """A fire stage of few rows may read a row in the cycle it writes it back: its read gets the write."""
+    banks = MembraneBanks(rows=3, width=8, drain_rereads=rereads)
+    seen = []
+
+    async def bench(ctx):
+        for _ in _fill_bank(ctx, banks.fill, [4, 5, 6]):
+            await ctx.tick()
+        drain = banks.drain
+        ctx.set(drain.read_addr, 1)
+        ctx.set(drain.write_addr, 1)
+        ctx.set(drain.write_data, 77)
+        ctx.set(drain.write_en, 1)
+        await ctx.tick()
+        ctx.set(drain.write_en, 0)
+        ctx.set(drain.read_addr, 1)
+        await ctx.tick()
+        seen.append(ctx.get(drain.read_data))          # the read of the write's cycle
+        await ctx.tick()
+        seen.append(ctx.get(drain.read_data))          # the read a cycle later
+
+    sim = Simulator(banks)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == ([77, 77] if rereads else [5, 77])
 
 
 def test_membrane_banks_alternate_between_fill_and_drain():
