@@ -30,6 +30,7 @@ from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
 from ..hw.fanout import YOSYS_KEEP_COPIES
+from ..hw.rows import YOSYS_NO_COLLISIONS
 from .board import board_params, load_rows, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
 
@@ -485,6 +486,7 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
                 # Amaranth gives every memory an initial value (zeros); SPRAM cannot have one.
                 script.append("delete t:$meminit_v2 r:MEMID=*weights_spram %i")
                 overrides["synth_opts"] = "-spram"
+            script.append(YOSYS_NO_COLLISIONS)                                # (hw/rows.py)
             overrides["script_after_read"] = "\n".join(script)
             platform.prepare(_OnBoard(params, pll), name="top", **overrides).extract(str(work))
         except ToolNotFound as exc:

@@ -24,7 +24,7 @@ from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameT
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
 from .onehot import OneHotFSM
-from .rows import mux_tree
+from .rows import NO_COLLISIONS, mux_tree
 from .streams import SlowStreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
@@ -422,8 +422,9 @@ class ImageLoader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         plan, words = self.params.plan, self.params.plan.input.words
+        # (Written only while not busy, read for the core only while busy: no read meets a write.)
         m.submodules.image = image = memory.Memory(shape=plan.input.lanes * plan.timesteps, depth=max(2, words),
-                                                   init=[])
+                                                   init=[], attrs=NO_COLLISIONS)
         write, read = image.write_port(granularity=plan.timesteps), image.read_port()
         m.d.comb += [write.addr.eq(self.receive.addr), write.data.eq(self.receive.data),
                      write.en.eq(self.receive.en)]
@@ -462,7 +463,9 @@ class WeightLoader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p, plan, request = self.params, self.params.plan, self.requests.request
-        m.submodules.buffer = buffer = memory.Memory(shape=8 * p.load_bytes, depth=max(2, p.load_rows), init=[])
+        # (Written only while not busy, read only while busy: no read meets a write.)
+        m.submodules.buffer = buffer = memory.Memory(shape=8 * p.load_bytes, depth=max(2, p.load_rows), init=[],
+                                                     attrs=NO_COLLISIONS)
         write, read = buffer.write_port(), buffer.read_port()
         m.d.comb += [write.addr.eq(self.requests.addr), write.data.eq(self.requests.data),
                      write.en.eq(self.requests.en)]

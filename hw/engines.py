@@ -20,6 +20,7 @@ from .events import (BlockScanner, RowReader, ScanCoordinates, image_beat_layout
 from .fire import FireStage, fire_output_layout
 from .fanout import FANOUT_LANES
 from .membranes import READ_LATENCY, MembraneBanks
+from .rows import NO_COLLISIONS
 from .readout import Readout
 
 __all__ = ["InputEncoder", "LayerEngine", "OutputEngine"]
@@ -45,7 +46,9 @@ class InputEncoder(wiring.Component):
         m = Module()
         plan, T = self.plan, self.plan.timesteps
         words = plan.words
-        m.submodules.buffer = buffer = memory.Memory(shape=unsigned(plan.lanes * T), depth=2 * words, init=[])
+        # (A bank is written only while empty and read only while full: no read meets a write of its row.)
+        m.submodules.buffer = buffer = memory.Memory(shape=unsigned(plan.lanes * T), depth=2 * words, init=[],
+                                                     attrs=NO_COLLISIONS)
         write, read = buffer.write_port(), buffer.read_port()
         full = Signal(2)
 

@@ -22,6 +22,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .fanout import fanout_copies
+from .rows import NO_COLLISIONS
 
 __all__ = ["READ_LATENCY", "MembranePort", "MembraneBanks", "forwarded_read"]
 
@@ -117,7 +118,7 @@ class MembraneBanks(wiring.Component):
         reads = []
         for k in range(2):
             # At least two rows: a one-row memory would have a zero-width address, which Verilog cannot declare.
-            bank = memory.Memory(shape=unsigned(self.width), depth=max(2, self.rows), init=[])
+            bank = memory.Memory(shape=unsigned(self.width), depth=max(2, self.rows), init=[], attrs=NO_COLLISIONS)
             m.submodules[f"membranes{k}"] = bank
             write = bank.write_port()
             read = bank.read_port()           # read-old (the ports forward their own writes)

@@ -12,7 +12,20 @@ from amaranth.lib import data, memory
 
 from ..contract.plan import TABLE_ROWS, LayerPlan
 
-__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY"]
+__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY", "NO_COLLISIONS",
+           "YOSYS_NO_COLLISIONS"]
+
+#: Attributes of a memory (one read port, one write port) none of whose reads uses the data of a row
+#: written in the read's own cycle (the design never reads such a row, or forwards the write itself).
+#: Simulation reads old data; the board build (:data:`YOSYS_NO_COLLISIONS`) tells yosys that the read
+#: may return anything then, so it builds no read-old logic around the block RAM (neither the iCE40's
+#: nor the ECP5's reads old data: a register and a multiplexer per bit, ~500 cells for the encoder's
+#: buffer of 8 lanes of 8 steps, more for the membrane banks).
+NO_COLLISIONS = {"no_rw_check": 1}
+#: yosys commands (after reading the design): a read of a :data:`NO_COLLISIONS` memory does not care what
+#: it returns when its row is written in the same cycle. (yosys honours ``no_rw_check`` itself only for
+#: read ports it builds from flip-flops; Amaranth's ports are synchronous already.)
+YOSYS_NO_COLLISIONS = "proc\nmemory_collect\nsetparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:no_rw_check %i"
 
 #: Cycles from :func:`row_table`'s address to its data.
 TABLE_LATENCY = 2

