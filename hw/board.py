@@ -282,6 +282,11 @@ class FrameReceiver(wiring.Component):
         """A LOAD's layer, address and row count; the length must be exactly ``LOAD_HEAD + count *
         load_bytes`` with 1 to ``load_rows`` rows (none for the commit), else it is refused here."""
         p, byte, available = self.params, self.bytes.payload, self.bytes.valid
+        # Whether the LOAD names a layer with run-time weights (or commits), in a register: the layer is
+        # received long before ACT (its compares in front of the acknowledgement were the iCE40's slowest path).
+        target, self._load_known = self._load.layer, Signal()
+        m.d.sync += self._load_known.eq((target == COMMIT_LAYER)
+                                        | Cat(target == layer.index for layer in p.plan.loaded_layers).any())
         self._field_states(m, (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
                                ("ADDR1", self._load.address[8:], "COUNT")))
         with self._fsm.State("COUNT"):
@@ -392,10 +397,7 @@ class FrameReceiver(wiring.Component):
         return self.weights.busy if self.params.load_bytes else Const(0)
 
     def _accept_load(self, m: Module) -> None:
-        target = self._load.layer
-        known = target == COMMIT_LAYER
-        for layer in self.params.plan.loaded_layers:
-            known |= target == layer.index
+        known = self._load_known
         with m.If(self.in_flight):                  # images in flight: the core is busy
             self._refuse(m, ErrorKind.BUSY)
         with m.Elif(~known):
