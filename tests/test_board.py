@@ -34,6 +34,30 @@ class Loopback(wiring.Component):
 
 
 @pytest.mark.parametrize("divisor", [4, 7, 16])
+def test_uart_transmitter_holds_each_bit_divisor_cycles(divisor):
+    """0x55 on the line: start bit low, then alternating bits LSB first, the stop bit high: ten runs of
+    exactly ``divisor`` cycles each."""
+    dut = UARTTransmitter(divisor)
+    line = []
+
+    async def bench(ctx):
+        ctx.set(dut.data.payload, 0x55)
+        ctx.set(dut.data.valid, 1)
+        await ctx.tick().until(dut.data.ready)
+        ctx.set(dut.data.valid, 0)
+        for _ in range(12 * divisor):
+            line.append(ctx.get(dut.tx))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    bits = line[line.index(0):][:10 * divisor]
+    assert bits == [bit for k in range(10) for bit in [(0x155 << 1 >> k) & 1] * divisor]
+
+
+@pytest.mark.parametrize("divisor", [4, 7, 16])
 def test_uart_loopback_carries_every_byte(divisor):
     dut = Loopback(divisor)
     sent = list(range(256))[:: 5 if divisor > 4 else 1]
