@@ -139,7 +139,7 @@ class FrameReceiver(wiring.Component):
         lanes, T = p.plan.input.lanes, p.plan.timesteps
         self._word = index_signal(p.plan.input.words)
         self._lane = Signal(lanes, init=1)           # the lane the next code goes to, one-hot
-        m.d.comb += [self.bytes.ready.eq(self._take), self._crc.data.eq(self.bytes.payload)]
+        m.d.comb += self.bytes.ready.eq(self._take)
         with m.If(self.identify.ready):
             m.d.sync += self.identify.valid.eq(0)
         with m.If(self.errors.ready):                    # (a refusal this cycle takes the register again)
@@ -167,9 +167,13 @@ class FrameReceiver(wiring.Component):
             summed += ["LOAD", "ADDR0", "ADDR1", "COUNT", "ROWS"]
             waiting |= bits["ROWS"] & self.weights.busy
         summing = Cat(bits[state] for state in summed).any()
-        m.d.comb += [self._take.eq(available & ~waiting & (summing | bits["HUNT"] | bits["CRC0"] | bits["CRC1"])),
-                     self._crc.valid.eq(available & ~waiting & summing),
-                     self._crc.start.eq(available & bits["HUNT"] & (byte == SYNC))]
+        m.d.comb += self._take.eq(available & ~waiting & (summing | bits["HUNT"] | bits["CRC0"] | bits["CRC1"]))
+        # The CRC takes each byte a cycle later, from registers (the received byte's compares and the CRC's
+        # XORs were one path into its register); it is read in COMPARE, bytes after the last one it sums.
+        crc_byte, crc_valid, crc_start = Signal(8), Signal(), Signal()
+        m.d.sync += [crc_byte.eq(byte), crc_valid.eq(available & ~waiting & summing),
+                     crc_start.eq(available & bits["HUNT"] & (byte == SYNC))]
+        m.d.comb += [self._crc.data.eq(crc_byte), self._crc.valid.eq(crc_valid), self._crc.start.eq(crc_start)]
 
     def _refuse(self, m: Module, code: ErrorKind) -> None:
         """Queue a refusal: a register in front of the refusal queue (only when :meth:`_refusal_room`)."""
