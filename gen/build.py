@@ -299,10 +299,12 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
             continue
         seen.add(key)
         logic, ram = logic_estimate(plan, board), ram_estimate(plan, board)
+        sprams = board.family != "ice40" or ice40_usage(plan)[1] <= board.spram_blocks
         candidates.append({"plan": plan, "lanes": list(key), "interval": plan.initiation_interval,
                            "logic": logic, "ram_blocks": ram,
-                           "fits": logic <= LOGIC_FILL * board.logic_cells and ram <= RAM_FILL * board.ram_blocks,
-                           "fits_device": logic <= board.logic_cells and ram <= board.ram_blocks})
+                           "fits": logic <= LOGIC_FILL * board.logic_cells and ram <= RAM_FILL * board.ram_blocks
+                           and sprams,
+                           "fits_device": logic <= board.logic_cells and ram <= board.ram_blocks and sprams})
     return candidates
 
 
@@ -327,13 +329,6 @@ def sizing_report(candidates: list[dict], board: BoardSpec) -> dict:
 def check_fit(plan: CorePlan, board: BoardSpec) -> None:
     """Refuse, before synthesis, a network whose memories cannot fit the board's RAM, or whose estimated
     logic is over the device's by more than the estimate's error (:data:`LOGIC_REFUSAL`)."""
-    logic, unit = logic_estimate(plan, board), "logic cells" if board.family == "ice40" else "LUT4s"
-    if logic > LOGIC_REFUSAL * board.logic_cells:
-        lanes = "/".join(str(layer.lanes) for layer in plan.layers)
-        fewer = ("fewer --lanes, " if any(layer.lanes > 1 for layer in plan.layers) else "") + "a smaller network"
-        raise BuildError(f"the network does not fit the {board.name} ({board.device}): at lanes {lanes} it needs "
-                         f"about {logic:,} {unit} (estimate), the device has {board.logic_cells:,}; "
-                         f"try {fewer} or a larger board")
     if board.family != "ice40":
         usage = ecp5_usage(plan)
         if sum(usage.values()) > board.ram_blocks:
@@ -343,7 +338,12 @@ def check_fit(plan: CorePlan, board: BoardSpec) -> None:
             raise BuildError(f"the network does not fit the {board.name} ({board.device}): it needs about "
                              f"{sum(usage.values())} DP16KD block RAMs ({parts}; {bits:,} bits of memory in all), "
                              f"the device has {board.ram_blocks} of {board.ram_block_bits} bits")
-        return
+    else:
+        _check_ice40_memory(plan, board)
+    _check_logic(plan, board)
+
+
+def _check_ice40_memory(plan: CorePlan, board: BoardSpec) -> None:
     ebr, spram = ice40_usage(plan)
     if ebr > board.ram_blocks or spram > board.spram_blocks:
         weight_bits = sum(layer.memory_bits["weights"] for layer in plan.layers)
@@ -354,6 +354,16 @@ def check_fit(plan: CorePlan, board: BoardSpec) -> None:
     if plan.load_addr_width > 16:
         raise BuildError(f"a layer keeps {1 << plan.load_addr_width:,}+ weight rows in SPRAM; "
                          "a LOAD addresses 65,536 (give that layer more --lanes)")
+
+
+def _check_logic(plan: CorePlan, board: BoardSpec) -> None:
+    logic, unit = logic_estimate(plan, board), "logic cells" if board.family == "ice40" else "LUT4s"
+    if logic > LOGIC_REFUSAL * board.logic_cells:
+        lanes = "/".join(str(layer.lanes) for layer in plan.layers)
+        fewer = ("fewer --lanes, " if any(layer.lanes > 1 for layer in plan.layers) else "") + "a smaller network"
+        raise BuildError(f"the network does not fit the {board.name} ({board.device}): at lanes {lanes} it needs "
+                         f"about {logic:,} {unit} (estimate), the device has {board.logic_cells:,}; "
+                         f"try {fewer} or a larger board")
 
 
 class _OnBoard(Elaboratable):

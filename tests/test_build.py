@@ -261,3 +261,26 @@ def test_spram_packing_keeps_a_convolution_s_lanes_a_divisor_of_its_channels():
     assert plan.layers[0].weights_loaded and plan.layers[0].lanes == 1
     net = make_conv_network(np.random.default_rng(0), (2, 6, 6), [(6, (3, 3), (1, 1), (1, 1))], 3, 4)
     assert plan_for_board(net, BOARDS["icebreaker"], spram=[0]).layers[0].lanes == 2
+
+
+def test_speed_sizing_keeps_an_spram_layer_at_one_lane_when_two_would_overfill_the_up5k():
+    """A 4-layer MLP: its first layer's weights go to SPRAM; two lanes there (a full 16-bit row) would need
+    more logic cells than the UP5K has, one lane fits, and that plan is built."""
+    net = make_network(np.random.default_rng(0), [64, 50, 33, 17, 10], 8)
+    candidates = speed_candidates(net, BOARDS["icebreaker"])
+    packed, single = candidates[0], candidates[1]
+    assert packed["lanes"] == [2, 1, 1, 1] and not packed["fits_device"]
+    assert single["lanes"] == [1, 1, 1, 1] and single["fits_device"] and not single["fits"]
+    assert fastest(candidates) is single
+    assert [layer.lanes for layer in plan_for_board(net, BOARDS["icebreaker"]).layers] == [1, 1, 1, 1]
+
+
+def test_a_plan_beyond_the_device_s_logic_is_refused_before_synthesis(tmp_path, digits_demo):
+    net = load_network(digits_demo["net_path"])
+    with pytest.raises(BuildError, match=r"icebreaker \(iCE40UP5K\): at lanes 2/2/2 it needs about [\d,]+ logic cells "
+                                         r"\(estimate\), the device has 5,280; try fewer --lanes"):
+        check_fit(plan_for_board(net, BOARDS["icebreaker"], lanes=[2, 2, 2]), BOARDS["icebreaker"])
+    proc = run_cli("build", str(digits_demo["net_path"]), "--board", "icebreaker", "--lanes", "2", "2", "2",
+                   "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "does not fit the icebreaker", "logic cells (estimate)")
+    assert not (tmp_path / "out").exists()
