@@ -256,11 +256,12 @@ def test_spram_packing_keeps_a_convolution_s_lanes_a_divisor_of_its_channels():
     """Two 8-bit weights fill a 16-bit SPRAM row, but a 5-channel convolution can only take 1 or 5 lanes."""
     from conftest import make_conv_network
 
-    net = make_conv_network(np.random.default_rng(0), (2, 6, 6), [(5, (3, 3), (1, 1), (1, 1))], 3, 4)
-    plan = plan_for_board(net, BOARDS["icebreaker"], spram=[0])
-    assert plan.layers[0].weights_loaded and plan.layers[0].lanes == 1
-    net = make_conv_network(np.random.default_rng(0), (2, 6, 6), [(6, (3, 3), (1, 1), (1, 1))], 3, 4)
-    assert plan_for_board(net, BOARDS["icebreaker"], spram=[0]).layers[0].lanes == 2
+    def packed(channels):         # speed sizing's first plan: one lane per layer, SPRAM rows filled
+        net = make_conv_network(np.random.default_rng(0), (2, 6, 6), [(channels, (3, 3), (1, 1), (1, 1))], 3, 4)
+        return speed_candidates(net, BOARDS["icebreaker"], spram=[0])[0]["plan"]
+
+    assert packed(5).layers[0].weights_loaded and packed(5).layers[0].lanes == 1
+    assert packed(6).layers[0].lanes == 2
 
 
 def test_speed_sizing_keeps_an_spram_layer_at_one_lane_when_two_would_overfill_the_up5k():
