@@ -55,17 +55,20 @@ class LogicFit:
     per_bit: float
 
 
-#: Least-squares fits to nextpnr's counts (2026-11-27, bench/mlp_shapes.py and bench/boards.py builds).
-#: iCE40UP5K, 8 builds (digits MLPs of 2-4 layers at one or two lanes, the digits CNN at 1/2/1): within
-#: -4 % .. +6 % of each. ECP5-85F, 5 builds (digits MLP 10/5/1 and 64/32/10, digits CNN 4/16/4, MNIST MLP
-#: 64/10 and 128/10): the lanes' bits alone explain them within 2.3 %. report.json has each build's
-#: estimate beside nextpnr's count.
-LOGIC_FIT = {"ice40": LogicFit(1250, 240, 230, 30.0), "ecp5": LogicFit(2950, 0, 0, 14.4)}
+#: Least-squares fits to nextpnr's counts. iCE40UP5K (2026-11-27, bench/mlp_shapes.py and the digits CNN,
+#: 7 builds: digits MLPs of 2-4 layers at one lane a layer, 2,711-4,826 LC, and the CNN at 1/2/1, 4,922 LC),
+#: with the slope per bit held at 25 (layers and bits rise together at one lane a layer): within -5 % .. +6 %
+#: of each. ECP5-85F (5 builds: digits MLP 10/5/1 and 64/32/10, digits CNN 4/16/4, MNIST MLP 64/10 and
+#: 128/10): the lanes' bits alone explain them within 2.3 %. report.json has each build's estimate beside
+#: nextpnr's count.
+LOGIC_FIT = {"ice40": LogicFit(1080, 370, 230, 25.0), "ecp5": LogicFit(2950, 0, 0, 14.4)}
 #: ``build`` refuses, before synthesis, a plan whose estimated logic exceeds the device's by more than this
 #: share (the estimate's error): placement would fail after minutes (nextpnr: "Failed to expand region").
 LOGIC_REFUSAL = 1.03
 #: Speed sizing fills at most this share of a device's logic, and its block RAM (routing room for Fmax).
 LOGIC_FILL, RAM_FILL = 0.6, 0.9
+#: When no plan fits with that room, at most this share of the logic (placement above it failed or was slow).
+LOGIC_FULL = 0.95
 #: Speed sizing gives no layer more lanes: the MNIST MLP at 128/10 lanes (about 60 % of the ECP5-85F) did
 #: not finish routing in 45 minutes (README, "Faster clocks").
 MAX_SPEED_LANES = 64
@@ -304,14 +307,15 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
                            "logic": logic, "ram_blocks": ram,
                            "fits": logic <= LOGIC_FILL * board.logic_cells and ram <= RAM_FILL * board.ram_blocks
                            and sprams,
-                           "fits_device": logic <= board.logic_cells and ram <= board.ram_blocks and sprams})
+                           "fits_device": logic <= LOGIC_FULL * board.logic_cells and ram <= board.ram_blocks
+                           and sprams})
     return candidates
 
 
 def fastest(candidates: list[dict]) -> dict:
     """The candidate with the shortest interval that fits with room (fewest lanes on a tie); if none does, the
-    shortest that fits the device at all (an iCE40UP5K is most of the way full at one lane per layer); the
-    first if none fits."""
+    shortest that fits the device (within :data:`LOGIC_FULL` of its logic: an iCE40UP5K is most of the way
+    full at one lane per layer); the first if none fits."""
     fitting = ([c for c in candidates if c["fits"]] or [c for c in candidates if c["fits_device"]]
                or candidates[:1])
     return min(fitting, key=lambda c: (c["interval"], sum(c["lanes"])))
