@@ -59,12 +59,13 @@ class MembranePort(wiring.Signature):
 
 
 def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, zero, name: str,
-                   chunks: list[tuple[int, int]] | None = None, after: bool = True) -> Signal:
+                   chunks: list[tuple[int, int]] | None = None, after: bool = True, own_cycle: bool = True) -> Signal:
     """The data of a two-cycle read that a stage's own writes keep exact.
 
     ``raw``: a synchronous read-old of the row ``read_addr`` gave in the cycle before (it has the
-    writes before that read's cycle). Returns a register that, two cycles after ``read_addr``, holds
-    ``raw``, or the write of the read's own cycle if it was to the same row, or (``after``) the write
+    writes before that read's cycle; with ``own_cycle`` False a write-first read, which has that
+    cycle's write too). Returns a register that, two cycles after ``read_addr``, holds
+    ``raw``, or (``own_cycle``) the write of the read's own cycle if it was to the same row, or (``after``) the write
     of the cycle in between if it was to the same row (the later wins), or 0 if ``zero`` was high in
     that cycle in between (a synchronous reset of the register). The choice is made on the way into
     the register, so the stage reads a register with no multiplexer after it: the choice's select
@@ -76,14 +77,15 @@ def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, 
     """
     chunks = chunks or _chunks(len(raw), None)
     # the write of the read's own cycle (its data, and whether it was the read's row: a copy per chunk)
-    written = Signal(len(raw), name=f"{name}_written")
-    m.d.sync += written.eq(write_data)
-    same = fanout_copies(m, f"{name}_same", write_en & (write_addr == read_addr), 1, len(chunks))
+    written, same = Signal(len(raw), name=f"{name}_written"), []
+    if own_cycle:
+        m.d.sync += written.eq(write_data)
+        same = fanout_copies(m, f"{name}_same", write_en & (write_addr == read_addr), 1, len(chunks))
     # the row whose data is in `raw`, a copy per chunk
     addressed = fanout_copies(m, f"{name}_addressed", read_addr, len(read_addr), len(chunks)) if after else []
     out = Signal(len(raw), name=f"{name}_data")
     for k, (low, high) in enumerate(chunks):
-        data = Mux(same[k], written[low:high], raw[low:high])
+        data = Mux(same[k], written[low:high], raw[low:high]) if own_cycle else raw[low:high]
         if after:
             data = Mux(write_en & (write_addr == addressed[k]), write_data[low:high], data)
         m.d.sync += out[low:high].eq(Mux(zero, 0, data))
@@ -102,11 +104,15 @@ class MembraneBanks(wiring.Component):
     ``fill``: the accumulate stage's port; ``drain``: the fire or readout stage's port.
     """
 
-    def __init__(self, rows: int, width: int, chunk_bits: int | None = None, drain_rereads: bool = True):
+    def __init__(self, rows: int, width: int, chunk_bits: int | None = None, drain_rereads: bool = True,
+                 write_first: bool | None = None):
         """``chunk_bits``: each port's read chooses its bank (and forwards writes) by a select for each
         chunk of that many bits (:func:`forwarded_read`); None: one for the row. ``drain_rereads``: the
-        drain port's stage may read a row in the cycle it writes it (its read then gets the write)."""
+        drain port's stage may read a row in the cycle it writes it (its read then gets the write).
+        ``write_first``: the banks read write-first and the ports forward only the fill port's write of
+        the cycle after a read (what yosys maps best on the ECP5); None: so on an ECP5 platform only."""
         self.rows, self.width, self.chunk_bits, self.drain_rereads = rows, width, chunk_bits, drain_rereads
+        self.write_first = write_first
         super().__init__({"fill": In(MembranePort(rows, width)), "drain": In(MembranePort(rows, width))})
 
     def elaborate(self, platform):
@@ -115,13 +121,17 @@ class MembraneBanks(wiring.Component):
         full = Signal(2)
         fill_bank = Signal()      # the bank the accumulate stage fills (or waits for)
         drain_bank = Signal()     # the bank the fire / readout stage drains (or waits for)
-        reads = []
+        reads, write_first = [], self.write_first
+        if write_first is None:               # (the ECP5 gets write-first reads from yosys for less logic)
+            write_first = str(getattr(platform, "device", "")).startswith("LFE5")
         for k in range(2):
             # At least two rows: a one-row memory would have a zero-width address, which Verilog cannot declare.
-            bank = memory.Memory(shape=unsigned(self.width), depth=max(2, self.rows), init=[], attrs=NO_COLLISIONS)
+            bank = memory.Memory(shape=unsigned(self.width), depth=max(2, self.rows), init=[],
+                                 attrs=None if write_first else NO_COLLISIONS)
             m.submodules[f"membranes{k}"] = bank
             write = bank.write_port()
-            read = bank.read_port()           # read-old (the ports forward their own writes)
+            # read-old, the ports forwarding their own writes; or write-first
+            read = bank.read_port(transparent_for=(write,) if write_first else ())
             drained = full[k]
             m.d.comb += [
                 read.addr.eq(Mux(drained, drain.read_addr, fill.read_addr)),
@@ -138,8 +148,8 @@ class MembraneBanks(wiring.Component):
                             for (low, high), copy in zip(chunks, read_bank))
         m.d.comb += fill.read_data.eq(forwarded_read(m, raw["fill"], fill.read_addr, fill.write_addr,
                                                      fill.write_data, fill.write_en, fill.zero_read, "fill",
-                                                     chunks))
-        if self.drain_rereads:
+                                                     chunks, own_cycle=not write_first))
+        if self.drain_rereads and not write_first:
             drained = forwarded_read(m, raw["drain"], drain.read_addr, drain.write_addr, drain.write_data,
                                      drain.write_en, 0, "drain", chunks, after=False)
         else:

@@ -281,10 +281,11 @@ def test_readout_sends_the_logits_and_the_first_largest():
     assert sink.extra == []
 
 
-def test_membrane_reads_see_the_stages_writes_before_they_land():
+@pytest.mark.parametrize("write_first", [False, True])
+def test_membrane_reads_see_the_stages_writes_before_they_land(write_first):
     """A fill-port read returns the newest of the writes to its row up to the cycle before its data:
-    the one in the read's own cycle or the one after it (both forwarded: the RAM reads old data)."""
-    banks = MembraneBanks(rows=3, width=8)
+    the one in the read's own cycle (forwarded, or read write-first) or the one after it (forwarded)."""
+    banks = MembraneBanks(rows=3, width=8, write_first=write_first)
     writes = {0: (1, 5), 1: (2, 7), 2: (1, 9)}          # cycle: (row, value)
     reads = [1, 1, 2, 1, 0]                               # one address per cycle
     seen = []
@@ -308,10 +309,11 @@ def test_membrane_reads_see_the_stages_writes_before_they_land():
     assert seen == [5, 9, 7, 9, 0]
 
 
-@pytest.mark.parametrize("rereads", [True, False])
-def test_a_drain_read_sees_a_write_of_its_own_cycle_only_where_its_stage_rereads(rereads):
-    """A fire stage of few rows may read a row in the cycle it writes it back: its read gets the write."""
-    banks = MembraneBanks(rows=3, width=8, drain_rereads=rereads)
+@pytest.mark.parametrize("rereads,write_first", [(True, False), (False, False), (True, True)])
+def test_a_drain_read_sees_a_write_of_its_own_cycle_only_where_its_stage_rereads(rereads, write_first):
+    """A fire stage of few rows may read a row in the cycle it writes it back: its read gets the write
+    (forwarded, or read write-first)."""
+    banks = MembraneBanks(rows=3, width=8, drain_rereads=rereads, write_first=write_first)
     seen = []
 
     async def bench(ctx):
