@@ -133,6 +133,7 @@ class FrameReceiver(wiring.Component):
         self._crc_ok = Signal()          # the frame's CRC matched (registered: the check is a cycle of its own)
         self._take = Signal()
         self._refusing, self._refusal = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # a refusal now, its code
+        self._pending, self._pending_code = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # ... a cycle later
         self._load = Signal(LoadRequest)                       # (unused without run-time weights)
         self._row = Signal(8 * max(1, p.load_bytes))          # the row being received, first byte in the LSBs
         self._row_byte, self._row_index = index_signal(p.load_bytes), index_signal(p.load_rows)
@@ -185,12 +186,10 @@ class FrameReceiver(wiring.Component):
         wait in ``_pending`` registers (the OR of the seven refusals' conditions in front of the refusal
         register's valid was the iCE40's slowest path). The seq is still the refused frame's then: a frame's
         seq comes at least three bytes after the refusal sends the receiver hunting."""
-        pending, code = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)
-        m.d.sync += [pending.eq(self._refusing), code.eq(self._refusal)]
-        with m.If(pending):
+        m.d.sync += [self._pending.eq(self._refusing), self._pending_code.eq(self._refusal)]
+        with m.If(self._pending):
             m.d.sync += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq),
-                         self.errors.payload.code.eq(code)]
-        self._pending = pending
+                         self.errors.payload.code.eq(self._pending_code)]
 
     def _refusal_room(self):
         """No refusal waits, and the refusal register is empty or goes into the queue this cycle."""

@@ -77,8 +77,8 @@ def forwarded_read(m: Module, raw, read_addr, write_addr, write_data, write_en, 
     """
     chunks = chunks or _chunks(len(raw), None)
     # the write of the read's own cycle (its data, and whether it was the read's row: a copy per chunk)
-    written, same = Signal(len(raw), name=f"{name}_written"), []
     if own_cycle:
+        written = Signal(len(raw), name=f"{name}_written")
         m.d.sync += written.eq(write_data)
         same = fanout_copies(m, f"{name}_same", write_en & (write_addr == read_addr), 1, len(chunks))
     # the row whose data is in `raw`, a copy per chunk
