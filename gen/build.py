@@ -291,7 +291,8 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
         budgets.append(budget)
         budget *= 2
     candidates, seen = [], set()
-    plans = [_fit_memory(net, board, None, None, input_lanes, skip_silent, spram, pack) for pack in (True, False)]
+    packs = (True, False) if board.spram_blocks else (True,)      # (packing applies to SPRAM layers only)
+    plans = [_fit_memory(net, board, None, None, input_lanes, skip_silent, spram, pack) for pack in packs]
     for budget in [*budgets, most]:
         if budget != layers:
             lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
