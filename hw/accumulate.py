@@ -88,8 +88,12 @@ class AccumulateStage(wiring.Component):
             **weight_load_port(plan),
         })
 
-    def walk(self, m: Module, issue, in_pass: Signal, weights, biases) -> RowWalk:
-        """The row walk: drives ``issue.row``, ``weights.addr``, ``biases.addr``."""
+    def taken_events(self, m: Module):
+        """The events as the walk and the step machine take them: ``events`` itself here."""
+        return self.events
+
+    def walk(self, m: Module, events, issue, in_pass: Signal, weights, biases) -> RowWalk:
+        """The row walk of ``events``: drives ``issue.row``, ``weights.addr``, ``biases.addr``."""
         raise NotImplementedError
 
     def elaborate(self, platform):
@@ -98,13 +102,14 @@ class AccumulateStage(wiring.Component):
         weights = weight_store(m, plan, getattr(self, "weights_load", None))
         biases = row_table(m, "biases", plan.lanes * plan.bias_width, plan.bias_rows)
         issue, in_pass = Signal(accumulate_issue_layout(plan.rows, plan.timesteps)), Signal()
-        self._steps(m, self.walk(m, issue, in_pass, weights, biases), issue, in_pass)
+        events = self.taken_events(m)
+        self._steps(m, events, self.walk(m, events, issue, in_pass, weights, biases), issue, in_pass)
         self._execute(m, issue, weights, biases)
         return m
 
-    def _steps(self, m: Module, walk: RowWalk, issue, in_pass: Signal) -> None:
+    def _steps(self, m: Module, events, walk: RowWalk, issue, in_pass: Signal) -> None:
         """The step state machine every accumulate stage shares."""
-        events, T = self.events, self.plan.timesteps
+        T = self.plan.timesteps
         step = index_signal(T)
         # (Binary states: one-hot cost the digits CNN the last logic cells of the iCE40UP5K.)
         with m.FSM(name="accumulate"):
@@ -178,7 +183,7 @@ class _DenseWalk:
     Weight rows are block-major: row ``b * inputs + i`` holds input ``i``'s weights for block ``b``.
     """
 
-    def __init__(self, m: Module, plan: LayerPlan, events, port, issue, weights, biases):
+    def __init__(self, m: Module, plan: LayerPlan, events, issue, weights, biases):
         self.plan, self.events, self.issue = plan, events, issue
         # row == 0 and row == B - 1 in registers (compares in front of the weights' read address and the
         # event's ready were 2 of the 6 LUTs of the iCE40's slowest path).
@@ -215,5 +220,5 @@ class DenseAccumulate(AccumulateStage):
         assert plan.conv is None
         super().__init__(plan)
 
-    def walk(self, m, issue, in_pass, weights, biases) -> RowWalk:
-        return _DenseWalk(m, self.plan, self.events, self.membranes, issue, weights, biases)
+    def walk(self, m, events, issue, in_pass, weights, biases) -> RowWalk:
+        return _DenseWalk(m, self.plan, events, issue, weights, biases)

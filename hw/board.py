@@ -137,6 +137,7 @@ class FrameReceiver(wiring.Component):
         self._load = Signal(LoadRequest)                       # (unused without run-time weights)
         self._row = Signal(8 * max(1, p.load_bytes))          # the row being received, first byte in the LSBs
         self._row_byte, self._row_index = index_signal(p.load_bytes), index_signal(p.load_rows)
+        self._last_row_index = Signal(8)             # a LOAD's count less one, from COUNTED on
         lanes, T = p.plan.input.lanes, p.plan.timesteps
         self._word = index_signal(p.plan.input.words)
         self._lane = Signal(lanes, init=1)           # the lane the next code goes to, one-hot
@@ -302,6 +303,8 @@ class FrameReceiver(wiring.Component):
             count, commit = self._load.count, self._load.layer == COMMIT_LAYER
             # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
             rows_fit = Mux(commit, count == 0, count != 0)
+            # (The last row's compare with count - 1 in ROWS was a carry chain on the receiver's slowest path.)
+            m.d.sync += self._last_row_index.eq(count - 1)
             with m.If(self._refusal_room()):                 # room for a refusal: none is dropped
                 with m.If(~rows_fit | (self._length != LOAD_HEAD + count * p.load_bytes)):
                     self._refuse(m, ErrorKind.LENGTH)
@@ -323,7 +326,7 @@ class FrameReceiver(wiring.Component):
                     m.d.comb += [self.weights.en.eq(1), self.weights.addr.eq(self._row_index),
                                  self.weights.data.eq(row)]
                     m.d.sync += [self._row_byte.eq(0), self._row_index.eq(self._row_index + 1)]
-                    with m.If(self._row_index == self._load.count - 1):
+                    with m.If(self._row_index == self._last_row_index):
                         self._fsm.next = "CRC0"
 
     def _check(self, m: Module) -> None:

@@ -5,66 +5,136 @@ whose window covers ``(y, x)``: per axis a run of taps whose output coordinate f
 while the kernel offset rises by the stride (``LayerPlan.taps``). For every tap and every
 block of ``L`` output channels the stage reads one membrane row and one weight row (the
 kernel entries ``W[b*L .. b*L+L-1, c, ky, kx]``) and adds them lane by lane: one row per
-cycle, ``B x taps`` cycles per event, adders only. Addresses come from two small tables
-indexed by ``y`` and ``x`` (the first tap of each) plus counters stepping by constants.
+cycle, ``B x taps`` cycles per event, adders only. The first tap's rows come from two small
+tables indexed by ``y`` and ``x``, looked up in a stream register in front of the walk
+(:class:`TapDecoder`); the walk steps them by constants in registers.
 Memory layouts and timing: docs/core.md, "Convolution engine".
 """
 
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, Value, signed
+from amaranth.lib import data, wiring
 
 from ..contract.network import signed_width, unsigned_width
 from ..contract.plan import LayerPlan
 from .accumulate import AccumulateStage, RowWalk
-from .events import index_signal
+from .events import index_signal, pixel_event_layout
 from .ilif import AccumulateOp
 from .rows import lookup
+from .streams import StreamRegister
 
-__all__ = ["ConvAccumulate"]
+__all__ = ["tap_event_layout", "TapDecoder", "ConvAccumulate"]
+
+
+def _address_widths(plan: LayerPlan) -> tuple[int, int]:
+    """Bits of the walk's membrane row offsets (signed: rows step down) and weight row offsets."""
+    row_table, col_table = plan.taps(0), plan.taps(1)
+    span_m = plan.rows + max(r[0] for r in row_table) + max(c[0] for c in col_table) + 1
+    span_w = (plan.weight_row_count + max(r[1] for r in row_table) + max(c[1] for c in col_table)
+              + plan.conv.in_shape[0])
+    return signed_width(-span_m, span_m), unsigned_width(span_w)
+
+
+def tap_event_layout(plan: LayerPlan) -> data.StructLayout:
+    """An input event as the walk takes it, its look-ups done: the membrane and weight rows of its
+    first tap (``first_m``, ``first_w``), its ``last_tap_y`` / ``last_tap_x`` (taps reached on each
+    axis, less one), ``one_tap_y`` / ``one_tap_x`` (one tap on that axis) and ``one_tap`` (on both),
+    ``reaches`` (any output pixel at all), and the event's ``spike`` and ``end``."""
+    (kh, kw), (mw_addr, ww_addr) = plan.conv.kernel, _address_widths(plan)
+    return data.StructLayout({"first_m": signed(mw_addr), "first_w": ww_addr, "last_tap_y": range(max(2, kh)),
+                              "last_tap_x": range(max(2, kw)), "one_tap_y": 1, "one_tap_x": 1, "one_tap": 1, "reaches": 1,
+                              "spike": 1, "end": 1})
+
+
+class TapDecoder(StreamRegister):
+    """A stream register that looks up each pixel event's first tap on its way in
+    (:func:`tap_event_layout`): the tables and their sums end at its register, so the walk
+    behind it adds one registered offset to one counter (the look-ups in front of the walk's
+    adders were the slowest path of the iCE40's convolution). One beat per cycle, one cycle later."""
+
+    def __init__(self, plan: LayerPlan):
+        self.plan = plan
+        super().__init__(pixel_event_layout(plan.conv.in_shape), tap_event_layout(plan))
+
+    def decode(self, m: Module) -> Value:
+        plan, event = self.plan, self.inlet.payload
+        row_table, col_table = plan.taps(0), plan.taps(1)
+        mw_addr, ww_addr = _address_widths(plan)
+        decoded = Signal(self.outlet_layout)
+        taps_y = lookup(m, "taps_y", event.y, [r[2] for r in row_table], unsigned_width(plan.conv.kernel[0]))
+        taps_x = lookup(m, "taps_x", event.x, [c[2] for c in col_table], unsigned_width(plan.conv.kernel[1]))
+        m.d.comb += [
+            decoded.first_m.eq(lookup(m, "first_m_y", event.y, [r[0] for r in row_table], mw_addr)
+                               + lookup(m, "first_m_x", event.x, [c[0] for c in col_table], mw_addr)),
+            decoded.first_w.eq(lookup(m, "first_w_y", event.y, [r[1] for r in row_table], ww_addr)
+                               + lookup(m, "first_w_x", event.x, [c[1] for c in col_table], ww_addr)
+                               + event.channel),
+            decoded.last_tap_y.eq(taps_y - 1), decoded.last_tap_x.eq(taps_x - 1),
+            decoded.one_tap_y.eq(taps_y == 1), decoded.one_tap_x.eq(taps_x == 1),
+            decoded.one_tap.eq((taps_y == 1) & (taps_x == 1)),
+            decoded.reaches.eq((taps_y != 0) & (taps_x != 0)),
+            decoded.spike.eq(event.spike), decoded.end.eq(event.end),
+        ]
+        return decoded
+
+
+class _TapAddress:
+    """One memory's row address along an event's walk (membrane or weights): the decoder's
+    ``first`` in the event's first cycle, then ``here`` from a register; ``row_start`` and
+    ``block_start`` hold where the current tap row and block began, which a wrap returns to.
+    No adder sits in front of the address: each cycle adds its step on the way into the registers."""
+
+    def __init__(self, name: str, first: Value, shape, steps: tuple[int, int, int]):
+        self.first, self.steps = first, steps       # steps: to the next tap on x, tap row on y, block
+        self.here, self.row_start, self.block_start = (Signal(shape, name=f"{name}_{part}")
+                                                       for part in ("here", "row_start", "block_start"))
+
+    def address(self, starting: Value) -> Value:
+        return Mux(starting, self.first, self.here)
+
+    def step(self, m: Module, starting: Value, wrap: str) -> None:
+        """Next cycle at the next tap (``wrap`` "x"), the next tap row ("y") or the next block ("block")."""
+        step_x, step_y, step_block = self.steps
+        row_start, block_start = (Mux(starting, self.first, start) for start in (self.row_start, self.block_start))
+        if wrap == "x":
+            here = self.address(starting) + step_x
+        elif wrap == "y":
+            here = row_start = row_start + step_y
+        else:
+            here = row_start = block_start = block_start + step_block
+        m.d.sync += [self.here.eq(here), self.row_start.eq(row_start), self.block_start.eq(block_start)]
 
 
 class _ConvWalk:
     """Passes walk the ``rows`` (block, y, x) and add the bias of each row's block; an event
-    walks (block, tap on y, tap on x), innermost last, its offsets stepping by constants."""
+    walks (block, tap on y, tap on x), innermost last, from its first tap's rows
+    (:class:`TapDecoder`) by constant steps (:class:`_TapAddress`)."""
 
-    def __init__(self, m: Module, plan: LayerPlan, events, port, issue, in_pass: Signal, weights, biases):
+    def __init__(self, m: Module, plan: LayerPlan, events, issue, in_pass: Signal, weights, biases):
         g = plan.conv
         self.plan, self.events, self.issue = plan, events, issue
         B, R, P = plan.blocks, plan.rows, g.pixels
-        c_in, (kh, kw) = g.in_shape[0], g.kernel
+        kh, kw = g.kernel
+        mw_addr, ww_addr = _address_widths(plan)
 
         # Pass counters over the membrane rows, with the block of the row (for the bias).
         self.row, self.pass_block, self.pass_pixel = index_signal(R), index_signal(B), index_signal(P)
 
-        row_table, col_table = plan.taps(0), plan.taps(1)
-        span_m = R + max(r[0] for r in row_table) + max(c[0] for c in col_table) + 1
-        span_w = plan.weight_row_count + max(r[1] for r in row_table) + max(c[1] for c in col_table) + c_in
-        mw_addr, ww_addr = signed_width(-span_m, span_m), unsigned_width(span_w)
-        y, x = events.payload.y, events.payload.x
-        first_m_y = lookup(m, "first_m_y", y, [r[0] for r in row_table], mw_addr)
-        first_w_y = lookup(m, "first_w_y", y, [r[1] for r in row_table], ww_addr)
-        self.taps_y = lookup(m, "taps_y", y, [r[2] for r in row_table], unsigned_width(kh))
-        first_m_x = lookup(m, "first_m_x", x, [c[0] for c in col_table], mw_addr)
-        first_w_x = lookup(m, "first_w_x", x, [c[1] for c in col_table], ww_addr)
-        self.taps_x = lookup(m, "taps_x", x, [c[2] for c in col_table], unsigned_width(kw))
-
-        # Event expansion counters, and the offsets of the walk so far as sums kept in registers (one
-        # operand each in the address adders, not three): membrane rows b*P - u*W_out - v, weight rows
-        # the block's, tap row's and tap's; `block_*` and `tap_row_*` hold the partial sums a wrap returns to.
+        # Event expansion counters; `starting`: the event on offer has issued none of its rows yet.
         self.block, self.tap_y, self.tap_x = index_signal(B), Signal(range(kh + 1)), Signal(range(kw + 1))
-        self.block_m, self.tap_row_m, self.walk_m = Signal(mw_addr), Signal(mw_addr), Signal(mw_addr)
-        self.block_w, self.tap_row_w, self.walk_w = Signal(ww_addr), Signal(ww_addr), Signal(ww_addr)
-        event_m, event_w = Signal(signed(mw_addr)), Signal(ww_addr)
-        m.d.comb += [
-            event_m.eq(first_m_y + first_m_x + self.walk_m),
-            event_w.eq(first_w_y + first_w_x + events.payload.channel + self.walk_w),
-        ]
+        self.starting = Signal(init=1)
+        # Whether the next cycle is the last tap on x, on y, the last block, the event's last (all three).
+        self.x_last, self.y_last, self.block_last, self.ending = Signal(), Signal(), Signal(), Signal()
+        (m_step_y, w_step_y), (m_step_x, w_step_x) = plan.tap_steps(0), plan.tap_steps(1)
+        # Membrane rows b*P - u*W_out - v from the first tap's, weight rows the block's, tap row's and tap's.
+        self.rows_m = _TapAddress("walk_m", events.payload.first_m, signed(mw_addr), (-m_step_x, -m_step_y, P))
+        self.rows_w = _TapAddress("walk_w", events.payload.first_w, ww_addr, (w_step_x, w_step_y, kh * kw * g.in_shape[0]))
         issue_row = index_signal(R)
         m.d.comb += [
-            issue_row.eq(Mux(in_pass, self.row, event_m[:len(issue_row)])),
+            issue_row.eq(Mux(in_pass, self.row, self.rows_m.address(self.starting)[:len(issue_row)])),
             issue.row.eq(issue_row),
-            weights.addr.eq(event_w[:len(weights.addr)]),
+            weights.addr.eq(self.rows_w.address(self.starting)[:len(weights.addr)]),
             biases.addr.eq(self.pass_block),
         ]
 
@@ -82,43 +152,58 @@ class _ConvWalk:
         return last
 
     def on_event(self, m: Module) -> None:
-        g, events = self.plan.conv, self.events
-        (m_step_y, w_step_y), (m_step_x, w_step_x) = self.plan.tap_steps(0), self.plan.tap_steps(1)
-        with m.If((self.taps_y == 0) | (self.taps_x == 0)):
+        events, event, starting = self.events, self.events.payload, self.starting
+        B = self.plan.blocks
+        # Whether this cycle is the last tap on x, on y, the last block, the event's last: an event's first
+        # cycle reads them from the decoder, later cycles from registers set a cycle ahead (compares with
+        # the event's tap counts were four LUTs in front of `ready` and the stream register it enables).
+        x_now, y_now, block_now, last_now = (
+            Mux(starting, first, reg) for first, reg in
+            ((event.one_tap_x, self.x_last), (event.one_tap_y, self.y_last), (B == 1, self.block_last),
+             (event.one_tap & (B == 1), self.ending)))
+        with m.If(~event.reaches):
             m.d.comb += events.ready.eq(1)           # an input no output pixel reads: one idle cycle
         with m.Else():
             m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD),
-                         self.issue.spike.eq(events.payload.spike)]
-            with m.If(self.tap_x != self.taps_x - 1):
-                m.d.sync += [self.tap_x.eq(self.tap_x + 1), self.walk_m.eq(self.walk_m - m_step_x),
-                             self.walk_w.eq(self.walk_w + w_step_x)]
+                         self.issue.spike.eq(event.spike)]
+            m.d.sync += [starting.eq(0), self.x_last.eq(event.one_tap_x), self.y_last.eq(y_now),
+                         self.block_last.eq(block_now)]
+            with m.If(last_now):
+                m.d.sync += [self.tap_x.eq(0), self.tap_y.eq(0), self.block.eq(0), starting.eq(1)]
+                m.d.comb += events.ready.eq(1)
+            with m.Elif(~x_now):
+                x_last = self.tap_x + 1 == event.last_tap_x
+                m.d.sync += [self.tap_x.eq(self.tap_x + 1), self.x_last.eq(x_last),
+                             self.ending.eq(x_last & y_now & block_now)]
+                for rows in (self.rows_m, self.rows_w):
+                    rows.step(m, starting, "x")
+            with m.Elif(~y_now):
+                y_last = self.tap_y + 1 == event.last_tap_y
+                m.d.sync += [self.tap_x.eq(0), self.tap_y.eq(self.tap_y + 1), self.y_last.eq(y_last),
+                             self.ending.eq(event.one_tap_x & y_last & block_now)]
+                for rows in (self.rows_m, self.rows_w):
+                    rows.step(m, starting, "y")
             with m.Else():
-                m.d.sync += self.tap_x.eq(0)
-                with m.If(self.tap_y != self.taps_y - 1):
-                    row_m, row_w = self.tap_row_m - m_step_y, self.tap_row_w + w_step_y
-                    m.d.sync += [self.tap_y.eq(self.tap_y + 1), self.tap_row_m.eq(row_m), self.walk_m.eq(row_m),
-                                 self.tap_row_w.eq(row_w), self.walk_w.eq(row_w)]
-                with m.Else():
-                    m.d.sync += self.tap_y.eq(0)
-                    with m.If(self.block != self.plan.blocks - 1):
-                        block_m = self.block_m + g.pixels
-                        block_w = self.block_w + g.kernel[0] * g.kernel[1] * g.in_shape[0]
-                        m.d.sync += [self.block.eq(self.block + 1),
-                                     *(reg.eq(block_m) for reg in (self.block_m, self.tap_row_m, self.walk_m)),
-                                     *(reg.eq(block_w) for reg in (self.block_w, self.tap_row_w, self.walk_w))]
-                    with m.Else():
-                        m.d.sync += [self.block.eq(0),
-                                     *(reg.eq(0) for reg in (self.block_m, self.tap_row_m, self.walk_m,
-                                                             self.block_w, self.tap_row_w, self.walk_w))]
-                        m.d.comb += events.ready.eq(1)
+                block_last = self.block + 1 == B - 1
+                m.d.sync += [self.tap_x.eq(0), self.tap_y.eq(0), self.y_last.eq(event.one_tap_y),
+                             self.block.eq(self.block + 1), self.block_last.eq(block_last),
+                             self.ending.eq(event.one_tap & block_last)]
+                for rows in (self.rows_m, self.rows_w):
+                    rows.step(m, starting, "block")
 
 
 class ConvAccumulate(AccumulateStage):
-    """Accumulate stage of a convolution: an event costs ``B x taps`` cycles (its window's rows)."""
+    """Accumulate stage of a convolution: an event costs ``B x taps`` cycles (its window's rows),
+    after a cycle in its :class:`TapDecoder`."""
 
     def __init__(self, plan: LayerPlan):
         assert plan.conv is not None
         super().__init__(plan)
 
-    def walk(self, m, issue, in_pass, weights, biases) -> RowWalk:
-        return _ConvWalk(m, self.plan, self.events, self.membranes, issue, in_pass, weights, biases)
+    def taken_events(self, m: Module):
+        m.submodules.taps = decoder = TapDecoder(self.plan)
+        wiring.connect(m, wiring.flipped(self.events), decoder.inlet)
+        return decoder.outlet
+
+    def walk(self, m, events, issue, in_pass, weights, biases) -> RowWalk:
+        return _ConvWalk(m, self.plan, events, issue, in_pass, weights, biases)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -15,22 +15,27 @@ class StreamRegister(wiring.Component):
 
     ``inlet`` takes a beat while the spare register is empty; ``outlet`` offers the oldest beat.
     When the outlet stalls, the beat already accepted waits in the spare register.
+    ``outlet_layout`` (default ``layout``): what a subclass's :meth:`decode` makes of a beat on its way in.
     """
 
-    def __init__(self, layout):
-        self.layout = layout
-        super().__init__({"inlet": In(stream.Signature(layout)), "outlet": Out(stream.Signature(layout))})
+    def __init__(self, layout, outlet_layout=None):
+        self.layout, self.outlet_layout = layout, layout if outlet_layout is None else outlet_layout
+        super().__init__({"inlet": In(stream.Signature(layout)), "outlet": Out(stream.Signature(self.outlet_layout))})
+
+    def decode(self, m: Module) -> Value:
+        """The inlet's beat as the register takes it: the beat itself here; logic in a subclass."""
+        return self.inlet.payload
 
     def elaborate(self, platform):
         m = Module()
-        inlet, outlet = self.inlet, self.outlet
-        spare, spare_valid = Signal(self.layout), Signal()
+        inlet, outlet, beat = self.inlet, self.outlet, self.decode(m)
+        spare, spare_valid = Signal(self.outlet_layout), Signal()
         m.d.comb += inlet.ready.eq(~spare_valid)
         with m.If(~outlet.valid | outlet.ready):             # the output register moves on
             m.d.sync += [outlet.valid.eq(spare_valid | inlet.valid),
-                         outlet.payload.eq(Mux(spare_valid, spare, inlet.payload)), spare_valid.eq(0)]
+                         outlet.payload.eq(Mux(spare_valid, spare, beat)), spare_valid.eq(0)]
         with m.Elif(inlet.valid & inlet.ready):              # it holds: the new beat waits in the spare
-            m.d.sync += [spare.eq(inlet.payload), spare_valid.eq(1)]
+            m.d.sync += [spare.eq(beat), spare_valid.eq(1)]
         return m
 
 
@@ -45,10 +50,10 @@ class SlowStreamRegister(StreamRegister):
 
     def elaborate(self, platform):
         m = Module()
-        inlet, outlet = self.inlet, self.outlet
+        inlet, outlet, beat = self.inlet, self.outlet, self.decode(m)
         m.d.comb += inlet.ready.eq(~outlet.valid)
         with m.If(outlet.ready):
             m.d.sync += outlet.valid.eq(0)
         with m.If(inlet.valid & inlet.ready):
-            m.d.sync += [outlet.valid.eq(1), outlet.payload.eq(inlet.payload)]
+            m.d.sync += [outlet.valid.eq(1), outlet.payload.eq(beat)]
         return m

@@ -137,3 +137,39 @@ def test_any_small_conv_network_bit_exact(case, draw):
                         ready_probability=0.6, drain=20)
     assert run.extra_results == []
     assert run.logits.tolist() == golden.run(net, codes).logits.tolist()
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_tap_decoder_gives_each_pixel_its_first_tap_rows(case):
+    """The decoder's register holds, per input pixel, the rows and tap counts of ``LayerPlan.taps``."""
+    from amaranth.sim import Simulator
+
+    from spikesmith.hw.conv import TapDecoder
+
+    net, lanes, input_lanes = conv_case(case)
+    layer = plan_core(net, lanes=lanes, input_lanes=input_lanes).layers[0]
+    (channels, height, width), rows, cols = layer.conv.in_shape, layer.taps(0), layer.taps(1)
+    pixels = list(itertools.product(range(channels), range(height), range(width)))
+    seen = []
+    decoder = TapDecoder(layer)
+
+    async def bench(ctx):
+        ctx.set(decoder.outlet.ready, 1)
+        for c, y, x in pixels:
+            ctx.set(decoder.inlet.valid, 1)
+            ctx.set(decoder.inlet.payload, {"channel": c, "y": y, "x": x, "spike": 1, "end": 0})
+            await ctx.tick()
+            seen.append(ctx.get(decoder.outlet.payload))    # the beat, registered at this tick
+
+    sim = Simulator(decoder)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    for (c, y, x), got in zip(pixels, seen):
+        (m_y, w_y, taps_y), (m_x, w_x, taps_x) = rows[y], cols[x]
+        reaches = taps_y > 0 and taps_x > 0
+        assert got.reaches == reaches and got.spike == 1 and got.end == 0, (c, y, x)
+        if reaches:
+            assert (got.first_m, got.first_w) == (m_y + m_x, w_y + w_x + c), (c, y, x)
+            assert (got.last_tap_y, got.last_tap_x) == (taps_y - 1, taps_x - 1), (c, y, x)
+            assert (got.one_tap_y, got.one_tap_x, got.one_tap) == (taps_y == 1, taps_x == 1, taps_y == taps_x == 1)

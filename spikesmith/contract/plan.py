@@ -417,9 +417,10 @@ class CorePlan:
     def latency_bound(self) -> int:
         """Upper bound on the cycles from an image's first beat to its result (empty pipeline):
         every stage's worst case, and per hop between stages the stream register's cycle and the
-        producer's read latency (:data:`HOP_CYCLES`)."""
+        producer's read latency (:data:`HOP_CYCLES`), and into a convolution one more: its tap decoder's register."""
         hops = len(self.layers) + sum(layer.pool is not None for layer in self.layers)
-        return (self.input.load_cycles + self.input.scan_cycles() + HOP_CYCLES * hops
+        tap_decoders = sum(layer.conv is not None for layer in self.layers)
+        return (self.input.load_cycles + self.input.scan_cycles() + HOP_CYCLES * hops + tap_decoders
                 + sum(layer.accumulate_cycles() + (layer.pool.cycles() if layer.pool else 0) for layer in self.layers)
                 + self.layers[-1].readout_cycles())
 
