@@ -195,6 +195,11 @@ class _DenseWalk:
         # was the binary step state's decode in front of the address, the iCE40's slowest path.
         m.d.comb += [issue.row.eq(self.row), weights.addr.eq(self.weight_row), biases.addr.eq(self.row),
                      self.weight_row.eq(Mux(self.block.first, events.payload.addr, self.weight_row_next))]
+        # The next block's row, in every cycle (no enable: the step state's decode was in front of it). It is
+        # read only in an event's later blocks, and an event on offer is walked in every cycle until taken.
+        # (Both sums from registers, then the choice: the sum of the chosen row was one path with the state.)
+        m.d.sync += self.weight_row_next.eq(Mux(self.block.first, events.payload.addr + plan.inputs,
+                                                self.weight_row_next + plan.inputs))
 
     def start_pass(self, m: Module) -> None:
         self.block.restart(m)
@@ -206,9 +211,6 @@ class _DenseWalk:
     def on_event(self, m: Module) -> None:
         payload = self.events.payload
         m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD), self.issue.spike.eq(payload.spike)]
-        # (Both sums from registers, then the choice: the sum of the chosen row was one path with the state.)
-        m.d.sync += self.weight_row_next.eq(Mux(self.block.first, payload.addr + self.plan.inputs,
-                                                self.weight_row_next + self.plan.inputs))
         with m.If(self.advance_pass(m)):
             m.d.comb += self.events.ready.eq(1)
 

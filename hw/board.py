@@ -148,6 +148,13 @@ class FrameReceiver(wiring.Component):
             m.d.sync += self.errors.valid.eq(0)
         # One flip-flop per state: the decode of a binary state led the receiver's paths on the iCE40.
         self._fsm = OneHotFSM(m, "receive", initial="HUNT")
+        # The states that take the byte on offer, and those of them that sum it into the CRC: a flip-flop
+        # each (an OR of eleven state flip-flops was two LUTs of the iCE40's slowest path, into `ready`).
+        summed = ["TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD"]
+        if self.params.load_bytes:
+            summed += ["LOAD", "ADDR0", "ADDR1", "COUNT", "ROWS"]
+        self._summing = self._fsm.group("summing", summed)
+        self._taking = self._fsm.group("taking", [*summed, "HUNT", "CRC0", "CRC1"])
         self._refusals(m)
         self._header(m)
         self._image_payload(m)
@@ -159,17 +166,14 @@ class FrameReceiver(wiring.Component):
         return m
 
     def _take_bytes(self, m: Module) -> None:
-        """Which states take the byte on offer, and which of them sum it into the CRC: one OR over
-        state flip-flops (assigned state by state, it was a chain of multiplexers in front of the CRC).
-        PAYLOAD waits while the image buffer is busy, ROWS while the LOAD buffer is."""
-        bits, byte, available = self._fsm.bits, self.bytes.payload, self.bytes.valid
-        summed = ["TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD"]
+        """Which states take the byte on offer (``_taking``), and which of them sum it into the CRC
+        (``_summing``): flip-flops of the state machine (assigned state by state, it was a chain of
+        multiplexers in front of the CRC). PAYLOAD waits while the image buffer is busy, ROWS while the LOAD buffer is."""
+        bits, byte, available, summing = self._fsm.bits, self.bytes.payload, self.bytes.valid, self._summing
         waiting = bits["PAYLOAD"] & self.image.busy
         if self.params.load_bytes:
-            summed += ["LOAD", "ADDR0", "ADDR1", "COUNT", "ROWS"]
             waiting |= bits["ROWS"] & self.weights.busy
-        summing = Cat(bits[state] for state in summed).any()
-        m.d.comb += self._take.eq(available & ~waiting & (summing | bits["HUNT"] | bits["CRC0"] | bits["CRC1"]))
+        m.d.comb += self._take.eq(available & ~waiting & self._taking)
         # The CRC takes each byte a cycle later, from registers (the received byte's compares and the CRC's
         # XORs were one path into its register); it is read in COMPARE, bytes after the last one it sums.
         crc_byte, crc_valid, crc_start = Signal(8), Signal(), Signal()
@@ -259,22 +263,24 @@ class FrameReceiver(wiring.Component):
         padding = ((1 << lanes) - 1) ^ ((1 << real) - 1)
         low_byte = Signal(8)                         # first byte of a two-byte code
         count, last_byte = self._count, self._last_byte
+        if p.code_bytes == 2:
+            code_done, code = count[0], Cat(low_byte, byte)[:T]
+        else:
+            code_done, code = Const(1), byte[:T]
+        # The word and the codes go to the buffer in every cycle and only `en` says when: under the byte's
+        # take they were a multiplexer behind it (the iCE40's slowest path, into the write address).
+        zero_or_code = Mux(last_byte, 0, code)
+        m.d.comb += [self.image.addr.eq(word), self.image.data.eq(Cat(*[code] * real, *[zero_or_code] * (lanes - real)))]
         with self._fsm.State("PAYLOAD"):
             # The image buffer is free only once the previous image went into the core.
             with m.If(self._take):
                 # (last_byte: the count's compare, a cycle ahead; in front of the image write, it was 2 LUTs deep)
                 m.d.sync += [count.eq(count + 1), last_byte.eq(count == p.image_bytes - 2)]
                 if p.code_bytes == 2:
-                    code_done, code = count[0], Cat(low_byte, byte)[:T]
                     with m.If(~count[0]):
                         m.d.sync += low_byte.eq(byte)
-                else:
-                    code_done, code = Const(1), byte[:T]
                 with m.If(code_done):
-                    zero_or_code = Mux(last_byte, 0, code)
-                    m.d.comb += [self.image.addr.eq(word),
-                                 self.image.data.eq(Cat(*[code] * real, *[zero_or_code] * (lanes - real))),
-                                 self.image.en.eq(lane | Mux(last_byte, padding, 0))]
+                    m.d.comb += self.image.en.eq(lane | Mux(last_byte, padding, 0))
                     with m.If(lane[lanes - 1] | last_byte):
                         m.d.sync += [lane.eq(1), word.eq(word + 1)]
                     with m.Else():
@@ -318,13 +324,15 @@ class FrameReceiver(wiring.Component):
         """A LOAD's rows into the LOAD buffer, each row's first byte in its LSBs; only once the
         previous LOAD's rows are all written (``busy``), so the buffer never holds two LOADs."""
         p, byte = self.params, self.bytes.payload
+        row = Cat(self._row[8:8 * p.load_bytes], byte)
+        # The row and its address go to the buffer in every cycle and only `en` says when: under the
+        # byte's take they were a multiplexer behind it (the iCE40's slowest path, into the write address).
+        m.d.comb += [self.weights.addr.eq(self._row_index), self.weights.data.eq(row)]
         with self._fsm.State("ROWS"):
-            row = Cat(self._row[8:8 * p.load_bytes], byte)
             with m.If(self._take):
                 m.d.sync += [self._row.eq(row), self._row_byte.eq(self._row_byte + 1)]
                 with m.If(self._row_byte == p.load_bytes - 1):
-                    m.d.comb += [self.weights.en.eq(1), self.weights.addr.eq(self._row_index),
-                                 self.weights.data.eq(row)]
+                    m.d.comb += self.weights.en.eq(1)
                     m.d.sync += [self._row_byte.eq(0), self._row_index.eq(self._row_index + 1)]
                     with m.If(self._row_index == self._last_row_index):
                         self._fsm.next = "CRC0"

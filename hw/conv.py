@@ -121,7 +121,7 @@ class _ConvWalk:
         # Pass counters over the membrane rows, with the block of the row (for the bias).
         self.row, self.pass_block, self.pass_pixel = index_signal(R), index_signal(B), index_signal(P)
 
-        # Event expansion counters; `starting`: the event on offer has issued none of its rows yet.
+        # Event expansion counters (each 0 while `starting`); `starting`: the event on offer has issued none of its rows yet.
         self.block, self.tap_y, self.tap_x = index_signal(B), Signal(range(kh + 1)), Signal(range(kw + 1))
         self.starting = Signal(init=1)
         # Whether the next cycle is the last tap on x, on y, the last block, the event's last (all three).
@@ -130,6 +130,7 @@ class _ConvWalk:
         # Membrane rows b*P - u*W_out - v from the first tap's, weight rows the block's, tap row's and tap's.
         self.rows_m = _TapAddress("walk_m", events.payload.first_m, signed(mw_addr), (-m_step_x, -m_step_y, P))
         self.rows_w = _TapAddress("walk_w", events.payload.first_w, ww_addr, (w_step_x, w_step_y, kh * kw * g.in_shape[0]))
+        self._walk(m)
         issue_row = index_signal(R)
         m.d.comb += [
             issue_row.eq(Mux(in_pass, self.row, self.rows_m.address(self.starting)[:len(issue_row)])),
@@ -151,45 +152,50 @@ class _ConvWalk:
             m.d.sync += self.pass_block.eq(self.pass_block + 1)
         return last
 
-    def on_event(self, m: Module) -> None:
-        events, event, starting = self.events, self.events.payload, self.starting
-        B = self.plan.blocks
-        # Whether this cycle is the last tap on x, on y, the last block, the event's last: an event's first
-        # cycle reads them from the decoder, later cycles from registers set a cycle ahead (compares with
-        # the event's tap counts were four LUTs in front of `ready` and the stream register it enables).
-        x_now, y_now, block_now, last_now = (
+    def _walk(self, m: Module) -> None:
+        """The walk's counters, flags and rows, stepped in every cycle without an enable (the step
+        state's decode and the event's valid were in front of their enables, the iCE40's slowest path):
+        outside an event ``starting`` is set and none of them is read (an event's first cycle reads
+        the decoder's values and counters from 0), and an event on offer is walked in every cycle until
+        it is taken. This cycle's last tap on x, on y, last block and last of the event come from the
+        decoder in an event's first cycle, later from registers set a cycle ahead."""
+        event, starting, B = self.events.payload, self.starting, self.plan.blocks
+        x_now, y_now, block_now, self.last_now = (
             Mux(starting, first, reg) for first, reg in
             ((event.one_tap_x, self.x_last), (event.one_tap_y, self.y_last), (B == 1, self.block_last),
              (event.one_tap & (B == 1), self.ending)))
+        tap_x, tap_y, block = (Mux(starting, 0, counter) for counter in (self.tap_x, self.tap_y, self.block))
+        m.d.sync += [self.tap_x.eq(0), self.tap_y.eq(tap_y), self.block.eq(block), self.x_last.eq(event.one_tap_x),
+                     self.y_last.eq(y_now), self.block_last.eq(block_now)]
+        with m.If(~x_now):
+            x_last = tap_x + 1 == event.last_tap_x
+            m.d.sync += [self.tap_x.eq(tap_x + 1), self.x_last.eq(x_last), self.ending.eq(x_last & y_now & block_now)]
+        with m.Elif(~y_now):
+            y_last = tap_y + 1 == event.last_tap_y
+            m.d.sync += [self.tap_y.eq(tap_y + 1), self.y_last.eq(y_last),
+                         self.ending.eq(event.one_tap_x & y_last & block_now)]
+        with m.Else():
+            block_last = block + 1 == B - 1
+            m.d.sync += [self.tap_y.eq(0), self.y_last.eq(event.one_tap_y), self.block.eq(block + 1),
+                         self.block_last.eq(block_last), self.ending.eq(event.one_tap & block_last)]
+        for rows in (self.rows_m, self.rows_w):
+            with m.If(~x_now):
+                rows.step(m, starting, "x")
+            with m.Elif(~y_now):
+                rows.step(m, starting, "y")
+            with m.Else():
+                rows.step(m, starting, "block")
+
+    def on_event(self, m: Module) -> None:
+        events, event = self.events, self.events.payload
         with m.If(~event.reaches):
             m.d.comb += events.ready.eq(1)           # an input no output pixel reads: one idle cycle
         with m.Else():
             m.d.comb += [self.issue.valid.eq(1), self.issue.op.eq(AccumulateOp.ADD),
                          self.issue.spike.eq(event.spike)]
-            m.d.sync += [starting.eq(0), self.x_last.eq(event.one_tap_x), self.y_last.eq(y_now),
-                         self.block_last.eq(block_now)]
-            with m.If(last_now):
-                m.d.sync += [self.tap_x.eq(0), self.tap_y.eq(0), self.block.eq(0), starting.eq(1)]
+            m.d.sync += self.starting.eq(self.last_now)
+            with m.If(self.last_now):
                 m.d.comb += events.ready.eq(1)
-            with m.Elif(~x_now):
-                x_last = self.tap_x + 1 == event.last_tap_x
-                m.d.sync += [self.tap_x.eq(self.tap_x + 1), self.x_last.eq(x_last),
-                             self.ending.eq(x_last & y_now & block_now)]
-                for rows in (self.rows_m, self.rows_w):
-                    rows.step(m, starting, "x")
-            with m.Elif(~y_now):
-                y_last = self.tap_y + 1 == event.last_tap_y
-                m.d.sync += [self.tap_x.eq(0), self.tap_y.eq(self.tap_y + 1), self.y_last.eq(y_last),
-                             self.ending.eq(event.one_tap_x & y_last & block_now)]
-                for rows in (self.rows_m, self.rows_w):
-                    rows.step(m, starting, "y")
-            with m.Else():
-                block_last = self.block + 1 == B - 1
-                m.d.sync += [self.tap_x.eq(0), self.tap_y.eq(0), self.y_last.eq(event.one_tap_y),
-                             self.block.eq(self.block + 1), self.block_last.eq(block_last),
-                             self.ending.eq(event.one_tap & block_last)]
-                for rows in (self.rows_m, self.rows_w):
-                    rows.step(m, starting, "block")
 
 
 class ConvAccumulate(AccumulateStage):
