@@ -157,8 +157,8 @@ class AccumulateStage(wiring.Component):
         groups = -(-L // FANOUT_LANES)
         shifting, *controls = fanout_copies(m, "shifting", reading, layout, 1 if groups == 1 else 1 + groups)
         controls = controls or [shifting]
-        weight_row, bias_row = Signal.like(weights.data), biases.data       # (the table registers its row)
-        m.d.sync += [reading.eq(issue), executed.eq(shifting), weight_row.eq(weights.data)]
+        weight_row, bias_row = weights.data, biases.data       # (TABLE_LATENCY: the tables register their rows)
+        m.d.sync += [reading.eq(issue), executed.eq(shifting)]
         # A CLEAR's row reads as 0: the bank zeroes it on the way into its read register.
         m.d.comb += [port.read_addr.eq(reading.row), port.zero_read.eq(shifting.valid & (shifting.op == AccumulateOp.CLEAR))]
         addend_width = max(plan.weight_width + plan.timesteps - 1, plan.bias_width)

@@ -12,7 +12,7 @@ from amaranth.lib import data, memory
 
 from ..contract.plan import TABLE_ROWS, LayerPlan
 
-__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY", "NO_COLLISIONS",
+__all__ = ["lanes_view", "rom", "in_logic", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY", "NO_COLLISIONS",
            "YOSYS_NO_COLLISIONS"]
 
 #: Attributes of a memory (one read port, one write port) none of whose reads uses the data of a row
@@ -67,17 +67,23 @@ def rom(m: Module, name: str, width: int, rows: tuple[int, ...]):
     return store.read_port()
 
 
-def row_table(m: Module, name: str, width: int, rows: tuple[int, ...]):
-    """A constant table of rows (biases, thresholds), ``TABLE_LATENCY`` = 2 cycles from address to data.
+def in_logic(width: int, rows: int) -> bool:
+    """Whether yosys builds a ROM of ``rows`` x ``width`` bits from logic rather than block RAM: at
+    most 16 rows or 1 Kbit (gen/build.py's block RAM estimate counts none for it)."""
+    return rows <= 16 or width * rows <= 1024
 
-    Up to ``TABLE_ROWS`` rows (spikesmith/contract/plan.py) it is logic in two registered steps: each group of 16 rows
+
+def row_table(m: Module, name: str, width: int, rows: tuple[int, ...], logic: bool | None = None):
+    """A constant table of rows (biases, thresholds, weights), ``TABLE_LATENCY`` = 2 cycles from address to data.
+
+    Up to ``TABLE_ROWS`` rows (spikesmith/contract/plan.py), or when ``logic`` says so, it is logic in two registered steps: each group of 16 rows
     picks its row by the address's low 4 bits (one 4-input LUT a bit on the iCE40, its flip-flop
     beside it), then the address's high bits pick the group. A synchronous ROM read from logic
     and then registered was 6-7 LUTs deep (yosys builds such small ROMs from logic anyway).
     Deeper tables are a ROM (:func:`rom`) with its data registered once more.
     Returns an object with ``addr`` (in) and ``data``.
     """
-    if len(rows) > TABLE_ROWS:
+    if not (len(rows) <= TABLE_ROWS if logic is None else logic):
         store = rom(m, name, width, rows)
         data = Signal(width, name=f"{name}_data")
         m.d.sync += data.eq(store.data)
@@ -102,21 +108,27 @@ def row_table(m: Module, name: str, width: int, rows: tuple[int, ...]):
 
 
 def weight_store(m: Module, plan: LayerPlan, load):
-    """The weight rows: a ROM, or (``plan.weights_loaded``) a RAM written through ``load``.
+    """The weight rows: a table (:func:`row_table`; in logic in two registered steps where yosys would
+    build the ROM from logic anyway: read from logic in one, layer 0 of the digits CNN was the
+    iCE40's slowest path), or (``plan.weights_loaded``) a RAM written through ``load``.
 
     A loaded store has one address for reading and writing, so yosys can map it to the
     iCE40UP5K's single-port SPRAM; ``load.en`` takes the address for the write cycle. Loads
     happen only while the core is idle (the board top refuses them with images in flight).
-    Returns an object with ``addr`` (read address, in) and ``data`` (the row, a cycle later).
+    Returns an object with ``addr`` (read address, in) and ``data`` (the row, ``TABLE_LATENCY``
+    cycles later).
     """
     if not plan.weights_loaded:
-        return rom(m, "weights", plan.weight_row_width, plan.weight_rows)
+        return row_table(m, "weights", plan.weight_row_width, plan.weight_rows,
+                         logic=in_logic(plan.weight_row_width, len(plan.weight_rows)))
     store = memory.Memory(shape=unsigned(plan.weight_row_width), depth=plan.weight_row_count, init=[],
                           attrs={"ram_style": "huge"})
     m.submodules.weights_spram = store          # gen/build.py strips this name's (zero) init for yosys
     write, read = store.write_port(), store.read_port()
     address = Signal.like(read.addr)
-    rom_like = SimpleNamespace(addr=Signal.like(read.addr, name="weight_read_addr"), data=read.data)
-    m.d.comb += [address.eq(Mux(load.en, load.addr, rom_like.addr)), read.addr.eq(address),
+    table_like = SimpleNamespace(addr=Signal.like(read.addr, name="weight_read_addr"),
+                                 data=Signal.like(read.data, name="weights_data"))
+    m.d.comb += [address.eq(Mux(load.en, load.addr, table_like.addr)), read.addr.eq(address),
                  read.en.eq(~load.en), write.addr.eq(address), write.data.eq(load.data), write.en.eq(load.en)]
-    return rom_like
+    m.d.sync += table_like.data.eq(read.data)
+    return table_like

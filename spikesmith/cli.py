@@ -592,7 +592,7 @@ def cmd_build(args) -> int:
     progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {[layer.lanes for layer in plan.layers]}, "
              f"input lanes {plan.input.lanes}, worst-case interval {plan.initiation_interval} cycles")
     report = build_bitstream(plan, board, output, baud=args.baud, clock_hz=clock_hz, program=args.program,
-                             sizing=sizing, progress=progress)
+                             sizing=sizing, seeds=args.seeds, progress=progress)
     if args.json:
         _emit_json(report)
         return 0
@@ -600,8 +600,10 @@ def cmd_build(args) -> int:
     for name, use in report["utilisation"].items():
         if use["used"]:
             print(f"  {name:<14} {use['used']:7d} / {use['total']:<7d} {100 * use['used'] / use['total']:5.1f}%")
+    tried = report["placement"]["fmax_mhz_by_seed"]
     print(f"  Fmax {report['fmax_mhz']:.2f} MHz ({'meets' if report['timing_met'] else 'FAILS'} "
-          f"{report['clock_mhz']:g} MHz)")
+          f"{report['clock_mhz']:g} MHz), placement from seed {report['placement']['seed']}"
+          + (f" of {len(tried)} tried ({', '.join(f'{mhz:.1f}' for mhz in tried.values())} MHz)" if len(tried) > 1 else ""))
     for path in report["critical_paths"][:1]:
         print(f"  critical path {path['delay_ns']:.1f} ns ({path['logic_ns']:.1f} logic, {path['routing_ns']:.1f} "
               f"routing) from {path['from']} through {', '.join(path['through'][1:-1]) or '-'} to {path['to']}")
@@ -795,6 +797,9 @@ def _add_hardware_commands(sub) -> None:
     p.add_argument("--clock", type=_number(float, 1.0, 500.0), metavar="MHZ",
                    help="clock the core from a PLL at MHZ (default: the board's oscillator, 12 MHz on the "
                         "iCEBreaker, 25 MHz on the ULX3S)")
+    p.add_argument("--seeds", type=_number(int, 1, 50), default=5, metavar="N",
+                   help="placements to try (nextpnr seeds 1..N), stopping at the first that meets the clock "
+                        "(default 5: placements of a nearly full device differ by several MHz)")
     p.add_argument("--program", action="store_true", help="program the board after the build")
     _hardware_options(p)
     p.set_defaults(lane_budget=None)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from spikesmith.gen.build import (BOARDS, BuildError, check_fit, clock_for_baud, ice40_usage, parse_critical_paths,
-                                  fastest, parse_nextpnr_log, plan_for_board, speed_candidates)
+                                  fastest, parse_nextpnr_log, place_and_route, plan_for_board, seed_script,
+                                  speed_candidates)
 from spikesmith.gen.netfile import load_network, save_network
 from spikesmith.hw.clocking import ClockError, ecp5_pll, ice40_pll
 
@@ -50,6 +51,66 @@ Info:    routing  2.41  2.41 Net pin_uart_0__rx$i (0,12) -> (1,12)
 Info:                          Sink board.uart_rx.rx$3_SB_LUT4_I3_LC.I3
 Info: 0.82 ns logic, 2.41 ns routing
 """
+
+
+AMARANTH_SCRIPT = """#!/bin/sh
+set -e
+: ${YOSYS:=yosys}
+: ${NEXTPNR_ICE40:=nextpnr-ice40}
+"$YOSYS" -q -l top.rpt top.ys
+"$NEXTPNR_ICE40" --quiet --log top.tim --up5k --json top.json --asc top.asc
+"$ICEPACK" top.asc top.bin
+"""
+
+
+def test_a_further_seed_places_the_same_netlist_again():
+    first, again = seed_script(AMARANTH_SCRIPT, 1, synthesis=True), seed_script(AMARANTH_SCRIPT, 4, synthesis=False)
+    assert '"$YOSYS"' in first and '"$YOSYS"' not in again and '"$ICEPACK"' in again
+    assert "--asc top.asc --seed 1\n" in first and "--asc top.asc --seed 4\n" in again
+    users = AMARANTH_SCRIPT.replace("--quiet", "--quiet --seed 9")
+    assert "--seed 9" in seed_script(users, 2, synthesis=False) and "--seed 2" not in seed_script(users, 2, synthesis=False)
+
+
+def _fake_tools(tmp_path, monkeypatch, fmax_by_seed: dict, allow_fail: bool):
+    """A work folder whose nextpnr is a stand-in: it logs the given Fmax for its --seed against a 40 MHz
+    clock, and fails at a miss unless ``allow_fail`` (as nextpnr does without --timing-allow-fail)."""
+    fake = tmp_path / "nextpnr"
+    fake.write_text(f"""#!/bin/sh
+seed=$(echo "$@" | sed 's/.*--seed \\([0-9]*\\).*/\\1/')
+case $seed in {' '.join(f'{k}) f={v};;' for k, v in fmax_by_seed.items())} esac
+verdict=$(awk "BEGIN {{print ($f >= 40) ? \\"PASS\\" : \\"FAIL\\"}}")
+printf 'Info: Device utilisation:\\nInfo: \\t ICESTORM_LC:  4000/  5280  75%%\\n' > top.tim
+printf "Info: Max frequency for clock 'board.clk': %s MHz (%s at 40.00 MHz)\\n" $f $verdict >> top.tim
+echo "placed from seed $seed" >> placed.txt
+[ $verdict = PASS ] || [ {int(allow_fail)} = 1 ] || {{ echo "ERROR: Max frequency: FAIL"; exit 1; }}
+""")
+    fake.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "build_top.sh").write_text(AMARANTH_SCRIPT)
+    for tool, path in (("YOSYS", "true"), ("NEXTPNR_ICE40", str(fake)), ("ICEPACK", "true")):
+        monkeypatch.setenv(tool, path)
+    return work
+
+
+def test_placement_stops_at_the_first_seed_that_meets_the_clock(tmp_path, monkeypatch):
+    work = _fake_tools(tmp_path, monkeypatch, {1: 38.8, 2: 41.5, 3: 45.0}, allow_fail=False)
+    figures, placement = place_and_route(work, BOARDS["icebreaker"], 5, progress=lambda message: None)
+    assert figures["timing_met"] and figures["fmax_mhz"] == 41.5
+    assert placement == {"seed": 2, "fmax_mhz_by_seed": {1: 38.8, 2: 41.5}}
+
+
+def test_a_clock_no_seed_meets_is_refused_naming_each_seeds_fmax(tmp_path, monkeypatch):
+    work = _fake_tools(tmp_path, monkeypatch, {1: 38.8, 2: 38.2, 3: 35.1}, allow_fail=False)
+    with pytest.raises(BuildError, match=r"Fmax 38\.8, 38\.2, 35\.1 MHz from seeds 1-3"):
+        place_and_route(work, BOARDS["icebreaker"], 3, progress=lambda message: None)
+
+
+def test_with_timing_allowed_to_fail_the_best_seed_is_placed_again(tmp_path, monkeypatch):
+    work = _fake_tools(tmp_path, monkeypatch, {1: 36.0, 2: 38.9, 3: 35.1}, allow_fail=True)
+    figures, placement = place_and_route(work, BOARDS["icebreaker"], 3, progress=lambda message: None)
+    assert not figures["timing_met"] and figures["fmax_mhz"] == 38.9 and placement["seed"] == 2
+    assert (work / "placed.txt").read_text().split("\n")[-2] == "placed from seed 2", "its outputs are the ones kept"
 
 
 def test_critical_paths_are_read_from_nextpnrs_report():
@@ -202,6 +263,7 @@ def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
     # clock_mhz is nextpnr's own figure for the PLL output, rounded from a period in ps: 16.13 or 16.14.
     assert report["clock_hz"] == 16_125_000 and report["clock_mhz"] == pytest.approx(16.125, abs=0.02)
     assert report["timing_met"] and report["fmax_mhz"] >= 16.125
+    assert report["placement"] == {"seed": 1, "fmax_mhz_by_seed": {"1": report["fmax_mhz"]}}, "met at the first seed"
     assert report["spram_layers"] == [0] and report["lanes"] == [2, 1, 1]
     assert report["sizing"]["chosen_lanes"] == report["lanes"], "the report says why: speed sizing chose them"
     assert report["estimate"]["logic"] == pytest.approx(use["ICESTORM_LC"]["used"], rel=0.25)
