@@ -352,7 +352,7 @@ def check_fit(plan: CorePlan, board: BoardSpec) -> None:
 def _check_ice40_memory(plan: CorePlan, board: BoardSpec) -> None:
     ebr, spram = ice40_usage(plan)
     if ebr > board.ram_blocks or spram > board.spram_blocks:
-        weight_bits = sum(layer.memory_bits["weights"] for layer in plan.layers)
+        weight_bits = sum(layer.weight_row_width * layer.weight_row_count for layer in plan.layers)
         raise BuildError(f"the network does not fit the {board.name} ({board.device}): it needs about {ebr} "
                          f"block RAMs and {spram} SPRAMs (weights {weight_bits:,} bits), the device has "
                          f"{board.ram_blocks} block RAMs of {board.ram_block_bits} bits and {board.spram_blocks} "

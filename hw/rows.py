@@ -10,9 +10,9 @@ from types import SimpleNamespace
 from amaranth import Array, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory
 
-from ..contract.plan import TABLE_ROWS, LayerPlan
+from ..contract.plan import TABLE_ROWS, LayerPlan, rom_in_logic
 
-__all__ = ["lanes_view", "rom", "in_logic", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY", "NO_COLLISIONS",
+__all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY", "NO_COLLISIONS",
            "YOSYS_NO_COLLISIONS"]
 
 #: Attributes of a memory (one read port, one write port) none of whose reads uses the data of a row
@@ -67,12 +67,6 @@ def rom(m: Module, name: str, width: int, rows: tuple[int, ...]):
     return store.read_port()
 
 
-def in_logic(width: int, rows: int) -> bool:
-    """Whether yosys builds a ROM of ``rows`` x ``width`` bits from logic rather than block RAM: at
-    most 16 rows or 1 Kbit (gen/build.py's block RAM estimate counts none for it)."""
-    return rows <= 16 or width * rows <= 1024
-
-
 def row_table(m: Module, name: str, width: int, rows: tuple[int, ...], logic: bool | None = None):
     """A constant table of rows (biases, thresholds, weights), ``TABLE_LATENCY`` = 2 cycles from address to data.
 
@@ -120,7 +114,7 @@ def weight_store(m: Module, plan: LayerPlan, load):
     """
     if not plan.weights_loaded:
         return row_table(m, "weights", plan.weight_row_width, plan.weight_rows,
-                         logic=in_logic(plan.weight_row_width, len(plan.weight_rows)))
+                         logic=rom_in_logic(plan.weight_row_width, plan.weight_row_count))
     store = memory.Memory(shape=unsigned(plan.weight_row_width), depth=plan.weight_row_count, init=[],
                           attrs={"ram_style": "huge"})
     m.submodules.weights_spram = store          # gen/build.py strips this name's (zero) init for yosys

@@ -24,7 +24,7 @@ from math import gcd
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import LOAD_HEAD, unpack_result
 
-__all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_is_staged", "row_queue_depth", "HOP_CYCLES", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
+__all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_is_staged", "row_queue_depth", "HOP_CYCLES", "rom_in_logic", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
 
 #: Rows a row reader (the input encoder's, a fire stage's) may hold ready for its scanner: its read
@@ -54,6 +54,13 @@ def row_is_staged(lanes: int) -> bool:
 def row_queue_depth(lanes: int) -> int:
     """Entries of the row queue of a scanner over rows of ``lanes`` lanes."""
     return ROW_QUEUE_DEPTH + row_is_staged(lanes)
+
+
+def rom_in_logic(width: int, rows: int) -> bool:
+    """Whether a constant table of ``rows`` x ``width`` bits is built from logic (hw/rows.py) rather
+    than as a memory: at most 16 rows or 1 Kbit, where yosys builds a ROM from logic anyway (and
+    gen/build.py's block RAM estimate counts none)."""
+    return rows <= 16 or width * rows <= 1024
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -279,9 +286,12 @@ class LayerPlan:
     def memories(self) -> list[tuple[str, int, int]]:
         """Every memory of the engine as built, ``(kind, width, rows)``: at least two rows each
         (hw/engines.py: no zero-width addresses); the membranes are two banks; biases and thresholds
-        only in tables deeper than ``TABLE_ROWS`` (shallower ones are logic)."""
+        only in tables deeper than ``TABLE_ROWS`` (shallower ones are logic); constant weights only
+        where :func:`rom_in_logic` says no."""
         blocks, rows, L = max(2, self.blocks), max(2, self.rows), self.lanes
-        shapes = [("weights", self.weight_row_width, self.weight_row_count)]
+        shapes = []
+        if self.weights_loaded or not rom_in_logic(self.weight_row_width, self.weight_row_count):
+            shapes.append(("weights", self.weight_row_width, self.weight_row_count))   # (else logic, as a table)
         if len(self.bias_rows) > TABLE_ROWS:             # (else logic: hw/rows.py, row_table)
             shapes.append(("biases", L * self.bias_width, blocks))
         shapes += [("membranes", L * self.membrane_width, rows)] * 2
