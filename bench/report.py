@@ -128,9 +128,12 @@ def _board_row(r: dict) -> str:
            if name in ("ICESTORM_RAM", "ICESTORM_SPRAM", "DP16KD", "TRELLIS_RAMW") and u["used"]]
     estimate = r.get("estimate", {}).get("logic")
     estimated = f" (est. {estimate:,})" if estimate else ""
+    seeds = r.get("placement", {}).get("fmax_mhz_by_seed", {})      # (builds before --seeds have none)
+    placed = (f"; seed {r['placement']['seed']} of {len(seeds)}: {', '.join(f'{mhz:.1f}' for mhz in seeds.values())}"
+              if len(seeds) > 1 else "")
     return (f"| {_network_name(r)} | {r['board']} ({r['device']}) | {r['options'] or '-'} | {'/'.join(map(str, r['lanes']))} | "
             f"{logic['used']:,} / {logic['total']:,}{estimated} | {', '.join(ram)} | {r['fmax_mhz']:.1f} MHz "
-            f"({r['clock_hz'] / 1e6:g} MHz{'' if r['timing_met'] else ', FAILS'}) | "
+            f"({r['clock_hz'] / 1e6:g} MHz{'' if r['timing_met'] else ', FAILS'}{placed}) | "
             f"{_core_rate(r):,.0f} | {r['build_seconds'] / 60:.1f} min |")
 
 
@@ -144,7 +147,9 @@ def boards_section(f: dict) -> list[str]:
     lines = [f"{networks}. Figures from nextpnr's report; images/s from the worst-case interval at the clock "
              "(spike skipping makes the real rate higher; the 115200-baud UART carries ~160 images/s). Lanes sized "
              "for speed unless the options give them; logic with the sizing's estimate beside it. A build that "
-             "misses its clock is kept (nextpnr with --timing-allow-fail): FAILS beside the clock.", "",
+             "misses its clock is kept (nextpnr with --timing-allow-fail): FAILS beside the clock. Builds since "
+             "`--seeds` place from nextpnr seeds 1, 2, ... (5 at most) until one meets the clock, and keep the best; "
+             "where more than one was tried the clock cell lists each seed's Fmax.", "",
              "| network | board | options | lanes | logic (LC / LUT4) | RAM | Fmax (clock) | core images/s (at min(clock, Fmax)) | build |",
              "|---|---|---|---|---|---|---|---|---|"]
     return lines + [_board_row(r) for r in f["builds"]]
