@@ -130,7 +130,7 @@ class _ConvWalk:
         # Membrane rows b*P - u*W_out - v from the first tap's, weight rows the block's, tap row's and tap's.
         self.rows_m = _TapAddress("walk_m", events.payload.first_m, signed(mw_addr), (-m_step_x, -m_step_y, P))
         self.rows_w = _TapAddress("walk_w", events.payload.first_w, ww_addr, (w_step_x, w_step_y, kh * kw * g.in_shape[0]))
-        self._walk(m)
+        self._step_every_cycle(m)
         issue_row = index_signal(R)
         m.d.comb += [
             issue_row.eq(Mux(in_pass, self.row, self.rows_m.address(self.starting)[:len(issue_row)])),
@@ -152,7 +152,7 @@ class _ConvWalk:
             m.d.sync += self.pass_block.eq(self.pass_block + 1)
         return last
 
-    def _walk(self, m: Module) -> None:
+    def _step_every_cycle(self, m: Module) -> None:
         """The walk's counters, flags and rows, stepped in every cycle without an enable (the step
         state's decode and the event's valid were in front of their enables, the iCE40's slowest path):
         outside an event ``starting`` is set and none of them is read (an event's first cycle reads
