@@ -24,7 +24,7 @@ from amaranth import ClockDomain, Elaboratable, Module
 from amaranth._toolchain import ToolNotFound
 from amaranth.build.run import LocalBuildProducts
 
-from ..contract.plan import CorePlan, ceil_div
+from ..contract.plan import CorePlan, ceil_div, rom_in_logic
 from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
@@ -58,8 +58,9 @@ class LogicFit:
 #: Least-squares fits to nextpnr's counts. iCE40UP5K (2026-11-27, bench/mlp_shapes.py and the digits CNN,
 #: 7 builds: digits MLPs of 2-4 layers at one lane a layer, 2,711-4,826 LC, and the CNN at 1/2/1, 4,922 LC),
 #: with the slope per bit held at 25 (layers and bits rise together at one lane a layer): within -5 % .. +6 %
-#: of each; the convolution layer's share raised by 112 LC when its tap decoder came (the CNN: 5,136-5,146 LC). ECP5-85F (5 builds: digits MLP 10/5/1 and 64/32/10, digits CNN 4/16/4, MNIST MLP 64/10 and
-#: 128/10): the lanes' bits alone explain them within 2.3 %. report.json has each build's estimate beside
+#: of each; the convolution layer's share raised by 112 LC when its tap decoder came (the CNN: 5,136-5,146 LC).
+#: ECP5-85F (5 builds: digits MLP 10/5/1 and 64/32/10, digits CNN 4/16/4, MNIST MLP 64/10 and 128/10): the
+#: lanes' bits alone explain them within 2.3 %. report.json has each build's estimate beside
 #: nextpnr's count.
 LOGIC_FIT = {"ice40": LogicFit(1080, 370, 342, 25.0), "ecp5": LogicFit(2950, 0, 0, 14.4)}
 #: ``build`` refuses, before synthesis, a plan whose estimated logic exceeds the device's by more than this
@@ -122,10 +123,10 @@ _SPRAM_WIDTH, _SPRAM_ROWS = 16, 16384
 def ebr_blocks(width: int, depth: int, rom: bool = False) -> int:
     """iCE40 block RAMs for one memory (the cheapest shape).
 
-    yosys builds a small ROM (at most 16 rows, or 1 Kbit) from logic (0 blocks); it puts every
-    RAM in block RAM, however shallow (a 16-row membrane bank of 400 bits takes 25 blocks).
+    yosys builds a small ROM (at most 16 rows, or 1 Kbit: :func:`rom_in_logic`) from logic (0 blocks);
+    it puts every RAM in block RAM, however shallow (a 16-row membrane bank of 400 bits takes 25 blocks).
     """
-    if rom and (depth <= 16 or width * depth <= 1024):
+    if rom and rom_in_logic(width, depth):
         return 0
     return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in _ICE40_EBR_SHAPES)
 
@@ -137,7 +138,7 @@ _ECP5_DP16KD_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (
 def dp16kd_blocks(width: int, depth: int, rom: bool = False) -> int:
     """ECP5 DP16KD blocks for one memory (the cheapest shape). An estimate, like :func:`ebr_blocks`:
     a ROM of at most 1 Kbit becomes logic, and so does any memory of at most 16 rows (distributed RAM)."""
-    if depth <= 16 or (rom and width * depth <= 1024):
+    if depth <= 16 or (rom and rom_in_logic(width, depth)):
         return 0
     return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in _ECP5_DP16KD_SHAPES)
 
