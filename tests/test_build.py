@@ -168,6 +168,14 @@ def test_mnist_sized_mlp_fits_the_up5k_with_its_first_layer_in_spram(digits_demo
     assert not plan_for_board(digits, BOARDS["icebreaker"]).loaded_layers      # block RAM is enough
 
 
+@pytest.mark.parametrize("seeds", ["0", "51", "two"])
+def test_a_seed_count_out_of_range_is_refused_in_one_line(tmp_path, seeds):
+    proc = run_cli("build", str(tmp_path / "any.net.npz"), "--board", "icebreaker", "--seeds", seeds,
+                   "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "--seeds")
+    assert not (tmp_path / "out").exists()
+
+
 def test_spram_on_a_board_without_it_is_refused(tmp_path, digits_demo):
     proc = run_cli("build", str(digits_demo["net_path"]), "--board", "ulx3s-85f", "--spram", "0",
                    "-o", str(tmp_path / "out"), check=False)
