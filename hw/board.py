@@ -130,10 +130,11 @@ class FrameReceiver(wiring.Component):
         self._seq, self._kind, self._length = Signal(16), Signal(FrameKind, init=FrameKind.IDENTIFY), Signal(16)
         self._count = index_signal(p.image_bytes + 1)        # an INFER's payload bytes
         self._last_byte = Signal()                           # _count is at the image's last byte (registered)
-        self._crc_ok = Signal()          # the frame's CRC matched (registered: the check is a cycle of its own)
-        self._take = Signal()
+        self._crc_ok = Signal(2)         # each byte of the frame's CRC matched (registered: a cycle of its own)
+        self._take = Signal()            # the byte on offer is taken (a register: decided a cycle ahead)
         self._refusing, self._refusal = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # a refusal now, its code
         self._pending, self._pending_code = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # ... a cycle later
+        self._room = Signal()                                # room for a refusal (:meth:`_refusal_room`)
         self._load = Signal(LoadRequest)                       # (unused without run-time weights)
         self._row = Signal(8 * max(1, p.load_bytes))          # the row being received, first byte in the LSBs
         self._row_byte, self._row_index = index_signal(p.load_bytes), index_signal(p.load_rows)
@@ -168,17 +169,23 @@ class FrameReceiver(wiring.Component):
     def _take_bytes(self, m: Module) -> None:
         """Which states take the byte on offer (``_taking``), and which of them sum it into the CRC
         (``_summing``): flip-flops of the state machine (assigned state by state, it was a chain of
-        multiplexers in front of the CRC). PAYLOAD waits while the image buffer is busy, ROWS while the LOAD buffer is."""
+        multiplexers in front of the CRC). PAYLOAD waits while the image buffer is busy, ROWS while the LOAD buffer is.
+
+        ``_take`` is a register, decided a cycle ahead and never two cycles running, so it starts the
+        receiver's paths (the buffers' busy, the take and the image buffer's write address were one path,
+        the iCE40's slowest). The decision still holds a cycle later: the byte on offer stays until taken,
+        a taking state leaves only on a take, and the buffers turn busy only from ACT. A byte every two
+        cycles at most: the UART brings one every 10 bit times."""
         bits, byte, available, summing = self._fsm.bits, self.bytes.payload, self.bytes.valid, self._summing
         waiting = bits["PAYLOAD"] & self.image.busy
         if self.params.load_bytes:
             waiting |= bits["ROWS"] & self.weights.busy
-        m.d.comb += self._take.eq(available & ~waiting & self._taking)
+        m.d.sync += self._take.eq(available & ~self._take & ~waiting & self._taking)
         # The CRC takes each byte a cycle later, from registers (the received byte's compares and the CRC's
         # XORs were one path into its register); it is read in COMPARE, bytes after the last one it sums.
         crc_byte, crc_valid, crc_start = Signal(8), Signal(), Signal()
-        m.d.sync += [crc_byte.eq(byte), crc_valid.eq(available & ~waiting & summing),
-                     crc_start.eq(available & bits["HUNT"] & (byte == SYNC))]
+        m.d.sync += [crc_byte.eq(byte), crc_valid.eq(self._take & summing),
+                     crc_start.eq(self._take & bits["HUNT"] & (byte == SYNC))]
         m.d.comb += [self._crc.data.eq(crc_byte), self._crc.valid.eq(crc_valid), self._crc.start.eq(crc_start)]
 
     def _refuse(self, m: Module, code: ErrorKind) -> None:
@@ -192,34 +199,39 @@ class FrameReceiver(wiring.Component):
         register's valid was the iCE40's slowest path). The seq is still the refused frame's then: a frame's
         seq comes at least three bytes after the refusal sends the receiver hunting."""
         m.d.sync += [self._pending.eq(self._refusing), self._pending_code.eq(self._refusal)]
+        # Room for a refusal, a cycle old: only a refusal takes room away (the queue fills from the refusal
+        # register alone), a refusal now leaves none next cycle, and the next refusal is a frame header later.
+        # (The room's compare in front of the states' transitions was the iCE40's slowest path.)
+        m.d.sync += self._room.eq(~self._refusing & ~self._pending & (~self.errors.valid | self.errors.ready))
         with m.If(self._pending):
             m.d.sync += [self.errors.valid.eq(1), self.errors.payload.seq.eq(self._seq),
                          self.errors.payload.code.eq(self._pending_code)]
 
     def _refusal_room(self):
-        """No refusal waits, and the refusal register is empty or goes into the queue this cycle."""
-        return ~self._pending & (~self.errors.valid | self.errors.ready)
+        """No refusal waits, and the refusal register is empty or goes into the queue this cycle (a register
+        set a cycle ahead: :meth:`_refusals`)."""
+        return self._room
 
     def _field_states(self, m: Module, fields) -> None:
         """One state per byte of a frame's fixed fields ``(state, target, next state)``: the byte
         (CRC'd) goes into its target."""
-        byte, available = self.bytes.payload, self.bytes.valid
+        byte = self.bytes.payload
         for state, target, following in fields:
             with self._fsm.State(state):
-                with m.If(available):
+                with m.If(self._take):
                     m.d.sync += target.eq(byte)
                     self._fsm.next = following
 
     def _header(self, m: Module) -> None:
         """Hunt for SYNC, then type, seq and length; the length decides what follows."""
-        p, byte, available = self.params, self.bytes.payload, self.bytes.valid
+        p, byte = self.params, self.bytes.payload
         with self._fsm.State("HUNT"):
-            with m.If(available & (byte == SYNC)):
+            with m.If(self._take & (byte == SYNC)):
                 self._fsm.next = "TYPE"
         self._field_states(m, (("TYPE", self._kind, "SEQ0"), ("SEQ0", self._seq[:8], "SEQ1"),
                                ("SEQ1", self._seq[8:], "LEN0"), ("LEN0", self._length[:8], "LEN1")))
         with self._fsm.State("LEN1"):
-            with m.If(available):
+            with m.If(self._take):
                 m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._last_byte.eq(p.image_bytes == 1),
                              self._lane.eq(1), self._word.eq(0)]
                 self._fsm.next = "DECIDE"
@@ -291,7 +303,7 @@ class FrameReceiver(wiring.Component):
     def _load_head(self, m: Module) -> None:
         """A LOAD's layer, address and row count; the length must be exactly ``LOAD_HEAD + count *
         load_bytes`` with 1 to ``load_rows`` rows (none for the commit), else it is refused here."""
-        p, byte, available = self.params, self.bytes.payload, self.bytes.valid
+        p, byte = self.params, self.bytes.payload
         # Whether the LOAD names a layer with run-time weights (or commits), in a register: the layer is
         # received long before ACT (its compares in front of the acknowledgement were the iCE40's slowest path).
         target, self._load_known = self._load.layer, Signal()
@@ -300,19 +312,32 @@ class FrameReceiver(wiring.Component):
         self._field_states(m, (("LOAD", self._load.layer, "ADDR0"), ("ADDR0", self._load.address[:8], "ADDR1"),
                                ("ADDR1", self._load.address[8:], "COUNT")))
         with self._fsm.State("COUNT"):
-            with m.If(available):
+            with m.If(self._take):
                 m.d.sync += [self._load.count.eq(byte), self._row_byte.eq(0), self._row_index.eq(0)]
                 self._fsm.next = "COUNTED"
-        # The count is checked from its register, a cycle later (its product and compare were one path with
-        # the received byte).
+        self._load_size(m)
+
+    def _load_size(self, m: Module) -> None:
+        """A LOAD's row count against its length, in three cycles from registers: COUNTED computes the length
+        the count implies, SIZING compares it, SIZED acts (the count's product, the length's compare and the
+        refusal were one path into the state, the iCE40's slowest for a 3-hidden-layer MLP)."""
+        p, count, commit = self.params, self._load.count, Signal()
+        rows_fit, sized = Signal(), Signal()         # sized: rows_fit, and exactly as long as implied
+        implied = Signal(range(LOAD_HEAD + 255 * p.load_bytes + 1))      # (wider than the length: no wrap)
         with self._fsm.State("COUNTED"):
-            count, commit = self._load.count, self._load.layer == COMMIT_LAYER
+            is_commit = self._load.layer == COMMIT_LAYER
             # At most load_rows follows from the length (LEN1 bounds it); 255 rows would make the compare constant.
-            rows_fit = Mux(commit, count == 0, count != 0)
             # (The last row's compare with count - 1 in ROWS was a carry chain on the receiver's slowest path.)
-            m.d.sync += self._last_row_index.eq(count - 1)
+            m.d.sync += [self._last_row_index.eq(count - 1), commit.eq(is_commit),
+                         rows_fit.eq(Mux(is_commit, count == 0, count != 0)),
+                         implied.eq(LOAD_HEAD + count * p.load_bytes)]
+            self._fsm.next = "SIZING"
+        with self._fsm.State("SIZING"):
+            m.d.sync += sized.eq(rows_fit & (self._length == implied))
+            self._fsm.next = "SIZED"
+        with self._fsm.State("SIZED"):
             with m.If(self._refusal_room()):                 # room for a refusal: none is dropped
-                with m.If(~rows_fit | (self._length != LOAD_HEAD + count * p.load_bytes)):
+                with m.If(~sized):
                     self._refuse(m, ErrorKind.LENGTH)
                     self._fsm.next = "HUNT"
                 with m.Elif(commit):
@@ -345,15 +370,16 @@ class FrameReceiver(wiring.Component):
         # path (the iCE40's slowest for two of the digits MLPs; one 16-bit compare there was 6 LUTs deep).
         received = Signal(16)
         with self._fsm.State("CRC0"):
-            with m.If(self.bytes.valid):
+            with m.If(self._take):
                 m.d.sync += received[:8].eq(byte)
                 self._fsm.next = "CRC1"
         with self._fsm.State("CRC1"):
-            with m.If(self.bytes.valid):
+            with m.If(self._take):
                 m.d.sync += received[8:].eq(byte)
                 self._fsm.next = "COMPARE"
         with self._fsm.State("COMPARE"):
-            m.d.sync += self._crc_ok.eq(received == self._crc.crc)
+            # Byte by byte (one 16-bit compare was three LUTs and two long routes from the CRC's register).
+            m.d.sync += self._crc_ok.eq(Cat(received[:8] == self._crc.crc[:8], received[8:] == self._crc.crc[8:]))
             self._fsm.next = "CHECK"
         # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD buffer's
         # rows to be written: a commit must not overtake them). Registered, with what CHECK decides on:
@@ -370,7 +396,7 @@ class FrameReceiver(wiring.Component):
         with self._fsm.State("CHECK"):
             with m.If(room):
                 m.d.sync += [flag.eq(0) for flag in verdict.values()]
-                with m.If(~self._crc_ok):
+                with m.If(~self._crc_ok.all()):
                     m.d.sync += verdict["crc"].eq(1)
                 with m.Elif(self._kind == FrameKind.IDENTIFY):     # a new session: older results are dropped
                     m.d.sync += verdict["identify"].eq(1)

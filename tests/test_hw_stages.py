@@ -372,13 +372,16 @@ def board():
     return net, board_params(plan_core(net, lanes=[2, 3], input_lanes=2), 12_000_000, 1_500_000)
 
 
-def _run_receiver(params, data: bytes, cycles: int = 400, busy=lambda cycle: False):
-    """Bytes into a FrameReceiver with every answer stream ready; what came out of each port.
+def _run_receiver(params, data: bytes, cycles: int = 400, busy=lambda cycle: False,
+                  image_busy=lambda cycle: False):
+    """Bytes into a FrameReceiver with every answer stream ready (``image_busy(cycle)``: the image
+    buffer's busy input); what came out of each port, image writes with their cycle in ``writes``.
     With run-time weights: the LOAD buffer rows written, the LOADs started (``busy(cycle)``: the
     weight loader's busy input) and the acknowledgements."""
     dut = FrameReceiver(params)
     T, lanes = params.plan.timesteps, params.plan.input.lanes
-    out = {"requests": [], "errors": [], "identify": [], "image": {}, "start": 0, "rows": [], "loads": [], "acks": [],
+    out = {"requests": [], "errors": [], "identify": [], "image": {}, "writes": [], "start": 0, "rows": [], "loads": [],
+           "acks": [],
            "lane_bits": [((1 << T) - 1) << (lane * T) for lane in range(lanes)]}
     ports = {"taken": dut.bytes.ready, "req": dut.requests.valid, "seq": dut.requests.payload,
              "err": dut.errors.valid, "error": dut.errors.payload, "ident": dut.identify.valid,
@@ -396,6 +399,7 @@ def _run_receiver(params, data: bytes, cycles: int = 400, busy=lambda cycle: Fal
             ctx.set(dut.bytes.valid, bool(pending))
             if pending:
                 ctx.set(dut.bytes.payload, pending[0])
+            ctx.set(dut.image.busy, image_busy(cycle))
             if "row" in ports:
                 ctx.set(dut.weights.busy, busy(cycle))
             got = dict(zip(ports, (await ctx.tick().sample(*ports.values()))[2:]))
@@ -419,6 +423,7 @@ def _record(out: dict, got: dict, cycle: int) -> None:
     if got["ident"]:
         out["identify"].append(got["ident_seq"])
     if got["write"]:      # the lanes whose bit is set in the write enable (unwritten lanes read as all ones)
+        out["writes"].append(cycle)
         word = out["image"].setdefault(got["addr"], sum(out["lane_bits"]))
         for lane, bits in enumerate(out["lane_bits"]):
             if got["write"] >> lane & 1:
@@ -438,6 +443,17 @@ def test_frame_receiver_accepts_a_checked_image(board):
     codes = [3, 0, 15, 7, 1]
     out = _run_receiver(params, encode_frame(FrameType.INFER, 41, bytes(codes)))
     assert out["requests"] == [41] and out["errors"] == [] and out["start"] == 1
+    assert out["image"] == dict(enumerate(params.plan.input.beats(codes)))
+
+
+def test_frame_receiver_writes_no_code_while_the_image_buffer_is_busy(board):
+    """Bytes on offer every cycle, the image buffer busy for the first 120 cycles (loading the previous
+    image): the header is taken, but no code until the buffer is free, and then the image is exact."""
+    net, params = board
+    codes = [3, 0, 15, 7, 1]
+    out = _run_receiver(params, encode_frame(FrameType.INFER, 42, bytes(codes)), image_busy=lambda cycle: cycle < 120)
+    assert out["writes"] and min(out["writes"]) >= 120
+    assert out["requests"] == [42] and out["errors"] == [] and out["start"] == 1
     assert out["image"] == dict(enumerate(params.plan.input.beats(codes)))
 
 
