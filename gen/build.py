@@ -9,6 +9,8 @@ utilisation and Fmax in the report are parsed from nextpnr's own log (``top.tim`
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import json
 import os
@@ -17,12 +19,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth import ClockDomain, Elaboratable, Module
 from amaranth._toolchain import ToolNotFound
-from amaranth.build.run import LocalBuildProducts
+from amaranth.build.run import BuildPlan, LocalBuildProducts
 
 from ..contract.plan import CorePlan, ceil_div, rom_in_logic
 from ..errors import SpikesmithError
@@ -34,7 +37,8 @@ from ..hw.rows import YOSYS_NO_COLLISIONS
 from .board import board_params, load_rows, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
 
-__all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream",
+__all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream", "PreparedBuild",
+           "prepare_build", "run_tools", "build_report",
            "parse_nextpnr_log", "seed_script", "place_and_route", "ice40_usage", "memory_shapes", "speed_candidates", "fastest", "sizing_report",
            "logic_estimate", "ram_estimate"]
 
@@ -535,6 +539,97 @@ def place_and_route(work: Path, board: BoardSpec, seeds: int, progress) -> tuple
     return figures, {"seed": best, "fmax_mhz_by_seed": fmax}
 
 
+@contextlib.contextmanager
+def _tool_environment(board: BoardSpec):
+    """Amaranth's tool variables pointing at the YoWASP commands (and this Python's scripts on PATH) while
+    the tools run; the environment as it was afterwards."""
+    env = {**board.tools, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class PreparedBuild:
+    """The board top of ``plan`` for ``board``, ready for the tools: amaranth's build plan (``files``: the
+    RTLIL yosys reads, the constraints and the tools' scripts), at ``clock_hz`` (``pll``: its setting, None
+    on the oscillator) and ``baud``."""
+    plan: CorePlan
+    board: BoardSpec
+    files: BuildPlan
+    clock_hz: float
+    baud: int
+    pll: object | None
+    code_bytes: int
+
+    def digest(self, seeds: int) -> str:
+        """What the build's outcome depends on, as 32 hex digits: every file the tools read, and the seeds."""
+        return hashlib.blake2b(self.files.digest() + str(seeds).encode(), digest_size=16).hexdigest()
+
+
+def prepare_build(plan: CorePlan, board: BoardSpec, *, baud: int = 115200, clock_hz: float | None = None,
+                  program: bool = False) -> PreparedBuild:
+    """Elaborate the board top for ``board`` into amaranth's build plan (no tool runs yet).
+
+    ``clock_hz``: the core's clock from a PLL; None runs it from the board's oscillator.
+    """
+    check_fit(plan, board)
+    pll = board.pll(clock_hz) if clock_hz is not None and clock_hz != board.clock_hz else None
+    clock = pll.output_hz if pll is not None else board.clock_hz
+    params = board_params(plan, round(clock), baud)
+    script, overrides = [YOSYS_KEEP_COPIES], {}                   # (hw/fanout.py)
+    if plan.loaded_layers:
+        # Amaranth gives every memory an initial value (zeros); SPRAM cannot have one.
+        script.append("delete t:$meminit_v2 r:MEMID=*weights_spram %i")
+        overrides["synth_opts"] = "-spram"
+    script.append(YOSYS_NO_COLLISIONS)                                # (hw/rows.py)
+    overrides["script_after_read"] = "\n".join(script)
+    with _tool_environment(board):
+        try:
+            files = _platform(board, program).prepare(_OnBoard(params, pll), name="top", **overrides)
+        except ToolNotFound as exc:
+            raise BuildError(f"an FPGA tool is missing: {exc}") from exc
+    return PreparedBuild(plan, board, files, clock, baud, pll, params.code_bytes)
+
+
+def run_tools(prepared: PreparedBuild, work: Path, seeds: int = 1, progress=lambda message: None) -> dict:
+    """yosys and nextpnr on ``prepared`` in the folder ``work`` (:func:`place_and_route`): nextpnr's figures,
+    ``placement`` and ``tool_seconds``. The bitstream and ``top.tim`` are left in ``work``."""
+    started = time.perf_counter()
+    with _tool_environment(prepared.board):
+        prepared.files.extract(str(work))
+        figures, placement = place_and_route(work, prepared.board, seeds, progress)
+    return {**figures, "placement": placement, "tool_seconds": round(time.perf_counter() - started, 1)}
+
+
+def build_report(prepared: PreparedBuild, figures: dict, bitstream: Path, sizing: dict | None = None) -> dict:
+    """report.json of a build: the board, clock and lanes, nextpnr's ``figures`` (:func:`run_tools`), the
+    images/s they give, and the estimates beside them."""
+    plan, board, interval = prepared.plan, prepared.board, prepared.plan.initiation_interval
+    return {
+        "board": board.name, "device": board.device, "clock_hz": prepared.clock_hz, "baud": prepared.baud,
+        "pll": None if prepared.pll is None else {k: v for k, v in vars(prepared.pll).items() if k != "input_hz"},
+        "lanes": [layer.lanes for layer in plan.layers], "input_lanes": plan.input.lanes,
+        "spram_layers": [layer.index for layer in plan.loaded_layers],
+        **{k: v for k, v in figures.items() if k not in ("placement", "tool_seconds")},
+        "initiation_interval": interval,
+        "core_images_per_second_at_clock": prepared.clock_hz / interval,
+        "core_images_per_second_at_fmax": figures["fmax_mhz"] * 1e6 / interval,
+        "uart_images_per_second": prepared.baud / 10 / (8 + plan.input.size * prepared.code_bytes),
+        "placement": figures["placement"], "tool_seconds": figures["tool_seconds"],
+        "fingerprint": plan.fingerprint, "bitstream": str(bitstream),
+        "estimate": {"logic": logic_estimate(plan, board), "ram_blocks": ram_estimate(plan, board)},
+        **({"sizing": sizing} if sizing is not None else {}),
+    }
+
+
 def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: int = 115200,
                     clock_hz: float | None = None, program: bool = False, sizing: dict | None = None,
                     seeds: int = 1, progress=lambda message: None) -> dict:
@@ -545,63 +640,26 @@ def build_bitstream(plan: CorePlan, board: BoardSpec, out_dir: Path, *, baud: in
     ``sizing``: why the lanes were chosen (:func:`sizing_report`), kept in the report with the
     estimates beside what nextpnr used.
     """
-    check_fit(plan, board)
-    pll = board.pll(clock_hz) if clock_hz is not None and clock_hz != board.clock_hz else None
-    clock = pll.output_hz if pll is not None else board.clock_hz
-    params = board_params(plan, round(clock), baud)
-    platform = _platform(board, program)
-    env = {**board.tools, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     out_dir = check_output_folder(out_dir)
+    prepared = prepare_build(plan, board, baud=baud, clock_hz=clock_hz, program=program)
     work = Path(tempfile.mkdtemp(prefix=".spikesmith-build-", dir=out_dir.parent))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
         progress(f"synthesising and placing for the {board.name} ({board.device}) with yosys and nextpnr "
                  "(minutes; the tools' first start takes longer)")
         # The tools' own output goes to build.log, not to our stdout (which may carry --json).
-        try:
-            script, overrides = [YOSYS_KEEP_COPIES], {}                   # (hw/fanout.py)
-            if plan.loaded_layers:
-                # Amaranth gives every memory an initial value (zeros); SPRAM cannot have one.
-                script.append("delete t:$meminit_v2 r:MEMID=*weights_spram %i")
-                overrides["synth_opts"] = "-spram"
-            script.append(YOSYS_NO_COLLISIONS)                                # (hw/rows.py)
-            overrides["script_after_read"] = "\n".join(script)
-            platform.prepare(_OnBoard(params, pll), name="top", **overrides).extract(str(work))
-        except ToolNotFound as exc:
-            raise BuildError(f"an FPGA tool is missing: {exc}") from exc
-        figures, placement = place_and_route(work, board, seeds, progress)
-        interval = plan.initiation_interval
-        report = {
-            "board": board.name, "device": board.device, "clock_hz": clock, "baud": baud,
-            "pll": None if pll is None else {k: v for k, v in vars(pll).items() if k != "input_hz"},
-            "lanes": [layer.lanes for layer in plan.layers], "input_lanes": plan.input.lanes,
-            "spram_layers": [layer.index for layer in plan.loaded_layers],
-            **figures,
-            "initiation_interval": interval,
-            "core_images_per_second_at_clock": clock / interval,
-            "core_images_per_second_at_fmax": figures["fmax_mhz"] * 1e6 / interval,
-            "uart_images_per_second": baud / 10 / (8 + plan.input.size * params.code_bytes),
-            "placement": placement,
-            "fingerprint": plan.fingerprint, "bitstream": str(out_dir / board.bitstream),
-            "estimate": {"logic": logic_estimate(plan, board), "ram_blocks": ram_estimate(plan, board)},
-            **({"sizing": sizing} if sizing is not None else {}),
-        }
+        figures = run_tools(prepared, work, seeds, progress)
+        report = build_report(prepared, figures, out_dir / board.bitstream, sizing)
         write_atomic(work / "report.json", json.dumps(report, indent=2) + "\n")
         if program:
             progress(f"programming the {board.name}")
             try:
-                platform.toolchain_program(LocalBuildProducts(str(work)), "top")
+                with _tool_environment(board):
+                    _platform(board, program).toolchain_program(LocalBuildProducts(str(work)), "top")
             except (OSError, subprocess.CalledProcessError) as exc:
                 raise BuildError(f"programming the {board.name} failed: {exc} (the bitstream is built; "
                                  "the programmer, iceprog or openFPGALoader, must be on PATH)") from exc
         replace_outputs(work, out_dir)      # only our own files are replaced (spikesmith.fileio)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return report
