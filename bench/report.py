@@ -16,7 +16,8 @@ ORDER = [("accuracy", "1. Accuracy vs time steps"), ("hardware", "2. Hardware ef
          ("soak", "7. Soak: random networks and all of MNIST through the compiled harness"),
          ("cnn_mnist", "8. CNNs with max pooling and residual blocks on MNIST, to the core and the board"),
          ("cifar_shapes", "9. The seed's scale: CIFAR-shaped ResNet-8 and VGG (untrained, synthetic images)"),
-         ("endtoend", "10. End to end: the UART board top at 115200 and 3,000,000 baud")]
+         ("endtoend", "10. End to end: the UART board top at 115200 and 3,000,000 baud"),
+         ("sweep", "11. A design-space sweep on Ray: the Pareto front and the estimates against nextpnr")]
 
 
 def _pct(value) -> str:
@@ -380,9 +381,40 @@ def endtoend_section(f: dict) -> list[str]:
     return lines
 
 
+def sweep_section(f: dict) -> list[str]:
+    points = f["points"]
+    out = [f"`{f['command']}` on a local Ray instance, every point built by yosys and nextpnr at its board's "
+           f"oscillator clock (the digits MLP trained on the digits train split; accuracy on its 450-image test "
+           f"split). First run: {f['first_run']['builds']} builds in {f['first_run']['seconds'] / 60:.1f} min; the "
+           f"same command again: {f['second_run']['builds']} builds, {f['second_run']['cached']} read from the cache, "
+           f"in {f['second_run']['seconds']:.0f} s. **Bold**: the Pareto front (no other point has higher accuracy, "
+           "less logic and more images/s). Plot: bench/plots/sweep.png.", "",
+           "| T | weight bits | board | lane budget | lanes | golden accuracy | logic: nextpnr (estimate) | block RAM: "
+           "nextpnr (estimate) | Fmax | images/s at the clock | build |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        mark = "**" if p["pareto"] else ""
+        if p["status"] not in ("built", "cached"):
+            out.append(f"| {p['T']} | {p['weight_bits']} | {p['board']} | {p['lane_budget']} | {p['lanes'] or '-'} | "
+                       f"{_pct(p['golden_accuracy'])} | - ({p['logic_estimate'] or '-'}) | - ({p['ram_estimate']}) | - | "
+                       f"- | {p['status']}: {(p['error'] or '')[:120]} |")
+            continue
+        out.append(f"| {mark}{p['T']}{mark} | {p['weight_bits']} | {p['board']} | {p['lane_budget']} | {p['lanes']} | "
+                   f"{mark}{_pct(p['golden_accuracy'])}{mark} | {p['logic_used']:,} ({p['logic_estimate']:,}) | "
+                   f"{p['ram_used']} ({p['ram_estimate']}) | {p['fmax_mhz']:.1f} MHz | {p['images_per_second']:,.0f} | "
+                   f"{p['build_seconds'] / 60:.1f} min |")
+    out += ["", "The estimator against nextpnr over the built points (what `--estimate-only` gives without the tools):", "",
+            "| board | built points | logic: mean error | mean abs. error | largest | block RAM: mean abs. error | largest |",
+            "|---|---|---|---|---|---|---|"]
+    for board, e in f["estimator_error"].items():
+        out.append(f"| {board} | {e['points']} | {e['logic_mean_pct']:+.1f} % | {e['logic_mean_abs_pct']:.1f} % | "
+                   f"{e['logic_max_abs_pct']:.1f} % | {e['ram_mean_abs_blocks']:.1f} blocks | {e['ram_max_abs_blocks']} blocks |")
+    return out
+
+
 SECTIONS = {"link": link_section, "accuracy": accuracy_section, "hardware": hardware_section, "simspeed": simspeed_section,
             "boards": boards_section, "mlp_shapes": mlp_shapes_section, "mnist": mnist_section, "soak": soak_section,
-            "cnn_mnist": cnn_mnist_section, "cifar_shapes": cifar_shapes_section, "endtoend": endtoend_section}
+            "cnn_mnist": cnn_mnist_section, "cifar_shapes": cifar_shapes_section, "endtoend": endtoend_section,
+            "sweep": sweep_section}
 
 
 def write_report() -> None:

@@ -614,6 +614,70 @@ def cmd_build(args) -> int:
     return 0 if report["timing_met"] else EXIT_ERROR
 
 
+# ---------------------------------------------------------------------------- sweep
+
+def cmd_sweep(args) -> int:
+    from .datasets import open_dataset, parse_range
+    from .sweep import SweepAxes, SweepRun, check_source, import_ray, run_sweep
+
+    progress = Progress(not args.quiet)
+    source = Path(args.source)
+    import_ray()
+    check_output_folder(args.output)
+    if not source.is_file():
+        raise SpikesmithError(f"no such model or network file: {source}")
+    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
+    if len(data) == 0:
+        raise SpikesmithError("no images selected (check --range and -n)")
+    calib = None
+    if args.calib is not None:
+        calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
+    axes = SweepAxes(timesteps=tuple(args.timesteps or ()), weight_bits=tuple(args.weight_bits or ()),
+                     lane_budgets=tuple(dict.fromkeys(args.lane_budget)), clocks_mhz=tuple(dict.fromkeys(args.clock)),
+                     boards=tuple(dict.fromkeys(args.board)))
+    run = SweepRun(estimate_only=args.estimate_only, address=args.address, jobs=args.jobs, seeds=args.seeds,
+                   baud=args.baud)
+    check_source(source, axes, calib)
+    progress(f"sweeping {source} on {data.describe()}")
+    summary = run_sweep(source, axes, run, Path(args.output), data, calib=calib, options=_options_for_sweep(args),
+                        progress=progress, quiet=args.quiet)
+    if args.json:
+        _emit_json(summary)
+        return 0
+    _print_sweep(summary, Path(args.output))
+    return 0
+
+
+def _options_for_sweep(args):
+    from .gen.convert import ConversionOptions
+
+    return ConversionOptions(weight_scale=args.weight_scale, threshold=args.threshold, percentile=args.percentile,
+                             convolutions=args.convolutions)
+
+
+def _print_sweep(summary: dict, out: Path) -> None:
+    print("   T  bits  board        budget  lanes          clock   golden   logic (est.)     RAM (est.)  "
+          "Fmax     images/s  status")
+    for row in summary["points"]:
+        used = f"{row['logic_used']:,}" if row["logic_used"] is not None else "-"
+        logic = f"{used} ({row['logic_estimate']:,})" if row["logic_estimate"] is not None else "-"
+        ram = f"{row['ram_used'] if row['ram_used'] is not None else '-'} ({row['ram_estimate']})" \
+            if row["ram_estimate"] is not None else "-"
+        fmax = f"{row['fmax_mhz']:.1f}" if row["fmax_mhz"] is not None else "-"
+        rate = f"{row['images_per_second']:,.0f}" if row["images_per_second"] else "-"
+        status = row["status"] + (" *" if row["pareto"] else "") + (f": {row['error']}" if row["error"] else "")
+        print(f"  {row['T']:2d}  {row['weight_bits']:4d}  {row['board']:<11}  {str(row['lane_budget']):>6}  "
+              f"{row['lanes'] or '-':<13}  {row['clock_mhz'] or '-':>6}  {_pct(row['golden_accuracy'])}  "
+              f"{logic:<15}  {ram:<10}  {fmax:>6}  {rate:>10}  {status}")
+    print("  * the Pareto front: no other point has higher accuracy, less logic and more images/s")
+    for board, error in summary["estimator_error"].items():
+        print(f"  estimates on the {board} against nextpnr over {error['points']} builds: logic off by "
+              f"{error['logic_mean_abs_pct']:.1f} % on average (at most {error['logic_max_abs_pct']:.1f} %), block RAM "
+              f"by {error['ram_mean_abs_blocks']:.1f} blocks (at most {error['ram_max_abs_blocks']})")
+    print(f"  {summary['builds_run']} builds run, {summary['builds_cached']} from the cache, in {summary['seconds']:.0f} s; "
+          f"wrote {out / 'sweep.csv'}, sweep.json, sweep.png")
+
+
 # ---------------------------------------------------------------------------- parser
 
 class _Parser(argparse.ArgumentParser):
@@ -639,6 +703,7 @@ def _number(kind, low, high):
 
 
 TIMESTEPS = _number(int, 1, 16)
+WEIGHT_BITS = _number(int, 2, 16)
 COUNT = _number(int, 1, 10**9)
 
 
@@ -650,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_model_commands(sub)
     _add_hardware_commands(sub)
+    _add_sweep_command(sub)
     return parser
 
 
@@ -658,13 +724,17 @@ def _common_options(p, json_help="print one JSON document on stdout"):
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
 def _conversion_options(p):
+    p.add_argument("--timesteps", "-T", type=TIMESTEPS, default=8, help="time steps T, 1-16 (default 8)")
+    p.add_argument("--weight-bits", type=WEIGHT_BITS, default=8,
+                   help="signed weight width in bits, 2-16 (default 8)")
+    _normalisation_options(p)
+
+
+def _normalisation_options(p):
     from .gen.calibrate import THRESHOLD_MODES
     from .gen.convert import CONVOLUTION_MODES
     from .gen.quantise import WEIGHT_SCALES
 
-    p.add_argument("--timesteps", "-T", type=TIMESTEPS, default=8, help="time steps T, 1-16 (default 8)")
-    p.add_argument("--weight-bits", type=_number(int, 2, 16), default=8,
-                   help="signed weight width in bits, 2-16 (default 8)")
     p.add_argument("--weight-scale", choices=WEIGHT_SCALES, default="channel",
                    help="one weight scale per output neuron (channel, default) or per layer")
     p.add_argument("--threshold", choices=THRESHOLD_MODES, default="search",
@@ -805,6 +875,49 @@ def _add_hardware_commands(sub) -> None:
     p.set_defaults(lane_budget=None)
     _common_options(p)
     p.set_defaults(func=cmd_build)
+
+
+def _lane_budget(text: str):
+    """``--lane-budget`` of a sweep: a lane count, or ``speed`` (None: sized for speed)."""
+    return None if text.strip().lower() == "speed" else _number(int, 1, 1 << 16)(text)
+
+
+def _sweep_clock(text: str):
+    """``--clock`` of a sweep: MHz from a PLL, or ``osc`` (None: the board's oscillator)."""
+    return None if text.strip().lower() == "osc" else _number(float, 1.0, 500.0)(text)
+
+
+def _add_sweep_command(sub) -> None:
+    p = sub.add_parser("sweep", help="sweep T, weight bits, lanes, clock and board on Ray: accuracy, logic, "
+                                     "Fmax and images/s of every point, the Pareto front")
+    p.add_argument("source", metavar="MODEL.pt2|NET", help="a torch.export program (converted at each T and "
+                                                            "weight width) or a network file (as it is)")
+    p.add_argument("--calib", metavar="DATA", help="calibration data for a model: digits or a path")
+    p.add_argument("--calib-range", metavar="A:B", help="use images [A:B] of the calibration data")
+    _image_options(p)
+    p.add_argument("--timesteps", "-T", type=TIMESTEPS, nargs="+", metavar="T",
+                   help="T values, 1-16 (default 8; a network file keeps its own)")
+    p.add_argument("--weight-bits", type=WEIGHT_BITS, nargs="+", metavar="B",
+                   help="weight widths, 2-16 (default 8; a network file keeps its own)")
+    _normalisation_options(p)
+    p.add_argument("--lane-budget", type=_lane_budget, nargs="+", default=[None], metavar="N",
+                   help="lane budgets, or 'speed': build's choice for the board (default speed)")
+    p.add_argument("--clock", type=_sweep_clock, nargs="+", default=[None], metavar="MHZ",
+                   help="core clocks from the PLL in MHz, or 'osc': the board's oscillator (default osc)")
+    p.add_argument("--board", required=True, nargs="+", choices=["icebreaker", "ulx3s-85f"], help="target boards")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder for sweep.csv, sweep.json, sweep.png and builds/ (kept: a rerun builds only what is new)")
+    p.add_argument("--estimate-only", action="store_true", help="size and estimate every point; run no FPGA tools")
+    p.add_argument("--address", metavar="ADDRESS",
+                   help="a Ray cluster: ray://host:10001 (Ray Client) or host:6379 on one of its nodes "
+                        "(default: a local Ray instance)")
+    p.add_argument("--jobs", type=_number(int, 1, 4096), metavar="N",
+                   help="tasks at once (default: this machine's CPUs, or the cluster's)")
+    p.add_argument("--seeds", type=_number(int, 1, 50), default=1, metavar="N",
+                   help="placements per build, stopping at the first that meets the clock (default 1)")
+    p.add_argument("--baud", type=_number(int, 300, 12_000_000), default=115200, help="UART baud rate (default 115200)")
+    _common_options(p)
+    p.set_defaults(func=cmd_sweep)
 
 
 def main(argv: list[str] | None = None) -> int:

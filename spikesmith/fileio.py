@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .errors import SpikesmithError
 
-__all__ = ["write_atomic", "check_writable_file", "check_output_folder", "replace_outputs", "MANIFEST"]
+__all__ = ["write_atomic", "check_writable_file", "check_output_folder", "replace_outputs", "claim_outputs",
+           "MANIFEST"]
 
 #: The file that marks a folder as spikesmith's output and lists what it wrote there.
 MANIFEST = ".spikesmith-output.json"
@@ -145,6 +146,20 @@ def replace_outputs(staging: Path, folder: Path) -> list[Path]:
     _write_manifest(folder, new)
     shutil.rmtree(staging, ignore_errors=True)
     return moved
+
+
+def claim_outputs(folder: str | os.PathLike, names: list[str]) -> Path:
+    """Make ``folder`` (:func:`check_output_folder`) and record ``names`` in its manifest, beside what it lists
+    already, before the caller writes them one by one (files it keeps across runs, like a cache); a file of
+    one of those names that spikesmith did not write is refused."""
+    folder = check_output_folder(folder)
+    folder.mkdir(exist_ok=True)
+    old = set(_manifest(folder) or ())
+    clash = [name for name in names if name not in old and (folder / name).exists()]
+    if clash:
+        raise SpikesmithError(f"will not replace {folder / clash[0]}: spikesmith did not write it")
+    _write_manifest(folder, sorted(old | set(names)))
+    return folder
 
 
 def _write_manifest(folder: Path, names: list[str]) -> None:

@@ -90,10 +90,11 @@ def networks_and_codes(draw, max_layers: int = 3, max_width: int = 6, max_timest
     return net, codes.astype(np.int64)
 
 
-def run_cli(*args: str, check: bool = True, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = True, cwd: str | os.PathLike | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed ``spikesmith`` CLI as a user would (a subprocess)."""
     proc = subprocess.run([sys.executable, "-m", "spikesmith.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=900, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"spikesmith {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc

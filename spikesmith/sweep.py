@@ -1,0 +1,472 @@
+"""``spikesmith sweep``: a model's design space, every point measured.
+
+A point is (T, weight bits, lane budget, clock, board). Each (T, weight bits) is converted once and
+evaluated with the golden model; each point is then sized for its board and estimated (logic, block
+RAM, worst-case images/s) and, unless ``estimate_only``, built for real with yosys and nextpnr. The
+conversions and the builds are Ray tasks: on a local Ray instance, or on an existing cluster given its
+address. A build is cached under ``DIR/builds/<hash>/`` by the hash of everything the tools read
+(amaranth's RTLIL of the board top, the constraints, the scripts) and the seeds, so a rerun builds only
+what is new; a point that fails is marked and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import SpikesmithError
+from .fileio import claim_outputs, write_atomic
+
+#: The files a sweep writes into its folder, beside ``builds/``.
+OUTPUTS = ("sweep.csv", "sweep.json", "sweep.png")
+RAY_MISSING = "sweeps run on Ray, an optional extra: pip install \"spikesmith[sweep]\" (with torch pinned as in the README)"
+
+#: Columns of sweep.csv, in order (sweep.json has the same fields per point).
+COLUMNS = ("T", "weight_bits", "board", "lane_budget", "clock_mhz", "lanes", "interval_cycles", "golden_accuracy",
+           "ann_accuracy", "logic_estimate", "ram_estimate", "images_per_second", "status", "logic_used",
+           "ram_used", "fmax_mhz", "timing_met", "build_seconds", "build", "pareto", "error")
+
+
+@dataclass(frozen=True)
+class SweepAxes:
+    """The values swept; a point for every combination.
+
+    ``timesteps``/``weight_bits``: empty keeps a network file's own. ``lane_budgets``: None sizes the
+    lanes for speed (``build``'s rule). ``clocks_mhz``: None runs the core from the board's oscillator.
+    """
+    timesteps: tuple[int, ...] = ()
+    weight_bits: tuple[int, ...] = ()
+    lane_budgets: tuple[int | None, ...] = (None,)
+    clocks_mhz: tuple[float | None, ...] = (None,)
+    boards: tuple[str, ...] = ("icebreaker",)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """How the points are built: ``estimate_only`` skips the tools; ``address`` names a Ray cluster (None
+    starts a local instance of ``jobs`` CPUs, all of this machine's when None); at most ``jobs`` tasks run at
+    once (None: the cluster's CPUs); nextpnr tries ``seeds``
+    placements (``build --seeds``); the UART runs at ``baud``."""
+    estimate_only: bool = False
+    address: str | None = None
+    jobs: int | None = None
+    seeds: int = 1
+    baud: int = 115200
+
+
+def import_ray():
+    """The ``ray`` module, or the one-line error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise SpikesmithError(RAY_MISSING) from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(run: SweepRun):
+    """Ray for the length of a sweep: connected to ``run.address``, or a local instance of ``run.jobs``
+    CPUs (no dashboard), shut down afterwards."""
+    ray = import_ray()
+    try:
+        if run.address:
+            ray.init(address=run.address, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            ray.init(num_cpus=run.jobs or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {run.address}" if run.address else "a local Ray instance"
+        raise SpikesmithError(f"could not start or reach {where}: {str(exc).splitlines()[0]}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- the tasks
+
+def build_task(prepared, seeds: int) -> dict:
+    """A Ray task: yosys and nextpnr on one prepared board top, in a temporary folder of the worker.
+    Returns nextpnr's figures with the bitstream and timing report, or the tools' one-line error (a
+    verdict on the design, cached like a result)."""
+    from .gen.build import BuildError, run_tools
+
+    with tempfile.TemporaryDirectory(prefix="spikesmith-sweep-") as tmp:
+        work = Path(tmp)
+        try:
+            figures = run_tools(prepared, work, seeds)
+        except BuildError as exc:
+            return {"error": str(exc)}
+        return {"figures": figures, "bitstream": (work / prepared.board.bitstream).read_bytes(),
+                "timing": (work / "top.tim").read_text()}
+
+
+def _ray_failure(exc: BaseException) -> str:
+    """One line for a task Ray could not run (a lost worker or node, a failed connection)."""
+    cause = getattr(exc, "cause", None) or exc
+    return f"Ray: {type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[-1]}"
+
+
+class TaskPool:
+    """At most ``jobs`` Ray tasks in flight; results as they finish."""
+
+    def __init__(self, ray, jobs: int):
+        self.ray, self.jobs, self.pending = ray, jobs, {}
+
+    def run(self, function: Callable, calls: list[tuple], on_done: Callable) -> None:
+        """``function(*args)`` for each ``(key, args)`` of ``calls`` as a Ray task; ``on_done(key, result,
+        failure)`` as each finishes (``failure``: Ray's one line when it could not run the task)."""
+        remote = self.ray.remote(num_cpus=1, max_retries=1)(function)     # (a lost worker: once more)
+        queue = list(calls)
+        while queue or self.pending:
+            while queue and len(self.pending) < self.jobs:
+                key, args = queue.pop(0)
+                self.pending[remote.remote(*args)] = key
+            [done], _ = self.ray.wait(list(self.pending), num_returns=1)
+            key = self.pending.pop(done)
+            try:
+                result, failure = self.ray.get(done), None
+            except self.ray.exceptions.RayError as exc:
+                result, failure = None, _ray_failure(exc)
+            on_done(key, result, failure)
+
+
+# ---------------------------------------------------------------------------- the points
+
+@dataclass
+class Conversion:
+    """One (T, weight bits): its network (None if it failed), accuracy and error."""
+    timesteps: int
+    weight_bits: int
+    net: object = None
+    accuracy: dict = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+
+def _row(conversion: Conversion, board: str, budget, clock_mhz) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(T=conversion.timesteps, weight_bits=conversion.weight_bits, board=board,
+               lane_budget="speed" if budget is None else budget, clock_mhz=clock_mhz, pareto=False,
+               **conversion.accuracy)
+    return row
+
+
+def size_point(conversion: Conversion, board_name: str, budget, clock_mhz, run: SweepRun) -> tuple[dict, object]:
+    """A point's row with its plan and estimates, and its prepared build (None when it is not built: a
+    failed conversion, a plan that does not fit, ``estimate_only``)."""
+    from .gen.build import BOARDS, check_fit, fastest, logic_estimate, plan_for_board, prepare_build, ram_estimate, \
+        speed_candidates
+
+    row = _row(conversion, board_name, budget, clock_mhz)
+    if conversion.net is None:
+        return {**row, "status": "failed", "error": conversion.error}, None
+    board = BOARDS[board_name]
+    try:
+        if budget is None:
+            plan = fastest(speed_candidates(conversion.net, board))["plan"]
+        else:
+            plan = plan_for_board(conversion.net, board, budget=budget)
+        clock = board.clock_hz if clock_mhz is None else board.pll(clock_mhz * 1e6).output_hz
+        row.update(lanes="/".join(str(layer.lanes) for layer in plan.layers),
+                   interval_cycles=plan.initiation_interval, logic_estimate=logic_estimate(plan, board),
+                   ram_estimate=ram_estimate(plan, board), images_per_second=round(clock / plan.initiation_interval, 1),
+                   clock_mhz=round(clock / 1e6, 3))
+        check_fit(plan, board)
+    except SpikesmithError as exc:
+        return {**row, "status": "does not fit" if row["lanes"] else "failed", "error": str(exc)}, None
+    if run.estimate_only:
+        return {**row, "status": "estimated"}, None
+    prepared = prepare_build(plan, board, baud=run.baud, clock_hz=None if clock_mhz is None else clock_mhz * 1e6)
+    return {**row, "status": "to build", "build": prepared.digest(run.seeds)}, prepared
+
+
+def _built(row: dict, report: dict) -> dict:
+    """A point's row with its build's figures (``report``: report.json of the build, or its error)."""
+    if "error" in report:
+        return {**row, "status": "failed", "error": report["error"]}
+    logic = report["utilisation"].get("ICESTORM_LC") or report["utilisation"].get("TRELLIS_COMB")
+    ram = report["utilisation"].get("ICESTORM_RAM") or report["utilisation"].get("DP16KD")
+    return {**row, "status": "built", "logic_used": logic["used"] if logic else None,
+            "ram_used": ram["used"] if ram else None, "fmax_mhz": report["fmax_mhz"],
+            "timing_met": report["timing_met"], "build_seconds": report.get("tool_seconds")}
+
+
+# ---------------------------------------------------------------------------- the cache
+
+class BuildCache:
+    """``DIR/builds/<hash>/``: each build's report.json, bitstream and nextpnr timing report, written whole
+    (into a temporary folder, then renamed) as the build finishes, so an interrupted sweep keeps them."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def get(self, digest: str) -> dict | None:
+        try:
+            return json.loads((self.folder / digest / "report.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, digest: str, report: dict, files: dict[str, bytes | str]) -> None:
+        self.folder.mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=self.folder))
+        try:
+            for name, content in files.items():
+                (staging / name).write_bytes(content.encode() if isinstance(content, str) else content)
+            write_atomic(staging / "report.json", json.dumps(report, indent=2) + "\n")
+            shutil.rmtree(self.folder / digest, ignore_errors=True)
+            os.replace(staging, self.folder / digest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+def conversion_task(graph, calib_images, options, source: str, images, labels) -> tuple:
+    """A Ray task: one (T, weight bits) of the model converted and evaluated with the golden model:
+    (network, accuracy) or (None, the conversion's one-line error)."""
+    from .gen.convert import convert_graph
+
+    try:
+        net = convert_graph(graph, calib_images, options, source=source)
+    except SpikesmithError as exc:
+        return None, str(exc)
+    return net, evaluate_task(net, images, labels)
+
+
+def evaluate_task(net, images: np.ndarray, labels: np.ndarray) -> dict:
+    """The golden model's (and the float ANN's) accuracy of one network."""
+    from .sim.evaluate import evaluate
+
+    result = evaluate(net, images, labels)
+    return {"golden_accuracy": result.golden_accuracy, "ann_accuracy": result.ann_accuracy}
+
+
+def _net_weight_bits(net) -> int:
+    return max(layer.weight_bits for layer in net.layers)
+
+
+def check_source(source: Path, axes: SweepAxes, calib) -> object | None:
+    """Refuse now what the sweep cannot do with ``source``: a network file keeps its T and weight width, a
+    model needs calibration data. Returns the network file's network (None for a model)."""
+    if source.suffix == ".pt2":
+        if calib is None:
+            raise SpikesmithError("sweeping a model (.pt2) converts it: give the calibration data (--calib)")
+        return None
+    from .gen.netfile import load_network
+
+    net = load_network(source)
+    bits = _net_weight_bits(net)
+    if set(axes.timesteps) - {net.timesteps} or set(axes.weight_bits) - {bits}:
+        raise SpikesmithError(f"{source} is a network file, converted at T={net.timesteps} with {bits}-bit weights: "
+                              "sweep T and weight bits from the model (.pt2) with --calib")
+    return net
+
+
+def conversions(ray, pool: TaskPool, source: Path, net, axes: SweepAxes, data, calib, options) -> list[Conversion]:
+    """Each (T, weight bits) of a model (``.pt2``) converted with ``options`` on ``calib``, or the network
+    ``net`` of a network file as it is; each evaluated on ``data``, as Ray tasks."""
+    images, labels = ray.put(data.images), ray.put(data.labels)
+    if net is not None:
+        found = []
+        pool.run(evaluate_task, [(0, (net, images, labels))], lambda key, result, failure: found.append(
+            Conversion(net.timesteps, _net_weight_bits(net), net, result or {}, failure)))
+        return found
+    from .gen.importer import import_program, load_program
+
+    graph, calib_images = ray.put(import_program(load_program(source))), ray.put(calib.images)
+    points = [(t, b) for t in axes.timesteps or (options.timesteps,) for b in axes.weight_bits or (options.weight_bits,)]
+    found: dict = {}
+
+    def done(key, result, failure):
+        net, outcome = result if result is not None else (None, failure)
+        found[key] = Conversion(*key, net, outcome if net is not None else {}, None if net is not None else outcome)
+
+    pool.run(conversion_task, [((t, b), (graph, calib_images, dataclasses.replace(options, timesteps=t, weight_bits=b),
+                                         str(source), images, labels)) for t, b in points], done)
+    return [found[point] for point in points]
+
+
+def _build_points(pool: TaskPool, rows: list[dict], prepared: dict, cache: BuildCache, seeds: int, bar) -> int:
+    """Build every prepared point not in ``cache`` (each written there as it finishes); cached ones are
+    read back. Returns the number of builds run."""
+    calls = []
+    for index, build in prepared.items():
+        report = cache.get(rows[index]["build"])
+        if report is None:
+            calls.append((index, (build, seeds)))
+        else:
+            built = _built(rows[index], report)
+            rows[index] = {**built, "status": "cached" if built["status"] == "built" else built["status"],
+                           "cached": True}
+    bar.reset(total=len(calls))
+
+    def done(index, result, failure):
+        row, build = rows[index], prepared[index]
+        if failure is not None:                      # Ray could not run it: not cached, tried again next time
+            rows[index] = {**row, "status": "failed", "error": failure}
+        else:
+            from .gen.build import build_report
+
+            report = ({"error": result["error"]} if "error" in result else
+                      build_report(build, result["figures"], cache.folder / row["build"] / build.board.bitstream))
+            cache.put(row["build"], report, {} if "error" in result else
+                      {build.board.bitstream: result["bitstream"], "top.tim": result["timing"]})
+            rows[index] = {**_built(row, report), "cached": False}
+        bar.update(1)
+
+    pool.run(build_task, calls, done)
+    return len(calls)
+
+
+def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, calib=None, options=None,
+              progress: Callable[[str], None] = lambda message: None, quiet: bool = False) -> dict:
+    """The sweep: every point's row (:data:`COLUMNS`), the Pareto front, the estimator's error against
+    nextpnr; sweep.json, sweep.csv and sweep.png written into ``out`` (and the builds under ``out/builds``)."""
+    import itertools
+
+    from tqdm import tqdm
+
+    from .gen.convert import ConversionOptions
+
+    import_ray()                        # (without Ray, nothing is written)
+    net = check_source(source, axes, calib)
+    options = options or ConversionOptions()
+    out = claim_outputs(out, ["builds", *OUTPUTS])
+    started = time.perf_counter()
+    with ray_session(run) as ray:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        run = dataclasses.replace(run, jobs=run.jobs or cpus)
+        pool = TaskPool(ray, run.jobs)
+        progress(f"Ray: {len([n for n in ray.nodes() if n.get('Alive')])} node(s), {cpus} CPUs, {run.jobs} tasks at "
+                 "once; converting and evaluating")
+        converted = conversions(ray, pool, source, net, axes, data, calib, options)
+        rows, prepared = [], {}
+        for conversion, board, budget, clock in itertools.product(converted, axes.boards, axes.lane_budgets,
+                                                                  axes.clocks_mhz):
+            row, build = size_point(conversion, board, budget, clock, run)
+            if build is not None:
+                prepared[len(rows)] = build
+            rows.append(row)
+        progress(f"{len(rows)} points sized and estimated" + ("" if run.estimate_only else
+                 f"; {len(prepared)} to build or read from {out / 'builds'} (yosys + nextpnr, minutes each)"))
+        with tqdm(total=0, desc="builds", unit="build", disable=quiet or run.estimate_only) as bar:
+            ran = _build_points(pool, rows, prepared, BuildCache(out / "builds"), run.seeds, bar)
+    summary = {"source": str(source), "data": data.describe(), "axes": dataclasses.asdict(axes),
+               "run": dataclasses.asdict(run), "points": mark_pareto(rows), "estimator_error": estimator_error(rows),
+               "builds_run": ran, "builds_cached": sum(bool(row.get("cached")) for row in rows),
+               "seconds": round(time.perf_counter() - started, 1)}
+    write_outputs(out, summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------- the results
+
+def _logic(row: dict):
+    return row["logic_used"] if row["logic_used"] is not None else row["logic_estimate"]
+
+
+def mark_pareto(rows: list[dict]) -> list[dict]:
+    """``pareto`` set on the points no other point beats in every one of golden accuracy (higher), logic
+    (lower: nextpnr's count when built, else the estimate) and images/s (higher), and not worse in one.
+    Only points with figures take part: estimated, or built and meeting their clock."""
+    def usable(row):
+        return row["status"] in ("estimated", "built", "cached") and row["timing_met"] is not False
+
+    def key(row):
+        return (row["golden_accuracy"], -_logic(row), row["images_per_second"])
+
+    ranked = [key(row) for row in rows]
+    for row, mine in zip(rows, ranked):
+        row["pareto"] = usable(row) and not any(
+            usable(other) and all(a >= b for a, b in zip(theirs, mine)) and theirs != mine
+            for other, theirs in zip(rows, ranked))
+    return rows
+
+
+def estimator_error(rows: list[dict]) -> dict:
+    """Per board, over the built points: the logic estimate's error against nextpnr's count (percent of the
+    count) and the block-RAM estimate's (blocks)."""
+    errors: dict = {}
+    for row in rows:
+        if row["status"] in ("built", "cached") and row["logic_used"]:
+            board = errors.setdefault(row["board"], {"logic_pct": [], "ram_blocks": []})
+            board["logic_pct"].append(100 * (row["logic_estimate"] - row["logic_used"]) / row["logic_used"])
+            board["ram_blocks"].append(row["ram_estimate"] - (row["ram_used"] or 0))
+    return {name: {"points": len(e["logic_pct"]),
+                   "logic_mean_pct": round(float(np.mean(e["logic_pct"])), 2),
+                   "logic_mean_abs_pct": round(float(np.mean(np.abs(e["logic_pct"]))), 2),
+                   "logic_max_abs_pct": round(float(np.max(np.abs(e["logic_pct"]))), 2),
+                   "ram_mean_abs_blocks": round(float(np.mean(np.abs(e["ram_blocks"]))), 2),
+                   "ram_max_abs_blocks": int(np.max(np.abs(e["ram_blocks"])))}
+            for name, e in errors.items()}
+
+
+def write_outputs(out: Path, summary: dict) -> None:
+    """sweep.json, sweep.csv and sweep.png, each written whole (the folder's manifest lists them already)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(summary["points"])
+    write_atomic(out / "sweep.csv", text.getvalue())
+    write_atomic(out / "sweep.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "sweep.png", plot(summary["points"]))
+
+
+def plot(rows: list[dict]) -> bytes:
+    """Golden accuracy against images/s and against logic, a colour and marker per board, the Pareto front
+    filled, builds that missed their clock crossed (points that do not fit or failed are left out): PNG."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, NullFormatter
+
+    shown = [row for row in rows if row["status"] in ("estimated", "built", "cached")]
+    figure, (rate_axis, logic_axis) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for k, board in enumerate(sorted({row["board"] for row in shown})):
+        colour, marker = f"C{k}", "os^D"[k % 4]
+        groups = {"Pareto front": [r for r in shown if r["board"] == board and r["pareto"]],
+                  "beaten": [r for r in shown if r["board"] == board and not r["pareto"] and r["timing_met"] is not False],
+                  "missed its clock": [r for r in shown if r["board"] == board and r["timing_met"] is False]}
+        for name, mine in groups.items():
+            style = {"Pareto front": dict(marker=marker, color=colour, s=55),
+                     "beaten": dict(marker=marker, facecolors="none", edgecolors=colour, s=40),
+                     "missed its clock": dict(marker="x", color=colour, s=40)}[name]
+            for axis, x in ((rate_axis, lambda r: r["images_per_second"]), (logic_axis, _logic)):
+                axis.scatter([x(r) for r in mine], [100 * r["golden_accuracy"] for r in mine],
+                             label=f"{board}: {name}" if mine and axis is rate_axis else None, **style)
+    for row in shown:
+        if row["pareto"]:
+            rate_axis.annotate(f"T{row['T']}/{row['weight_bits']}b/{row['lanes']}",
+                               (row["images_per_second"], 100 * row["golden_accuracy"]), fontsize=7,
+                               xytext=(3, 3), textcoords="offset points")
+    rate_axis.set(xscale="log", xlabel="core images/s at the clock (worst case)", ylabel="golden accuracy (%)")
+    logic_axis.set(xscale="log", xlabel="logic: LC or LUT4 (nextpnr's when built, else the estimate)")
+    for axis in (rate_axis, logic_axis):
+        low, high = axis.get_xlim()
+        axis.xaxis.set_major_formatter(EngFormatter(sep=""))
+        axis.xaxis.set_minor_formatter(EngFormatter(sep="") if high < 10 * low else NullFormatter())  # (< a decade)
+        axis.tick_params(axis="x", which="minor", labelsize=7)
+        axis.grid(alpha=0.3)
+    rate_axis.legend(fontsize=7)
+    figure.suptitle("spikesmith sweep: filled points are the Pareto front (accuracy, logic, images/s)")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()

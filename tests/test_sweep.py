@@ -1,0 +1,155 @@
+"""``spikesmith sweep`` on a real (local) Ray instance: points, Pareto front, builds cached by their hash."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from spikesmith.sweep import COLUMNS, TaskPool, estimator_error, mark_pareto
+
+
+def _point(golden, logic, rate, status="estimated", timing_met=None, board="icebreaker", logic_used=None) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(golden_accuracy=golden, logic_estimate=logic, images_per_second=rate, status=status,
+               timing_met=timing_met, board=board, logic_used=logic_used)
+    return row
+
+
+def _dominated(row, others) -> bool:
+    mine = (row["golden_accuracy"], -(row["logic_used"] or row["logic_estimate"]), row["images_per_second"])
+    for other in others:
+        theirs = (other["golden_accuracy"], -(other["logic_used"] or other["logic_estimate"]),
+                  other["images_per_second"])
+        if other is not row and all(a >= b for a, b in zip(theirs, mine)) and theirs != mine:
+            return True
+    return False
+
+
+def test_the_pareto_front_is_the_points_no_other_beats():
+    rows = [_point(0.95, 3000, 1000), _point(0.97, 4000, 1000), _point(0.95, 3500, 900),   # 2: beaten by 0
+            _point(0.90, 2000, 5000), _point(0.97, 4000, 1000),                            # 4: ties 1, both stay
+            _point(0.99, 1000, 9000, status="does not fit"),                               # no figures: out
+            _point(0.99, 1000, 9000, status="built", timing_met=False, logic_used=1000)]   # missed its clock: out
+    assert [row["pareto"] for row in mark_pareto(rows)] == [True, True, False, True, True, False, False]
+
+
+def test_the_estimator_error_is_against_nextpnrs_count_per_board():
+    rows = [_point(0.9, 1100, 1, status="built", logic_used=1000, timing_met=True),
+            _point(0.9, 900, 1, status="cached", logic_used=1000, timing_met=True),
+            _point(0.9, 5000, 1, status="estimated")]
+    for row, ram in zip(rows, (3, 4, 5)):
+        row.update(ram_estimate=4, ram_used=ram if row["status"] != "estimated" else None)
+    error = estimator_error(rows)["icebreaker"]
+    assert error["points"] == 2 and error["logic_mean_pct"] == 0.0 and error["logic_mean_abs_pct"] == 10.0
+    assert error["logic_max_abs_pct"] == 10.0 and error["ram_max_abs_blocks"] == 1
+
+
+def test_an_estimate_only_sweep_on_ray_converts_and_sizes_every_point(digits_demo, tmp_path):
+    """2 T x 2 weight widths x 2 boards of the demo's model, estimated on a local Ray instance: every point
+    in sweep.csv and sweep.json, the Pareto front exactly the points no other beats, a point's accuracy that
+    of the same conversion by ``convert`` and ``eval``, and a PNG plot."""
+    out = tmp_path / "sweep"
+    proc = run_cli("sweep", str(digits_demo["model_path"]), "--calib", "digits", "--calib-range", "0:300", "-n", "200",
+                   "-T", "4", "8", "--weight-bits", "4", "8", "--board", "icebreaker", "ulx3s-85f", "--estimate-only",
+                   "--jobs", "1", "-o", str(out), "--json", "-q")
+    summary = json.loads(proc.stdout)
+    points = summary["points"]
+    assert sorted((p["T"], p["weight_bits"], p["board"]) for p in points) == sorted(
+        (t, b, board) for t in (4, 8) for b in (4, 8) for board in ("icebreaker", "ulx3s-85f"))
+    assert {p["status"] for p in points} <= {"estimated", "does not fit"} and summary["builds_run"] == 0
+    usable = [p for p in points if p["status"] == "estimated"]
+    assert usable and all(p["pareto"] == (not _dominated(p, usable)) for p in usable)
+    with open(out / "sweep.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(points) and tuple(table[0]) == COLUMNS
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    net = tmp_path / "t4.net.npz"
+    run_cli("convert", str(digits_demo["model_path"]), "--calib", "digits", "--calib-range", "0:300", "-T", "4",
+            "--weight-bits", "4", "-o", str(net), "-q")
+    evaluated = json.loads(run_cli("eval", str(net), "-n", "200", "--json", "-q").stdout)
+    [point] = {p["golden_accuracy"] for p in points if (p["T"], p["weight_bits"]) == (4, 4)}
+    assert point == evaluated["golden_accuracy"]
+
+
+def test_a_sweep_builds_each_point_once_and_a_rerun_builds_nothing(small_digits_net, tmp_path):
+    """Two builds as Ray tasks: at the oscillator's clock (met), and at 200 MHz, which no placement meets (the
+    point is marked failed and the sweep goes on). Each is cached by its hash; the rerun reads both back."""
+    out = tmp_path / "sweep"
+    args = ["sweep", str(small_digits_net), "--board", "icebreaker", "--clock", "osc", "200", "--jobs", "1",
+            "-o", str(out), "--json", "-q"]
+    first = json.loads(run_cli(*args).stdout)
+    built, failed = first["points"]
+    assert first["builds_run"] == 2 and built["status"] == "built" and built["timing_met"]
+    assert built["logic_used"] > 1000 and built["fmax_mhz"] > 12
+    assert (out / "builds" / built["build"] / "top.bin").stat().st_size > 10_000
+    assert failed["status"] == "failed" and "no placement met" in failed["error"]
+    assert first["estimator_error"]["icebreaker"]["points"] == 1
+
+    again = json.loads(run_cli(*args).stdout)
+    assert again["builds_run"] == 0 and again["builds_cached"] == 2
+    assert [p["status"] for p in again["points"]] == ["cached", "failed"]
+    assert again["points"][0]["fmax_mhz"] == built["fmax_mhz"] and again["points"][1]["error"] == failed["error"]
+
+
+def _double_or_crash(value: int) -> int:
+    if value < 0:
+        os._exit(3)                              # the worker dies, as on a lost node
+    return 2 * value
+
+
+def test_a_task_ray_cannot_run_is_marked_and_the_others_finish():
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])    # (this module is not importable by the workers)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        finished = {}
+        TaskPool(ray, 1).run(_double_or_crash, [("lost", (-1,)), ("fine", (21,))],
+                             lambda key, result, failure: finished.update({key: (result, failure)}))
+    finally:
+        ray.shutdown()
+    assert finished["fine"] == (42, None)
+    assert finished["lost"][0] is None and finished["lost"][1].startswith("Ray: ")
+
+
+def test_without_ray_the_sweep_says_how_to_install_it(small_digits_net, tmp_path):
+    hidden = tmp_path / "no-ray"
+    (hidden / "ray").mkdir(parents=True)
+    (hidden / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "-o", str(tmp_path / "out"), check=False,
+                   env={**os.environ, "PYTHONPATH": f"{hidden}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert_one_line_error(proc, 'pip install "spikesmith[sweep]"')
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["-T", "4", "8"], "sweep T and weight bits from the model (.pt2)"),
+    (["--weight-bits", "6"], "sweep T and weight bits from the model (.pt2)"),
+])
+def test_a_network_file_keeps_its_own_T_and_weight_width(small_digits_net, tmp_path, extra, message):
+    proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "-o", str(tmp_path / "out"), *extra,
+                   check=False)
+    assert_one_line_error(proc, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_calibration_data_is_refused(digits_demo, tmp_path):
+    proc = run_cli("sweep", str(digits_demo["model_path"]), "--board", "icebreaker", "-o", str(tmp_path / "out"),
+                   check=False)
+    assert_one_line_error(proc, "--calib")
+
+
+def test_a_sweep_will_not_write_into_a_folder_of_someone_elses_files(small_digits_net, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("mine")
+    proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "-o", str(tmp_path / "out"),
+                   "--estimate-only", check=False)
+    assert_one_line_error(proc, "will not write into")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thesis.tex"]
