@@ -618,7 +618,7 @@ def cmd_build(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .datasets import open_dataset, parse_range
-    from .sweep import SweepAxes, SweepRun, check_source, import_ray, run_sweep
+    from .sweep import SweepAxes, SweepRun, import_ray, preflight, run_sweep
 
     progress = Progress(not args.quiet)
     source = Path(args.source)
@@ -637,7 +637,7 @@ def cmd_sweep(args) -> int:
                      boards=tuple(dict.fromkeys(args.board)))
     run = SweepRun(estimate_only=args.estimate_only, address=args.address, jobs=args.jobs, seeds=args.seeds,
                    baud=args.baud)
-    check_source(source, axes, calib)
+    preflight(source, axes, run, calib)
     progress(f"sweeping {source} on {data.describe()}")
     summary = run_sweep(source, axes, run, Path(args.output), data, calib=calib, options=_options_for_sweep(args),
                         progress=progress, quiet=args.quiet)

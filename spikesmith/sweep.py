@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -74,11 +75,26 @@ def import_ray():
     return ray
 
 
+def check_address(address: str | None) -> None:
+    """Refuse in seconds a cluster address nothing listens at (Ray itself keeps trying for minutes)."""
+    target = (address or "").removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host:                                      # none (a local instance), or "auto"
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise SpikesmithError(f"nothing answers at {address} ({exc}): is the cluster up (ray start --head) and the "
+                              "port reachable?") from None
+
+
 @contextlib.contextmanager
 def ray_session(run: SweepRun):
     """Ray for the length of a sweep: connected to ``run.address``, or a local instance of ``run.jobs``
     CPUs (no dashboard), shut down afterwards."""
     ray = import_ray()
+    check_address(run.address)
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")     # (Ray's C++ warnings are not for this terminal)
     try:
         if run.address:
             ray.init(address=run.address, log_to_driver=False, logging_level=logging.ERROR)
@@ -87,11 +103,22 @@ def ray_session(run: SweepRun):
                      logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {run.address}" if run.address else "a local Ray instance"
-        raise SpikesmithError(f"could not start or reach {where}: {str(exc).splitlines()[0]}") from None
+        hint = ("" if not run.address or os.environ.get("RAY_AUTH_MODE") == "token" else
+                " (a cluster with token authentication needs RAY_AUTH_MODE=token here, and its token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise SpikesmithError(f"could not start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def preflight(source: Path, axes: "SweepAxes", run: SweepRun, calib) -> object | None:
+    """What a sweep refuses before it writes anything or starts Ray: Ray missing, a cluster address nothing
+    listens at, a source it cannot sweep (:func:`check_source`, whose network it returns)."""
+    import_ray()
+    check_address(run.address)
+    return check_source(source, axes, calib)
 
 
 # ---------------------------------------------------------------------------- the tasks
@@ -339,8 +366,7 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
 
     from .gen.convert import ConversionOptions
 
-    import_ray()                        # (without Ray, nothing is written)
-    net = check_source(source, axes, calib)
+    net = preflight(source, axes, run, calib)          # (refused: nothing is written)
     options = options or ConversionOptions()
     out = claim_outputs(out, ["builds", *OUTPUTS])
     started = time.perf_counter()

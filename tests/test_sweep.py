@@ -153,3 +153,44 @@ def test_a_sweep_will_not_write_into_a_folder_of_someone_elses_files(small_digit
                    "--estimate-only", check=False)
     assert_one_line_error(proc, "will not write into")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thesis.tex"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path):
+    """A one-node cluster of 3 CPUs started as a user would (``ray start --head``, token authentication on, as Ray
+    starts one), and the sweep connected to it through Ray Client (``ray://``) from another process."""
+    import signal
+    import subprocess
+    import time
+
+    from spikesmith.sweep import check_address
+
+    gcs, client = _free_port(), _free_port()
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(gcs), "--ray-client-server-port",
+                             str(client), "--num-cpus", "3", "--include-dashboard", "false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        for _ in range(120):
+            try:
+                check_address(f"ray://127.0.0.1:{client}")
+                break
+            except Exception:
+                time.sleep(0.5)
+        proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "ulx3s-85f", "--estimate-only",
+                       "--address", f"ray://127.0.0.1:{client}", "-o", str(tmp_path / "out"), "--json", "-q", env=env)
+    finally:
+        os.killpg(head.pid, signal.SIGINT)             # as Ctrl-C: `ray start --block` stops what it started
+        head.wait(timeout=60)
+    summary = json.loads(proc.stdout)
+    assert summary["run"]["address"] == f"ray://127.0.0.1:{client}"
+    assert summary["run"]["jobs"] == 3                # the cluster's CPUs (a local instance has this machine's)
+    assert [p["status"] for p in summary["points"]] == ["estimated", "estimated"]
