@@ -24,7 +24,7 @@ from .quantise import WEIGHT_SCALES, quantise
 CONVOLUTION_MODES = ("kernel", "dense")
 
 __all__ = ["CONVOLUTION_MODES", "ConversionOptions", "convert_float_network", "convert_graph", "convert_module",
-           "THRESHOLD_MODES", "WEIGHT_SCALES"]
+           "load_model_graph", "THRESHOLD_MODES", "WEIGHT_SCALES"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,17 @@ def convert_module(module, calib_images: np.ndarray, options: ConversionOptions 
         raise ConversionError("the calibration set is empty; give at least one image")
     graph = import_module(module, tuple(calib_images.shape[1:]))
     return convert_graph(graph, calib_images, options, source)
+
+
+def load_model_graph(path) -> Graph:
+    """The float IR of a model file: a NIR graph (``.nir``, :mod:`~spikesmith.gen.nirgraph`) or a
+    ``torch.export`` program (anything else, :mod:`~spikesmith.gen.importer`)."""
+    from pathlib import Path
+
+    if Path(path).suffix == ".nir":
+        from .nirgraph import import_graph, read_nir
+
+        return import_graph(read_nir(path), source=f"NIR {Path(path).name}")
+    from .importer import import_program, load_program     # imports torch (seconds)
+
+    return import_program(load_program(path))

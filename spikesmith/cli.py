@@ -106,8 +106,7 @@ def _options(args):
 def cmd_convert(args) -> int:
     from .datasets import open_dataset, parse_range
     from .contract.bounds import network_bounds
-    from .gen.convert import convert_graph
-    from .gen.importer import import_program, load_program
+    from .gen.convert import convert_graph, load_model_graph
     from .gen.netfile import fingerprint, save_network
     from .sim.evaluate import evaluate
 
@@ -118,7 +117,7 @@ def cmd_convert(args) -> int:
     calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
     progress(f"calibration data {calib.describe()}")
     progress(f"loading {args.model}")
-    graph = import_program(load_program(args.model))
+    graph = load_model_graph(args.model)
     progress(f"converting at T={options.timesteps}, {options.weight_bits}-bit weights "
              f"({options.weight_scale} scale), thresholds by {options.threshold}")
     net = convert_graph(graph, calib.images, options, source=str(args.model))
@@ -174,6 +173,28 @@ def _print_layers(net, bounds) -> None:
                     f"(kernel {p.kernel[0]}x{p.kernel[1]} stride {p.stride[0]},{p.stride[1]}), then {kind}")
         print(f"  {layer.name[:14]:<14} {layer.in_size:5d} {layer.out_size:5d}  {'yes' if layer.fires else 'no':>5}"
               f"  {b.weight_width:4d} b  {b.membrane_width:6d} b  {theta:<15}  {kind}")
+
+
+def cmd_export_nir(args) -> int:
+    from .gen.netfile import fingerprint, load_network
+    from .gen.nirgraph import export_graph, write_nir
+
+    output = Path(args.output)
+    check_writable_file(output)
+    net = load_network(args.net)
+    graph = export_graph(net)
+    write_nir(graph, output)
+    payload = {"output": str(output), "fingerprint": fingerprint(net), "nodes": {name: type(node).__name__ for name, node
+               in graph.nodes.items()}, "edges": [list(edge) for edge in graph.edges], "metadata": graph.metadata}
+    if args.json:
+        _emit_json(payload)
+        return 0
+    chain = " -> ".join(f"{type(graph.nodes[a]).__name__}" for a, _ in graph.edges) + " -> Output"
+    print(f"wrote {output}: {net.describe()}, T={net.timesteps}, as a NIR graph of {len(graph.nodes)} nodes")
+    print(f"  {chain}")
+    print("  IF thresholds are the layers' full-scale activations (the float SNN, read as rates); the iLIF settings "
+          "and the integer weights and thresholds are in the metadata (docs/semantics.md, NIR)")
+    return 0
 
 
 # ---------------------------------------------------------------------------- eval / info
@@ -783,14 +804,21 @@ def _add_model_commands(sub) -> None:
     _common_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("convert", help="convert a torch.export program (.pt2) into a spiking network file")
-    p.add_argument("model", metavar="MODEL.pt2", help="file written by torch.export.save")
+    p = sub.add_parser("convert", help="convert a torch.export program (.pt2) or a NIR graph (.nir) into a spiking "
+                                       "network file")
+    p.add_argument("model", metavar="MODEL.pt2|MODEL.nir", help="file written by torch.export.save, or a NIR graph")
     p.add_argument("--calib", required=True, metavar="DATA", help="calibration data: digits or a path")
     p.add_argument("--calib-range", metavar="A:B", help="use images [A:B] of the calibration data")
     p.add_argument("-o", "--output", required=True, metavar="NET", help="network file to write (.net.npz)")
     _conversion_options(p)
     _common_options(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export-nir", help="write a network file as a NIR graph (IF neurons, iLIF settings in metadata)")
+    p.add_argument("net", metavar="NET")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.nir", help="NIR file to write (HDF5)")
+    _common_options(p)
+    p.set_defaults(func=cmd_export_nir)
 
     p = sub.add_parser("eval", help="accuracy of a network file: float ANN, float SNN, integer golden model")
     p.add_argument("net", metavar="NET")
