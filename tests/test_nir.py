@@ -150,3 +150,22 @@ def test_a_nir_file_whose_arrays_would_not_fit_in_memory_is_refused_before_readi
     assert path.stat().st_size < 1 << 20
     proc = run_cli("convert", str(path), "--calib", "digits", "-o", str(tmp_path / "n.net.npz"), "-q", check=False)
     assert_one_line_error(proc, "GiB read")
+
+
+def test_a_network_with_a_max_pool_is_refused_naming_the_layer(tmp_path):
+    """NIR has sum and average pooling only."""
+    import torch
+    from torch import nn
+
+    from spikesmith.gen.convert import ConversionOptions, convert_module
+    from spikesmith.gen.netfile import save_network
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(16, 10)).eval()
+    net = convert_module(model, digits("train").images[:200], ConversionOptions(timesteps=4))
+    path = save_network(net, tmp_path / "pooled.net.npz")
+    pooled = next(layer.name for layer in net.layers if layer.pool is not None)
+    proc = run_cli("export-nir", str(path), "-o", str(tmp_path / "n.nir"), check=False)
+    assert_one_line_error(proc, f"layer {pooled} reads a max pool")
+    assert not (tmp_path / "n.nir").exists()
