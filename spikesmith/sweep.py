@@ -412,11 +412,11 @@ def mark_pareto(rows: list[dict]) -> list[dict]:
     def key(row):
         return (row["golden_accuracy"], -_logic(row), row["images_per_second"])
 
-    ranked = [key(row) for row in rows]
-    for row, mine in zip(rows, ranked):
-        row["pareto"] = usable(row) and not any(
-            usable(other) and all(a >= b for a, b in zip(theirs, mine)) and theirs != mine
-            for other, theirs in zip(rows, ranked))
+    ranked = [key(row) for row in rows if usable(row)]
+    for row in rows:
+        mine = key(row) if usable(row) else None
+        row["pareto"] = mine is not None and not any(
+            all(a >= b for a, b in zip(theirs, mine)) and theirs != mine for theirs in ranked)
     return rows
 
 

@@ -35,8 +35,9 @@ def test_the_pareto_front_is_the_points_no_other_beats():
     rows = [_point(0.95, 3000, 1000), _point(0.97, 4000, 1000), _point(0.95, 3500, 900),   # 2: beaten by 0
             _point(0.90, 2000, 5000), _point(0.97, 4000, 1000),                            # 4: ties 1, both stay
             _point(0.99, 1000, 9000, status="does not fit"),                               # no figures: out
-            _point(0.99, 1000, 9000, status="built", timing_met=False, logic_used=1000)]   # missed its clock: out
-    assert [row["pareto"] for row in mark_pareto(rows)] == [True, True, False, True, True, False, False]
+            _point(0.99, 1000, 9000, status="built", timing_met=False, logic_used=1000),   # missed its clock: out
+            _point(None, None, None, status="failed")]                                     # no conversion: out
+    assert [row["pareto"] for row in mark_pareto(rows)] == [True, True, False, True, True, False, False, False]
 
 
 def test_the_estimator_error_is_against_nextpnrs_count_per_board():
