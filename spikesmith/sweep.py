@@ -99,7 +99,8 @@ def ray_session(run: SweepRun):
         if run.address:
             ray.init(address=run.address, log_to_driver=False, logging_level=logging.ERROR)
         else:
-            ray.init(num_cpus=run.jobs or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+            # ("local": a new instance of our own, even beside another sweep's or a `ray start` one)
+            ray.init(address="local", num_cpus=run.jobs or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {run.address}" if run.address else "a local Ray instance"
@@ -326,7 +327,8 @@ def conversions(ray, pool: TaskPool, source: Path, net, axes: SweepAxes, data, c
 
 def _build_points(pool: TaskPool, rows: list[dict], prepared: dict, cache: BuildCache, seeds: int, bar) -> int:
     """Build every prepared point not in ``cache`` (each written there as it finishes); cached ones are
-    read back. Returns the number of builds run."""
+    read back. ``bar`` counts points (all of them): those without a build at once, the others as they
+    finish. Returns the number of builds run."""
     calls = []
     for index, build in prepared.items():
         report = cache.get(rows[index]["build"])
@@ -336,7 +338,7 @@ def _build_points(pool: TaskPool, rows: list[dict], prepared: dict, cache: Build
             built = _built(rows[index], report)
             rows[index] = {**built, "status": "cached" if built["status"] == "built" else built["status"],
                            "cached": True}
-    bar.reset(total=len(calls))
+    bar.update(len(rows) - len(calls))               # every point but those still to build is done
 
     def done(index, result, failure):
         row, build = rows[index], prepared[index]
@@ -386,7 +388,7 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
             rows.append(row)
         progress(f"{len(rows)} points sized and estimated" + ("" if run.estimate_only else
                  f"; {len(prepared)} to build or read from {out / 'builds'} (yosys + nextpnr, minutes each)"))
-        with tqdm(total=0, desc="builds", unit="build", disable=quiet or run.estimate_only) as bar:
+        with tqdm(total=len(rows), desc="points", unit="point", disable=quiet) as bar:
             ran = _build_points(pool, rows, prepared, BuildCache(out / "builds"), run.seeds, bar)
     summary = {"source": str(source), "data": data.describe(), "axes": dataclasses.asdict(axes),
                "run": dataclasses.asdict(run), "points": mark_pareto(rows), "estimator_error": estimator_error(rows),
