@@ -109,7 +109,7 @@ def test_a_task_ray_cannot_run_is_marked_and_the_others_finish():
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])    # (this module is not importable by the workers)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         finished = {}
         TaskPool(ray, 1).run(_double_or_crash, [("lost", (-1,)), ("fine", (21,))],
