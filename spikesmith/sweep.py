@@ -97,7 +97,7 @@ def ray_session(run: SweepRun):
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")     # (Ray's C++ warnings are not for this terminal)
     try:
         if run.address:
-            ray.init(address=run.address, log_to_driver=False, logging_level=logging.ERROR)
+            _connect(ray, run.address)
         else:
             # ("local": a new instance of our own, even beside another sweep's or a `ray start` one)
             ray.init(address="local", num_cpus=run.jobs or os.cpu_count(), include_dashboard=False, log_to_driver=False,
@@ -112,6 +112,23 @@ def ray_session(run: SweepRun):
         yield ray
     finally:
         ray.shutdown()
+
+
+#: Ray Client connections tried before giving up: its server starts a process per client, which can fail
+#: on a busy head ("Initialization failure from server") and succeed a moment later.
+CLIENT_ATTEMPTS = 3
+
+
+def _connect(ray, address: str) -> None:
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            return
+        except ConnectionError as exc:
+            if not str(exc).startswith("Initialization failure from server") or attempt == CLIENT_ATTEMPTS:
+                raise
+            ray.shutdown()                      # (the half-made connection)
+            time.sleep(2.0 * attempt)
 
 
 def preflight(source: Path, axes: "SweepAxes", run: SweepRun, calib) -> object | None:

@@ -195,3 +195,28 @@ def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path)
     assert summary["run"]["address"] == f"ray://127.0.0.1:{client}"
     assert summary["run"]["jobs"] == 3                # the cluster's CPUs (a local instance has this machine's)
     assert [p["status"] for p in summary["points"]] == ["estimated", "estimated"]
+
+
+def test_a_ray_client_connection_the_server_fails_to_start_is_tried_again(monkeypatch):
+    """Ray Client's server starts a process per client, which can fail on a busy head and work a moment later."""
+    from spikesmith import sweep
+
+    class FlakyRay:
+        def __init__(self, failures: int):
+            self.failures, self.calls, self.shutdowns = failures, 0, 0
+
+        def init(self, **kwargs):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise ConnectionAbortedError("Initialization failure from server:\nRuntimeError: Starting Ray client "
+                                             "server failed.")
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    ray = FlakyRay(failures=sweep.CLIENT_ATTEMPTS - 1)
+    sweep._connect(ray, "ray://head:10001")
+    assert ray.calls == sweep.CLIENT_ATTEMPTS and ray.shutdowns == sweep.CLIENT_ATTEMPTS - 1
+    with pytest.raises(ConnectionAbortedError):
+        sweep._connect(FlakyRay(failures=sweep.CLIENT_ATTEMPTS), "ray://head:10001")
