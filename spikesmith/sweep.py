@@ -94,7 +94,6 @@ def ray_session(run: SweepRun):
     CPUs (no dashboard), shut down afterwards."""
     ray = import_ray()
     check_address(run.address)
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")     # (Ray's C++ warnings are not for this terminal)
     try:
         if run.address:
             _connect(ray, run.address)

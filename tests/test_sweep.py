@@ -60,6 +60,7 @@ def test_an_estimate_only_sweep_on_ray_converts_and_sizes_every_point(digits_dem
                    "-T", "4", "8", "--weight-bits", "4", "8", "--board", "icebreaker", "ulx3s-85f", "--estimate-only",
                    "--jobs", "1", "-o", str(out), "--json", "-q")
     summary = json.loads(proc.stdout)
+    assert proc.stderr == ""                          # -q: no progress, no bar, none of Ray's own logging
     points = summary["points"]
     assert sorted((p["T"], p["weight_bits"], p["board"]) for p in points) == sorted(
         (t, b, board) for t in (4, 8) for b in (4, 8) for board in ("icebreaker", "ulx3s-85f"))
