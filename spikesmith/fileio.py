@@ -129,9 +129,7 @@ def replace_outputs(staging: Path, folder: Path) -> list[Path]:
     folder.mkdir(exist_ok=True)
     old = set(_manifest(folder) or ())
     new = sorted(p.name for p in staging.iterdir() if p.name != MANIFEST)
-    clash = [name for name in new if name not in old and (folder / name).exists()]
-    if clash:
-        raise SpikesmithError(f"will not replace {folder / clash[0]}: spikesmith did not write it")
+    _refuse_unlisted(folder, old, new)
     _write_manifest(folder, sorted(old | set(new)))     # whatever happens next, the folder stays ours
     for name in old:
         stale = folder / name
@@ -155,11 +153,16 @@ def claim_outputs(folder: str | os.PathLike, names: list[str]) -> Path:
     folder = check_output_folder(folder)
     folder.mkdir(exist_ok=True)
     old = set(_manifest(folder) or ())
-    clash = [name for name in names if name not in old and (folder / name).exists()]
-    if clash:
-        raise SpikesmithError(f"will not replace {folder / clash[0]}: spikesmith did not write it")
+    _refuse_unlisted(folder, old, names)
     _write_manifest(folder, sorted(old | set(names)))
     return folder
+
+
+def _refuse_unlisted(folder: Path, listed: set[str], names) -> None:
+    """Refuse to write any of ``names`` over a file of ``folder`` its manifest (``listed``) does not list."""
+    clash = [name for name in names if name not in listed and (folder / name).exists()]
+    if clash:
+        raise SpikesmithError(f"will not replace {folder / clash[0]}: spikesmith did not write it")
 
 
 def _write_manifest(folder: Path, names: list[str]) -> None:
