@@ -314,15 +314,22 @@ def default_cache_dir() -> Path:
 
 def _net_and_images(args):
     """The network file and the selected images of ``--data``/``--range``/``-n``; refuses an empty selection."""
-    from .datasets import open_dataset, parse_range
     from .gen.netfile import load_network
 
     net = load_network(args.net)
+    data = _selected_images(args)
+    _check_labels(data, net.classes)
+    return net, data
+
+
+def _selected_images(args):
+    """The images of ``--data``/``--range``/``-n``; refuses an empty selection."""
+    from .datasets import open_dataset, parse_range
+
     data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
     if len(data) == 0:
         raise SpikesmithError("no images selected (check --range and -n)")
-    _check_labels(data, net.classes)
-    return net, data
+    return data
 
 
 def _check_labels(data, classes: int) -> None:
@@ -639,17 +646,13 @@ def cmd_build(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .datasets import open_dataset, parse_range
-    from .sweep import SweepAxes, SweepRun, import_ray, preflight, run_sweep
+    from .sweep import SweepAxes, SweepRun, run_sweep
 
     progress = Progress(not args.quiet)
     source = Path(args.source)
-    import_ray()
-    check_output_folder(args.output)
     if not source.is_file():
         raise SpikesmithError(f"no such model or network file: {source}")
-    data = open_dataset(args.data, role="eval").select(*parse_range(args.range)).head(args.n)
-    if len(data) == 0:
-        raise SpikesmithError("no images selected (check --range and -n)")
+    data = _selected_images(args)
     calib = None
     if args.calib is not None:
         calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
@@ -658,8 +661,6 @@ def cmd_sweep(args) -> int:
                      boards=tuple(dict.fromkeys(args.board)))
     run = SweepRun(estimate_only=args.estimate_only, address=args.address, jobs=args.jobs, seeds=args.seeds,
                    baud=args.baud)
-    preflight(source, axes, run, calib)
-    progress(f"sweeping {source} on {data.describe()}")
     summary = run_sweep(source, axes, run, Path(args.output), data, calib=calib, options=_options_for_sweep(args),
                         progress=progress, quiet=args.quiet)
     if args.json:

@@ -90,10 +90,9 @@ def check_address(address: str | None) -> None:
 
 @contextlib.contextmanager
 def ray_session(run: SweepRun):
-    """Ray for the length of a sweep: connected to ``run.address``, or a local instance of ``run.jobs``
-    CPUs (no dashboard), shut down afterwards."""
+    """Ray for the length of a sweep: connected to ``run.address`` (:func:`preflight` checked that something
+    answers there), or a local instance of ``run.jobs`` CPUs (no dashboard), shut down afterwards."""
     ray = import_ray()
-    check_address(run.address)
     try:
         if run.address:
             _connect(ray, run.address)
@@ -326,9 +325,9 @@ def conversions(ray, pool: TaskPool, source: Path, net, axes: SweepAxes, data, c
         pool.run(evaluate_task, [(0, (net, images, labels))], lambda key, result, failure: found.append(
             Conversion(net.timesteps, _net_weight_bits(net), net, result or {}, failure)))
         return found
-    from .gen.importer import import_program, load_program
+    from .gen.convert import load_model_graph
 
-    graph, calib_images = ray.put(import_program(load_program(source))), ray.put(calib.images)
+    graph, calib_images = ray.put(load_model_graph(source)), ray.put(calib.images)
     points = [(t, b) for t in axes.timesteps or (options.timesteps,) for b in axes.weight_bits or (options.weight_bits,)]
     found: dict = {}
 
@@ -387,6 +386,7 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
     net = preflight(source, axes, run, calib)          # (refused: nothing is written)
     options = options or ConversionOptions()
     out = claim_outputs(out, ["builds", *OUTPUTS])
+    progress(f"sweeping {source} on {data.describe()}")
     started = time.perf_counter()
     with ray_session(run) as ray:
         cpus = int(ray.cluster_resources().get("CPU", 1))
