@@ -11,6 +11,7 @@ value it decodes to is that code times ``lambda_l / 2**T``. Modes:
 - ``percentile``: the given percentile of the activations (robust to outliers).
 
 The input image gets the same treatment (``lambda_0``), so it is coded as a T-bit spike train too.
+A model whose activations are spike codes (``spikesmith finetune``) gives its lambdas: no search.
 """
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ def calibrate(network: FloatNetwork, images: np.ndarray, timesteps: int, mode: s
         raise ConversionError(
             f"calibration images have negative values (min {x.min():.3g}); spike codes need "
             f"non-negative inputs, e.g. pixels scaled to [0, 1] without mean subtraction")
+    # A full scale the model gives (a spike code, spikesmith finetune) is used as it is.
+    input_threshold = network.input_full_scale or choose_threshold(x, timesteps, mode, percentile)
+    firing = [layer for layer in network.layers if layer.relu]
+    if all(layer.full_scale for layer in firing):
+        return Calibration(input_threshold, tuple(layer.full_scale for layer in firing), len(x))
     activations = network.forward(x)
-    input_threshold = choose_threshold(x, timesteps, mode, percentile)
     # A relay neuron (residual shortcut) keeps its source's threshold: only the layer's own neurons count.
-    hidden = tuple(choose_threshold(a[:, layer.relay_neurons() < 0], timesteps, mode, percentile)
+    hidden = tuple(layer.full_scale or choose_threshold(a[:, layer.relay_neurons() < 0], timesteps, mode, percentile)
                    for a, layer in zip(activations, network.layers) if layer.relu)
     return Calibration(input_threshold, hidden, len(x))

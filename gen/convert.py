@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ConversionError
 from .calibrate import THRESHOLD_MODES, calibrate
-from .ir import FloatNetwork, Graph
+from .ir import FloatNetwork, Graph, SpikeCode
 from ..contract.network import SpikingNetwork, check_images
 from .passes import lower
 from .quantise import WEIGHT_SCALES, quantise
@@ -24,7 +24,7 @@ from .quantise import WEIGHT_SCALES, quantise
 CONVOLUTION_MODES = ("kernel", "dense")
 
 __all__ = ["CONVOLUTION_MODES", "ConversionOptions", "convert_float_network", "convert_graph", "convert_module",
-           "load_model_graph", "THRESHOLD_MODES", "WEIGHT_SCALES"]
+           "load_model_graph", "model_timesteps", "THRESHOLD_MODES", "WEIGHT_SCALES"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,16 @@ class ConversionOptions:
 def convert_float_network(network: FloatNetwork, calib_images: np.ndarray,
                           options: ConversionOptions = ConversionOptions(), source: str = "") -> SpikingNetwork:
     x = check_images(calib_images, network.input_shape, "calibration images")
+    if network.timesteps is not None and options.timesteps != network.timesteps:
+        raise ConversionError(f"the model's spike codes are {network.timesteps}-bit (fine-tuned for "
+                              f"T={network.timesteps}); convert it at T={network.timesteps}, not T={options.timesteps}")
     calibration = calibrate(network, x, options.timesteps, options.threshold, options.percentile)
     metadata = {
         "source": source,
         "spikesmith_version": __version__,
         "options": asdict(options),
         "calibration_images": calibration.images,
+        "full_scales": _full_scales(network),
         "layer_sources": [layer.source for layer in network.layers],
     }
     if options.convolutions not in CONVOLUTION_MODES:
@@ -54,6 +58,19 @@ def convert_float_network(network: FloatNetwork, calib_images: np.ndarray,
                               f"choose one of {', '.join(CONVOLUTION_MODES)}")
     return quantise(network, calibration, options.timesteps, options.weight_bits, options.weight_scale, metadata,
                     keep_convolutions=options.convolutions == "kernel")
+
+
+def _full_scales(network: FloatNetwork) -> str:
+    """Where the thresholds came from: ``model`` (all given by spike codes), ``calibration``, or both."""
+    given = [network.input_full_scale] + [layer.full_scale for layer in network.layers if layer.relu]
+    known = sum(value is not None for value in given)
+    return "model" if known == len(given) else "calibration" if known == 0 else "model and calibration"
+
+
+def model_timesteps(graph: Graph) -> int | None:
+    """The T a model's spike codes fix (a ``spikesmith finetune`` model), or None. (Codes of several T
+    are refused by conversion.)"""
+    return next((op.timesteps for op in graph.ops if isinstance(op, SpikeCode)), None)
 
 
 def convert_graph(graph: Graph, calib_images: np.ndarray, options: ConversionOptions = ConversionOptions(),

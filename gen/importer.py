@@ -14,6 +14,7 @@ import contextlib
 import logging
 import operator
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
 from .archive import check_archive
-from .ir import Add, AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, MaxPool2d, ReLU, Reshape
+from .ir import Add, AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, MaxPool2d, ReLU, Reshape, SpikeCode
 from .shapes import SQUEEZE_OPS, check_batch_axis, keeps_order, permutation
 from .passes import SUPPORTED
+from .spikecode import MAX_TIMESTEPS  # importing it registers spikesmith::spike_code before any load
 
-__all__ = ["export_module", "load_program", "import_program", "import_module"]
+__all__ = ["export_module", "load_program", "save_program", "import_program", "import_module"]
 
 aten = torch.ops.aten
 
@@ -114,6 +116,19 @@ def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
     return program
 
 
+def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
+    """``torch.export.save`` through a temporary file beside ``path``, so a failure leaves no partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".pt2", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.export.save(program, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def import_module(module: torch.nn.Module, input_shape: tuple[int, ...]) -> Graph:
     """Export ``module`` and import its graph."""
     return import_program(export_module(module, tuple(input_shape)))
@@ -195,6 +210,7 @@ class _GraphWalk:
             aten.mean.dim: self._spatial_mean,
             aten.max_pool2d.default: self._max_pool, aten.max_pool2d_with_indices.default: self._max_pool,
             aten.relu.default: self._relu, aten.relu_.default: self._relu,
+            torch.ops.spikesmith.spike_code.default: self._spike_code,
             aten.batch_norm.default: self._batch_norm, aten._native_batch_norm_legit_no_training.default: self._batch_norm,
             aten.dropout.default: self._dropout, aten.dropout_.default: self._dropout,
             aten.feature_dropout.default: self._dropout,
@@ -405,6 +421,19 @@ class _GraphWalk:
 
     def _relu(self, layer: _Layer) -> _Act:
         return self._add(ReLU(layer.name, inputs=(layer.x.op_name,), source=layer.cls), layer.x.shape)
+
+    def _spike_code(self, layer: _Layer) -> _Act:
+        """``spikesmith::spike_code(x, full_scale, T)``: a ReLU with its T-bit codes' full scale given."""
+        full_scale, timesteps = self._arg(layer.node, 1), self._arg(layer.node, 2)
+        value = _to_numpy(full_scale).ravel() if isinstance(full_scale, torch.Tensor) else np.array([np.nan])
+        if len(value) != 1 or not np.isfinite(value[0]) or value[0] <= 0:
+            raise UnsupportedModelError(f"spike code '{layer.path}' ({layer.cls}) needs one positive, finite full "
+                                        f"scale (a parameter or constant), not {value.tolist()[:4]}")
+        if not isinstance(timesteps, int) or not 1 <= timesteps <= MAX_TIMESTEPS:
+            raise UnsupportedModelError(f"spike code '{layer.path}' ({layer.cls}) has T={timesteps!r}; "
+                                        f"spikesmith converts T from 1 to {MAX_TIMESTEPS}")
+        return self._add(SpikeCode(layer.name, float(value[0]), timesteps, inputs=(layer.x.op_name,),
+                                   source=layer.cls), layer.x.shape)
 
     def _batch_norm(self, layer: _Layer) -> _Act:
         node = layer.node

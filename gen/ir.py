@@ -19,7 +19,8 @@ import numpy as np
 from ..contract.network import ConvGeometry, PoolGeometry, convolve, max_pool
 
 __all__ = [
-    "Input", "Dense", "Conv2d", "AvgPool2d", "MaxPool2d", "BatchNorm", "ReLU", "Reshape", "Identity", "Add", "Op",
+    "Input", "Dense", "Conv2d", "AvgPool2d", "MaxPool2d", "BatchNorm", "ReLU", "SpikeCode", "Reshape", "Identity", "Add",
+    "Op",
     "Graph",
     "FloatLayer", "FloatNetwork",
 ]
@@ -144,6 +145,18 @@ class ReLU:
 
 
 @dataclass(frozen=True, eq=False)
+class SpikeCode:
+    """A ReLU that emits T-bit codes of a given full scale (``spikesmith::spike_code``,
+    :mod:`spikesmith.gen.spikecode`): after a layer, its firing with threshold ``full_scale``;
+    on the image, the input encoding."""
+    name: str
+    full_scale: float
+    timesteps: int
+    inputs: tuple[str, ...] = ()
+    source: str = "SpikeCode"
+
+
+@dataclass(frozen=True, eq=False)
 class Reshape:
     """The same values in the same row-major order, seen as per-sample ``shape``: ``Flatten``,
     ``view``, ``reshape``, ``unflatten``, ``squeeze``, ``unsqueeze``, order-keeping ``permute``."""
@@ -169,7 +182,7 @@ class Add:
     source: str = "add"
 
 
-Op = Union[Input, Dense, Conv2d, AvgPool2d, MaxPool2d, BatchNorm, ReLU, Reshape, Identity, Add]
+Op = Union[Input, Dense, Conv2d, AvgPool2d, MaxPool2d, BatchNorm, ReLU, SpikeCode, Reshape, Identity, Add]
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,6 +228,7 @@ class FloatLayer:
     # Relay channels (residual shortcuts, gen/passes.relay_residuals): per output channel (a
     # convolution) or neuron, the input channel or neuron whose code it passes on unchanged, or -1.
     relays: tuple[int, ...] | None = None
+    full_scale: float | None = None        # lambda given by the model (a spike code), not calibrated
 
     @cached_property
     def matrix(self) -> np.ndarray:
@@ -249,9 +263,14 @@ class FloatLayer:
 
 @dataclass(frozen=True, eq=False)
 class FloatNetwork:
-    """A chain of affine layers with ReLU between them; the last layer gives the logits."""
+    """A chain of affine layers with ReLU between them; the last layer gives the logits.
+
+    A model whose activations are spike codes gives its full scales (``input_full_scale``, each
+    layer's ``full_scale``) and their ``timesteps``; conversion then uses them as they are."""
     input_shape: tuple[int, ...]
     layers: tuple[FloatLayer, ...]
+    input_full_scale: float | None = None
+    timesteps: int | None = None
 
     @property
     def input_size(self) -> int:

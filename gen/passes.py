@@ -25,7 +25,8 @@ import dataclasses
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .ir import AvgPool2d, BatchNorm, Conv2d, Dense, FloatLayer, FloatNetwork, Graph, Identity, MaxPool2d, ReLU, Reshape
+from .ir import (AvgPool2d, BatchNorm, Conv2d, Dense, FloatLayer, FloatNetwork, Graph, Identity, MaxPool2d, ReLU, Reshape,
+                 SpikeCode)
 from ..contract.network import ConvGeometry
 from .residual import relay_residuals
 
@@ -106,7 +107,8 @@ def fold_batchnorm(graph: Graph) -> Graph:
 
 
 SUPPORTED = ("Linear, Conv2d (groups 1), AvgPool2d, MaxPool2d, AdaptiveAvgPool2d (to a size dividing the input), "
-             "mean over H and W, ReLU, Dropout, Identity, residual blocks relu(F(x) + S(x)), "
+             "mean over H and W, ReLU, spike codes (spikesmith finetune), Dropout, Identity, residual blocks "
+             "relu(F(x) + S(x)), "
              "BatchNorm1d/2d (after a Linear or Conv2d layer), and shape ops that keep the row-major order "
              "(Flatten, view, reshape, flatten, unflatten, squeeze, unsqueeze, contiguous)")
 
@@ -265,6 +267,9 @@ def to_float_network(graph: Graph) -> FloatNetwork:
     positive. Reshapes are no-ops anywhere. A max pool belongs to the layer after it, which
     reads the pooled values; one between a layer and its ReLU moves after the ReLU (a max
     commutes with the ReLU).
+
+    A spike code (:class:`SpikeCode`) is a ReLU whose full scale and T the model gives: the
+    layer keeps them (no calibration), and one before the first layer is the input encoding's.
     """
     inp = graph.input
     chain = _chain(graph)
@@ -272,6 +277,7 @@ def to_float_network(graph: Graph) -> FloatNetwork:
         raise UnsupportedModelError("the model output is not the end of its layer chain")
     shape = inp.shape
     layers: list[FloatLayer] = []
+    codes = _SpikeCodes()
     pending: Dense | None = None
     pool_in = pending_pool = pool_after = None     # pools read by the next layer, by the pending one, after it
     for op in chain:
@@ -292,19 +298,52 @@ def to_float_network(graph: Graph) -> FloatNetwork:
                 raise UnsupportedModelError(
                     f"Linear '{op.name}' takes {op.in_features} inputs but receives {int(np.prod(shape))} values")
             pending, pending_pool, pool_in = op, pool_in, None
-            shape = (op.out_features,)
-        elif isinstance(op, ReLU):
+            shape, codes.last_was_code = (op.out_features,), False
+        elif isinstance(op, SpikeCode) and pending is None and not layers:
+            codes.input(op, graph)
+        elif isinstance(op, (ReLU, SpikeCode)):
             if pending is None:
-                raise UnsupportedModelError(
-                    f"ReLU {graph.describe(op)} does not follow a Linear layer")
+                raise UnsupportedModelError(f"{op.source} {graph.describe(op)} does not follow a Linear layer")
             layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=True, source=pending.source,
                                      geometry=pending.geometry, kernel=pending.kernel, pool=pending_pool,
-                                     relays=pending.relays))
+                                     relays=pending.relays, full_scale=codes.layer(op, graph)))
             pending, pool_in, pool_after = None, pool_after, None
         else:
             raise UnsupportedModelError(
                 f"unsupported layer {graph.describe(op)} at this point; supported: {SUPPORTED}")
-    return _float_network(inp, layers, pending, pending_pool, pool_in or pool_after)
+    if pending is None and codes.last_was_code:
+        raise UnsupportedModelError("the model ends in a spike code; its last Linear layer must give the logits")
+    network = _float_network(inp, layers, pending, pending_pool, pool_in or pool_after)
+    return dataclasses.replace(network, input_full_scale=codes.input_full_scale, timesteps=codes.timesteps)
+
+
+class _SpikeCodes:
+    """The full scales and T a model's spike codes give (:class:`SpikeCode` ops), checked as they are read."""
+
+    def __init__(self):
+        self.input_full_scale: float | None = None
+        self.timesteps: int | None = None
+        self.last_was_code = False
+
+    def _timesteps(self, op: SpikeCode, graph: Graph) -> None:
+        if self.timesteps is not None and op.timesteps != self.timesteps:
+            raise UnsupportedModelError(f"spike code {graph.describe(op)} has T={op.timesteps}, an earlier one "
+                                        f"T={self.timesteps}; a model's spike codes share one T")
+        self.timesteps = op.timesteps
+
+    def input(self, op: SpikeCode, graph: Graph) -> None:
+        if self.input_full_scale is not None:
+            raise UnsupportedModelError(f"spike code {graph.describe(op)} follows another spike code")
+        self._timesteps(op, graph)
+        self.input_full_scale = op.full_scale
+
+    def layer(self, op: ReLU | SpikeCode, graph: Graph) -> float | None:
+        """The layer's given full scale (None for a ReLU, which calibration sizes)."""
+        self.last_was_code = isinstance(op, SpikeCode)
+        if not self.last_was_code:
+            return None
+        self._timesteps(op, graph)
+        return op.full_scale
 
 
 def _float_network(inp, layers: list[FloatLayer], pending: Dense | None, pending_pool, trailing_pool) -> FloatNetwork:

@@ -95,10 +95,10 @@ def cmd_demo(args) -> int:
 
 # ---------------------------------------------------------------------------- convert
 
-def _options(args):
+def _options(args, timesteps: int):
     from .gen.convert import ConversionOptions
 
-    return ConversionOptions(timesteps=args.timesteps, weight_bits=args.weight_bits,
+    return ConversionOptions(timesteps=timesteps, weight_bits=args.weight_bits,
                              weight_scale=args.weight_scale, threshold=args.threshold, percentile=args.percentile,
                              convolutions=args.convolutions)
 
@@ -106,20 +106,22 @@ def _options(args):
 def cmd_convert(args) -> int:
     from .datasets import open_dataset, parse_range
     from .contract.bounds import network_bounds
-    from .gen.convert import convert_graph, load_model_graph
+    from .gen.convert import convert_graph, load_model_graph, model_timesteps
     from .gen.netfile import fingerprint, save_network
     from .sim.evaluate import evaluate
 
     progress = Progress(not args.quiet)
     output = Path(args.output)
     check_writable_file(output)
-    options = _options(args)
     calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
     progress(f"calibration data {calib.describe()}")
     progress(f"loading {args.model}")
     graph = load_model_graph(args.model)
+    fixed = model_timesteps(graph)        # a fine-tuned model's spike codes fix T and the thresholds
+    options = _options(args, args.timesteps or fixed or DEFAULT_TIMESTEPS)
     progress(f"converting at T={options.timesteps}, {options.weight_bits}-bit weights "
-             f"({options.weight_scale} scale), thresholds by {options.threshold}")
+             f"({options.weight_scale} scale), thresholds "
+             f"{'from the model' if fixed else 'by ' + options.threshold}")
     net = convert_graph(graph, calib.images, options, source=str(args.model))
     check = evaluate(net, calib.images, calib.labels)
     save_network(net, output)
@@ -197,6 +199,76 @@ def cmd_export_nir(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- finetune
+
+def _finetune_data(args):
+    """The training images (``--data``/``--range``), the calibration images (``--calib-range`` of
+    ``--data``; default the training images) and the test images (``--test``; digits: its test split)."""
+    from .datasets import open_dataset, parse_range
+
+    data = open_dataset(args.data, role="calib")
+    train = data.select(*parse_range(args.range))
+    calib = data.select(*parse_range(args.calib_range)) if args.calib_range else train
+    test_spec = args.test or ("digits:test" if args.data in ("digits", "digits:train") else None)
+    test = open_dataset(test_spec, role="eval").select(*parse_range(args.test_range)) if test_spec else None
+    return train, calib, test
+
+
+def cmd_finetune(args) -> int:
+    import numpy as np
+
+    from .gen.convert import load_model_graph
+    from .gen.importer import save_program
+    from .gen.passes import lower
+    from .train import FinetuneOptions, export_twin, finetune, initial_twin, twin_accuracy
+
+    progress = Progress(not args.quiet)
+    output = Path(args.output)
+    check_writable_file(output)
+    if output.resolve() == Path(args.model).resolve():
+        raise SpikesmithError(f"-o {output} is the model being fine-tuned; write the fine-tuned model to a new file")
+    options = FinetuneOptions(timesteps=args.timesteps, epochs=args.epochs, learning_rate=args.lr,
+                              weight_bits=args.weight_bits, seed=args.seed)
+    train, calib, test = _finetune_data(args)
+    progress(f"loading {args.model}")
+    network = lower(load_model_graph(args.model))
+    for data in (train, test):
+        if data is not None:
+            _check_labels(data, network.layers[-1].out_features)
+    progress(f"full scales at T={options.timesteps} from {calib.describe()}")
+    twin = initial_twin(network, calib.images, options)
+    before = twin_accuracy(twin, test) if test is not None else None
+    progress(f"fine-tuning on {train.describe()}: {options.epochs} epochs")
+    start = time.perf_counter()
+    with progress_bar(options.epochs * -(-len(train) // options.batch_size), not args.quiet, unit="batches") as advance:
+        finetune(network, twin, train, options, progress=lambda done, total, loss: advance(done))
+    seconds = time.perf_counter() - start
+    save_program(export_twin(twin), output)
+    progress(f"wrote {output}")
+    ann = None if test is None else float(np.mean(network.forward(test.images)[-1].argmax(axis=1) == test.labels))
+    payload = {"model": str(args.model), "output": str(output), "timesteps": options.timesteps,
+               "epochs": options.epochs, "weight_bits": options.weight_bits, "train": train.name,
+               "train_images": len(train), "calibration": calib.name, "seconds": seconds,
+               "full_scales": [code.full_scale.item() for code in twin.codes()],
+               "test": None if test is None else {"data": test.name, "images": len(test), "ann_accuracy": ann,
+                                                  "before_accuracy": before,
+                                                  "finetuned_accuracy": twin_accuracy(twin, test)}}
+    if args.json:
+        _emit_json(payload)
+        return 0
+    print(f"fine-tuned {args.model} at T={options.timesteps} -> {output}")
+    print(f"  {options.epochs} epochs on {train.describe()} in {seconds:.1f} s; {options.weight_bits}-bit weights")
+    print(f"  full scales (input, then each firing layer): "
+          f"{', '.join(f'{value:.4g}' for value in payload['full_scales'])}")
+    if test is not None:
+        t = payload["test"]
+        print(f"  on {test.describe()}: ANN {_pct(ann).strip()}, at T={options.timesteps} before fine-tuning "
+              f"{_pct(before).strip()}, after {_pct(t['finetuned_accuracy']).strip()}")
+    print(f"  next: spikesmith convert {output} --calib {args.data} --weight-bits {options.weight_bits} -o NET "
+          f"(T and thresholds come from the model)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- eval / info
 
 def cmd_eval(args) -> int:
@@ -213,12 +285,17 @@ def cmd_eval(args) -> int:
     if args.json:
         _emit_json(payload)
         return 0
+    finetuned = net.metadata.get("full_scales") == "model"
     print(f"{args.net}: {net.describe()}, T={net.timesteps}, on {data.describe()}")
-    print(f"  ANN (float)           {_pct(result.ann_accuracy)}")
-    print(f"  SNN float             {_pct(result.snn_float_accuracy)}   (conversion error only)")
+    print(f"  ANN (float)           {_pct(result.ann_accuracy)}"
+          f"{'   (the fine-tuned weights with plain ReLUs)' if finetuned else ''}")
+    print(f"  SNN float             {_pct(result.snn_float_accuracy)}   "
+          f"{'(the fine-tuned model: its spike codes, float weights)' if finetuned else '(conversion error only)'}")
     print(f"  SNN golden (integer)  {_pct(result.golden_accuracy)}   (bit-exact hardware reference)")
     if result.golden_vs_ann_agreement is not None:
         print(f"  golden agrees with the ANN's class on {_pct(result.golden_vs_ann_agreement).strip()} of images")
+        print(f"  golden agrees with the {'fine-tuned model' if finetuned else 'float SNN'} on "
+              f"{_pct(result.golden_vs_snn_float_agreement).strip()} of images")
     return 0
 
 
@@ -725,6 +802,7 @@ def _number(kind, low, high):
 
 
 TIMESTEPS = _number(int, 1, 16)
+DEFAULT_TIMESTEPS = 8
 WEIGHT_BITS = _number(int, 2, 16)
 COUNT = _number(int, 1, 10**9)
 
@@ -746,7 +824,8 @@ def _common_options(p, json_help="print one JSON document on stdout"):
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
 def _conversion_options(p):
-    p.add_argument("--timesteps", "-T", type=TIMESTEPS, default=8, help="time steps T, 1-16 (default 8)")
+    p.add_argument("--timesteps", "-T", type=TIMESTEPS,
+                   help=f"time steps T, 1-16 (default {DEFAULT_TIMESTEPS}, or the T a fine-tuned model has)")
     p.add_argument("--weight-bits", type=WEIGHT_BITS, default=8,
                    help="signed weight width in bits, 2-16 (default 8)")
     _normalisation_options(p)
@@ -814,6 +893,26 @@ def _add_model_commands(sub) -> None:
     _conversion_options(p)
     _common_options(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("finetune", help="fine-tune a model with the SNN's T-bit activations in the loop "
+                                        "(quantisation-aware), for a lossless conversion at small T")
+    p.add_argument("model", metavar="MODEL.pt2|MODEL.nir", help="the trained ANN: torch.export program or NIR graph")
+    p.add_argument("--data", required=True, metavar="DATA", help="labelled training data: digits or a path")
+    p.add_argument("--range", metavar="A:B", help="train on images [A:B] of the data")
+    p.add_argument("--calib-range", metavar="A:B",
+                   help="set the initial full scales from images [A:B] of the data (default: the training images)")
+    p.add_argument("--test", metavar="DATA", help="report test accuracy on this data (default for digits: its test "
+                                                  "split)")
+    p.add_argument("--test-range", metavar="A:B", help="use images [A:B] of the test data")
+    p.add_argument("--timesteps", "-T", type=TIMESTEPS, required=True, help="time steps T, 1-16, of the SNN to come")
+    p.add_argument("--epochs", type=_number(int, 1, 100_000), default=20, help="epochs (default 20)")
+    p.add_argument("--lr", type=_number(float, 1e-7, 1.0), default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--weight-bits", type=WEIGHT_BITS, default=8,
+                   help="weights are fake-quantised to this width, 2-16 (default 8); convert with the same")
+    p.add_argument("--seed", type=_number(int, 0, (1 << 63) - 1), default=0, help="seed of the batch order")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.pt2", help="fine-tuned model to write")
+    _common_options(p)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export-nir", help="write a network file as a NIR graph (IF neurons, iLIF settings in metadata)")
     p.add_argument("net", metavar="NET")

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from .datasets import digits
 from .errors import SpikesmithError
-
-
-def save_program(program, path: Path) -> None:
-    """``torch.export.save`` through a temporary file, so a failure leaves no partial file."""
-    import torch     # seconds to import: loaded only once the demo saves a program
-
-    fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".pt2", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 MODELS = {"mlp": ("digits-mlp", "MLP"), "cnn": ("digits-cnn", "CNN")}
@@ -50,7 +34,7 @@ def _train_and_convert(key: str, timesteps: int, sweep: tuple[int, ...], epochs:
                        progress: Callable[[str], None]) -> dict:
     # torch (through the importer and the models): seconds to import, so only when the demo runs.
     from .gen.convert import ConversionOptions, convert_float_network
-    from .gen.importer import export_module, import_program
+    from .gen.importer import export_module, import_program, save_program
     from .gen.netfile import save_network
     from .gen.passes import lower
     from .models import accuracy, digits_cnn, digits_mlp, train_classifier

@@ -1,0 +1,265 @@
+"""Quantisation-aware fine-tuning: train the network with the SNN's own activations in the loop.
+
+With k = 2 and temporal separation, T time steps carry exactly a T-bit code, so the converted
+network is a network with T-bit activations. :class:`SpikingTwin` is that network in torch: the
+converter's float network (batch norm folded, pools placed, :mod:`spikesmith.gen.passes`) with
+every ReLU replaced by :class:`SpikeCode` (``spikesmith::spike_code``, a learnable full scale
+λ, straight-through gradients), the image encoded the same way, and, optionally, each layer's
+weights fake-quantised to the integer grid :mod:`spikesmith.gen.quantise` will use. Fine-tune
+it a few epochs (:func:`finetune`) and export it (:func:`export_twin`): ``convert`` reads the
+spike codes' λ as thresholds and T as fixed, so the converted network computes what the
+fine-tuned model computes (docs/semantics.md, "Fine-tuned models", says what still differs).
+
+    network = lower(load_model_graph("m.pt2"))
+    twin = finetune(network, initial_twin(network, train.images, options), train, options)
+    save_program(export_twin(twin), "m-T3.pt2")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .datasets import Dataset
+from .errors import SpikesmithError, UnsupportedModelError
+from .gen.calibrate import calibrate
+from .contract.network import check_images
+from .gen.ir import FloatLayer, FloatNetwork
+from .gen.quantise import MIN_CHANNEL_SCALE_RATIO
+from .gen.spikecode import MAX_TIMESTEPS, spike_code
+
+__all__ = ["SpikeCode", "TwinLayer", "SpikingTwin", "FinetuneOptions", "grid_scales", "fake_quantised",
+           "initial_twin", "finetune", "export_twin", "twin_accuracy"]
+
+#: The smallest full scale a step may leave (λ is projected back above it: the code divides by it).
+MIN_FULL_SCALE = 1e-6
+
+
+class SpikeCode(nn.Module):
+    """The quantised ReLU: ``clip(floor(x/λ·2^T + 1/2), 0, 2^T - 1)·λ/2^T``, λ learnable (``full_scale``)."""
+
+    def __init__(self, full_scale: float, timesteps: int):
+        super().__init__()
+        if not 1 <= timesteps <= MAX_TIMESTEPS:
+            raise SpikesmithError(f"timesteps must be between 1 and {MAX_TIMESTEPS}, not {timesteps}")
+        self.full_scale = nn.Parameter(torch.tensor(float(full_scale), dtype=torch.float32))
+        self.timesteps = timesteps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return spike_code(x, self.full_scale, self.timesteps)
+
+
+def grid_scales(weight: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
+    """``(out,)``: the float value of one integer weight step per output row, as gen/quantise.py sets it
+    (``max |w_j| / (2^(bits-1) - 1)`` with a floor of 1/16 of the layer's, or one per layer)."""
+    qmax = (1 << (bits - 1)) - 1
+    with torch.no_grad():
+        magnitude = weight.detach().reshape(len(weight), -1).abs()
+        layer_max = float(magnitude.max())
+        layer_scale = layer_max / qmax if layer_max > 0 else 1.0
+        if not per_channel:
+            return torch.full((len(weight),), layer_scale, dtype=weight.dtype)
+        return torch.clamp(magnitude.amax(dim=1) / qmax, min=layer_scale * MIN_CHANNEL_SCALE_RATIO)
+
+
+def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-row ``values`` shaped to broadcast over ``like`` (out, ...)."""
+    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def fake_quantised(weight: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
+    """``weight`` (out, ...) rounded to conversion's grid (``rint(w / s_j)`` saturated to
+    ``±(2^(bits-1) - 1)``, :func:`grid_scales`), with a straight-through gradient."""
+    qmax = (1 << (bits - 1)) - 1
+    scale = _rows(grid_scales(weight, bits, per_channel), weight)
+    quantised = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+    return weight + (quantised - weight).detach()
+
+
+class TwinLayer(nn.Module):
+    """One layer of the float network: [max pool] affine [spike code], on flat ``(N, features)`` values.
+
+    A firing layer with a convolution geometry is a ``conv2d`` (conversion keeps it a kernel, with
+    one weight scale per output channel); every other layer is a ``linear`` over its matrix.
+
+    With ``on_grid`` (training), the affine map is the one conversion will make of it, exactly:
+    weights fake-quantised, the bias rounded as conversion rounds it (``B_j = rint(b_j/u_j +
+    Θ_j/2^(T+1))``), and each row scaled by ``λ / (Θ_j·u_j)``, so that the spike code's ``x/λ``
+    is the integer ``V/Θ_j`` of docs/semantics.md (``u_j``: one membrane unit, ``Θ_j = rint(λ/u_j)``).
+    The bias sits ``1/2^(T+1)`` membrane units above ``B_j`` (conversion rounds it back to ``B_j``):
+    the code's floor then never falls on a tie, where float32 and the integers could part, and
+    moves by less than one step of ``2^T·V/Θ_j``, so it gives the integer code.
+    :meth:`bake` writes those weights and biases into the parameters for export."""
+
+    def __init__(self, layer: FloatLayer, full_scale: float | None, timesteps: int, weight_bits: int):
+        super().__init__()
+        self.pool = layer.pool
+        self.geometry = layer.geometry if layer.relu and layer.geometry is not None else None
+        if self.geometry is not None:
+            weight, bias = layer.kernel, layer.bias.reshape(self.geometry.out_channels, -1)[:, 0]
+        else:
+            weight, bias = layer.matrix, layer.bias
+        self.weight = nn.Parameter(torch.tensor(weight, dtype=torch.float32))
+        self.bias = nn.Parameter(torch.tensor(bias, dtype=torch.float32))
+        self.code = SpikeCode(full_scale, timesteps) if layer.relu else None
+        self.timesteps, self.weight_bits = timesteps, weight_bits
+        self.on_grid = True
+
+    def affine_on_grid(self, input_full_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) as conversion will make them (see the class docstring), straight-through."""
+        steps = float(1 << self.timesteps)
+        weight = fake_quantised(self.weight, self.weight_bits, per_channel=self.code is not None)
+        with torch.no_grad():
+            unit = input_full_scale.detach() * grid_scales(self.weight, self.weight_bits, self.code is not None) / steps
+            gain, half, nudge = torch.ones_like(unit), torch.zeros_like(unit), 0.0
+            if self.code is not None:
+                full_scale = self.code.full_scale.detach()
+                threshold = torch.clamp(torch.round(full_scale / unit), min=1.0)
+                gain, half, nudge = full_scale / (threshold * unit), threshold / (2 * steps), 1 / (2 * steps)
+            bias = (torch.round(self.bias / unit + half) - half + nudge) * unit
+        bias = self.bias + (bias - self.bias).detach()
+        return weight * _rows(gain, weight), bias * gain
+
+    def forward(self, x: torch.Tensor, input_full_scale: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            p = self.pool
+            x = F.max_pool2d(x.reshape(-1, *p.in_shape), p.kernel, p.stride, p.padding, p.dilation,
+                             p.ceil_mode).flatten(1)
+        weight, bias = self.affine_on_grid(input_full_scale) if self.on_grid else (self.weight, self.bias)
+        if self.geometry is not None:
+            g = self.geometry
+            x = F.conv2d(x.reshape(-1, *g.in_shape), weight, bias, g.stride, g.padding).flatten(1)
+        else:
+            x = F.linear(x, weight, bias)
+        return x if self.code is None else self.code(x)
+
+    @torch.no_grad()
+    def bake(self, input_full_scale: torch.Tensor) -> None:
+        """Write the on-grid weights and bias into the parameters; the layer is then a plain affine map."""
+        if self.on_grid:
+            weight, bias = self.affine_on_grid(input_full_scale)
+            self.weight.copy_(weight)
+            self.bias.copy_(bias)
+            self.on_grid = False
+
+
+class SpikingTwin(nn.Module):
+    """The float network with spike codes for ReLUs: what the converted network computes, in torch."""
+
+    def __init__(self, network: FloatNetwork, input_full_scale: float, full_scales: tuple[float, ...],
+                 timesteps: int, weight_bits: int = 8):
+        super().__init__()
+        relays = [layer.name for layer in network.layers if layer.relays is not None]
+        if relays:
+            raise UnsupportedModelError(f"layer '{relays[0]}' carries a residual shortcut; fine-tuning "
+                                        f"residual blocks is not supported yet (convert the model as it is)")
+        self.input_shape = tuple(network.input_shape)
+        self.timesteps = timesteps
+        self.input_code = SpikeCode(input_full_scale, timesteps)
+        scales = iter(full_scales)
+        self.layers = nn.ModuleList(TwinLayer(layer, next(scales) if layer.relu else None, timesteps, weight_bits)
+                                    for layer in network.layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.input_code(images.flatten(1))
+        for layer, full_scale in zip(self.layers, self.input_full_scales()):
+            x = layer(x, full_scale)
+        return x
+
+    def input_full_scales(self) -> list[torch.Tensor]:
+        """Per layer, the full scale of the codes it reads (the image's, then the layer before's)."""
+        return [self.input_code.full_scale] + [layer.code.full_scale for layer in self.layers[:-1]]
+
+    def codes(self) -> list[SpikeCode]:
+        return [self.input_code] + [layer.code for layer in self.layers if layer.code is not None]
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Fine-tuning knobs; the defaults fine-tune the digits MLP in seconds."""
+    timesteps: int = 4            # T of every spike code
+    epochs: int = 20
+    learning_rate: float = 1e-3   # Adam, cosine schedule to zero
+    batch_size: int = 64
+    distill: float = 1.0          # weight of distillation from the float ANN (the rest: cross-entropy on labels)
+    temperature: float = 2.0      # of the distillation's softmax
+    weight_bits: int = 8          # the grid weights are fake-quantised to (convert with the same --weight-bits)
+    on_grid: bool = True          # train on conversion's integer grid (weights, biases, thresholds)
+    seed: int = 0
+
+
+def initial_twin(network: FloatNetwork, calib_images: np.ndarray, options: FinetuneOptions) -> SpikingTwin:
+    """The twin of ``network`` with its full scales from calibration (the converter's threshold search at T)."""
+    calibration = calibrate(network, check_images(calib_images, network.input_shape, "calibration images"),
+                            options.timesteps)
+    twin = SpikingTwin(network, calibration.input_threshold, calibration.activation_thresholds,
+                       options.timesteps, options.weight_bits)
+    for layer in twin.layers:
+        layer.on_grid = options.on_grid
+    return twin
+
+
+def finetune(network: FloatNetwork, twin: SpikingTwin, train: Dataset, options: FinetuneOptions = FinetuneOptions(),
+             progress: Callable[[int, int, float], None] | None = None) -> SpikingTwin:
+    """Fine-tune ``twin`` (:func:`initial_twin` of ``network``) on ``train`` in place; returns it in eval mode.
+
+    The loss distils the float ANN (``network``, the model as given): the KL divergence of the
+    twin's softened outputs from the ANN's (``temperature``), times ``distill``, plus cross-entropy
+    on the labels times ``1 - distill``; Adam, cosine schedule, seeded. A trained ANN fits its
+    training set, so its labels alone leave little to learn; its outputs carry more. ``progress`` is
+    called after every batch with (batches done, batches in all, mean loss of the epoch so far)."""
+    torch.manual_seed(options.seed)
+    images = check_images(train.images, twin.input_shape, "training images")
+    x = torch.from_numpy(images.astype(np.float32))
+    y = torch.from_numpy(train.labels)
+    teacher = torch.from_numpy(network.forward(images)[-1].astype(np.float32))
+    tau = options.temperature
+    generator = torch.Generator().manual_seed(options.seed)
+    optimiser = torch.optim.Adam(twin.parameters(), lr=options.learning_rate)
+    batches = -(-len(x) // options.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, options.epochs * batches)
+    twin.train()
+    for epoch in range(options.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for batch, start in enumerate(range(0, len(x), options.batch_size)):
+            idx = order[start:start + options.batch_size]
+            optimiser.zero_grad()
+            logits = twin(x[idx])
+            soft = F.kl_div(F.log_softmax(logits / tau, dim=1), F.softmax(teacher[idx] / tau, dim=1),
+                            reduction="batchmean")
+            loss = options.distill * tau * tau * soft + (1 - options.distill) * F.cross_entropy(logits, y[idx])
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                for code in twin.codes():
+                    code.full_scale.clamp_(min=MIN_FULL_SCALE)
+            total += loss.item() * len(idx)
+            if progress:
+                progress(epoch * batches + batch + 1, options.epochs * batches, total / min(len(x), start + len(idx)))
+    return twin.eval()
+
+
+@torch.no_grad()
+def twin_accuracy(twin: nn.Module, data: Dataset) -> float:
+    """Test accuracy of a twin (or any module taking the data's images)."""
+    twin.eval()
+    logits = twin(torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32)))
+    return float((logits.argmax(dim=1).numpy() == data.labels).mean())
+
+
+@torch.no_grad()
+def export_twin(twin: SpikingTwin) -> torch.export.ExportedProgram:
+    """The twin as a ``torch.export`` program of any batch size: the on-grid weights and biases baked in
+    (:meth:`TwinLayer.bake`; the twin keeps them), activations as ``spikesmith::spike_code`` nodes."""
+    for layer, full_scale in zip(twin.layers, twin.input_full_scales()):
+        layer.bake(full_scale)
+    twin.eval()
+    example = torch.zeros((2, *twin.input_shape), dtype=torch.float32)
+    return torch.export.export(twin, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))

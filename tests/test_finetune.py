@@ -1,0 +1,169 @@
+"""Quantisation-aware fine-tuning (spikesmith.train, `spikesmith finetune`): the spike code operator, the
+weight grid, the exported model's conversion, and the commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import assert_one_line_error, run_cli
+from spikesmith.contract.network import encode_codes
+from spikesmith.datasets import digits
+from spikesmith.gen.convert import ConversionOptions, convert_graph
+from spikesmith.gen.importer import export_module, import_program, save_program
+from spikesmith.gen.ir import SpikeCode as SpikeCodeOp
+from spikesmith.gen.passes import lower
+from spikesmith.gen.spikecode import spike_code
+from spikesmith.sim import golden
+from spikesmith.sim.floatsim import snn_float_logits
+from spikesmith.train import FinetuneOptions, SpikeCode, export_twin, fake_quantised, finetune, initial_twin
+
+
+def test_spike_code_is_the_code_the_converted_layer_emits():
+    rng = np.random.default_rng(0)
+    for timesteps, full_scale in ((1, 1.0), (3, 2.5), (8, 0.37), (16, 7.0)):
+        steps = 1 << timesteps
+        # Values below zero, beyond full scale, and exactly on rounding ties (k + 1/2 steps).
+        x = np.concatenate([rng.uniform(-1, 1.5 * full_scale, 500), (np.arange(-2, steps + 2) + 0.5) * full_scale / steps])
+        got = spike_code(torch.from_numpy(x), torch.tensor(full_scale, dtype=torch.float64), timesteps).numpy()
+        assert np.array_equal(got, encode_codes(x, full_scale, timesteps) * (full_scale / steps))
+
+
+def test_spike_code_gradient_is_straight_through_inside_full_scale():
+    x = torch.tensor([-0.5, 0.1, 0.6, 0.9, 1.5], requires_grad=True)
+    full_scale = torch.tensor(1.0, requires_grad=True)
+    spike_code(x, full_scale, 2).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0]       # 0.9 is beyond the top code (3/4 of full scale)
+    # LSQ: (code - x*4)/4 inside, 3/4 above, 0 below: 0 + (0 - 0.4)/4 + (2 - 2.4)/4 + 3/4 + 3/4
+    assert full_scale.grad.item() == pytest.approx(-0.1 - 0.1 + 1.5)
+
+
+def test_fake_quantised_weights_sit_on_the_converters_grid():
+    """Converting a layer whose weights are fake-quantised gives integers proportional to them, row by row."""
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(12, 20)) * rng.uniform(0.01, 1, size=(12, 1))
+    weight[3] *= 3 / np.abs(weight[3]).max() * np.abs(weight).max() / 15 / 16   # the scale floor applies
+    quantised = fake_quantised(torch.tensor(weight, dtype=torch.float32), bits=5, per_channel=True).detach()
+    model = nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(quantised)
+    net = convert_graph(import_program(export_module(model, (20,))), rng.uniform(0, 1, (50, 20)),
+                        ConversionOptions(timesteps=4, weight_bits=5))
+    integers = net.layers[0].weight
+    assert np.abs(integers).max() <= 15
+    step = quantised.numpy() / np.where(integers == 0, np.inf, integers)    # one weight step per row
+    assert np.all(np.any(integers != 0, axis=1))
+    for row, ints in zip(step, integers):
+        assert np.allclose(row[ints != 0], row[ints != 0][0], rtol=1e-6)
+    assert np.all(quantised.numpy()[integers == 0] == 0)
+
+
+def test_spike_code_gradient_reaches_the_full_scale_parameter():
+    code = SpikeCode(full_scale=1.0, timesteps=3)
+    code(torch.tensor([2.0, 3.0])).sum().backward()
+    assert code.full_scale.grad.item() == pytest.approx(2 * 7 / 8)
+
+
+@pytest.fixture(scope="module")
+def digits_cnn_twin():
+    """A small max-pool CNN on the digits, its twin at T=3 fine-tuned one epoch, and its exported program."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+    train = digits("train")
+    network = lower(import_program(export_module(model.eval(), (1, 8, 8))))
+    options = FinetuneOptions(timesteps=3, epochs=1)
+    twin = finetune(network, initial_twin(network, train.images, options), train, options)
+    return twin, export_twin(twin), train
+
+
+def test_exported_model_reads_as_spike_codes_with_its_full_scales(digits_cnn_twin):
+    twin, program, _ = digits_cnn_twin
+    codes = [op for op in import_program(program).ops if isinstance(op, SpikeCodeOp)]
+    assert [op.full_scale for op in codes] == [code.full_scale.item() for code in twin.codes()]
+    assert {op.timesteps for op in codes} == {3}
+
+
+def test_converted_model_uses_the_full_scales_as_thresholds(digits_cnn_twin):
+    twin, program, train = digits_cnn_twin
+    net = convert_graph(import_program(program), train.images[:20], ConversionOptions(timesteps=3))
+    scales = [code.full_scale.item() for code in twin.codes()]
+    assert net.input.threshold == scales[0]
+    assert [layer.shadow.full_scale for layer in net.layers if layer.fires] == scales[1:]
+    assert net.metadata["full_scales"] == "model"
+    assert [layer.kind for layer in net.layers][:2] == ["conv", "conv"] and net.layers[1].pool is not None
+
+
+def test_golden_model_predicts_what_the_fine_tuned_model_predicts(digits_cnn_twin):
+    """The torch program, the float SNN of the converted network and the golden model: the same classes."""
+    _, program, train = digits_cnn_twin
+    test = digits("test")
+    net = convert_graph(import_program(program), train.images[:20], ConversionOptions(timesteps=3))
+    torch_classes = program.module()(torch.from_numpy(test.images)).argmax(dim=1).numpy()
+    assert np.mean(golden.run_images(net, test.images).predictions == torch_classes) >= 0.999
+    assert np.mean(snn_float_logits(net, test.images).argmax(axis=1) == torch_classes) >= 0.999
+
+
+def test_converting_at_another_timestep_count_is_refused(tmp_path, digits_cnn_twin):
+    _, program, _ = digits_cnn_twin
+    save_program(program, tmp_path / "cnn-T3.pt2")
+    proc = run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "--calib", "digits", "--calib-range", ":20", "-T", "4",
+                   "-o", str(tmp_path / "net.npz"), "-q", check=False)
+    assert_one_line_error(proc, "fine-tuned for T=3", "convert it at T=3")
+    assert not (tmp_path / "net.npz").exists()
+
+
+def test_finetune_command_on_the_demo_mlp(tmp_path, digits_demo):
+    """Done-when: the digits MLP at T=3 within 0.5 points of the ANN, golden = fine-tuned model on >= 99.9 %."""
+    out = tmp_path / "mlp-T3.pt2"
+    tuned = json.loads(run_cli("finetune", str(digits_demo["model_path"]), "--data", "digits", "-T", "3",
+                               "-o", str(out), "--json", "-q").stdout)
+    assert tuned["test"]["finetuned_accuracy"] >= tuned["test"]["ann_accuracy"] - 0.005
+    net = tmp_path / "mlp-T3.net.npz"
+    converted = json.loads(run_cli("convert", str(out), "--calib", "digits", "-o", str(net), "--json", "-q").stdout)
+    assert converted["timesteps"] == 3 and converted["input_threshold"] == tuned["full_scales"][0]
+    result = json.loads(run_cli("eval", str(net), "--json", "-q").stdout)
+    assert result["golden_vs_snn_float_agreement"] >= 0.999
+    assert result["golden_accuracy"] >= tuned["test"]["ann_accuracy"] - 0.005
+    text = run_cli("eval", str(net), "-q").stdout
+    assert "golden agrees with the fine-tuned model on" in text
+
+
+def test_finetune_refuses_to_write_over_its_model(tmp_path, digits_demo):
+    model = tmp_path / "m.pt2"
+    model.write_bytes(digits_demo["model_path"].read_bytes())
+    proc = run_cli("finetune", str(model), "--data", "digits", "-T", "3", "-o", str(model), "-q", check=False)
+    assert_one_line_error(proc, "is the model being fine-tuned")
+    assert model.read_bytes() == digits_demo["model_path"].read_bytes()
+
+
+def test_finetune_refuses_residual_blocks(tmp_path):
+    from spikesmith.models import small_resnet
+
+    model = tmp_path / "resnet.pt2"
+    save_program(export_module(small_resnet(1, (4,), 10).eval(), (1, 8, 8)), model)
+    proc = run_cli("finetune", str(model), "--data", "digits", "-T", "3", "-o", str(tmp_path / "out.pt2"), "-q",
+                   check=False)
+    assert_one_line_error(proc, "residual", "not supported yet")
+    assert not (tmp_path / "out.pt2").exists()
+
+
+class _BadCode(nn.Module):
+    def __init__(self, full_scale: float):
+        super().__init__()
+        self.full_scale = nn.Parameter(torch.tensor(full_scale))
+
+    def forward(self, x):
+        return spike_code(x, self.full_scale, 3)
+
+
+def test_a_spike_code_without_a_positive_full_scale_is_refused_by_name(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), _BadCode(-1.0), nn.Linear(8, 10))
+    save_program(export_module(model, (1, 8, 8)), tmp_path / "bad.pt2")
+    proc = run_cli("convert", str(tmp_path / "bad.pt2"), "--calib", "digits", "-o", str(tmp_path / "n.npz"), "-q",
+                   check=False)
+    assert_one_line_error(proc, "spike code '2'", "positive, finite full scale")
