@@ -81,17 +81,21 @@ class Calibration:
 
 def calibrate(network: FloatNetwork, images: np.ndarray, timesteps: int, mode: str = "search",
               percentile: float = 99.99) -> Calibration:
-    """Choose lambda_0 (input) and lambda_l for every hidden layer from the ANN activations."""
-    if len(images) == 0:
+    """Choose lambda_0 (input) and lambda_l for every hidden layer from the ANN activations.
+
+    A full scale the model gives (a spike code, ``spikesmith finetune``) is used as it is; a model
+    that gives them all needs no images (``images`` may be None)."""
+    firing = [layer for layer in network.layers if layer.relu]
+    if network.input_full_scale and all(layer.full_scale for layer in firing) and images is None:
+        return Calibration(network.input_full_scale, tuple(layer.full_scale for layer in firing), 0)
+    if images is None or len(images) == 0:
         raise ConversionError("the calibration set is empty; give at least one image")
     x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
     if x.min() < 0:
         raise ConversionError(
             f"calibration images have negative values (min {x.min():.3g}); spike codes need "
             f"non-negative inputs, e.g. pixels scaled to [0, 1] without mean subtraction")
-    # A full scale the model gives (a spike code, spikesmith finetune) is used as it is.
     input_threshold = network.input_full_scale or choose_threshold(x, timesteps, mode, percentile)
-    firing = [layer for layer in network.layers if layer.relu]
     if all(layer.full_scale for layer in firing):
         return Calibration(input_threshold, tuple(layer.full_scale for layer in firing), len(x))
     activations = network.forward(x)

@@ -38,9 +38,11 @@ class ConversionOptions:
     convolutions: str = "kernel"  # "kernel": convolution layers keep their kernel; "dense": lowered to matrices
 
 
-def convert_float_network(network: FloatNetwork, calib_images: np.ndarray,
+def convert_float_network(network: FloatNetwork, calib_images: np.ndarray | None,
                           options: ConversionOptions = ConversionOptions(), source: str = "") -> SpikingNetwork:
-    x = check_images(calib_images, network.input_shape, "calibration images")
+    """The spiking network of ``network``; ``calib_images`` may be None when the model gives every full
+    scale (spike codes, ``spikesmith finetune``)."""
+    x = None if calib_images is None else check_images(calib_images, network.input_shape, "calibration images")
     if network.timesteps is not None and options.timesteps != network.timesteps:
         raise ConversionError(f"the model's spike codes are {network.timesteps}-bit (fine-tuned for "
                               f"T={network.timesteps}); convert it at T={network.timesteps}, not T={options.timesteps}")
@@ -73,7 +75,7 @@ def model_timesteps(graph: Graph) -> int | None:
     return next((op.timesteps for op in graph.ops if isinstance(op, SpikeCode)), None)
 
 
-def convert_graph(graph: Graph, calib_images: np.ndarray, options: ConversionOptions = ConversionOptions(),
+def convert_graph(graph: Graph, calib_images: np.ndarray | None, options: ConversionOptions = ConversionOptions(),
                   source: str = "") -> SpikingNetwork:
     return convert_float_network(lower(graph), calib_images, options, source)
 

@@ -113,17 +113,22 @@ def cmd_convert(args) -> int:
     progress = Progress(not args.quiet)
     output = Path(args.output)
     check_writable_file(output)
-    calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
-    progress(f"calibration data {calib.describe()}")
+    calib = None
+    if args.calib is not None:
+        calib = open_dataset(args.calib, role="calib").select(*parse_range(args.calib_range))
+        progress(f"calibration data {calib.describe()}")
     progress(f"loading {args.model}")
     graph = load_model_graph(args.model)
     fixed = model_timesteps(graph)        # a fine-tuned model's spike codes fix T and the thresholds
+    if calib is None and not fixed:
+        raise SpikesmithError(f"{args.model} has no spike codes to take thresholds from: give calibration data "
+                              "(--calib DATA)")
     options = _options(args, args.timesteps or fixed or DEFAULT_TIMESTEPS)
     progress(f"converting at T={options.timesteps}, {options.weight_bits}-bit weights "
              f"({options.weight_scale} scale), thresholds "
              f"{'from the model' if fixed else 'by ' + options.threshold}")
-    net = convert_graph(graph, calib.images, options, source=str(args.model))
-    check = evaluate(net, calib.images, calib.labels)
+    net = convert_graph(graph, None if calib is None else calib.images, options, source=str(args.model))
+    check = None if calib is None else evaluate(net, calib.images, calib.labels)
     save_network(net, output)
     progress(f"wrote {output}")
     bounds = network_bounds(net)
@@ -133,7 +138,7 @@ def cmd_convert(args) -> int:
         "network": net.describe(),
         "timesteps": net.timesteps,
         "input_threshold": net.input.threshold,
-        "calibration": {"data": calib.name, "images": len(calib), **check.as_dict()},
+        "calibration": None if calib is None else {"data": calib.name, "images": len(calib), **check.as_dict()},
         "layers": [_layer_dict(layer, b) for layer, b in zip(net.layers, bounds)],
     }
     if args.json:
@@ -142,8 +147,9 @@ def cmd_convert(args) -> int:
     print(f"converted {args.model} -> {output}")
     print(f"  network {net.describe()}, T={net.timesteps}, fingerprint {payload['fingerprint'][:23]}...")
     _print_layers(net, bounds)
-    print(f"  on the calibration set ({len(calib)} images): ANN {_pct(check.ann_accuracy)}, "
-          f"SNN float {_pct(check.snn_float_accuracy)}, SNN golden {_pct(check.golden_accuracy)}")
+    if check is not None:
+        print(f"  on the calibration set ({len(calib)} images): ANN {_pct(check.ann_accuracy)}, "
+              f"SNN float {_pct(check.snn_float_accuracy)}, SNN golden {_pct(check.golden_accuracy)}")
     return 0
 
 
@@ -264,8 +270,8 @@ def cmd_finetune(args) -> int:
         t = payload["test"]
         print(f"  on {test.describe()}: ANN {_pct(ann).strip()}, at T={options.timesteps} before fine-tuning "
               f"{_pct(before).strip()}, after {_pct(t['finetuned_accuracy']).strip()}")
-    print(f"  next: spikesmith convert {output} --calib {args.data} --weight-bits {options.weight_bits} -o NET "
-          f"(T and thresholds come from the model)")
+    bits = "" if options.weight_bits == 8 else f" --weight-bits {options.weight_bits}"
+    print(f"  next: spikesmith convert {output}{bits} -o NET  (T and thresholds come from the model)")
     return 0
 
 
@@ -887,7 +893,8 @@ def _add_model_commands(sub) -> None:
     p = sub.add_parser("convert", help="convert a torch.export program (.pt2) or a NIR graph (.nir) into a spiking "
                                        "network file")
     p.add_argument("model", metavar="MODEL.pt2|MODEL.nir", help="file written by torch.export.save, or a NIR graph")
-    p.add_argument("--calib", required=True, metavar="DATA", help="calibration data: digits or a path")
+    p.add_argument("--calib", metavar="DATA", help="calibration data: digits or a path (optional for a fine-tuned "
+                                                   "model, whose spike codes give the thresholds)")
     p.add_argument("--calib-range", metavar="A:B", help="use images [A:B] of the calibration data")
     p.add_argument("-o", "--output", required=True, metavar="NET", help="network file to write (.net.npz)")
     _conversion_options(p)
@@ -1018,8 +1025,8 @@ def _sweep_clock(text: str):
 def _add_sweep_command(sub) -> None:
     p = sub.add_parser("sweep", help="sweep T, weight bits, lanes, clock and board on Ray: accuracy, logic, "
                                      "Fmax and images/s of every point, the Pareto front")
-    p.add_argument("source", metavar="MODEL.pt2|NET", help="a torch.export program (converted at each T and "
-                                                            "weight width) or a network file (as it is)")
+    p.add_argument("source", metavar="MODEL.pt2|MODEL.nir|NET", help="a torch.export program or NIR graph "
+                   "(converted at each T and weight width; a fine-tuned model at its T) or a network file (as it is)")
     p.add_argument("--calib", metavar="DATA", help="calibration data for a model: digits or a path")
     p.add_argument("--calib-range", metavar="A:B", help="use images [A:B] of the calibration data")
     _image_options(p)

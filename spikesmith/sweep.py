@@ -129,9 +129,9 @@ def _connect(ray, address: str) -> None:
             time.sleep(2.0 * attempt)
 
 
-def preflight(source: Path, axes: "SweepAxes", run: SweepRun, calib) -> object | None:
+def preflight(source: Path, axes: "SweepAxes", run: SweepRun, calib):
     """What a sweep refuses before it writes anything or starts Ray: Ray missing, a cluster address nothing
-    listens at, a source it cannot sweep (:func:`check_source`, whose network it returns)."""
+    listens at, a source it cannot sweep (:func:`check_source`, whose network or model IR it returns)."""
     import_ray()
     check_address(run.address)
     return check_source(source, axes, calib)
@@ -299,13 +299,21 @@ def _net_weight_bits(net) -> int:
     return max(layer.weight_bits for layer in net.layers)
 
 
-def check_source(source: Path, axes: SweepAxes, calib) -> object | None:
+def check_source(source: Path, axes: SweepAxes, calib):
     """Refuse now what the sweep cannot do with ``source``: a network file keeps its T and weight width, a
-    model needs calibration data. Returns the network file's network (None for a model)."""
-    if source.suffix == ".pt2":
-        if calib is None:
-            raise SpikesmithError("sweeping a model (.pt2) converts it: give the calibration data (--calib)")
-        return None
+    model needs calibration data (a fine-tuned one has its thresholds) and a fine-tuned model keeps its T. Returns what it read: the network file's
+    network, or the model's float IR (a ``.pt2`` program or a ``.nir`` graph)."""
+    if source.suffix in (".pt2", ".nir"):
+        from .gen.convert import load_model_graph, model_timesteps
+
+        graph = load_model_graph(source)
+        fixed = model_timesteps(graph)
+        if calib is None and fixed is None:
+            raise SpikesmithError(f"sweeping a model ({source.suffix}) converts it: give the calibration data (--calib)")
+        if fixed is not None and set(axes.timesteps) - {fixed}:
+            raise SpikesmithError(f"{source} is fine-tuned for T={fixed} (its spike codes fix T): sweep it at -T "
+                                  f"{fixed} or leave -T out")
+        return graph
     from .gen.netfile import load_network
 
     net = load_network(source)
@@ -316,19 +324,21 @@ def check_source(source: Path, axes: SweepAxes, calib) -> object | None:
     return net
 
 
-def conversions(ray, pool: TaskPool, source: Path, net, axes: SweepAxes, data, calib, options) -> list[Conversion]:
-    """Each (T, weight bits) of a model (``.pt2``) converted with ``options`` on ``calib``, or the network
-    ``net`` of a network file as it is; each evaluated on ``data``, as Ray tasks."""
-    images, labels = ray.put(data.images), ray.put(data.labels)
-    if net is not None:
-        found = []
-        pool.run(evaluate_task, [(0, (net, images, labels))], lambda key, result, failure: found.append(
-            Conversion(net.timesteps, _net_weight_bits(net), net, result or {}, failure)))
-        return found
-    from .gen.convert import load_model_graph
+def conversions(ray, pool: TaskPool, source: Path, loaded, axes: SweepAxes, data, calib, options) -> list[Conversion]:
+    """Each (T, weight bits) of a model (``loaded``: its float IR) converted with ``options`` on ``calib``,
+    or ``loaded``, a network file's network, as it is; each evaluated on ``data``, as Ray tasks."""
+    from .gen.convert import model_timesteps
+    from .gen.ir import Graph
 
-    graph, calib_images = ray.put(load_model_graph(source)), ray.put(calib.images)
-    points = [(t, b) for t in axes.timesteps or (options.timesteps,) for b in axes.weight_bits or (options.weight_bits,)]
+    images, labels = ray.put(data.images), ray.put(data.labels)
+    if not isinstance(loaded, Graph):
+        found = []
+        pool.run(evaluate_task, [(0, (loaded, images, labels))], lambda key, result, failure: found.append(
+            Conversion(loaded.timesteps, _net_weight_bits(loaded), loaded, result or {}, failure)))
+        return found
+    timesteps = axes.timesteps or (model_timesteps(loaded) or options.timesteps,)
+    graph, calib_images = ray.put(loaded), ray.put(None if calib is None else calib.images)
+    points = [(t, b) for t in timesteps for b in axes.weight_bits or (options.weight_bits,)]
     found: dict = {}
 
     def done(key, result, failure):
@@ -383,7 +393,7 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
 
     from .gen.convert import ConversionOptions
 
-    net = preflight(source, axes, run, calib)          # (refused: nothing is written)
+    loaded = preflight(source, axes, run, calib)       # (refused: nothing is written)
     options = options or ConversionOptions()
     out = claim_outputs(out, ["builds", *OUTPUTS])
     progress(f"sweeping {source} on {data.describe()}")
@@ -394,7 +404,7 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
         pool = TaskPool(ray, run.jobs)
         progress(f"Ray: {len([n for n in ray.nodes() if n.get('Alive')])} node(s), {cpus} CPUs, {run.jobs} tasks at "
                  "once; converting and evaluating")
-        converted = conversions(ray, pool, source, net, axes, data, calib, options)
+        converted = conversions(ray, pool, source, loaded, axes, data, calib, options)
         rows, prepared = [], {}
         for conversion, board, budget, clock in itertools.product(converted, axes.boards, axes.lane_budgets,
                                                                   axes.clocks_mhz):

@@ -4,8 +4,8 @@ With k = 2 and temporal separation, T time steps carry exactly a T-bit code, so 
 network is a network with T-bit activations. :class:`SpikingTwin` is that network in torch: the
 converter's float network (batch norm folded, pools placed, :mod:`spikesmith.gen.passes`) with
 every ReLU replaced by :class:`SpikeCode` (``spikesmith::spike_code``, a learnable full scale
-λ, straight-through gradients), the image encoded the same way, and, optionally, each layer's
-weights fake-quantised to the integer grid :mod:`spikesmith.gen.quantise` will use. Fine-tune
+λ, straight-through gradients), the image encoded the same way, and each layer's affine map on
+the integer grid :mod:`spikesmith.gen.quantise` will put it on (weights, biases, thresholds). Fine-tune
 it a few epochs (:func:`finetune`) and export it (:func:`export_twin`): ``convert`` reads the
 spike codes' λ as thresholds and T as fixed, so the converted network computes what the
 fine-tuned model computes (docs/semantics.md, "Fine-tuned models", says what still differs).
@@ -36,6 +36,8 @@ from .gen.spikecode import MAX_TIMESTEPS, spike_code
 __all__ = ["SpikeCode", "TwinLayer", "SpikingTwin", "FinetuneOptions", "grid_scales", "fake_quantised",
            "initial_twin", "finetune", "export_twin", "twin_accuracy"]
 
+#: Images per forward pass outside training (the ANN's outputs, test accuracy): bounds the memory.
+BATCH = 1024
 #: The smallest full scale a step may leave (λ is projected back above it: the code divides by it).
 MIN_FULL_SCALE = 1e-6
 
@@ -217,7 +219,8 @@ def finetune(network: FloatNetwork, twin: SpikingTwin, train: Dataset, options: 
     images = check_images(train.images, twin.input_shape, "training images")
     x = torch.from_numpy(images.astype(np.float32))
     y = torch.from_numpy(train.labels)
-    teacher = torch.from_numpy(network.forward(images)[-1].astype(np.float32))
+    teacher = torch.from_numpy(np.concatenate([network.forward(images[start:start + BATCH])[-1]
+                                               for start in range(0, len(images), BATCH)]).astype(np.float32))
     tau = options.temperature
     generator = torch.Generator().manual_seed(options.seed)
     optimiser = torch.optim.Adam(twin.parameters(), lr=options.learning_rate)
@@ -250,8 +253,9 @@ def finetune(network: FloatNetwork, twin: SpikingTwin, train: Dataset, options: 
 def twin_accuracy(twin: nn.Module, data: Dataset) -> float:
     """Test accuracy of a twin (or any module taking the data's images)."""
     twin.eval()
-    logits = twin(torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32)))
-    return float((logits.argmax(dim=1).numpy() == data.labels).mean())
+    images = torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32))
+    classes = torch.cat([twin(images[start:start + BATCH]).argmax(dim=1) for start in range(0, len(images), BATCH)])
+    return float((classes.numpy() == data.labels).mean())
 
 
 @torch.no_grad()

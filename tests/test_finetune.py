@@ -167,3 +167,37 @@ def test_a_spike_code_without_a_positive_full_scale_is_refused_by_name(tmp_path)
     proc = run_cli("convert", str(tmp_path / "bad.pt2"), "--calib", "digits", "-o", str(tmp_path / "n.npz"), "-q",
                    check=False)
     assert_one_line_error(proc, "spike code '2'", "positive, finite full scale")
+
+
+def test_a_fine_tuned_model_converts_without_calibration_data(tmp_path, digits_cnn_twin):
+    _, program, _ = digits_cnn_twin
+    save_program(program, tmp_path / "cnn-T3.pt2")
+    converted = json.loads(run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "--json",
+                                   "-q").stdout)
+    assert converted["timesteps"] == 3 and converted["calibration"] is None
+    assert json.loads(run_cli("info", str(tmp_path / "net.npz"), "--json").stdout)["metadata"]["full_scales"] == "model"
+
+
+def test_a_model_without_spike_codes_still_needs_calibration_data(tmp_path, digits_demo):
+    proc = run_cli("convert", str(digits_demo["model_path"]), "-o", str(tmp_path / "net.npz"), "-q", check=False)
+    assert_one_line_error(proc, "no spike codes", "--calib")
+    assert not (tmp_path / "net.npz").exists()
+
+
+def test_a_fine_tuned_model_is_swept_at_its_own_T(tmp_path, digits_cnn_twin):
+    _, program, _ = digits_cnn_twin
+    save_program(program, tmp_path / "cnn-T3.pt2")
+    proc = run_cli("sweep", str(tmp_path / "cnn-T3.pt2"), "-T", "3", "4", "--board", "icebreaker", "--estimate-only",
+                   "-o", str(tmp_path / "out"), "-q", check=False)
+    assert_one_line_error(proc, "fine-tuned for T=3", "-T 3")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_fine_tuned_cnns_verilog_matches_the_golden_model(tmp_path, digits_cnn_twin, harness_cache):
+    """The fine-tuned network (large thresholds from the row scaling) runs bit-exactly under Verilator."""
+    _, program, _ = digits_cnn_twin
+    save_program(program, tmp_path / "cnn-T3.pt2")
+    run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "-q")
+    report = json.loads(run_cli("simulate", str(tmp_path / "net.npz"), "--data", "digits", "-n", "150",
+                                "--build-dir", str(harness_cache), "--json", "-q").stdout)
+    assert report["results"] == 150 and report["mismatches"] == 0 and report["agreement"] == 1.0
