@@ -1,6 +1,6 @@
 """Accuracy vs time steps: spikesmith's iLIF k=2 temporal separation against rate-coded IF.
 
-    python bench/accuracy.py            # digits MLP, 6-layer digits MLP, MNIST LeNet-5 (max pool)
+    python bench/accuracy.py            # digits MLP, 6-layer digits MLP, MNIST LeNet-5 and ResNet (~30 min)
 
 The same trained ANN, converted three ways: spikesmith (integer golden model, T <= 16: the
 code is T bits wide), rate-coded IF with soft reset (bench/baselines.py, float64, T up to
@@ -95,7 +95,7 @@ def spikingjelly_accuracy(trained, timesteps: list[int]) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", nargs="+", default=["digits-mlp", "digits-deep", "mnist-lenet"])
+    parser.add_argument("--nets", nargs="+", default=["digits-mlp", "digits-deep", "mnist-lenet", "mnist-resnet"])
     args = parser.parse_args()
     started = time.time()
 

@@ -423,17 +423,21 @@ class _GraphWalk:
         return self._add(ReLU(layer.name, inputs=(layer.x.op_name,), source=layer.cls), layer.x.shape)
 
     def _spike_code(self, layer: _Layer) -> _Act:
-        """``spikesmith::spike_code(x, full_scale, T)``: a ReLU with its T-bit codes' full scale given."""
+        """``spikesmith::spike_code(x, full_scale, T)``: a ReLU with its T-bit codes' full scale given (one,
+        or one per value: a fine-tuned residual network's relays keep their source's)."""
         full_scale, timesteps = self._arg(layer.node, 1), self._arg(layer.node, 2)
         value = _to_numpy(full_scale).ravel() if isinstance(full_scale, torch.Tensor) else np.array([np.nan])
-        if len(value) != 1 or not np.isfinite(value[0]) or value[0] <= 0:
-            raise UnsupportedModelError(f"spike code '{layer.path}' ({layer.cls}) needs one positive, finite full "
-                                        f"scale (a parameter or constant), not {value.tolist()[:4]}")
+        size = int(np.prod(layer.x.shape))
+        if len(value) not in (1, size) or not np.all(np.isfinite(value)) or not np.all(value > 0):
+            raise UnsupportedModelError(f"spike code '{layer.path}' ({layer.cls}) needs positive, finite full "
+                                        f"scales (a parameter or constant: one, or one per value), not "
+                                        f"{value.tolist()[:4]}{' ...' if len(value) > 4 else ''}")
         if not isinstance(timesteps, int) or not 1 <= timesteps <= MAX_TIMESTEPS:
             raise UnsupportedModelError(f"spike code '{layer.path}' ({layer.cls}) has T={timesteps!r}; "
                                         f"spikesmith converts T from 1 to {MAX_TIMESTEPS}")
-        return self._add(SpikeCode(layer.name, float(value[0]), timesteps, inputs=(layer.x.op_name,),
-                                   source=layer.cls), layer.x.shape)
+        scale = float(value[0]) if len(value) == 1 else value
+        return self._add(SpikeCode(layer.name, scale, timesteps, inputs=(layer.x.op_name,), source=layer.cls),
+                         layer.x.shape)
 
     def _batch_norm(self, layer: _Layer) -> _Act:
         node = layer.node

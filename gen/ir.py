@@ -148,9 +148,10 @@ class ReLU:
 class SpikeCode:
     """A ReLU that emits T-bit codes of a given full scale (``spikesmith::spike_code``,
     :mod:`spikesmith.gen.spikecode`): after a layer, its firing with threshold ``full_scale``;
-    on the image, the input encoding."""
+    on the image, the input encoding. ``full_scale`` is one value, or one per value (``(n,)``, the
+    relays of a fine-tuned residual network: :func:`spikesmith.gen.passes.relays_from_full_scales`)."""
     name: str
-    full_scale: float
+    full_scale: float | np.ndarray
     timesteps: int
     inputs: tuple[str, ...] = ()
     source: str = "SpikeCode"
@@ -228,7 +229,7 @@ class FloatLayer:
     # Relay channels (residual shortcuts, gen/passes.relay_residuals): per output channel (a
     # convolution) or neuron, the input channel or neuron whose code it passes on unchanged, or -1.
     relays: tuple[int, ...] | None = None
-    full_scale: float | None = None        # lambda given by the model (a spike code), not calibrated
+    full_scale: float | np.ndarray | None = None   # lambda given by the model (a spike code), not calibrated
 
     @cached_property
     def matrix(self) -> np.ndarray:

@@ -3,7 +3,7 @@
 The order used by :func:`lower` is::
 
     check_finite -> drop_identities -> fold_batchnorm -> relay_residuals -> lower_convolutions
-        -> merge_linear -> to_float_network
+        -> merge_linear -> to_float_network -> relays_from_full_scales
 
 ``relay_residuals`` (:mod:`spikesmith.gen.residual`) turns residual blocks into a chain.
 
@@ -31,7 +31,7 @@ from ..contract.network import ConvGeometry
 from .residual import relay_residuals
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
-           "to_float_network", "lower", "conv_geometry", "compose_convolutions"]
+           "to_float_network", "relays_from_full_scales", "lower", "conv_geometry", "compose_convolutions"]
 
 
 def _rewire(ops, removed: str, replacement: str):
@@ -334,6 +334,9 @@ class _SpikeCodes:
     def input(self, op: SpikeCode, graph: Graph) -> None:
         if self.input_full_scale is not None:
             raise UnsupportedModelError(f"spike code {graph.describe(op)} follows another spike code")
+        if not isinstance(op.full_scale, float):
+            raise UnsupportedModelError(f"spike code {graph.describe(op)} of the image has several full scales; "
+                                        f"the input encoding takes one")
         self._timesteps(op, graph)
         self.input_full_scale = op.full_scale
 
@@ -364,7 +367,66 @@ def _float_network(inp, layers: list[FloatLayer], pending: Dense | None, pending
     return FloatNetwork(input_shape=input_shape, layers=tuple(layers))
 
 
+def _relay_rows(layer: FloatLayer) -> np.ndarray:
+    """Per output row (a convolution's channel, else neuron): the input channel or neuron it passes on
+    unchanged (weight 1 at the kernel's centre tap, 0 elsewhere, bias 0), or -1."""
+    if layer.geometry is not None:
+        rows, bias = layer.kernel, layer.bias.reshape(len(layer.kernel), -1)
+        g = layer.geometry
+        centre = (g.kernel[0] // 2, g.kernel[1] // 2)
+        if tuple(g.padding) != centre:
+            return np.full(len(rows), -1)
+        flat = rows.reshape(len(rows), rows.shape[1], -1)
+        tap = centre[0] * g.kernel[1] + centre[1]
+    else:
+        flat, bias, tap = layer.matrix[:, :, None], layer.bias[:, None], 0
+    ones = (flat == 1.0).reshape(len(flat), -1)
+    single = (ones.sum(axis=1) == 1) & ((flat != 0).reshape(len(flat), -1).sum(axis=1) == 1) & np.all(bias == 0, axis=1)
+    source = ones.argmax(axis=1)
+    return np.where(single & (source % flat.shape[2] == tap), source // flat.shape[2], -1)
+
+
+def _recognised_relays(layer: FloatLayer, input_full_scales: np.ndarray) -> FloatLayer:
+    """``layer`` with one full scale per neuron: the neurons that pass an input's code on unchanged at
+    that input's full scale become relays, the others must share one full scale (the layer's)."""
+    scales = np.asarray(layer.full_scale, dtype=np.float64).ravel()
+    candidates = dataclasses.replace(layer, relays=tuple(int(r) for r in _relay_rows(layer)))
+    neurons = candidates.relay_neurons()
+    relay = (neurons >= 0) & (scales == input_full_scales[np.maximum(neurons, 0)])
+    rows = relay.reshape(len(candidates.relays), -1).all(axis=1) if layer.geometry is not None else relay
+    relay_rows = np.where(rows, np.asarray(candidates.relays), -1)
+    own = np.repeat(relay_rows < 0, len(relay) // len(relay_rows))
+    if not own.any() or np.unique(scales[own]).size != 1:
+        raise UnsupportedModelError(
+            f"layer '{layer.name}': its spike code's full scales differ between its neurons; spikesmith converts "
+            f"one full scale per layer (and relays of a residual shortcut, which keep their source's)")
+    relays = tuple(int(r) for r in relay_rows) if (relay_rows >= 0).any() else layer.relays
+    return dataclasses.replace(layer, relays=relays, full_scale=float(scales[own][0]))
+
+
+def relays_from_full_scales(network: FloatNetwork) -> FloatNetwork:
+    """A layer whose spike code gives one full scale per neuron (``spikesmith finetune`` of a residual
+    network exports its relays as plain channels): find its relays again (:func:`_recognised_relays`), so
+    conversion gives them weight 1, threshold ``2^T`` and bias 0 (docs/semantics.md, "Residual blocks")."""
+    if not any(isinstance(layer.full_scale, np.ndarray) for layer in network.layers):
+        return network
+    if network.input_full_scale is None:
+        raise UnsupportedModelError("a spike code with one full scale per neuron needs the image's spike code too")
+    scales, layers = np.full(network.input_size, network.input_full_scale), []
+    for layer in network.layers:
+        if layer.pool is not None:
+            channels = layer.pool.in_shape[0]
+            scales = np.repeat(scales.reshape(channels, -1)[:, 0], int(np.prod(layer.pool.out_shape[1:])))
+        if isinstance(layer.full_scale, np.ndarray):
+            layer = _recognised_relays(layer, scales)
+        layers.append(layer)
+        if layer.relu:
+            neurons = layer.relay_neurons()
+            scales = np.where(neurons >= 0, scales[np.maximum(neurons, 0)], layer.full_scale or 0.0)
+    return dataclasses.replace(network, layers=tuple(layers))
+
+
 def lower(graph: Graph) -> FloatNetwork:
     """Run the float-IR passes in order."""
     folded = relay_residuals(fold_batchnorm(drop_identities(check_finite(graph))))
-    return to_float_network(merge_linear(lower_convolutions(folded)))
+    return relays_from_full_scales(to_float_network(merge_linear(lower_convolutions(folded))))

@@ -29,7 +29,8 @@ MAX_TIMESTEPS = 16
 
 @torch.library.custom_op("spikesmith::spike_code", mutates_args=())
 def spike_code(x: Tensor, full_scale: Tensor, timesteps: int) -> Tensor:
-    """``x`` rounded to its T-bit code, in ``x``'s units; ``full_scale`` (λ) a positive scalar tensor."""
+    """``x`` rounded to its T-bit code, in ``x``'s units; ``full_scale`` (λ) positive: a scalar, or one per
+    feature of ``x`` (broadcast over the batch)."""
     steps = float(1 << timesteps)
     wide, scale = x.to(torch.float64), full_scale.to(torch.float64)   # the contract's float64, in its order
     code = torch.clamp(torch.floor(wide / scale * steps + 0.5), 0.0, steps - 1.0)
@@ -56,7 +57,7 @@ def _straight_through(ctx, grad: Tensor):
     d_scale = torch.where(inside, (code - scaled) / steps,
                           torch.where(scaled > steps - 1.0, torch.full_like(scaled, (steps - 1.0) / steps),
                                       torch.zeros_like(scaled)))
-    return grad * inside, (grad * d_scale).sum().reshape(full_scale.shape), None
+    return grad * inside, (grad * d_scale).sum_to_size(full_scale.shape), None
 
 
 spike_code.register_autograd(_straight_through, setup_context=_save_inputs)

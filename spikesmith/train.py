@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .datasets import Dataset
-from .errors import SpikesmithError, UnsupportedModelError
+from .errors import SpikesmithError
 from .gen.calibrate import calibrate
 from .contract.network import check_images
 from .gen.ir import FloatLayer, FloatNetwork
@@ -56,13 +56,14 @@ class SpikeCode(nn.Module):
         return spike_code(x, self.full_scale, self.timesteps)
 
 
-def grid_scales(weight: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
+def grid_scales(weight: torch.Tensor, bits: int, per_channel: bool, own: torch.Tensor | None = None) -> torch.Tensor:
     """``(out,)``: the float value of one integer weight step per output row, as gen/quantise.py sets it
-    (``max |w_j| / (2^(bits-1) - 1)`` with a floor of 1/16 of the layer's, or one per layer)."""
+    (``max |w_j| / (2^(bits-1) - 1)`` with a floor of 1/16 of the layer's, or one per layer). ``own``:
+    the rows that set the layer's scale (relay rows left out)."""
     qmax = (1 << (bits - 1)) - 1
     with torch.no_grad():
         magnitude = weight.detach().reshape(len(weight), -1).abs()
-        layer_max = float(magnitude.max())
+        layer_max = float((magnitude if own is None else magnitude[own]).max())
         layer_scale = layer_max / qmax if layer_max > 0 else 1.0
         if not per_channel:
             return torch.full((len(weight),), layer_scale, dtype=weight.dtype)
@@ -74,11 +75,11 @@ def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def fake_quantised(weight: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
+def fake_quantised(weight: torch.Tensor, bits: int, per_channel: bool, own: torch.Tensor | None = None) -> torch.Tensor:
     """``weight`` (out, ...) rounded to conversion's grid (``rint(w / s_j)`` saturated to
     ``±(2^(bits-1) - 1)``, :func:`grid_scales`), with a straight-through gradient."""
     qmax = (1 << (bits - 1)) - 1
-    scale = _rows(grid_scales(weight, bits, per_channel), weight)
+    scale = _rows(grid_scales(weight, bits, per_channel, own), weight)
     quantised = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
     return weight + (quantised - weight).detach()
 
@@ -90,13 +91,18 @@ class TwinLayer(nn.Module):
     one weight scale per output channel); every other layer is a ``linear`` over its matrix.
 
     With ``on_grid`` (training), the affine map is the one conversion will make of it, exactly:
-    weights fake-quantised, the bias rounded as conversion rounds it (``B_j = rint(b_j/u_j +
+    weights fake-quantised (inputs of several full scales weighted by ``λ_i/λ_ref`` first, as
+    conversion does), the bias rounded as conversion rounds it (``B_j = rint(b_j/u_j +
     Θ_j/2^(T+1))``), and each row scaled by ``λ / (Θ_j·u_j)``, so that the spike code's ``x/λ``
     is the integer ``V/Θ_j`` of docs/semantics.md (``u_j``: one membrane unit, ``Θ_j = rint(λ/u_j)``).
     The bias sits ``1/2^(T+1)`` membrane units above ``B_j`` (conversion rounds it back to ``B_j``):
     the code's floor then never falls on a tie, where float32 and the integers could part, and
     moves by less than one step of ``2^T·V/Θ_j``, so it gives the integer code.
-    :meth:`bake` writes those weights and biases into the parameters for export."""
+
+    Relay rows (a residual shortcut, gen/residual.py) stay as they are (weight 1 at the centre tap,
+    bias 0, not trained) and their neurons' spike codes take their source's full scale, so they pass
+    its code on unchanged. :meth:`bake` writes the on-grid weights, biases and the per-neuron full
+    scales into the layer for export."""
 
     def __init__(self, layer: FloatLayer, full_scale: float | None, timesteps: int, weight_bits: int):
         super().__init__()
@@ -104,50 +110,106 @@ class TwinLayer(nn.Module):
         self.geometry = layer.geometry if layer.relu and layer.geometry is not None else None
         if self.geometry is not None:
             weight, bias = layer.kernel, layer.bias.reshape(self.geometry.out_channels, -1)[:, 0]
+            relay_rows = np.asarray(layer.relays if layer.relays is not None else [-1] * len(weight)) >= 0
         else:
             weight, bias = layer.matrix, layer.bias
+            relay_rows = layer.relay_neurons() >= 0
         self.weight = nn.Parameter(torch.tensor(weight, dtype=torch.float32))
         self.bias = nn.Parameter(torch.tensor(bias, dtype=torch.float32))
         self.code = SpikeCode(full_scale, timesteps) if layer.relu else None
         self.timesteps, self.weight_bits = timesteps, weight_bits
+        self.has_relays = bool(relay_rows.any())
+        relay_neurons = layer.relay_neurons()
+        self.register_buffer("relay_row", torch.from_numpy(relay_rows))
+        self.register_buffer("relay_neuron", torch.from_numpy(relay_neurons >= 0))
+        self.register_buffer("relay_source", torch.from_numpy(np.maximum(relay_neurons, 0)))
+        self.register_buffer("baked_full_scales", None)
         self.on_grid = True
 
-    def affine_on_grid(self, input_full_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _columns(self, input_full_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``λ_i / λ_ref`` per weight column, broadcast over the weight; ``λ_ref``)."""
+        reference = input_full_scales.max()
+        if self.geometry is not None:
+            per_channel = input_full_scales.reshape(self.geometry.in_shape[0], -1)[:, 0]
+            return (per_channel / reference).reshape(1, -1, 1, 1), reference
+        return (input_full_scales / reference).reshape(1, -1), reference
+
+    def affine_on_grid(self, input_full_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) as conversion will make them (see the class docstring), straight-through."""
-        steps = float(1 << self.timesteps)
-        weight = fake_quantised(self.weight, self.weight_bits, per_channel=self.code is not None)
+        steps, fires = float(1 << self.timesteps), self.code is not None
+        column, reference = (value.detach() for value in self._columns(input_full_scales))
+        own = ~self.relay_row if self.has_relays else None
+        weight = fake_quantised(self.weight * column, self.weight_bits, fires, own) / column
         with torch.no_grad():
-            unit = input_full_scale.detach() * grid_scales(self.weight, self.weight_bits, self.code is not None) / steps
+            unit = reference * grid_scales(self.weight * column, self.weight_bits, fires, own) / steps
             gain, half, nudge = torch.ones_like(unit), torch.zeros_like(unit), 0.0
-            if self.code is not None:
+            if fires:
                 full_scale = self.code.full_scale.detach()
                 threshold = torch.clamp(torch.round(full_scale / unit), min=1.0)
                 gain, half, nudge = full_scale / (threshold * unit), threshold / (2 * steps), 1 / (2 * steps)
             bias = (torch.round(self.bias / unit + half) - half + nudge) * unit
-        bias = self.bias + (bias - self.bias).detach()
-        return weight * _rows(gain, weight), bias * gain
+        weight, bias = weight * _rows(gain, weight), (self.bias + (bias - self.bias).detach()) * gain
+        if self.has_relays:       # a relay row passes its source on: as it is, never trained
+            weight = torch.where(_rows(self.relay_row, weight), self.weight.detach(), weight)
+            bias = torch.where(self.relay_row, self.bias.detach(), bias)
+        return weight, bias
 
-    def forward(self, x: torch.Tensor, input_full_scale: torch.Tensor) -> torch.Tensor:
+    def full_scales(self, input_full_scales: torch.Tensor) -> torch.Tensor | None:
+        """The full scale of each neuron's code: the layer's, a relay's source's (None: the output layer)."""
+        if self.code is None:
+            return None
+        if self.baked_full_scales is not None:
+            return self.baked_full_scales
+        if not self.has_relays:
+            return self.code.full_scale
+        return torch.where(self.relay_neuron, input_full_scales[self.relay_source], self.code.full_scale)
+
+    def pooled(self, input_full_scales: torch.Tensor) -> torch.Tensor:
+        """The full scales after this layer's max pool (per channel: a window lies in one channel)."""
+        if self.pool is None:
+            return input_full_scales
+        (channels, _, _), (_, height, width) = self.pool.in_shape, self.pool.out_shape
+        return input_full_scales.reshape(channels, -1)[:, 0].repeat_interleave(height * width)
+
+    def layer_input(self, x: torch.Tensor, input_full_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The values the affine map reads (max-pooled, shaped ``(N, C, H, W)`` for a convolution) and
+        their full scales. Called by the network, so that the layer's first op is its affine map (whose
+        name the converted layer takes)."""
         if self.pool is not None:
             p = self.pool
             x = F.max_pool2d(x.reshape(-1, *p.in_shape), p.kernel, p.stride, p.padding, p.dilation,
                              p.ceil_mode).flatten(1)
-        weight, bias = self.affine_on_grid(input_full_scale) if self.on_grid else (self.weight, self.bias)
+            input_full_scales = self.pooled(input_full_scales)
+        return (x if self.geometry is None else x.reshape(-1, *self.geometry.in_shape)), input_full_scales
+
+    def forward(self, x: torch.Tensor, input_full_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This layer's flat output values and their per-neuron full scales, from :meth:`layer_input`'s."""
+        weight, bias = self.affine_on_grid(input_full_scales) if self.on_grid else (self.weight, self.bias)
         if self.geometry is not None:
-            g = self.geometry
-            x = F.conv2d(x.reshape(-1, *g.in_shape), weight, bias, g.stride, g.padding).flatten(1)
+            x = F.conv2d(x, weight, bias, self.geometry.stride, self.geometry.padding).flatten(1)
         else:
             x = F.linear(x, weight, bias)
-        return x if self.code is None else self.code(x)
+        scales = self.full_scales(input_full_scales)
+        if scales is None:
+            return x, None
+        return spike_code(x, scales, self.timesteps), scales.expand(x.shape[1])
 
     @torch.no_grad()
-    def bake(self, input_full_scale: torch.Tensor) -> None:
-        """Write the on-grid weights and bias into the parameters; the layer is then a plain affine map."""
+    def bake(self, input_full_scales: torch.Tensor) -> torch.Tensor | None:
+        """Write the on-grid weights and bias into the parameters, and the per-neuron full scales (where
+        relays make them differ) into ``baked_full_scales``: the layer is then a plain affine map and a
+        spike code of constants. Returns its full scales, for the next layer's bake."""
+        input_full_scales = self.pooled(input_full_scales)
         if self.on_grid:
-            weight, bias = self.affine_on_grid(input_full_scale)
+            weight, bias = self.affine_on_grid(input_full_scales)
             self.weight.copy_(weight)
             self.bias.copy_(bias)
             self.on_grid = False
+        scales = self.full_scales(input_full_scales)
+        if scales is not None and self.has_relays:
+            self.baked_full_scales = scales.detach().clone()
+        return None if scales is None else scales.expand(self.weight.shape[0] if self.geometry is None else
+                                                         int(np.prod(self.geometry.out_shape)))
 
 
 class SpikingTwin(nn.Module):
@@ -156,10 +218,6 @@ class SpikingTwin(nn.Module):
     def __init__(self, network: FloatNetwork, input_full_scale: float, full_scales: tuple[float, ...],
                  timesteps: int, weight_bits: int = 8):
         super().__init__()
-        relays = [layer.name for layer in network.layers if layer.relays is not None]
-        if relays:
-            raise UnsupportedModelError(f"layer '{relays[0]}' carries a residual shortcut; fine-tuning "
-                                        f"residual blocks is not supported yet (convert the model as it is)")
         self.input_shape = tuple(network.input_shape)
         self.timesteps = timesteps
         self.input_code = SpikeCode(input_full_scale, timesteps)
@@ -169,13 +227,10 @@ class SpikingTwin(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.input_code(images.flatten(1))
-        for layer, full_scale in zip(self.layers, self.input_full_scales()):
-            x = layer(x, full_scale)
+        scales = self.input_code.full_scale.expand(x.shape[1])
+        for layer in self.layers:
+            x, scales = layer(*layer.layer_input(x, scales))
         return x
-
-    def input_full_scales(self) -> list[torch.Tensor]:
-        """Per layer, the full scale of the codes it reads (the image's, then the layer before's)."""
-        return [self.input_code.full_scale] + [layer.code.full_scale for layer in self.layers[:-1]]
 
     def codes(self) -> list[SpikeCode]:
         return [self.input_code] + [layer.code for layer in self.layers if layer.code is not None]
@@ -262,8 +317,9 @@ def twin_accuracy(twin: nn.Module, data: Dataset) -> float:
 def export_twin(twin: SpikingTwin) -> torch.export.ExportedProgram:
     """The twin as a ``torch.export`` program of any batch size: the on-grid weights and biases baked in
     (:meth:`TwinLayer.bake`; the twin keeps them), activations as ``spikesmith::spike_code`` nodes."""
-    for layer, full_scale in zip(twin.layers, twin.input_full_scales()):
-        layer.bake(full_scale)
+    scales = twin.input_code.full_scale.expand(int(np.prod(twin.input_shape)))
+    for layer in twin.layers:
+        scales = layer.bake(scales)
     twin.eval()
     example = torch.zeros((2, *twin.input_shape), dtype=torch.float32)
     return torch.export.export(twin, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))

@@ -141,15 +141,58 @@ def test_finetune_refuses_to_write_over_its_model(tmp_path, digits_demo):
     assert model.read_bytes() == digits_demo["model_path"].read_bytes()
 
 
-def test_finetune_refuses_residual_blocks(tmp_path):
+@pytest.fixture(scope="module")
+def digits_resnet_twin():
+    """A small ResNet on the digits (identity and 1x1-convolution shortcuts), its twin at T=3 fine-tuned one
+    epoch, and its exported program."""
     from spikesmith.models import small_resnet
 
-    model = tmp_path / "resnet.pt2"
-    save_program(export_module(small_resnet(1, (4,), 10).eval(), (1, 8, 8)), model)
-    proc = run_cli("finetune", str(model), "--data", "digits", "-T", "3", "-o", str(tmp_path / "out.pt2"), "-q",
-                   check=False)
-    assert_one_line_error(proc, "residual", "not supported yet")
-    assert not (tmp_path / "out.pt2").exists()
+    torch.manual_seed(0)
+    train = digits("train")
+    network = lower(import_program(export_module(small_resnet(1, (4, 8), 10).eval(), (1, 8, 8))))
+    assert any(layer.relays is not None for layer in network.layers)
+    options = FinetuneOptions(timesteps=3, epochs=1)
+    twin = finetune(network, initial_twin(network, train.images, options), train, options)
+    return network, export_twin(twin)
+
+
+def test_a_fine_tuned_residual_network_converts_with_its_relays_again(digits_resnet_twin):
+    """Exported as plain channels with their source's full scale, the relays are found again: the same relay
+    channels as the model's, each with weight 1, threshold 2^T and bias 0."""
+    network, program = digits_resnet_twin
+    tuned = lower(import_program(program))
+    assert [layer.relays for layer in tuned.layers] == [layer.relays for layer in network.layers]
+    net = convert_graph(import_program(program), None, ConversionOptions(timesteps=3))
+    for layer, float_layer in zip(net.layers, tuned.layers):
+        relay = float_layer.relay_neurons() >= 0
+        if relay.any():
+            assert np.all(layer.threshold[relay] == 8) and np.all(layer.bias[relay] == 0)
+
+
+def test_a_fine_tuned_residual_network_predicts_what_the_golden_model_predicts(digits_resnet_twin):
+    _, program = digits_resnet_twin
+    test = digits("test")
+    net = convert_graph(import_program(program), None, ConversionOptions(timesteps=3))
+    torch_classes = program.module()(torch.from_numpy(test.images)).argmax(dim=1).numpy()
+    assert np.mean(golden.run_images(net, test.images).predictions == torch_classes) >= 0.999
+
+
+class _TwoScales(nn.Module):
+    """A spike code with one full scale per neuron, none of them a relay: not one layer's."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("full_scales", torch.tensor([1.0] * 4 + [2.0] * 4))
+
+    def forward(self, x):
+        return spike_code(x, self.full_scales, 3)
+
+
+def test_per_neuron_full_scales_that_are_not_relays_are_refused_by_name(tmp_path):
+    model = nn.Sequential(nn.Flatten(), _BadCode(1.0), nn.Linear(64, 8), _TwoScales(), nn.Linear(8, 10))
+    save_program(export_module(model, (1, 8, 8)), tmp_path / "two.pt2")
+    proc = run_cli("convert", str(tmp_path / "two.pt2"), "-o", str(tmp_path / "n.npz"), "-q", check=False)
+    assert_one_line_error(proc, "layer '2'", "full scales differ between its neurons")
 
 
 class _BadCode(nn.Module):
