@@ -39,13 +39,16 @@ def accuracy_section(f: dict) -> list[str]:
              "|---|---|---|---|---|---|"]
     for entry in f.values():
         s = entry["smallest_t_within_half_point"]
-        top = max(int(t) for t in entry["rate_if"])
-        jelly = "not installed" if entry["spikingjelly"] is None else (s["spikingjelly"] or f"> {top}")
+        top = max(entry.get("rate_t") or map(int, entry["rate_if"]))
+        jelly = ("not installed" if entry["spikingjelly"] is None else "failed" if not entry["spikingjelly"]
+                 else f"T = {s['spikingjelly']}" if s["spikingjelly"] else f"T > {top}")
+        rate = "no max pool" if entry["rate_if"] is None else f"T = {s['rate_if']}" if s["rate_if"] else f"T > {top}"
         tuned = f"T = {s['finetuned'] or '> ' + str(max(map(int, entry['finetuned'])))}" if "finetuned" in entry else "-"
         lines.append(f"| {entry['title']} | {_pct(entry['ann_accuracy'])} % | T = {s['ilif'] or '> 16'} | {tuned} | "
-                     f"T = {s['rate_if'] or f'> {top}'} | {'T = ' + str(jelly) if isinstance(jelly, int) else jelly} |")
+                     f"{rate} | {jelly} |")
     for entry in f.values():
-        ts = sorted({int(t) for t in entry["ilif"]} | {int(t) for t in entry["rate_if"]})
+        ts = sorted({int(t) for t in entry["ilif"]} | {int(t) for t in entry["rate_if"] or ()}
+                    | {int(t) for t in entry["spikingjelly"] or ()})
         lines += ["", f"**{entry['title']}** (train {entry['train']}, test {entry['test']}, "
                       f"{entry['test_images']} images), test accuracy (%) by T:", "",
                   "| T | " + " | ".join(map(str, ts)) + " |", "|---" * (len(ts) + 1) + "|"]
@@ -64,7 +67,9 @@ def accuracy_section(f: dict) -> list[str]:
                 + ". The agreement row is the lowest over the seeds where seeds were run."]
     lines += ["", "iLIF codes are T bits wide and the converter takes T <= 16; past T = 8-12 it has "
                   "converged. The rate-coded baseline is float64 (no quantisation) with the analog image as "
-                  "input current, its most favourable setting.",
+                  "input current, its most favourable setting; it has no max pool (the max of spike trains is not "
+                  "the train of the max), so the MNIST CNNs have no rate column. SpikingJelly keeps a max pool as "
+                  "a max of spikes. Its T stops at 64 on the MNIST CNNs.",
               "", "**fine-tuned**: `spikesmith finetune` at that T with its defaults (20 epochs, Adam 1e-3, "
                   "distillation from the ANN, 8-bit weights on conversion's grid, seed 0; the ANN's own training "
                   "images), converted, integer golden model. **golden = fine-tuned model**: the share of test "

@@ -244,3 +244,34 @@ def test_the_fine_tuned_cnns_verilog_matches_the_golden_model(tmp_path, digits_c
     report = json.loads(run_cli("simulate", str(tmp_path / "net.npz"), "--data", "digits", "-n", "150",
                                 "--build-dir", str(harness_cache), "--json", "-q").stdout)
     assert report["results"] == 150 and report["mismatches"] == 0 and report["agreement"] == 1.0
+
+
+def test_a_program_with_an_operator_spikesmith_does_not_know_is_refused(tmp_path):
+    """Only torch's operators and spikesmith::spike_code load: another library's operator (registered where the
+    file was written, absent here) is refused in one line."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from spikesmith.gen.importer import export_module, save_program
+
+        @torch.library.custom_op("elsewhere::scale", mutates_args=())
+        def scale(x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+        @scale.register_fake
+        def _(x):
+            return torch.empty_like(x)
+
+        class Model(torch.nn.Module):
+            def forward(self, x):
+                return torch.ops.elsewhere.scale(x.flatten(1))
+
+        save_program(export_module(Model(), (64,)), {str(tmp_path / "other.pt2")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=300)
+    proc = run_cli("convert", str(tmp_path / "other.pt2"), "--calib", "digits", "-o", str(tmp_path / "n.npz"), "-q",
+                   check=False)
+    assert_one_line_error(proc, "not a readable torch.export program")
