@@ -86,9 +86,12 @@ def calibrate(network: FloatNetwork, images: np.ndarray, timesteps: int, mode: s
     A full scale the model gives (a spike code, ``spikesmith finetune``) is used as it is; a model
     that gives them all needs no images (``images`` may be None)."""
     firing = [layer for layer in network.layers if layer.relu]
-    if network.input_full_scale and all(layer.full_scale for layer in firing) and images is None:
-        return Calibration(network.input_full_scale, tuple(layer.full_scale for layer in firing), 0)
-    if images is None or len(images) == 0:
+    if images is None:
+        if network.input_full_scale and all(layer.full_scale for layer in firing):
+            return Calibration(network.input_full_scale, tuple(layer.full_scale for layer in firing), 0)
+        raise ConversionError("the model's spike codes do not give every threshold (some activations are plain "
+                              "ReLUs): give calibration data (--calib)")
+    if len(images) == 0:
         raise ConversionError("the calibration set is empty; give at least one image")
     x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
     if x.min() < 0:

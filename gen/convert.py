@@ -52,7 +52,7 @@ def convert_float_network(network: FloatNetwork, calib_images: np.ndarray | None
         "spikesmith_version": __version__,
         "options": asdict(options),
         "calibration_images": calibration.images,
-        "full_scales": _full_scales(network),
+        "thresholds_from": _thresholds_from(network),
         "layer_sources": [layer.source for layer in network.layers],
     }
     if options.convolutions not in CONVOLUTION_MODES:
@@ -62,7 +62,7 @@ def convert_float_network(network: FloatNetwork, calib_images: np.ndarray | None
                     keep_convolutions=options.convolutions == "kernel")
 
 
-def _full_scales(network: FloatNetwork) -> str:
+def _thresholds_from(network: FloatNetwork) -> str:
     """Where the thresholds came from: ``model`` (all given by spike codes), ``calibration``, or both."""
     given = [network.input_full_scale] + [layer.full_scale for layer in network.layers if layer.relu]
     known = sum(value is not None for value in given)

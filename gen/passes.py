@@ -304,6 +304,9 @@ def to_float_network(graph: Graph) -> FloatNetwork:
         elif isinstance(op, (ReLU, SpikeCode)):
             if pending is None:
                 raise UnsupportedModelError(f"{op.source} {graph.describe(op)} does not follow a Linear layer")
+            if isinstance(op, SpikeCode) and not isinstance(op.full_scale, float) and pool_after is not None:
+                raise UnsupportedModelError(f"spike code {graph.describe(op)} has one full scale per value after a "
+                                            f"max pool; give it one full scale, or place it before the pool")
             layers.append(FloatLayer(pending.name, pending.weight, pending.bias, relu=True, source=pending.source,
                                      geometry=pending.geometry, kernel=pending.kernel, pool=pending_pool,
                                      relays=pending.relays, full_scale=codes.layer(op, graph)))
@@ -374,8 +377,8 @@ def _relay_rows(layer: FloatLayer) -> np.ndarray:
         rows, bias = layer.kernel, layer.bias.reshape(len(layer.kernel), -1)
         g = layer.geometry
         centre = (g.kernel[0] // 2, g.kernel[1] // 2)
-        if tuple(g.padding) != centre:
-            return np.full(len(rows), -1)
+        if g.kernel[0] % 2 == 0 or g.kernel[1] % 2 == 0 or tuple(g.padding) != centre:
+            return np.full(len(rows), -1)        # no centre tap that reads the pixel it writes
         flat = rows.reshape(len(rows), rows.shape[1], -1)
         tap = centre[0] * g.kernel[1] + centre[1]
     else:
@@ -410,19 +413,23 @@ def relays_from_full_scales(network: FloatNetwork) -> FloatNetwork:
     conversion gives them weight 1, threshold ``2^T`` and bias 0 (docs/semantics.md, "Residual blocks")."""
     if not any(isinstance(layer.full_scale, np.ndarray) for layer in network.layers):
         return network
-    if network.input_full_scale is None:
-        raise UnsupportedModelError("a spike code with one full scale per neuron needs the image's spike code too")
+    if network.input_full_scale is None or any(layer.full_scale is None for layer in network.layers if layer.relu):
+        raise UnsupportedModelError("a spike code with one full scale per neuron needs spike codes throughout (on "
+                                    "the image and after every layer), not plain ReLUs")
     scales, layers = np.full(network.input_size, network.input_full_scale), []
     for layer in network.layers:
         if layer.pool is not None:
             channels = layer.pool.in_shape[0]
             scales = np.repeat(scales.reshape(channels, -1)[:, 0], int(np.prod(layer.pool.out_shape[1:])))
         if isinstance(layer.full_scale, np.ndarray):
+            if layer.full_scale.size != layer.out_features:
+                raise UnsupportedModelError(f"layer '{layer.name}' has {layer.out_features} neurons but its spike code "
+                                            f"{layer.full_scale.size} full scales")
             layer = _recognised_relays(layer, scales)
         layers.append(layer)
         if layer.relu:
             neurons = layer.relay_neurons()
-            scales = np.where(neurons >= 0, scales[np.maximum(neurons, 0)], layer.full_scale or 0.0)
+            scales = np.where(neurons >= 0, scales[np.maximum(neurons, 0)], layer.full_scale)
     return dataclasses.replace(network, layers=tuple(layers))
 
 

@@ -126,7 +126,7 @@ def cmd_convert(args) -> int:
     options = _options(args, args.timesteps or fixed or DEFAULT_TIMESTEPS)
     progress(f"converting at T={options.timesteps}, {options.weight_bits}-bit weights "
              f"({options.weight_scale} scale), thresholds "
-             f"{'from the model' if fixed else 'by ' + options.threshold}")
+             f"{'from the model (--threshold not used)' if fixed else 'by ' + options.threshold}")
     net = convert_graph(graph, None if calib is None else calib.images, options, source=str(args.model))
     check = None if calib is None else evaluate(net, calib.images, calib.labels)
     save_network(net, output)
@@ -223,6 +223,7 @@ def _finetune_data(args):
 def cmd_finetune(args) -> int:
     import numpy as np
 
+    from .contract.network import check_images
     from .gen.convert import load_model_graph
     from .gen.importer import save_program
     from .gen.passes import lower
@@ -238,8 +239,9 @@ def cmd_finetune(args) -> int:
     train, calib, test = _finetune_data(args)
     progress(f"loading {args.model}")
     network = lower(load_model_graph(args.model))
-    for data in (train, test):
+    for what, data in (("training images", train), ("calibration images", calib), ("test images", test)):
         if data is not None:
+            check_images(data.images, network.input_shape, what)
             _check_labels(data, network.layers[-1].out_features)
     progress(f"full scales at T={options.timesteps} from {calib.describe()}")
     twin = initial_twin(network, calib.images, options)
@@ -291,7 +293,7 @@ def cmd_eval(args) -> int:
     if args.json:
         _emit_json(payload)
         return 0
-    finetuned = net.metadata.get("full_scales") == "model"
+    finetuned = net.metadata.get("thresholds_from") == "model"
     print(f"{args.net}: {net.describe()}, T={net.timesteps}, on {data.describe()}")
     print(f"  ANN (float)           {_pct(result.ann_accuracy)}"
           f"{'   (the fine-tuned weights with plain ReLUs)' if finetuned else ''}")

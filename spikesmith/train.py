@@ -63,7 +63,8 @@ def grid_scales(weight: torch.Tensor, bits: int, per_channel: bool, own: torch.T
     qmax = (1 << (bits - 1)) - 1
     with torch.no_grad():
         magnitude = weight.detach().reshape(len(weight), -1).abs()
-        layer_max = float((magnitude if own is None else magnitude[own]).max())
+        rows = magnitude if own is None else magnitude[own]
+        layer_max = float(rows.max()) if rows.numel() else 0.0
         layer_scale = layer_max / qmax if layer_max > 0 else 1.0
         if not per_channel:
             return torch.full((len(weight),), layer_scale, dtype=weight.dtype)
@@ -145,14 +146,25 @@ class TwinLayer(nn.Module):
             gain, half, nudge = torch.ones_like(unit), torch.zeros_like(unit), 0.0
             if fires:
                 full_scale = self.code.full_scale.detach()
-                threshold = torch.clamp(torch.round(full_scale / unit), min=1.0)
+                threshold = self._thresholds(full_scale / unit, self.weight * column, own)
                 gain, half, nudge = full_scale / (threshold * unit), threshold / (2 * steps), 1 / (2 * steps)
             bias = (torch.round(self.bias / unit + half) - half + nudge) * unit
-        weight, bias = weight * _rows(gain, weight), (self.bias + (bias - self.bias).detach()) * gain
-        if self.has_relays:       # a relay row passes its source on: as it is, never trained
-            weight = torch.where(_rows(self.relay_row, weight), self.weight.detach(), weight)
-            bias = torch.where(self.relay_row, self.bias.detach(), bias)
-        return weight, bias
+        return weight * _rows(gain, weight), (self.bias + (bias - self.bias).detach()) * gain
+
+    def _thresholds(self, ratio: torch.Tensor, scaled: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+        """``Θ_j = max(1, rint(λ/u_j))``, except that no row's may pass ``16·Θ_min`` (the smallest of the
+        layer's own rows) and a row on the 1/16 scale floor gets exactly that. Conversion reads the scale
+        of a floored row from the layer's largest row after the gain ``λ/(Θ·u)``: ``λ·2^T/(16·λ_ref·Θ_min)``;
+        with ``Θ_j = 16·Θ_min`` that is the row's own scale times its gain, so its integers come back."""
+        threshold = torch.clamp(torch.round(ratio), min=1.0)
+        qmax = (1 << (self.weight_bits - 1)) - 1
+        rows = scaled.detach().reshape(len(scaled), -1).abs().amax(dim=1)
+        floored = rows / qmax < grid_scales(scaled, self.weight_bits, True, own)
+        mine = ~floored if own is None else ~floored & own
+        if not mine.any():
+            return threshold
+        ceiling = threshold[mine].min() * round(1 / MIN_CHANNEL_SCALE_RATIO)
+        return torch.where(floored, ceiling, torch.clamp(threshold, max=ceiling))
 
     def full_scales(self, input_full_scales: torch.Tensor) -> torch.Tensor | None:
         """The full scale of each neuron's code: the layer's, a relay's source's (None: the output layer)."""
@@ -185,6 +197,9 @@ class TwinLayer(nn.Module):
     def forward(self, x: torch.Tensor, input_full_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This layer's flat output values and their per-neuron full scales, from :meth:`layer_input`'s."""
         weight, bias = self.affine_on_grid(input_full_scales) if self.on_grid else (self.weight, self.bias)
+        if self.has_relays:       # a relay row passes its source on: as it is, never trained
+            weight = torch.where(_rows(self.relay_row, weight), self.weight.detach(), weight)
+            bias = torch.where(self.relay_row, self.bias.detach(), bias)
         if self.geometry is not None:
             x = F.conv2d(x, weight, bias, self.geometry.stride, self.geometry.padding).flatten(1)
         else:
@@ -202,8 +217,9 @@ class TwinLayer(nn.Module):
         input_full_scales = self.pooled(input_full_scales)
         if self.on_grid:
             weight, bias = self.affine_on_grid(input_full_scales)
-            self.weight.copy_(weight)
-            self.bias.copy_(bias)
+            relay = self.relay_row
+            self.weight.copy_(torch.where(_rows(relay, weight), self.weight, weight))
+            self.bias.copy_(torch.where(relay, self.bias, bias))
             self.on_grid = False
         scales = self.full_scales(input_full_scales)
         if scales is not None and self.has_relays:

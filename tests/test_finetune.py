@@ -94,7 +94,7 @@ def test_converted_model_uses_the_full_scales_as_thresholds(digits_cnn_twin):
     scales = [code.full_scale.item() for code in twin.codes()]
     assert net.input.threshold == scales[0]
     assert [layer.shadow.full_scale for layer in net.layers if layer.fires] == scales[1:]
-    assert net.metadata["full_scales"] == "model"
+    assert net.metadata["thresholds_from"] == "model"
     assert [layer.kind for layer in net.layers][:2] == ["conv", "conv"] and net.layers[1].pool is not None
 
 
@@ -218,7 +218,7 @@ def test_a_fine_tuned_model_converts_without_calibration_data(tmp_path, digits_c
     converted = json.loads(run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "--json",
                                    "-q").stdout)
     assert converted["timesteps"] == 3 and converted["calibration"] is None
-    assert json.loads(run_cli("info", str(tmp_path / "net.npz"), "--json").stdout)["metadata"]["full_scales"] == "model"
+    assert json.loads(run_cli("info", str(tmp_path / "net.npz"), "--json").stdout)["metadata"]["thresholds_from"] == "model"
 
 
 def test_a_model_without_spike_codes_still_needs_calibration_data(tmp_path, digits_demo):
@@ -275,3 +275,77 @@ def test_a_program_with_an_operator_spikesmith_does_not_know_is_refused(tmp_path
     proc = run_cli("convert", str(tmp_path / "other.pt2"), "--calib", "digits", "-o", str(tmp_path / "n.npz"), "-q",
                    check=False)
     assert_one_line_error(proc, "not a readable torch.export program")
+
+
+def _twin_codes(twin, images: np.ndarray) -> list[np.ndarray]:
+    """Per firing layer of a baked twin: the ``(N, neurons)`` integer codes its spike codes emit."""
+    with torch.no_grad():
+        x = twin.input_code(torch.from_numpy(images).flatten(1))
+        scales = twin.input_code.full_scale.expand(x.shape[1])
+        codes = []
+        for layer in twin.layers:
+            x, scales = layer(*layer.layer_input(x, scales))
+            if scales is not None:
+                codes.append(np.rint((x / scales).double().numpy() * (1 << twin.timesteps)).astype(np.int64))
+    return codes
+
+
+@pytest.mark.parametrize("full_scale", [0.01, 0.02, 0.05])
+def test_the_golden_model_emits_the_twins_codes_with_rows_on_the_scale_floor(full_scale):
+    """Rows whose weights are all below 1/16 of the layer's largest take the floored scale; at 4-bit weights and
+    small full scales their thresholds are small, and conversion would read them apart (dozens of codes of
+    the 450 images x 16 neurons differ) without the twin's cap on thresholds."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    with torch.no_grad():
+        model[1].weight[3] *= 0.05
+        model[1].weight[7] *= 0.04
+        model[1].bias[3], model[1].bias[7] = 0.0, 0.01
+    network = lower(import_program(export_module(model.eval(), (1, 8, 8))))
+    images = digits("test").images
+    twin = initial_twin(network, images[:200], FinetuneOptions(timesteps=3, weight_bits=4))
+    with torch.no_grad():
+        twin.layers[0].code.full_scale.fill_(full_scale)
+    net = convert_graph(import_program(export_twin(twin)), None, ConversionOptions(timesteps=3, weight_bits=4))
+    assert np.abs(net.layers[0].weight[[3, 7]]).max() < 7              # the two rows sit on the floor
+    traced = golden.run_images(net, images, trace=True).trace
+    assert np.array_equal(traced[0].codes, _twin_codes(twin, images)[0])
+
+
+class _Code(nn.Module):
+    """A spike code of given full scales and T, as any model may hold one."""
+
+    def __init__(self, full_scales, timesteps: int = 3):
+        super().__init__()
+        self.register_buffer("full_scales", torch.tensor(full_scales, dtype=torch.float32))
+        self.timesteps = timesteps
+
+    def forward(self, x):
+        return spike_code(x, self.full_scales, self.timesteps)
+
+
+@pytest.mark.parametrize("layers,shape,message", [
+    ([nn.Flatten(), _Code(1.0), nn.Linear(64, 8), _Code(1.0, 4), nn.Linear(8, 10)], (1, 8, 8), "share one T"),
+    ([nn.Flatten(), _Code(1.0), nn.Linear(64, 10), _Code(1.0)], (1, 8, 8), "ends in a spike code"),
+    ([nn.Flatten(), _Code([1.0] * 64), nn.Linear(64, 10)], (1, 8, 8), "the input encoding takes one"),
+    ([nn.Flatten(), _Code(1.0, 17), nn.Linear(64, 10)], (1, 8, 8), "T from 1 to 16"),
+    ([_Code(1.0), nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), _Code([1.0] * 32), nn.Flatten(), nn.Linear(32, 10)],
+     (1, 8, 8), "after a max pool"),
+    ([nn.Flatten(), _Code(1.0), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)], (1, 8, 8),
+     "do not give every threshold"),
+])
+def test_spike_codes_conversion_cannot_read_are_refused_by_name(tmp_path, layers, shape, message):
+    save_program(export_module(nn.Sequential(*layers), shape), tmp_path / "m.pt2")
+    proc = run_cli("convert", str(tmp_path / "m.pt2"), "-o", str(tmp_path / "n.npz"), "-q", check=False)
+    assert_one_line_error(proc, message)
+    assert not (tmp_path / "n.npz").exists()
+
+
+def test_finetune_refuses_test_images_of_another_shape(tmp_path, digits_demo):
+    from datafiles import write_mnist
+
+    write_mnist(tmp_path / "mnist", np.zeros((5, 28, 28), dtype=np.uint8), np.zeros(5, dtype=np.uint8))
+    proc = run_cli("finetune", str(digits_demo["model_path"]), "--data", "digits", "--test", str(tmp_path / "mnist"),
+                   "-T", "3", "-o", str(tmp_path / "out.pt2"), "-q", check=False)
+    assert_one_line_error(proc, "test images have shape 1x28x28")
+    assert not (tmp_path / "out.pt2").exists()
