@@ -349,3 +349,15 @@ def test_finetune_refuses_test_images_of_another_shape(tmp_path, digits_demo):
                    "-T", "3", "-o", str(tmp_path / "out.pt2"), "-q", check=False)
     assert_one_line_error(proc, "test images have shape 1x28x28")
     assert not (tmp_path / "out.pt2").exists()
+
+
+def test_a_fine_tuned_model_is_swept_at_its_T_without_calibration_data(tmp_path, digits_cnn_twin):
+    """No -T and no --calib: every point at the model's T=3, with the accuracy `convert` + `eval` give."""
+    _, program, _ = digits_cnn_twin
+    save_program(program, tmp_path / "cnn-T3.pt2")
+    summary = json.loads(run_cli("sweep", str(tmp_path / "cnn-T3.pt2"), "-n", "100", "--board", "icebreaker",
+                                 "--estimate-only", "--jobs", "1", "-o", str(tmp_path / "out"), "--json", "-q").stdout)
+    assert {(p["T"], p["weight_bits"]) for p in summary["points"]} == {(3, 8)}
+    run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "-q")
+    evaluated = json.loads(run_cli("eval", str(tmp_path / "net.npz"), "-n", "100", "--json", "-q").stdout)
+    assert {p["golden_accuracy"] for p in summary["points"]} == {evaluated["golden_accuracy"]}
