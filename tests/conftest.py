@@ -192,3 +192,24 @@ def small_digits_net(tmp_path_factory) -> Path:
 
     net = make_network(np.random.default_rng(64), [64, 12, 10], timesteps=6, weight_bits=4, threshold_scale=0.3)
     return save_network(net, tmp_path_factory.mktemp("small-net") / "small.net.npz")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_twin():
+    """A small max-pool CNN on the digits, its twin at T=3 fine-tuned one epoch, and its exported program."""
+    import torch
+    from torch import nn
+
+    from spikesmith.datasets import digits
+    from spikesmith.gen.importer import export_module, import_program
+    from spikesmith.gen.passes import lower
+    from spikesmith.train import FinetuneOptions, export_twin, finetune, initial_twin
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+    train = digits("train")
+    network = lower(import_program(export_module(model.eval(), (1, 8, 8))))
+    options = FinetuneOptions(timesteps=3, epochs=1)
+    twin = finetune(network, initial_twin(network, train.images, options), train, options)
+    return twin, export_twin(twin), train

@@ -1,20 +1,19 @@
-"""Quantisation-aware fine-tuning (spikesmith.train, `spikesmith finetune`): the spike code operator, the
-weight grid, the exported model's conversion, and the commands."""
+"""Quantisation-aware fine-tuning (spikesmith.train): the spike code operator, the integer grid, the exported
+model's conversion (tests/test_finetune_cli.py: the commands)."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import assert_one_line_error, run_cli
 from spikesmith.contract.network import encode_codes
 from spikesmith.datasets import digits
+from spikesmith.errors import SpikesmithError
 from spikesmith.gen.convert import ConversionOptions, convert_graph
-from spikesmith.gen.importer import export_module, import_program, save_program
+from spikesmith.gen.importer import export_module, import_program
 from spikesmith.gen.ir import SpikeCode as SpikeCodeOp
 from spikesmith.gen.passes import lower
 from spikesmith.gen.spikecode import spike_code
@@ -68,19 +67,6 @@ def test_spike_code_gradient_reaches_the_full_scale_parameter():
     assert code.full_scale.grad.item() == pytest.approx(2 * 7 / 8)
 
 
-@pytest.fixture(scope="module")
-def digits_cnn_twin():
-    """A small max-pool CNN on the digits, its twin at T=3 fine-tuned one epoch, and its exported program."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 10))
-    train = digits("train")
-    network = lower(import_program(export_module(model.eval(), (1, 8, 8))))
-    options = FinetuneOptions(timesteps=3, epochs=1)
-    twin = finetune(network, initial_twin(network, train.images, options), train, options)
-    return twin, export_twin(twin), train
-
-
 def test_exported_model_reads_as_spike_codes_with_its_full_scales(digits_cnn_twin):
     twin, program, _ = digits_cnn_twin
     codes = [op for op in import_program(program).ops if isinstance(op, SpikeCodeOp)]
@@ -106,39 +92,6 @@ def test_golden_model_predicts_what_the_fine_tuned_model_predicts(digits_cnn_twi
     torch_classes = program.module()(torch.from_numpy(test.images)).argmax(dim=1).numpy()
     assert np.mean(golden.run_images(net, test.images).predictions == torch_classes) >= 0.999
     assert np.mean(snn_float_logits(net, test.images).argmax(axis=1) == torch_classes) >= 0.999
-
-
-def test_converting_at_another_timestep_count_is_refused(tmp_path, digits_cnn_twin):
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    proc = run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "--calib", "digits", "--calib-range", ":20", "-T", "4",
-                   "-o", str(tmp_path / "net.npz"), "-q", check=False)
-    assert_one_line_error(proc, "fine-tuned for T=3", "convert it at T=3")
-    assert not (tmp_path / "net.npz").exists()
-
-
-def test_finetune_command_on_the_demo_mlp(tmp_path, digits_demo):
-    """Done-when: the digits MLP at T=3 within 0.5 points of the ANN, golden = fine-tuned model on >= 99.9 %."""
-    out = tmp_path / "mlp-T3.pt2"
-    tuned = json.loads(run_cli("finetune", str(digits_demo["model_path"]), "--data", "digits", "-T", "3",
-                               "-o", str(out), "--json", "-q").stdout)
-    assert tuned["test"]["finetuned_accuracy"] >= tuned["test"]["ann_accuracy"] - 0.005
-    net = tmp_path / "mlp-T3.net.npz"
-    converted = json.loads(run_cli("convert", str(out), "--calib", "digits", "-o", str(net), "--json", "-q").stdout)
-    assert converted["timesteps"] == 3 and converted["input_threshold"] == tuned["full_scales"][0]
-    result = json.loads(run_cli("eval", str(net), "--json", "-q").stdout)
-    assert result["golden_vs_snn_float_agreement"] >= 0.999
-    assert result["golden_accuracy"] >= tuned["test"]["ann_accuracy"] - 0.005
-    text = run_cli("eval", str(net), "-q").stdout
-    assert "golden agrees with the fine-tuned model on" in text
-
-
-def test_finetune_refuses_to_write_over_its_model(tmp_path, digits_demo):
-    model = tmp_path / "m.pt2"
-    model.write_bytes(digits_demo["model_path"].read_bytes())
-    proc = run_cli("finetune", str(model), "--data", "digits", "-T", "3", "-o", str(model), "-q", check=False)
-    assert_one_line_error(proc, "is the model being fine-tuned")
-    assert model.read_bytes() == digits_demo["model_path"].read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -188,11 +141,10 @@ class _TwoScales(nn.Module):
         return spike_code(x, self.full_scales, 3)
 
 
-def test_per_neuron_full_scales_that_are_not_relays_are_refused_by_name(tmp_path):
+def test_per_neuron_full_scales_that_are_not_relays_are_refused_by_name():
     model = nn.Sequential(nn.Flatten(), _BadCode(1.0), nn.Linear(64, 8), _TwoScales(), nn.Linear(8, 10))
-    save_program(export_module(model, (1, 8, 8)), tmp_path / "two.pt2")
-    proc = run_cli("convert", str(tmp_path / "two.pt2"), "-o", str(tmp_path / "n.npz"), "-q", check=False)
-    assert_one_line_error(proc, "layer '2'", "full scales differ between its neurons")
+    with pytest.raises(SpikesmithError, match="layer '2'.*full scales differ between its neurons"):
+        convert_graph(import_program(export_module(model, (1, 8, 8))), None, ConversionOptions(timesteps=3))
 
 
 class _BadCode(nn.Module):
@@ -204,77 +156,10 @@ class _BadCode(nn.Module):
         return spike_code(x, self.full_scale, 3)
 
 
-def test_a_spike_code_without_a_positive_full_scale_is_refused_by_name(tmp_path):
+def test_a_spike_code_without_a_positive_full_scale_is_refused_by_name():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), _BadCode(-1.0), nn.Linear(8, 10))
-    save_program(export_module(model, (1, 8, 8)), tmp_path / "bad.pt2")
-    proc = run_cli("convert", str(tmp_path / "bad.pt2"), "--calib", "digits", "-o", str(tmp_path / "n.npz"), "-q",
-                   check=False)
-    assert_one_line_error(proc, "spike code '2'", "positive, finite full scale")
-
-
-def test_a_fine_tuned_model_converts_without_calibration_data(tmp_path, digits_cnn_twin):
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    converted = json.loads(run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "--json",
-                                   "-q").stdout)
-    assert converted["timesteps"] == 3 and converted["calibration"] is None
-    assert json.loads(run_cli("info", str(tmp_path / "net.npz"), "--json").stdout)["metadata"]["thresholds_from"] == "model"
-
-
-def test_a_model_without_spike_codes_still_needs_calibration_data(tmp_path, digits_demo):
-    proc = run_cli("convert", str(digits_demo["model_path"]), "-o", str(tmp_path / "net.npz"), "-q", check=False)
-    assert_one_line_error(proc, "no spike codes", "--calib")
-    assert not (tmp_path / "net.npz").exists()
-
-
-def test_a_fine_tuned_model_is_swept_at_its_own_T(tmp_path, digits_cnn_twin):
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    proc = run_cli("sweep", str(tmp_path / "cnn-T3.pt2"), "-T", "3", "4", "--board", "icebreaker", "--estimate-only",
-                   "-o", str(tmp_path / "out"), "-q", check=False)
-    assert_one_line_error(proc, "fine-tuned for T=3", "-T 3")
-    assert not (tmp_path / "out").exists()
-
-
-def test_the_fine_tuned_cnns_verilog_matches_the_golden_model(tmp_path, digits_cnn_twin, harness_cache):
-    """The fine-tuned network (large thresholds from the row scaling) runs bit-exactly under Verilator."""
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "-q")
-    report = json.loads(run_cli("simulate", str(tmp_path / "net.npz"), "--data", "digits", "-n", "150",
-                                "--build-dir", str(harness_cache), "--json", "-q").stdout)
-    assert report["results"] == 150 and report["mismatches"] == 0 and report["agreement"] == 1.0
-
-
-def test_a_program_with_an_operator_spikesmith_does_not_know_is_refused(tmp_path):
-    """Only torch's operators and spikesmith::spike_code load: another library's operator (registered where the
-    file was written, absent here) is refused in one line."""
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent(f"""
-        import torch
-        from spikesmith.gen.importer import export_module, save_program
-
-        @torch.library.custom_op("elsewhere::scale", mutates_args=())
-        def scale(x: torch.Tensor) -> torch.Tensor:
-            return x * 2
-
-        @scale.register_fake
-        def _(x):
-            return torch.empty_like(x)
-
-        class Model(torch.nn.Module):
-            def forward(self, x):
-                return torch.ops.elsewhere.scale(x.flatten(1))
-
-        save_program(export_module(Model(), (64,)), {str(tmp_path / "other.pt2")!r})
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=300)
-    proc = run_cli("convert", str(tmp_path / "other.pt2"), "--calib", "digits", "-o", str(tmp_path / "n.npz"), "-q",
-                   check=False)
-    assert_one_line_error(proc, "not a readable torch.export program")
+    with pytest.raises(SpikesmithError, match="spike code '2'.*positive, finite full scale"):
+        import_program(export_module(model, (1, 8, 8)))
 
 
 def _twin_codes(twin, images: np.ndarray) -> list[np.ndarray]:
@@ -334,30 +219,7 @@ class _Code(nn.Module):
     ([nn.Flatten(), _Code(1.0), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)], (1, 8, 8),
      "do not give every threshold"),
 ])
-def test_spike_codes_conversion_cannot_read_are_refused_by_name(tmp_path, layers, shape, message):
-    save_program(export_module(nn.Sequential(*layers), shape), tmp_path / "m.pt2")
-    proc = run_cli("convert", str(tmp_path / "m.pt2"), "-o", str(tmp_path / "n.npz"), "-q", check=False)
-    assert_one_line_error(proc, message)
-    assert not (tmp_path / "n.npz").exists()
-
-
-def test_finetune_refuses_test_images_of_another_shape(tmp_path, digits_demo):
-    from datafiles import write_mnist
-
-    write_mnist(tmp_path / "mnist", np.zeros((5, 28, 28), dtype=np.uint8), np.zeros(5, dtype=np.uint8))
-    proc = run_cli("finetune", str(digits_demo["model_path"]), "--data", "digits", "--test", str(tmp_path / "mnist"),
-                   "-T", "3", "-o", str(tmp_path / "out.pt2"), "-q", check=False)
-    assert_one_line_error(proc, "test images have shape 1x28x28")
-    assert not (tmp_path / "out.pt2").exists()
-
-
-def test_a_fine_tuned_model_is_swept_at_its_T_without_calibration_data(tmp_path, digits_cnn_twin):
-    """No -T and no --calib: every point at the model's T=3, with the accuracy `convert` + `eval` give."""
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    summary = json.loads(run_cli("sweep", str(tmp_path / "cnn-T3.pt2"), "-n", "100", "--board", "icebreaker",
-                                 "--estimate-only", "--jobs", "1", "-o", str(tmp_path / "out"), "--json", "-q").stdout)
-    assert {(p["T"], p["weight_bits"]) for p in summary["points"]} == {(3, 8)}
-    run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "-q")
-    evaluated = json.loads(run_cli("eval", str(tmp_path / "net.npz"), "-n", "100", "--json", "-q").stdout)
-    assert {p["golden_accuracy"] for p in summary["points"]} == {evaluated["golden_accuracy"]}
+def test_spike_codes_conversion_cannot_read_are_refused_by_name(layers, shape, message):
+    with pytest.raises(SpikesmithError, match=message):
+        convert_graph(import_program(export_module(nn.Sequential(*layers), shape)), None,
+                      ConversionOptions(timesteps=3))
