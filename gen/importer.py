@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
+from ..fileio import write_atomic
 from .archive import check_archive
 from .ir import Add, AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, MaxPool2d, ReLU, Reshape, SpikeCode
 from .shapes import SQUEEZE_OPS, check_batch_axis, keeps_order, permutation
@@ -116,17 +117,12 @@ def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
     return program
 
 
-def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
-    """``torch.export.save`` through a temporary file beside ``path``, so a failure leaves no partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".pt2", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
+    """``torch.export.save`` into memory, then written whole (:func:`~spikesmith.fileio.write_atomic`: a
+    temporary file moved in, the mode a new file gets under the umask), so a failure leaves no partial file."""
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return write_atomic(path, buffer.getvalue())
 
 
 def import_module(module: torch.nn.Module, input_shape: tuple[int, ...]) -> Graph:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -25,6 +26,9 @@ def test_finetune_command_on_the_demo_mlp(tmp_path, digits_demo):
     tuned = json.loads(run_cli("finetune", str(digits_demo["model_path"]), "--data", "digits", "-T", "3",
                                "-o", str(out), "--json", "-q").stdout)
     assert tuned["test"]["finetuned_accuracy"] >= tuned["test"]["ann_accuracy"] - 0.005
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask          # a new file's mode, as the umask gives it
     net = tmp_path / "mlp-T3.net.npz"
     converted = json.loads(run_cli("convert", str(out), "--calib", "digits", "-o", str(net), "--json", "-q").stdout)
     assert converted["timesteps"] == 3 and converted["input_threshold"] == tuned["full_scales"][0]
