@@ -86,8 +86,9 @@ def calibrate(network: FloatNetwork, images: np.ndarray, timesteps: int, mode: s
     A full scale the model gives (a spike code, ``spikesmith finetune``) is used as it is; a model
     that gives them all needs no images (``images`` may be None)."""
     firing = [layer for layer in network.layers if layer.relu]
+    given = all(layer.full_scale for layer in firing)      # every layer's full scale from the model
     if images is None:
-        if network.input_full_scale and all(layer.full_scale for layer in firing):
+        if network.input_full_scale and given:
             return Calibration(network.input_full_scale, tuple(layer.full_scale for layer in firing), 0)
         raise ConversionError("the model's spike codes do not give every threshold (some activations are plain "
                               "ReLUs): give calibration data (--calib)")
@@ -99,7 +100,7 @@ def calibrate(network: FloatNetwork, images: np.ndarray, timesteps: int, mode: s
             f"calibration images have negative values (min {x.min():.3g}); spike codes need "
             f"non-negative inputs, e.g. pixels scaled to [0, 1] without mean subtraction")
     input_threshold = network.input_full_scale or choose_threshold(x, timesteps, mode, percentile)
-    if all(layer.full_scale for layer in firing):
+    if given:
         return Calibration(input_threshold, tuple(layer.full_scale for layer in firing), len(x))
     activations = network.forward(x)
     # A relay neuron (residual shortcut) keeps its source's threshold: only the layer's own neurons count.

@@ -28,6 +28,7 @@ from ..errors import ConversionError, UnsupportedModelError
 from .ir import (AvgPool2d, BatchNorm, Conv2d, Dense, FloatLayer, FloatNetwork, Graph, Identity, MaxPool2d, ReLU, Reshape,
                  SpikeCode)
 from ..contract.network import ConvGeometry
+from .quantise import pooled_full_scales
 from .residual import relay_residuals
 
 __all__ = ["check_finite", "drop_identities", "fold_batchnorm", "lower_convolutions", "merge_linear",
@@ -419,8 +420,7 @@ def relays_from_full_scales(network: FloatNetwork) -> FloatNetwork:
     scales, layers = np.full(network.input_size, network.input_full_scale), []
     for layer in network.layers:
         if layer.pool is not None:
-            channels = layer.pool.in_shape[0]
-            scales = np.repeat(scales.reshape(channels, -1)[:, 0], int(np.prod(layer.pool.out_shape[1:])))
+            scales = pooled_full_scales(scales, layer.pool)
         if isinstance(layer.full_scale, np.ndarray):
             if layer.full_scale.size != layer.out_features:
                 raise UnsupportedModelError(f"layer '{layer.name}' has {layer.out_features} neurons but its spike code "

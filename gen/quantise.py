@@ -27,7 +27,7 @@ from .calibrate import Calibration
 from .ir import FloatNetwork
 from ..contract.network import ConvSpec, DenseLayer, FloatShadow, InputEncoding, SpikingNetwork
 
-__all__ = ["WEIGHT_SCALES", "quantise"]
+__all__ = ["WEIGHT_SCALES", "quantise", "weight_scales", "pooled_full_scales"]
 
 WEIGHT_SCALES = ("channel", "layer")
 
@@ -37,7 +37,7 @@ WEIGHT_SCALES = ("channel", "layer")
 MIN_CHANNEL_SCALE_RATIO = 1 / 16
 
 
-def _weight_scales(weight: np.ndarray, bits: int, per_channel: bool, own: np.ndarray | None = None) -> np.ndarray:
+def weight_scales(weight: np.ndarray, bits: int, per_channel: bool, own: np.ndarray | None = None) -> np.ndarray:
     """Per output row, the float value of one integer weight step. ``own``: the rows that set the layer's
     scale (relay rows, whose integer weight is 1 whatever the scale, are left out)."""
     qmax = (1 << (bits - 1)) - 1
@@ -49,7 +49,7 @@ def _weight_scales(weight: np.ndarray, bits: int, per_channel: bool, own: np.nda
     return np.maximum(row_max / qmax, layer_scale * MIN_CHANNEL_SCALE_RATIO)
 
 
-def _pooled(lambda_in: np.ndarray, pool) -> np.ndarray:
+def pooled_full_scales(lambda_in: np.ndarray, pool) -> np.ndarray:
     """Per-neuron full scales after a max pool: a window lies in one channel, whose neurons share one."""
     per_channel = lambda_in.reshape(pool.in_shape[0], -1)
     assert np.all(per_channel == per_channel[:, :1]), "full scales are per channel before a max pool"
@@ -76,7 +76,7 @@ def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | No
         channel_column = column.reshape(geometry.in_shape[0], -1)[:, 0]
         scaled = kernel * channel_column[None, :, None, None]
         own = None if float_layer.relays is None else np.asarray(float_layer.relays) < 0
-        channel_scale = _weight_scales(scaled.reshape(len(kernel), -1), weight_bits, per_channel, own)
+        channel_scale = weight_scales(scaled.reshape(len(kernel), -1), weight_bits, per_channel, own)
         kernel = np.clip(np.rint(scaled / channel_scale[:, None, None, None]), -qmax, qmax).astype(np.int64)
         if float_layer.relays is not None:       # a relay channel passes its source on: weight 1 at the centre
             relay_channels = np.asarray(float_layer.relays) >= 0
@@ -87,7 +87,7 @@ def _quantise_layer(float_layer, lambda_in: np.ndarray, lambda_layer: float | No
     else:
         w = float_layer.matrix
         scaled = w * column[None, :]
-        scale = _weight_scales(scaled, weight_bits, per_channel, None if float_layer.relays is None else relays < 0)
+        scale = weight_scales(scaled, weight_bits, per_channel, None if float_layer.relays is None else relays < 0)
         weight = np.clip(np.rint(scaled / scale[:, None]), -qmax, qmax).astype(np.int64)
         weight[relays >= 0] = np.rint(w[relays >= 0]).astype(np.int64)
     unit = reference * scale / steps  # ANN value of one membrane unit, per neuron
@@ -140,7 +140,7 @@ def quantise(network: FloatNetwork, calibration: Calibration, timesteps: int, we
     lambda_in = np.full(network.input_size, float(calibration.input_threshold))   # per input neuron
     for float_layer in network.layers:
         if float_layer.pool is not None:
-            lambda_in = _pooled(lambda_in, float_layer.pool)
+            lambda_in = pooled_full_scales(lambda_in, float_layer.pool)
         layer, lambda_out = _quantise_layer(float_layer, lambda_in, next(thresholds) if float_layer.relu else None,
                                             timesteps, weight_bits, weight_scale, keep_convolutions)
         layers.append(layer)

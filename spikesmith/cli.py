@@ -227,7 +227,7 @@ def cmd_finetune(args) -> int:
     from .gen.convert import load_model_graph
     from .gen.importer import save_program
     from .gen.passes import lower
-    from .train import FinetuneOptions, export_twin, finetune, initial_twin, twin_accuracy
+    from .train import FinetuneOptions, ann_logits, export_twin, finetune, initial_twin, twin_accuracy
 
     progress = Progress(not args.quiet)
     output = Path(args.output)
@@ -253,7 +253,7 @@ def cmd_finetune(args) -> int:
     seconds = time.perf_counter() - start
     save_program(export_twin(twin), output)
     progress(f"wrote {output}")
-    ann = None if test is None else float(np.mean(network.forward(test.images)[-1].argmax(axis=1) == test.labels))
+    ann = None if test is None else float(np.mean(ann_logits(network, test.images).argmax(axis=1) == test.labels))
     payload = {"model": str(args.model), "output": str(output), "timesteps": options.timesteps,
                "epochs": options.epochs, "weight_bits": options.weight_bits, "train": train.name,
                "train_images": len(train), "calibration": calib.name, "seconds": seconds,

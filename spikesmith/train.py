@@ -30,11 +30,11 @@ from .errors import SpikesmithError
 from .gen.calibrate import calibrate
 from .contract.network import check_images
 from .gen.ir import FloatLayer, FloatNetwork
-from .gen.quantise import MIN_CHANNEL_SCALE_RATIO
+from .gen.quantise import MIN_CHANNEL_SCALE_RATIO, weight_scales
 from .gen.spikecode import MAX_TIMESTEPS, spike_code
 
 __all__ = ["SpikeCode", "TwinLayer", "SpikingTwin", "FinetuneOptions", "grid_scales", "fake_quantised",
-           "initial_twin", "finetune", "export_twin", "twin_accuracy"]
+           "initial_twin", "finetune", "export_twin", "ann_logits", "twin_accuracy"]
 
 #: Images per forward pass outside training (the ANN's outputs, test accuracy): bounds the memory.
 BATCH = 1024
@@ -57,18 +57,13 @@ class SpikeCode(nn.Module):
 
 
 def grid_scales(weight: torch.Tensor, bits: int, per_channel: bool, own: torch.Tensor | None = None) -> torch.Tensor:
-    """``(out,)``: the float value of one integer weight step per output row, as gen/quantise.py sets it
-    (``max |w_j| / (2^(bits-1) - 1)`` with a floor of 1/16 of the layer's, or one per layer). ``own``:
-    the rows that set the layer's scale (relay rows left out)."""
-    qmax = (1 << (bits - 1)) - 1
-    with torch.no_grad():
-        magnitude = weight.detach().reshape(len(weight), -1).abs()
-        rows = magnitude if own is None else magnitude[own]
-        layer_max = float(rows.max()) if rows.numel() else 0.0
-        layer_scale = layer_max / qmax if layer_max > 0 else 1.0
-        if not per_channel:
-            return torch.full((len(weight),), layer_scale, dtype=weight.dtype)
-        return torch.clamp(magnitude.amax(dim=1) / qmax, min=layer_scale * MIN_CHANNEL_SCALE_RATIO)
+    """``(out,)``: the float value of one integer weight step per output row: conversion's own
+    :func:`~spikesmith.gen.quantise.weight_scales` (``max |w_j| / (2^(bits-1) - 1)`` with a floor of 1/16 of
+    the layer's, or one per layer), in ``weight``'s precision. ``own``: the rows that set the layer's scale
+    (relay rows left out)."""
+    rows = weight.detach().reshape(len(weight), -1).numpy()
+    scales = weight_scales(rows, bits, per_channel, None if own is None else own.numpy())
+    return torch.from_numpy(np.asarray(scales)).to(weight.dtype)
 
 
 def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -290,8 +285,7 @@ def finetune(network: FloatNetwork, twin: SpikingTwin, train: Dataset, options: 
     images = check_images(train.images, twin.input_shape, "training images")
     x = torch.from_numpy(images.astype(np.float32))
     y = torch.from_numpy(train.labels)
-    teacher = torch.from_numpy(np.concatenate([network.forward(images[start:start + BATCH])[-1]
-                                               for start in range(0, len(images), BATCH)]).astype(np.float32))
+    teacher = torch.from_numpy(ann_logits(network, images).astype(np.float32))
     tau = options.temperature
     generator = torch.Generator().manual_seed(options.seed)
     optimiser = torch.optim.Adam(twin.parameters(), lr=options.learning_rate)
@@ -318,6 +312,11 @@ def finetune(network: FloatNetwork, twin: SpikingTwin, train: Dataset, options: 
             if progress:
                 progress(epoch * batches + batch + 1, options.epochs * batches, total / min(len(x), start + len(idx)))
     return twin.eval()
+
+
+def ann_logits(network: FloatNetwork, images: np.ndarray) -> np.ndarray:
+    """``(N, classes)`` float64: the float ANN's outputs, :data:`BATCH` images at a time."""
+    return np.concatenate([network.forward(images[start:start + BATCH])[-1] for start in range(0, len(images), BATCH)])
 
 
 @torch.no_grad()

@@ -7,14 +7,20 @@ import os
 
 import numpy as np
 
+import pytest
+
 from conftest import assert_one_line_error, run_cli
 from spikesmith.gen.importer import save_program
 
 
-def test_converting_at_another_timestep_count_is_refused(tmp_path, digits_cnn_twin):
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    proc = run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "--calib", "digits", "--calib-range", ":20", "-T", "4",
+@pytest.fixture
+def cnn_t3(tmp_path, digits_cnn_twin):
+    """The fine-tuned max-pool CNN (T=3) written as a model file."""
+    return save_program(digits_cnn_twin[1], tmp_path / "cnn-T3.pt2")
+
+
+def test_converting_at_another_timestep_count_is_refused(tmp_path, cnn_t3):
+    proc = run_cli("convert", str(cnn_t3), "--calib", "digits", "--calib-range", ":20", "-T", "4",
                    "-o", str(tmp_path / "net.npz"), "-q", check=False)
     assert_one_line_error(proc, "fine-tuned for T=3", "convert it at T=3")
     assert not (tmp_path / "net.npz").exists()
@@ -47,10 +53,8 @@ def test_finetune_refuses_to_write_over_its_model(tmp_path, digits_demo):
     assert model.read_bytes() == digits_demo["model_path"].read_bytes()
 
 
-def test_a_fine_tuned_model_converts_without_calibration_data(tmp_path, digits_cnn_twin):
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    converted = json.loads(run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "--json",
+def test_a_fine_tuned_model_converts_without_calibration_data(tmp_path, cnn_t3):
+    converted = json.loads(run_cli("convert", str(cnn_t3), "-o", str(tmp_path / "net.npz"), "--json",
                                    "-q").stdout)
     assert converted["timesteps"] == 3 and converted["calibration"] is None
     assert json.loads(run_cli("info", str(tmp_path / "net.npz"), "--json").stdout)["metadata"]["thresholds_from"] == "model"
@@ -62,20 +66,16 @@ def test_a_model_without_spike_codes_still_needs_calibration_data(tmp_path, digi
     assert not (tmp_path / "net.npz").exists()
 
 
-def test_a_fine_tuned_model_is_swept_at_its_own_T(tmp_path, digits_cnn_twin):
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    proc = run_cli("sweep", str(tmp_path / "cnn-T3.pt2"), "-T", "3", "4", "--board", "icebreaker", "--estimate-only",
+def test_a_fine_tuned_model_is_swept_at_its_own_T(tmp_path, cnn_t3):
+    proc = run_cli("sweep", str(cnn_t3), "-T", "3", "4", "--board", "icebreaker", "--estimate-only",
                    "-o", str(tmp_path / "out"), "-q", check=False)
     assert_one_line_error(proc, "fine-tuned for T=3", "-T 3")
     assert not (tmp_path / "out").exists()
 
 
-def test_the_fine_tuned_cnns_verilog_matches_the_golden_model(tmp_path, digits_cnn_twin, harness_cache):
+def test_the_fine_tuned_cnns_verilog_matches_the_golden_model(tmp_path, cnn_t3, harness_cache):
     """The fine-tuned network (large thresholds from the row scaling) runs bit-exactly under Verilator."""
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "-q")
+    run_cli("convert", str(cnn_t3), "-o", str(tmp_path / "net.npz"), "-q")
     report = json.loads(run_cli("simulate", str(tmp_path / "net.npz"), "--data", "digits", "-n", "150",
                                 "--build-dir", str(harness_cache), "--json", "-q").stdout)
     assert report["results"] == 150 and report["mismatches"] == 0 and report["agreement"] == 1.0
@@ -122,13 +122,11 @@ def test_finetune_refuses_test_images_of_another_shape(tmp_path, digits_demo):
     assert not (tmp_path / "out.pt2").exists()
 
 
-def test_a_fine_tuned_model_is_swept_at_its_T_without_calibration_data(tmp_path, digits_cnn_twin):
+def test_a_fine_tuned_model_is_swept_at_its_T_without_calibration_data(tmp_path, cnn_t3):
     """No -T and no --calib: every point at the model's T=3, with the accuracy `convert` + `eval` give."""
-    _, program, _ = digits_cnn_twin
-    save_program(program, tmp_path / "cnn-T3.pt2")
-    summary = json.loads(run_cli("sweep", str(tmp_path / "cnn-T3.pt2"), "-n", "100", "--board", "icebreaker",
+    summary = json.loads(run_cli("sweep", str(cnn_t3), "-n", "100", "--board", "icebreaker",
                                  "--estimate-only", "--jobs", "1", "-o", str(tmp_path / "out"), "--json", "-q").stdout)
     assert {(p["T"], p["weight_bits"]) for p in summary["points"]} == {(3, 8)}
-    run_cli("convert", str(tmp_path / "cnn-T3.pt2"), "-o", str(tmp_path / "net.npz"), "-q")
+    run_cli("convert", str(cnn_t3), "-o", str(tmp_path / "net.npz"), "-q")
     evaluated = json.loads(run_cli("eval", str(tmp_path / "net.npz"), "-n", "100", "--json", "-q").stdout)
     assert {p["golden_accuracy"] for p in summary["points"]} == {evaluated["golden_accuracy"]}
