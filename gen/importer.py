@@ -1,11 +1,11 @@
 """Model import: a ``torch.nn.Module`` or a ``torch.export`` program file -> float IR.
 
 Both paths go through ``torch.export``: a module is exported with one example input,
-a ``.pt2`` file is loaded with every unpickling path refused (``torch.load`` is forced to
-``weights_only=True``; archives holding pickled Python objects are rejected), after
-:func:`~.archive.check_archive` has refused any symbolic expression that is not plain arithmetic. The
-importer then walks the exported ATen graph and emits typed ops of :mod:`spikesmith.gen.ir`;
-error messages name the user's layer through ``nn_module_stack``.
+a ``.pt2`` file is first read by :func:`~.archive.checked_program_archive` (only the members, JSON
+fields, operators and symbolic sizes it allows; a new archive of the checked parts), and torch loads
+that, with every unpickling path refused as a second wall. The importer then walks the exported ATen
+graph and emits typed ops of :mod:`spikesmith.gen.ir`, running no operator outside
+:mod:`.operators`; error messages name the user's layer through ``nn_module_stack``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError, UnsupportedModelError
+from ..resources import MemoryBudget
 from ..fileio import write_atomic
-from .archive import check_archive
+from .archive import checked_program_archive
+from . import operators
 from .ir import Add, AvgPool2d, BatchNorm, Conv2d, Dense, Graph, Identity, Input, MaxPool2d, ReLU, Reshape, SpikeCode
 from .shapes import SQUEEZE_OPS, check_batch_axis, keeps_order, permutation
 from .passes import SUPPORTED
@@ -99,15 +101,15 @@ def _quiet_torch_logs():
             logger.setLevel(level)
 
 
-def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
-    """Load a ``.pt2`` file written by ``torch.export.save``, refusing any pickled object."""
+def load_program(path: str | os.PathLike, budget: MemoryBudget | None = None) -> torch.export.ExportedProgram:
+    """Load a ``.pt2`` file written by ``torch.export.save``: torch reads only the checked archive."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
-    check_archive(path)        # every string torch would hand to sympify is plain arithmetic
+    checked = io.BytesIO(checked_program_archive(path, budget))
     try:
         with _refuse_unpickling(path), _quiet_torch_logs():
-            program = torch.export.load(path)
+            program = torch.export.load(checked)
     except ModelFileError:
         raise
     except Exception as exc:
@@ -192,8 +194,9 @@ class _GraphWalk:
     which appends its op and returns the activation it produces.
     """
 
-    def __init__(self, program: torch.export.ExportedProgram):
+    def __init__(self, program: torch.export.ExportedProgram, budget: MemoryBudget | None = None):
         self.program = program
+        self.budget = budget or MemoryBudget()
         self.values: dict[str, Any] = {}
         self.ops: list = []
         self.batched = True
@@ -265,16 +268,16 @@ class _GraphWalk:
 
     def _call(self, node) -> None:
         path, cls = _layer_of(node)
+        name = _operator_name(node)
         operands: list[torch.fx.Node] = []
         torch.fx.node.map_arg(node.args, operands.append)          # graph nodes, also inside lists (torch.cat)
         acts = [self.values[a.name] for a in operands if isinstance(self.values.get(a.name), _Act)]
-        if node.target == aten.cat.default and acts:
+        if name == "aten.cat.default" and acts:
             raise UnsupportedModelError(f"concatenation '{path}' ({cls}: torch.cat) is not supported yet")
+        if name not in operators.READ:
+            raise UnsupportedModelError(f"unsupported layer '{path}' ({cls}: {name}); supported: {SUPPORTED}")
         if not acts:
-            # Every operand is a parameter or a constant: fold it now (e.g. a weight transpose).
-            args = torch.fx.node.map_arg(node.args, lambda a: self.values[a.name])
-            with torch.no_grad():
-                self.values[node.name] = node.target(*args, **node.kwargs)
+            self.values[node.name] = self._fold(node, name, path, cls)
             return
         x = acts[0]
         if node.target is operator.getitem and isinstance(x, _TupleAct):
@@ -290,6 +293,21 @@ class _GraphWalk:
             target = node.target if len(acts) != 1 else str(node.target).replace("aten::", "aten.")
             raise UnsupportedModelError(f"unsupported layer '{path}' ({cls}: {target}); supported: {SUPPORTED}")
         self.values[node.name] = handler(_Layer(node, x, _unique(path, self.ops), path, cls))
+
+    def _fold(self, node, name: str, path: str, cls: str) -> torch.Tensor:
+        """Every operand is a parameter or a constant: evaluate a pure op of :data:`operators.FOLDED` now (a
+        weight transposed), its result's size counted against the budget first; any other op is refused."""
+        if name not in operators.FOLDED:
+            raise UnsupportedModelError(f"layer '{path}' ({cls}: {name}) computes on constants with an operator "
+                                        "spikesmith does not evaluate; supported on constants: shape ops and "
+                                        "elementwise arithmetic")
+        result = node.meta.get("val")
+        if not isinstance(result, torch.Tensor):
+            raise UnsupportedModelError(f"layer '{path}' ({cls}: {name}) on constants has no traced tensor result")
+        self.budget.take(result.numel() * result.element_size(), f"layer '{path}' ({cls}: {name}) on constants")
+        args = torch.fx.node.map_arg(node.args, lambda a: self.values[a.name])
+        with torch.no_grad():
+            return node.target(*args, **node.kwargs)
 
     def _add(self, op, shape: tuple[int, ...]) -> _Act:
         self.ops.append(op)
@@ -498,6 +516,13 @@ class _GraphWalk:
                 f"converts the shape ops that keep the row-major order (view, reshape, flatten, unflatten, "
                 f"squeeze, unsqueeze, and permutes of size-1 axes)")
         return self._reinterpreted(layer, full_in, out)
+
+
+def _operator_name(node: torch.fx.Node) -> str:
+    """The name :mod:`.operators` lists ``node``'s target under: ``aten.conv2d.default``, ``_operator.getitem``."""
+    if node.target is operator.getitem:
+        return operators.GETITEM
+    return str(node.target) if isinstance(node.target, torch._ops.OpOverload) else repr(node.target)
 
 
 def _aten_name(node: torch.fx.Node) -> str:

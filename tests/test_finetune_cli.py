@@ -82,8 +82,8 @@ def test_the_fine_tuned_cnns_verilog_matches_the_golden_model(tmp_path, cnn_t3, 
 
 
 def test_a_program_with_an_operator_spikesmith_does_not_know_is_refused(tmp_path):
-    """Only torch's operators and spikesmith::spike_code load: another library's operator (registered where the
-    file was written, absent here) is refused in one line."""
+    """Only the operators gen/operators.py lists are read: another library's operator (registered where the
+    file was written, absent here) is refused in one line, by name, before torch resolves it."""
     import subprocess
     import sys
     import textwrap
@@ -109,7 +109,7 @@ def test_a_program_with_an_operator_spikesmith_does_not_know_is_refused(tmp_path
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=300)
     proc = run_cli("convert", str(tmp_path / "other.pt2"), "--calib", "digits", "-o", str(tmp_path / "n.npz"), "-q",
                    check=False)
-    assert_one_line_error(proc, "not a readable torch.export program")
+    assert_one_line_error(proc, "unsupported layer", "elsewhere.scale.default")
 
 
 def test_finetune_refuses_test_images_of_another_shape(tmp_path, digits_demo):
