@@ -7,21 +7,26 @@
 - An output folder is spikesmith's when it holds :data:`MANIFEST` (the files a command wrote
   there). A non-empty folder without it is refused; ``.``, the home folder, ``/`` and any
   parent of the working directory are never output folders. :func:`replace_outputs` moves
-  new files in and removes only files the previous manifest lists.
+  new files in and removes only files that are still exactly what spikesmith wrote: a regular file
+  directly in the folder, no link, whose SHA-256 is the one the manifest recorded. The manifest
+  is advice, never authority: a forged one can only narrow what is removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from .errors import SpikesmithError
 
 __all__ = ["write_atomic", "check_writable_file", "check_output_folder", "replace_outputs", "claim_outputs",
-           "MANIFEST"]
+           "write_output", "MANIFEST"]
 
 #: The file that marks a folder as spikesmith's output and lists what it wrote there.
 MANIFEST = ".spikesmith-output.json"
@@ -85,13 +90,49 @@ def _protected(folder: Path) -> bool:
         or resolved == Path(resolved.anchor)
 
 
-def _manifest(folder: Path) -> list[str] | None:
-    """The files the previous spikesmith run wrote into ``folder``; None if it is not ours."""
+#: A plain file name spikesmith writes into an output folder (no path, no leading dot).
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def _manifest(folder: Path) -> dict[str, str | None] | None:
+    """What the previous spikesmith run wrote into ``folder``: plain name -> SHA-256 of the content it wrote
+    (None: not verifiable, e.g. an older manifest's list); None if ``folder`` is not marked as ours.
+    The manifest is advice, never authority: a name or digest in it only narrows what may be removed."""
     try:
-        names = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        text = (folder / MANIFEST).read_text()[:1 << 20]
+        files = json.loads(text)["files"]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
-    return [name for name in names if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")]
+    entries = files.items() if isinstance(files, dict) else ((name, None) for name in files) \
+        if isinstance(files, list) else ()
+    return {name: digest if isinstance(digest, str) and _DIGEST.fullmatch(digest) else None
+            for name, digest in entries if isinstance(name, str) and _OUTPUT_NAME.fullmatch(name)}
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _digest_of_regular_file(path: Path) -> str | None:
+    """SHA-256 of ``path`` if it is a regular file reached without following a link; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _is_ours(folder: Path, name: str, digest: str | None) -> bool:
+    """``folder/name`` is a regular file (no link) holding exactly what spikesmith recorded writing there."""
+    return digest is not None and _OUTPUT_NAME.fullmatch(name) is not None \
+        and _digest_of_regular_file(folder / name) == digest
 
 
 def check_output_folder(folder: str | os.PathLike) -> Path:
@@ -119,26 +160,24 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
 
 
 def replace_outputs(staging: Path, folder: Path) -> list[Path]:
-    """Move every file of ``staging`` into ``folder`` and record them in its manifest.
+    """Move every file of ``staging`` into ``folder`` and record them, with their SHA-256, in its manifest.
 
-    The previous run's files (its manifest) are removed first, so an interruption never
-    leaves new files beside old ones; a file of ``folder`` that no manifest lists is never
-    touched (one with the name of a new output is refused). ``staging`` is removed.
+    Of the previous run's files only those still exactly as spikesmith wrote them (a regular file directly
+    in ``folder``, no link, its content's hash the one recorded) are removed, first, so an interruption
+    never leaves new files beside old ones; folders, links and changed files are never removed, and a new
+    output over a file that is not verifiably ours is refused. ``staging`` is removed.
     """
     check_output_folder(folder)
     folder.mkdir(exist_ok=True)
-    old = set(_manifest(folder) or ())
-    new = sorted(p.name for p in staging.iterdir() if p.name != MANIFEST)
-    _refuse_unlisted(folder, old, new)
-    _write_manifest(folder, sorted(old | set(new)))     # whatever happens next, the folder stays ours
-    for name in old:
-        stale = folder / name
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale)
-        elif stale.exists() or stale.is_symlink():
-            stale.unlink()
+    old = _manifest(folder) or {}
+    new = {p.name: _digest_of_regular_file(p) for p in staging.iterdir() if p.name != MANIFEST}
+    _refuse_unverified(folder, old, new)
+    ours = {name: digest for name, digest in old.items() if _is_ours(folder, name, digest)}
+    _write_manifest(folder, {**ours, **new})      # whatever happens next, the folder stays ours
+    for name in ours:
+        (folder / name).unlink()
     moved = []
-    for name in new:
+    for name in sorted(new):
         os.replace(staging / name, folder / name)
         moved.append(folder / name)
     _write_manifest(folder, new)
@@ -147,23 +186,43 @@ def replace_outputs(staging: Path, folder: Path) -> list[Path]:
 
 
 def claim_outputs(folder: str | os.PathLike, names: list[str]) -> Path:
-    """Make ``folder`` (:func:`check_output_folder`) and record ``names`` in its manifest, beside what it lists
-    already, before the caller writes them one by one (files it keeps across runs, like a cache); a file of
-    one of those names that spikesmith did not write is refused."""
+    """Make ``folder`` (:func:`check_output_folder`) and mark it as ours before the caller writes ``names`` one
+    by one with :func:`write_output` (files it keeps across runs, like a cache); a file of one of those names
+    that is not verifiably spikesmith's is refused."""
     folder = check_output_folder(folder)
     folder.mkdir(exist_ok=True)
-    old = set(_manifest(folder) or ())
-    _refuse_unlisted(folder, old, names)
-    _write_manifest(folder, sorted(old | set(names)))
+    old = _manifest(folder) or {}
+    _refuse_unverified(folder, old, names)
+    _write_manifest(folder, {name: digest for name, digest in old.items()
+                             if _is_ours(folder, name, digest) or name in names})
     return folder
 
 
-def _refuse_unlisted(folder: Path, listed: set[str], names) -> None:
-    """Refuse to write any of ``names`` over a file of ``folder`` its manifest (``listed``) does not list."""
-    clash = [name for name in names if name not in listed and (folder / name).exists()]
-    if clash:
-        raise SpikesmithError(f"will not replace {folder / clash[0]}: spikesmith did not write it")
+def write_output(folder: Path, name: str, data: bytes | str) -> Path:
+    """Write ``folder/name`` whole (:func:`write_atomic`) and record its SHA-256 in the manifest."""
+    data = data.encode() if isinstance(data, str) else data
+    old = _manifest(folder) or {}
+    _refuse_unverified(folder, old, [name])
+    path = write_atomic(folder / name, data)
+    _write_manifest(folder, {**old, name: hashlib.sha256(data).hexdigest()})
+    return path
 
 
-def _write_manifest(folder: Path, names: list[str]) -> None:
-    write_atomic(folder / MANIFEST, json.dumps({"files": names}, indent=1) + "\n")
+def _refuse_unverified(folder: Path, listed: dict[str, str | None], names) -> None:
+    """Refuse to write any of ``names`` over an entry of ``folder`` that is not verifiably spikesmith's."""
+    for name in names:
+        if not _OUTPUT_NAME.fullmatch(name):
+            raise SpikesmithError(f"will not write {name!r} into {folder}: not a plain file name")
+        target = folder / name
+        if not (target.exists() or target.is_symlink()) or (target.is_dir() and not target.is_symlink()
+                                                            and name in listed):
+            continue
+        if name not in listed:
+            raise SpikesmithError(f"will not replace {target}: spikesmith did not write it")
+        if not _is_ours(folder, name, listed[name]):
+            raise SpikesmithError(f"will not replace {target}: it is not the file spikesmith wrote there (changed "
+                                  "since, a link, or from an older spikesmith); move it away or choose a new folder")
+
+
+def _write_manifest(folder: Path, files: dict[str, str | None]) -> None:
+    write_atomic(folder / MANIFEST, json.dumps({"version": 2, "files": dict(sorted(files.items()))}, indent=1) + "\n")

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SpikesmithError
-from .fileio import claim_outputs, write_atomic
+from .fileio import claim_outputs, write_atomic, write_output
 
 #: The files a sweep writes into its folder, beside ``builds/``.
 OUTPUTS = ("sweep.csv", "sweep.json", "sweep.png")
@@ -475,9 +475,9 @@ def write_outputs(out: Path, summary: dict) -> None:
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(summary["points"])
-    write_atomic(out / "sweep.csv", text.getvalue())
-    write_atomic(out / "sweep.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(out / "sweep.png", plot(summary["points"]))
+    write_output(out, "sweep.csv", text.getvalue())
+    write_output(out, "sweep.json", json.dumps(summary, indent=2) + "\n")
+    write_output(out, "sweep.png", plot(summary["points"]))
 
 
 def plot(rows: list[dict]) -> bytes:

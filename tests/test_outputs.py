@@ -53,7 +53,7 @@ def test_generate_twice_replaces_only_its_own_files(tmp_path, small_net):
     out = tmp_path / "core"
     run_cli("generate", str(small_net), "-o", str(out), "-q")
     listed = json.loads((out / MANIFEST).read_text())["files"]
-    assert listed == ["report.json", "spikesmith_core.v"]
+    assert sorted(listed) == ["report.json", "spikesmith_core.v"]
     (out / "notes.txt").write_text("mine")
     run_cli("generate", str(small_net), "-o", str(out), "-q", "--no-skip")
     assert (out / "notes.txt").read_text() == "mine"
@@ -192,3 +192,50 @@ def test_generate_refuses_a_core_the_machine_has_no_memory_to_elaborate(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs about" in err[0] and "GiB free" in err[0]
     assert not (tmp_path / "core").exists()
+
+
+# ------------------------------------------------------------------ the manifest is advice, never authority
+
+def _forge_manifest(folder, files):
+    (folder / MANIFEST).write_text(json.dumps({"files": files}))
+
+
+@pytest.mark.parametrize("listing", ["list", "hashes"])
+def test_a_forged_manifest_deletes_nothing_spikesmith_did_not_write(tmp_path, listing):
+    """A manifest listing the user's files and folders (forged, or copied from elsewhere) removes none of them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "thesis").mkdir()
+    (out / "thesis" / "chapter1.tex").write_text("years of work")
+    outside = tmp_path / "id_rsa"
+    outside.write_text("secret")
+    (out / "link.v").symlink_to(outside)
+    names = ["notes.txt", "thesis", "link.v", "../id_rsa"]
+    _forge_manifest(out, names if listing == "list" else {name: "0" * 64 for name in names})
+    replace_outputs(_staged(tmp_path, {"core.v": "new"}), out)
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / "thesis" / "chapter1.tex").read_text() == "years of work"
+    assert (out / "link.v").is_symlink() and outside.read_text() == "secret"
+    assert (out / "core.v").read_text() == "new"
+
+
+def test_a_file_changed_since_spikesmith_wrote_it_is_neither_removed_nor_replaced(tmp_path):
+    out = tmp_path / "out"
+    replace_outputs(_staged(tmp_path, {"core.v": "ours", "report.json": "ours"}), out)
+    (out / "report.json").write_text("the user's notes")
+    with pytest.raises(SpikesmithError, match="not the file spikesmith wrote there"):
+        replace_outputs(_staged(tmp_path, {"report.json": "new"}), out)
+    assert (out / "report.json").read_text() == "the user's notes"
+    shutil.rmtree(tmp_path / "staging")
+    replace_outputs(_staged(tmp_path, {"core.v": "new"}), out)       # an unchanged output is replaced
+    assert (out / "core.v").read_text() == "new" and (out / "report.json").read_text() == "the user's notes"
+
+
+def test_the_manifest_records_what_was_written(tmp_path):
+    import hashlib
+
+    out = tmp_path / "out"
+    replace_outputs(_staged(tmp_path, {"core.v": "module m; endmodule\n"}), out)
+    recorded = json.loads((out / MANIFEST).read_text())["files"]
+    assert recorded == {"core.v": hashlib.sha256(b"module m; endmodule\n").hexdigest()}
