@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import SpikesmithError
-from .fileio import check_output_folder, check_writable_file
+from .fileio import FILE_SYSTEM_ERRORS, check_output_folder, check_writable_file, file_system_refusal
 
 # Each command imports what it needs inside its function: torch, amaranth, cocotb and scikit-learn
 # take seconds to import, and `spikesmith info` or a usage error should not wait for them.
@@ -1078,6 +1078,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("SPIKESMITH_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.errno in FILE_SYSTEM_ERRORS:       # the machine's state, not a bug
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"spikesmith: error: {file_system_refusal(exc)}{where}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"spikesmith: internal error: {type(exc).__name__}: {exc} "
               f"(a bug; rerun with SPIKESMITH_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return EXIT_ERROR

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 from .errors import SpikesmithError
 
 __all__ = ["write_atomic", "check_writable_file", "check_output_folder", "replace_outputs", "claim_outputs",
-           "write_output", "MANIFEST"]
+           "write_output", "MANIFEST", "FILE_SYSTEM_ERRORS", "file_system_refusal"]
 
 #: The file that marks a folder as spikesmith's output and lists what it wrote there.
 MANIFEST = ".spikesmith-output.json"
@@ -46,21 +47,40 @@ def _refuse_special(path: Path) -> None:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A full disk, a read-only folder or any other refusal of the file system is one line
+    (:class:`SpikesmithError`: "no space left on device writing PATH"), with nothing left behind.
+    """
     path = Path(path)
     _refuse_special(path)
     mode = path.stat().st_mode & 0o7777 if path.is_file() else _new_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".spikesmith-", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise SpikesmithError(f"{file_system_refusal(exc)} writing {path}") from None
         raise
     return path
+
+
+#: File-system errors that are the machine's state, not a bug: reported in one line.
+FILE_SYSTEM_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                                errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENAMETOOLONG})
+
+
+def file_system_refusal(exc: OSError) -> str:
+    """"no space left on device" for ENOSPC (and a full quota), else the system's own words."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device"
+    return (exc.strerror or type(exc).__name__).lower()
 
 
 def _probe_writable(folder: Path, what: Path) -> None:

@@ -239,3 +239,37 @@ def test_the_manifest_records_what_was_written(tmp_path):
     replace_outputs(_staged(tmp_path, {"core.v": "module m; endmodule\n"}), out)
     recorded = json.loads((out / MANIFEST).read_text())["files"]
     assert recorded == {"core.v": hashlib.sha256(b"module m; endmodule\n").hexdigest()}
+
+
+# ------------------------------------------------------------------ a full disk
+
+@pytest.mark.parametrize("command", ["generate", "export-nir", "convert", "demo"])
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, small_net, command):
+    """Each command writing into a 4 KiB tmpfs (a user and mount namespace of its own: no root needed) ends in
+    one line "no space left on device" and leaves no file there."""
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from spikesmith.gen.importer import export_module, save_program
+
+    model = tmp_path / "m.pt2"
+    save_program(export_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                                                   torch.nn.Linear(256, 10)), (1, 8, 8)), model)
+    converted = tmp_path / "m.net.npz"
+    if command == "export-nir":
+        run_cli("convert", str(model), "--calib", "digits", "--calib-range", ":50", "-o", str(converted), "-q")
+    full = tmp_path / "full"
+    full.mkdir()
+    argv = {"generate": ["generate", str(small_net), "-o", f"{full}/out"],
+            "export-nir": ["export-nir", str(converted), "-o", f"{full}/net.nir"],
+            "convert": ["convert", str(model), "--calib", "digits", "--calib-range", ":50", "-o", f"{full}/m.net.npz"],
+            "demo": ["demo", "-o", f"{full}/out", "--models", "mlp", "--epochs", "1", "--sweep", "2"]}[command]
+    script = (f"mount -t tmpfs -o size=4k tmpfs {full}{' && mkdir ' + str(full) + '/out' if command == 'demo' else ''} && "
+              f"\"$@\"; status=$?; find {full} -type f; exit $status")
+    proc = subprocess.run([shutil.which("unshare"), "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh",
+                           sys.executable, "-m", "spikesmith.cli", *argv, "-q"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert_one_line_error(proc, "no space left on device")
+    assert proc.stdout.strip() == "", f"left behind: {proc.stdout}"
