@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,45 @@ from spikesmith.contract.network import ConvGeometry
 from spikesmith.sim.random_networks import make_conv_network, make_network  # tests import them from here
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+#: Every process the tests start inherits this mark (and pytest-xdist's worker id): what is still alive with it
+#: when a worker's session ends was left behind by a test.
+RUN_MARK = "SPIKESMITH_TEST_RUN"
+os.environ.setdefault(RUN_MARK, f"{os.getpid()}-{time.time_ns()}")
+
+
+def _marked_processes() -> dict[int, str]:
+    """pid -> command line of the live processes (not this one) carrying this run's mark and this worker's id."""
+    wanted = {f"{RUN_MARK}={os.environ[RUN_MARK]}".encode()}
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = set(Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"))
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        same_worker = worker is None or f"PYTEST_XDIST_WORKER={worker}".encode() in environ
+        if wanted <= environ and same_worker and state != "Z":
+            found[int(entry)] = command.strip()[:200]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Fails the run (an error at the teardown of the worker's last test) naming every process a test started
+    that is still alive 15 s after the worker's tests ended, then kills them."""
+    yield
+    deadline = time.monotonic() + 15
+    while (left := _marked_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, "processes left running by the tests: " + "; ".join(f"{pid}: {cmd}" for pid, cmd in left.items())
 
 
 @st.composite
