@@ -246,10 +246,17 @@ def test_every_operator_the_importer_converts_is_listed_and_no_other():
 
 _AUDIT = textwrap.dedent("""
     import os, sys
-    from spikesmith.gen.importer import import_program, load_program
+    from pathlib import Path
+    from spikesmith.gen.convert import load_model_graph
+    from spikesmith.gen.netfile import load_network
     from spikesmith.errors import SpikesmithError
-    good, files = sys.argv[1], sys.argv[2:]
-    import_program(load_program(good))          # every lazy import of torch's done before the hook
+
+    def read(path):
+        return load_network(path) if path.endswith(".npz") else load_model_graph(path)
+
+    good, files = sys.argv[1:4], sys.argv[4:]
+    for path in good:
+        read(path)                                # every lazy import done before the hook
     allowed = {os.path.realpath(p) for p in sys.argv[1:]} | {"/proc/meminfo"}
     roots = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, *sys.path) if p})
     seen = []
@@ -265,24 +272,61 @@ _AUDIT = textwrap.dedent("""
     sys.addaudithook(hook)
     for path in files:
         try:
-            import_program(load_program(path))
+            read(path)
         except SpikesmithError:
             pass
     print(seen)
 """)
 
 
-def test_loading_model_files_reads_no_other_file_and_starts_no_process(tmp_path, model_file):
+def _nir_with_an_external_link(tmp_path: Path, good_nir: Path, secret: Path) -> Path:
+    """A copy of ``good_nir`` whose first node's weight is an HDF5 external link to a dataset in ``secret``."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    with h5py.File(secret, "w") as f:
+        f["data"] = np.ones((4, 4))
+    bad = shutil.copy(good_nir, tmp_path / "linked.nir")
+    with h5py.File(bad, "a") as f:
+        nodes = f["node/nodes"]
+        name = next(key for key in nodes if "weight" in nodes[key])
+        del nodes[name]["weight"]
+        nodes[name]["weight"] = h5py.ExternalLink(str(secret), "/data")
+    return Path(bad)
+
+
+def test_reading_model_and_network_files_opens_no_other_file_and_starts_no_process(tmp_path, model_file,
+                                                                                   small_digits_net):
+    """Checked with a Python audit hook: loading hostile .pt2, .nir and .npz files opens only those files (and the
+    installed packages' own), and starts no process."""
+    from conftest import run_cli
+
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"\x00" * 32)
+    good_nir = tmp_path / "good.nir"
+    run_cli("export-nir", str(_converted(tmp_path)), "-o", str(good_nir), "-q")
     hostile = [_from_file_program(tmp_path, secret),
                _rewrite(model_file, tmp_path / "code.pt2", edit_json=_plant_code(tmp_path / "pwned")),
-               model_file]
-    proc = subprocess.run([sys.executable, "-c", _AUDIT, str(model_file), *map(str, hostile)],
-                          capture_output=True, text=True, cwd=tmp_path)
+               _nir_with_an_external_link(tmp_path, good_nir, tmp_path / "secret.h5")]
+    proc = subprocess.run([sys.executable, "-c", _AUDIT, str(model_file), str(good_nir), str(small_digits_net),
+                           *map(str, hostile)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
     assert not (tmp_path / "pwned").exists()
+
+
+def _converted(tmp_path: Path) -> Path:
+    """A small converted digits MLP (float parameters kept, so it exports to NIR)."""
+    from conftest import run_cli
+
+    model = tmp_path / "mlp.pt2"
+    torch.export.save(export_module(nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10)),
+                                    (1, 8, 8)), model)
+    run_cli("convert", str(model), "--calib", "digits", "--calib-range", ":50", "-o", str(tmp_path / "mlp.net.npz"),
+            "-q")
+    return tmp_path / "mlp.net.npz"
 
 
 # ---------------------------------------------------------------------------------- fuzz
