@@ -299,8 +299,9 @@ def _nir_with_an_external_link(tmp_path: Path, good_nir: Path, secret: Path) -> 
 
 def test_reading_model_and_network_files_opens_no_other_file_and_starts_no_process(tmp_path, model_file,
                                                                                    small_digits_net):
-    """Checked with a Python audit hook: loading hostile .pt2, .nir and .npz files opens only those files (and the
-    installed packages' own), and starts no process."""
+    """Checked with a Python audit hook (it sees Python's opens and process starts; a read by a C library, like
+    HDF5 following an external link, is kept out by the readers' refusals, tested with them): loading hostile
+    .pt2, .nir and .npz files opens only those files (and the installed packages' own), and starts no process."""
     from conftest import run_cli
 
     secret = tmp_path / "secret.bin"
