@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +125,45 @@ def test_a_task_ray_cannot_run_is_marked_and_the_others_finish():
     assert finished["lost"][0] is None and finished["lost"][1].startswith("Ray: ")
 
 
+# ---------------------------------------------------------------------------- processes, from /proc
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a container's init may never reap what it inherits)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _stop_group(proc: subprocess.Popen, first: int = signal.SIGINT, grace: float = 20.0) -> None:
+    """Stop ``proc`` (started with ``start_new_session``) and its process group for certain: ``first``, then
+    SIGTERM, each given ``grace`` seconds (at least 35 for SIGTERM: `ray start --block` drains its node for up
+    to 30 s), then SIGKILL of the group."""
+    for signum, seconds in ((first, grace), (signal.SIGTERM, max(grace, 35.0)), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            break                                        # (the group is gone)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            continue
+        if not any(_running(pid) for pid in _group(proc.pid)):
+            break
+    proc.wait(timeout=10)
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[3]) == pgid:
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def test_without_ray_the_sweep_says_how_to_install_it(small_digits_net, tmp_path):
     hidden = tmp_path / "no-ray"
     (hidden / "ray").mkdir(parents=True)
@@ -166,20 +209,37 @@ def _free_port() -> int:
 
 
 def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path):
-    """A one-node cluster of 3 CPUs started as a user would (``ray start --head``, token authentication on, as Ray
-    starts one), and the sweep connected to it through Ray Client (``ray://``) from another process."""
-    import signal
-    import subprocess
-    import time
+    """A one-node cluster of 3 CPUs started as a user would (``ray start --head``, token authentication on, its
+    servers on loopback), and the sweep connected to it through Ray Client (``ray://``) from another process.
+
+    The head is stopped for certain (:func:`_stop_group`): SIGINT (as Ctrl-C: `ray start --block` stops what it
+    started), SIGTERM, then SIGKILL of its process group. It used to get SIGINT and ``head.wait(timeout=60)``
+    alone, whose TimeoutExpired left the head running (once for over an hour). Why it can ignore SIGINT: a
+    process started by a shell in the background without job control (``pytest ... &`` in a script, a CI
+    step) inherits SIGINT ignored, Python then installs no Ctrl-C handler, and `ray start --block` ignores
+    SIGINT for good (measured with Ray 2.60: still up 25 s after it; SIGTERM then drains the node for up to
+    30 s before it stops). A SIGINT that comes before the handler is not the cause: until Python installs
+    it, the default action ends the process (sent 0.5, 2, 3.5 and 8 s after the start, SIGINT stopped the
+    head within 1.3 s each time). Hence SIGINT set back to its default in the head, as from a terminal."""
+    import tempfile
 
     from spikesmith.sweep import check_address
 
     gcs, client = _free_port(), _free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    token = tmp_path / "auth_token"                   # (not ~/.ray/auth_token: the head needs a token before it starts)
+    token.write_text(os.urandom(32).hex())
+    token.chmod(0o600)
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: every server on 127.0.0.1 (Ray binds loopback only with clusters off;
+    # --node-ip-address 127.0.0.1 alone is turned into the machine's address). Its session in a short temporary
+    # folder (Unix socket paths under tmp_path would pass their 107 characters).
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    session = tempfile.mkdtemp(prefix="ray-head-")
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(gcs), "--ray-client-server-port",
-                             str(client), "--num-cpus", "3", "--include-dashboard", "false"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                             str(client), "--num-cpus", "3", "--include-dashboard", "false", "--node-ip-address",
+                             "127.0.0.1", "--temp-dir", session], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(120):
             try:
@@ -190,8 +250,8 @@ def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path)
         proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "ulx3s-85f", "--estimate-only",
                        "--address", f"ray://127.0.0.1:{client}", "-o", str(tmp_path / "out"), "--json", "-q", env=env)
     finally:
-        os.killpg(head.pid, signal.SIGINT)             # as Ctrl-C: `ray start --block` stops what it started
-        head.wait(timeout=60)
+        _stop_group(head, first=signal.SIGINT, grace=20)
+        shutil.rmtree(session, ignore_errors=True)
     summary = json.loads(proc.stdout)
     assert summary["run"]["address"] == f"ray://127.0.0.1:{client}"
     assert summary["run"]["jobs"] == 3                # the cluster's CPUs (a local instance has this machine's)
