@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -91,25 +92,77 @@ def check_address(address: str | None) -> None:
 @contextlib.contextmanager
 def ray_session(run: SweepRun):
     """Ray for the length of a sweep: connected to ``run.address`` (:func:`preflight` checked that something
-    answers there), or a local instance of ``run.jobs`` CPUs (no dashboard), shut down afterwards."""
+    answers there), or a local instance of ``run.jobs`` CPUs of our own (:func:`_local_instance`), shut down
+    afterwards."""
     ray = import_ray()
-    try:
-        if run.address:
-            _connect(ray, run.address)
-        else:
-            # ("local": a new instance of our own, even beside another sweep's or a `ray start` one)
-            ray.init(address="local", num_cpus=run.jobs or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {run.address}" if run.address else "a local Ray instance"
-        hint = ("" if not run.address or os.environ.get("RAY_AUTH_MODE") == "token" else
-                " (a cluster with token authentication needs RAY_AUTH_MODE=token here, and its token in "
-                "~/.ray/auth_token or RAY_AUTH_TOKEN)")
-        raise SpikesmithError(f"could not start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(ray.shutdown)
+        try:
+            if run.address:
+                _connect(ray, run.address)
+            else:
+                stack.enter_context(_local_instance(ray, run.jobs or os.cpu_count()))
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {run.address}" if run.address else "a local Ray instance"
+            hint = ("" if not run.address or os.environ.get("RAY_AUTH_MODE") == "token" else
+                    " (a cluster with token authentication needs RAY_AUTH_MODE=token here, and its token in "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            raise SpikesmithError(f"could not start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
         yield ray
+
+
+#: Ray (2.60) binds its servers (GCS, raylet, object manager, workers) to every interface unless the node's
+#: address is 127.0.0.1, and it only takes that address when clusters are off: ``_node_ip_address="127.0.0.1"``
+#: is turned into the machine's address (ray/_private/services.py, ``resolve_ip_for_localhost``). This
+#: variable, "0", turns clusters off for the processes Ray starts; this process read it when it imported ray
+#: (``ray_constants.ENABLE_RAY_CLUSTER``). tests/test_sweep.py checks every listener is on loopback.
+RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _local_instance(ray, cpus: int):
+    """A local Ray instance of ``cpus`` CPUs that only this user on this machine can reach: every server on
+    loopback (:data:`RAY_CLUSTERS`), no dashboard, and Ray's files (its session folder: logs, sockets, spilled
+    objects) and its authentication token (0600) in a folder of our own (0700), removed afterwards. Ray
+    itself would write the token to ``~/.ray/auth_token`` (0644, in a 0755 folder) and its session to
+    ``/tmp/ray``; it makes its temporary folder 0777, hence the folder of ours around it."""
+    from ray._private import ray_constants
+
+    folder = tempfile.mkdtemp(prefix="spikesmith-ray-")
+    token = os.path.join(folder, "auth_token")
+    saved = {name: os.environ.get(name) for name in (RAY_CLUSTERS, "RAY_AUTH_TOKEN_PATH")}
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    try:
+        descriptor = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(secrets.token_hex(32))
+        # (used only if token authentication is on: Ray's default for a local instance, unless RAY_AUTH_MODE says
+        # otherwise; RAY_AUTH_TOKEN, when set, comes first)
+        os.environ.update({RAY_CLUSTERS: "0", "RAY_AUTH_TOKEN_PATH": token})
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        _forget_token()
+        # ("local": a new instance of our own, even beside another sweep's or a `ray start` one)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024,
+                 _temp_dir=os.path.join(folder, "ray"))
+        yield
     finally:
-        ray.shutdown()
+        ray.shutdown()                          # (also when ray.init failed half-way)
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _forget_token()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _forget_token() -> None:
+    """Ray keeps the first token it read for the life of the process; the next instance has a new one."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 #: Ray Client connections tried before giving up: its server starts a process per client, which can fail

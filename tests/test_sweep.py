@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from spikesmith.sweep import COLUMNS, TaskPool, estimator_error, mark_pareto
+from spikesmith.sweep import COLUMNS, SweepRun, TaskPool, estimator_error, mark_pareto, ray_session
 
 
 def _point(golden, logic, rate, status="estimated", timing_met=None, board="icebreaker", logic_used=None) -> dict:
@@ -114,18 +117,39 @@ def test_a_task_ray_cannot_run_is_marked_and_the_others_finish():
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])    # (this module is not importable by the workers)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        finished = {}
+    finished = {}
+    with ray_session(SweepRun(jobs=1)):
         TaskPool(ray, 1).run(_double_or_crash, [("lost", (-1,)), ("fine", (21,))],
                              lambda key, result, failure: finished.update({key: (result, failure)}))
-    finally:
-        ray.shutdown()
     assert finished["fine"] == (42, None)
     assert finished["lost"][0] is None and finished["lost"][1].startswith("Ray: ")
 
 
 # ---------------------------------------------------------------------------- processes, from /proc
+
+def _descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (each process's parent, from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        frontier += children
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
 
 def _running(pid: int) -> bool:
     """``pid`` exists and is not a zombie (a container's init may never reap what it inherits)."""
@@ -133,6 +157,39 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _listening(pids) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket held by the processes ``pids``."""
+    owners = {}
+    for pid in pids:
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in descriptors:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owners[target[len("socket:["):-1]] = pid
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owners:           # 0A: LISTEN; [9]: the socket's inode
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)                               # (32-bit words in host order)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((_name(owners[fields[9]]), socket.inet_ntop(family, raw), int(port, 16)))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
 
 
 def _stop_group(proc: subprocess.Popen, first: int = signal.SIGINT, grace: float = 20.0) -> None:
@@ -162,6 +219,45 @@ def _group(pgid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# ---------------------------------------------------------------------------- the local Ray instance
+
+def test_a_local_ray_instance_listens_on_loopback_only():
+    """Every TCP listener of the sweep's local Ray instance (the GCS, the raylet and its object manager, the
+    workers, the agents, this process as its driver) is on 127.0.0.1 or ::1. Ray 2.60 left to itself listens
+    on every interface (GCS, raylet, workers, driver) and the runtime-env agent on the machine's address."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with ray_session(SweepRun(jobs=2)):
+        assert ray.get([ray.remote(_double_or_crash).remote(n) for n in range(4)]) == [0, 2, 4, 6]   # workers up
+        listeners = _listening([os.getpid(), *_descendants(os.getpid())])
+    assert {"gcs_server", "raylet"} <= {name for name, _, _ in listeners}, listeners     # (found them at all)
+    assert [entry for entry in listeners if not _loopback(entry[1])] == []
+
+
+def test_a_local_ray_instance_keeps_its_files_and_token_to_this_user(tmp_path, monkeypatch):
+    """Token authentication (Ray's default for a local instance) reads a token of the sweep's own: 0600, in a
+    folder of its own (0700) that also holds Ray's session (logs, sockets), removed afterwards. Ray alone
+    writes ~/.ray/auth_token 0644 in a 0755 folder, and its session to /tmp/ray (0777), never removed; it
+    makes its temporary folder 0777 (measured with Ray 2.60)."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))        # (where Ray would write its own token)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with ray_session(SweepRun(jobs=1)):
+        token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+        folder = token.parent
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        assert AuthenticationTokenLoader.instance().get_raw_token() == token.read_text()   # the one Ray uses
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.stat().st_uid == os.getuid()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+        assert folder in Path(ray._private.worker._global_node.get_session_dir_path()).parents
+    assert not folder.exists() and "RAY_AUTH_TOKEN_PATH" not in os.environ
+    assert not (tmp_path / "home" / ".ray").exists()
 
 
 def test_without_ray_the_sweep_says_how_to_install_it(small_digits_net, tmp_path):
