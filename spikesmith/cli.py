@@ -31,10 +31,14 @@ EXIT_TERMINATED = 143
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every ``finally`` and ``except BaseException`` cleans up."""
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and ``except BaseException`` cleans up.
+    ``received`` says it came even when a library raised a plain KeyboardInterrupt in its place (Ray's
+    ``ray.wait`` does)."""
+    received = False
 
 
 def _terminate(signum, frame):
+    Terminated.received = True
     raise Terminated()
 
 
@@ -1063,16 +1067,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
     parser = build_parser()
     args = parser.parse_args(argv)
+    Terminated.received = False
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except SpikesmithError as exc:
         print(f"spikesmith: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except Terminated:
-        print("spikesmith: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
     except KeyboardInterrupt:
+        if Terminated.received:
+            print("spikesmith: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print("spikesmith: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -93,7 +94,7 @@ def check_address(address: str | None) -> None:
 def ray_session(run: SweepRun):
     """Ray for the length of a sweep: connected to ``run.address`` (:func:`preflight` checked that something
     answers there), or a local instance of ``run.jobs`` CPUs of our own (:func:`_local_instance`), shut down
-    afterwards."""
+    afterwards. SIGTERM keeps this process's handler (``ray.init`` replaces it)."""
     ray = import_ray()
     with contextlib.ExitStack() as stack:
         stack.callback(ray.shutdown)
@@ -142,9 +143,9 @@ def _local_instance(ray, cpus: int):
         ray_constants.ENABLE_RAY_CLUSTER = False
         _forget_token()
         # ("local": a new instance of our own, even beside another sweep's or a `ray start` one)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024,
-                 _temp_dir=os.path.join(folder, "ray"))
+        _init(ray, address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+              logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024,
+              _temp_dir=os.path.join(folder, "ray"))
         yield
     finally:
         ray.shutdown()                          # (also when ray.init failed half-way)
@@ -165,6 +166,24 @@ def _forget_token() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def _init(ray, **kwargs) -> None:
+    """``ray.init``, keeping this process's SIGTERM handler. ray.init installs its own (``sys.exit(15)``), and
+    its core worker a C++ one that prints stack lines; a SIGTERM that arrives during ray.init is handed
+    to this process's handler once Ray is shut down."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+
+
 #: Ray Client connections tried before giving up: its server starts a process per client, which can fail
 #: on a busy head ("Initialization failure from server") and succeed a moment later.
 CLIENT_ATTEMPTS = 3
@@ -173,7 +192,7 @@ CLIENT_ATTEMPTS = 3
 def _connect(ray, address: str) -> None:
     for attempt in range(1, CLIENT_ATTEMPTS + 1):
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            _init(ray, address=address, log_to_driver=False, logging_level=logging.ERROR)
             return
         except ConnectionError as exc:
             if not str(exc).startswith("Initialization failure from server") or attempt == CLIENT_ATTEMPTS:

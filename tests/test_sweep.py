@@ -151,6 +151,13 @@ def _name(pid: int) -> str:
         return "?"
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _running(pid: int) -> bool:
     """``pid`` exists and is not a zombie (a container's init may never reap what it inherits)."""
     try:
@@ -258,6 +265,31 @@ def test_a_local_ray_instance_keeps_its_files_and_token_to_this_user(tmp_path, m
         assert folder in Path(ray._private.worker._global_node.get_session_dir_path()).parents
     assert not folder.exists() and "RAY_AUTH_TOKEN_PATH" not in os.environ
     assert not (tmp_path / "home" / ".ray").exists()
+
+
+def test_sigterm_ends_a_sweep_like_ctrl_c_and_stops_its_ray_instance(small_digits_net, tmp_path):
+    """SIGTERM while a build runs as a Ray task: exit status 143 and the one line of any command, none of
+    Ray's (it replaces the handler: a C++ stack and exit status 1), and no process of the instance left."""
+    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "sweep", str(small_digits_net), "--board",
+                             "icebreaker", "--jobs", "1", "-o", str(tmp_path / "out"), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(_cmdline(pid).startswith(b"ray::build_task") for pid in _descendants(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep never started its build"
+            time.sleep(0.5)
+        instance = _descendants(proc.pid)
+        assert {"gcs_server", "raylet"} <= {_name(pid) for pid in instance}
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        _stop_group(proc, first=signal.SIGTERM)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "spikesmith: terminated"
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in instance) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [(pid, _name(pid)) for pid in instance if _running(pid)] == []
 
 
 def test_without_ray_the_sweep_says_how_to_install_it(small_digits_net, tmp_path):
