@@ -1028,6 +1028,16 @@ def _sweep_clock(text: str):
     return None if text.strip().lower() == "osc" else _number(float, 1.0, 500.0)(text)
 
 
+def _ray_address(text: str):
+    """``--address`` of a sweep, its form checked now (:func:`spikesmith.sweep.parse_address`)."""
+    from .sweep import parse_address
+
+    try:
+        return parse_address(text)
+    except SpikesmithError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_sweep_command(sub) -> None:
     p = sub.add_parser("sweep", help="sweep T, weight bits, lanes, clock and board on Ray: accuracy, logic, "
                                      "Fmax and images/s of every point, the Pareto front")
@@ -1049,9 +1059,10 @@ def _add_sweep_command(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder for sweep.csv, sweep.json, sweep.png and builds/ (kept: a rerun builds only what is new)")
     p.add_argument("--estimate-only", action="store_true", help="size and estimate every point; run no FPGA tools")
-    p.add_argument("--address", metavar="ADDRESS",
-                   help="a Ray cluster: ray://host:10001 (Ray Client) or host:6379 on one of its nodes "
-                        "(default: a local Ray instance)")
+    p.add_argument("--address", type=_ray_address, metavar="ADDRESS",
+                   help="a Ray cluster: ray://host:10001 (Ray Client), host:6379 on one of its nodes, or auto "
+                        "(the cluster `ray start` runs here); default local: a Ray instance of the sweep's own, "
+                        "on loopback")
     p.add_argument("--jobs", type=_number(int, 1, 4096), metavar="N",
                    help="tasks at once (default: this machine's CPUs, or the cluster's)")
     p.add_argument("--seeds", type=_number(int, 1, 50), default=1, metavar="N",

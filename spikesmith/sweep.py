@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -29,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SpikesmithError
-from .fileio import claim_outputs, write_atomic
+from .fileio import check_output_folder, claim_outputs, write_atomic
 
 #: The files a sweep writes into its folder, beside ``builds/``.
 OUTPUTS = ("sweep.csv", "sweep.json", "sweep.png")
@@ -77,15 +78,34 @@ def import_ray():
     return ray
 
 
+#: ``--address`` forms: a Ray Client address or a cluster node's GCS address, as ``HOST:PORT`` (a name, an IPv4
+#: address or a bracketed IPv6 one); ``auto``: the cluster `ray start` runs on this machine; ``local``: the default.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+ADDRESS = re.compile(rf"(?:ray://)?(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{{1,5}})")
+
+
+def parse_address(text: str) -> str | None:
+    """``--address``, checked when the command line is read: None for ``local`` (a local instance of our own),
+    ``auto``, or ``[ray://]HOST:PORT`` with a port of 1-65535; anything else is refused (Ray would spend half a
+    minute on it and print its own lines)."""
+    if text in ("local", "auto"):
+        return None if text == "local" else text
+    match = ADDRESS.fullmatch(text)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise SpikesmithError(f"{text!r} is not a Ray address: give ray://HOST:PORT (Ray Client, port 10001 by "
+                              "default), HOST:PORT of a cluster node (6379 by default), auto or local")
+    return text
+
+
 def check_address(address: str | None) -> None:
     """Refuse in seconds a cluster address nothing listens at (Ray itself keeps trying for minutes)."""
-    target = (address or "").removeprefix("ray://")
-    host, _, port = target.rpartition(":")
-    if not host:                                      # none (a local instance), or "auto"
+    address = parse_address(address) if address else None
+    if address is None or address == "auto":           # a local instance, or the cluster `ray start` runs here
         return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise SpikesmithError(f"nothing answers at {address} ({exc}): is the cluster up (ray start --head) and the "
                               "port reachable?") from None
 
@@ -96,11 +116,12 @@ def ray_session(run: SweepRun):
     answers there), or a local instance of ``run.jobs`` CPUs of our own (:func:`_local_instance`), shut down
     afterwards. SIGTERM keeps this process's handler (``ray.init`` replaces it)."""
     ray = import_ray()
+    address = parse_address(run.address) if run.address else None
     with contextlib.ExitStack() as stack:
         stack.callback(ray.shutdown)
         try:
-            if run.address:
-                _connect(ray, run.address)
+            if address:
+                _connect(ray, address)
             else:
                 stack.enter_context(_local_instance(ray, run.jobs or os.cpu_count()))
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -466,11 +487,12 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
     from .gen.convert import ConversionOptions
 
     loaded = preflight(source, axes, run, calib)       # (refused: nothing is written)
+    check_output_folder(out)
     options = options or ConversionOptions()
-    out = claim_outputs(out, ["builds", *OUTPUTS])
     progress(f"sweeping {source} on {data.describe()}")
     started = time.perf_counter()
     with ray_session(run) as ray:
+        out = claim_outputs(out, ["builds", *OUTPUTS])  # (once Ray is up: a cluster it cannot reach writes nothing)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         run = dataclasses.replace(run, jobs=run.jobs or cpus)
         pool = TaskPool(ray, run.jobs)

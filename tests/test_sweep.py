@@ -386,6 +386,27 @@ def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path)
     assert [p["status"] for p in summary["points"]] == ["estimated", "estimated"]
 
 
+@pytest.mark.parametrize("address", ["head", "ray://", "ray://head", ":6379", "head:0", "head:65536",
+                                     "http://head:6379", "head:6379/x", "head name:6379", ""])
+def test_an_address_that_is_not_a_ray_address_is_refused_when_the_command_line_is_read(small_digits_net, tmp_path,
+                                                                                        address):
+    """Ray spends half a minute on ``head`` or a bare ``ray://`` and prints its own lines, after the output
+    folder was made; now one line, and nothing written."""
+    proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "--estimate-only", "--address", address,
+                   "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "--address", "is not a Ray address")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ray_addresses_a_sweep_takes():
+    from spikesmith.sweep import parse_address
+
+    for address in ("ray://head:10001", "head:6379", "ray://10.0.0.2:10001", "[::1]:6379", "ray://head.lan:10001",
+                    "auto"):
+        assert parse_address(address) == address
+    assert parse_address("local") is None             # (the default: a local instance of the sweep's own)
+
+
 def test_a_ray_client_connection_the_server_fails_to_start_is_tried_again(monkeypatch):
     """Ray Client's server starts a process per client, which can fail on a busy head and work a moment later."""
     from spikesmith import sweep
