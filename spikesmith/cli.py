@@ -31,10 +31,14 @@ EXIT_TERMINATED = 143
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every ``finally`` and ``except BaseException`` cleans up."""
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and ``except BaseException`` cleans up.
+    ``received`` says it came even when a library raised a plain KeyboardInterrupt in its place (Ray's
+    ``ray.wait`` does)."""
+    received = False
 
 
 def _terminate(signum, frame):
+    Terminated.received = True
     raise Terminated()
 
 
@@ -1024,6 +1028,16 @@ def _sweep_clock(text: str):
     return None if text.strip().lower() == "osc" else _number(float, 1.0, 500.0)(text)
 
 
+def _ray_address(text: str):
+    """``--address`` of a sweep, its form checked now (:func:`spikesmith.sweep.parse_address`)."""
+    from .sweep import parse_address
+
+    try:
+        return parse_address(text)
+    except SpikesmithError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_sweep_command(sub) -> None:
     p = sub.add_parser("sweep", help="sweep T, weight bits, lanes, clock and board on Ray: accuracy, logic, "
                                      "Fmax and images/s of every point, the Pareto front")
@@ -1045,9 +1059,10 @@ def _add_sweep_command(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder for sweep.csv, sweep.json, sweep.png and builds/ (kept: a rerun builds only what is new)")
     p.add_argument("--estimate-only", action="store_true", help="size and estimate every point; run no FPGA tools")
-    p.add_argument("--address", metavar="ADDRESS",
-                   help="a Ray cluster: ray://host:10001 (Ray Client) or host:6379 on one of its nodes "
-                        "(default: a local Ray instance)")
+    p.add_argument("--address", type=_ray_address, metavar="ADDRESS",
+                   help="a Ray cluster: ray://host:10001 (Ray Client), host:6379 on one of its nodes, or auto "
+                        "(the cluster `ray start` runs here); default local: a Ray instance of the sweep's own, "
+                        "on loopback")
     p.add_argument("--jobs", type=_number(int, 1, 4096), metavar="N",
                    help="tasks at once (default: this machine's CPUs, or the cluster's)")
     p.add_argument("--seeds", type=_number(int, 1, 50), default=1, metavar="N",
@@ -1063,16 +1078,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
     parser = build_parser()
     args = parser.parse_args(argv)
+    Terminated.received = False
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except SpikesmithError as exc:
         print(f"spikesmith: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except Terminated:
-        print("spikesmith: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
     except KeyboardInterrupt:
+        if Terminated.received:
+            print("spikesmith: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print("spikesmith: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:

@@ -16,7 +16,10 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -27,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SpikesmithError
-from .fileio import claim_outputs, write_atomic, write_output
+from .fileio import check_output_folder, claim_outputs, write_atomic, write_output
 
 #: The files a sweep writes into its folder, beside ``builds/``.
 OUTPUTS = ("sweep.csv", "sweep.json", "sweep.png")
@@ -75,15 +78,34 @@ def import_ray():
     return ray
 
 
+#: ``--address`` forms: a Ray Client address or a cluster node's GCS address, as ``HOST:PORT`` (a name, an IPv4
+#: address or a bracketed IPv6 one); ``auto``: the cluster `ray start` runs on this machine; ``local``: the default.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+ADDRESS = re.compile(rf"(?:ray://)?(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{{1,5}})")
+
+
+def parse_address(text: str) -> str | None:
+    """``--address``, checked when the command line is read: None for ``local`` (a local instance of our own),
+    ``auto``, or ``[ray://]HOST:PORT`` with a port of 1-65535; anything else is refused (Ray would spend half a
+    minute on it and print its own lines)."""
+    if text in ("local", "auto"):
+        return None if text == "local" else text
+    match = ADDRESS.fullmatch(text)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise SpikesmithError(f"{text!r} is not a Ray address: give ray://HOST:PORT (Ray Client, port 10001 by "
+                              "default), HOST:PORT of a cluster node (6379 by default), auto or local")
+    return text
+
+
 def check_address(address: str | None) -> None:
     """Refuse in seconds a cluster address nothing listens at (Ray itself keeps trying for minutes)."""
-    target = (address or "").removeprefix("ray://")
-    host, _, port = target.rpartition(":")
-    if not host:                                      # none (a local instance), or "auto"
+    address = parse_address(address) if address else None
+    if address is None or address == "auto":           # a local instance, or the cluster `ray start` runs here
         return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise SpikesmithError(f"nothing answers at {address} ({exc}): is the cluster up (ray start --head) and the "
                               "port reachable?") from None
 
@@ -91,25 +113,96 @@ def check_address(address: str | None) -> None:
 @contextlib.contextmanager
 def ray_session(run: SweepRun):
     """Ray for the length of a sweep: connected to ``run.address`` (:func:`preflight` checked that something
-    answers there), or a local instance of ``run.jobs`` CPUs (no dashboard), shut down afterwards."""
+    answers there), or a local instance of ``run.jobs`` CPUs of our own (:func:`_local_instance`), shut down
+    afterwards. SIGTERM keeps this process's handler (``ray.init`` replaces it)."""
     ray = import_ray()
-    try:
-        if run.address:
-            _connect(ray, run.address)
-        else:
-            # ("local": a new instance of our own, even beside another sweep's or a `ray start` one)
-            ray.init(address="local", num_cpus=run.jobs or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {run.address}" if run.address else "a local Ray instance"
-        hint = ("" if not run.address or os.environ.get("RAY_AUTH_MODE") == "token" else
-                " (a cluster with token authentication needs RAY_AUTH_MODE=token here, and its token in "
-                "~/.ray/auth_token or RAY_AUTH_TOKEN)")
-        raise SpikesmithError(f"could not start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
-    try:
+    address = parse_address(run.address) if run.address else None
+    with contextlib.ExitStack() as stack:
+        stack.callback(ray.shutdown)
+        try:
+            if address:
+                _connect(ray, address)
+            else:
+                stack.enter_context(_local_instance(ray, run.jobs or os.cpu_count()))
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {run.address}" if run.address else "a local Ray instance"
+            hint = ("" if not run.address or os.environ.get("RAY_AUTH_MODE") == "token" else
+                    " (a cluster with token authentication needs RAY_AUTH_MODE=token here, and its token in "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            raise SpikesmithError(f"could not start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
         yield ray
+
+
+#: Ray (2.60) binds its servers (GCS, raylet, object manager, workers) to every interface unless the node's
+#: address is 127.0.0.1, and it only takes that address when clusters are off: ``_node_ip_address="127.0.0.1"``
+#: is turned into the machine's address (ray/_private/services.py, ``resolve_ip_for_localhost``). This
+#: variable, "0", turns clusters off for the processes Ray starts; this process read it when it imported ray
+#: (``ray_constants.ENABLE_RAY_CLUSTER``). tests/test_sweep.py checks every listener is on loopback.
+RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _local_instance(ray, cpus: int):
+    """A local Ray instance of ``cpus`` CPUs that only this user on this machine can reach: every server on
+    loopback (:data:`RAY_CLUSTERS`), no dashboard, and Ray's files (its session folder: logs, sockets, spilled
+    objects) and its authentication token (0600) in a folder of our own (0700), removed afterwards. Ray
+    itself would write the token to ``~/.ray/auth_token`` (0644, in a 0755 folder) and its session to
+    ``/tmp/ray``; it makes its temporary folder 0777, hence the folder of ours around it."""
+    from ray._private import ray_constants
+
+    folder = tempfile.mkdtemp(prefix="spikesmith-ray-")
+    token = os.path.join(folder, "auth_token")
+    saved = {name: os.environ.get(name) for name in (RAY_CLUSTERS, "RAY_AUTH_TOKEN_PATH")}
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    try:
+        descriptor = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(secrets.token_hex(32))
+        # (used only if token authentication is on: Ray's default for a local instance, unless RAY_AUTH_MODE says
+        # otherwise; RAY_AUTH_TOKEN, when set, comes first)
+        os.environ.update({RAY_CLUSTERS: "0", "RAY_AUTH_TOKEN_PATH": token})
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        _forget_token()
+        # ("local": a new instance of our own, even beside another sweep's or a `ray start` one)
+        _init(ray, address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+              logging_level=logging.ERROR, object_store_memory=256 * 1024 * 1024,
+              _temp_dir=os.path.join(folder, "ray"))
+        yield
     finally:
+        ray.shutdown()                          # (also when ray.init failed half-way)
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _forget_token()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _forget_token() -> None:
+    """Ray keeps the first token it read for the life of the process; the next instance has a new one."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _init(ray, **kwargs) -> None:
+    """``ray.init``, keeping this process's SIGTERM handler. ray.init installs its own (``sys.exit(15)``), and
+    its core worker a C++ one that prints stack lines; a SIGTERM that arrives during ray.init is handed
+    to this process's handler once Ray is shut down."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
         ray.shutdown()
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
 
 
 #: Ray Client connections tried before giving up: its server starts a process per client, which can fail
@@ -120,7 +213,7 @@ CLIENT_ATTEMPTS = 3
 def _connect(ray, address: str) -> None:
     for attempt in range(1, CLIENT_ATTEMPTS + 1):
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            _init(ray, address=address, log_to_driver=False, logging_level=logging.ERROR)
             return
         except ConnectionError as exc:
             if not str(exc).startswith("Initialization failure from server") or attempt == CLIENT_ATTEMPTS:
@@ -394,11 +487,12 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
     from .gen.convert import ConversionOptions
 
     loaded = preflight(source, axes, run, calib)       # (refused: nothing is written)
+    check_output_folder(out)
     options = options or ConversionOptions()
-    out = claim_outputs(out, ["builds", *OUTPUTS])
     progress(f"sweeping {source} on {data.describe()}")
     started = time.perf_counter()
     with ray_session(run) as ray:
+        out = claim_outputs(out, ["builds", *OUTPUTS])  # (once Ray is up: a cluster it cannot reach writes nothing)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         run = dataclasses.replace(run, jobs=run.jobs or cpus)
         pool = TaskPool(ray, run.jobs)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from spikesmith.sweep import COLUMNS, TaskPool, estimator_error, mark_pareto
+from spikesmith.sweep import COLUMNS, SweepRun, TaskPool, estimator_error, mark_pareto, ray_session
 
 
 def _point(golden, logic, rate, status="estimated", timing_met=None, board="icebreaker", logic_used=None) -> dict:
@@ -110,15 +117,179 @@ def test_a_task_ray_cannot_run_is_marked_and_the_others_finish():
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])    # (this module is not importable by the workers)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        finished = {}
+    finished = {}
+    with ray_session(SweepRun(jobs=1)):
         TaskPool(ray, 1).run(_double_or_crash, [("lost", (-1,)), ("fine", (21,))],
                              lambda key, result, failure: finished.update({key: (result, failure)}))
-    finally:
-        ray.shutdown()
     assert finished["fine"] == (42, None)
     assert finished["lost"][0] is None and finished["lost"][1].startswith("Ray: ")
+
+
+# ---------------------------------------------------------------------------- processes, from /proc
+
+def _descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (each process's parent, from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        frontier += children
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a container's init may never reap what it inherits)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listening(pids) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket held by the processes ``pids``."""
+    owners = {}
+    for pid in pids:
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in descriptors:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owners[target[len("socket:["):-1]] = pid
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owners:           # 0A: LISTEN; [9]: the socket's inode
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)                               # (32-bit words in host order)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((_name(owners[fields[9]]), socket.inet_ntop(family, raw), int(port, 16)))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def _stop_group(proc: subprocess.Popen, first: int = signal.SIGINT, grace: float = 20.0) -> None:
+    """Stop ``proc`` (started with ``start_new_session``) and its process group for certain: ``first``, then
+    SIGTERM, each given ``grace`` seconds (at least 35 for SIGTERM: `ray start --block` drains its node for up
+    to 30 s), then SIGKILL of the group."""
+    for signum, seconds in ((first, grace), (signal.SIGTERM, max(grace, 35.0)), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            break                                        # (the group is gone)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            continue
+        if not any(_running(pid) for pid in _group(proc.pid)):
+            break
+    proc.wait(timeout=10)
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[3]) == pgid:
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+# ---------------------------------------------------------------------------- the local Ray instance
+
+def test_a_local_ray_instance_listens_on_loopback_only():
+    """Every TCP listener of the sweep's local Ray instance (the GCS, the raylet and its object manager, the
+    workers, the agents, this process as its driver) is on 127.0.0.1 or ::1. Ray 2.60 left to itself listens
+    on every interface (GCS, raylet, workers, driver) and the runtime-env agent on the machine's address."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with ray_session(SweepRun(jobs=2)):
+        assert ray.get([ray.remote(_double_or_crash).remote(n) for n in range(4)]) == [0, 2, 4, 6]   # workers up
+        listeners = _listening([os.getpid(), *_descendants(os.getpid())])
+    assert {"gcs_server", "raylet"} <= {name for name, _, _ in listeners}, listeners     # (found them at all)
+    assert [entry for entry in listeners if not _loopback(entry[1])] == []
+
+
+def test_a_local_ray_instance_keeps_its_files_and_token_to_this_user(tmp_path, monkeypatch):
+    """Token authentication (Ray's default for a local instance) reads a token of the sweep's own: 0600, in a
+    folder of its own (0700) that also holds Ray's session (logs, sockets), removed afterwards. Ray alone
+    writes ~/.ray/auth_token 0644 in a 0755 folder, and its session to /tmp/ray (0777), never removed; it
+    makes its temporary folder 0777 (measured with Ray 2.60)."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))        # (where Ray would write its own token)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with ray_session(SweepRun(jobs=1)):
+        token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+        folder = token.parent
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        assert AuthenticationTokenLoader.instance().get_raw_token() == token.read_text()   # the one Ray uses
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.stat().st_uid == os.getuid()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+        assert folder in Path(ray._private.worker._global_node.get_session_dir_path()).parents
+    assert not folder.exists() and "RAY_AUTH_TOKEN_PATH" not in os.environ
+    assert not (tmp_path / "home" / ".ray").exists()
+
+
+def test_sigterm_ends_a_sweep_like_ctrl_c_and_stops_its_ray_instance(small_digits_net, tmp_path):
+    """SIGTERM while a build runs as a Ray task: exit status 143 and the one line of any command, none of
+    Ray's (it replaces the handler: a C++ stack and exit status 1), and no process of the instance left."""
+    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "sweep", str(small_digits_net), "--board",
+                             "icebreaker", "--jobs", "1", "-o", str(tmp_path / "out"), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(_cmdline(pid).startswith(b"ray::build_task") for pid in _descendants(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep never started its build"
+            time.sleep(0.5)
+        instance = _descendants(proc.pid)
+        assert {"gcs_server", "raylet"} <= {_name(pid) for pid in instance}
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        _stop_group(proc, first=signal.SIGTERM)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "spikesmith: terminated"
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in instance) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [(pid, _name(pid)) for pid in instance if _running(pid)] == []
 
 
 def test_without_ray_the_sweep_says_how_to_install_it(small_digits_net, tmp_path):
@@ -166,20 +337,37 @@ def _free_port() -> int:
 
 
 def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path):
-    """A one-node cluster of 3 CPUs started as a user would (``ray start --head``, token authentication on, as Ray
-    starts one), and the sweep connected to it through Ray Client (``ray://``) from another process."""
-    import signal
-    import subprocess
-    import time
+    """A one-node cluster of 3 CPUs started as a user would (``ray start --head``, token authentication on, its
+    servers on loopback), and the sweep connected to it through Ray Client (``ray://``) from another process.
+
+    The head is stopped for certain (:func:`_stop_group`): SIGINT (as Ctrl-C: `ray start --block` stops what it
+    started), SIGTERM, then SIGKILL of its process group. It used to get SIGINT and ``head.wait(timeout=60)``
+    alone, whose TimeoutExpired left the head running (once for over an hour). Why it can ignore SIGINT: a
+    process started by a shell in the background without job control (``pytest ... &`` in a script, a CI
+    step) inherits SIGINT ignored, Python then installs no Ctrl-C handler, and `ray start --block` ignores
+    SIGINT for good (measured with Ray 2.60: still up 25 s after it; SIGTERM then drains the node for up to
+    30 s before it stops). A SIGINT that comes before the handler is not the cause: until Python installs
+    it, the default action ends the process (sent 0.5, 2, 3.5 and 8 s after the start, SIGINT stopped the
+    head within 1.3 s each time). Hence SIGINT set back to its default in the head, as from a terminal."""
+    import tempfile
 
     from spikesmith.sweep import check_address
 
     gcs, client = _free_port(), _free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    token = tmp_path / "auth_token"                   # (not ~/.ray/auth_token: the head needs a token before it starts)
+    token.write_text(os.urandom(32).hex())
+    token.chmod(0o600)
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: every server on 127.0.0.1 (Ray binds loopback only with clusters off;
+    # --node-ip-address 127.0.0.1 alone is turned into the machine's address). Its session in a short temporary
+    # folder (Unix socket paths under tmp_path would pass their 107 characters).
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    session = tempfile.mkdtemp(prefix="ray-head-")
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(gcs), "--ray-client-server-port",
-                             str(client), "--num-cpus", "3", "--include-dashboard", "false"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                             str(client), "--num-cpus", "3", "--include-dashboard", "false", "--node-ip-address",
+                             "127.0.0.1", "--temp-dir", session], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(120):
             try:
@@ -190,12 +378,33 @@ def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path)
         proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "ulx3s-85f", "--estimate-only",
                        "--address", f"ray://127.0.0.1:{client}", "-o", str(tmp_path / "out"), "--json", "-q", env=env)
     finally:
-        os.killpg(head.pid, signal.SIGINT)             # as Ctrl-C: `ray start --block` stops what it started
-        head.wait(timeout=60)
+        _stop_group(head, first=signal.SIGINT, grace=20)
+        shutil.rmtree(session, ignore_errors=True)
     summary = json.loads(proc.stdout)
     assert summary["run"]["address"] == f"ray://127.0.0.1:{client}"
     assert summary["run"]["jobs"] == 3                # the cluster's CPUs (a local instance has this machine's)
     assert [p["status"] for p in summary["points"]] == ["estimated", "estimated"]
+
+
+@pytest.mark.parametrize("address", ["head", "ray://", "ray://head", ":6379", "head:0", "head:65536",
+                                     "http://head:6379", "head:6379/x", "head name:6379", ""])
+def test_an_address_that_is_not_a_ray_address_is_refused_when_the_command_line_is_read(small_digits_net, tmp_path,
+                                                                                        address):
+    """Ray spends half a minute on ``head`` or a bare ``ray://`` and prints its own lines, after the output
+    folder was made; now one line, and nothing written."""
+    proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "--estimate-only", "--address", address,
+                   "-o", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, "--address", "is not a Ray address")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ray_addresses_a_sweep_takes():
+    from spikesmith.sweep import parse_address
+
+    for address in ("ray://head:10001", "head:6379", "ray://10.0.0.2:10001", "[::1]:6379", "ray://head.lan:10001",
+                    "auto"):
+        assert parse_address(address) == address
+    assert parse_address("local") is None             # (the default: a local instance of the sweep's own)
 
 
 def test_a_ray_client_connection_the_server_fails_to_start_is_tried_again(monkeypatch):
