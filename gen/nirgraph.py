@@ -199,11 +199,12 @@ def _read_tree(f, path: Path, budget: MemoryBudget, file_bytes: int) -> dict:
     must be a hard link (soft and external links are refused unfollowed: never another file), every
     object is counted at every path that reaches it (at most :data:`MAX_NIR_NODES`; groups at most
     :data:`MAX_NIR_DEPTH` deep, so a group linked into itself ends there), and every dataset is
-    checked and counted by :func:`_read_dataset`."""
+    checked and counted by :func:`_counted_dataset`; they are read once all of them are counted."""
     import h5py
 
     tree: dict = {}
     pending = [(f, "", 0, tree)]
+    datasets: list = []
     objects = 0
     while pending:
         group, where, depth, values = pending.pop()
@@ -214,8 +215,8 @@ def _read_tree(f, path: Path, budget: MemoryBudget, file_bytes: int) -> dict:
             here = f"{where}/{name}"
             link = group.get(name, getlink=True)
             if not isinstance(link, h5py.HardLink):
-                kind = {"SoftLink": "soft", "ExternalLink": "external"}.get(type(link).__name__, type(link).__name__)
-                raise ModelFileError(f"{path}: {here[-120:]!r} is a {kind} link; a NIR file holds hard links only "
+                kind = {"SoftLink": "a soft", "ExternalLink": "an external"}.get(type(link).__name__, f"a {type(link).__name__}")
+                raise ModelFileError(f"{path}: {here[-120:]!r} is {kind} link; a NIR file holds hard links only "
                                      "(spikesmith follows no link to another path or file)")
             item = group[name]
             if isinstance(item, h5py.Group):
@@ -224,32 +225,38 @@ def _read_tree(f, path: Path, budget: MemoryBudget, file_bytes: int) -> dict:
                 values[name] = {}
                 pending.append((item, here, depth + 1, values[name]))
             elif isinstance(item, h5py.Dataset):
-                values[name] = _read_dataset(item, here, path, budget, file_bytes)
+                datasets.append((values, name, item, _counted_dataset(item, here, path, budget)))
             else:
                 raise ModelFileError(f"{path}: {here[-120:]!r} is a {type(item).__name__}, not a group or dataset")
+    for values, name, dataset, where in datasets:          # every path counted: now read
+        values[name] = _dataset_value(dataset, where, budget, file_bytes)
     return tree
 
 
-def _read_dataset(dataset, here: str, path: Path, budget: MemoryBudget, file_bytes: int):
-    """A dataset's value, as ``nir.read`` gives it (a scalar string decoded). Only numbers (bool, integer,
-    float) and strings stored in this file; its size is counted against ``budget`` before it is read. A
-    variable-length string may be as long as the file: each is read once the budget has room for that."""
+def _counted_dataset(dataset, here: str, path: Path, budget: MemoryBudget) -> str:
+    """Check a dataset before reading it: numbers (bool, integer, float) or strings only, stored in this
+    file; its size counted against ``budget`` (a variable-length string's pointers: see
+    :func:`_dataset_value`). Returns how to name it in a message."""
     import h5py
 
     dtype = dataset.dtype
-    text = h5py.check_string_dtype(dtype)
     numeric = dtype.kind in "biuf" and dtype.fields is None and dtype.subdtype is None
     where = f"{path}: dataset {here[-120:]!r}"
-    if not (numeric or text is not None):
+    if not (numeric or h5py.check_string_dtype(dtype) is not None):
         raise ModelFileError(f"{where} holds {dtype} values, not numbers or text (references, compound "
                              "and variable-length arrays are refused)")
     if dataset.is_virtual or dataset.id.get_create_plist().get_external_count() > 0:
         raise ModelFileError(f"{where} keeps its values in other files")
-    if dtype.kind != "O":
-        budget.take(dataset.size * dtype.itemsize, where)
+    budget.take(dataset.size * dtype.itemsize, where)
+    return where
+
+
+def _dataset_value(dataset, where: str, budget: MemoryBudget, file_bytes: int):
+    """A counted dataset's value, as ``nir.read`` gives it (a scalar string decoded). A variable-length
+    string may be as long as the file: each is read once the budget has room for that, then counted."""
+    if dataset.dtype.kind != "O":
         value = dataset[()]
-    else:                                      # variable-length strings, one at a time
-        budget.take(dataset.size * 8, where)
+    else:
         value = np.empty(dataset.shape, dtype=object)
         for index in np.ndindex(dataset.shape):
             if budget.used + file_bytes > budget.limit:

@@ -196,9 +196,9 @@ def test_a_dataset_reached_by_many_hard_links_is_counted_at_every_one(tmp_path):
 
 
 @pytest.mark.parametrize("kind,make", [
-    ("soft", lambda f, other: h5py.SoftLink("/node/nodes/fc1/weight")),
-    ("soft", lambda f, other: h5py.SoftLink("/node")),                       # a cycle
-    ("external", lambda f, other: h5py.ExternalLink(str(other), "/data")),
+    ("a soft", lambda f, other: h5py.SoftLink("/node/nodes/fc1/weight")),
+    ("a soft", lambda f, other: h5py.SoftLink("/node")),                     # a cycle
+    ("an external", lambda f, other: h5py.ExternalLink(str(other), "/data")),
 ], ids=["soft", "soft cycle", "external"])
 def test_links_other_than_hard_links_are_refused_unfollowed(tmp_path, kind, make):
     """A soft link (to a dataset, or back to the root: a cycle), or an external link to a 2 GiB dataset in
@@ -208,7 +208,7 @@ def test_links_other_than_hard_links_are_refused_unfollowed(tmp_path, kind, make
     path = _mlp_file(tmp_path)
     with h5py.File(path, "a") as f:
         f.require_group("node/nodes/fc1/metadata")["link"] = make(f, other)
-    with pytest.raises(ModelFileError, match=f"'/node/nodes/fc1/metadata/link' is a {kind} link; a NIR file holds "
+    with pytest.raises(ModelFileError, match=f"'/node/nodes/fc1/metadata/link' is {kind} link; a NIR file holds "
                                              "hard links only"):
         read_nir(path)
 
