@@ -20,14 +20,14 @@ def npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(dtype).str, "fortran_order": False,
                                                   "shape": shape})
-    return np.lib.format.magic(1, 0) + buffer.getvalue()
+    return buffer.getvalue()
 
 
 def add_zero_array(data: bytes, name: str, nbytes: int) -> bytes:
     """``data`` (a network file) with one more member ``name``: a valid uint8 ``.npy`` of ``nbytes``
     zeros, deflated (1,000 to 1 on disk)."""
     out = io.BytesIO(data)
-    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         with archive.open(name, "w", force_zip64=True) as member:
             member.write(npy_header((nbytes,), "u1"))
             for _ in range(nbytes // CHUNK):
