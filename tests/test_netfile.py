@@ -207,6 +207,18 @@ def test_a_member_the_header_does_not_name_is_refused_by_name_unread(tmp_path, n
         load_network(path)
 
 
+def test_an_array_larger_than_its_declared_sizes_is_refused_unread(tmp_path, net):
+    """A member whose zip header declares more bytes than its shape in the header allows (8 a value and a
+    4 KiB .npy header): refused from the zip directory, before it is decompressed."""
+    def pad(name, payload):
+        return name, payload + bytes(64 << 10) if name == "layer1.bias.npy" else payload
+
+    path = write(tmp_path / "padded.net.npz", _rewrite(network_to_bytes(net), pad))
+    with pytest.raises(NetFileError, match=r"member 'layer1.bias.npy' declares [\d,]+ bytes; what the header "
+                                           r"declares allows at most 4,128"):
+        load_network(path)
+
+
 def test_a_member_listed_twice_is_refused(tmp_path, net):
     """Two members of one name: readers disagree on which one counts; refused."""
     data = network_to_bytes(net)
