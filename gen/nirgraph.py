@@ -151,7 +151,7 @@ def read_nir(path: str | os.PathLike, budget: MemoryBudget | None = None):
             tree = _read_tree(f, path, budget, path.stat().st_size)
     except MemoryBudgetError as exc:
         raise ModelFileError(str(exc)) from None
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:    # TypeError: a type numpy lacks
         raise ModelFileError(f"{path} is not a NIR file (HDF5): {_one_line(exc)}") from None
     unknown = sorted(set(tree) - {"node", "version"})
     if unknown or not isinstance(tree.get("node"), dict):
