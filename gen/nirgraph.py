@@ -21,6 +21,7 @@ threshold ``v_threshold``, driven by a constant input ``I`` per step, fires at t
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -30,14 +31,18 @@ from .. import __version__
 from ..contract.network import ConvGeometry, SpikingNetwork, convolve, encode_codes
 from ..errors import ModelFileError, UnsupportedModelError
 from ..fileio import write_atomic
+from ..resources import MemoryBudget, MemoryBudgetError, reading_limit
 from .ir import AvgPool2d, Conv2d, Dense, Graph, Input, ReLU, Reshape
 
-__all__ = ["export_graph", "write_nir", "read_nir", "import_graph", "ann_equivalent", "MAX_NIR_BYTES", "MAX_NIR_NODES"]
+__all__ = ["export_graph", "write_nir", "read_nir", "import_graph", "ann_equivalent", "MAX_NIR_BYTES", "MAX_NIR_NODES",
+           "MAX_NIR_DEPTH"]
 
 #: A NIR file is refused when its arrays would take more memory than this, read (HDF5 compresses them).
 MAX_NIR_BYTES = 1 << 30
-#: ... or when it holds more HDF5 objects (groups and datasets) than this.
+#: ... or when it holds more HDF5 objects (groups and datasets, counted at every path) than this,
 MAX_NIR_NODES = 20_000
+#: ... or nests groups deeper than this (NIR graphs nest a few levels).
+MAX_NIR_DEPTH = 64
 
 
 # ---------------------------------------------------------------------------- export
@@ -129,43 +134,138 @@ def write_nir(graph, path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------- import
 
-def _check_hdf5(path: Path) -> None:
-    """Refuse a file that is not HDF5, or whose arrays would take more than :data:`MAX_NIR_BYTES` read, or
-    that holds more than :data:`MAX_NIR_NODES` objects (before ``nir.read`` reads any of it)."""
+def read_nir(path: str | os.PathLike, budget: MemoryBudget | None = None):
+    """A NIR graph from an HDF5 file, read by :func:`_read_tree` (deny by default: hard links only,
+    numbers and strings only, every dataset counted against ``budget`` at each path that reaches it,
+    before it is read) and built by NIR's own ``dict2NIRNode``, as ``nir.read`` does. ``budget``
+    defaults to the smaller of the reading budget and :data:`MAX_NIR_BYTES`. Any refusal is one line."""
     import h5py
-
-    if not path.is_file():
-        raise ModelFileError(f"NIR file not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            sizes: list[int] = []
-
-            def visit(name, item):
-                if len(sizes) >= MAX_NIR_NODES:
-                    raise ModelFileError(f"{path} holds more than {MAX_NIR_NODES:,} HDF5 objects")
-                sizes.append(item.size * item.dtype.itemsize if isinstance(item, h5py.Dataset) else 0)
-                if isinstance(item, h5py.Dataset) and item.dtype.kind not in "biufSO":
-                    raise ModelFileError(f"{path}: dataset {name} has data of type {item.dtype}, not numbers or text")
-
-            f.visititems(visit)
-    except OSError as exc:
-        raise ModelFileError(f"{path} is not a NIR file (HDF5): {exc}") from None
-    if sum(sizes) > MAX_NIR_BYTES:
-        raise ModelFileError(f"{path} would take {sum(sizes) / 2**30:.1f} GiB read, over the "
-                             f"{MAX_NIR_BYTES / 2**30:.0f} GiB a NIR file may take")
-
-
-def read_nir(path: str | os.PathLike):
-    """``nir.read``, after :func:`_check_hdf5`; a graph NIR's own checks refuse is one line."""
     import nir
 
     path = Path(path)
-    _check_hdf5(path)
+    if not path.is_file():
+        raise ModelFileError(f"NIR file not found: {path}")
+    budget = MemoryBudget(min(reading_limit(), MAX_NIR_BYTES)) if budget is None else budget
     try:
-        return nir.read(path)
-    except (KeyError, ValueError, TypeError, AssertionError, NotImplementedError, OSError) as exc:
+        with h5py.File(path, "r") as f:
+            tree = _read_tree(f, path, budget, path.stat().st_size)
+    except MemoryBudgetError as exc:
+        raise ModelFileError(str(exc)) from None
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:    # TypeError: a type numpy lacks
+        raise ModelFileError(f"{path} is not a NIR file (HDF5): {_one_line(exc)}") from None
+    unknown = sorted(set(tree) - {"node", "version"})
+    if unknown or not isinstance(tree.get("node"), dict):
+        raise ModelFileError(f"{path} is not a NIR file: it holds {unknown[0]!r}" if unknown else
+                             f"{path} is not a NIR file: it has no node group")
+    _check_node_values(tree["node"], path)
+    try:
+        return nir.dict2NIRNode({**tree["node"], "type_check": True})
+    except Exception as exc:                  # NIR's constructors on hostile values: any failure is the file's
         raise ModelFileError(f"{path} is not a NIR graph nir {nir.version} can read: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                             f"{type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _check_node_values(graph: dict, path: Path) -> None:
+    """Before NIR builds its nodes: every node is a group with a ``type`` string, and every parameter of
+    it numbers (a Conv2d's padding may also be a string), so that a weight stored as text is refused
+    naming its node rather than failing inside NIR's constructors. Nested graphs are walked alike."""
+    pending = [graph]
+    while pending:
+        group = pending.pop()
+        nodes = group.get("nodes", {})
+        if not isinstance(nodes, dict):
+            raise ModelFileError(f"{path}: its nodes are not a group")
+        for name, node in nodes.items():
+            kind = node.get("type") if isinstance(node, dict) else None
+            if not isinstance(kind, str):
+                raise ModelFileError(f"{path}: NIR node {name!r} is not a group with a type")
+            if kind == "NIRGraph":
+                pending.append(node)
+                continue
+            for field, value in node.items():
+                if field in ("type", "metadata") or (field == "padding" and isinstance(value, str)):
+                    continue
+                if np.asarray(value).dtype.kind not in "biuf":
+                    raise UnsupportedModelError(f"NIR {kind} node {name!r}: its {field} holds "
+                                                f"{np.asarray(value).dtype} values; expected numbers")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _read_tree(f, path: Path, budget: MemoryBudget, file_bytes: int) -> dict:
+    """The file's groups as nested dicts of its datasets' values, walked without recursion. Every link
+    must be a hard link (soft and external links are refused unfollowed: never another file), every
+    object is counted at every path that reaches it (at most :data:`MAX_NIR_NODES`; groups at most
+    :data:`MAX_NIR_DEPTH` deep, so a group linked into itself ends there), and every dataset is
+    checked and counted by :func:`_counted_dataset`; they are read once all of them are counted."""
+    import h5py
+
+    tree: dict = {}
+    pending = [(f, "", 0, tree)]
+    datasets: list = []
+    objects = 0
+    while pending:
+        group, where, depth, values = pending.pop()
+        for name in group:
+            objects += 1
+            if objects > MAX_NIR_NODES:
+                raise ModelFileError(f"{path} holds more than {MAX_NIR_NODES:,} HDF5 objects")
+            here = f"{where}/{name}"
+            link = group.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                kind = {"SoftLink": "a soft", "ExternalLink": "an external"}.get(type(link).__name__, f"a {type(link).__name__}")
+                raise ModelFileError(f"{path}: {here[-120:]!r} is {kind} link; a NIR file holds hard links only "
+                                     "(spikesmith follows no link to another path or file)")
+            item = group[name]
+            if isinstance(item, h5py.Group):
+                if depth + 1 > MAX_NIR_DEPTH:
+                    raise ModelFileError(f"{path}: {here[:80]!r}... nests groups deeper than {MAX_NIR_DEPTH}")
+                values[name] = {}
+                pending.append((item, here, depth + 1, values[name]))
+            elif isinstance(item, h5py.Dataset):
+                datasets.append((values, name, item, _counted_dataset(item, here, path, budget)))
+            else:
+                raise ModelFileError(f"{path}: {here[-120:]!r} is a {type(item).__name__}, not a group or dataset")
+    for values, name, dataset, where in datasets:          # every path counted: now read
+        values[name] = _dataset_value(dataset, where, budget, file_bytes)
+    return tree
+
+
+def _counted_dataset(dataset, here: str, path: Path, budget: MemoryBudget) -> str:
+    """Check a dataset before reading it: numbers (bool, integer, float) or strings only, stored in this
+    file; its size counted against ``budget`` (a variable-length string's pointers: see
+    :func:`_dataset_value`). Returns how to name it in a message."""
+    import h5py
+
+    dtype = dataset.dtype
+    numeric = dtype.kind in "biuf" and dtype.fields is None and dtype.subdtype is None
+    where = f"{path}: dataset {here[-120:]!r}"
+    if not (numeric or h5py.check_string_dtype(dtype) is not None):
+        raise ModelFileError(f"{where} holds {dtype} values, not numbers or text (references, compound "
+                             "and variable-length arrays are refused)")
+    if dataset.is_virtual or dataset.id.get_create_plist().get_external_count() > 0:
+        raise ModelFileError(f"{where} keeps its values in other files")
+    budget.take(dataset.size * dtype.itemsize, where)
+    return where
+
+
+def _dataset_value(dataset, where: str, budget: MemoryBudget, file_bytes: int):
+    """A counted dataset's value, as ``nir.read`` gives it (a scalar string decoded). A variable-length
+    string may be as long as the file: each is read once the budget has room for that, then counted."""
+    if dataset.dtype.kind != "O":
+        value = dataset[()]
+    else:
+        value = np.empty(dataset.shape, dtype=object)
+        for index in np.ndindex(dataset.shape):
+            if budget.used + file_bytes > budget.limit:
+                budget.take(file_bytes, f"{where} (a string as long as the file)")
+            string = dataset[index]
+            budget.take(len(string), where)
+            value[index] = string
+        value = value[()] if dataset.shape == () else value
+    return value.decode("utf8") if isinstance(value, bytes) else value
 
 
 def _chain(graph) -> list[str]:
@@ -264,8 +364,64 @@ def _affine_op(name: str, node, kind: str, shape: tuple[int, ...], previous: str
     return Dense(name, weight, bias, (previous,), f"NIR {kind}")
 
 
-def import_graph(graph, source: str = "NIR") -> Graph:
-    """A NIR graph (a chain of the nodes the module docstring lists) as a float IR :class:`Graph`."""
+#: Bytes counted per value a node outputs (per image) when importing: lowering and conversion keep
+#: per-neuron biases, scales, thresholds and bounds (a convolution's repeated over its pixels).
+BYTES_PER_NEURON = 256
+
+_NEURON_FIELDS = {"IF": ("r", "v_threshold", "v_reset"), "LIF": ("tau", "r", "v_leak", "v_threshold", "v_reset")}
+
+
+def _numbers(name: str, kind: str, field: str, value, ndims: tuple[int, ...] = ()) -> np.ndarray:
+    """Node ``name``'s parameter ``field``: finite numbers (bool, integer or float), of one of ``ndims``
+    dimensions when given; anything else (strings, objects, a missing value) is refused naming the node."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf" or (ndims and array.ndim not in ndims) or not np.all(np.isfinite(array)):
+        shape = "x".join(map(str, array.shape)) or "scalar"
+        raise UnsupportedModelError(f"NIR {kind} node {name!r}: its {field} holds {array.dtype} values of shape "
+                                    f"{shape}; expected finite numbers"
+                                    + (f" in {' or '.join(map(str, ndims))} dimensions" if ndims else ""))
+    return array
+
+
+def _sized(name: str, kind: str, field: str, array: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """``array`` holding one of ``sizes`` values (one for all, or one per neuron or channel)."""
+    if array.size not in sizes:
+        raise UnsupportedModelError(f"NIR {kind} node {name!r}: its {field} has {array.size} values; expected "
+                                    f"{' or '.join(map(str, sorted(set(sizes))))}")
+    return array
+
+
+def _check_parameters(name: str, node, kind: str, shape: tuple[int, ...]) -> None:
+    """Every parameter of node ``name`` is numbers of the dimensions and sizes its type and the values of
+    ``shape`` it reads allow, before anything is converted."""
+    if kind == "Input":
+        dims = _numbers(name, kind, "input shape", node.input_type.get("input"), (1,))
+        if not (dims.dtype.kind in "iu" and 1 <= dims.size <= 3 and np.all(dims >= 1)):
+            raise UnsupportedModelError(f"NIR Input node {name!r}: its shape {dims.tolist()} is not 1 to 3 sizes >= 1")
+    elif kind in ("Affine", "Linear"):
+        weight = _numbers(name, kind, "weight", node.weight, (2,))
+        if kind == "Affine":
+            _sized(name, kind, "bias", _numbers(name, kind, "bias", node.bias, (0, 1)), (1, weight.shape[0]))
+    elif kind == "Conv2d":
+        weight = _numbers(name, kind, "weight", node.weight, (4,))
+        if node.bias is not None:
+            _sized(name, kind, "bias", _numbers(name, kind, "bias", node.bias, (0, 1)), (1, weight.shape[0]))
+        for field in ("stride", "dilation", "groups") + (() if isinstance(node.padding, (str, bytes)) else ("padding",)):
+            _sized(name, kind, field, _numbers(name, kind, field, getattr(node, field), (0, 1)), (1, 2))
+    elif kind in ("AvgPool2d", "SumPool2d"):
+        for field in ("kernel_size", "stride", "padding"):
+            _sized(name, kind, field, _numbers(name, kind, field, getattr(node, field), (0, 1)), (1, 2))
+    elif kind in _NEURON_FIELDS:
+        values = int(np.prod(shape))
+        for field in _NEURON_FIELDS[kind]:
+            _sized(name, kind, field, _numbers(name, kind, field, getattr(node, field, 0.0)), (1, values))
+
+
+def import_graph(graph, source: str = "NIR", budget: MemoryBudget | None = None) -> Graph:
+    """A NIR graph (a chain of the nodes the module docstring lists) as a float IR :class:`Graph`. Each
+    node's parameters are checked (:func:`_check_parameters`) and the values it outputs counted against
+    ``budget`` (default: a new :class:`MemoryBudget`) at :data:`BYTES_PER_NEURON` each, before converting."""
+    budget = MemoryBudget() if budget is None else budget
     ops: list = []
     shape: tuple[int, ...] = ()
     pending = 1.0                       # a scale of the values the next affine node reads
@@ -273,6 +429,7 @@ def import_graph(graph, source: str = "NIR") -> Graph:
     for position, name in enumerate(names):
         node, previous = graph.nodes[name], ops[-1].name if ops else None
         kind = type(node).__name__
+        _check_parameters(name, node, kind, shape)
         if kind == "Input":
             shape = tuple(int(d) for d in np.asarray(node.input_type["input"]).reshape(-1))
             ops.append(Input(name, shape, source=f"{source} Input"))
@@ -297,9 +454,19 @@ def import_graph(graph, source: str = "NIR") -> Graph:
         elif kind != "Output":
             raise UnsupportedModelError(f"NIR node {name!r} is a {kind}, which spikesmith does not convert "
                                         "(it converts Affine, Linear, Conv2d, AvgPool2d, SumPool2d, Flatten, IF, LIF)")
+        if kind in ("Input", "Affine", "Linear", "Conv2d", "AvgPool2d", "SumPool2d"):
+            _count_outputs(budget, name, kind, shape)
     if len(ops) < 2:
         raise UnsupportedModelError("the NIR graph has no layers between its input and output")
     return Graph(tuple(ops), ops[-1].name)
+
+
+def _count_outputs(budget: MemoryBudget, name: str, kind: str, shape: tuple[int, ...]) -> None:
+    values = math.prod(shape)
+    try:
+        budget.take(BYTES_PER_NEURON * values, f"NIR {kind} node {name!r} ({values:,} values out)")
+    except MemoryBudgetError as exc:
+        raise UnsupportedModelError(str(exc)) from None
 
 
 def _neuron(ops: list, name: str, kind: str, scale: np.ndarray, rest: list[str], graph, pending: float) -> float:

@@ -8,6 +8,9 @@ import pytest
 from spikesmith.datasets import digits, open_dataset, parse_range, read_idx
 from spikesmith.errors import DatasetError
 
+from spikesmith.resources import MemoryBudget
+
+from bombs import gzip_of_zeros, idx_image_bomb, write
 from datafiles import idx_bytes, write_cifar, write_mnist
 
 
@@ -116,3 +119,44 @@ def test_labels_outside_the_networks_classes_are_refused(tmp_path):
     save_network(make_network(np.random.default_rng(2), [64, 8, 5], 4), tmp_path / "five.net.npz")
     proc = run_cli("eval", str(tmp_path / "five.net.npz"), "--data", "digits", check=False)
     assert_one_line_error(proc, "has labels 0..9 but the network has 5 classes")
+
+
+def test_the_float_pixels_of_an_idx_file_are_counted_with_its_bytes(tmp_path, monkeypatch):
+    """A gzip within the unpacking limit whose pixels as float32 take four times as much (as the 1 GiB one
+    that made 9.5 GB): 20 MiB unpacked fits a 64 MiB budget, 20 + 80 MiB do not; refused before converting."""
+    images = (20 << 20) // (28 * 28)
+    write(tmp_path / "t10k-images-idx3-ubyte.gz", idx_image_bomb(images, 28))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(images)))
+    monkeypatch.setenv("SPIKESMITH_MEMORY_LIMIT", "64M")
+    with pytest.raises(DatasetError, match=r"its [\d,]+ pixels as float32 would need 80.0 MiB of memory; "
+                                           r"the budget for reading it is 64.0 MiB"):
+        open_dataset(str(tmp_path))
+
+
+def test_an_idx_file_is_counted_at_its_declared_size_before_it_is_unpacked(tmp_path):
+    """The header declares 64 MiB of pixels: refused by a 32 MiB budget before any of them is unpacked."""
+    path = write(tmp_path / "x-images-idx3-ubyte.gz", idx_image_bomb((64 << 20) // 1024, 32))
+    with pytest.raises(DatasetError, match=r"its 65536x32x32 values would need 64.0 MiB of memory"):
+        read_idx(path, MemoryBudget(32 << 20))
+
+
+@pytest.mark.parametrize("labels,fragment", [
+    (idx_bytes(np.zeros((20, 1))), "labels are one integer per image (N), not uint8 values of shape 20x1"),
+    (bytes([0, 0, 0x0D, 1]) + (20).to_bytes(4, "big") + np.zeros(20, ">f4").tobytes(),
+     "labels are one integer per image (N), not >f4 values of shape 20"),
+], ids=["20x1", "floats"])
+def test_labels_are_one_integer_per_image(tmp_path, labels, fragment):
+    """Labels of shape 20x1 used to give "20 images but 20 labels"; float labels were truncated silently."""
+    write_mnist(tmp_path, np.zeros((20, 4, 4)), np.zeros(20), compress=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(labels)
+    with pytest.raises(DatasetError) as info:
+        open_dataset(str(tmp_path))
+    assert fragment in str(info.value)
+
+
+def test_a_gzipped_cifar_batch_is_counted_as_it_unpacks(tmp_path, monkeypatch):
+    """A 30 MB batch of records of zeros in a gzip of 30 KB, against a 16 MiB budget: refused while unpacking."""
+    write(tmp_path / "test_batch.bin", gzip_of_zeros(b"", 30 << 20))
+    monkeypatch.setenv("SPIKESMITH_MEMORY_LIMIT", "16M")
+    with pytest.raises(DatasetError, match=r"test_batch.bin: its unpacked bytes \(after [\d,]+\) would need 1.0 MiB"):
+        open_dataset(str(tmp_path))

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -11,7 +12,9 @@ from spikesmith.errors import NetFileError
 from spikesmith.sim import golden
 from spikesmith.gen.netfile import fingerprint, load_network, network_to_bytes, save_network
 from spikesmith.contract.network import FloatShadow
+from spikesmith.resources import MemoryBudget
 
+from bombs import add_zero_array, pixel_bomb, write
 from conftest import make_network
 
 
@@ -139,7 +142,7 @@ def test_a_tiny_file_declaring_a_huge_network_is_refused_before_allocating(tmp_p
     """A few KB whose header claims a 200,000 x 200,000 layer: refused by its declared size, nothing read."""
     path = _claiming_file(tmp_path, 200_000)
     assert path.stat().st_size < 20_000
-    with pytest.raises(NetFileError, match=r"needs about [\d.]+ GiB of memory; this machine has"):
+    with pytest.raises(NetFileError, match=r"the network loaded .* would need [\d.]+ GiB of memory; the budget"):
         load_network(path)
 
 
@@ -163,7 +166,7 @@ def test_info_says_so_in_one_line(tmp_path):
     from conftest import assert_one_line_error, run_cli
 
     proc = run_cli("info", str(_claiming_file(tmp_path, 200_000)), check=False)
-    assert_one_line_error(proc, "needs about", "GiB of memory")
+    assert_one_line_error(proc, "would need", "GiB of memory; the budget for reading it is")
 
 
 @pytest.mark.parametrize("change,fragment", [
@@ -190,3 +193,118 @@ def test_nan_float_weights_are_refused(tmp_path, net):
     path.write_bytes(_rewrite(network_to_bytes(net), poison))
     with pytest.raises(NetFileError, match="NaN or infinite float weights"):
         load_network(path)
+
+
+# ---------------------------------------------------------------------------- deny by default (issue #33)
+
+@pytest.mark.parametrize("name", ["junk.npy", "layer7.bias.npy", "Layer0.Bias.npy", "layer0.bias", "../layer0.bias.npy"])
+def test_a_member_the_header_does_not_name_is_refused_by_name_unread(tmp_path, net, name):
+    """A valid 64 MiB array of zeros (300 KB on disk) under a name the format does not define: refused by
+    its name before anything is decompressed (it used to be read, and the network loaded)."""
+    path = write(tmp_path / "extra.net.npz", add_zero_array(network_to_bytes(net), name, 64 << 20))
+    assert path.stat().st_size < 400_000
+    with pytest.raises(NetFileError, match=f"member {re.escape(repr(name))} is not an array the header's layers name"):
+        load_network(path)
+
+
+def test_an_array_larger_than_its_declared_sizes_is_refused_unread(tmp_path, net):
+    """A member whose zip header declares more bytes than its shape in the header allows (8 a value and a
+    4 KiB .npy header): refused from the zip directory, before it is decompressed."""
+    def pad(name, payload):
+        return name, payload + bytes(64 << 10) if name == "layer1.bias.npy" else payload
+
+    path = write(tmp_path / "padded.net.npz", _rewrite(network_to_bytes(net), pad))
+    with pytest.raises(NetFileError, match=r"member 'layer1.bias.npy' declares [\d,]+ bytes; what the header "
+                                           r"declares allows at most 4,128"):
+        load_network(path)
+
+
+def test_a_member_listed_twice_is_refused(tmp_path, net):
+    """Two members of one name: readers disagree on which one counts; refused."""
+    data = network_to_bytes(net)
+    duplicate = zipfile.ZipFile(io.BytesIO(data)).read("layer0.bias.npy")
+    out = io.BytesIO(data)
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(out, "a") as archive:
+        archive.writestr("layer0.bias.npy", duplicate)
+    path = write(tmp_path / "twice.net.npz", out.getvalue())
+    with pytest.raises(NetFileError, match="member 'layer0.bias.npy' is listed twice"):
+        load_network(path)
+
+
+class _CountingBudget(MemoryBudget):
+    """A budget that records what it was asked for."""
+
+    def __init__(self):
+        super().__init__(1 << 40)
+        self.taken: dict[str, int] = {}
+
+    def take(self, nbytes, what):
+        super().take(nbytes, what)
+        self.taken[what.split(": ", 1)[1]] = int(nbytes)
+
+
+def test_every_member_is_counted_at_its_declared_size_before_it_is_read(tmp_path, net):
+    """Each member's bytes and array (twice its zip header's size), the directory and the loaded network."""
+    path = save_network(net, tmp_path / "n.net.npz")
+    budget = _CountingBudget()
+    load_network(path, budget=budget)
+    sizes = {info.filename: info.file_size for info in zipfile.ZipFile(path).infolist()}
+    assert {what: n for what, n in budget.taken.items() if what.startswith("member")} == {
+        f"member {name!r}": 2 * size for name, size in sizes.items()}
+    assert budget.taken["its zip directory"] >= 1024 * len(sizes)
+    assert budget.taken["the network loaded (weights in use, per-neuron arrays, bound checks)"] >= 32 * (6 * 5 + 5 * 4 + 4 * 3)
+
+
+def test_per_pixel_copies_of_a_convolution_are_counted_before_they_are_made(tmp_path):
+    """About 2 KB: a 1x1 convolution on a 20000x20000 input (max-pooled to one value) used to repeat its bias
+    and threshold over 400 million pixels (3.2 GB each, then the bounds' arrays): MemoryError. Counted first."""
+    path = write(tmp_path / "pixels.net.npz", pixel_bomb(20_000))
+    assert path.stat().st_size < 4_000
+    with pytest.raises(NetFileError, match=r"the network loaded \(.*\) would need [\d.]+ GiB of memory"):
+        load_network(path, budget=MemoryBudget(1 << 30))
+
+
+@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_a_header_float_that_is_not_finite_is_refused(tmp_path, net, literal):
+    """``activation_threshold: inf`` used to load; JSON's non-finite literals and overflowing floats are refused."""
+
+    def poison(name, payload):
+        if name != "meta.json.npy":
+            return name, payload
+        meta = json.loads(np.load(io.BytesIO(payload)).tobytes())
+        meta["layers"][0]["activation_threshold"] = 12345.5
+        return name, _npy(np.frombuffer(json.dumps(meta).replace("12345.5", literal).encode(), dtype=np.uint8))
+
+    path = write(tmp_path / "inf.net.npz", _rewrite(network_to_bytes(net), poison))
+    with pytest.raises(NetFileError, match="unreadable header .* is not a finite number"):
+        load_network(path)
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda m: m["layers"][0].update(activation_threshold=-1.5), "activation threshold -1.5 is not a finite number above 0"),
+    (lambda m: m["layers"][0].update(activation_threshold="1.5"), 'activation threshold "1.5" is not a finite number'),
+    (lambda m: m["layers"][-1].update(activation_threshold=2.0), "the output layer has no activation threshold"),
+    (lambda m: m["input"].update(threshold=0), "input threshold 0 is not a finite number above 0"),
+    (lambda m: m["layers"][0].update(out=5.0), "output size 5.0 is not an integer"),
+    (lambda m: m["layers"][0].update(fires=1), "fires is not true or false"),
+    (lambda m: m["layers"][0].update(name="a\nb"), "its name is not 1 to 256 printable characters"),
+    (lambda m: m.update(extra=1), "the header has the unknown key \"extra\""),
+    (lambda m: m["layers"][1].update(relay=True), "layer 1 has the unknown key \"relay\""),
+    (lambda m: m["input"].update(mean=0.5), "the header's input has the unknown key \"mean\""),
+    (lambda m: m.pop("metadata"), "the header lacks \"metadata\""),
+    (lambda m: m.update(fingerprint="md5:00"), "fingerprint is not sha256:"),
+])
+def test_header_keys_and_values_outside_the_format_are_refused(tmp_path, net, change, fragment):
+    path = write(tmp_path / "header.net.npz", _rewrite(network_to_bytes(net), _edit_meta(change)))
+    with pytest.raises(NetFileError) as info:
+        load_network(path)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["net_path", "cnn_net_path"])
+def test_files_the_current_writer_wrote_still_load(digits_demo, key, tmp_path):
+    """The demo's MLP and CNN as written, and written again from what was loaded: every key and member allowed."""
+    net = load_network(digits_demo[key])
+    again = load_network(save_network(net, tmp_path / "again.net.npz"))
+    assert fingerprint(again) == fingerprint(net) == json.loads(
+        np.load(digits_demo[key])["meta.json"].tobytes())["fingerprint"]

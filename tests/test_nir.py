@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import nir
@@ -13,7 +14,9 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from spikesmith.datasets import digits
 from spikesmith.gen.netfile import load_network
-from spikesmith.gen.nirgraph import ann_equivalent, import_graph
+from spikesmith.errors import ModelFileError
+from spikesmith.gen.nirgraph import ann_equivalent, import_graph, read_nir
+from spikesmith.resources import MemoryBudget
 from spikesmith.gen.passes import lower
 from spikesmith.sim.floatsim import snn_float_logits
 
@@ -149,7 +152,7 @@ def test_a_nir_file_whose_arrays_would_not_fit_in_memory_is_refused_before_readi
                                            compression="gzip", fillvalue=0.0)
     assert path.stat().st_size < 1 << 20
     proc = run_cli("convert", str(path), "--calib", "digits", "-o", str(tmp_path / "n.net.npz"), "-q", check=False)
-    assert_one_line_error(proc, "GiB read")
+    assert_one_line_error(proc, "dataset '/node/nodes/fc1/weight' would need 4.0 GiB of memory")
 
 
 def test_a_network_with_a_max_pool_is_refused_naming_the_layer(tmp_path):
@@ -169,3 +172,91 @@ def test_a_network_with_a_max_pool_is_refused_naming_the_layer(tmp_path):
     proc = run_cli("export-nir", str(path), "-o", str(tmp_path / "n.nir"), check=False)
     assert_one_line_error(proc, f"layer {pooled} reads a max pool")
     assert not (tmp_path / "n.nir").exists()
+
+
+# ---------------------------------------------------------------------------- deny by default (issue #33)
+
+def _mlp_file(tmp_path) -> Path:
+    return _write(_constructed_mlp(np.random.default_rng(0)), tmp_path / "model.nir")
+
+
+def test_a_dataset_reached_by_many_hard_links_is_counted_at_every_one(tmp_path):
+    """One 64 MiB dataset (stored as a fill value: a few KB) under 20 names: 1.25 GiB read, counted name by
+    name against the 1 GiB a NIR file may take (it used to be counted once, and read 20 times)."""
+    path = _mlp_file(tmp_path)
+    with h5py.File(path, "a") as f:
+        blob = f.require_group("node/nodes/fc1/metadata").create_dataset("blob0", shape=(8 << 20,), dtype="f8", chunks=(1 << 16,),
+                                                           compression="gzip", fillvalue=0.0)
+        for copy in range(1, 20):
+            f[f"node/nodes/fc1/metadata/blob{copy}"] = blob
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ModelFileError, match=r"dataset '/node/nodes/fc1/metadata/blob\d+' would need 64.0 MiB of memory; "
+                                             r"the budget for reading it is 1.0 GiB"):
+        read_nir(path)
+
+
+@pytest.mark.parametrize("kind,make", [
+    ("a soft", lambda f, other: h5py.SoftLink("/node/nodes/fc1/weight")),
+    ("a soft", lambda f, other: h5py.SoftLink("/node")),                     # a cycle
+    ("an external", lambda f, other: h5py.ExternalLink(str(other), "/data")),
+], ids=["soft", "soft cycle", "external"])
+def test_links_other_than_hard_links_are_refused_unfollowed(tmp_path, kind, make):
+    """A soft link (to a dataset, or back to the root: a cycle), or an external link to a 2 GiB dataset in
+    another file: refused by kind; the other file is never opened (it is not even HDF5 here)."""
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"never opened")
+    path = _mlp_file(tmp_path)
+    with h5py.File(path, "a") as f:
+        f.require_group("node/nodes/fc1/metadata")["link"] = make(f, other)
+    with pytest.raises(ModelFileError, match=f"'/node/nodes/fc1/metadata/link' is {kind} link; a NIR file holds "
+                                             "hard links only"):
+        read_nir(path)
+
+
+def test_groups_nested_deeper_than_the_limit_are_refused(tmp_path):
+    """1,500 nested groups used to exhaust Python's recursion in nir.read (RecursionError, an internal error)."""
+    path = _mlp_file(tmp_path)
+    with h5py.File(path, "a") as f:
+        f.create_group("node/nodes/fc1/metadata/" + "/".join(["g"] * 1500))
+    with pytest.raises(ModelFileError, match="nests groups deeper than 64"):
+        read_nir(path)
+
+
+def test_a_dataset_of_references_is_refused(tmp_path):
+    """SECURITY.md refuses references; they used to pass the check (dtype kind 'O', as strings are)."""
+    path = _mlp_file(tmp_path)
+    with h5py.File(path, "a") as f:
+        f.require_group("node/nodes/fc1/metadata").create_dataset("where", data=f["node"].ref, dtype=h5py.ref_dtype)
+    with pytest.raises(ModelFileError, match=r"dataset '/node/nodes/fc1/metadata/where' holds object values, not numbers "
+                                             r"or text"):
+        read_nir(path)
+
+
+def test_a_small_budget_is_kept(tmp_path):
+    """A 16 KiB budget refuses the MLP's file (75 KB, its arrays about 30 KB), naming the dataset."""
+    with pytest.raises(ModelFileError, match=r"dataset '/[\w/]+'.* would need .* the budget for reading it is 16.0 KiB"):
+        read_nir(_mlp_file(tmp_path), MemoryBudget(16 << 10))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda f: _replace(f, "node/nodes/fc1/bias", np.zeros(23)), "NIR Affine node 'fc1': its bias has 23 values; "
+                                                                  "expected 1 or 24"),
+    (lambda f: _replace(f, "node/nodes/fc1/weight", "not a weight"), "NIR Affine node 'fc1': its weight holds"),
+    (lambda f: _replace(f, "node/nodes/fc3/bias", np.zeros((2, 5))), "NIR Affine node 'fc3': its bias holds float64 "
+                                                                     "values of shape 2x5; expected finite numbers in 0 or 1"),
+], ids=["bias length", "string weight", "bias shape"])
+def test_node_parameters_of_the_wrong_shape_or_type_are_refused_naming_the_node(tmp_path, change, message):
+    """A bias of the wrong length or a weight stored as a string used to end in 'internal error'."""
+    path = _mlp_file(tmp_path)
+    with h5py.File(path, "a") as f:
+        change(f)
+    proc = run_cli("convert", str(path), "--calib", "digits", "-o", str(tmp_path / "n.net.npz"), "-q", check=False)
+    assert_one_line_error(proc, message)
+
+
+def _replace(f, name: str, value) -> None:
+    del f[name]
+    if isinstance(value, str):
+        f.create_dataset(name, data=value, dtype=h5py.string_dtype())
+    else:
+        f.create_dataset(name, data=value)
