@@ -65,7 +65,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and exc.errno in FILE_SYSTEM_ERRORS:
             raise SpikesmithError(f"{file_system_refusal(exc)} writing {path}") from None
         raise
     return path
@@ -213,8 +213,8 @@ def claim_outputs(folder: str | os.PathLike, names: list[str]) -> Path:
     folder.mkdir(exist_ok=True)
     old = _manifest(folder) or {}
     _refuse_unverified(folder, old, names)
-    _write_manifest(folder, {name: digest for name, digest in old.items()
-                             if _is_ours(folder, name, digest) or name in names})
+    _write_manifest(folder, {**{name: digest for name, digest in old.items() if _is_ours(folder, name, digest)},
+                             **{name: old.get(name) for name in names}})
     return folder
 
 

@@ -273,3 +273,20 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, small
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert_one_line_error(proc, "no space left on device")
     assert proc.stdout.strip() == "", f"left behind: {proc.stdout}"
+
+
+def test_a_claimed_folder_is_claimed_again_by_the_next_run(tmp_path):
+    """A sweep's folder: its cache folder and outputs stay listed across runs; an output changed by hand is kept."""
+    from spikesmith.fileio import claim_outputs, write_output
+
+    out = tmp_path / "sweep"
+    claim_outputs(out, ["builds", "sweep.csv"])
+    (out / "builds").mkdir()
+    write_output(out, "sweep.csv", "a,b\n")
+    claim_outputs(out, ["builds", "sweep.csv"])
+    write_output(out, "sweep.csv", "a,b\n1,2\n")
+    assert (out / "sweep.csv").read_text() == "a,b\n1,2\n"
+    (out / "sweep.csv").write_text("edited")
+    with pytest.raises(SpikesmithError, match="not the file spikesmith wrote there"):
+        claim_outputs(out, ["builds", "sweep.csv"])
+    assert (out / "sweep.csv").read_text() == "edited"
