@@ -34,7 +34,8 @@ from .gen.quantise import MIN_CHANNEL_SCALE_RATIO, weight_scales
 from .gen.spikecode import MAX_TIMESTEPS, spike_code
 
 __all__ = ["SpikeCode", "TwinLayer", "SpikingTwin", "FinetuneOptions", "grid_scales", "fake_quantised",
-           "initial_twin", "finetune", "export_twin", "ann_logits", "twin_accuracy"]
+           "class_nudges", "float_error_margins", "initial_twin", "finetune", "export_twin", "ann_logits",
+           "twin_accuracy"]
 
 #: Images per forward pass outside training (the ANN's outputs, test accuracy): bounds the memory.
 BATCH = 1024
@@ -66,6 +67,15 @@ def grid_scales(weight: torch.Tensor, bits: int, per_channel: bool, own: torch.T
     return torch.from_numpy(np.asarray(scales)).to(weight.dtype)
 
 
+def class_nudges(classes: int) -> torch.Tensor:
+    """``δ_k = 1/2 - (k + 1/2)/C`` membrane units, float64, for the C output neurons: what the twin adds to
+    the output layer's integer bias ``B_k``. Each lies strictly inside (-1/2, 1/2), so conversion's
+    ``rint`` gives ``B_k`` back; they fall by ``1/C`` from class to class, so ``V_k + δ_k`` orders the
+    classes as the golden model does (larger ``V`` first, equal ``V``: the lower index) with a gap of at
+    least ``1/C`` between any two (docs/semantics.md, "Fine-tuned models")."""
+    return 0.5 - (torch.arange(classes, dtype=torch.float64) + 0.5) / classes
+
+
 def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-row ``values`` shaped to broadcast over ``like`` (out, ...)."""
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
@@ -92,8 +102,10 @@ class TwinLayer(nn.Module):
     Θ_j/2^(T+1))``), and each row scaled by ``λ / (Θ_j·u_j)``, so that the spike code's ``x/λ``
     is the integer ``V/Θ_j`` of docs/semantics.md (``u_j``: one membrane unit, ``Θ_j = rint(λ/u_j)``).
     The bias sits ``1/2^(T+1)`` membrane units above ``B_j`` (conversion rounds it back to ``B_j``):
-    the code's floor then never falls on a tie, where float32 and the integers could part, and
-    moves by less than one step of ``2^T·V/Θ_j``, so it gives the integer code.
+    the code's floor then never falls on a tie, where float sums and the integers could part, and
+    moves by less than one step of ``2^T·V/Θ_j``, so it gives the integer code. The output layer's
+    bias of class k sits :func:`class_nudges` ``δ_k`` units off ``B_k`` (earlier classes higher): equal
+    integer logits then order as the golden model's first argmax does, whatever order a CPU sums in.
 
     Relay rows (a residual shortcut, gen/residual.py) stay as they are (weight 1 at the centre tap,
     bias 0, not trained) and their neurons' spike codes take their source's full scale, so they pass
@@ -102,6 +114,7 @@ class TwinLayer(nn.Module):
 
     def __init__(self, layer: FloatLayer, full_scale: float | None, timesteps: int, weight_bits: int):
         super().__init__()
+        self.name = layer.name
         self.pool = layer.pool
         self.geometry = layer.geometry if layer.relu and layer.geometry is not None else None
         if self.geometry is not None:
@@ -138,7 +151,7 @@ class TwinLayer(nn.Module):
         weight = fake_quantised(self.weight * column, self.weight_bits, fires, own) / column
         with torch.no_grad():
             unit = reference * grid_scales(self.weight * column, self.weight_bits, fires, own) / steps
-            gain, half, nudge = torch.ones_like(unit), torch.zeros_like(unit), 0.0
+            gain, half, nudge = torch.ones_like(unit), torch.zeros_like(unit), class_nudges(len(unit)).to(unit)
             if fires:
                 full_scale = self.code.full_scale.detach()
                 threshold = self._thresholds(full_scale / unit, self.weight * column, own)
@@ -221,6 +234,38 @@ class TwinLayer(nn.Module):
             self.baked_full_scales = scales.detach().clone()
         return None if scales is None else scales.expand(self.weight.shape[0] if self.geometry is None else
                                                          int(np.prod(self.geometry.out_shape)))
+
+    @torch.no_grad()
+    def float_error(self, input_full_scales: torch.Tensor) -> tuple[float, float]:
+        """(bound, margin) in membrane units, of a baked layer in float64: the most any neuron's value (its
+        spike code's ``x/λ·2^T + 1/2``, or its logit) can be off the exact one, in any summation order,
+        and how far the bias's nudge keeps the exact one from where the integers and the floats could part
+        (a code boundary: ``1/2^(T+1)``; another class's logit: half the ``1/C`` gap of
+        :func:`class_nudges`). Relay rows are exact (weight 1, zeros, bias 0) and left out.
+
+        With ``u = 2^-53``, ``K`` products and one bias summed: ``|error| <= γ_(K+1)·Σ|terms|``
+        (``γ_n = n·u/(1 - n·u)``, whatever the order or blocking), the weights, bias and codes off
+        conversion's integers by a few ``u`` each, and the spike code's division and addition two more;
+        ``(K + 16)·2^-52·(Σ|terms| + 2Θ + 1)`` membrane units bounds it all (terms at the inputs' full
+        scales, an upper bound of their largest codes)."""
+        assert not self.on_grid and self.weight.dtype == torch.float64, "bound a baked, float64 layer"
+        input_full_scales = self.pooled(input_full_scales).to(torch.float64)
+        column, reference = self._columns(input_full_scales)
+        fires, rows = self.code is not None, self.weight.reshape(len(self.weight), -1)
+        own = ~self.relay_row if self.has_relays else None
+        unit = reference * grid_scales(self.weight * column, self.weight_bits, fires, own) / (1 << self.timesteps)
+        largest = (self.weight.abs() * (column * reference)).reshape(len(rows), -1).sum(dim=1)
+        terms = (largest + self.bias.abs()) / unit
+        if fires:
+            full_scales = torch.as_tensor(self.code.full_scale, dtype=torch.float64).expand(len(unit))
+            terms = terms + 2 * torch.round(full_scales / unit) + 1
+            margin = 1 / (1 << (self.timesteps + 1))
+        else:
+            margin = 1 / (2 * len(unit))
+        bound = (rows.shape[1] + 16) * 2.0 ** -52 * terms
+        if own is not None:
+            bound = bound[own]
+        return float(bound.max()), margin
 
 
 class SpikingTwin(nn.Module):
@@ -328,13 +373,36 @@ def twin_accuracy(twin: nn.Module, data: Dataset) -> float:
     return float((classes.numpy() == data.labels).mean())
 
 
+def float_error_margins(twin: SpikingTwin) -> list[tuple[float, float]]:
+    """Per layer of a baked float64 twin (:func:`export_twin`): (bound, margin) of :meth:`TwinLayer.float_error`."""
+    scales, margins = twin.input_code.full_scale.expand(int(np.prod(twin.input_shape))), []
+    for layer in twin.layers:
+        margins.append(layer.float_error(scales))
+        scales = layer.full_scales(layer.pooled(scales))
+        scales = None if scales is None else scales.expand(len(layer.weight) if layer.geometry is None else
+                                                           int(np.prod(layer.geometry.out_shape)))
+    return margins
+
+
 @torch.no_grad()
 def export_twin(twin: SpikingTwin) -> torch.export.ExportedProgram:
     """The twin as a ``torch.export`` program of any batch size: the on-grid weights and biases baked in
-    (:meth:`TwinLayer.bake`; the twin keeps them), activations as ``spikesmith::spike_code`` nodes."""
+    (:meth:`TwinLayer.bake`; the twin keeps them), activations as ``spikesmith::spike_code`` nodes.
+
+    The twin becomes float64 first (its float32 values are float64 values: conversion reads the same
+    numbers), so the program lifts the float32 images to float64 at its first spike code and computes in
+    float64 on every CPU; :func:`float_error_margins` then proves every value's float error below its
+    nudge's margin, so its spike codes and its class are the golden model's (docs/semantics.md,
+    "Fine-tuned models"). A network too large for that proof is refused, naming the layer."""
+    twin.double()
     scales = twin.input_code.full_scale.expand(int(np.prod(twin.input_shape)))
     for layer in twin.layers:
         scales = layer.bake(scales)
+    for layer, (bound, margin) in zip(twin.layers, float_error_margins(twin)):
+        if not bound < margin:
+            raise SpikesmithError(f"layer '{layer.name}': its float64 sums may be off by {bound:.3g} membrane units, "
+                                  f"more than the {margin:.3g} that keeps the exported model equal to the "
+                                  f"converted one; use fewer weight bits or timesteps")
     twin.eval()
     example = torch.zeros((2, *twin.input_shape), dtype=torch.float32)
     return torch.export.export(twin, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
