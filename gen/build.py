@@ -30,6 +30,7 @@ from amaranth.build.run import BuildPlan, LocalBuildProducts
 from ..contract.plan import CorePlan, ceil_div, rom_in_logic
 from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
+from ..processes import run_group
 from ..hw.board import BoardTop
 from ..hw.clocking import BoardClock, ecp5_pll, ice40_pll
 from ..hw.fanout import YOSYS_KEEP_COPIES
@@ -501,8 +502,8 @@ def _run_seed(work: Path, script: str, seed: int, synthesis: bool) -> tuple[int,
     """One run of the tools from ``seed``: (exit status, nextpnr's figures or None without a timing report)."""
     (work / "place_seed.sh").write_text(seed_script(script, seed, synthesis))
     with open(work / "build.log", "a") as log:
-        status = subprocess.run(["sh", "place_seed.sh"], cwd=work, env=dict(os.environ), stdout=log,
-                                stderr=subprocess.STDOUT).returncode
+        status = run_group(["sh", "place_seed.sh"], cwd=work, env=dict(os.environ), stdout=log,
+                           stderr=subprocess.STDOUT).returncode
     try:
         return status, parse_nextpnr_log((work / "top.tim").read_text())
     except (OSError, BuildError):

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..contract.plan import CorePlan
 from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
+from ..processes import run_group
 from ..hw.core import emit_verilog
 from ..toolchain import verilator_binary, verilator_env
 
@@ -74,7 +75,8 @@ def lint_verilog(path: Path, top: str = "spikesmith_core") -> list[str]:
     """``verilator --lint-only -Wall`` of module ``top`` with :data:`LINT_WAIVERS`; returns its warnings (empty: clean)."""
     command = [str(verilator_binary()), "--lint-only", "-Wall", *[f"-Wno-{w}" for w in LINT_WAIVERS],
                "--top-module", top, str(path)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=verilator_env(), timeout=600)
+    proc = run_group(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=verilator_env(),
+                     timeout=600)
     messages = [line for line in proc.stderr.splitlines() if line.startswith("%")]
     if proc.returncode != 0 and not messages:
         raise LintError(f"verilator failed ({proc.returncode}): {proc.stderr.strip()[:500]}")

@@ -29,6 +29,7 @@ import numpy as np
 from ..contract.plan import CorePlan, InputPlan
 from ..contract.protocol import unpack_result
 from ..fileio import write_atomic
+from ..processes import run_group, started_group
 from ..gen.emit import LINT_WAIVERS
 from ..hw.core import emit_verilog
 from ..toolchain import verilator_binary
@@ -107,7 +108,7 @@ def _verilate(folder: Path, options: list[str], jobs: int, runtime: Path) -> Non
         if step == "make" and runtime.is_dir():
             for kept in runtime.iterdir():
                 shutil.copy(kept, folder / "obj" / kept.name)      # newer than the wheel's sources: not rebuilt
-        proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+        proc = run_group(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         log.append(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             break
@@ -183,16 +184,17 @@ def _write_job(path: Path, plan: CorePlan, codes: np.ndarray) -> int:
 def _run_binary(build: HarnessBuild, job: Path, results: Path, settings: list[str], images: int,
                 progress) -> dict:
     """Run the harness, passing its result counts to ``progress(done)``; its JSON summary."""
-    proc = subprocess.Popen([str(build.binary), str(job), str(results), *settings], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
     errors = []
-    for line in proc.stderr:
-        if line.strip().isdigit():
-            progress(int(line))
-        else:
-            errors.append(line.rstrip())
-    stdout = proc.stdout.read()
-    if proc.wait() != 0:
+    with started_group([str(build.binary), str(job), str(results), *settings], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:
+            if line.strip().isdigit():
+                progress(int(line))
+            else:
+                errors.append(line.rstrip())
+        stdout = proc.stdout.read()
+        proc.wait()
+    if proc.returncode != 0:
         raise SimulationError(f"the Verilator harness failed (exit {proc.returncode}): {' '.join(errors)[-800:]}")
     progress(images)
     return json.loads(stdout.strip().splitlines()[-1])

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, run_cli
+from spikesmith.processes import stop_group
 from spikesmith.sweep import COLUMNS, SweepRun, TaskPool, estimator_error, mark_pareto, ray_session
 
 
@@ -199,24 +200,6 @@ def _loopback(address: str) -> bool:
     return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
 
 
-def _stop_group(proc: subprocess.Popen, first: int = signal.SIGINT, grace: float = 20.0) -> None:
-    """Stop ``proc`` (started with ``start_new_session``) and its process group for certain: ``first``, then
-    SIGTERM, each given ``grace`` seconds (at least 35 for SIGTERM: `ray start --block` drains its node for up
-    to 30 s), then SIGKILL of the group."""
-    for signum, seconds in ((first, grace), (signal.SIGTERM, max(grace, 35.0)), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            break                                        # (the group is gone)
-        try:
-            proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            continue
-        if not any(_running(pid) for pid in _group(proc.pid)):
-            break
-    proc.wait(timeout=10)
-
-
 def _group(pgid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -283,7 +266,7 @@ def test_sigterm_ends_a_sweep_like_ctrl_c_and_stops_its_ray_instance(small_digit
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:
-        _stop_group(proc, first=signal.SIGTERM)
+        stop_group(proc, signals=(signal.SIGTERM,), grace=35.0)
     assert proc.returncode == 143, stderr
     assert stderr.strip() == "spikesmith: terminated"
     deadline = time.monotonic() + 30
@@ -340,7 +323,7 @@ def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path)
     """A one-node cluster of 3 CPUs started as a user would (``ray start --head``, token authentication on, its
     servers on loopback), and the sweep connected to it through Ray Client (``ray://``) from another process.
 
-    The head is stopped for certain (:func:`_stop_group`): SIGINT (as Ctrl-C: `ray start --block` stops what it
+    The head is stopped for certain (:func:`spikesmith.processes.stop_group`): SIGINT (as Ctrl-C: `ray start --block` stops what it
     started), SIGTERM, then SIGKILL of its process group. It used to get SIGINT and ``head.wait(timeout=60)``
     alone, whose TimeoutExpired left the head running (once for over an hour). Why it can ignore SIGINT: a
     process started by a shell in the background without job control (``pytest ... &`` in a script, a CI
@@ -378,7 +361,7 @@ def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path)
         proc = run_cli("sweep", str(small_digits_net), "--board", "icebreaker", "ulx3s-85f", "--estimate-only",
                        "--address", f"ray://127.0.0.1:{client}", "-o", str(tmp_path / "out"), "--json", "-q", env=env)
     finally:
-        _stop_group(head, first=signal.SIGINT, grace=20)
+        stop_group(head, signals=(signal.SIGINT, signal.SIGTERM), grace=35.0)
         shutil.rmtree(session, ignore_errors=True)
     summary = json.loads(proc.stdout)
     assert summary["run"]["address"] == f"ray://127.0.0.1:{client}"
