@@ -186,7 +186,7 @@ def test_a_core_slower_than_the_line_never_loses_a_byte(tmp_path):
 
     net = make_network(np.random.default_rng(3), [48, 128, 4], 8, negative_bias=0.5, threshold_scale=0.3)
     plan = plan_core(net, lanes=[1, 1], input_lanes=1, skip_silent=False)
-    codes = np.full((8, 48), net.max_code)
+    codes = np.full((5, 48), net.max_code)            # more than the window of 3
     with SimulatedBoard(plan, tmp_path, baud=3_000_000) as board, Accelerator.open(board.url, timeout=10) as driver:
         driver.expect(net)
         results = list(driver.infer(codes))
@@ -196,12 +196,12 @@ def test_a_core_slower_than_the_line_never_loses_a_byte(tmp_path):
 
 
 def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
-    """``spikesmith infer --sim``: 150 digits test images through the UART board top in Verilator,
+    """``spikesmith infer --sim``: 40 digits test images through the UART board top in Verilator,
     every logit checked with the golden model (the core alone takes all 450 in tests/test_harness.py)."""
-    proc = run_cli("infer", str(digits_demo["net_path"]), "--sim", "--data", "digits", "-n", "150",
+    proc = run_cli("infer", str(digits_demo["net_path"]), "--sim", "--data", "digits", "-n", "40",
                    "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
     report = json.loads(proc.stdout)
-    assert report["images"] == 150 and report["golden"]["agreement"] == 1.0 and report["golden"]["mismatches"] == 0
+    assert report["images"] == 40 and report["golden"]["agreement"] == 1.0 and report["golden"]["mismatches"] == 0
     assert report["board"]["cycles_per_image"] > 0 and report["accuracy"] > 0.8
     human = run_cli("infer", str(digits_demo["net_path"]), "--sim", "-n", "3", "--compare-golden",
                     "--build-dir", str(tmp_path / "cache"))

@@ -34,9 +34,9 @@ def test_demo_cnn_meets_the_accuracy_target(digits_demo):
 
 
 def test_demo_human_output(tmp_path):
-    proc = run_cli("demo", "--sweep", "4", "8", "--epochs", "20", "--models", "mlp")
+    proc = run_cli("demo", "--sweep", "4", "8", "--epochs", "4", "--models", "mlp")
     assert "ANN (float) test accuracy" in proc.stdout and "SNN golden (integer) accuracy at T=8" in proc.stdout
-    assert "epoch 20/20" in proc.stderr, "training progress goes to stderr"
+    assert "epoch 4/4" in proc.stderr, "training progress goes to stderr"
 
 
 def test_convert_eval_info(tmp_path, digits_demo):

@@ -68,15 +68,15 @@ def test_skipping_is_never_slower_than_the_worst_case():
 
 
 @pytest.mark.slow
-def test_digits_network_bit_exact_on_30_test_images(digits_demo):
-    """The demo's converted MLP, 30 digits test images, random backpressure on both streams.
+def test_digits_network_bit_exact_on_10_test_images(digits_demo):
+    """The demo's converted MLP, 10 digits test images, random backpressure on both streams.
 
     (The whole split runs through the emitted Verilog in tests/test_harness.py; amaranth.sim is
     ~1 image/s.)
     """
     net = load_network(digits_demo["net_path"])
     plan = plan_core(net)
-    images = digits("test").images[:30]
+    images = digits("test").images[:10]
     expected = golden.run_images(net, images)
     codes = net.input.encode(images, net.timesteps)
     run = simulate_core(plan, codes, seed=3, valid_probability=0.7, ready_probability=0.5, drain=200)

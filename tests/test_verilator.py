@@ -38,7 +38,7 @@ def test_reset_in_the_middle_of_a_stream(case, verilator_cache):
     """Images in flight at the reset are lost; every image sent after it gets its correct result."""
     net, plan = random_core(case, seed=300 + case, skip_silent=case % 2 == 0)
     build = build_core(plan, verilator_cache)
-    codes = random_codes(net, 60, seed=50 + case, sparse=False)
+    codes = random_codes(net, 40, seed=50 + case, sparse=False)
     expected = golden.run(net, codes)
     reset_at = 12 * plan.initiation_interval // 2
     run = run_core(build, plan, codes, expected, seed=case, valid_probability=0.8, ready_probability=0.5,
