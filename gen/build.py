@@ -28,6 +28,7 @@ from amaranth._toolchain import ToolNotFound
 from amaranth.build.run import BuildPlan, LocalBuildProducts
 
 from ..contract.plan import CorePlan, ceil_div, rom_in_logic
+from ..contract.protocol import FRAMING
 from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
 from ..hw.board import BoardTop
@@ -622,7 +623,7 @@ def build_report(prepared: PreparedBuild, figures: dict, bitstream: Path, sizing
         "initiation_interval": interval,
         "core_images_per_second_at_clock": prepared.clock_hz / interval,
         "core_images_per_second_at_fmax": figures["fmax_mhz"] * 1e6 / interval,
-        "uart_images_per_second": prepared.baud / 10 / (8 + plan.input.size * prepared.code_bytes),
+        "uart_images_per_second": prepared.baud / 10 / (FRAMING + plan.input.size * prepared.code_bytes),
         "placement": figures["placement"], "tool_seconds": figures["tool_seconds"],
         "fingerprint": plan.fingerprint, "bitstream": str(bitstream),
         "estimate": {"logic": logic_estimate(plan, board), "ram_blocks": ram_estimate(plan, board)},

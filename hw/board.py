@@ -20,7 +20,7 @@ from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract.plan import BoardParams
-from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameType
+from ..contract.protocol import COMMIT_LAYER, CRC_BYTES, LOAD_HEAD, SYNC, ErrorCode, FrameType
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
 from .onehot import OneHotFSM
@@ -59,8 +59,14 @@ InFlight = data.StructLayout({"seq": 16, "generation": 8})
 
 
 def _frame_crc() -> crc.Processor:
-    """CRC-16/CCITT-FALSE over a frame's ``type .. payload`` bytes, as the host computes it."""
-    return crc.catalog.CRC16_CCITT_FALSE(data_width=8).create()
+    """CRC-32/ISO-HDLC (zlib's) over a frame's ``type .. payload`` bytes, as the host computes it."""
+    processor = crc.catalog.CRC32_ISO_HDLC(data_width=8).create()
+    assert len(processor.crc) == 8 * CRC_BYTES
+    return processor
+
+
+#: The states of a frame's CRC bytes, low byte first (receiver and transmitter).
+_CRC_STATES = tuple(f"CRC{k}" for k in range(CRC_BYTES))
 
 
 #: A LOAD's head as received (docs/protocol.md): ``layer``, first row ``address``, row ``count``.
@@ -130,7 +136,7 @@ class FrameReceiver(wiring.Component):
         self._seq, self._kind, self._length = Signal(16), Signal(FrameKind, init=FrameKind.IDENTIFY), Signal(16)
         self._count = index_signal(p.image_bytes + 1)        # an INFER's payload bytes
         self._last_byte = Signal()                           # _count is at the image's last byte (registered)
-        self._crc_ok = Signal(2)         # each byte of the frame's CRC matched (registered: a cycle of its own)
+        self._crc_ok = Signal(CRC_BYTES)  # each byte of the frame's CRC matched (registered: a cycle of its own)
         self._take = Signal()            # the byte on offer is taken (a register: decided a cycle ahead)
         self._refusing, self._refusal = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # a refusal now, its code
         self._pending, self._pending_code = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # ... a cycle later
@@ -155,7 +161,7 @@ class FrameReceiver(wiring.Component):
         if self.params.load_bytes:
             summed += ["LOAD", "ADDR0", "ADDR1", "COUNT", "ROWS"]
         self._summing = self._fsm.group("summing", summed)
-        self._taking = self._fsm.group("taking", [*summed, "HUNT", "CRC0", "CRC1"])
+        self._taking = self._fsm.group("taking", [*summed, "HUNT", *_CRC_STATES])
         self._refusals(m)
         self._header(m)
         self._image_payload(m)
@@ -365,21 +371,20 @@ class FrameReceiver(wiring.Component):
     def _check(self, m: Module) -> None:
         """The CRC; then the request is accepted (and answered later) or refused now."""
         byte = self.bytes.payload
-        # The two CRC bytes go into registers as they come, and COMPARE checks them a cycle later: a compare
+        # The CRC bytes go into registers as they come, and COMPARE checks them a cycle later: a compare
         # in front of the byte's register put the received byte's valid, its routing and the compare in one
         # path (the iCE40's slowest for two of the digits MLPs; one 16-bit compare there was 6 LUTs deep).
-        received = Signal(16)
-        with self._fsm.State("CRC0"):
-            with m.If(self._take):
-                m.d.sync += received[:8].eq(byte)
-                self._fsm.next = "CRC1"
-        with self._fsm.State("CRC1"):
-            with m.If(self._take):
-                m.d.sync += received[8:].eq(byte)
-                self._fsm.next = "COMPARE"
+        received = Signal(8 * CRC_BYTES)
+        for k, state in enumerate(_CRC_STATES):
+            with self._fsm.State(state):
+                with m.If(self._take):
+                    m.d.sync += received.word_select(k, 8).eq(byte)
+                    self._fsm.next = _CRC_STATES[k + 1] if k + 1 < CRC_BYTES else "COMPARE"
         with self._fsm.State("COMPARE"):
-            # Byte by byte (one 16-bit compare was three LUTs and two long routes from the CRC's register).
-            m.d.sync += self._crc_ok.eq(Cat(received[:8] == self._crc.crc[:8], received[8:] == self._crc.crc[8:]))
+            # Byte by byte, into a flag each (one 16-bit compare was three LUTs and two long routes from the
+            # CRC's register); CHECK reads their AND, one LUT.
+            m.d.sync += self._crc_ok.eq(Cat(received.word_select(k, 8) == self._crc.crc.word_select(k, 8)
+                                            for k in range(CRC_BYTES)))
             self._fsm.next = "CHECK"
         # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD buffer's
         # rows to be written: a commit must not overtake them). Registered, with what CHECK decides on:
@@ -682,7 +687,7 @@ class FrameTransmitter(wiring.Component):
                 if state == "LEN1":
                     with m.If(sent & empty):
                         fsm.next = "SUM"
-                if state == "CRC1":
+                if state == _CRC_STATES[-1]:
                     with m.If(sent):
                         m.d.sync += sent_all
                 if state == "PAYLOAD":
@@ -704,8 +709,8 @@ class FrameTransmitter(wiring.Component):
             fsm.next = "PAYLOAD"
         with fsm.State("SUM"):
             fsm.next = "CRC0"
-        send("CRC0", crc[:8], "CRC1", crc_it=False)
-        send("CRC1", crc[8:], "RELEASE", crc_it=False)
+        for k, state in enumerate(_CRC_STATES):
+            send(state, crc.word_select(k, 8), _CRC_STATES[k + 1] if k + 1 < CRC_BYTES else "RELEASE", crc_it=False)
         assert tuple(state for state, _ in sending) == _SENDING_STATES
         states = Cat(fsm.ongoing(state) for state, _ in sending)
         m.d.comb += [self.bytes.valid.eq(offering),
@@ -715,7 +720,7 @@ class FrameTransmitter(wiring.Component):
 
 
 #: The transmitter's states that offer a byte, in the frame's order.
-_SENDING_STATES = ("SYNC", "TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")
+_SENDING_STATES = ("SYNC", "TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD", *_CRC_STATES)
 
 
 def _words(data: list) -> list:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from ..contract.protocol import FRAMING
 from ..errors import SpikesmithError
 from ..gen.board import DEFAULT_WINDOW, board_params
 from ..hw.board import BoardTop
@@ -87,7 +88,7 @@ class SimulatedBoard:
         baud is 824,000 cycles of line). The driver's timeout is wall-clock time: a shorter one resent
         images the board was still receiving, and the resends took the line (half of it, measured)."""
         p = self.params
-        frame = 10 * (8 + max(p.image_bytes, p.result_bytes, p.load_payload_bytes)) * p.divisor
+        frame = 10 * (FRAMING + max(p.image_bytes, p.result_bytes, p.load_payload_bytes)) * p.divisor
         return 30.0 + (window + 1) * (frame + p.plan.latency_bound) / 20_000
 
     def clock(self) -> dict:

@@ -630,13 +630,13 @@ def _load_weights(args, net, driver, identity, progress) -> int:
 def _simulated_rates(board, identity, marks: list[dict], images: int, rows: int) -> dict:
     """Rates in simulated time (docs/protocol.md, "Rates"): the weight load and the images from the
     first request's first byte to the last reply's last byte, beside the core's worst case and the line's bound."""
-    from .contract.protocol import code_bytes
+    from .contract.protocol import FRAMING, code_bytes
 
     clock, bit_rate = board.clock_hz, board.clock_hz / board.params.divisor
     load_cycles = marks[1]["last_tx_cycle"] - marks[0]["cycles"] if rows else 0
     cycles = max(1, marks[2]["last_tx_cycle"] - marks[1]["cycles"])
-    request = 8 + identity.inputs * code_bytes(identity.timesteps)      # frame bytes each way
-    reply = 8 + identity.result_bytes
+    request = FRAMING + identity.inputs * code_bytes(identity.timesteps)      # frame bytes each way
+    reply = FRAMING + identity.result_bytes
     return {"clock_hz": clock, "baud": board.baud, "uart_bit_rate": bit_rate, "divisor": board.params.divisor,
             "window": identity.window, "simulated_cycles": cycles, "cycles_per_image": cycles / max(1, images),
             "images_per_second_end_to_end": images * clock / cycles,

@@ -12,7 +12,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from spikesmith.gen.sizing import plan_core
-from spikesmith.contract.protocol import ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
+from spikesmith.contract.protocol import FRAMING, ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
 from spikesmith.sim.board import SimulatedBoard
 from spikesmith.hw.uart import UARTReceiver, UARTTransmitter
 from spikesmith.sim import golden
@@ -131,7 +131,9 @@ def test_board_protocol_on_the_wire(small_board):
 
     damaged = bytearray(encode_frame(FrameType.INFER, 200, info.encode_image(codes[0])))
     damaged[9] ^= 0x04
-    cases = [(bytes(damaged), 200, ErrorCode.CRC),
+    wrong_crc = bytearray(encode_frame(FrameType.INFER, 203, info.encode_image(codes[0])))
+    wrong_crc[-1] ^= 0x01                                            # the CRC-32's last byte
+    cases = [(bytes(damaged), 200, ErrorCode.CRC), (bytes(wrong_crc), 203, ErrorCode.CRC),
              (encode_frame(FrameType.INFER, 201, bytes(9)), 201, ErrorCode.LENGTH),
              (encode_frame(0x33, 202), 202, ErrorCode.TYPE)]
     for request, seq, code in cases:
@@ -172,7 +174,7 @@ def test_the_simulated_board_waits_for_its_slow_line(tmp_path):
     board was still receiving the first, and the resends took half the line (bench/endtoend.py)."""
     net = make_network(np.random.default_rng(0), [784, 4, 3], 8)
     slow = SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path, baud=115_200)        # not started
-    frame_cycles = 10 * (8 + 784) * 104
+    frame_cycles = 10 * (FRAMING + 784) * 104
     assert slow.reply_timeout(4) >= 30 + 5 * frame_cycles / 20_000
     assert SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path).reply_timeout(4) < 60     # 1.5 Mbaud: quick
 
@@ -211,14 +213,15 @@ def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
 
 def test_infer_sim_runs_the_uart_at_the_baud_rate_and_reports_rates_in_simulated_time(small_digits_net, tmp_path):
     """``infer --sim --baud 3000000``: the board top's UART at 12 MHz / 4; the weight load and the
-    images timed in simulated cycles, end to end below the line's bound (one 720-bit image frame each)
-    and close to it (the window keeps the line busy), the core's worst case far above both."""
+    images timed in simulated cycles, end to end below the line's bound (one 740-bit image frame each)
+    and close to it (the window keeps the line busy), the core's worst case far above both: 64 one-byte
+    codes and 10 bytes of framing, 10 bits a byte."""
     proc = run_cli("infer", str(small_digits_net), "--sim", "--baud", "3000000", "--spram", "0", "-n", "8",
                    "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
     report = json.loads(proc.stdout)
     b, load = report["board"], report["board"]["weight_load"]
-    assert (b["baud"], b["clock_hz"], b["divisor"], b["image_frame_bits"]) == (3_000_000, 12_000_000, 4, 720)
-    assert report["golden"]["mismatches"] == 0 and b["line_images_per_second"] == pytest.approx(3e6 / 720)
+    assert (b["baud"], b["clock_hz"], b["divisor"], b["image_frame_bits"]) == (3_000_000, 12_000_000, 4, 740)
+    assert report["golden"]["mismatches"] == 0 and b["line_images_per_second"] == pytest.approx(3e6 / 740)
     assert 0.8 * b["line_images_per_second"] < b["images_per_second_end_to_end"] < b["line_images_per_second"]
     assert b["core_images_per_second_worst"] > 2 * b["line_images_per_second"]
     assert load["rows"] == report["weight_rows_loaded"] > 0 and load["simulated_cycles"] > 0

@@ -1,12 +1,13 @@
 """The host driver and the wire protocol, against a fault-injecting fake board (tests/fakeboard.py)."""
 
+import binascii
 import zlib
 
 import numpy as np
 import pytest
 
 from spikesmith.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError, load_payloads
-from spikesmith.contract.protocol import (LOAD_HEAD, ErrorCode, FrameDecoder, FrameType, Identity, crc16,
+from spikesmith.contract.protocol import (LOAD_HEAD, ErrorCode, FrameDecoder, FrameType, Identity, crc32,
                                           encode_frame)
 from spikesmith.gen.sizing import plan_core
 from spikesmith.sim import golden
@@ -41,12 +42,61 @@ def assert_correct(results, net, codes):
 
 
 def test_crc_check_value_and_frame_round_trip():
-    assert crc16(b"123456789") == 0x29B1      # the catalogued check value of CRC-16/CCITT-FALSE
+    assert crc32(b"123456789") == 0xCBF43926      # the catalogued check value of CRC-32/ISO-HDLC
     frame = encode_frame(FrameType.INFER, 0x1234, bytes(range(40)))
     decoder = FrameDecoder()
     noise = bytes([0x00, 0xA5, 0x02, 0xFF])   # a false sync and garbage before the frame
     frames = decoder.feed(noise + frame[:7]) + decoder.feed(frame[7:])
     assert [(f.type, f.seq, f.payload) for f in frames] == [(FrameType.INFER, 0x1234, bytes(range(40)))]
+
+
+def _result_frame_and_decoder():
+    """A RESULT frame of 10 two-byte logits (32 bytes) and a decoder bounded as the driver's, once identified."""
+    identity = Identity(timesteps=8, inputs=64, classes=10, logit_bytes=2, window=3, clock_hz=12_000_000,
+                        initiation_interval=1000, fingerprint=bytes(32))
+    payload = (3).to_bytes(2, "little") + b"".join(v.to_bytes(2, "little", signed=True)
+                                                    for v in (-7, 12, 40, 900, -300, 5, 0, 899, 1, 2))
+    lengths = {FrameType.RESULT: (identity.result_bytes,) * 2, FrameType.LOADED: (0, 0), FrameType.ERROR: (1, 1)}
+    return encode_frame(FrameType.RESULT, 0x1234, payload), lambda: FrameDecoder(lengths=lengths)
+
+
+def _refused(frame: bytes, damaged: bytes, decoder: FrameDecoder) -> bool:
+    """The damaged frame yields nothing, and the good frame after it is still found."""
+    after = encode_frame(FrameType.RESULT, 0x4321, FrameDecoder().feed(frame)[0].payload)
+    return [(f.seq, f.payload) for f in decoder.feed(damaged + after)] == [(0x4321, after[6:-4])]
+
+
+def test_every_single_bit_error_in_a_result_frame_is_refused():
+    frame, decoder = _result_frame_and_decoder()
+    for bit in range(8 * len(frame)):
+        damaged = bytearray(frame)
+        damaged[bit // 8] ^= 1 << bit % 8
+        assert _refused(frame, bytes(damaged), decoder()), f"bit {bit} flipped and the frame was taken"
+
+
+def test_every_burst_of_up_to_32_bits_in_a_result_frame_is_refused():
+    """Every value of every byte (bursts of up to 8 bits), and random bursts of 9 to 32 bits at every
+    bit of the frame, among them the CRC-16's generator (a 17-bit burst the old CRC-16 never saw)."""
+    frame, decoder = _result_frame_and_decoder()
+    for position in range(len(frame)):
+        for value in range(256):
+            if value != frame[position]:
+                damaged = frame[:position] + bytes([value]) + frame[position + 1:]
+                assert _refused(frame, damaged, decoder()), f"byte {position} = {value:#04x} was taken"
+    rng = np.random.default_rng(0)
+    whole = int.from_bytes(frame, "little")          # bit k is the k-th bit on the line (UART: LSB first)
+    for start in range(8 * len(frame) - 8):
+        for length in range(9, 33):
+            if start + length > 8 * len(frame):
+                break
+            inner = int(rng.integers(0, 1 << (length - 2))) if length > 2 else 0
+            burst = (1 << (length - 1)) | inner << 1 | 1               # first and last bit of the burst flipped
+            damaged = (whole ^ burst << start).to_bytes(len(frame), "little")
+            assert _refused(frame, damaged, decoder()), f"burst {burst:#x} at bit {start} was taken"
+    body = bytearray(frame[1:-4])                    # (CRC-16/CCITT reads each byte MSB first)
+    body[8:11] = (int.from_bytes(body[8:11], "big") ^ 0x11021 << 3).to_bytes(3, "big")
+    assert binascii.crc_hqx(bytes(body), 0xFFFF) == binascii.crc_hqx(frame[1:-4], 0xFFFF), "CRC-16 blind to it"
+    assert _refused(frame, frame[:1] + bytes(body) + frame[-4:], decoder())
 
 
 def test_decoder_drops_a_damaged_frame_and_keeps_the_next():
@@ -288,7 +338,7 @@ def test_an_image_too_large_for_a_frame_is_refused_before_building():
 
 
 def test_a_result_whose_label_is_not_its_largest_logit_is_refused_as_damage():
-    """The CRC-16 misses about one damaged frame in 65,536: a result whose label is not the first
+    """A CRC misses some damage (CRC-16 about one damaged frame in 65,536): a result whose label is not the first
     largest logit (e.g. a byte slipped into the logits) is dropped and asked for again."""
     from spikesmith.contract.protocol import Identity
 

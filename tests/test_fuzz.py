@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spikesmith.contract.protocol import HEADER, FrameDecoder, FrameType, encode_frame
+from spikesmith.contract.protocol import FRAMING, FrameDecoder, FrameType, encode_frame
 from spikesmith.datasets import load_cifar10, read_idx
 from spikesmith.errors import DatasetError, NetFileError
 from spikesmith.gen.netfile import load_network, network_to_bytes
@@ -46,7 +46,7 @@ def test_frame_decoder_takes_anything(chunks, edits):
     frames = []
     for start in range(0, len(stream), 7):
         frames += decoder.feed(stream[start:start + 7])
-        assert len(decoder.buffer) <= HEADER + 40 + 2
+        assert len(decoder.buffer) <= FRAMING + 40
     for frame in frames:
         assert encode_frame(frame.type, frame.seq, frame.payload) in stream
 

@@ -7,7 +7,7 @@ from amaranth import Elaboratable, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
-from spikesmith.contract.protocol import ErrorCode, FrameDecoder, FrameType, encode_frame
+from spikesmith.contract.protocol import CRC_BYTES, ErrorCode, FrameDecoder, FrameType, encode_frame
 from spikesmith.gen.board import board_params
 from spikesmith.gen.sizing import plan_core
 from spikesmith.hw.accumulate import DenseAccumulate, input_event_layout
@@ -468,6 +468,16 @@ def test_frame_receiver_refuses_a_bad_request(board, frame, error):
         frame[-1] ^= 0x10
     out = _run_receiver(params, bytes(frame))
     assert out["errors"] == [(9, ErrorKind(error.value))] and out["requests"] == [] and out["start"] == 0
+
+
+@pytest.mark.parametrize("crc_byte", range(CRC_BYTES))
+def test_frame_receiver_compares_every_byte_of_the_crc32(board, crc_byte):
+    """One bit off in any of the CRC-32's four bytes is ERROR CRC, and no image starts."""
+    _, params = board
+    frame = bytearray(encode_frame(FrameType.INFER, 9, bytes([3, 0, 15, 7, 1])))
+    frame[len(frame) - CRC_BYTES + crc_byte] ^= 0x80
+    out = _run_receiver(params, bytes(frame))
+    assert out["errors"] == [(9, ErrorKind.CRC)] and out["requests"] == [] and out["start"] == 0
 
 
 def test_frame_receiver_holds_an_identify_until_taken(board):
