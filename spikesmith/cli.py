@@ -554,7 +554,8 @@ def cmd_infer(args) -> int:
         url, timeout = ((board.url, args.timeout or board.reply_timeout(board.params.window)) if board
                         else (args.port, args.timeout or 2.0))
         progress(f"opening {url}")
-        driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
+        driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window,
+                                                      retries=args.retries))
         identity = driver.expect(net)
         marks = [board.clock()] if board else []             # simulated time: before the load, before and after images
         sent = _load_weights(args, net, driver, identity, progress)
@@ -943,6 +944,8 @@ def _add_model_commands(sub) -> None:
 
 def _add_hardware_commands(sub) -> None:
     """generate, simulate, infer, build: the hardware side."""
+    from .host.driver import DEFAULT_RETRIES
+
     p = sub.add_parser("generate", help="generate the spiking core (Verilog + report) for a network file")
     p.add_argument("net", metavar="NET")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (created if missing)")
@@ -989,6 +992,10 @@ def _add_hardware_commands(sub) -> None:
     p.add_argument("--timeout", type=_number(float, 0.001, 3600.0), metavar="S",
                    help="seconds to wait for a reply before resending (default 2; with --sim 30 and more, "
                         "as the simulated line needs)")
+    p.add_argument("--retries", type=_number(int, 0, 1000), default=DEFAULT_RETRIES, metavar="N",
+                   help=f"resends of one request before giving up, 0-1000 (default {DEFAULT_RETRIES}: enough for a "
+                        "link that damages 1 %% of the bytes; a board that never answers is given up after "
+                        "N + 1 timeouts)")
     p.add_argument("--build-dir", metavar="DIR", help="where Verilator builds are kept (with --sim)")
     _hardware_options(p)
     _common_options(p)

@@ -1,6 +1,8 @@
 """The host driver and the wire protocol, against a fault-injecting fake board (tests/fakeboard.py)."""
 
 import binascii
+import socket
+import threading
 import zlib
 
 import numpy as np
@@ -13,7 +15,7 @@ from spikesmith.gen.sizing import plan_core
 from spikesmith.sim import golden
 from spikesmith.sim.link import LossyLink
 
-from conftest import make_network
+from conftest import assert_one_line_error, make_network, run_cli
 from fakeboard import FakeBoard, identity_of
 
 
@@ -181,7 +183,7 @@ def test_a_load_whose_length_does_not_match_its_row_count_is_refused(spram_net):
 def test_clean_board(net, codes):
     results, stats = run_all(FakeBoard(net), codes, timeout=5.0)
     assert_correct(results, net, codes)
-    assert stats.resent == 0 and stats.unexpected_replies == 0 and stats.images == len(codes)
+    assert stats.resent == 0 and stats.unexpected_replies == 0 and stats.images == len(codes) and stats.most_sends == 1
 
 
 @pytest.mark.parametrize("faults", [
@@ -203,7 +205,7 @@ def test_every_image_gets_its_correct_result_despite_faults(net, codes, faults):
 def test_board_reset_mid_stream(net, codes):
     results, stats = run_all(FakeBoard(net, reset_after=20), codes)
     assert_correct(results, net, codes)
-    assert stats.resent > 0
+    assert stats.resent > 0 and stats.most_sends == 2
 
 
 def test_silent_board_is_a_clear_timeout(net, codes):
@@ -352,3 +354,42 @@ def test_a_result_whose_label_is_not_its_largest_logit_is_refused_as_damage():
     tie = (2).to_bytes(2, "little") + good[2:]              # label 2 ties with 1, but the core names the first
     with pytest.raises(ValueError, match="not the first largest"):
         identity.decode_result(tie)
+
+
+def _serve_identity_then_silence(board: FakeBoard, server: socket.socket, received: bytearray) -> None:
+    """One connection to ``board``: every byte from the host into ``received`` and the board, which answers
+    only until it has sent its identity."""
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(0.05)
+        while True:
+            try:
+                chunk = conn.recv(4096)
+            except socket.timeout:
+                continue
+            if not chunk:
+                return
+            received += chunk
+            board.write(chunk)
+            reply = board.read(1 << 16)
+            if reply:
+                conn.sendall(reply)
+                board.silent = True
+
+
+def test_infer_gives_up_on_an_image_after_exactly_retries_plus_one_sends(small_digits_net):
+    """``infer --retries 3`` on a board that identifies itself and then answers nothing: image 0 goes on the
+    wire 4 times, then one line."""
+    from spikesmith.gen.netfile import load_network
+
+    board, received = FakeBoard(load_network(small_digits_net)), bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        thread = threading.Thread(target=_serve_identity_then_silence, args=(board, server, received), daemon=True)
+        thread.start()
+        proc = run_cli("infer", str(small_digits_net), "--port", f"socket://127.0.0.1:{server.getsockname()[1]}",
+                       "-n", "1", "--timeout", "0.3", "--retries", "3", "-q", check=False)
+        thread.join(timeout=10)
+    assert_one_line_error(proc, "image 0: no reply after 4 sends (timeout 0.3 s, 3 retries)")
+    sent = FrameDecoder(max_payload=1 << 16).feed(bytes(received))
+    assert [f.type for f in sent] == [FrameType.IDENTIFY] + [FrameType.INFER] * 4
+    assert len({f.seq for f in sent[1:]}) == 1, "the same request each time"
