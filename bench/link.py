@@ -68,10 +68,7 @@ def main() -> None:
             f"{runs[-1].get('resent', '-')} resent, at most {runs[-1].get('most_sends', '-')} sends of an image")
     codes = np.random.default_rng(7).integers(0, net.max_code + 1, size=(IMAGES, net.input.size))
     with tempfile.TemporaryDirectory() as cache, SimulatedBoard(plan_core(net, lanes=[3, 2]), Path(cache)) as board:
-        import serial
-
-        port = serial.serial_for_url(board.url, timeout=0)
-        verilated = _run(LossyLink(port, seed=99, drop=DAMAGE / 3, duplicate=DAMAGE / 3, corrupt=DAMAGE / 3),
+        verilated = _run(LossyLink(board.open_port(), seed=99, drop=DAMAGE / 3, duplicate=DAMAGE / 3, corrupt=DAMAGE / 3),
                          net, codes, timeout=2.0)
     log(f"board top under Verilator: {'complete' if verilated['complete'] else 'FAILED'}")
     from spikesmith.host.driver import DEFAULT_RETRIES

@@ -551,11 +551,11 @@ def cmd_infer(args) -> int:
     codes = net.input.encode(images, net.timesteps)         # the one encoder (docs/semantics.md)
     with contextlib.ExitStack() as stack:
         board = _simulated_board(args, net, stack, progress) if args.sim else None
-        url, timeout = ((board.url, args.timeout or board.reply_timeout(board.params.window)) if board
-                        else (args.port, args.timeout or 2.0))
-        progress(f"opening {url}")
-        driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window,
-                                                      retries=args.retries))
+        options = {"timeout": args.timeout or (board.reply_timeout(board.params.window) if board else 2.0),
+                   "window": args.window, "retries": args.retries}
+        progress(f"opening {'the simulated board' if board else args.port}")
+        driver = stack.enter_context(Accelerator(board.open_port(), **options) if board
+                                     else Accelerator.open(args.port, baudrate=args.baud, **options))
         identity = driver.expect(net)
         marks = [board.clock()] if board else []             # simulated time: before the load, before and after images
         sent = _load_weights(args, net, driver, identity, progress)
@@ -568,8 +568,8 @@ def cmd_infer(args) -> int:
         stats = driver.stats
     labels = np.array([r.label for r in results])
     logits = np.array([r.logits for r in results])
-    payload = {"net": str(args.net), "data": data.name, "transport": "simulated board (Verilator)" if args.sim else url,
-               "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict(),
+    payload = {"net": str(args.net), "data": data.name,
+               "transport": "simulated board (Verilator)" if args.sim else args.port, "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict(),
                "weight_rows_loaded": sent}
     if board is not None:
         payload["board"] = _simulated_rates(board, identity, marks, len(results), sent)
