@@ -28,8 +28,8 @@ from .rows import NO_COLLISIONS, mux_tree
 from .streams import SlowStreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
-__all__ = ["BoardTop", "FrameCRC", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind", "ErrorKind",
-           "ErrorReport", "InFlight", "ImageHandoff", "WeightWrite", "LoadRequest"]
+__all__ = ["BoardTop", "FrameCRC", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind",
+           "ErrorKind", "ErrorReport", "InFlight", "ImageHandoff", "WeightWrite", "LoadRequest"]
 
 
 class FrameKind(enum.Enum, shape=8):
@@ -61,9 +61,9 @@ InFlight = data.StructLayout({"seq": 16, "generation": 8})
 class FrameCRC(wiring.Component):
     """CRC-32/ISO-HDLC (zlib's) of a frame's ``type .. payload`` bytes, as the host computes it.
 
-    ``byte``, ``take``: a byte to sum (registered here; at most one while ``busy``); ``start``: begin
-    a frame (registered). ``crc``: the 32-bit CRC, complete once ``busy`` falls after the last byte.
-    ``busy``: a flip-flop, set for the two cycles after a take.
+    ``byte``, ``take``: a byte to sum (registered here), at most one every two cycles; ``start``:
+    begin a frame (registered). ``busy``: a flip-flop, set for the two cycles after a take, while
+    the byte is summed. ``crc``: the 32-bit CRC, complete once ``busy`` falls after the last byte.
 
     amaranth.lib.crc's processor takes the byte a nibble a cycle, low nibble first (the reflected
     CRC's order, so the CRC is the byte-wide one): 60 iCE40 LUTs where a byte a cycle took 103
@@ -408,7 +408,7 @@ class FrameReceiver(wiring.Component):
             # Byte by byte, into a flag each (one 16-bit compare was three LUTs and two long routes from the
             # CRC's register); CHECK reads their AND, one LUT.
             with m.If(~self._crc.busy):
-                m.d.sync += self._crc_ok.eq(Cat(self._crc.crc.word_select(k, 8) == (FrameCRC.RESIDUE >> 8 * k) & 0xFF
+                m.d.sync += self._crc_ok.eq(Cat(self._crc.crc.word_select(k, 8) == ((FrameCRC.RESIDUE >> 8 * k) & 0xFF)
                                                 for k in range(CRC_BYTES)))
                 self._fsm.next = "CHECK"
         # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD buffer's
@@ -692,8 +692,8 @@ class FrameTransmitter(wiring.Component):
         followed by three cycles, FETCH, WORD and BYTE, for the next one to be read), a cycle in SUM, then
         ``frame_crc``'s CRC, low byte first; ``sent_all`` (sync statements) as the last byte goes.
         ``offering``, ``summing``: the FSM's flip-flops of :data:`_SENDING_STATES` and :data:`_SUMMED_STATES`;
-        the byte is offered while the CRC
-        is not busy summing the last one, and picked by the sending state's flip-flop (:func:`_one_of`)."""
+        the byte is offered while the CRC is not busy summing the last one, and picked by the sending
+        state's flip-flop (:func:`_one_of`)."""
         sent = self.bytes.valid & self.bytes.ready
         crc = frame_crc.crc
         # The length's compares, registered: `out_len` is set in LOAD, five bytes before LEN1, and `index`
