@@ -237,15 +237,19 @@ def mnist_section(f: dict) -> list[str]:
 def link_section(f: dict) -> list[str]:
     damaged = f["damaged_bytes"]
     v = f["verilated"]
+    retries = (f"with `spikesmith infer`'s default of {f['retries']} retries (an image sent at most "
+               f"{f['retries'] + 1} times; the most any needed: {f['most_sends']}), " if "retries" in f else "")
     return [f"{f['complete']} of {f['runs']} runs of {f['images']} images complete over a link damaging "
             f"{100 * f['damage']:g} % of the bytes each way (dropped {damaged['dropped']:,}, duplicated "
-            f"{damaged['duplicated']:,}, corrupted {damaged['corrupted']:,} bytes in all): every result correct in "
-            f"every logit, exactly once, in order; {f['resent']:,} images resent; "
+            f"{damaged['duplicated']:,}, corrupted {damaged['corrupted']:,} bytes in all), {retries}every result "
+            f"correct in every logit, exactly once, in order; {f['resent']:,} images resent; "
             f"{f['seconds_per_run']:.1f} s per run (the board model of tests/fakeboard.py through "
             "sim/link.py's LossyLink).", "",
             f"The board top under Verilator behind the same damage: "
             f"{'complete, every result correct' if v['complete'] else 'FAILED: ' + v.get('error', 'wrong results')}"
-            f"{', ' + str(v['resent']) + ' resent' if 'resent' in v else ''} ({v['seconds']:.0f} s)."]
+            f"{', ' + str(v['resent']) + ' resent' if 'resent' in v else ''}"
+            f"{', at most ' + str(v['most_sends']) + ' sends of an image' if 'most_sends' in v else ''} "
+            f"({v['seconds']:.0f} s)."]
 
 
 def soak_section(f: dict) -> list[str]:

@@ -20,7 +20,7 @@ from amaranth.lib import crc, data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract.plan import BoardParams
-from ..contract.protocol import COMMIT_LAYER, LOAD_HEAD, SYNC, ErrorCode, FrameType
+from ..contract.protocol import COMMIT_LAYER, CRC_BYTES, LOAD_HEAD, SYNC, ErrorCode, FrameType
 from .core import SpikingCore, core_result_layout, core_weight_load_layout
 from .events import image_beat_layout, index_signal
 from .onehot import OneHotFSM
@@ -28,8 +28,8 @@ from .rows import NO_COLLISIONS, mux_tree
 from .streams import SlowStreamRegister
 from .uart import UARTReceiver, UARTTransmitter
 
-__all__ = ["BoardTop", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind", "ErrorKind",
-           "ErrorReport", "InFlight", "ImageHandoff", "WeightWrite", "LoadRequest"]
+__all__ = ["BoardTop", "FrameCRC", "FrameReceiver", "FrameTransmitter", "ImageLoader", "WeightLoader", "FrameKind",
+           "ErrorKind", "ErrorReport", "InFlight", "ImageHandoff", "WeightWrite", "LoadRequest"]
 
 
 class FrameKind(enum.Enum, shape=8):
@@ -58,9 +58,43 @@ ErrorReport = data.StructLayout({"seq": 16, "code": ErrorKind})
 InFlight = data.StructLayout({"seq": 16, "generation": 8})
 
 
-def _frame_crc() -> crc.Processor:
-    """CRC-16/CCITT-FALSE over a frame's ``type .. payload`` bytes, as the host computes it."""
-    return crc.catalog.CRC16_CCITT_FALSE(data_width=8).create()
+class FrameCRC(wiring.Component):
+    """CRC-32/ISO-HDLC (zlib's) of a frame's ``type .. payload`` bytes, as the host computes it.
+
+    ``byte``, ``take``: a byte to sum (registered here), at most one every two cycles; ``start``:
+    begin a frame (registered). ``busy``: a flip-flop, set for the two cycles after a take, while
+    the byte is summed. ``crc``: the 32-bit CRC, complete once ``busy`` falls after the last byte.
+
+    amaranth.lib.crc's processor takes the byte a nibble a cycle, low nibble first (the reflected
+    CRC's order, so the CRC is the byte-wide one): 60 iCE40 LUTs where a byte a cycle took 103
+    (its 32 XOR trees of up to 16 inputs), and the UART brings a byte every 10 bit times.
+    """
+
+    #: ``crc`` after a frame's bytes and then its own CRC (low byte first): the processor's residue, as ``crc``
+    #: shows it (``zlib.crc32`` of any frame's body and CRC: 0x2144DF1C).
+    RESIDUE = crc.catalog.CRC32_ISO_HDLC(data_width=4).residue() ^ crc.catalog.CRC32_ISO_HDLC.xor_output
+
+    def __init__(self):
+        super().__init__({"byte": In(8), "take": In(1), "start": In(1), "crc": Out(8 * CRC_BYTES),
+                          "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.processor = processor = crc.catalog.CRC32_ISO_HDLC(data_width=4).create()
+        assert len(processor.crc) == 8 * CRC_BYTES
+        nibbles, low, high, start = Signal(8), Signal(), Signal(), Signal()   # low, high: that nibble's cycle
+        with m.If(self.take):
+            m.d.sync += nibbles.eq(self.byte)
+        with m.Elif(low):
+            m.d.sync += nibbles.eq(nibbles >> 4)          # the high nibble next
+        m.d.sync += [low.eq(self.take), high.eq(low), start.eq(self.start), self.busy.eq(self.take | low)]
+        m.d.comb += [processor.data.eq(nibbles[:4]), processor.valid.eq(low | high), processor.start.eq(start),
+                     self.crc.eq(processor.crc)]
+        return m
+
+
+#: The states of a frame's CRC bytes, low byte first (receiver and transmitter).
+_CRC_STATES = tuple(f"CRC{k}" for k in range(CRC_BYTES))
 
 
 #: A LOAD's head as received (docs/protocol.md): ``layer``, first row ``address``, row ``count``.
@@ -126,11 +160,11 @@ class FrameReceiver(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        m.submodules.crc = self._crc = _frame_crc()
+        m.submodules.crc = self._crc = FrameCRC()
         self._seq, self._kind, self._length = Signal(16), Signal(FrameKind, init=FrameKind.IDENTIFY), Signal(16)
         self._count = index_signal(p.image_bytes + 1)        # an INFER's payload bytes
         self._last_byte = Signal()                           # _count is at the image's last byte (registered)
-        self._crc_ok = Signal(2)         # each byte of the frame's CRC matched (registered: a cycle of its own)
+        self._crc_ok = Signal(CRC_BYTES)  # each byte of the frame's CRC matched (registered: a cycle of its own)
         self._take = Signal()            # the byte on offer is taken (a register: decided a cycle ahead)
         self._refusing, self._refusal = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # a refusal now, its code
         self._pending, self._pending_code = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # ... a cycle later
@@ -151,11 +185,11 @@ class FrameReceiver(wiring.Component):
         self._fsm = OneHotFSM(m, "receive", initial="HUNT")
         # The states that take the byte on offer, and those of them that sum it into the CRC: a flip-flop
         # each (an OR of eleven state flip-flops was two LUTs of the iCE40's slowest path, into `ready`).
-        summed = ["TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD"]
+        summed = ["TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD", *_CRC_STATES]   # (the CRC too: its residue)
         if self.params.load_bytes:
             summed += ["LOAD", "ADDR0", "ADDR1", "COUNT", "ROWS"]
         self._summing = self._fsm.group("summing", summed)
-        self._taking = self._fsm.group("taking", [*summed, "HUNT", "CRC0", "CRC1"])
+        self._taking = self._fsm.group("taking", [*summed, "HUNT"])
         self._refusals(m)
         self._header(m)
         self._image_payload(m)
@@ -181,12 +215,11 @@ class FrameReceiver(wiring.Component):
         if self.params.load_bytes:
             waiting |= bits["ROWS"] & self.weights.busy
         m.d.sync += self._take.eq(available & ~self._take & ~waiting & self._taking)
-        # The CRC takes each byte a cycle later, from registers (the received byte's compares and the CRC's
-        # XORs were one path into its register); it is read in COMPARE, bytes after the last one it sums.
-        crc_byte, crc_valid, crc_start = Signal(8), Signal(), Signal()
-        m.d.sync += [crc_byte.eq(byte), crc_valid.eq(self._take & summing),
-                     crc_start.eq(self._take & bits["HUNT"] & (byte == SYNC))]
-        m.d.comb += [self._crc.data.eq(crc_byte), self._crc.valid.eq(crc_valid), self._crc.start.eq(crc_start)]
+        # The CRC takes each byte into registers and sums it in the two cycles after (the received byte's
+        # compares and the CRC's XORs were one path into its register), before the next take; it is read in
+        # COMPARE, bytes after the last one it sums.
+        m.d.comb += [self._crc.byte.eq(byte), self._crc.take.eq(self._take & summing),
+                     self._crc.start.eq(self._take & bits["HUNT"] & (byte == SYNC))]
 
     def _refuse(self, m: Module, code: ErrorKind) -> None:
         """Queue a refusal: a register in front of the refusal queue (only when :meth:`_refusal_room`)."""
@@ -364,23 +397,20 @@ class FrameReceiver(wiring.Component):
 
     def _check(self, m: Module) -> None:
         """The CRC; then the request is accepted (and answered later) or refused now."""
-        byte = self.bytes.payload
-        # The two CRC bytes go into registers as they come, and COMPARE checks them a cycle later: a compare
-        # in front of the byte's register put the received byte's valid, its routing and the compare in one
-        # path (the iCE40's slowest for two of the digits MLPs; one 16-bit compare there was 6 LUTs deep).
-        received = Signal(16)
-        with self._fsm.State("CRC0"):
-            with m.If(self._take):
-                m.d.sync += received[:8].eq(byte)
-                self._fsm.next = "CRC1"
-        with self._fsm.State("CRC1"):
-            with m.If(self._take):
-                m.d.sync += received[8:].eq(byte)
-                self._fsm.next = "COMPARE"
+        # The CRC sums the frame's CRC bytes too, and COMPARE checks it against the residue of a frame with
+        # its own CRC, once it has summed the last one: no register of received CRC bytes (32 flip-flops),
+        # and compares with constants, half the LUTs of a compare of two registers.
+        for k, state in enumerate(_CRC_STATES):
+            with self._fsm.State(state):
+                with m.If(self._take):
+                    self._fsm.next = _CRC_STATES[k + 1] if k + 1 < CRC_BYTES else "COMPARE"
         with self._fsm.State("COMPARE"):
-            # Byte by byte (one 16-bit compare was three LUTs and two long routes from the CRC's register).
-            m.d.sync += self._crc_ok.eq(Cat(received[:8] == self._crc.crc[:8], received[8:] == self._crc.crc[8:]))
-            self._fsm.next = "CHECK"
+            # Byte by byte, into a flag each (one 16-bit compare was three LUTs and two long routes from the
+            # CRC's register); CHECK reads their AND, one LUT.
+            with m.If(~self._crc.busy):
+                m.d.sync += self._crc_ok.eq(Cat(self._crc.crc.word_select(k, 8) == ((FrameCRC.RESIDUE >> 8 * k) & 0xFF)
+                                                for k in range(CRC_BYTES)))
+                self._fsm.next = "CHECK"
         # Wait for room for any answer, so no request is ever silently dropped (and for the LOAD buffer's
         # rows to be written: a commit must not overtake them). Registered, with what CHECK decides on:
         # only the receiver's own acts in CHECK take room away (it then leaves CHECK), so a cycle-old
@@ -587,12 +617,11 @@ class FrameTransmitter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        m.submodules.crc = frame_crc = _frame_crc()
+        m.submodules.crc = frame_crc = FrameCRC()
         out_type, out_seq, out_len = Signal(FrameKind, init=FrameKind.ERROR), Signal(16), Signal(16)
-        # The CRC takes each sent byte a cycle later, from registers (SUM waits for the last one).
-        crc_byte, crc_valid = Signal(8), Signal()
-        m.d.comb += [frame_crc.data.eq(crc_byte), frame_crc.valid.eq(crc_valid)]
-        m.d.sync += crc_byte.eq(self.bytes.payload)           # (crc_valid: set in _send_states)
+        # The CRC takes each sent byte into registers (its take: set in _send_states) and sums it in the two
+        # cycles after; no byte is offered while it does (SUM and CRC0 wait for the last one).
+        m.d.comb += frame_crc.byte.eq(self.bytes.payload)
         kinds = ("error", "ack", "identity", "result", "dropped")
         # IDLE chooses an answer into one-hot `chosen` registers; LOAD copies its header; after the CRC,
         # `take` (registers, so each queue's ready is a flip-flop) takes it from its queue for one cycle.
@@ -616,6 +645,7 @@ class FrameTransmitter(wiring.Component):
         fsm = OneHotFSM(m, "transmit", initial="IDLE")          # (a binary state was 5 bits to decode)
         # The byte is on offer in these states: one flip-flop, not an OR of nine in front of the UART's register.
         offering = fsm.group("offering", _SENDING_STATES)
+        summing = fsm.group("summing", _SUMMED_STATES)             # (the same for the bytes the CRC sums)
         with fsm.State("IDLE"):
             m.d.sync += [index.eq(0), *(chosen[kind].eq(0) for kind in kinds)]
             with m.If(offered["error"]):
@@ -645,26 +675,27 @@ class FrameTransmitter(wiring.Component):
             with m.If(chosen["dropped"]):           # an earlier session's result: taken, not sent
                 m.d.sync += taking["dropped"].eq(1)
                 fsm.next = "RELEASE"
-        m.d.comb += frame_crc.start.eq(fsm.ongoing("IDLE") | fsm.ongoing("LOAD"))
+        m.d.comb += frame_crc.start.eq(fsm.ongoing("IDLE") | fsm.ongoing("LOAD"))   # (registered in FrameCRC)
         with fsm.State("RELEASE"):                    # `take` is set: the queue gives the answer up
             fsm.next = "SETTLE"
         with fsm.State("SETTLE"):                     # (a cycle for `offered` to see the queue after it)
             fsm.next = "IDLE"
-        self._send_states(m, fsm, offering, crc_valid,
+        self._send_states(m, fsm, offering, summing, frame_crc,
                           [out_type, out_seq[:8], out_seq[8:], out_len[:8], out_len[8:]],
-                          next_byte, frame_crc.crc, out_len, index,
+                          next_byte, out_len, index,
                           sent_all=[taking[kind].eq(chosen[kind]) for kind in kinds])
         return m
 
-    def _send_states(self, m: Module, fsm: OneHotFSM, offering, crc_valid, header: list, next_byte, crc, out_len,
-                     index, sent_all: list) -> None:
+    def _send_states(self, m: Module, fsm: OneHotFSM, offering, summing, frame_crc: FrameCRC, header: list,
+                     next_byte, out_len, index, sent_all: list) -> None:
         """SYNC, the CRC'd header bytes, the payload (``out_len`` bytes of ``next_byte``, each
-        followed by three cycles, FETCH, WORD and BYTE, for the next one to be read), a cycle in SUM for the CRC to
-        take the last byte, then the ``crc``, low byte first; ``sent_all`` (sync statements) as the
-        last byte goes. ``crc_valid``: a register, set for the cycle after a CRC'd byte is sent.
-        ``offering``: the FSM's flip-flop of :data:`_SENDING_STATES`, the byte's valid; the byte is
-        picked by the sending state's flip-flop (:func:`_one_of`)."""
+        followed by three cycles, FETCH, WORD and BYTE, for the next one to be read), a cycle in SUM, then
+        ``frame_crc``'s CRC, low byte first; ``sent_all`` (sync statements) as the last byte goes.
+        ``offering``, ``summing``: the FSM's flip-flops of :data:`_SENDING_STATES` and :data:`_SUMMED_STATES`;
+        the byte is offered while the CRC is not busy summing the last one, and picked by the sending
+        state's flip-flop (:func:`_one_of`)."""
         sent = self.bytes.valid & self.bytes.ready
+        crc = frame_crc.crc
         # The length's compares, registered: `out_len` is set in LOAD, five bytes before LEN1, and `index`
         # settles in FETCH, WORD and BYTE before each payload byte (the compares were a carry chain in front of
         # the state's next value).
@@ -682,7 +713,7 @@ class FrameTransmitter(wiring.Component):
                 if state == "LEN1":
                     with m.If(sent & empty):
                         fsm.next = "SUM"
-                if state == "CRC1":
+                if state == _CRC_STATES[-1]:
                     with m.If(sent):
                         m.d.sync += sent_all
                 if state == "PAYLOAD":
@@ -704,18 +735,20 @@ class FrameTransmitter(wiring.Component):
             fsm.next = "PAYLOAD"
         with fsm.State("SUM"):
             fsm.next = "CRC0"
-        send("CRC0", crc[:8], "CRC1", crc_it=False)
-        send("CRC1", crc[8:], "RELEASE", crc_it=False)
-        assert tuple(state for state, _ in sending) == _SENDING_STATES
+        for k, state in enumerate(_CRC_STATES):
+            send(state, crc.word_select(k, 8), _CRC_STATES[k + 1] if k + 1 < CRC_BYTES else "RELEASE", crc_it=False)
+        assert tuple(state for state, _ in sending) == _SENDING_STATES and tuple(summed) == _SUMMED_STATES
         states = Cat(fsm.ongoing(state) for state, _ in sending)
-        m.d.comb += [self.bytes.valid.eq(offering),
+        m.d.comb += [self.bytes.valid.eq(offering & ~frame_crc.busy),
                      self.bytes.payload.eq(_one_of(states, [Value.cast(value)[:8] if not isinstance(value, int)
                                                             else Const(value, 8) for _, value in sending]))]
-        m.d.sync += crc_valid.eq(sent & Cat(fsm.ongoing(state) for state in summed).any())
+        m.d.comb += frame_crc.take.eq(sent & summing)
 
 
 #: The transmitter's states that offer a byte, in the frame's order.
-_SENDING_STATES = ("SYNC", "TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")
+_SENDING_STATES = ("SYNC", "TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD", *_CRC_STATES)
+#: Those whose byte the CRC sums.
+_SUMMED_STATES = ("TYPE", "SEQ0", "SEQ1", "LEN0", "LEN1", "PAYLOAD")
 
 
 def _words(data: list) -> list:

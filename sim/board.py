@@ -1,13 +1,18 @@
 """The simulated board: the Verilator model of the board top (``spikesmith.hw.board``) serving
-its UART on ``socket://127.0.0.1:PORT`` (``sim/board_bench.py`` bridges the two).
+its UART on a loopback TCP port (``sim/board_bench.py`` bridges the two).
 
-The host driver opens that URL as it opens a real board's ``/dev/ttyUSB1`` (any pyserial
-URL), and cannot tell them apart.
+The host driver takes the port :meth:`SimulatedBoard.open_port` opens (pyserial's
+``socket://``) as it takes a real board's ``/dev/ttyUSB1``, and cannot tell them apart. The
+connection is private: it must begin with a token of this run, which only this process knows
+(the bench reads it from a 0700 folder), so another local process that connects first does
+not take the board.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import socket
 import tempfile
 import threading
@@ -16,6 +21,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from ..contract.protocol import FRAMING
 from ..errors import SpikesmithError
 from ..gen.board import DEFAULT_WINDOW, board_params
 from ..hw.board import BoardTop
@@ -28,14 +34,18 @@ SIM_CLOCK_HZ = 12_000_000
 SIM_BAUD = 1_500_000
 #: Wall-clock seconds to wait for the simulated time (the bench answers between chunks it shifts in).
 CLOCK_SECONDS = 120.0
+#: Bytes of the token a connection to the simulated board begins with.
+TOKEN_BYTES = 16
 
 
 class SimulatedBoard:
     """The board top for a plan under Verilator at ``clock_hz`` and ``baud`` (refused in one line
-    when the clock cannot make the baud rate within 2 %), reachable at :attr:`url` while open.
+    when the clock cannot make the baud rate within 2 %), reachable by one :meth:`open_port` (or
+    :meth:`connect`) while open; its TCP port is :attr:`address`, but a connection that does not
+    begin with this run's token is closed.
 
         with SimulatedBoard(plan, cache_dir, baud=3_000_000) as board:
-            with Accelerator.open(board.url, timeout=30) as driver:
+            with Accelerator(board.open_port(), timeout=30) as driver:
                 start = board.clock()["cycles"]                      # simulated cycles since reset
                 ...
                 cycles = board.clock()["last_tx_cycle"] - start      # ... to the last byte sent to the host
@@ -47,8 +57,9 @@ class SimulatedBoard:
         self.params = board_params(plan, clock_hz, baud, window or DEFAULT_WINDOW)
         self.clock_hz, self.baud = int(clock_hz), baud
         self.cache_dir, self.progress, self.start_seconds = Path(cache_dir), progress, start_seconds
-        self.url: str | None = None
+        self.address: tuple[str, int] | None = None     # the UART's TCP port, while open
         self.stats: dict = {}
+        self._token = secrets.token_bytes(TOKEN_BYTES)
         self._control: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._failure: Exception | None = None
@@ -57,11 +68,13 @@ class SimulatedBoard:
     def __enter__(self) -> "SimulatedBoard":
         text = verilog.convert(BoardTop(self.params), name="spikesmith_board", emit_src=False)
         build = build_verilog(text, "spikesmith_board", self.cache_dir, waves=False, progress=self.progress)
-        self._folder = tempfile.TemporaryDirectory(prefix="spikesmith-board-")
+        self._folder = tempfile.TemporaryDirectory(prefix="spikesmith-board-")      # (mode 0700: mkdtemp)
         folder = Path(self._folder.name)
-        port_file = folder / "port"
+        port_file, token_file = folder / "port", folder / "token"
+        with os.fdopen(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(self._token)
         env = {"SPIKESMITH_DIVISOR": str(self.params.divisor), "SPIKESMITH_PORT_FILE": str(port_file),
-               "SPIKESMITH_STATS": str(folder / "stats.json")}
+               "SPIKESMITH_TOKEN_FILE": str(token_file), "SPIKESMITH_STATS": str(folder / "stats.json")}
 
         def run():
             self._failure = run_cocotb(build, "spikesmith.sim.board_bench", folder, env)
@@ -76,10 +89,47 @@ class SimulatedBoard:
                                       f"see {folder / 'sim.log'}")
             time.sleep(0.05)
         data_port, control_port = (int(port) for port in port_file.read_text().split())
-        self._control = socket.create_connection(("127.0.0.1", control_port), timeout=CLOCK_SECONDS)
-        self.url = f"socket://127.0.0.1:{data_port}"
-        self.progress(f"simulated board listening at {self.url}")
+        try:
+            self._control = self._connect(control_port)
+        except SpikesmithError:
+            self._cleanup()
+            raise
+        self.address = ("127.0.0.1", data_port)
+        self.progress(f"simulated board listening on 127.0.0.1:{data_port} (private: a connection begins with "
+                      "this run's token)")
         return self
+
+    def _connect(self, port: int) -> socket.socket:
+        """A connection to the bench's ``port`` that has presented the token."""
+        try:
+            conn = socket.create_connection(("127.0.0.1", port), timeout=CLOCK_SECONDS)
+            conn.sendall(self._token)
+        except OSError as exc:
+            raise SpikesmithError(f"cannot connect to the simulated board: {exc}") from exc
+        return conn
+
+    def connect(self) -> socket.socket:
+        """A TCP connection to the board's UART (the token sent): the bytes of a serial line. Once only."""
+        if self.address is None:
+            raise SpikesmithError("the simulated board is not running")
+        conn = self._connect(self.address[1])
+        conn.settimeout(None)
+        return conn
+
+    def open_port(self):
+        """The board's UART as a pyserial port (``socket://``, reads never wait), the token sent: what
+        :class:`spikesmith.host.driver.Accelerator` takes. Once only: the board then takes no other."""
+        import serial
+
+        if self.address is None:
+            raise SpikesmithError("the simulated board is not running")
+        host, port = self.address
+        try:
+            serial_port = serial.serial_for_url(f"socket://{host}:{port}", timeout=0)
+            serial_port.write(self._token)
+        except (serial.SerialException, OSError) as exc:
+            raise SpikesmithError(f"cannot connect to the simulated board: {exc}") from exc
+        return serial_port
 
     def reply_timeout(self, window: int) -> float:
         """Wall-clock seconds a reply may take here: 30 s, plus ``window`` + 1 times a frame's line time
@@ -87,7 +137,7 @@ class SimulatedBoard:
         baud is 824,000 cycles of line). The driver's timeout is wall-clock time: a shorter one resent
         images the board was still receiving, and the resends took the line (half of it, measured)."""
         p = self.params
-        frame = 10 * (8 + max(p.image_bytes, p.result_bytes, p.load_payload_bytes)) * p.divisor
+        frame = 10 * (FRAMING + max(p.image_bytes, p.result_bytes, p.load_payload_bytes)) * p.divisor
         return 30.0 + (window + 1) * (frame + p.plan.latency_bound) / 20_000
 
     def clock(self) -> dict:
@@ -95,13 +145,16 @@ class SimulatedBoard:
         host ended) and ``bytes_from_host``. Answered between the chunks of host bytes the bench shifts in."""
         if self._control is None:
             raise SpikesmithError("the simulated board is not running")
-        self._control.sendall(b"?")
         line = b""
-        while not line.endswith(b"\n"):
-            chunk = self._control.recv(4096)
-            if not chunk:
-                raise SpikesmithError("the simulated board stopped")
-            line += chunk
+        try:
+            self._control.sendall(b"?")
+            while not line.endswith(b"\n"):
+                chunk = self._control.recv(4096)
+                if not chunk:
+                    raise SpikesmithError("the simulated board stopped")
+                line += chunk
+        except OSError as exc:
+            raise SpikesmithError(f"the simulated board stopped: {exc}") from exc
         return json.loads(line)
 
     def __exit__(self, *exc) -> None:

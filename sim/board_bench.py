@@ -5,6 +5,11 @@ ephemeral port, written to ``SPIKESMITH_PORT_FILE``), and bridges the connection
 board's UART pins: bytes from the host are shifted into ``rx`` bit by bit (8N1), bytes the
 board shifts out on ``tx`` go back to the host. The host driver opens it as
 ``socket://127.0.0.1:PORT`` with pyserial, exactly as it opens a real board's serial port.
+
+The connection is private: any local process can connect to a loopback port, so the bench
+takes only a connection whose first bytes are the run's token (``SPIKESMITH_TOKEN_FILE``, in
+the simulated board's 0700 folder); it closes any other once it has sent as many bytes or
+after :data:`TOKEN_SECONDS`, and keeps waiting for the right one.
 When the host closes the connection the simulation ends and writes its cycle count to
 ``SPIKESMITH_STATS``. A second port, the *control* connection (``SimulatedBoard.clock``),
 answers each request with the simulated time: cycles since reset and when the last byte to the
@@ -17,10 +22,13 @@ runs on the cycles in between (``ClockCycles`` would wake it on every edge).
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import select
 import socket
+import time
+from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
@@ -28,6 +36,8 @@ from cocotb.triggers import FallingEdge, Timer
 from cocotb.utils import get_sim_time
 
 ACCEPT_SECONDS = 120
+TOKEN_SECONDS = 5.0          # a connection has this long to present the token
+MOST_PENDING = 64            # connections waiting to present it (more: the oldest is closed)
 CLOCK_NS = 10
 
 
@@ -69,16 +79,60 @@ async def _board_to_host(dut, divisor: int, conn: socket.socket, clock: SimTime)
 def _listen() -> socket.socket:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(ACCEPT_SECONDS)
+    server.listen(16)
+    server.setblocking(False)
     return server
 
 
-def _accept(server: socket.socket) -> socket.socket:
-    conn, _ = server.accept()
-    server.close()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return conn
+def accept_presenting(server: socket.socket, token: bytes, seconds: float = ACCEPT_SECONDS) -> socket.socket:
+    """The first connection to ``server`` whose first bytes are ``token`` (read off; what follows stays
+    in the socket); then ``server`` is closed. Other connections are closed once they have sent
+    ``len(token)`` bytes, or after :data:`TOKEN_SECONDS` (a guess is read whole before it is compared,
+    so how it is refused says nothing of which bytes were right). ``TimeoutError`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    pending: dict[socket.socket, tuple[bytearray, float]] = {}       # connection -> (bytes so far, until)
+    try:
+        while True:
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(f"no connection presented the token in {seconds:g} s")
+            for conn in [conn for conn, (_, until) in pending.items() if until < now]:
+                del pending[conn]
+                conn.close()
+            readable, _, _ = select.select([server, *pending], [], [], 0.2)
+            for conn in readable:
+                if conn is server:
+                    try:
+                        accepted, _ = server.accept()
+                    except (BlockingIOError, ConnectionError):
+                        continue
+                    accepted.setblocking(False)
+                    if len(pending) >= MOST_PENDING:
+                        oldest = next(iter(pending))
+                        del pending[oldest]
+                        oldest.close()
+                    pending[accepted] = (bytearray(), now + TOKEN_SECONDS)
+                    continue
+                got, _ = pending[conn]
+                try:
+                    chunk = conn.recv(len(token) - len(got))
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    chunk = b""
+                got += chunk
+                if chunk and len(got) < len(token):
+                    continue
+                del pending[conn]
+                if chunk and hmac.compare_digest(bytes(got), token):
+                    conn.setblocking(True)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return conn
+                conn.close()
+    finally:
+        server.close()
+        for conn in pending:
+            conn.close()
 
 
 def _answer(control: socket.socket, clock: SimTime, received: int) -> bool:
@@ -125,12 +179,13 @@ async def serve(dut):
     dut.rst.value = 0
     clock = SimTime()
 
+    token = Path(os.environ["SPIKESMITH_TOKEN_FILE"]).read_bytes()
     server, control_server = _listen(), _listen()
     with open(os.environ["SPIKESMITH_PORT_FILE"] + ".tmp", "w") as f:
         f.write(f"{server.getsockname()[1]} {control_server.getsockname()[1]}")
     os.replace(os.environ["SPIKESMITH_PORT_FILE"] + ".tmp", os.environ["SPIKESMITH_PORT_FILE"])
-    control = _accept(control_server)                    # SimulatedBoard connects it before it gives out the URL
-    conn = _accept(server)
+    control = accept_presenting(control_server, token)   # SimulatedBoard connects it before it opens the port
+    conn = accept_presenting(server, token)
     cocotb.start_soon(_board_to_host(dut, divisor, conn, clock))
     received = await _host_to_board(dut, divisor, conn, control, clock)
     await cycles(20 * divisor)

@@ -555,10 +555,11 @@ def cmd_infer(args) -> int:
     codes = net.input.encode(images, net.timesteps)         # the one encoder (docs/semantics.md)
     with contextlib.ExitStack() as stack:
         board = _simulated_board(args, net, stack, progress) if args.sim else None
-        url, timeout = ((board.url, args.timeout or board.reply_timeout(board.params.window)) if board
-                        else (args.port, args.timeout or 2.0))
-        progress(f"opening {url}")
-        driver = stack.enter_context(Accelerator.open(url, baudrate=args.baud, timeout=timeout, window=args.window))
+        options = {"timeout": args.timeout or (board.reply_timeout(board.params.window) if board else 2.0),
+                   "window": args.window, "retries": args.retries}
+        progress(f"opening {'the simulated board' if board else args.port}")
+        driver = stack.enter_context(Accelerator(board.open_port(), **options) if board
+                                     else Accelerator.open(args.port, baudrate=args.baud, **options))
         identity = driver.expect(net)
         marks = [board.clock()] if board else []             # simulated time: before the load, before and after images
         sent = _load_weights(args, net, driver, identity, progress)
@@ -571,8 +572,8 @@ def cmd_infer(args) -> int:
         stats = driver.stats
     labels = np.array([r.label for r in results])
     logits = np.array([r.logits for r in results])
-    payload = {"net": str(args.net), "data": data.name, "transport": "simulated board (Verilator)" if args.sim else url,
-               "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict(),
+    payload = {"net": str(args.net), "data": data.name,
+               "transport": "simulated board (Verilator)" if args.sim else args.port, "images": len(results), "accuracy": float(np.mean(labels == data.labels)), **stats.as_dict(),
                "weight_rows_loaded": sent}
     if board is not None:
         payload["board"] = _simulated_rates(board, identity, marks, len(results), sent)
@@ -634,13 +635,13 @@ def _load_weights(args, net, driver, identity, progress) -> int:
 def _simulated_rates(board, identity, marks: list[dict], images: int, rows: int) -> dict:
     """Rates in simulated time (docs/protocol.md, "Rates"): the weight load and the images from the
     first request's first byte to the last reply's last byte, beside the core's worst case and the line's bound."""
-    from .contract.protocol import code_bytes
+    from .contract.protocol import FRAMING, code_bytes
 
     clock, bit_rate = board.clock_hz, board.clock_hz / board.params.divisor
     load_cycles = marks[1]["last_tx_cycle"] - marks[0]["cycles"] if rows else 0
     cycles = max(1, marks[2]["last_tx_cycle"] - marks[1]["cycles"])
-    request = 8 + identity.inputs * code_bytes(identity.timesteps)      # frame bytes each way
-    reply = 8 + identity.result_bytes
+    request = FRAMING + identity.inputs * code_bytes(identity.timesteps)      # frame bytes each way
+    reply = FRAMING + identity.result_bytes
     return {"clock_hz": clock, "baud": board.baud, "uart_bit_rate": bit_rate, "divisor": board.params.divisor,
             "window": identity.window, "simulated_cycles": cycles, "cycles_per_image": cycles / max(1, images),
             "images_per_second_end_to_end": images * clock / cycles,
@@ -947,6 +948,8 @@ def _add_model_commands(sub) -> None:
 
 def _add_hardware_commands(sub) -> None:
     """generate, simulate, infer, build: the hardware side."""
+    from .host.driver import DEFAULT_RETRIES
+
     p = sub.add_parser("generate", help="generate the spiking core (Verilog + report) for a network file")
     p.add_argument("net", metavar="NET")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (created if missing)")
@@ -993,6 +996,10 @@ def _add_hardware_commands(sub) -> None:
     p.add_argument("--timeout", type=_number(float, 0.001, 3600.0), metavar="S",
                    help="seconds to wait for a reply before resending (default 2; with --sim 30 and more, "
                         "as the simulated line needs)")
+    p.add_argument("--retries", type=_number(int, 0, 1000), default=DEFAULT_RETRIES, metavar="N",
+                   help=f"resends of one request before giving up, 0-1000 (default {DEFAULT_RETRIES}: enough for a "
+                        "link that damages 1 %% of the bytes; a board that never answers is given up after "
+                        "N + 1 timeouts)")
     p.add_argument("--build-dir", metavar="DIR", help="where Verilator builds are kept (with --sim)")
     _hardware_options(p)
     _common_options(p)

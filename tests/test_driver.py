@@ -1,18 +1,21 @@
 """The host driver and the wire protocol, against a fault-injecting fake board (tests/fakeboard.py)."""
 
+import binascii
+import socket
+import threading
 import zlib
 
 import numpy as np
 import pytest
 
 from spikesmith.host.driver import Accelerator, BoardError, BoardTimeout, WrongNetworkError, load_payloads
-from spikesmith.contract.protocol import (LOAD_HEAD, ErrorCode, FrameDecoder, FrameType, Identity, crc16,
+from spikesmith.contract.protocol import (LOAD_HEAD, ErrorCode, FrameDecoder, FrameType, Identity, crc32,
                                           encode_frame)
 from spikesmith.gen.sizing import plan_core
 from spikesmith.sim import golden
 from spikesmith.sim.link import LossyLink
 
-from conftest import make_network
+from conftest import assert_one_line_error, make_network, run_cli
 from fakeboard import FakeBoard, identity_of
 
 
@@ -41,12 +44,61 @@ def assert_correct(results, net, codes):
 
 
 def test_crc_check_value_and_frame_round_trip():
-    assert crc16(b"123456789") == 0x29B1      # the catalogued check value of CRC-16/CCITT-FALSE
+    assert crc32(b"123456789") == 0xCBF43926      # the catalogued check value of CRC-32/ISO-HDLC
     frame = encode_frame(FrameType.INFER, 0x1234, bytes(range(40)))
     decoder = FrameDecoder()
     noise = bytes([0x00, 0xA5, 0x02, 0xFF])   # a false sync and garbage before the frame
     frames = decoder.feed(noise + frame[:7]) + decoder.feed(frame[7:])
     assert [(f.type, f.seq, f.payload) for f in frames] == [(FrameType.INFER, 0x1234, bytes(range(40)))]
+
+
+def _result_frame_and_decoder():
+    """A RESULT frame of 10 two-byte logits (32 bytes) and a decoder bounded as the driver's, once identified."""
+    identity = Identity(timesteps=8, inputs=64, classes=10, logit_bytes=2, window=3, clock_hz=12_000_000,
+                        initiation_interval=1000, fingerprint=bytes(32))
+    payload = (3).to_bytes(2, "little") + b"".join(v.to_bytes(2, "little", signed=True)
+                                                    for v in (-7, 12, 40, 900, -300, 5, 0, 899, 1, 2))
+    lengths = {FrameType.RESULT: (identity.result_bytes,) * 2, FrameType.LOADED: (0, 0), FrameType.ERROR: (1, 1)}
+    return encode_frame(FrameType.RESULT, 0x1234, payload), lambda: FrameDecoder(lengths=lengths)
+
+
+def _refused(frame: bytes, damaged: bytes, decoder: FrameDecoder) -> bool:
+    """The damaged frame yields nothing, and the good frame after it is still found."""
+    after = encode_frame(FrameType.RESULT, 0x4321, FrameDecoder().feed(frame)[0].payload)
+    return [(f.seq, f.payload) for f in decoder.feed(damaged + after)] == [(0x4321, after[6:-4])]
+
+
+def test_every_single_bit_error_in_a_result_frame_is_refused():
+    frame, decoder = _result_frame_and_decoder()
+    for bit in range(8 * len(frame)):
+        damaged = bytearray(frame)
+        damaged[bit // 8] ^= 1 << bit % 8
+        assert _refused(frame, bytes(damaged), decoder()), f"bit {bit} flipped and the frame was taken"
+
+
+def test_every_burst_of_up_to_32_bits_in_a_result_frame_is_refused():
+    """Every value of every byte (bursts of up to 8 bits), and random bursts of 9 to 32 bits at every
+    bit of the frame, among them the CRC-16's generator (a 17-bit burst the old CRC-16 never saw)."""
+    frame, decoder = _result_frame_and_decoder()
+    for position in range(len(frame)):
+        for value in range(256):
+            if value != frame[position]:
+                damaged = frame[:position] + bytes([value]) + frame[position + 1:]
+                assert _refused(frame, damaged, decoder()), f"byte {position} = {value:#04x} was taken"
+    rng = np.random.default_rng(0)
+    whole = int.from_bytes(frame, "little")          # bit k is the k-th bit on the line (UART: LSB first)
+    for start in range(8 * len(frame) - 8):
+        for length in range(9, 33):
+            if start + length > 8 * len(frame):
+                break
+            inner = int(rng.integers(0, 1 << (length - 2))) if length > 2 else 0
+            burst = (1 << (length - 1)) | inner << 1 | 1               # first and last bit of the burst flipped
+            damaged = (whole ^ burst << start).to_bytes(len(frame), "little")
+            assert _refused(frame, damaged, decoder()), f"burst {burst:#x} at bit {start} was taken"
+    body = bytearray(frame[1:-4])                    # (CRC-16/CCITT reads each byte MSB first)
+    body[8:11] = (int.from_bytes(body[8:11], "big") ^ 0x11021 << 3).to_bytes(3, "big")
+    assert binascii.crc_hqx(bytes(body), 0xFFFF) == binascii.crc_hqx(frame[1:-4], 0xFFFF), "CRC-16 blind to it"
+    assert _refused(frame, frame[:1] + bytes(body) + frame[-4:], decoder())
 
 
 def test_decoder_drops_a_damaged_frame_and_keeps_the_next():
@@ -131,7 +183,7 @@ def test_a_load_whose_length_does_not_match_its_row_count_is_refused(spram_net):
 def test_clean_board(net, codes):
     results, stats = run_all(FakeBoard(net), codes, timeout=5.0)
     assert_correct(results, net, codes)
-    assert stats.resent == 0 and stats.unexpected_replies == 0 and stats.images == len(codes)
+    assert stats.resent == 0 and stats.unexpected_replies == 0 and stats.images == len(codes) and stats.most_sends == 1
 
 
 @pytest.mark.parametrize("faults", [
@@ -153,7 +205,7 @@ def test_every_image_gets_its_correct_result_despite_faults(net, codes, faults):
 def test_board_reset_mid_stream(net, codes):
     results, stats = run_all(FakeBoard(net, reset_after=20), codes)
     assert_correct(results, net, codes)
-    assert stats.resent > 0
+    assert stats.resent > 0 and stats.most_sends == 2
 
 
 def test_silent_board_is_a_clear_timeout(net, codes):
@@ -288,7 +340,7 @@ def test_an_image_too_large_for_a_frame_is_refused_before_building():
 
 
 def test_a_result_whose_label_is_not_its_largest_logit_is_refused_as_damage():
-    """The CRC-16 misses about one damaged frame in 65,536: a result whose label is not the first
+    """A CRC misses some damage (CRC-16 about one damaged frame in 65,536): a result whose label is not the first
     largest logit (e.g. a byte slipped into the logits) is dropped and asked for again."""
     from spikesmith.contract.protocol import Identity
 
@@ -302,3 +354,42 @@ def test_a_result_whose_label_is_not_its_largest_logit_is_refused_as_damage():
     tie = (2).to_bytes(2, "little") + good[2:]              # label 2 ties with 1, but the core names the first
     with pytest.raises(ValueError, match="not the first largest"):
         identity.decode_result(tie)
+
+
+def _serve_identity_then_silence(board: FakeBoard, server: socket.socket, received: bytearray) -> None:
+    """One connection to ``board``: every byte from the host into ``received`` and the board, which answers
+    only until it has sent its identity."""
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(0.05)
+        while True:
+            try:
+                chunk = conn.recv(4096)
+            except socket.timeout:
+                continue
+            if not chunk:
+                return
+            received += chunk
+            board.write(chunk)
+            reply = board.read(1 << 16)
+            if reply:
+                conn.sendall(reply)
+                board.silent = True
+
+
+def test_infer_gives_up_on_an_image_after_exactly_retries_plus_one_sends(small_digits_net):
+    """``infer --retries 3`` on a board that identifies itself and then answers nothing: image 0 goes on the
+    wire 4 times, then one line."""
+    from spikesmith.gen.netfile import load_network
+
+    board, received = FakeBoard(load_network(small_digits_net)), bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        thread = threading.Thread(target=_serve_identity_then_silence, args=(board, server, received), daemon=True)
+        thread.start()
+        proc = run_cli("infer", str(small_digits_net), "--port", f"socket://127.0.0.1:{server.getsockname()[1]}",
+                       "-n", "1", "--timeout", "0.3", "--retries", "3", "-q", check=False)
+        thread.join(timeout=10)
+    assert_one_line_error(proc, "image 0: no reply after 4 sends (timeout 0.3 s, 3 retries)")
+    sent = FrameDecoder(max_payload=1 << 16).feed(bytes(received))
+    assert [f.type for f in sent] == [FrameType.IDENTIFY] + [FrameType.INFER] * 4
+    assert len({f.seq for f in sent[1:]}) == 1, "the same request each time"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spikesmith.contract.network import FloatShadow, SpikingNetwork
-from spikesmith.contract.protocol import HEADER, FrameDecoder, FrameType, encode_frame
+from spikesmith.contract.protocol import FRAMING, FrameDecoder, FrameType, encode_frame
 from spikesmith.datasets import load_cifar10, read_idx
 from spikesmith.errors import DatasetError, NetFileError, SpikesmithError
 from spikesmith.gen.ir import Graph
@@ -58,7 +58,7 @@ def test_frame_decoder_takes_anything(chunks, edits):
     frames = []
     for start in range(0, len(stream), 7):
         frames += decoder.feed(stream[start:start + 7])
-        assert len(decoder.buffer) <= HEADER + 40 + 2
+        assert len(decoder.buffer) <= FRAMING + 40
     for frame in frames:
         assert encode_frame(frame.type, frame.seq, frame.payload) in stream
 

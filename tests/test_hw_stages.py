@@ -7,11 +7,11 @@ from amaranth import Elaboratable, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
-from spikesmith.contract.protocol import ErrorCode, FrameDecoder, FrameType, encode_frame
+from spikesmith.contract.protocol import CRC_BYTES, ErrorCode, FrameDecoder, FrameType, encode_frame
 from spikesmith.gen.board import board_params
 from spikesmith.gen.sizing import plan_core
 from spikesmith.hw.accumulate import DenseAccumulate, input_event_layout
-from spikesmith.hw.board import (ErrorKind, FrameKind, FrameReceiver, FrameTransmitter, ImageLoader,
+from spikesmith.hw.board import (ErrorKind, FrameCRC, FrameKind, FrameReceiver, FrameTransmitter, ImageLoader,
                                  WeightLoader)
 from spikesmith.hw.conv import ConvAccumulate
 from spikesmith.hw.events import count_up_to, lowest_set_lane, sum_up_to
@@ -366,6 +366,40 @@ def test_membrane_banks_alternate_between_fill_and_drain():
 
 # ---------------------------------------------------------------------------- board top stages
 
+@pytest.mark.parametrize("gap", [2, 3, 7])
+def test_frame_crc_is_zlibs_crc32_a_byte_every_gap_cycles(gap):
+    """Random frames of 0-40 bytes, one taken every ``gap`` cycles (two at least: the receiver's and the
+    UART's pace): once busy falls after the last, ``crc`` is ``zlib.crc32`` of them."""
+    import zlib
+
+    dut = FrameCRC()
+    rng = np.random.default_rng(gap)
+    frames = [bytes(rng.integers(0, 256, size=n, dtype=np.uint8)) for n in (0, 1, 5, 40)]
+    got = []
+
+    async def bench(ctx):
+        for frame in frames:
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            await ctx.tick()
+            for byte in frame:
+                ctx.set(dut.byte, byte)
+                ctx.set(dut.take, 1)
+                await ctx.tick()
+                ctx.set(dut.take, 0)
+                await ctx.tick().repeat(gap - 1)
+            await ctx.tick().until(~dut.busy)
+            got.append(ctx.get(dut.crc))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [zlib.crc32(frame) for frame in frames]
+    assert FrameCRC.RESIDUE == zlib.crc32(frames[-1] + zlib.crc32(frames[-1]).to_bytes(4, "little"))
+
+
 @pytest.fixture(scope="module")
 def board():
     net = make_network(np.random.default_rng(2), [5, 4, 3], 4)
@@ -468,6 +502,16 @@ def test_frame_receiver_refuses_a_bad_request(board, frame, error):
         frame[-1] ^= 0x10
     out = _run_receiver(params, bytes(frame))
     assert out["errors"] == [(9, ErrorKind(error.value))] and out["requests"] == [] and out["start"] == 0
+
+
+@pytest.mark.parametrize("crc_byte", range(CRC_BYTES))
+def test_frame_receiver_compares_every_byte_of_the_crc32(board, crc_byte):
+    """One bit off in any of the CRC-32's four bytes is ERROR CRC, and no image starts."""
+    _, params = board
+    frame = bytearray(encode_frame(FrameType.INFER, 9, bytes([3, 0, 15, 7, 1])))
+    frame[len(frame) - CRC_BYTES + crc_byte] ^= 0x80
+    out = _run_receiver(params, bytes(frame))
+    assert out["errors"] == [(9, ErrorKind.CRC)] and out["requests"] == [] and out["start"] == 0
 
 
 def test_frame_receiver_holds_an_identify_until_taken(board):

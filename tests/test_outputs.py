@@ -168,6 +168,8 @@ def test_sigterm_ends_a_command_like_ctrl_c(small_net):
     (["infer", "n.npz", "--sim", "--window", "-3"], "--window: must be between 1 and 255"),
     (["infer", "n.npz", "--sim", "--window", "300"], "--window: must be between 1 and 255"),
     (["infer", "n.npz", "--sim", "--timeout", "-1"], "--timeout: must be between"),
+    (["infer", "n.npz", "--sim", "--retries", "-1"], "--retries: must be between 0 and 1000, not -1"),
+    (["infer", "n.npz", "--sim", "--retries", "two"], "--retries: must be an integer, not 'two'"),
     (["demo", "--epochs", "-3"], "--epochs: must be between"),
     (["eval"], "the following arguments are required: NET"),
     (["no-such-command"], "invalid choice"),

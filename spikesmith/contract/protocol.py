@@ -2,28 +2,31 @@
 
 Frame (all integers little-endian)::
 
-    0xA5 | type (1) | seq (2) | len (2) | payload (len) | crc (2)
+    0xA5 | type (1) | seq (2) | len (2) | payload (len) | crc (4)
 
-``crc`` is CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF, no reflection, no final
-xor) over ``type .. payload``. This module is the contract both ends read: the host driver
+``crc`` is CRC-32/ISO-HDLC (zlib's ``crc32``: polynomial 0x04C11DB7, reflected, initial and final
+xor 0xFFFFFFFF) over ``type .. payload``. This module is the contract both ends read: the host driver
 (``spikesmith.host``) and the gateware (``spikesmith.hw.board``) take their numbers from here.
 """
 
 from __future__ import annotations
 
-import binascii
 import enum
 import struct
+import zlib
 from dataclasses import dataclass
 
-__all__ = ["SYNC", "HEADER", "MAGIC", "VERSION", "MAX_PAYLOAD", "MAX_FRAME_PAYLOAD", "COMMIT_LAYER", "LOAD_HEAD",
+__all__ = ["SYNC", "HEADER", "CRC_BYTES", "FRAMING", "MAGIC", "VERSION", "MAX_PAYLOAD", "MAX_FRAME_PAYLOAD", "COMMIT_LAYER", "LOAD_HEAD",
            "MAX_LOAD_ROWS", "FrameType", "ErrorCode", "Frame",
-           "crc16", "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes", "unpack_result"]
+           "crc32", "encode_frame", "FrameDecoder", "Identity", "code_bytes", "logit_bytes", "unpack_result"]
 
 SYNC = 0xA5
 HEADER = 6            # sync, type, seq, len
+CRC_BYTES = 4         # the CRC-32 after the payload
+FRAMING = HEADER + CRC_BYTES    # a frame's bytes besides its payload
 MAGIC = b"SPKS"       # a spikesmith board
-VERSION = 4             # 3: an IDENTIFY starts a session (docs/protocol.md, "Sessions"); 4: a LOAD carries rows
+VERSION = 5             # 3: an IDENTIFY starts a session (docs/protocol.md, "Sessions"); 4: a LOAD carries rows;
+                        # 5: CRC-32 (was CRC-16/CCITT-FALSE)
 COMMIT_LAYER = 0xFF     # a LOAD for this layer commits the run-time weights
 LOAD_HEAD = 4           # a LOAD's payload before its rows: layer (1), first row address (2), row count (1)
 MAX_LOAD_ROWS = 255     # the count byte's limit; a board takes at most its identity's ``load_rows``
@@ -49,9 +52,9 @@ class ErrorCode(enum.IntEnum):
     NOT_LOADED = 5    # an INFER before the run-time weights were loaded and committed
 
 
-def crc16(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE (``binascii.crc_hqx``); ``crc16(b"123456789") == 0x29B1``."""
-    return binascii.crc_hqx(data, crc)
+def crc32(data: bytes) -> int:
+    """CRC-32/ISO-HDLC (``zlib.crc32``); ``crc32(b"123456789") == 0xCBF43926``."""
+    return zlib.crc32(data)
 
 
 def unpack_result(value: int, label_width: int, logit_width: int, classes: int) -> tuple[int, list[int]]:
@@ -94,7 +97,7 @@ def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_FRAME_PAYLOAD:
         raise ValueError(f"a frame carries at most {MAX_FRAME_PAYLOAD:,} payload bytes, not {len(payload):,}")
     body = struct.pack("<BHH", frame_type, seq & 0xFFFF, len(payload)) + payload
-    return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
+    return bytes([SYNC]) + body + struct.pack("<I", crc32(body))
 
 
 class FrameDecoder:
@@ -137,12 +140,12 @@ class FrameDecoder:
             if not self._plausible(frame_type, length):
                 self._resync()
                 continue
-            end = HEADER + length + 2
+            end = FRAMING + length
             if len(self.buffer) < end:
                 return frames
             body = bytes(self.buffer[1:HEADER + length])
-            (crc,) = struct.unpack_from("<H", self.buffer, HEADER + length)
-            if crc != crc16(body):
+            (crc,) = struct.unpack_from("<I", self.buffer, HEADER + length)
+            if crc != crc32(body):
                 self._resync()
                 continue
             frames.append(Frame(frame_type, seq, body[5:]))
@@ -250,8 +253,8 @@ class Identity:
         """A RESULT payload -> (label, logits); a ValueError for a payload no board sends.
 
         The core's label is the first largest logit, so a payload whose label is not that
-        one is damage that the frame's CRC-16 let through (about one damaged frame in
-        65,536): the driver drops it and asks again.
+        one is damage that the frame's CRC-32 let through (about one damaged frame in 2**32,
+        of the damage it does not always catch): the driver drops it and asks again.
         """
         if len(payload) != self.result_bytes:
             raise ValueError(f"a result is {self.result_bytes} bytes, not {len(payload)}")
