@@ -18,6 +18,7 @@ import pytest
 from hypothesis import strategies as st
 
 from spikesmith.contract.network import ConvGeometry
+from spikesmith.processes import stop_group
 from spikesmith.sim.random_networks import make_conv_network, make_network  # tests import them from here
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -152,7 +153,7 @@ def signal_a_waiting_infer(net_path, signum: int) -> tuple[int, str]:
     # non-interactive shell starts those with SIGINT ignored, and Python then installs no Ctrl-C handler).
     proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(net_path), "--port", port,
                              "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"}, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Signal only once the driver is waiting on the port (imports can take seconds on a busy machine).
@@ -170,6 +171,7 @@ def signal_a_waiting_infer(net_path, signum: int) -> tuple[int, str]:
     finally:
         os.close(board_end)
         os.close(port_end)
+        stop_group(proc, grace=5.0)          # (a failure above must not leave it running)
     return proc.returncode, stderr
 
 

@@ -18,6 +18,7 @@ from amaranth.sim import Simulator
 from spikesmith.gen.sizing import plan_core
 from spikesmith.contract.protocol import FRAMING, ErrorCode, FrameDecoder, FrameType, Identity, encode_frame
 from spikesmith.sim.board import SimulatedBoard
+from spikesmith.processes import started_group
 from spikesmith.hw.uart import UARTReceiver, UARTTransmitter
 from spikesmith.sim import golden
 
@@ -407,13 +408,13 @@ def test_another_process_connecting_first_does_not_take_the_simulated_board(smal
     net, board, _, cache = small_board
     codes = np.random.default_rng(13).integers(0, net.max_code + 1, size=(6, net.input.size))
     with SimulatedBoard(board.params.plan, cache) as other:
-        intruder = subprocess.Popen([sys.executable, "-c", _INTRUDER, str(other.address[1]),
-                                     encode_frame(FrameType.IDENTIFY, 1).hex()], stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)                              # it connects first
-        with Accelerator(other.open_port(), timeout=30) as driver:
-            driver.expect(net)
-            results = list(driver.infer(codes))
-        stdout, _ = intruder.communicate(timeout=30)
+        with started_group([sys.executable, "-c", _INTRUDER, str(other.address[1]),
+                            encode_frame(FrameType.IDENTIFY, 1).hex()], stdout=subprocess.PIPE, text=True) as intruder:
+            time.sleep(1.0)                              # it connects first
+            with Accelerator(other.open_port(), timeout=30) as driver:
+                driver.expect(net)
+                results = list(driver.infer(codes))
+            stdout, _ = intruder.communicate(timeout=30)
     assert stdout.strip() == "0", "the intruder got no byte from the board"
     assert [r.logits for r in results] == golden.run(net, codes).logits.tolist()
 
@@ -439,19 +440,19 @@ def _descendants(pid: int) -> list[int]:
 def test_infer_sim_whose_simulator_dies_ends_in_one_line(small_digits_net, tmp_path):
     """The simulator killed while images stream: one line ``spikesmith: error: ...`` and exit 1, never an
     internal error (a lost connection to the simulated board once ended in "internal error: ConnectionRefusedError")."""
-    proc = subprocess.Popen([sys.executable, "-m", "spikesmith.cli", "infer", str(small_digits_net), "--sim",
-                             "-n", "400", "--build-dir", str(tmp_path / "cache")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if "streaming" in line:
-            break
-    simulators = _descendants(proc.pid)
-    assert simulators, "the simulator runs in a process of its own"
-    for pid in simulators:
-        os.kill(pid, signal.SIGKILL)
-    _, rest = proc.communicate(timeout=300)
+    with started_group([sys.executable, "-m", "spikesmith.cli", "infer", str(small_digits_net), "--sim", "-n", "400",
+                        "--build-dir", str(tmp_path / "cache")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True) as proc:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "streaming" in line:
+                break
+        simulators = _descendants(proc.pid)
+        assert simulators, "the simulator runs in a process of its own"
+        for pid in simulators:
+            os.kill(pid, signal.SIGKILL)
+        _, rest = proc.communicate(timeout=300)
     stderr = "".join(lines) + rest
     assert proc.returncode == 1, stderr
     last = stderr.strip().splitlines()[-1]
