@@ -166,6 +166,7 @@ class FrameReceiver(wiring.Component):
         self._last_byte = Signal()                           # _count is at the image's last byte (registered)
         self._crc_ok = Signal(CRC_BYTES)  # each byte of the frame's CRC matched (registered: a cycle of its own)
         self._take = Signal()            # the byte on offer is taken (a register: decided a cycle ahead)
+        self._sync = Signal()            # the byte on offer is SYNC (a register: see _take_bytes)
         self._refusing, self._refusal = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # a refusal now, its code
         self._pending, self._pending_code = Signal(), Signal(ErrorKind, init=ErrorKind.CRC)   # ... a cycle later
         self._room = Signal()                                # room for a refusal (:meth:`_refusal_room`)
@@ -215,11 +216,15 @@ class FrameReceiver(wiring.Component):
         if self.params.load_bytes:
             waiting |= bits["ROWS"] & self.weights.busy
         m.d.sync += self._take.eq(available & ~self._take & ~waiting & self._taking)
+        # Whether the byte on offer is SYNC, compared a cycle ahead like the take: a taken byte was on offer
+        # the cycle before (its compare, then the hunt's transition and the CRC's start, were the digits
+        # CNN's slowest path on the iCE40 with the CRC-32).
+        m.d.sync += self._sync.eq(byte == SYNC)
         # The CRC takes each byte into registers and sums it in the two cycles after (the received byte's
         # compares and the CRC's XORs were one path into its register), before the next take; it is read in
         # COMPARE, bytes after the last one it sums.
         m.d.comb += [self._crc.byte.eq(byte), self._crc.take.eq(self._take & summing),
-                     self._crc.start.eq(self._take & bits["HUNT"] & (byte == SYNC))]
+                     self._crc.start.eq(self._take & bits["HUNT"] & self._sync)]
 
     def _refuse(self, m: Module, code: ErrorKind) -> None:
         """Queue a refusal: a register in front of the refusal queue (only when :meth:`_refusal_room`)."""
@@ -259,7 +264,7 @@ class FrameReceiver(wiring.Component):
         """Hunt for SYNC, then type, seq and length; the length decides what follows."""
         p, byte = self.params, self.bytes.payload
         with self._fsm.State("HUNT"):
-            with m.If(self._take & (byte == SYNC)):
+            with m.If(self._take & self._sync):
                 self._fsm.next = "TYPE"
         self._field_states(m, (("TYPE", self._kind, "SEQ0"), ("SEQ0", self._seq[:8], "SEQ1"),
                                ("SEQ1", self._seq[8:], "LEN0"), ("LEN0", self._length[:8], "LEN1")))
