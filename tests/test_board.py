@@ -183,6 +183,7 @@ def test_the_simulated_board_waits_for_its_slow_line(tmp_path):
     assert SimulatedBoard(plan_core(net, lanes=[4, 3]), tmp_path).reply_timeout(4) < 60     # 1.5 Mbaud: quick
 
 
+@pytest.mark.long
 def test_a_core_slower_than_the_line_never_loses_a_byte(tmp_path):
     """A first layer of 50,000 cycles an image behind a 3 Mbaud line (2,240 cycles a frame): the board's
     window (3: the image buffer and the core's two input banks) keeps the host from sending an image it
@@ -201,6 +202,7 @@ def test_a_core_slower_than_the_line_never_loses_a_byte(tmp_path):
     assert [r.logits for r in results] == golden.run(net, codes).logits.tolist()
 
 
+@pytest.mark.long
 def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
     """``spikesmith infer --sim``: 40 digits test images through the UART board top in Verilator,
     every logit checked with the golden model (the core alone takes all 450 in tests/test_harness.py)."""
@@ -241,6 +243,7 @@ def test_infer_sim_refuses_a_baud_rate_its_clock_cannot_make(small_digits_net):
     assert_one_line_error(proc, "--clock sets the simulated board's clock: give it with --sim")
 
 
+@pytest.mark.long
 def test_infer_runs_the_digits_cnn_on_the_simulated_board(digits_demo, tmp_path):
     """The CNN's convolution engines behind the UART board top: every logit equals the golden model's."""
     proc = run_cli("infer", str(digits_demo["cnn_net_path"]), "--sim", "--data", "digits", "--range", "100:", "-n", "12",

@@ -254,6 +254,7 @@ def test_a_clock_no_pll_can_make_is_refused_before_synthesis(tmp_path, digits_de
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.long
 def test_digits_bitstream_for_the_icebreaker(tmp_path, digits_demo):
     """The digits MLP on the iCE40UP5K through the real tools, with the PLL (16.125 MHz) and the
     first layer's weights in SPRAM: a bitstream, utilisation within the device, timing met."""

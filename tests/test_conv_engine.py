@@ -75,6 +75,7 @@ def test_lanes_of_a_convolution_divide_its_channels():
     assert plan_core(net).input.lanes == 8, "the default input lanes divide the image width"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 @pytest.mark.parametrize("skip_silent", [True, False])
 def test_conv_networks_bit_exact_under_backpressure(case, skip_silent):

@@ -234,6 +234,7 @@ def test_converted_convnets_bit_exact_under_verilator(case, tmp_path_factory):
     assert run.images.tolist() == list(range(len(codes)))
 
 
+@pytest.mark.long
 def test_a_convolution_after_a_dense_layer_runs_as_a_dense_layer(tmp_path):
     """The repro of a bug: a pool and the convolution after it that cannot be composed stay a
     dense layer; the convolution after that then reads neuron events, not pixels, and must be

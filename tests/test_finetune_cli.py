@@ -33,6 +33,7 @@ def test_converting_at_another_timestep_count_is_refused(tmp_path, cnn_t3):
 FINETUNE_FLOOR = 0.015
 
 
+@pytest.mark.long
 def test_finetune_command_on_the_demo_mlp(tmp_path, digits_demo):
     """The digits MLP at T=3: near the ANN, and the golden model of its conversion = the fine-tuned model on
     every test image (the same accuracy, the float SNN agreeing on all)."""
@@ -81,6 +82,7 @@ def test_a_fine_tuned_model_is_swept_at_its_own_T(tmp_path, cnn_t3):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.long
 def test_the_fine_tuned_cnns_verilog_matches_the_golden_model(tmp_path, cnn_t3, harness_cache):
     """The fine-tuned network (large thresholds from the row scaling) runs bit-exactly under Verilator."""
     run_cli("convert", str(cnn_t3), "-o", str(tmp_path / "net.npz"), "-q")
@@ -130,6 +132,7 @@ def test_finetune_refuses_test_images_of_another_shape(tmp_path, digits_demo):
     assert not (tmp_path / "out.pt2").exists()
 
 
+@pytest.mark.long
 def test_a_fine_tuned_model_is_swept_at_its_T_without_calibration_data(tmp_path, cnn_t3):
     """No -T and no --calib: every point at the model's T=3, with the accuracy `convert` + `eval` give."""
     summary = json.loads(run_cli("sweep", str(cnn_t3), "-n", "100", "--board", "icebreaker",

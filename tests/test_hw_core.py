@@ -67,7 +67,7 @@ def test_skipping_is_never_slower_than_the_worst_case():
     assert np.diff(sparse.result_cycles).max() <= plan_core(net, lanes=lanes).initiation_interval
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_digits_network_bit_exact_on_10_test_images(digits_demo):
     """The demo's converted MLP, 10 digits test images, random backpressure on both streams.
 
@@ -121,6 +121,7 @@ def test_unloaded_run_time_weights_compute_with_zeros():
     assert simulate_core(unloaded, codes).logits.tolist() != golden.run(net, codes).logits.tolist()
 
 
+@pytest.mark.long
 def test_digits_cnn_bit_exact_on_two_images(digits_demo):
     """The demo's CNN on its two convolution engines and the dense output layer, in amaranth.sim."""
     net = load_network(digits_demo["cnn_net_path"])

@@ -100,6 +100,7 @@ def test_random_pooled_networks_under_the_harness(seed, harness_cache):
         assert cycles[0] <= plan.latency_bound
 
 
+@pytest.mark.long
 def test_generate_and_simulate_a_lenet_with_max_pools(tmp_path, harness_cache):
     """The CLI: a converted LeNet with two max pools generates (the report names the pools) and its Verilog
     agrees with the golden model on every digits test image it is given."""

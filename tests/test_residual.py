@@ -130,6 +130,7 @@ def test_a_network_file_keeps_the_relays_full_scales(tmp_path):
     np.testing.assert_array_equal(snn_float_logits(loaded, x), snn_float_logits(net, x))
 
 
+@pytest.mark.long
 def test_a_resnet_on_the_core_under_the_harness(harness_cache):
     """The converted ResNet (stem max pool, identity and downsampling blocks): every logit of 150 images."""
     net = convert_module(resnet(2, stem_pool=True), images(40), ConversionOptions(timesteps=6))

@@ -88,6 +88,7 @@ def test_an_estimate_only_sweep_on_ray_converts_and_sizes_every_point(digits_dem
     assert point == evaluated["golden_accuracy"]
 
 
+@pytest.mark.long
 def test_a_sweep_builds_each_point_once_and_a_rerun_builds_nothing(small_digits_net, tmp_path):
     """Two builds as Ray tasks: at the oscillator's clock (met), and at 200 MHz, which no placement meets (the
     point is marked failed and the sweep goes on). Each is cached by its hash; the rerun reads both back."""

@@ -33,6 +33,7 @@ def test_random_network_under_backpressure(verilator_cache):
     assert np.array_equal(run.logits, expected.logits) and np.array_equal(run.labels, expected.predictions)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", [1, 3])
 def test_reset_in_the_middle_of_a_stream(case, verilator_cache):
     """Images in flight at the reset are lost; every image sent after it gets its correct result."""
@@ -64,6 +65,7 @@ def test_a_perturbed_golden_value_fails_with_a_mismatch_report(verilator_cache):
     assert run.first_mismatch.startswith("image 13: output layer logit 2 is ")
 
 
+@pytest.mark.long
 def test_waveform_dump(tmp_path, monkeypatch, verilator_cache):
     monkeypatch.setenv("SPIKESMITH_WAVES", "1")
     net, plan = random_core(3, seed=303)
@@ -75,6 +77,7 @@ def test_waveform_dump(tmp_path, monkeypatch, verilator_cache):
     assert run.waves.is_file() and run.waves.stat().st_size > 1000
 
 
+@pytest.mark.long
 def test_simulate_command_with_the_cocotb_engine(small_digits_net, verilator_cache):
     """``simulate --engine cocotb``: the old path, still exact."""
     proc = run_cli("simulate", str(small_digits_net), "-n", "20", "--engine", "cocotb",
