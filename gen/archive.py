@@ -23,6 +23,7 @@ Any defect is one line (:class:`~spikesmith.errors.ModelFileError`) naming the f
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import json
 import re
@@ -105,6 +106,7 @@ _ELEMENT_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 12: 1, 13: 2}
 _STRIDED, _MAX_RANK = 7, 8
 
 
+@functools.cache
 def _schema_fields() -> frozenset[str]:
     """Every field name of torch's versioned export schema (the keys a program's JSON may have)."""
     import dataclasses

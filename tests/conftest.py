@@ -49,6 +49,23 @@ def _marked_processes() -> dict[int, str]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (each process's parent, from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        frontier += children
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind():
     """Fails the run (an error at the teardown of the worker's last test) naming every process a test started

@@ -22,7 +22,7 @@ from spikesmith.processes import started_group
 from spikesmith.hw.uart import UARTReceiver, UARTTransmitter
 from spikesmith.sim import golden
 
-from conftest import assert_one_line_error, make_network, run_cli, signal_a_waiting_infer
+from conftest import assert_one_line_error, descendants, make_network, run_cli, signal_a_waiting_infer
 
 
 class Loopback(wiring.Component):
@@ -422,24 +422,6 @@ def test_another_process_connecting_first_does_not_take_the_simulated_board(smal
     assert [r.logits for r in results] == golden.run(net, codes).logits.tolist()
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_infer_sim_whose_simulator_dies_ends_in_one_line(small_digits_net, tmp_path):
     """The simulator killed while images stream: one line ``spikesmith: error: ...`` and exit 1, never an
     internal error (a lost connection to the simulated board once ended in "internal error: ConnectionRefusedError")."""
@@ -451,7 +433,7 @@ def test_infer_sim_whose_simulator_dies_ends_in_one_line(small_digits_net, tmp_p
             lines.append(line)
             if "streaming" in line:
                 break
-        simulators = _descendants(proc.pid)
+        simulators = descendants(proc.pid)
         assert simulators, "the simulator runs in a process of its own"
         for pid in simulators:
             os.kill(pid, signal.SIGKILL)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, descendants, run_cli
 from spikesmith.processes import stop_group
 from spikesmith.sweep import COLUMNS, SweepRun, TaskPool, estimator_error, mark_pareto, ray_session
 
@@ -129,23 +129,6 @@ def test_a_task_ray_cannot_run_is_marked_and_the_others_finish():
 
 # ---------------------------------------------------------------------------- processes, from /proc
 
-def _descendants(pid: int) -> list[int]:
-    """The processes ``pid`` started, and theirs (each process's parent, from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (ValueError, OSError):
-            continue
-    found, frontier = [], [pid]
-    while frontier:
-        pid = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == pid]
-        found += children
-        frontier += children
-    return found
-
-
 def _name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -223,7 +206,7 @@ def test_a_local_ray_instance_listens_on_loopback_only():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with ray_session(SweepRun(jobs=2)):
         assert ray.get([ray.remote(_double_or_crash).remote(n) for n in range(4)]) == [0, 2, 4, 6]   # workers up
-        listeners = _listening([os.getpid(), *_descendants(os.getpid())])
+        listeners = _listening([os.getpid(), *descendants(os.getpid())])
     assert {"gcs_server", "raylet"} <= {name for name, _, _ in listeners}, listeners     # (found them at all)
     assert [entry for entry in listeners if not _loopback(entry[1])] == []
 
@@ -259,10 +242,10 @@ def test_sigterm_ends_a_sweep_like_ctrl_c_and_stops_its_ray_instance(small_digit
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while not any(_cmdline(pid).startswith(b"ray::build_task") for pid in _descendants(proc.pid)):
+        while not any(_cmdline(pid).startswith(b"ray::build_task") for pid in descendants(proc.pid)):
             assert proc.poll() is None and time.monotonic() < deadline, "the sweep never started its build"
             time.sleep(0.5)
-        instance = _descendants(proc.pid)
+        instance = descendants(proc.pid)
         assert {"gcs_server", "raylet"} <= {_name(pid) for pid in instance}
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
