@@ -1,0 +1,225 @@
+"""The plan of a convolution on the streaming engine (docs/core.md, "Streaming convolution engine").
+
+Values travel between streaming layers as **code beats**: each beat carries the whole ``T``-bit codes
+(docs/semantics.md, "Codes and spike trains") of ``lanes`` channels of one pixel, MSB = step 0. A layer's
+output is its pixels in raster order ``(y, x)`` and, within a pixel, its channel blocks ``b = 0 .. B-1``
+(beat ``b`` holds channels ``b*L .. b*L + L - 1``, channel ``b*L`` in the LSBs). A neuron fires its whole
+spike train at once (its code), which the contract allows: a neuron's firing reads its own membrane only.
+
+The engine keeps the last ``kh + sh`` rows of its input's codes (the *line buffer*), builds each output
+pixel's window of ``kh * kw * C_in`` codes in registers, and accumulates the window chunk by chunk: a
+*chunk* is ``K`` consecutive taps in the order ``(ky, kx, ci)``; one operation adds, in each of ``L`` lanes,
+the weights of the chunk's taps whose code has bit ``T-1-t`` set, shifted left by ``T-1-t``. With skipping on
+an operation whose ``K`` bits are all zero is not issued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .network import ConvGeometry, signed_width, unsigned_width
+from .plan import ceil_div, pack_row
+
+__all__ = ["StreamConvPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots"]
+
+#: Levels of the chunk's adder tree between two registers.
+ADDER_LEVELS_PER_STAGE = 2
+#: Cycles from a table's address to its row (hw/rows.py, ``row_table``).
+STREAM_TABLE_LATENCY = 2
+
+
+def chunk_slots(chunks: int) -> int:
+    """Chunks rounded up to a power of two: an operation's index is ``t * slots + chunk`` (bits, no multiplier)."""
+    return 1 << max(0, (chunks - 1).bit_length())
+
+
+@dataclass(frozen=True, eq=False)
+class StreamConvPlan:
+    """A convolution layer on the streaming engine: geometry, parallelism, widths and packed tables.
+
+    Widths in bits. ``weight_rows[b * chunk_slots + c]`` packs, lane-major, the ``L * K`` weights
+    ``W[b*L + lane, tap c*K + k]`` (taps past the kernel: 0), ``weight_width`` bits each;
+    ``bias_rows[b]`` and ``threshold_rows[b]`` the block's ``L`` biases and thresholds.
+    """
+    index: int
+    name: str
+    geometry: ConvGeometry
+    timesteps: int
+    lanes: int             # L: output channels per block (divides C_out)
+    input_lanes: int       # codes per input beat (divides C_in)
+    chunk: int             # K: taps per operation
+    weight_width: int      # signed
+    bias_width: int        # signed
+    membrane_width: int    # signed: every partial sum of a neuron lies within its bounds
+    threshold_width: int   # unsigned
+    sum_width: int         # signed: a chunk's masked sum at one step
+    weight_rows: tuple[int, ...] = field(repr=False)
+    bias_rows: tuple[int, ...] = field(repr=False)
+    threshold_rows: tuple[int, ...] = field(repr=False)
+    skip_silent: bool = True
+
+    def __post_init__(self):
+        c_in, c_out = self.geometry.in_shape[0], self.geometry.out_channels
+        assert c_out % self.lanes == 0 and c_in % self.input_lanes == 0 and 1 <= self.chunk <= self.taps
+
+    @property
+    def taps(self) -> int:
+        """Window size ``kh * kw * C_in``."""
+        kh, kw = self.geometry.kernel
+        return kh * kw * self.geometry.in_shape[0]
+
+    @property
+    def chunks(self) -> int:
+        return ceil_div(self.taps, self.chunk)
+
+    @property
+    def slots(self) -> int:
+        return chunk_slots(self.chunks)
+
+    @property
+    def blocks(self) -> int:
+        return self.geometry.out_channels // self.lanes
+
+    @property
+    def input_groups(self) -> int:
+        """Input beats per input pixel: ``C_in / input_lanes``."""
+        return self.geometry.in_shape[0] // self.input_lanes
+
+    @property
+    def line_rows(self) -> int:
+        """Input rows the line buffer holds: ``2 * kh + sh``: the ``kh`` rows of one output row, the ``sh``
+        rows of the next, and (at an image's end) the next image's first rows while the last output row is
+        computed, so a fast producer never waits and the loader never waits for a row at an image's start."""
+        return 2 * self.geometry.kernel[0] + self.geometry.stride[0]
+
+    @property
+    def adder_stages(self) -> int:
+        """Registered stages of the chunk's adder tree (``ceil(log2 K)`` levels, two a stage)."""
+        levels = max(0, (self.chunk - 1).bit_length())
+        return ceil_div(levels, ADDER_LEVELS_PER_STAGE)
+
+    @property
+    def memories(self) -> list[tuple[str, int, int]]:
+        """Memories as built, ``(kind, width, rows)``: the line buffer (weights, biases and thresholds are tables)."""
+        _, _, w = self.geometry.in_shape
+        return [("line buffer", self.geometry.in_shape[0] * self.timesteps, self.line_rows * w)]
+
+    @property
+    def window_bits(self) -> int:
+        """Flip-flops of the two windows (the one accumulated and the one being loaded)."""
+        return 2 * self.taps * self.timesteps
+
+    @property
+    def finished_queue(self) -> int:
+        """Finished blocks that may wait for the fire unit: enough that, with skipping off, the sequencer never
+        holds a bias for want of room (a block's bias reaches the queue :attr:`pipeline_depth` cycles after its
+        issue, and is taken a cycle later at the earliest)."""
+        return max(2, ceil_div(self.pipeline_depth + 3, self.block_cycles()))
+
+    # -- the cycle model (worst case: every bit of every code set; exact with skipping off) ------------------
+
+    @property
+    def pipeline_depth(self) -> int:
+        """Cycles from an operation's issue to its membrane update: the operation register, the tap
+        select, the tables' second cycle, the adder tree's stages, the shift register."""
+        return 1 + STREAM_TABLE_LATENCY + self.adder_stages + 1
+
+    def block_cycles(self) -> int:
+        """Cycles the sequencer spends on one block of ``L`` channels of a pixel at worst: ``T * chunks``
+        operations and the bias (the fire unit's ``T + 1`` cycles a block are never more)."""
+        return self.timesteps * self.chunks + 1
+
+    def pixel_columns(self, first_of_row: bool) -> int:
+        """Columns the loader reads for a pixel: all ``kw`` at a row's start, else the ``min(kw, sw)`` new ones."""
+        kw = self.geometry.kernel[1]
+        return kw if first_of_row else min(kw, self.geometry.stride[1])
+
+    def released_rows(self, out_row: int) -> int:
+        """Rows the loader releases before output row ``out_row`` (its rows above the previous row's)."""
+        (kh, _), (sh, _), (ph, _) = self.geometry.kernel, self.geometry.stride, self.geometry.padding
+        return 0 if out_row == 0 else max(0, out_row * sh - ph) - max(0, (out_row - 1) * sh - ph)
+
+    def handovers(self, images: int = 3) -> list[int]:
+        """The cycle of every window hand-over over ``images`` images, counted from the first read, when every
+        code has every bit set (or skipping is off) and the input and output never wait: the loader issues a
+        read a cycle (``kh`` a column), a window is handed over when complete and the sequencer is idle
+        (``B * block_cycles()`` cycles after the previous hand-over, plus one), and between rows the loader
+        releases rows a cycle each (docs/core.md, "Streaming convolution engine")."""
+        (kh, kw), _, _ = self.geometry.kernel, self.geometry.stride, self.geometry.padding
+        _, height, _ = self.geometry.in_shape
+        _, out_height, out_width = self.geometry.out_shape
+        busy = self.blocks * self.block_cycles() + 1
+        times, free, start, handover = [], 0, 0, -1
+        for _ in range(images):
+            for oy in range(out_height):
+                for ox in range(out_width):
+                    first = max(start, handover + 1)                      # the first read
+                    last = first + self.pixel_columns(ox == 0) * kh - 1   # the last read
+                    handover = max(last + 2, free)
+                    free = handover + busy
+                    times.append(handover)
+                    start = last + 1
+                if oy + 1 < out_height:
+                    start = last + 2 + self.released_rows(oy + 1)
+                else:
+                    low = max(0, oy * self.geometry.stride[0] - self.geometry.padding[0])
+                    start = last + 3 + (height - low)
+        return times
+
+    @property
+    def input_beats(self) -> int:
+        """Input beats per image (the writer takes one a cycle): ``H * W * C_in / input_lanes``."""
+        _, height, width = self.geometry.in_shape
+        return height * width * self.input_groups
+
+    def image_cycles(self) -> int:
+        """Cycles between two images in steady state at worst (exact with skipping off, when the producer
+        offers a beat every cycle and the output never waits): the windows' hand-overs, or the input's beats
+        where they take longer."""
+        times = self.handovers(3)
+        pixels = len(times) // 3
+        return max(times[2 * pixels] - times[pixels], self.input_beats)
+
+    @property
+    def output_beats(self) -> int:
+        _, ho, wo = self.geometry.out_shape
+        return ho * wo * self.blocks
+
+
+def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.ndarray, bias: np.ndarray,
+                     threshold: np.ndarray, timesteps: int, lanes: int, input_lanes: int, chunk: int,
+                     membrane_width: int, skip_silent: bool = True) -> StreamConvPlan:
+    """Pack one convolution's integer ``kernel`` ``(C_out, C_in, kh, kw)``, per-channel ``bias`` and
+    ``threshold`` into a :class:`StreamConvPlan`. ``membrane_width`` comes from the layer's bounds
+    (spikesmith/contract/bounds.py)."""
+    kernel = np.asarray(kernel, dtype=np.int64)
+    c_out = geometry.out_channels
+    taps = kernel.transpose(0, 2, 3, 1).reshape(c_out, -1)          # tap (ky, kx, ci) row-major
+    chunks = ceil_div(taps.shape[1], chunk)
+    padded = np.zeros((c_out, chunks * chunk), dtype=np.int64)
+    padded[:, :taps.shape[1]] = taps
+    blocks, slots = c_out // lanes, chunk_slots(chunks)
+    positive = np.where(padded > 0, padded, 0).reshape(c_out, chunks, chunk).sum(axis=2)
+    negative = np.where(padded < 0, padded, 0).reshape(c_out, chunks, chunk).sum(axis=2)
+    weight_width = max(2, signed_width(int(kernel.min(initial=0)), int(kernel.max(initial=0))))
+    bias = np.asarray(bias, dtype=np.int64)
+    threshold = np.asarray(threshold, dtype=np.int64)
+    weight_rows = []
+    for b in range(blocks):
+        for c in range(slots):
+            values = (padded[b * lanes:(b + 1) * lanes, c * chunk:(c + 1) * chunk].reshape(-1) if c < chunks
+                      else np.zeros(lanes * chunk, dtype=np.int64))
+            weight_rows.append(pack_row(values, weight_width))
+    bias_width = max(2, signed_width(int(bias.min(initial=0)), int(bias.max(initial=0))))
+    threshold_width = unsigned_width(int(threshold.max(initial=1)))
+    return StreamConvPlan(
+        index=index, name=name, geometry=geometry, timesteps=timesteps, lanes=lanes, input_lanes=input_lanes,
+        chunk=chunk, weight_width=weight_width, bias_width=bias_width, membrane_width=membrane_width,
+        threshold_width=threshold_width,
+        sum_width=max(2, signed_width(int(negative.min(initial=0)), int(positive.max(initial=0)))),
+        weight_rows=tuple(weight_rows),
+        bias_rows=tuple(pack_row(bias[b * lanes:(b + 1) * lanes], bias_width) for b in range(blocks)),
+        threshold_rows=tuple(pack_row(threshold[b * lanes:(b + 1) * lanes], threshold_width) for b in range(blocks)),
+        skip_silent=skip_silent)

@@ -1,0 +1,166 @@
+"""The streaming convolution engine alone in amaranth.sim (hw/stream_conv.py): every output code equals the
+golden model's, for kernels, strides, padding, chunks, lanes and input lanes of every kind, with gaps on
+its input and back-pressure on its output; with skipping off its cycles per image are the plan's."""
+
+import numpy as np
+import pytest
+
+from spikesmith.contract.bounds import layer_bounds
+from spikesmith.contract.network import ConvGeometry, ConvSpec, DenseLayer
+from spikesmith.contract.streaming import plan_stream_conv
+from spikesmith.hw.stream_conv import StreamConv
+from spikesmith.sim.golden import accumulate, fire
+from spikesmith.sim.hdl import StreamSink, StreamSource, run_streams
+
+
+def random_conv_layer(rng, geometry: ConvGeometry, timesteps: int, weight_bits: int = 4) -> DenseLayer:
+    """A firing convolution layer with random integer kernel, per-channel biases and thresholds."""
+    top = (1 << (weight_bits - 1)) - 1
+    kernel = rng.integers(-top, top + 1, size=geometry.kernel_shape)
+    c_out, pixels = geometry.out_channels, geometry.pixels
+    reach = int(np.abs(kernel).sum(axis=(1, 2, 3)).max()) * ((1 << timesteps) - 1)   # a membrane's scale
+    bias = np.repeat(rng.integers(-reach // 8 - 1, reach // 8 + 1, size=c_out), pixels)
+    threshold = np.repeat(rng.integers(1, max(2, reach // 3), size=c_out), pixels)
+    return DenseLayer(name="conv", weight=None, bias=bias, threshold=threshold, weight_bits=weight_bits,
+                      conv=ConvSpec(geometry, kernel))
+
+
+def stream_plan(layer: DenseLayer, timesteps: int, lanes: int, input_lanes: int, chunk: int, skip: bool = True):
+    geometry = layer.conv.geometry
+    return plan_stream_conv(0, layer.name, geometry, layer.conv.kernel, layer.bias[::geometry.pixels],
+                            layer.threshold[::geometry.pixels], timesteps, lanes, input_lanes, chunk,
+                            layer_bounds(layer, timesteps).membrane_width, skip)
+
+
+def input_beats(codes: np.ndarray, geometry: ConvGeometry, input_lanes: int, timesteps: int) -> list[int]:
+    """(N, C*H*W) codes -> code beats: pixels in raster order, ``input_lanes`` channels a beat."""
+    c, h, w = geometry.in_shape
+    beats = []
+    for image in codes.reshape(-1, c, h, w):
+        for y in range(h):
+            for x in range(w):
+                for g in range(c // input_lanes):
+                    values = image[g * input_lanes:(g + 1) * input_lanes, y, x]
+                    beats.append(sum(int(v) << (k * timesteps) for k, v in enumerate(values)))
+    return beats
+
+
+def expected_beats(codes: np.ndarray, geometry: ConvGeometry, lanes: int, timesteps: int) -> list[int]:
+    """(N, C_out*H_out*W_out) codes -> the engine's output beats."""
+    c, h, w = geometry.out_shape
+    beats = []
+    for image in codes.reshape(-1, c, h, w):
+        for y in range(h):
+            for x in range(w):
+                for b in range(c // lanes):
+                    values = image[b * lanes:(b + 1) * lanes, y, x]
+                    beats.append(sum(int(v) << (k * timesteps) for k, v in enumerate(values)))
+    return beats
+
+
+def random_codes(rng, count: int, size: int, timesteps: int, density: float = 0.5) -> np.ndarray:
+    codes = rng.integers(0, 1 << timesteps, size=(count, size))
+    return np.where(rng.random((count, size)) < density, codes, 0)
+
+
+def run_layer(layer, plan, codes, *, in_probability=1.0, out_probability=1.0, seed=0):
+    geometry, T = layer.conv.geometry, plan.timesteps
+    golden = fire(accumulate(layer, codes, T), layer.threshold, T)
+    dut = StreamConv(plan)
+    rng = np.random.default_rng(seed)
+    source = StreamSource(dut.codes_in, input_beats(codes, geometry, plan.input_lanes, T),
+                          probability=in_probability, rng=rng)
+    expected = expected_beats(golden, geometry, plan.lanes, T)
+    sink = StreamSink(dut.codes_out, len(expected), probability=out_probability, rng=rng, drain=20,
+                      limit=50 * len(codes) * plan.image_cycles() + 10_000)
+    cycles = run_streams(dut, source, sink)
+    return sink, expected, cycles
+
+
+def random_case(seed: int):
+    """A random geometry and parallelism: any kernel that fits the padded input, strides 1-3, padding up to
+    half the kernel, T 1-8, lanes and input lanes dividing the channels, any chunk."""
+    rng = np.random.default_rng(seed)
+    c_in, c_out = int(rng.integers(1, 5)), int(rng.integers(1, 7))
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+    h, w = int(rng.integers(max(1, kh - 2 * ph), 10)), int(rng.integers(max(1, kw - 2 * pw), 10))
+    sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    T = int(rng.integers(1, 9))
+    lanes = int(rng.choice([d for d in range(1, c_out + 1) if c_out % d == 0]))
+    input_lanes = int(rng.choice([d for d in range(1, c_in + 1) if c_in % d == 0]))
+    chunk = int(rng.integers(1, kh * kw * c_in + 1))
+    return ((c_in, h, w), c_out, (kh, kw), (sh, sw), (ph, pw), T, lanes, input_lanes, chunk)
+
+
+CASES = [
+    # (C_in, H, W), C_out, kernel, stride, padding, T, lanes, input lanes, chunk
+    ((1, 6, 6), 2, (3, 3), (1, 1), (1, 1), 4, 2, 1, 9),
+    ((2, 5, 7), 4, (3, 3), (1, 1), (0, 0), 3, 2, 1, 5),
+    ((3, 8, 6), 4, (3, 2), (2, 1), (1, 0), 5, 4, 3, 6),
+    ((2, 7, 7), 3, (5, 5), (1, 1), (2, 2), 4, 1, 2, 10),
+    ((4, 6, 5), 4, (1, 1), (2, 2), (0, 0), 4, 2, 2, 4),
+    ((2, 9, 8), 2, (3, 3), (2, 2), (1, 1), 2, 2, 1, 1),
+    ((1, 10, 10), 6, (5, 5), (1, 1), (2, 2), 8, 6, 1, 25),
+    ((2, 6, 6), 4, (2, 2), (2, 2), (0, 0), 1, 2, 2, 3),
+]
+
+
+def build_case(case, seed: int, skip: bool = True):
+    shape, c_out, kernel, stride, padding, T, lanes, input_lanes, chunk = case
+    rng = np.random.default_rng(seed)
+    geometry = ConvGeometry(shape, c_out, kernel, stride, padding)
+    layer = random_conv_layer(rng, geometry, T)
+    return rng, layer, stream_plan(layer, T, lanes, input_lanes, chunk, skip)
+
+
+ALL_CASES = CASES + [random_case(seed) for seed in range(24)]
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
+@pytest.mark.parametrize("case", ALL_CASES, ids=[f"case{k}" for k in range(len(ALL_CASES))])
+def test_every_code_is_the_golden_models(case, skip):
+    rng, layer, plan = build_case(case, seed=len(str(case)), skip=skip)
+    codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
+    sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
+    assert sink.received == expected and not sink.extra
+
+
+def test_extreme_weights_and_full_codes_stay_within_the_bounds():
+    """Every kernel entry at the weight range's ends and every code at full scale: the largest and the
+    smallest membrane of the bounds, through the adder tree and the register widths the plan chose."""
+    geometry = ConvGeometry((3, 5, 5), 4, (3, 3), (1, 1), (1, 1))
+    kernel = np.zeros(geometry.kernel_shape, dtype=np.int64)
+    kernel[0], kernel[1], kernel[2], kernel[3] = 127, -127, 1, -1
+    T = 8
+    layer = DenseLayer(name="extreme", weight=None, bias=np.repeat([0, 5, -3, 1000], 25),
+                       threshold=np.repeat([1, 2, 100000, 3], 25), weight_bits=8, conv=ConvSpec(geometry, kernel))
+    codes = np.stack([np.full(75, 255), np.zeros(75, dtype=np.int64), np.tile([255, 0, 128], 25)])
+    plan = stream_plan(layer, T, lanes=2, input_lanes=3, chunk=7)
+    sink, expected, _ = run_layer(layer, plan, codes)
+    assert sink.received == expected
+
+
+def steady_gap(sink, images: int) -> int:
+    """Cycles between the last beats of the last two images."""
+    per = len(sink.received) // images
+    return sink.received_at[images * per - 1] - sink.received_at[(images - 1) * per - 1]
+
+
+@pytest.mark.parametrize("case", ALL_CASES[::2], ids=[f"case{k}" for k in range(0, len(ALL_CASES), 2)])
+def test_cycles_per_image_are_the_plans_with_skipping_off(case):
+    rng, layer, plan = build_case(case, seed=1, skip=False)
+    images = 4
+    sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
+    assert sink.received == expected
+    assert steady_gap(sink, images) == plan.image_cycles()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{k}" for k in range(len(CASES))])
+def test_skipping_never_costs_more_than_the_plan(case):
+    rng, layer, plan = build_case(case, seed=2, skip=True)
+    images = 4
+    codes = random_codes(rng, images, layer.in_size, plan.timesteps, density=0.3)
+    sink, expected, _ = run_layer(layer, plan, codes)
+    assert sink.received == expected
+    assert steady_gap(sink, images) <= plan.image_cycles()
