@@ -7,12 +7,8 @@ and a neuron-major fire unit (docs/core.md, "Streaming convolution engine"; the 
 ``0 .. B-1`` of each output pixel in raster order. Every code is the exact one of docs/semantics.md.
 
 ``StreamConv = LineBuffer --LinesPort--> WindowLoader --WindowPort--> ChunkSequencer --ops-->
-ChunkDatapath --finished--> NeuronFire``:
+ChunkDatapath --finished--> NeuronFire`` (the first two in hw/windows.py):
 
-- :class:`LineBuffer`: each input beat into a ring of ``2*kh + sh`` rows of ``W`` pixels (one entry a
-  pixel of ``C_in`` codes); a row is taken only while its slot is free;
-- :class:`WindowLoader`: for each output pixel, the new columns of its window, ``kh`` entries a column,
-  shifted into the *next* window; it releases the rows no later output row reads;
 - :class:`ChunkSequencer`: takes a complete window when idle; per block of ``L`` channels, one operation a
   cycle: ``(t, chunk)`` for every chunk whose bits at step ``t`` are not all zero (every one with skipping
   off), then the bias;
@@ -24,22 +20,17 @@ ChunkDatapath --finished--> NeuronFire``:
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract.plan import rom_in_logic
 from ..contract.streaming import ADDER_LEVELS_PER_STAGE, StreamConvPlan
-from .events import WrappingCounter, index_signal, lowest_set_lane
-from .rows import NO_COLLISIONS, lanes_view, mux_tree, row_table
+from .events import WrappingCounter, lowest_set_lane
+from .rows import lanes_view, mux_tree, row_table
+from .windows import LineBuffer, WindowLoader, WindowPort, code_beat_layout
 
-__all__ = ["StreamConv", "LineBuffer", "WindowLoader", "ChunkSequencer", "ChunkDatapath", "NeuronFire",
-           "code_beat_layout", "finished_layout", "LinesPort", "WindowPort", "op_layout"]
-
-
-def code_beat_layout(lanes: int, timesteps: int) -> data.ArrayLayout:
-    """A code beat: ``lanes`` codes of ``T`` bits, the first channel in the LSBs."""
-    return data.ArrayLayout(unsigned(timesteps), lanes)
+__all__ = ["StreamConv", "ChunkSequencer", "ChunkDatapath", "NeuronFire", "finished_layout", "op_layout"]
 
 
 def finished_layout(plan: StreamConvPlan) -> data.StructLayout:
@@ -53,183 +44,6 @@ def op_layout(plan: StreamConvPlan) -> data.StructLayout:
     ``block``'s membranes, from zero when ``clear`` (the block's first operation)."""
     return data.StructLayout({"valid": 1, "bias": 1, "clear": 1, "shift": range(max(2, plan.timesteps)),
                               "chunk": range(max(2, plan.slots)), "block": range(max(2, plan.blocks))})
-
-
-def _entry_bits(plan: StreamConvPlan) -> int:
-    return plan.geometry.in_shape[0] * plan.timesteps
-
-
-def _depth(plan: StreamConvPlan) -> int:
-    return plan.line_rows * plan.geometry.in_shape[2]
-
-
-class LinesPort(wiring.Signature):
-    """The loader's side of the line buffer: a read (``addr`` now, ``data`` a cycle later), ``release`` of
-    the oldest row, and ``held``, the complete rows not released."""
-
-    def __init__(self, plan: StreamConvPlan):
-        super().__init__({"addr": Out(range(max(2, _depth(plan)))), "data": In(_entry_bits(plan)),
-                          "release": Out(1), "held": In(range(plan.line_rows + 1))})
-
-
-class WindowPort(wiring.Signature):
-    """A complete window (``kh * kw`` entries of ``C_in`` codes, entry ``ky * kw + kx``) offered until ``take``."""
-
-    def __init__(self, plan: StreamConvPlan):
-        kh, kw = plan.geometry.kernel
-        super().__init__({"window": Out(kh * kw * _entry_bits(plan)), "ready": Out(1), "take": In(1)})
-
-
-def _wrap_add(value, step: int, modulus: int):
-    """``(value + step) % modulus`` for ``0 <= value < modulus`` and ``0 <= step <= modulus``, no divider."""
-    return Mux(value >= modulus - step, value + step - modulus, value + step)
-
-
-class LineBuffer(wiring.Component):
-    """The ring of input rows: one entry a pixel (``C_in`` codes of ``T`` bits), written a beat of
-    ``input_lanes`` codes at a time, rows in the order they arrive."""
-
-    def __init__(self, plan: StreamConvPlan):
-        self.plan = plan
-        super().__init__({"codes_in": In(stream.Signature(code_beat_layout(plan.input_lanes, plan.timesteps))),
-                          "lines": In(LinesPort(plan))})
-
-    def elaborate(self, platform):
-        m = Module()
-        p, depth, width = self.plan, _depth(self.plan), self.plan.geometry.in_shape[2]
-        # (The loader reads only rows it holds and the writer writes only free ones: no read meets a write.)
-        m.submodules.store = store = memory.Memory(shape=unsigned(_entry_bits(p)), depth=max(2, depth), init=[],
-                                                   attrs=NO_COLLISIONS)
-        write, read = store.write_port(granularity=p.input_lanes * p.timesteps), store.read_port()
-        group, column = WrappingCounter(p.input_groups, "in_group"), WrappingCounter(width, "in_x")
-        address = index_signal(depth, name="write_addr")
-        held = self.lines.held
-        taken = self.codes_in.valid & self.codes_in.ready
-        m.d.comb += [
-            self.codes_in.ready.eq(held < p.line_rows),
-            write.addr.eq(address),
-            write.data.eq(Cat(*[self.codes_in.payload.as_value()] * p.input_groups)),
-            write.en.eq(Mux(taken, 1 << group.value, 0) if p.input_groups > 1 else taken),
-            read.addr.eq(self.lines.addr), self.lines.data.eq(read.data),
-        ]
-        with m.If(taken):
-            group.advance(m)
-            with m.If(group.last):
-                column.advance(m)
-                m.d.sync += address.eq(_wrap_add(address, 1, depth))
-        m.d.sync += held.eq(held + (taken & group.last & column.last) - self.lines.release)
-        return m
-
-
-class WindowLoader(wiring.Component):
-    """Builds each output pixel's window in raster order: reads ``kh`` entries a column (zeros outside the
-    input), shifts each complete column in on the right, offers the window until it is taken."""
-
-    def __init__(self, plan: StreamConvPlan):
-        self.plan = plan
-        super().__init__({"lines": Out(LinesPort(plan)), "next": Out(WindowPort(plan))})
-
-    def elaborate(self, platform):
-        m = Module()
-        p, g = self.plan, self.plan.geometry
-        _, height, width = g.in_shape
-        (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
-        depth = _depth(p)
-        self.row_start = Signal(signed(max(height, ph, sh).bit_length() + 2), init=-ph)   # oy * sh - ph
-        self.x = Signal(signed(max(width, pw, sw, kw).bit_length() + 2), init=-pw)         # column being read
-        self.y = Signal.like(self.row_start)                                               # row being read
-        self.ky = WrappingCounter(kh, "load_ky")
-        self.row_addr = index_signal(depth, name="row_addr")          # entry of row y, column 0
-        self.head_row = Signal(range(height + 1))                     # image row in the ring's oldest slot
-        self.head_addr = index_signal(depth, name="head_addr")
-        self.columns_left = Signal(range(kw + 1))
-        self.issue, self.loaded = Signal(), Signal()                  # a read now; the window's reads all issued
-        sum_addr = Signal(range(depth + width))
-        m.d.comb += [sum_addr.eq(self.row_addr + self.x[:max(1, (width - 1).bit_length())]),
-                     self.lines.addr.eq(Mux(sum_addr >= depth, sum_addr - depth, sum_addr))]
-        self._shift_columns(m)
-        self._walk(m)
-        with m.If(self.next.take):
-            m.d.sync += [self.next.ready.eq(0), self.loaded.eq(0)]
-        return m
-
-    def _shift_columns(self, m: Module) -> None:
-        """Each read's entry lands a cycle later in the column register; a complete column shifts the window left."""
-        p, (kh, kw) = self.plan, self.plan.geometry.kernel
-        _, height, width = p.geometry.in_shape
-        bits = _entry_bits(p)
-        column = Array(Signal(bits, name=f"column{ky}") for ky in range(kh))
-        arrived, inside, arrived_ky, arrived_last, last_of_pixel = (Signal(), Signal(), Signal.like(self.ky.value),
-                                                                   Signal(), Signal())
-        m.d.sync += [arrived.eq(self.issue), arrived_ky.eq(self.ky.value), arrived_last.eq(self.ky.last),
-                     inside.eq((self.x >= 0) & (self.x < width) & (self.y >= 0) & (self.y < height)),
-                     last_of_pixel.eq(self.issue & self.ky.last & (self.columns_left == 1))]
-        entry = Mux(inside, self.lines.data, 0)
-        window = self.next.window
-        with m.If(arrived):
-            m.d.sync += column[arrived_ky].eq(entry)
-            with m.If(arrived_last):
-                shifted = [window[(r * kw + c + 1) * bits:(r * kw + c + 2) * bits] if c < kw - 1
-                           else (entry if r == kh - 1 else column[r]) for r in range(kh) for c in range(kw)]
-                m.d.sync += window.eq(Cat(*shifted))
-                with m.If(last_of_pixel):
-                    m.d.sync += self.next.ready.eq(1)
-
-    def _advance_head(self, m: Module) -> None:
-        width = self.plan.geometry.in_shape[2]
-        m.d.comb += self.lines.release.eq(1)
-        m.d.sync += [self.head_row.eq(self.head_row + 1), self.head_addr.eq(_wrap_add(self.head_addr, width,
-                                                                                        _depth(self.plan)))]
-
-    def _start_pixel(self, m: Module, first_of_row: bool, x) -> None:
-        """The next pixel's columns: all ``kw`` at a row's start, else the ``min(kw, sw)`` new ones."""
-        m.d.sync += [self.columns_left.eq(self.plan.pixel_columns(first_of_row)), self.x.eq(x),
-                     self.y.eq(self.row_start), self.row_addr.eq(self.head_addr)]
-        self.ky.restart(m)
-
-    def _walk(self, m: Module) -> None:
-        p, g = self.plan, self.plan.geometry
-        _, height, width = g.in_shape
-        (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
-        out_row, out_col = WrappingCounter(g.out_shape[1], "out_y"), WrappingCounter(g.out_shape[2], "out_x")
-        row_start, head_row, held = self.row_start, self.head_row, self.lines.held
-        low = Mux(row_start < 0, 0, row_start)
-        high = Mux(row_start + kh - 1 > height - 1, height - 1, row_start + kh - 1)
-        with m.FSM(name="loader"):
-            with m.State("RELEASE"):            # drop the rows above this output row's, wait for its last
-                with m.If(head_row < low):
-                    with m.If(held > 0):
-                        self._advance_head(m)
-                with m.Elif(held > high - head_row):
-                    self._start_pixel(m, True, -pw)
-                    m.next = "LOAD"
-            with m.State("LOAD"):               # one read a cycle once the previous window is taken
-                m.d.comb += self.issue.eq(~self.loaded)
-                with m.If(self.issue):
-                    self.ky.advance(m)
-                    m.d.sync += self.y.eq(self.y + 1)
-                    with m.If((self.y >= 0) & (self.y < height)):
-                        m.d.sync += self.row_addr.eq(_wrap_add(self.row_addr, width, _depth(p)))
-                    with m.If(self.ky.last):
-                        m.d.sync += [self.columns_left.eq(self.columns_left - 1), self.x.eq(self.x + 1),
-                                     self.y.eq(row_start), self.row_addr.eq(self.head_addr)]
-                        with m.If(self.columns_left == 1):       # the window's last read: on to the next pixel
-                            m.d.sync += self.loaded.eq(1)
-                            out_col.advance(m)
-                            with m.If(~out_col.last):
-                                self._start_pixel(m, False, self.x + 1 + (sw - min(kw, sw)))
-                            with m.Else():
-                                out_row.advance(m)
-                                m.d.sync += row_start.eq(Mux(out_row.last, -ph, row_start + sh))
-                                m.next = "RELEASE"
-                                with m.If(out_row.last):
-                                    m.next = "IMAGE_END"
-            with m.State("IMAGE_END"):          # release the image's remaining rows, then the next image
-                with m.If(head_row == height):
-                    m.d.sync += head_row.eq(0)
-                    m.next = "RELEASE"
-                with m.Elif(held > 0):
-                    self._advance_head(m)
 
 
 def _tap_code(plan: StreamConvPlan, window, tap: int):
@@ -247,7 +61,7 @@ class ChunkSequencer(wiring.Component):
     def __init__(self, plan: StreamConvPlan):
         self.plan = plan
         kh, kw = plan.geometry.kernel
-        super().__init__({"next": In(WindowPort(plan)), "window": Out(kh * kw * _entry_bits(plan)),
+        super().__init__({"next": In(WindowPort(plan.window)), "window": Out(kh * kw * plan.window.entry_bits),
                           "ops": Out(op_layout(plan)), "credit_back": In(1)})
 
     def _mask(self, window):
@@ -312,7 +126,7 @@ class ChunkDatapath(wiring.Component):
     def __init__(self, plan: StreamConvPlan):
         self.plan = plan
         kh, kw = plan.geometry.kernel
-        super().__init__({"ops": In(op_layout(plan)), "window": In(kh * kw * _entry_bits(plan)),
+        super().__init__({"ops": In(op_layout(plan)), "window": In(kh * kw * plan.window.entry_bits),
                           "finished": Out(stream.Signature(finished_layout(plan)))})
 
     def _tree(self, m: Module, terms: list, lane: int):
@@ -436,8 +250,8 @@ class StreamConv(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.plan
-        m.submodules.lines = lines = LineBuffer(p)
-        m.submodules.loader = loader = WindowLoader(p)
+        m.submodules.lines = lines = LineBuffer(p.window)
+        m.submodules.loader = loader = WindowLoader(p.window)
         m.submodules.sequencer = sequencer = ChunkSequencer(p)
         m.submodules.datapath = datapath = ChunkDatapath(p)
         m.submodules.finished = finished = fifo.SyncFIFO(width=finished_layout(p).size, depth=p.finished_queue)

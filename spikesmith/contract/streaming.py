@@ -16,13 +16,14 @@ an operation whose ``K`` bits are all zero is not issued.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-from .network import ConvGeometry, signed_width, unsigned_width
+from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
 from .plan import ceil_div, pack_row
 
-__all__ = ["StreamConvPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots"]
+__all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots"]
 
 #: Levels of the chunk's adder tree between two registers.
 ADDER_LEVELS_PER_STAGE = 2
@@ -33,6 +34,109 @@ STREAM_TABLE_LATENCY = 2
 def chunk_slots(chunks: int) -> int:
     """Chunks rounded up to a power of two: an operation's index is ``t * slots + chunk`` (bits, no multiplier)."""
     return 1 << max(0, (chunks - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class StreamWindow:
+    """Where a streaming layer's windows lie in its input (a convolution's or a max pool's), and how its line
+    buffer and window loader are built: ``(C, H, W)`` codes of ``T`` bits in, a beat of ``input_lanes`` codes
+    of one pixel, pixels in raster order; output pixel ``(oy, ox)`` reads input rows
+    ``oy * sh - ph + ky * dh`` and columns ``ox * sw - pw + kx * dw`` (zeros outside the input)."""
+    in_shape: tuple[int, int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    out_rows: int
+    out_columns: int
+    timesteps: int
+    input_lanes: int
+
+    def __post_init__(self):
+        assert self.in_shape[0] % self.input_lanes == 0
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Rows and columns a window covers: ``(k - 1) * d + 1``."""
+        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation))
+
+    @property
+    def entry_bits(self) -> int:
+        """A line-buffer entry: one pixel's ``C`` codes."""
+        return self.in_shape[0] * self.timesteps
+
+    @property
+    def input_groups(self) -> int:
+        """Input beats per input pixel: ``C / input_lanes``."""
+        return self.in_shape[0] // self.input_lanes
+
+    @property
+    def input_beats(self) -> int:
+        """Input beats per image (the line buffer takes one a cycle)."""
+        return self.in_shape[1] * self.in_shape[2] * self.input_groups
+
+    @property
+    def line_rows(self) -> int:
+        """Input rows the line buffer holds: ``2 * span + sh``: one output row's rows, the next one's ``sh``
+        new rows, and (at an image's end) the next image's first rows while the last output row is computed,
+        so a fast producer never waits and the loader never waits for a row at an image's start."""
+        return 2 * self.span[0] + self.stride[0]
+
+    @property
+    def depth(self) -> int:
+        """Entries of the line buffer: ``line_rows * W``."""
+        return self.line_rows * self.in_shape[2]
+
+    @property
+    def taps(self) -> int:
+        """Codes in a window: ``kh * kw * C``."""
+        return self.kernel[0] * self.kernel[1] * self.in_shape[0]
+
+    @property
+    def reuses_columns(self) -> bool:
+        """Whether a pixel's window keeps the previous pixel's columns (no column dilation) and reads only new ones."""
+        return self.dilation[1] == 1
+
+    def pixel_columns(self, first_of_row: bool) -> int:
+        """Columns the loader reads for a pixel: all ``kw`` at a row's start (and always with column dilation),
+        else the ``min(kw, sw)`` new ones."""
+        kw = self.kernel[1]
+        return kw if first_of_row or not self.reuses_columns else min(kw, self.stride[1])
+
+    def released_rows(self, out_row: int) -> int:
+        """Rows the loader releases before output row ``out_row`` (its first row's distance from the previous one's)."""
+        sh, ph = self.stride[0], self.padding[0]
+        return 0 if out_row == 0 else max(0, out_row * sh - ph) - max(0, (out_row - 1) * sh - ph)
+
+    def handovers(self, busy: int, images: int = 3) -> list[int]:
+        """The cycle of every window hand-over over ``images`` images, counted from the first read, when the
+        consumer needs ``busy`` cycles a window and the input and output never wait: the loader issues a read a
+        cycle (``kh`` a column), a window is handed over when complete and the consumer is idle, and between
+        rows the loader releases rows a cycle each (docs/core.md, "Streaming convolution engine")."""
+        kh = self.kernel[0]
+        height = self.in_shape[1]
+        times, free, start, handover = [], 0, 0, -1
+        for _ in range(images):
+            for oy in range(self.out_rows):
+                for ox in range(self.out_columns):
+                    first = max(start, handover + 1)                      # the first read
+                    last = first + self.pixel_columns(ox == 0) * kh - 1   # the last read
+                    handover = max(last + 2, free)
+                    free = handover + busy
+                    times.append(handover)
+                    start = last + 1
+                if oy + 1 < self.out_rows:
+                    start = last + 2 + self.released_rows(oy + 1)
+                else:
+                    start = last + 3 + (height - max(0, oy * self.stride[0] - self.padding[0]))
+        return times
+
+    def image_cycles(self, busy: int) -> int:
+        """Cycles between two images in steady state when the consumer needs ``busy`` cycles a window: the
+        hand-overs, or the input's beats where they take longer (exact when nothing else waits)."""
+        times = self.handovers(busy, 3)
+        pixels = len(times) // 3
+        return max(times[2 * pixels] - times[pixels], self.input_beats)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,11 +168,16 @@ class StreamConvPlan:
         c_in, c_out = self.geometry.in_shape[0], self.geometry.out_channels
         assert c_out % self.lanes == 0 and c_in % self.input_lanes == 0 and 1 <= self.chunk <= self.taps
 
+    @cached_property
+    def window(self) -> StreamWindow:
+        g = self.geometry
+        return StreamWindow(g.in_shape, g.kernel, g.stride, g.padding, (1, 1), g.out_shape[1], g.out_shape[2],
+                            self.timesteps, self.input_lanes)
+
     @property
     def taps(self) -> int:
         """Window size ``kh * kw * C_in``."""
-        kh, kw = self.geometry.kernel
-        return kh * kw * self.geometry.in_shape[0]
+        return self.window.taps
 
     @property
     def chunks(self) -> int:
@@ -83,18 +192,6 @@ class StreamConvPlan:
         return self.geometry.out_channels // self.lanes
 
     @property
-    def input_groups(self) -> int:
-        """Input beats per input pixel: ``C_in / input_lanes``."""
-        return self.geometry.in_shape[0] // self.input_lanes
-
-    @property
-    def line_rows(self) -> int:
-        """Input rows the line buffer holds: ``2 * kh + sh``: the ``kh`` rows of one output row, the ``sh``
-        rows of the next, and (at an image's end) the next image's first rows while the last output row is
-        computed, so a fast producer never waits and the loader never waits for a row at an image's start."""
-        return 2 * self.geometry.kernel[0] + self.geometry.stride[0]
-
-    @property
     def adder_stages(self) -> int:
         """Registered stages of the chunk's adder tree (``ceil(log2 K)`` levels, two a stage)."""
         levels = max(0, (self.chunk - 1).bit_length())
@@ -103,8 +200,7 @@ class StreamConvPlan:
     @property
     def memories(self) -> list[tuple[str, int, int]]:
         """Memories as built, ``(kind, width, rows)``: the line buffer (weights, biases and thresholds are tables)."""
-        _, _, w = self.geometry.in_shape
-        return [("line buffer", self.geometry.in_shape[0] * self.timesteps, self.line_rows * w)]
+        return [("line buffer", self.window.entry_bits, self.window.depth)]
 
     @property
     def window_bits(self) -> int:
@@ -131,61 +227,54 @@ class StreamConvPlan:
         operations and the bias (the fire unit's ``T + 1`` cycles a block are never more)."""
         return self.timesteps * self.chunks + 1
 
-    def pixel_columns(self, first_of_row: bool) -> int:
-        """Columns the loader reads for a pixel: all ``kw`` at a row's start, else the ``min(kw, sw)`` new ones."""
-        kw = self.geometry.kernel[1]
-        return kw if first_of_row else min(kw, self.geometry.stride[1])
-
-    def released_rows(self, out_row: int) -> int:
-        """Rows the loader releases before output row ``out_row`` (its rows above the previous row's)."""
-        (kh, _), (sh, _), (ph, _) = self.geometry.kernel, self.geometry.stride, self.geometry.padding
-        return 0 if out_row == 0 else max(0, out_row * sh - ph) - max(0, (out_row - 1) * sh - ph)
-
-    def handovers(self, images: int = 3) -> list[int]:
-        """The cycle of every window hand-over over ``images`` images, counted from the first read, when every
-        code has every bit set (or skipping is off) and the input and output never wait: the loader issues a
-        read a cycle (``kh`` a column), a window is handed over when complete and the sequencer is idle
-        (``B * block_cycles()`` cycles after the previous hand-over, plus one), and between rows the loader
-        releases rows a cycle each (docs/core.md, "Streaming convolution engine")."""
-        (kh, kw), _, _ = self.geometry.kernel, self.geometry.stride, self.geometry.padding
-        _, height, _ = self.geometry.in_shape
-        _, out_height, out_width = self.geometry.out_shape
-        busy = self.blocks * self.block_cycles() + 1
-        times, free, start, handover = [], 0, 0, -1
-        for _ in range(images):
-            for oy in range(out_height):
-                for ox in range(out_width):
-                    first = max(start, handover + 1)                      # the first read
-                    last = first + self.pixel_columns(ox == 0) * kh - 1   # the last read
-                    handover = max(last + 2, free)
-                    free = handover + busy
-                    times.append(handover)
-                    start = last + 1
-                if oy + 1 < out_height:
-                    start = last + 2 + self.released_rows(oy + 1)
-                else:
-                    low = max(0, oy * self.geometry.stride[0] - self.geometry.padding[0])
-                    start = last + 3 + (height - low)
-        return times
-
-    @property
-    def input_beats(self) -> int:
-        """Input beats per image (the writer takes one a cycle): ``H * W * C_in / input_lanes``."""
-        _, height, width = self.geometry.in_shape
-        return height * width * self.input_groups
-
     def image_cycles(self) -> int:
         """Cycles between two images in steady state at worst (exact with skipping off, when the producer
-        offers a beat every cycle and the output never waits): the windows' hand-overs, or the input's beats
-        where they take longer."""
-        times = self.handovers(3)
-        pixels = len(times) // 3
-        return max(times[2 * pixels] - times[pixels], self.input_beats)
+        offers a beat every cycle and the output never waits)."""
+        return self.window.image_cycles(self.blocks * self.block_cycles() + 1)
 
     @property
     def output_beats(self) -> int:
         _, ho, wo = self.geometry.out_shape
         return ho * wo * self.blocks
+
+
+@dataclass(frozen=True, eq=False)
+class StreamPoolPlan:
+    """A max pool on the streaming engine: the window of each pooled pixel built like a convolution's, then
+    each channel's largest code (zero padding never wins: codes are >= 0), ``lanes`` channels a beat."""
+    index: int
+    name: str
+    geometry: PoolGeometry
+    timesteps: int
+    lanes: int             # channels per output beat (divides C)
+    input_lanes: int       # codes per input beat (divides C)
+
+    def __post_init__(self):
+        assert self.geometry.in_shape[0] % self.lanes == 0
+
+    @cached_property
+    def window(self) -> StreamWindow:
+        g = self.geometry
+        _, rows, columns = g.out_shape
+        return StreamWindow(g.in_shape, g.kernel, g.stride, g.padding, g.dilation, rows, columns, self.timesteps,
+                            self.input_lanes)
+
+    @property
+    def blocks(self) -> int:
+        return self.geometry.in_shape[0] // self.lanes
+
+    @property
+    def memories(self) -> list[tuple[str, int, int]]:
+        return [("line buffer", self.window.entry_bits, self.window.depth)]
+
+    def image_cycles(self) -> int:
+        """Cycles between two images in steady state (exact when nothing else waits): a beat a cycle per block."""
+        return self.window.image_cycles(self.blocks + 1)
+
+    @property
+    def output_beats(self) -> int:
+        _, rows, columns = self.geometry.out_shape
+        return rows * columns * self.blocks
 
 
 def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.ndarray, bias: np.ndarray,
