@@ -6,13 +6,17 @@ worst-case bounds, packed ROM contents.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 
 import numpy as np
 
 from ..contract.bounds import layer_bounds
 from ..contract.network import SpikingNetwork, fingerprint
 from ..contract.plan import CorePlan, InputPlan, LayerPlan, PoolPlan, ceil_div, pack_row
+from ..contract.streaming import StreamPoolPlan
 from ..errors import SpikesmithError
+from .streaming import (DEFAULT_ADDER_BUDGET, StreamChoice, choose_stream, plan_stream, stream_input_order,
+                        stream_options, streamed_layers)
 
 __all__ = ["SizingError", "plan_core", "choose_lanes", "DEFAULT_LANE_BUDGET"]
 
@@ -134,29 +138,83 @@ def _check_pools(net: SpikingNetwork, engines: list[bool]) -> None:
 
 def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int = DEFAULT_LANE_BUDGET,
               input_lanes: int | None = None, skip_silent: bool = True,
-              loaded_weights: Collection[int] = ()) -> CorePlan:
+              loaded_weights: Collection[int] = (), streaming: bool = True, chunks: list[int] | None = None,
+              adder_budget: int = DEFAULT_ADDER_BUDGET) -> CorePlan:
     """Size the core for ``net``: explicit ``lanes`` per layer, or chosen under ``budget``.
 
     ``loaded_weights``: indices of layers whose weights are written at run time (SPRAM).
+    ``streaming``: the convolutions from the image on run on the streaming engine (their ``lanes`` output
+    channels and ``chunks`` taps a cycle, chosen under ``adder_budget`` where not given); otherwise every
+    layer runs on the event-driven engines.
     """
+    count = streamed_layers(net) if streaming else 0
+    if lanes is not None and len(lanes) != len(net.layers):
+        raise SizingError(f"--lanes gives {len(lanes)} values but the network has {len(net.layers)} layers")
+    for index in loaded_weights:
+        if not count <= index < len(net.layers):
+            raise SizingError(f"--spram names layer {index}; the network's layers are {count}..{len(net.layers) - 1}"
+                              + (" (the streaming layers keep their weights in logic)" if count else ""))
+    if not count:
+        return _event_core(net, lanes, budget, input_lanes, skip_silent, loaded_weights)
+    T, shape = net.timesteps, tuple(net.input.shape)
+    if input_lanes is None:
+        input_lanes = shape[0]
+    if input_lanes < 1 or shape[0] % input_lanes:
+        raise SizingError(f"the first layer streams {shape[0]}-channel pixels: the input lanes must divide "
+                          f"{shape[0]}, not {input_lanes}")
+    tail = SpikingNetwork(T, net.input, tuple(replace(layer, pool=None) if k == count else layer
+                                              for k, layer in enumerate(net.layers) if k >= count))
+    tail_lanes = None if lanes is None else [int(x) for x in lanes[count:]]
+    if tail_lanes is None:
+        tail_lanes = choose_lanes(tail, budget)
+    dense = _layer_plans(tail, tail_lanes, [False] * len(tail.layers), loaded_weights, count)
+    target = max(max(layer.accumulate_cycles() for layer in dense), dense[-1].readout_cycles())
+    choices = _stream_choices(net.layers[:count], T, lanes, chunks, adder_budget, target)
+    stages = plan_stream(net, count, choices, input_lanes, skip_silent)
+    last = stages[-1]
+    out_shape = last.geometry.out_shape if isinstance(last, StreamPoolPlan) else last.geometry.out_shape
+    order = stream_input_order(out_shape, last.lanes)
+    dense = _layer_plans(tail, tail_lanes, [False] * len(tail.layers), loaded_weights, count, first_order=order)
+    return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T, shape, pixel_major=True),
+                    layers=tuple(dense), skip_silent=skip_silent, fingerprint=fingerprint(net),
+                    stream=tuple(stages), reencoder=InputPlan(int(np.prod(out_shape)), last.lanes, T))
+
+
+def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, target: int) -> list[StreamChoice]:
+    """The streaming convolutions' lanes and chunks: as given, or chosen (:func:`choose_stream`)."""
+    if chunks is not None and len(chunks) != len(layers):
+        raise SizingError(f"--chunks gives {len(chunks)} values but the network streams {len(layers)} convolutions")
+    if lanes is None and chunks is None:
+        return choose_stream(list(layers), timesteps, adder_budget, target)
+    choices = []
+    for k, layer in enumerate(layers):
+        g = layer.conv.geometry
+        taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
+        options = [c for c, _ in stream_options(layer, timesteps)]
+        L = int(lanes[k]) if lanes is not None else None
+        if L is not None and (L < 1 or g.out_channels % L):
+            divisors = [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
+            raise SizingError(f"layer {layer.name} streams {g.out_channels} output channels: its lanes must divide "
+                              f"that number, not {L} (one of {', '.join(map(str, divisors))})")
+        if chunks is not None:
+            K = int(chunks[k])
+            if not 1 <= K <= taps:
+                raise SizingError(f"layer {layer.name}: a chunk is 1..{taps} taps (its window), not {K}")
+            choices.append(StreamChoice(L if L is not None else g.out_channels, K))
+        else:
+            fitting = [c for c in options if c.lanes == L] or [StreamChoice(L, taps)]
+            choices.append(min(fitting, key=lambda c: abs(c.chunk * c.lanes - adder_budget // len(layers))))
+    return choices
+
+
+def _event_core(net: SpikingNetwork, lanes, budget: int, input_lanes, skip_silent: bool,
+                loaded_weights: Collection[int]) -> CorePlan:
+    """The core with every layer on the event-driven engines (a convolution from the image on its convolution engine)."""
     engines = convolution_engines(net)
     _check_pools(net, engines)
     if lanes is None:
         lanes = choose_lanes(net, budget)
     lanes = [int(x) for x in lanes]
-    if len(lanes) != len(net.layers):
-        raise SizingError(f"--lanes gives {len(lanes)} values but the network has {len(net.layers)} layers")
-    for layer, count, conv in zip(net.layers, lanes, engines):
-        if not 1 <= count <= layer.out_size:
-            raise SizingError(f"layer {layer.name}: {count} lanes, but it has {layer.out_size} neurons "
-                              f"(lanes must be 1..{layer.out_size})")
-        if conv and count not in _lane_options(layer, conv):
-            raise SizingError(f"layer {layer.name} is a convolution with {layer.conv.geometry.out_channels} output "
-                              f"channels: its lanes must divide that number, not {count} "
-                              f"(one of {', '.join(map(str, _lane_options(layer, conv)))})")
-    for index in loaded_weights:
-        if not 0 <= index < len(net.layers):
-            raise SizingError(f"--spram names layer {index}; the network's layers are 0..{len(net.layers) - 1}")
     pixels = tuple(net.input.shape) if engines[0] else None
     if input_lanes is None:
         if pixels is None:
@@ -168,46 +226,70 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
     if pixels is not None and pixels[2] % input_lanes:
         raise SizingError(f"the first layer is a convolution on {pixels[2]}-pixel-wide images: the input lanes "
                           f"must divide {pixels[2]}, not {input_lanes}")
+    plans = _layer_plans(net, lanes, engines, loaded_weights, 0)
+    T = net.timesteps
+    return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T, pixels), layers=tuple(plans),
+                    skip_silent=skip_silent, fingerprint=fingerprint(net))
+
+
+def _layer_plans(net: SpikingNetwork, lanes: list[int], engines: list[bool], loaded_weights: Collection[int],
+                 offset: int, first_order: np.ndarray | None = None) -> list[LayerPlan]:
+    """A :class:`LayerPlan` per layer of ``net`` (network indices from ``offset``); ``first_order``: which input
+    each event address into the first layer stands for (default :func:`_input_order`)."""
+    for layer, count, conv in zip(net.layers, lanes, engines):
+        if not 1 <= count <= layer.out_size:
+            raise SizingError(f"layer {layer.name}: {count} lanes, but it has {layer.out_size} neurons "
+                              f"(lanes must be 1..{layer.out_size})")
+        if conv and count not in _lane_options(layer, conv):
+            raise SizingError(f"layer {layer.name} is a convolution with {layer.conv.geometry.out_channels} output "
+                              f"channels: its lanes must divide that number, not {count} "
+                              f"(one of {', '.join(map(str, _lane_options(layer, conv)))})")
     T = net.timesteps
     plans: list[LayerPlan] = []
     for index, (layer, L, conv) in enumerate(zip(net.layers, lanes, engines)):
         following = net.layers[index + 1] if index + 1 < len(net.layers) else None
-        bounds = layer_bounds(layer, T)
-        weight_width = max(2, bounds.weight_width)
-        bias_width = max(2, bounds.bias_width)
-        threshold_width = bounds.threshold_width
-        geometry = layer.conv.geometry if conv else None
         pool = PoolPlan(layer.pool, plans[-1].lanes, T, conv) if layer.pool is not None else None
-        if geometry is not None:
-            # Lanes are output channels; one row per (block, kernel offset, input channel).
-            blocks, step = geometry.out_channels // L, geometry.pixels
-            kernel = layer.conv.kernel
-            c_in, (kh, kw) = geometry.in_shape[0], geometry.kernel
-            weight_rows = tuple(pack_row(kernel[b * L:(b + 1) * L, c, ky, kx], weight_width)
-                                for b in range(blocks) for ky in range(kh) for kx in range(kw) for c in range(c_in))
-            bias, threshold = layer.bias[::step], (layer.threshold[::step] if layer.fires else None)
-        else:
-            blocks = ceil_div(layer.out_size, L)
-            padded = blocks * L
-            weight = np.zeros((padded, layer.in_size), dtype=np.int64)
-            weight[:layer.out_size] = layer.matrix[:, _input_order(plans[-1] if plans else None, pool, layer.in_size)]
-            weight_rows = tuple(pack_row(weight[b * L:(b + 1) * L, i], weight_width)
-                                for b in range(blocks) for i in range(layer.in_size))
-            bias = np.zeros(padded, dtype=np.int64)
-            bias[:layer.out_size] = layer.bias
-            threshold = np.ones(padded, dtype=np.int64)
-            if layer.fires:
-                threshold[:layer.out_size] = layer.threshold
-        bias_rows = tuple(pack_row(bias[b * L:(b + 1) * L], bias_width) for b in range(blocks))
-        threshold_rows = (tuple(pack_row(threshold[b * L:(b + 1) * L], threshold_width) for b in range(blocks))
-                          if layer.fires else ())
-        plans.append(LayerPlan(
-            index=index, name=layer.name, inputs=layer.in_size, neurons=layer.out_size, lanes=L,
-            timesteps=T, fires=layer.fires, weight_width=weight_width, bias_width=bias_width,
-            membrane_width=bounds.membrane_width, threshold_width=threshold_width,
-            weight_rows=weight_rows, bias_rows=bias_rows, threshold_rows=threshold_rows,
-            weights_loaded=index in loaded_weights, conv=geometry, pool=pool,
-            emits_pixels=following is not None and following.pool is None and engines[index + 1],
-            emits_rows=following is not None and following.pool is not None))
-    return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T, pixels), layers=tuple(plans),
-                    skip_silent=skip_silent, fingerprint=fingerprint(net))
+        order = first_order if index == 0 and first_order is not None else None
+        plans.append(_layer_plan(layer, index + offset, L, T, conv, pool, plans[-1] if plans else None, order,
+                                 index + offset in loaded_weights,
+                                 emits_pixels=following is not None and following.pool is None and engines[index + 1],
+                                 emits_rows=following is not None and following.pool is not None))
+    return plans
+
+
+def _layer_plan(layer, index: int, L: int, T: int, conv: bool, pool, previous, order, loaded: bool,
+                emits_pixels: bool, emits_rows: bool) -> LayerPlan:
+    bounds = layer_bounds(layer, T)
+    weight_width, bias_width = max(2, bounds.weight_width), max(2, bounds.bias_width)
+    threshold_width = bounds.threshold_width
+    geometry = layer.conv.geometry if conv else None
+    if geometry is not None:
+        # Lanes are output channels; one row per (block, kernel offset, input channel).
+        blocks, step = geometry.out_channels // L, geometry.pixels
+        kernel = layer.conv.kernel
+        c_in, (kh, kw) = geometry.in_shape[0], geometry.kernel
+        weight_rows = tuple(pack_row(kernel[b * L:(b + 1) * L, c, ky, kx], weight_width)
+                            for b in range(blocks) for ky in range(kh) for kx in range(kw) for c in range(c_in))
+        bias, threshold = layer.bias[::step], (layer.threshold[::step] if layer.fires else None)
+    else:
+        blocks = ceil_div(layer.out_size, L)
+        padded = blocks * L
+        weight = np.zeros((padded, layer.in_size), dtype=np.int64)
+        columns = order if order is not None else _input_order(previous, pool, layer.in_size)
+        weight[:layer.out_size] = layer.matrix[:, columns]
+        weight_rows = tuple(pack_row(weight[b * L:(b + 1) * L, i], weight_width)
+                            for b in range(blocks) for i in range(layer.in_size))
+        bias = np.zeros(padded, dtype=np.int64)
+        bias[:layer.out_size] = layer.bias
+        threshold = np.ones(padded, dtype=np.int64)
+        if layer.fires:
+            threshold[:layer.out_size] = layer.threshold
+    bias_rows = tuple(pack_row(bias[b * L:(b + 1) * L], bias_width) for b in range(blocks))
+    threshold_rows = (tuple(pack_row(threshold[b * L:(b + 1) * L], threshold_width) for b in range(blocks))
+                      if layer.fires else ())
+    return LayerPlan(
+        index=index, name=layer.name, inputs=layer.in_size, neurons=layer.out_size, lanes=L,
+        timesteps=T, fires=layer.fires, weight_width=weight_width, bias_width=bias_width,
+        membrane_width=bounds.membrane_width, threshold_width=threshold_width,
+        weight_rows=weight_rows, bias_rows=bias_rows, threshold_rows=threshold_rows,
+        weights_loaded=loaded, conv=geometry, pool=pool, emits_pixels=emits_pixels, emits_rows=emits_rows)

@@ -21,9 +21,12 @@ from amaranth.lib.wiring import In, Out
 
 from ..contract.network import unsigned_width
 from ..contract.plan import CorePlan
+from ..contract.streaming import StreamConvPlan
 from .engines import InputEncoder, LayerEngine, OutputEngine
 from .events import image_beat_layout, result_layout, weight_load_layout
 from .pool import PoolStage
+from .stream_conv import StreamConv
+from .stream_pool import StreamMaxPool
 from .streams import StreamRegister
 
 __all__ = ["SpikingCore", "TOP_NAME", "emit_verilog", "core_result_layout", "core_weight_load_layout"]
@@ -61,8 +64,13 @@ class SpikingCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         plan = self.plan
-        m.submodules.encoder = encoder = InputEncoder(plan.input, plan.skip_silent)
-        wiring.connect(m, wiring.flipped(self.images), encoder.images)
+        upstream = wiring.flipped(self.images)
+        for stage in plan.stream:              # streaming layers: code beats, pixel by pixel
+            engine = m.submodules[f"stream_{stage.name}"] = _stream_engine(stage)
+            wiring.connect(m, self._registered(m, upstream, f"codes_{stage.name}"), engine.codes_in)
+            upstream = engine.codes_out
+        m.submodules.encoder = encoder = InputEncoder(plan.reencoder or plan.input, plan.skip_silent)
+        wiring.connect(m, self._registered(m, upstream, "codes_encoder") if plan.stream else upstream, encoder.images)
         upstream = encoder.events
         for layer in plan.layers:
             if layer.pool is not None:      # the previous engine's row beats, pooled
@@ -86,6 +94,10 @@ class SpikingCore(wiring.Component):
         stage = m.submodules[name] = StreamRegister(upstream.payload.shape())
         wiring.connect(m, upstream, stage.inlet)
         return stage.outlet
+
+
+def _stream_engine(stage):
+    return StreamConv(stage) if isinstance(stage, StreamConvPlan) else StreamMaxPool(stage)
 
 
 def emit_verilog(plan: CorePlan) -> str:

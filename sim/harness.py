@@ -155,7 +155,7 @@ def pack_beats(input_plan: InputPlan, codes: np.ndarray) -> np.ndarray:
 def _pack_chunk(input_plan: InputPlan, codes: np.ndarray, beat_words: int) -> np.ndarray:
     n, lanes, t = len(codes), input_plan.lanes, input_plan.timesteps
     padded = np.zeros((n, input_plan.words * lanes), dtype=np.uint32)
-    padded[:, :input_plan.size] = codes
+    padded[:, :input_plan.size] = codes[:, input_plan.order()]
     bits = ((padded[:, :, None] >> np.arange(t, dtype=np.uint32)) & 1).astype(np.uint8)
     bits = np.pad(bits.reshape(n, input_plan.words, lanes * t), ((0, 0), (0, 0), (0, beat_words * 32 - lanes * t)))
     return np.packbits(bits, axis=-1, bitorder="little").view("<u4").reshape(n, input_plan.words, beat_words)

@@ -21,8 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import gcd
 
+import numpy as np
+
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import LOAD_HEAD, unpack_result
+from .packing import ceil_div, pack_row
+from .streaming import StreamConvPlan, StreamPoolPlan
 
 __all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_is_staged", "row_queue_depth", "HOP_CYCLES", "rom_in_logic", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
@@ -63,19 +67,6 @@ def rom_in_logic(width: int, rows: int) -> bool:
     return rows <= 16 or width * rows <= 1024
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def pack_row(values, width: int) -> int:
-    """Pack integers (two's complement, ``width`` bits each) into one row, element 0 in the LSBs."""
-    mask = (1 << width) - 1
-    row = 0
-    for k, v in enumerate(values):
-        row |= (int(v) & mask) << (k * width)
-    return row
-
-
 @dataclass(frozen=True)
 class InputPlan:
     """The image buffer and the input spike encoder.
@@ -87,6 +78,14 @@ class InputPlan:
     lanes: int
     timesteps: int
     pixels: tuple[int, int, int] | None = None   # (C, H, W): events carry coordinates (a convolution reads them)
+    pixel_major: bool = False    # beats carry the codes in (H, W, C) order: a streaming layer reads the image
+
+    def order(self) -> np.ndarray:
+        """The image's code index (row-major (C, H, W)) of each position of the beats: itself, or (H, W, C)."""
+        if not self.pixel_major:
+            return np.arange(self.size)
+        c, h, w = self.pixels
+        return np.arange(self.size).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
 
     @property
     def words(self) -> int:
@@ -113,6 +112,7 @@ class InputPlan:
         codes = [int(c) for c in codes]
         if len(codes) != self.size:
             raise ValueError(f"an image has {self.size} input codes, not {len(codes)}")
+        codes = [codes[k] for k in self.order()]
         padded = codes + [0] * (self.words * self.lanes - self.size)
         return [pack_row(padded[w * self.lanes:(w + 1) * self.lanes], self.timesteps) for w in range(self.words)]
 
@@ -358,6 +358,8 @@ class CorePlan:
     layers: tuple[LayerPlan, ...]
     skip_silent: bool          # emit events only for neurons that spiked (else every neuron, every step)
     fingerprint: str
+    stream: tuple[StreamConvPlan | StreamPoolPlan, ...] = ()   # the streaming layers the image goes through first
+    reencoder: InputPlan | None = None      # the stream's last codes as spike events for ``layers`` (with ``stream``)
 
     @property
     def classes(self) -> int:
@@ -404,6 +406,10 @@ class CorePlan:
     def stage_cycles(self) -> dict[str, int]:
         """Worst-case cycles per image of every stage (each image's every input spiking)."""
         stages = {"input load": self.input.load_cycles}
+        for stage in self.stream:
+            stages[f"{stage.name} stream"] = stage.image_cycles()
+        if self.reencoder is not None:
+            stages["re-encoder load"] = self.reencoder.load_cycles
         for layer in self.layers:
             if layer.pool is not None:
                 # The pooling stage and the accumulate stage it feeds stall each other: their sum bounds both.
@@ -428,18 +434,23 @@ class CorePlan:
         """Upper bound on the cycles from an image's first beat to its result (empty pipeline):
         every stage's worst case, and per hop between stages the stream register's cycle and the
         producer's read latency (:data:`HOP_CYCLES`), and into a convolution one more: its tap decoder's register."""
-        hops = len(self.layers) + sum(layer.pool is not None for layer in self.layers)
+        hops = len(self.layers) + sum(layer.pool is not None for layer in self.layers) + len(self.stream)
         tap_decoders = sum(layer.conv is not None for layer in self.layers)
-        return (self.input.load_cycles + self.input.scan_cycles() + HOP_CYCLES * hops + tap_decoders
+        encoder = self.reencoder or self.input
+        stream = sum(stage.image_cycles() + stage.drain_cycles for stage in self.stream)
+        stream += self.input.load_cycles if self.stream else 0
+        return (stream + encoder.load_cycles + encoder.scan_cycles() + HOP_CYCLES * hops + tap_decoders
                 + sum(layer.accumulate_cycles() + (layer.pool.cycles() if layer.pool else 0) for layer in self.layers)
                 + self.layers[-1].readout_cycles())
 
     @property
     def total_lanes(self) -> int:
-        return sum(layer.lanes for layer in self.layers)
+        return sum(layer.lanes for layer in self.layers) + sum(stage.lanes for stage in self.stream)
 
     def memory_bits(self) -> int:
-        return self.input.memory_bits + sum(sum(layer.memory_bits.values()) for layer in self.layers)
+        encoders = self.input.memory_bits if not self.stream else self.reencoder.memory_bits
+        stream = sum(width * rows for stage in self.stream for _, width, rows in stage.memories)
+        return encoders + stream + sum(sum(layer.memory_bits.values()) for layer in self.layers)
 
     def report(self) -> dict:
         """The generator's report (machine readable; ``spikesmith generate --json`` prints it)."""
@@ -462,6 +473,7 @@ class CorePlan:
                 "cycles_per_step_worst": sum(layer.event_cycles()) + 1,
                 "accumulate_cycles_worst": layer.accumulate_cycles(),
             } for layer in self.layers],
+            "stream": [stage.report() for stage in self.stream],
             "classes": self.classes,
             "logit_width": self.logit_width,
             "total_lanes": self.total_lanes,

@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
-from .plan import ceil_div, pack_row
+from .packing import ceil_div, pack_row
 
 __all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots"]
 
@@ -237,6 +237,20 @@ class StreamConvPlan:
         _, ho, wo = self.geometry.out_shape
         return ho * wo * self.blocks
 
+    @property
+    def drain_cycles(self) -> int:
+        """After its input's last beat, at most this many cycles beyond :meth:`image_cycles` until the last code
+        leaves: the datapath's pipeline, the queue of finished blocks and the fire unit."""
+        return self.pipeline_depth + (self.timesteps + 2) * (self.finished_queue + 1) + 4
+
+    def report(self) -> dict:
+        return {"name": self.name, "engine": "streaming convolution", "convolution": self.geometry.as_dict(),
+                "lanes": self.lanes, "chunk": self.chunk, "chunks": self.chunks, "blocks": self.blocks,
+                "input_lanes": self.input_lanes, "weight_width": self.weight_width,
+                "membrane_width": self.membrane_width, "sum_width": self.sum_width,
+                "memory_bits": {kind: width * rows for kind, width, rows in self.memories},
+                "window_flip_flops": self.window_bits, "cycles_per_image_worst": self.image_cycles()}
+
 
 @dataclass(frozen=True, eq=False)
 class StreamPoolPlan:
@@ -275,6 +289,16 @@ class StreamPoolPlan:
     def output_beats(self) -> int:
         _, rows, columns = self.geometry.out_shape
         return rows * columns * self.blocks
+
+    @property
+    def drain_cycles(self) -> int:
+        return self.blocks + 4
+
+    def report(self) -> dict:
+        return {"name": self.name, "engine": "streaming max pool", "max_pool": self.geometry.as_dict(),
+                "lanes": self.lanes, "input_lanes": self.input_lanes,
+                "memory_bits": {kind: width * rows for kind, width, rows in self.memories},
+                "cycles_per_image_worst": self.image_cycles()}
 
 
 def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.ndarray, bias: np.ndarray,

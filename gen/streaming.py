@@ -1,0 +1,138 @@
+"""Sizing of the streaming layers: which leading layers of a network stream (its convolutions from the image
+on, and the max pools they read), their lanes and chunks, and the plans they are built from
+(:mod:`spikesmith.contract.streaming`; docs/core.md, "Streaming convolution engine")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..contract.bounds import layer_bounds
+from ..contract.network import DenseLayer, SpikingNetwork
+from ..contract.packing import ceil_div
+from ..contract.streaming import StreamConvPlan, StreamPoolPlan, StreamWindow, plan_stream_conv
+from ..errors import SpikesmithError
+
+__all__ = ["StreamChoice", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
+           "DEFAULT_ADDER_BUDGET"]
+
+#: Adder inputs (lanes times taps a cycle, summed over the streaming convolutions) when the user does not say.
+DEFAULT_ADDER_BUDGET = 1024
+
+
+@dataclass(frozen=True)
+class StreamChoice:
+    """One streaming convolution's parallelism: ``lanes`` output channels and ``chunk`` taps a cycle."""
+    lanes: int
+    chunk: int
+
+    @property
+    def adders(self) -> int:
+        """Adder inputs: ``lanes * chunk`` (each a masked weight into a lane's tree)."""
+        return self.lanes * self.chunk
+
+    def __str__(self) -> str:
+        return f"{self.lanes}x{self.chunk}"
+
+
+def streamed_layers(net: SpikingNetwork) -> int:
+    """How many leading layers stream: the convolutions from the image on (a max pool they read included)."""
+    count = 0
+    for layer in net.layers[:-1]:          # the output layer is always dense
+        if layer.conv is None:
+            break
+        count += 1
+    return count
+
+
+def _skeleton_cycles(layer: DenseLayer, choice: StreamChoice, timesteps: int) -> int:
+    """The convolution's worst-case cycles per image on ``choice`` (no tables packed)."""
+    g = layer.conv.geometry
+    window = StreamWindow(g.in_shape, g.kernel, g.stride, g.padding, (1, 1), g.out_shape[1], g.out_shape[2],
+                          timesteps, 1)
+    block = timesteps * ceil_div(window.taps, choice.chunk) + 1
+    return window.image_cycles((g.out_channels // choice.lanes) * block + 1)
+
+
+def stream_options(layer: DenseLayer, timesteps: int) -> list[tuple[StreamChoice, int]]:
+    """Every choice worth having for a streaming convolution, cheapest first, with its cycles per image: for
+    each lane count (a divisor of the output channels) and each number of chunks, the smallest chunk; only
+    choices faster than every cheaper one (the Pareto front of adders and cycles)."""
+    g = layer.conv.geometry
+    taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
+    chunks = sorted({ceil_div(taps, n) for n in range(1, taps + 1)})
+    candidates = sorted((StreamChoice(lanes, chunk) for lanes in range(1, g.out_channels + 1)
+                         if g.out_channels % lanes == 0 for chunk in chunks), key=lambda c: (c.adders, -c.lanes))
+    front, best = [], None
+    for choice in candidates:
+        cycles = _fast_cycles(g, choice, timesteps, taps)
+        if best is None or cycles < best:
+            front.append((choice, cycles))
+            best = cycles
+    return front
+
+
+def _fast_cycles(g, choice: StreamChoice, timesteps: int, taps: int) -> int:
+    """A close estimate of :func:`_skeleton_cycles` for ranking choices (no loop over pixels)."""
+    (kh, kw), sw = g.kernel, g.stride[1]
+    _, rows, columns = g.out_shape
+    busy = (g.out_channels // choice.lanes) * (timesteps * ceil_div(taps, choice.chunk) + 1) + 1
+    return rows * (max(busy, kw * kh + 2) + (columns - 1) * max(busy, min(kw, sw) * kh + 2))
+
+
+def choose_stream(layers: list[DenseLayer], timesteps: int, budget: int = DEFAULT_ADDER_BUDGET,
+                  target: int = 0) -> list[StreamChoice]:
+    """Lanes and chunks for each streaming convolution under a total of ``budget`` adder inputs: every one
+    starts at its cheapest choice; the slowest takes its next faster choice while the budget allows and it is
+    slower than ``target`` (the rest of the core's slowest stage: faster buys nothing)."""
+    options = [stream_options(layer, timesteps) for layer in layers]
+    picked = [0] * len(layers)
+    if sum(o[0][0].adders for o in options) > budget:
+        raise SpikesmithError(f"an adder budget of {budget} is below the streaming convolutions' least "
+                              f"({sum(o[0][0].adders for o in options)})")
+    growing = set(range(len(layers)))
+    while growing:
+        slowest = max(growing, key=lambda k: options[k][picked[k]][1])
+        if options[slowest][picked[slowest]][1] <= target or picked[slowest] + 1 == len(options[slowest]):
+            growing.discard(slowest)
+            if options[slowest][picked[slowest]][1] <= target or not growing:
+                break
+            continue
+        spent = sum(options[k][picked[k]][0].adders for k in range(len(layers)))
+        step = options[slowest][picked[slowest] + 1][0].adders - options[slowest][picked[slowest]][0].adders
+        if spent + step > budget:
+            break
+        picked[slowest] += 1
+    return [options[k][picked[k]][0] for k in range(len(layers))]
+
+
+def plan_stream(net: SpikingNetwork, count: int, choices: list[StreamChoice], input_lanes: int,
+                skip_silent: bool) -> list[StreamConvPlan | StreamPoolPlan]:
+    """The streaming stages of the first ``count`` layers (and the max pool the next layer reads): each
+    layer's max pool, then its convolution; each stage reads the beats its producer sends."""
+    stages: list[StreamConvPlan | StreamPoolPlan] = []
+    lanes_in, T = input_lanes, net.timesteps
+    for index in range(count + 1):
+        layer = net.layers[index]
+        if layer.pool is not None:
+            stages.append(StreamPoolPlan(index, f"{layer.name}.pool", layer.pool, T, lanes_in, lanes_in))
+        if index == count:
+            break
+        g, choice = layer.conv.geometry, choices[index]
+        step = g.pixels
+        stages.append(plan_stream_conv(index, layer.name, g, layer.conv.kernel, layer.bias[::step],
+                                       layer.threshold[::step], T, choice.lanes, lanes_in, choice.chunk,
+                                       layer_bounds(layer, T).membrane_width, skip_silent))
+        lanes_in = choice.lanes
+    return stages
+
+
+def stream_input_order(shape: tuple[int, int, int], lanes: int) -> np.ndarray:
+    """Which input (row-major ``(C, H, W)``) each event address of the re-encoder stands for: it sends address
+    ``word * L + lane`` for lane ``lane`` of beat ``word = (y * W + x) * B + b``, i.e. channel ``b*L + lane``."""
+    c, h, w = shape
+    address = np.arange(c * h * w)
+    word, lane = address // lanes, address % lanes
+    pixel, block = word // (c // lanes), word % (c // lanes)
+    return (block * lanes + lane) * (h * w) + pixel

@@ -1,0 +1,97 @@
+"""Whole cores with streaming convolutions (and the max pools they read) in front of the dense engines:
+amaranth.sim and the compiled Verilator harness against the golden model, and the cycle model."""
+
+import numpy as np
+import pytest
+
+from spikesmith.contract.streaming import StreamConvPlan, StreamPoolPlan
+from spikesmith.gen.sizing import SizingError, plan_core
+from spikesmith.sim import golden
+from spikesmith.sim.harness import build_harness, run_harness
+from spikesmith.sim.hdl import simulate_core
+from spikesmith.sim.random_networks import make_conv_network, make_pooled_network, random_codes
+
+from test_harness import assert_agrees
+
+
+def strided_network(seed: int, timesteps: int = 4):
+    """Two or three convolutions with random kernels, strides and padding, a max pool after one, then dense."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 4)), int(rng.integers(6, 11)), int(rng.integers(6, 11)))
+    convs, pools, current = [], [], shape
+    from spikesmith.contract.network import ConvGeometry, PoolGeometry
+    for index in range(int(rng.integers(2, 4))):
+        kernel = tuple(int(rng.integers(1, min(4, current[1 + a]) + 1)) for a in range(2))
+        stride = tuple(int(rng.integers(1, 3)) for _ in range(2))
+        padding = tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel)
+        geometry = ConvGeometry(current, int(rng.choice([2, 4, 6])), kernel, stride, padding)
+        if min(geometry.out_shape[1:]) < 2:
+            break
+        convs.append((geometry.out_channels, kernel, stride, padding))
+        current = geometry.out_shape
+        pool = None
+        if index == 0 and min(current[1:]) >= 4:
+            pool = ((2, 2), (2, 2), (0, 0), (1, 1), bool(rng.integers(0, 2)))
+            current = PoolGeometry(current, *pool[:4], pool[4]).out_shape
+        pools.append(pool)
+    return make_conv_network(rng, shape, convs, int(rng.integers(2, 6)), timesteps, weight_bits=5, pools=pools)
+
+
+NETWORKS = [strided_network(seed, timesteps=1 + seed % 8) for seed in range(6)]
+
+
+@pytest.mark.parametrize("case", range(4), ids=[f"net{k}" for k in range(4)])
+def test_a_streaming_core_in_amaranth_sim_is_bit_exact(case):
+    net = NETWORKS[case]
+    plan = plan_core(net)
+    assert plan.stream and isinstance(plan.stream[0], StreamConvPlan)
+    codes = random_codes(net, 5, seed=case)
+    run = simulate_core(plan, codes, valid_probability=0.8, ready_probability=0.7, drain=40)
+    expected = golden.run(net, codes)
+    assert (run.logits == expected.logits).all() and (run.labels == expected.predictions).all()
+    assert not run.extra_results
+
+
+@pytest.mark.parametrize("case", range(len(NETWORKS)), ids=[f"net{k}" for k in range(len(NETWORKS))])
+def test_a_streaming_core_in_verilog_is_bit_exact_under_backpressure(case, harness_cache):
+    net = NETWORKS[case]
+    plan = plan_core(net, skip_silent=case % 2 == 0)
+    build = build_harness(plan, harness_cache)
+    codes = random_codes(net, 80, seed=case)
+    expected = golden.run(net, codes)
+    run = run_harness(build, plan, codes, expected, seed=case, valid_probability=0.6, ready_probability=0.5)
+    assert_agrees(run, expected, len(codes))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_pooled_networks_stream_bit_exact(seed, harness_cache):
+    """make_pooled_network's max pools (any kernel, stride, padding, dilation, ceil_mode) in the stream."""
+    net, _ = make_pooled_network(np.random.default_rng(700 + seed), timesteps=3 + seed)
+    plan = plan_core(net)
+    assert any(isinstance(stage, StreamPoolPlan) for stage in plan.stream)
+    codes = random_codes(net, 60, seed=seed)
+    expected = golden.run(net, codes)
+    run = run_harness(build_harness(plan, harness_cache), plan, codes, expected, seed=seed,
+                      valid_probability=0.7, ready_probability=0.6)
+    assert_agrees(run, expected, len(codes))
+
+
+def test_with_skipping_off_a_streaming_bottleneck_sets_the_interval_exactly():
+    rng = np.random.default_rng(5)
+    net = make_conv_network(rng, (2, 8, 8), [(4, (3, 3), (1, 1), (1, 1))], 3, 4, weight_bits=5)
+    plan = plan_core(net, lanes=[1, 3], chunks=[2], skip_silent=False)
+    assert plan.bottleneck == "conv0 stream"
+    run = simulate_core(plan, random_codes(net, 5, seed=1))
+    gaps = np.diff(run.result_cycles)[1:]
+    assert gaps.tolist() == [plan.initiation_interval] * len(gaps)
+
+
+def test_explicit_lanes_and_chunks_are_checked_in_one_line():
+    rng = np.random.default_rng(6)
+    net = make_conv_network(rng, (1, 6, 6), [(4, (3, 3), (1, 1), (1, 1))], 3, 4)
+    with pytest.raises(SizingError, match="must divide that number, not 3"):
+        plan_core(net, lanes=[3, 1])
+    with pytest.raises(SizingError, match="a chunk is 1..9 taps"):
+        plan_core(net, lanes=[2, 1], chunks=[10])
+    with pytest.raises(SizingError, match="input lanes must divide 1"):
+        plan_core(net, input_lanes=2)
