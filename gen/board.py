@@ -57,8 +57,8 @@ def board_params(plan: CorePlan, clock_hz: int, baud: int, window: int = DEFAULT
     divisor = uart_divisor(clock_hz, baud)
     identity = Identity(plan.timesteps, plan.input.size, plan.classes, logit_bytes(plan.logit_width), window,
                         int(clock_hz), plan.initiation_interval, bytes.fromhex(plan.fingerprint.split(":")[1]),
-                        tuple(layer.lanes for layer in plan.layers),
-                        tuple(layer.weights_loaded for layer in plan.layers), plan.load_bytes, load_rows(plan.load_bytes))
+                        plan.lane_counts,
+                        plan.loaded_flags, plan.load_bytes, load_rows(plan.load_bytes))
     return BoardParams(plan, identity.encode(), divisor, window, code_bytes(plan.timesteps),
                        logit_bytes(plan.logit_width), plan.load_bytes, load_rows(plan.load_bytes))
 

@@ -28,6 +28,7 @@ from amaranth._toolchain import ToolNotFound
 from amaranth.build.run import BuildPlan, LocalBuildProducts
 
 from ..contract.plan import CorePlan, ceil_div, rom_in_logic
+from ..contract.streaming import StreamConvPlan
 from ..contract.protocol import FRAMING
 from ..errors import SpikesmithError
 from ..fileio import check_output_folder, replace_outputs, write_atomic
@@ -38,6 +39,7 @@ from ..hw.fanout import YOSYS_KEEP_COPIES
 from ..hw.rows import YOSYS_NO_COLLISIONS
 from .board import board_params, load_rows, uart_divisor
 from .sizing import DEFAULT_LANE_BUDGET, choose_lanes, plan_core
+from .streaming import DEFAULT_ADDER_BUDGET, streamed_layers
 
 __all__ = ["BoardSpec", "BOARDS", "BuildError", "plan_for_board", "check_fit", "build_bitstream", "PreparedBuild",
            "prepare_build", "run_tools", "build_report",
@@ -72,6 +74,34 @@ class LogicFit:
 #: (yosys synth_ice40 of the digits MLP's: 3,312 LUT4s against 3,201 with the CRC-16); nextpnr: the digits CNN at
 #: 1/2/1 lanes 5,182 LC (est. 5,149), was 5,084, still meeting 40 MHz (41.3 MHz from seed 1).
 LOGIC_FIT = {"ice40": LogicFit(1080, 370, 342, 25.0), "ecp5": LogicFit(2950, 0, 0, 14.4)}
+
+
+@dataclass(frozen=True)
+class StreamLogic:
+    """Logic of one streaming convolution (LUT4s; an iCE40 logic cell is one LUT4 too): a fixed part (loader,
+    sequencer, fire unit's control), per adder bit (``L * (K - 1) * sum_width``: the trees, their masks beside
+    them), per weight bit the tables choose among (``L * K * weight_width`` when a layer has more than one row of
+    weights), per window bit (``taps * T``: the tap select and the operation mask), per lane bit (``L * (2 *
+    membrane + 3 * threshold)``: the membrane adder, the clamp and the fire unit's compare-subtract)."""
+    base: float
+    per_adder_bit: float
+    per_weight_bit: float
+    per_window_bit: float
+    per_lane_bit: float
+
+    def estimate(self, stage) -> float:
+        rows = len(stage.weight_rows)
+        return (self.base + self.per_adder_bit * stage.lanes * max(0, stage.chunk - 1) * stage.sum_width
+                + self.per_weight_bit * (stage.lanes * stage.chunk * stage.weight_width if rows > 1 else 0)
+                + self.per_window_bit * stage.taps * stage.timesteps
+                + self.per_lane_bit * stage.lanes * (2 * stage.membrane_width + 3 * stage.threshold_width))
+
+
+#: First estimate of a streaming convolution's logic (2026-12-07), from its structure (one LUT4 a bit of each
+#: adder and multiplexer): to be refitted to nextpnr's counts (report.json has the estimate beside them). A
+#: streaming max pool: ``POOL_LOGIC_PER_BIT`` per window bit (its compares).
+STREAM_LOGIC = StreamLogic(400, 1.0, 1.0, 1.5, 1.0)
+POOL_LOGIC_PER_BIT = 1.0
 #: ``build`` refuses, before synthesis, a plan whose estimated logic exceeds the device's by more than this
 #: share (the estimate's error): placement would fail after minutes (nextpnr: "Failed to expand region").
 LOGIC_REFUSAL = 1.03
@@ -83,6 +113,8 @@ LOGIC_FULL = 0.98
 #: Speed sizing gives no layer more lanes: the MNIST MLP at 128/10 lanes (about 60 % of the ECP5-85F) did
 #: not finish routing in 45 minutes (README, "Faster clocks").
 MAX_SPEED_LANES = 64
+#: Speed sizing gives the streaming convolutions this many adder inputs per lane of the other layers' budget.
+ADDERS_PER_LANE = 32
 
 
 @dataclass(frozen=True)
@@ -156,7 +188,8 @@ def ecp5_usage(plan: CorePlan) -> dict[str, int]:
     """Estimated DP16KD blocks of the board top on an ECP5, per kind of memory (weights, membranes, ...)."""
     usage: dict[str, int] = {}
     for name, width, depth, _ in _memories_in_ram(plan):
-        kind = name.split(" ", 1)[1] if name.startswith(tuple(layer.name + " " for layer in plan.layers)) else name
+        stages = tuple(layer.name + " " for layer in plan.layers) + tuple(stage.name + " " for stage in plan.stream)
+        kind = name.split(" ", 1)[1] if name.startswith(stages) else name
         usage[kind] = usage.get(kind, 0) + dp16kd_blocks(width, depth, rom=name.endswith(_ROMS))
     return usage
 
@@ -167,7 +200,7 @@ def spram_blocks(width: int, depth: int) -> int:
 
 
 _ROMS = (" weights", " biases", " thresholds")   # initialised memories (run-time weights are in SPRAM)
-_LOGIC = (" row queue",)     # read combinationally (amaranth.lib.fifo.SyncFIFO): never block RAM
+_LOGIC = (" row queue", " finished queue")     # read combinationally (amaranth.lib.fifo.SyncFIFO): never block RAM
 
 
 def _memories_in_ram(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
@@ -178,9 +211,12 @@ def _memories_in_ram(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
 def memory_shapes(plan: CorePlan) -> list[tuple[str, int, int, bool]]:
     """Every memory of the board top as ``(name, width, depth, in SPRAM)``, from hw/ and hw/board.py."""
     T, inp = plan.timesteps, plan.input
-    shapes = [("input banks", inp.lanes * T, 2 * inp.words, False),
+    encoder = plan.reencoder or inp
+    shapes = [("input banks", encoder.lanes * T, 2 * encoder.words, False),
               ("image buffer", inp.lanes * T, max(2, inp.words), False),
               ("UART FIFO", 8, 32, False)]
+    for stage in plan.stream:
+        shapes += [(f"{stage.name} {kind}", width, rows, False) for kind, width, rows in stage.memories]
     if plan.load_bytes:
         shapes.append(("LOAD buffer", 8 * plan.load_bytes, max(2, load_rows(plan.load_bytes)), False))
     for layer in plan.layers:
@@ -222,7 +258,7 @@ def ice40_usage(plan: CorePlan) -> tuple[int, int]:
 
 
 def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=None,
-                   skip_silent: bool = True, spram=None) -> CorePlan:
+                   skip_silent: bool = True, spram=None, streaming: bool = True) -> CorePlan:
     """Size the core for ``board``: the user's lanes or budget, else the fastest plan that fits
     (:func:`speed_candidates`).
 
@@ -231,22 +267,25 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
     """
     if lanes is None and budget is None:
         return fastest(speed_candidates(net, board, input_lanes, skip_silent, spram))["plan"]
-    return _fit_memory(net, board, lanes, budget, input_lanes, skip_silent, spram)
+    return _fit_memory(net, board, lanes, budget, input_lanes, skip_silent, spram, streaming=streaming)
 
 
 def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: bool, spram,
-                pack: bool = True) -> CorePlan:
-    """The plan for ``lanes`` (or ``budget``), with the layers that go to SPRAM chosen on the iCE40.
-    ``pack``: with one lane per layer, an SPRAM layer gets the lanes that fill a 16-bit row."""
+                pack: bool = True, adder_budget: int | None = None, streaming: bool = True) -> CorePlan:
+    """The plan for ``lanes`` (or ``budget``, and ``adder_budget`` for the streaming convolutions), with the
+    layers that go to SPRAM chosen on the iCE40. ``pack``: with one lane per layer, an SPRAM layer gets the
+    lanes that fill a 16-bit row. One lane per layer streams each convolution at one tap a cycle."""
     if spram and not board.spram_blocks:
         raise BuildError(f"the {board.name} ({board.device}) has no SPRAM; drop --spram")
     one_lane = lanes is None and budget is None
     if one_lane:
         lanes, input_lanes = [1] * len(net.layers), input_lanes or 1
+        adder_budget = adder_budget or max(1, streamed_layers(net))
 
     def plan(loaded, lanes=lanes):
         return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
-                         input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded)
+                         input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded,
+                         adder_budget=adder_budget or DEFAULT_ADDER_BUDGET, streaming=streaming)
 
     def packed(lanes, layer):
         """With one lane per layer, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
@@ -281,7 +320,9 @@ def logic_estimate(plan: CorePlan, board: BoardSpec) -> int:
     fit = board.logic_fit
     bits = sum(layer.lanes * layer.membrane_width for layer in plan.layers)
     convs = sum(layer.conv is not None for layer in plan.layers)
-    return round(fit.base + fit.per_layer * len(plan.layers) + fit.per_conv * convs + fit.per_bit * bits)
+    stream = sum(STREAM_LOGIC.estimate(stage) if isinstance(stage, StreamConvPlan)
+                 else POOL_LOGIC_PER_BIT * stage.window.taps * stage.timesteps for stage in plan.stream)
+    return round(fit.base + fit.per_layer * len(plan.layers) + fit.per_conv * convs + fit.per_bit * bits + stream)
 
 
 def ram_estimate(plan: CorePlan, board: BoardSpec) -> int:
@@ -295,33 +336,56 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
     :func:`~spikesmith.gen.sizing.choose_lanes`, at most :data:`MAX_SPEED_LANES` per layer), with
     their worst-case interval, estimated logic and block RAM, and whether they fit the board
     (within :data:`LOGIC_FILL` of its logic and :data:`RAM_FILL` of its block RAM)."""
-    layers = len(net.layers)
-    most = sum(min(MAX_SPEED_LANES, layer.out_size) for layer in net.layers)
-    budgets, budget = [], layers
-    while budget < most:
-        budgets.append(budget)
-        budget *= 2
+    streamed = streamed_layers(net)
+    engines = [True, False] if streamed and not any(index < streamed for index in spram or ()) else [False]
+    plans = []
+    for streaming in engines:
+        try:
+            plans += _speed_plans(net, board, input_lanes, skip_silent, spram, streaming)
+        except SpikesmithError:
+            if streaming or len(engines) == 1:       # the event-driven engines refuse some pools the stream takes
+                raise
     candidates, seen = [], set()
-    packs = (True, False) if board.spram_blocks else (True,)      # (packing applies to SPRAM layers only)
-    plans = [_fit_memory(net, board, None, None, input_lanes, skip_silent, spram, pack) for pack in packs]
-    for budget in [*budgets, most]:
-        if budget != layers:
-            lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
-            plans.append(_fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram))
     for plan in plans:
-        key = tuple(layer.lanes for layer in plan.layers)
+        key = (bool(plan.stream),) + plan.lane_counts + plan.chunk_counts
         if key in seen:
             continue
         seen.add(key)
         logic, ram = logic_estimate(plan, board), ram_estimate(plan, board)
         sprams = board.family != "ice40" or ice40_usage(plan)[1] <= board.spram_blocks
-        candidates.append({"plan": plan, "lanes": list(key), "interval": plan.initiation_interval,
+        candidates.append({"plan": plan, "engine": "streaming" if plan.stream else "event-driven",
+                           "lanes": list(plan.lane_counts), "interval": plan.initiation_interval,
+                           **({"chunks": list(plan.chunk_counts)} if plan.stream else {}),
                            "logic": logic, "ram_blocks": ram,
                            "fits": logic <= LOGIC_FILL * board.logic_cells and ram <= RAM_FILL * board.ram_blocks
                            and sprams,
                            "fits_device": logic <= LOGIC_FULL * board.logic_cells and ram <= board.ram_blocks
                            and sprams})
     return candidates
+
+
+def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, streaming: bool) -> list[CorePlan]:
+    """The plans speed sizing weighs on one engine: one lane per layer (packed and not, on a board with SPRAM),
+    then each doubled lane budget (and, streaming, 32 adder inputs per lane for the convolutions)."""
+    streamed = streamed_layers(net) if streaming else 0
+    tail = net.layers[streamed:]
+    layers = len(tail)
+    most = sum(min(MAX_SPEED_LANES, layer.out_size) for layer in tail)
+    budgets, budget = [], layers
+    while budget < most:
+        budgets.append(budget)
+        budget *= 2
+    packs = (True, False) if board.spram_blocks else (True,)      # (packing applies to SPRAM layers only)
+    plans = [_fit_memory(net, board, None, None, input_lanes, skip_silent, spram, pack, streaming=streaming)
+             for pack in packs]
+    for budget in [*budgets, most]:
+        if budget != layers and streamed:
+            plans.append(_fit_memory(net, board, None, budget, input_lanes, skip_silent, spram,
+                                     adder_budget=ADDERS_PER_LANE * budget, streaming=True))
+        elif budget != layers:
+            lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
+            plans.append(_fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram, streaming=False))
+    return plans
 
 
 def fastest(candidates: list[dict]) -> dict:
@@ -621,7 +685,8 @@ def build_report(prepared: PreparedBuild, figures: dict, bitstream: Path, sizing
     return {
         "board": board.name, "device": board.device, "clock_hz": prepared.clock_hz, "baud": prepared.baud,
         "pll": None if prepared.pll is None else {k: v for k, v in vars(prepared.pll).items() if k != "input_hz"},
-        "lanes": [layer.lanes for layer in plan.layers], "input_lanes": plan.input.lanes,
+        "lanes": list(plan.lane_counts), **({"chunks": list(plan.chunk_counts)} if plan.stream else {}),
+        "input_lanes": plan.input.lanes,
         "spram_layers": [layer.index for layer in plan.loaded_layers],
         **{k: v for k, v in figures.items() if k not in ("placement", "tool_seconds")},
         "initiation_interval": interval,

@@ -184,27 +184,21 @@ def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, ta
     """The streaming convolutions' lanes and chunks: as given, or chosen (:func:`choose_stream`)."""
     if chunks is not None and len(chunks) != len(layers):
         raise SizingError(f"--chunks gives {len(chunks)} values but the network streams {len(layers)} convolutions")
-    if lanes is None and chunks is None:
-        return choose_stream(list(layers), timesteps, adder_budget, target)
-    choices = []
+    given = None if lanes is None else [int(x) for x in lanes[:len(layers)]]
     for k, layer in enumerate(layers):
         g = layer.conv.geometry
         taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
-        options = [c for c, _ in stream_options(layer, timesteps)]
-        L = int(lanes[k]) if lanes is not None else None
-        if L is not None and (L < 1 or g.out_channels % L):
+        if given is not None and (given[k] < 1 or g.out_channels % given[k]):
             divisors = [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
             raise SizingError(f"layer {layer.name} streams {g.out_channels} output channels: its lanes must divide "
-                              f"that number, not {L} (one of {', '.join(map(str, divisors))})")
-        if chunks is not None:
-            K = int(chunks[k])
-            if not 1 <= K <= taps:
-                raise SizingError(f"layer {layer.name}: a chunk is 1..{taps} taps (its window), not {K}")
-            choices.append(StreamChoice(L if L is not None else g.out_channels, K))
-        else:
-            fitting = [c for c in options if c.lanes == L] or [StreamChoice(L, taps)]
-            choices.append(min(fitting, key=lambda c: abs(c.chunk * c.lanes - adder_budget // len(layers))))
-    return choices
+                              f"that number, not {given[k]} (one of {', '.join(map(str, divisors))})")
+        if chunks is not None and not 1 <= int(chunks[k]) <= taps:
+            raise SizingError(f"layer {layer.name}: a chunk is 1..{taps} taps (its window), not {chunks[k]}")
+    if chunks is None:
+        return choose_stream(list(layers), timesteps, max(adder_budget, sum(given or [1] * len(layers))), target,
+                             lanes=given)
+    return [StreamChoice(given[k] if given is not None else layer.conv.geometry.out_channels, int(chunks[k]))
+            for k, layer in enumerate(layers)]
 
 
 def _event_core(net: SpikingNetwork, lanes, budget: int, input_lanes, skip_silent: bool,

@@ -55,15 +55,16 @@ def _skeleton_cycles(layer: DenseLayer, choice: StreamChoice, timesteps: int) ->
     return window.image_cycles((g.out_channels // choice.lanes) * block + 1)
 
 
-def stream_options(layer: DenseLayer, timesteps: int) -> list[tuple[StreamChoice, int]]:
+def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) -> list[tuple[StreamChoice, int]]:
     """Every choice worth having for a streaming convolution, cheapest first, with its cycles per image: for
-    each lane count (a divisor of the output channels) and each number of chunks, the smallest chunk; only
-    choices faster than every cheaper one (the Pareto front of adders and cycles)."""
+    each lane count (a divisor of the output channels; only ``lanes`` if given) and each number of chunks, the
+    smallest chunk; only choices faster than every cheaper one (the Pareto front of adders and cycles)."""
     g = layer.conv.geometry
     taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
     chunks = sorted({ceil_div(taps, n) for n in range(1, taps + 1)})
-    candidates = sorted((StreamChoice(lanes, chunk) for lanes in range(1, g.out_channels + 1)
-                         if g.out_channels % lanes == 0 for chunk in chunks), key=lambda c: (c.adders, -c.lanes))
+    counts = [lanes] if lanes is not None else [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
+    candidates = sorted((StreamChoice(count, chunk) for count in counts for chunk in chunks),
+                        key=lambda c: (c.adders, -c.lanes))
     front, best = [], None
     for choice in candidates:
         cycles = _fast_cycles(g, choice, timesteps, taps)
@@ -82,11 +83,12 @@ def _fast_cycles(g, choice: StreamChoice, timesteps: int, taps: int) -> int:
 
 
 def choose_stream(layers: list[DenseLayer], timesteps: int, budget: int = DEFAULT_ADDER_BUDGET,
-                  target: int = 0) -> list[StreamChoice]:
+                  target: int = 0, lanes: list[int] | None = None) -> list[StreamChoice]:
     """Lanes and chunks for each streaming convolution under a total of ``budget`` adder inputs: every one
     starts at its cheapest choice; the slowest takes its next faster choice while the budget allows and it is
-    slower than ``target`` (the rest of the core's slowest stage: faster buys nothing)."""
-    options = [stream_options(layer, timesteps) for layer in layers]
+    slower than ``target`` (the rest of the core's slowest stage: faster buys nothing). ``lanes``: each
+    convolution's lanes are these (only its chunk is chosen)."""
+    options = [stream_options(layer, timesteps, None if lanes is None else lanes[k]) for k, layer in enumerate(layers)]
     picked = [0] * len(layers)
     if sum(o[0][0].adders for o in options) > budget:
         raise SpikesmithError(f"an adder budget of {budget} is below the streaming convolutions' least "

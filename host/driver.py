@@ -229,10 +229,10 @@ class Accelerator:
         if plan.fingerprint != identity.fingerprint_text:
             raise WrongNetworkError(f"the plan is for network {plan.fingerprint[:19]}..., the board runs "
                                     f"{identity.fingerprint_text[:19]}...")
-        if tuple(layer.lanes for layer in plan.layers) != identity.lanes:
-            raise WrongNetworkError(f"the plan has lanes {[layer.lanes for layer in plan.layers]}, the board "
+        if plan.lane_counts != identity.lanes:
+            raise WrongNetworkError(f"the plan has lanes {list(plan.lane_counts)}, the board "
                                     f"{list(identity.lanes)}")
-        if tuple(layer.weights_loaded for layer in plan.layers) != identity.loaded:
+        if plan.loaded_flags != identity.loaded:
             raise WrongNetworkError("the plan and the board keep different layers' weights in RAM")
         if not plan.loaded_layers:
             return 0

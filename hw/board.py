@@ -176,6 +176,8 @@ class FrameReceiver(wiring.Component):
         self._last_row_index = Signal(8)             # a LOAD's count less one, from COUNTED on
         lanes, T = p.plan.input.lanes, p.plan.timesteps
         self._word = index_signal(p.plan.input.words)
+        self._pixel = index_signal(p.plan.input.size)     # the code's pixel and channel group, when the core
+        self._group = index_signal(p.plan.input.size)     # reads pixel by pixel
         self._lane = Signal(lanes, init=1)           # the lane the next code goes to, one-hot
         m.d.comb += self.bytes.ready.eq(self._take)
         with m.If(self.identify.ready):
@@ -271,7 +273,7 @@ class FrameReceiver(wiring.Component):
         with self._fsm.State("LEN1"):
             with m.If(self._take):
                 m.d.sync += [self._length[8:].eq(byte), self._count.eq(0), self._last_byte.eq(p.image_bytes == 1),
-                             self._lane.eq(1), self._word.eq(0)]
+                             self._lane.eq(1), self._word.eq(0), self._pixel.eq(0), self._group.eq(0)]
                 self._fsm.next = "DECIDE"
         # The header is in registers: DECIDE compares it into flags (registers), ROUTE acts on them (what
         # follows, or a refusal), so no cycle runs from the length's compare to the refusal and the state.
@@ -331,12 +333,40 @@ class FrameReceiver(wiring.Component):
                         m.d.sync += low_byte.eq(byte)
                 with m.If(code_done):
                     m.d.comb += self.image.en.eq(lane | Mux(last_byte, padding, 0))
-                    with m.If(lane[lanes - 1] | last_byte):
-                        m.d.sync += [lane.eq(1), word.eq(word + 1)]
-                    with m.Else():
-                        m.d.sync += lane.eq(lane << 1)
+                    if self._channel_major_wire(plan):
+                        self._next_pixel_major_word(m)
+                    else:
+                        with m.If(lane[lanes - 1] | last_byte):
+                            m.d.sync += [lane.eq(1), word.eq(word + 1)]
+                        with m.Else():
+                            m.d.sync += lane.eq(lane << 1)
                 with m.If(last_byte):
                     self._fsm.next = "CRC0"
+
+    @staticmethod
+    def _channel_major_wire(plan) -> bool:
+        """The wire carries an image's codes channel by channel (docs/protocol.md) while the core reads them
+        pixel by pixel (a streaming first layer on images of more than one channel)."""
+        return plan.input.pixel_major and plan.input.pixels[0] > 1
+
+    def _next_pixel_major_word(self, m: Module) -> None:
+        """Where the next code goes when the core reads pixels: code ``(c, p)`` (channel-major on the wire) is
+        lane ``c % L`` of word ``p * G + c // L`` (``G = C / L`` words a pixel): the word steps by ``G`` per
+        pixel; after a channel's last pixel the lane moves on (and the word restarts at the next group)."""
+        plan = self.params.plan
+        channels, height, width = plan.input.pixels
+        lanes, groups = plan.input.lanes, channels // plan.input.lanes
+        pixel, group = self._pixel, self._group
+        with m.If(self._last_byte):
+            m.d.sync += [pixel.eq(0), group.eq(0), self._lane.eq(1), self._word.eq(0)]
+        with m.Elif(pixel == height * width - 1):
+            m.d.sync += pixel.eq(0)
+            with m.If(self._lane[lanes - 1]):
+                m.d.sync += [self._lane.eq(1), group.eq(group + 1), self._word.eq(group + 1)]
+            with m.Else():
+                m.d.sync += [self._lane.eq(self._lane << 1), self._word.eq(group)]
+        with m.Else():
+            m.d.sync += [pixel.eq(pixel + 1), self._word.eq(self._word + groups)]
 
     def _load_head(self, m: Module) -> None:
         """A LOAD's layer, address and row count; the length must be exactly ``LOAD_HEAD + count *

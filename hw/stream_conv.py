@@ -41,9 +41,11 @@ def finished_layout(plan: StreamConvPlan) -> data.StructLayout:
 
 def op_layout(plan: StreamConvPlan) -> data.StructLayout:
     """One operation of the sequencer: add a chunk's weights at step ``T-1-shift`` (or the bias) to block
-    ``block``'s membranes, from zero when ``clear`` (the block's first operation)."""
+    ``block``'s membranes, from zero when ``clear`` (the block's first operation); ``row`` is the chunk's
+    weight row, ``block * chunks + chunk``."""
     return data.StructLayout({"valid": 1, "bias": 1, "clear": 1, "shift": range(max(2, plan.timesteps)),
-                              "chunk": range(max(2, plan.slots)), "block": range(max(2, plan.blocks))})
+                              "chunk": range(max(2, plan.slots)), "block": range(max(2, plan.blocks)),
+                              "row": range(max(2, plan.blocks * plan.chunks))})
 
 
 def _tap_code(plan: StreamConvPlan, window, tap: int):
@@ -83,26 +85,29 @@ class ChunkSequencer(wiring.Component):
         busy, first = Signal(), Signal(init=1)
         mask, remaining = Signal(T * p.slots), Signal(T * p.slots)
         block = WrappingCounter(p.blocks, "block")
+        block_row = Signal(range(max(2, p.blocks * p.chunks)))     # the block's first weight row: block * chunks
         credit = Signal(range(p.finished_queue + 1), init=p.finished_queue)
         m.d.comb += self.next.take.eq(self.next.ready & ~busy)
         with m.If(self.next.take):
             taken_mask = self._mask(self.next.window)
             m.d.sync += [self.window.eq(self.next.window), busy.eq(1), mask.eq(taken_mask),
-                         remaining.eq(taken_mask), first.eq(1)]
+                         remaining.eq(taken_mask), first.eq(1), block_row.eq(0)]
             block.restart(m)
         lowest = lowest_set_lane(m, remaining, T * p.slots)
         add = busy & remaining.any()
         bias = busy & ~remaining.any() & (credit > 0)
         ops = self.ops
+        chunk = lowest[:slot_bits] if slot_bits else 0
         m.d.sync += [ops.valid.eq(add | bias), ops.bias.eq(bias), ops.clear.eq(first), ops.block.eq(block.value),
                      ops.shift.eq((T - 1) - (lowest[slot_bits:] if slot_bits < len(lowest) else 0)),
-                     ops.chunk.eq(lowest[:slot_bits] if slot_bits else 0),
+                     ops.chunk.eq(chunk), ops.row.eq(block_row + chunk),
                      credit.eq(credit - bias + self.credit_back)]
         with m.If(add):
             m.d.sync += [remaining.eq(remaining & (remaining - 1)), first.eq(0)]
         with m.If(bias):
             m.d.sync += first.eq(1)
             block.advance(m)
+            m.d.sync += block_row.eq(block_row + p.chunks)
             with m.If(block.last):
                 m.d.sync += busy.eq(0)
             with m.Else():
@@ -154,9 +159,7 @@ class ChunkDatapath(wiring.Component):
                             logic=rom_in_logic(L * K * p.weight_width, len(p.weight_rows)))
         biases = row_table(m, "biases", L * p.bias_width, p.bias_rows)
         thresholds = row_table(m, "thresholds", L * p.threshold_width, p.threshold_rows)
-        slot_bits = max(0, (p.slots - 1).bit_length())
-        m.d.comb += [weights.addr.eq(Cat(ops.chunk[:slot_bits], ops.block) if slot_bits else ops.block),
-                     biases.addr.eq(ops.block), thresholds.addr.eq(ops.block)]
+        m.d.comb += [weights.addr.eq(ops.row), biases.addr.eq(ops.block), thresholds.addr.eq(ops.block)]
         weight = lanes_view(p.weight_width, L * K, weights.data)
         sums = [self._tree(m, [Mux(bits[k], weight[lane * K + k], 0) for k in range(K)], lane) for lane in range(L)]
         at_tree = _delayed(m, ops.as_value(), 2 + p.adder_stages, "op")

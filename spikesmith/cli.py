@@ -359,7 +359,7 @@ def cmd_generate(args) -> int:
     output = check_output_folder(args.output)
     net = load_network(args.net)
     plan = _plan(args, net)
-    progress(f"sizing {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}, "
+    progress(f"sizing {net.describe()} (T={net.timesteps}): lanes {list(plan.lane_counts)}, "
              f"initiation interval {plan.initiation_interval} cycles")
     require_memory(elaboration_bytes(plan), f"elaborating a core with {plan.memory_bits():,} bits of memory")
     seconds = plan.memory_bits() / 85_000           # measured: about 85,000 bits of memory per second
@@ -467,7 +467,7 @@ def cmd_simulate(args) -> int:
     net, data = _net_and_images(args)
     plan = _plan(args, net)
     expected = golden.run_images(net, data.images)
-    progress(f"core for {net.describe()} (T={net.timesteps}): lanes {[layer.lanes for layer in plan.layers]}")
+    progress(f"core for {net.describe()} (T={net.timesteps}): lanes {list(plan.lane_counts)}")
     start = time.perf_counter()
     run, build_dir, build_seconds = _run_simulation(args, plan, expected, progress)
     seconds = time.perf_counter() - start
@@ -707,7 +707,7 @@ def cmd_build(args) -> int:
         progress(f"sized for speed: lanes {sizing['chosen_lanes']}, the shortest worst-case interval of "
                  f"{len(candidates)} plans within {sizing['logic_limit']:,} of logic and {sizing['ram_limit']} block "
                  f"RAMs (estimates; report.json has them all)")
-    progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {[layer.lanes for layer in plan.layers]}, "
+    progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {list(plan.lane_counts)}, "
              f"input lanes {plan.input.lanes}, worst-case interval {plan.initiation_interval} cycles")
     report = build_bitstream(plan, board, output, baud=args.baud, clock_hz=clock_hz, program=args.program,
                              sizing=sizing, seeds=args.seeds, progress=progress)

@@ -21,6 +21,7 @@ from spikesmith.sim.board import SimulatedBoard
 from spikesmith.processes import started_group
 from spikesmith.hw.uart import UARTReceiver, UARTTransmitter
 from spikesmith.sim import golden
+from spikesmith.sim.random_networks import random_codes
 
 from conftest import assert_one_line_error, descendants, make_network, run_cli, signal_a_waiting_infer
 
@@ -443,3 +444,27 @@ def test_infer_sim_whose_simulator_dies_ends_in_one_line(small_digits_net, tmp_p
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("spikesmith: error: the port failed: "), stderr     # (disconnected, or reset)
     assert "internal error" not in stderr and "Traceback" not in stderr
+
+
+def test_a_streaming_core_of_colour_images_behind_the_board_top(tmp_path):
+    """Three-channel images stream pixel by pixel into the core while the wire carries them channel by channel
+    (docs/protocol.md): the board top writes each code into its pixel's word, and every logit is the golden
+    model's."""
+    from spikesmith.sim.random_networks import make_conv_network
+
+    net = make_conv_network(np.random.default_rng(4), (3, 5, 6), [(4, (3, 3), (1, 1), (1, 1))], 4, 4, weight_bits=5,
+                            pools=[((2, 2), (2, 2), (0, 0), (1, 1), True)])
+    plan = plan_core(net, lanes=[2, 2], chunks=[9])
+    assert plan.input.pixel_major and plan.input.lanes == 3
+    codes = random_codes(net, 6, seed=3)
+    expected = golden.run(net, codes)
+    with SimulatedBoard(plan, tmp_path / "verilator") as board, board.connect() as conn:
+        [identity] = exchange(conn, encode_frame(FrameType.IDENTIFY, 1), 1)
+        info = Identity.decode(identity.payload)
+        frames = exchange(conn, b"".join(encode_frame(FrameType.INFER, 10 + k, info.encode_image(row))
+                                         for k, row in enumerate(codes[:3])), 3)
+        frames += exchange(conn, b"".join(encode_frame(FrameType.INFER, 13 + k, info.encode_image(row))
+                                          for k, row in enumerate(codes[3:])), 3)
+    assert [f.seq for f in frames] == list(range(10, 16))
+    for frame, label, logits in zip(frames, expected.predictions, expected.logits):
+        assert info.decode_result(frame.payload) == (label, logits.tolist())

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from spikesmith.gen.build import (BOARDS, BuildError, check_fit, clock_for_baud, ice40_usage, parse_critical_paths,
+from spikesmith.gen.build import (BOARDS, BuildError, check_fit, clock_for_baud, ecp5_usage, ice40_usage, parse_critical_paths,
                                   fastest, parse_nextpnr_log, place_and_route, plan_for_board, seed_script,
                                   speed_candidates)
 from spikesmith.gen.netfile import load_network, save_network
@@ -140,18 +140,27 @@ def test_a_network_too_large_for_the_up5k_is_refused_before_synthesis(tmp_path):
 
 
 def test_membranes_beyond_the_ecp5_are_refused_before_synthesis_naming_them(tmp_path):
-    """Two 16-channel 3x3 convolutions on 64x64 maps: few weights, but 2 x 2 banks of 65,536 membranes
-    each, beyond the ECP5-85F's 208 DP16KD blocks: refused with the estimate per kind, membranes first."""
+    """Two 16-channel 3x3 convolutions on 64x64 maps on the event-driven engines: few weights, but 2 x 2 banks
+    of 65,536 membranes each, beyond the ECP5-85F's 208 DP16KD blocks: refused with the estimate per kind,
+    membranes first. Streamed (the default), the same network keeps line buffers of its input rows and fits."""
     from conftest import make_conv_network
 
     net = make_conv_network(np.random.default_rng(0), (1, 64, 64), [(16, (3, 3), (1, 1), (1, 1))] * 2, 2, 8)
-    plan = plan_for_board(net, BOARDS["ulx3s-85f"])
+    plan = plan_for_board(net, BOARDS["ulx3s-85f"], lanes=[4, 4, 1], streaming=False)
     with pytest.raises(BuildError, match=r"ulx3s-85f \(LFE5U-85F\): it needs about \d+ DP16KD block RAMs "
                                          r"\(membranes \d+, .*\), the device has 208 of 18432 bits"):
         check_fit(plan, BOARDS["ulx3s-85f"])
+    streamed = plan_for_board(net, BOARDS["ulx3s-85f"])
+    assert streamed.stream and ecp5_usage(streamed).get("membranes", 0) == 0
+    check_fit(streamed, BOARDS["ulx3s-85f"])
+
+
+def test_a_network_beyond_the_ecp5_block_ram_is_refused_in_one_line(tmp_path):
+    """A 784-4096-10 MLP: 3.3 Mbit of weights, beyond the ECP5-85F's block RAM: refused before synthesis."""
+    net = make_network(np.random.default_rng(0), [784, 4096, 10], 8)
     path = save_network(net, tmp_path / "wide.net.npz")
     proc = run_cli("build", str(path), "--board", "ulx3s-85f", "-o", str(tmp_path / "out"), check=False)
-    assert_one_line_error(proc, "does not fit the ulx3s-85f", "membranes")
+    assert_one_line_error(proc, "does not fit the ulx3s-85f", "weights")
     assert not (tmp_path / "out").exists()
 
 
@@ -301,9 +310,12 @@ def test_speed_sizing_leaves_a_full_device_at_one_lane_per_layer(digits_demo):
 
 def test_the_digits_cnn_fits_the_up5k_with_its_kernels_but_not_as_dense_layers(digits_demo, tmp_path):
     """Its convolution engines keep 37 Kbit of kernels: the UP5K takes it (the second convolution's
-    weights in SPRAM); lowered to dense layers (``--convolutions dense``) it needs 1.3 Mbit."""
+    weights in SPRAM); lowered to dense layers (``--convolutions dense``) it needs 1.3 Mbit. Streamed, its
+    windows' flip-flops alone are estimated beyond the UP5K's logic, so speed sizing builds the event-driven
+    engines there (and streams on the ECP5)."""
     net = load_network(digits_demo["cnn_net_path"])
     plan = plan_for_board(net, BOARDS["icebreaker"])
+    assert not plan.stream and plan_for_board(net, BOARDS["ulx3s-85f"]).stream
     check_fit(plan, BOARDS["icebreaker"])
     assert [layer.lanes for layer in plan.layers] == [1, 2, 1] and [layer.index for layer in plan.loaded_layers] == [1]
     # nextpnr placed 26 block RAMs and 1 SPRAM (README), before protocol version 4 added the LOAD buffer (one block).
@@ -312,7 +324,7 @@ def test_the_digits_cnn_fits_the_up5k_with_its_kernels_but_not_as_dense_layers(d
     # Every RAM is block RAM however shallow: 16 lanes make the second convolution's membrane banks
     # 16 rows of 400 bits, 25 blocks each, and that is refused before synthesis.
     with pytest.raises(BuildError, match="does not fit the icebreaker"):
-        check_fit(plan_for_board(net, BOARDS["icebreaker"], lanes=[2, 16, 1], input_lanes=8, spram=[]),
+        check_fit(plan_for_board(net, BOARDS["icebreaker"], lanes=[2, 16, 1], input_lanes=8, spram=[], streaming=False),
                   BOARDS["icebreaker"])
     dense_path = tmp_path / "cnn-dense.net.npz"
     run_cli("convert", str(digits_demo["cnn"]["files"]["model"]), "--calib", "digits", "--convolutions", "dense",

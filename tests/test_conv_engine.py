@@ -54,7 +54,7 @@ def test_dense_and_kernel_of_invert_each_other():
 
 def test_the_plan_stores_only_the_kernel():
     net, lanes, input_lanes = conv_case(0)
-    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, streaming=False)
     conv0, conv1 = plan.layers[:2]
     assert conv0.conv is not None and conv0.emits_pixels and conv1.conv is not None and not conv1.emits_pixels
     assert conv1.memory_bits["weights"] == 6 * 4 * 6 * 6 * conv1.weight_width, "C_out x C_in x kh x kw weights"
@@ -69,10 +69,10 @@ def test_lanes_of_a_convolution_divide_its_channels():
     net, lanes, _ = conv_case(0)
     with pytest.raises(SizingError, match="convolution with 6 output channels: its lanes must divide that number, "
                                           "not 4 \\(one of 1, 2, 3, 6\\)"):
-        plan_core(net, lanes=[2, 4, 1])
+        plan_core(net, lanes=[2, 4, 1], streaming=False)
     with pytest.raises(SizingError, match="input lanes must divide 8, not 3"):
-        plan_core(net, lanes=lanes, input_lanes=3)
-    assert plan_core(net).input.lanes == 8, "the default input lanes divide the image width"
+        plan_core(net, lanes=lanes, input_lanes=3, streaming=False)
+    assert plan_core(net, streaming=False).input.lanes == 8, "the default input lanes divide the image width"
 
 
 @pytest.mark.long
@@ -80,7 +80,7 @@ def test_lanes_of_a_convolution_divide_its_channels():
 @pytest.mark.parametrize("skip_silent", [True, False])
 def test_conv_networks_bit_exact_under_backpressure(case, skip_silent):
     net, lanes, input_lanes = conv_case(case, seed=10 + case)
-    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=skip_silent)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=skip_silent, streaming=False)
     rng = np.random.default_rng(case)
     codes = rng.integers(0, net.max_code + 1, size=(4, net.input.size))
     codes[1] = 0
@@ -97,7 +97,7 @@ def test_conv_networks_bit_exact_under_backpressure(case, skip_silent):
 def test_conv_interval_equals_the_report(case):
     """Skipping off: the cycle model (B cycles per tap of each event, passes over the rows) is exact."""
     net, lanes, input_lanes = conv_case(case, seed=20 + case)
-    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=False)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=False, streaming=False)
     codes = np.random.default_rng(case).integers(0, net.max_code + 1, size=(7, net.input.size))
     run = simulate_core(plan, codes)
     gaps = np.diff(run.result_cycles)[3:]
@@ -107,7 +107,7 @@ def test_conv_interval_equals_the_report(case):
 
 def test_event_cycles_count_the_taps():
     net, lanes, input_lanes = conv_case(2)
-    layer = plan_core(net, lanes=lanes, input_lanes=input_lanes).layers[0]
+    layer = plan_core(net, lanes=lanes, input_lanes=input_lanes, streaming=False).layers[0]
     cycles = np.array(layer.event_cycles()).reshape(3, 6, 6)
     # 1x1 kernel, stride 2: even pixels reach one output (B = 2 blocks), odd ones none (one idle cycle).
     for y, x in itertools.product(range(6), range(6)):
@@ -116,7 +116,7 @@ def test_event_cycles_count_the_taps():
 
 def test_run_time_weights_of_a_convolution():
     net, lanes, input_lanes = conv_case(1, seed=5)
-    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, loaded_weights=[0, 1])
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, loaded_weights=[0, 1], streaming=False)
     codes = np.random.default_rng(2).integers(0, net.max_code + 1, size=(3, net.input.size))
     run = simulate_core(plan, codes, valid_probability=0.7, ready_probability=0.7)
     assert run.logits.tolist() == golden.run(net, codes).logits.tolist()
@@ -133,7 +133,7 @@ def test_any_small_conv_network_bit_exact(case, draw):
     width = net.input.shape[2]
     plan = plan_core(net, lanes=lanes, input_lanes=draw.draw(st.sampled_from([d for d in range(1, width + 1)
                                                                                if width % d == 0])),
-                     skip_silent=draw.draw(st.booleans()))
+                     skip_silent=draw.draw(st.booleans()), streaming=False)
     run = simulate_core(plan, codes, seed=draw.draw(st.integers(0, 99)), valid_probability=0.6,
                         ready_probability=0.6, drain=20)
     assert run.extra_results == []
@@ -148,7 +148,7 @@ def test_tap_decoder_gives_each_pixel_its_first_tap_rows(case):
     from spikesmith.hw.conv import TapDecoder
 
     net, lanes, input_lanes = conv_case(case)
-    layer = plan_core(net, lanes=lanes, input_lanes=input_lanes).layers[0]
+    layer = plan_core(net, lanes=lanes, input_lanes=input_lanes, streaming=False).layers[0]
     (channels, height, width), rows, cols = layer.conv.in_shape, layer.taps(0), layer.taps(1)
     pixels = list(itertools.product(range(channels), range(height), range(width)))
     seen = []

@@ -130,13 +130,16 @@ def test_random_cores_lint_clean_and_memories_match(case):
     assert declared == plan.memory_bits()
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["event", "stream"])
 @pytest.mark.parametrize("case", [0, 1, 2, 3])
-def test_conv_cores_lint_clean_without_multipliers_and_memories_match(case):
-    """Convolution engines: the address tables and counters are adders and case statements."""
+def test_conv_cores_lint_clean_without_multipliers_and_memories_match(case, streaming):
+    """Convolution engines (event-driven and streaming): the address tables and counters are adders and case
+    statements; every memory the plan counts is one the Verilog declares."""
     from test_conv_engine import conv_case
 
     net, lanes, input_lanes = conv_case(case)
-    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes)
+    plan = (plan_core(net, lanes=lanes, input_lanes=input_lanes, streaming=False) if not streaming
+            else plan_core(net, chunks=[3] * sum(layer.conv is not None for layer in net.layers[:-1])))
     text = emit_verilog(plan)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "spikesmith_core.v"
@@ -147,12 +150,16 @@ def test_conv_cores_lint_clean_without_multipliers_and_memories_match(case):
 
 
 def test_generate_reports_the_convolutions_of_the_digits_cnn(tmp_path, digits_demo):
+    """The demo's CNN streams its two convolutions (the second with its pool composed in: 6x6, stride 2)."""
     report = json.loads(run_cli("generate", str(digits_demo["cnn_net_path"]), "-o", str(tmp_path / "core"),
                                 "--json", "-q").stdout)
-    conv0, conv1, dense = report["layers"]
+    conv0, conv1 = report["stream"]
+    [dense] = report["layers"]
+    assert conv0["engine"] == conv1["engine"] == "streaming convolution"
     assert conv0["convolution"] == {"in_shape": [1, 8, 8], "out_channels": 8, "kernel": [3, 3], "stride": [1, 1],
                                     "padding": [1, 1]}
     assert conv1["convolution"]["kernel"] == [6, 6] and conv1["convolution"]["stride"] == [2, 2]
-    assert "convolution" not in dense
-    assert conv1["memory_bits"]["weights"] == 16 * 8 * 6 * 6 * conv1["weight_width"]
-    assert conv1["rows"] == conv1["blocks"] * 4 * 4 and report["lint"]["clean"]
+    assert "convolution" not in dense and dense["inputs"] == 16 * 4 * 4
+    # The line buffer holds 2 * kh + sh rows of the input, not a map of membranes.
+    assert conv1["memory_bits"]["line buffer"] == (2 * 6 + 2) * 8 * 8 * 8
+    assert conv0["chunks"] * conv0["chunk"] >= 9 and report["lint"]["clean"]

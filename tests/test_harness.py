@@ -123,7 +123,7 @@ def test_random_conv_networks_under_backpressure(case, harness_cache):
     from test_conv_engine import conv_case
 
     net, lanes, input_lanes = conv_case(case, seed=40 + case)
-    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=case == 0)
+    plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=case == 0, streaming=False)
     build = build_harness(plan, harness_cache)
     codes = random_codes(net, 120, seed=case)
     expected = golden.run(net, codes)
@@ -131,11 +131,16 @@ def test_random_conv_networks_under_backpressure(case, harness_cache):
     assert_agrees(run, expected, len(codes))
 
 
-def test_digits_cnn_whole_test_split(digits_demo, harness_cache):
-    """The demo's CNN (two convolution engines, then dense): all 450 test images back to back."""
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "event"])
+def test_digits_cnn_whole_test_split(digits_demo, harness_cache, streaming):
+    """The demo's CNN (two streaming convolutions, or two event-driven convolution engines, then dense): all 450
+    test images back to back."""
     net = load_network(digits_demo["cnn_net_path"])
-    plan = plan_core(net)
-    assert [layer.conv is not None for layer in plan.layers] == [True, True, False]
+    plan = plan_core(net, streaming=streaming)
+    if streaming:
+        assert [stage.name for stage in plan.stream] == ["conv0", "conv1"] and len(plan.layers) == 1
+    else:
+        assert [layer.conv is not None for layer in plan.layers] == [True, True, False]
     images = digits("test").images
     expected = golden.run_images(net, images)
     run = run_harness(build_harness(plan, harness_cache), plan, net.input.encode(images, net.timesteps), expected,

@@ -100,7 +100,7 @@ def test_dense_accumulate_leaves_w_times_code_plus_bias(inputs, neurons, lanes, 
     """After T steps of ``V <- 2V + W s[t]`` and the bias pass, ``V = W @ code + b`` (codes MSB first)."""
     rng = np.random.default_rng(inputs + neurons)
     net = make_network(rng, [inputs, neurons, 2], timesteps)
-    plan = plan_core(net, lanes=[lanes, 1]).layers[0]
+    plan = plan_core(net, lanes=[lanes, 1], streaming=False).layers[0]
     code = rng.integers(0, 1 << timesteps, size=(1, inputs))
     events = [pack_event(e, addr_width(inputs)) for e in expected_events(code, timesteps, skip_silent=True)]
     rows = _accumulate_and_read(DenseAccumulate(plan), plan, events)
@@ -113,7 +113,7 @@ def test_conv_accumulate_leaves_the_convolution_plus_bias():
     """The kernel scattered event by event equals the dense convolution matrix times the codes."""
     rng = np.random.default_rng(7)
     net = make_conv_network(rng, (2, 5, 4), [(4, (3, 2), (1, 2), (1, 0))], 3, 4)
-    plan = plan_core(net, lanes=[2, 1]).layers[0]
+    plan = plan_core(net, lanes=[2, 1], streaming=False).layers[0]
     g, T = plan.conv, plan.timesteps
     code = rng.integers(0, 1 << T, size=g.in_shape)
     events = []
@@ -190,7 +190,7 @@ def _fire_reference(membrane: np.ndarray, threshold: np.ndarray, timesteps: int)
 def test_fire_stage_sends_the_binary_code_of_each_membrane(skip_silent):
     rng = np.random.default_rng(11)
     net = make_network(rng, [4, 7, 2], 5, threshold_scale=0.3)
-    plan = plan_core(net, lanes=[3, 1], skip_silent=skip_silent).layers[0]
+    plan = plan_core(net, lanes=[3, 1], skip_silent=skip_silent, streaming=False).layers[0]
     threshold = net.layers[0].threshold
     membrane = rng.integers(-int(threshold.max()), 2 * int(threshold.max()), size=plan.neurons)
     stage = FireStage(plan, skip_silent)
@@ -268,7 +268,7 @@ def test_stream_registers_pass_every_beat_once_in_order(register, cycles_per_bea
 def test_readout_sends_the_logits_and_the_first_largest():
     rng = np.random.default_rng(5)
     net = make_network(rng, [3, 7], 4)
-    plan = plan_core(net, lanes=[3]).layers[0]
+    plan = plan_core(net, lanes=[3], streaming=False).layers[0]
     logits = np.array([5, -3, 9, 9, 0, -7, 2])                   # a tie: the first index wins
     stage = Readout(plan)
     sink = StreamSink(stage.results, 1, probability=0.5, rng=rng, drain=20)

@@ -49,7 +49,7 @@ def test_visits_are_exactly_the_windows_that_read_each_position(geometry):
 
 def test_the_plan_pools_a_convolution_engines_rows():
     _, net, _ = convert_lenet()
-    plan = plan_core(net, lanes=[2, 3, 1])
+    plan = plan_core(net, lanes=[2, 3, 1], streaming=False)
     conv0, conv1, out = plan.layers
     assert conv0.emits_rows and not conv0.emits_pixels and conv1.emits_rows
     assert conv1.pool.emits_pixels and conv1.pool.lanes == 2, "pooled pixels into a convolution"
@@ -65,7 +65,7 @@ def test_the_plan_refuses_a_pool_of_the_input_image():
     net = make_conv_network(np.random.default_rng(0), (1, 4, 4), [(2, (1, 1), (1, 1), (0, 0))], 2, 3)
     first = replace(net.layers[0], pool=PoolGeometry((1, 8, 8), (2, 2), (2, 2)))
     with pytest.raises(SizingError, match="max pool of the input image"):
-        plan_core(SpikingNetwork(3, InputEncoding((1, 8, 8), 1.0), (first, net.layers[1])))
+        plan_core(SpikingNetwork(3, InputEncoding((1, 8, 8), 1.0), (first, net.layers[1])), streaming=False)
 
 
 def test_a_pooled_network_in_amaranth_sim():
@@ -73,7 +73,7 @@ def test_a_pooled_network_in_amaranth_sim():
     _, net, calib = convert_lenet()
     images = np.random.default_rng(3).uniform(0, 1, (5, 1, 8, 8)).astype(np.float32)
     expected = golden.run_images(net, images)
-    plan = plan_core(net, lanes=[2, 3, 2])
+    plan = plan_core(net, lanes=[2, 3, 2], streaming=False)
     run = simulate_core(plan, expected.input_codes, seed=2, valid_probability=0.7, ready_probability=0.6, drain=50)
     assert np.array_equal(run.logits, expected.logits) and np.array_equal(run.labels, expected.predictions)
 
@@ -86,7 +86,7 @@ def test_random_pooled_networks_under_the_harness(seed, harness_cache):
     rng = np.random.default_rng(seed)
     net, lanes = make_pooled_network(rng, int(rng.integers(1, 9)))
     lanes[-1] = min(lanes[-1], net.layers[-1].out_size)
-    plan = plan_core(net, lanes=lanes, input_lanes=1)
+    plan = plan_core(net, lanes=lanes, input_lanes=1, streaming=False)
     codes = random_codes(net, IMAGES_PER_NETWORK, seed=seed)
     expected = golden.run(net, codes)
     odd = seed % 2

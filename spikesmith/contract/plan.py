@@ -25,7 +25,7 @@ import numpy as np
 
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import LOAD_HEAD, unpack_result
-from .packing import ceil_div, pack_row
+from .packing import TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 from .streaming import StreamConvPlan, StreamPoolPlan
 
 __all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_is_staged", "row_queue_depth", "HOP_CYCLES", "rom_in_logic", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
@@ -40,9 +40,6 @@ ROW_QUEUE_DEPTH = 5
 STAGED_ROW_LANES = 8
 #: Bits of a queued row's event count (0, 1 or 2 and more) beside its spike mask (hw/events.py, ``sends``).
 QUEUED_COUNT_BITS = 2
-#: The deepest table of biases or thresholds built from logic (hw/rows.py, ``row_table``); deeper ones are ROMs.
-TABLE_ROWS = 64
-
 
 #: Cycles an image's first event spends between two stages beyond their own worst cases: the
 #: producer's row read and datapath (at most 3), its queue entry's register (wide rows) and the
@@ -58,13 +55,6 @@ def row_is_staged(lanes: int) -> bool:
 def row_queue_depth(lanes: int) -> int:
     """Entries of the row queue of a scanner over rows of ``lanes`` lanes."""
     return ROW_QUEUE_DEPTH + row_is_staged(lanes)
-
-
-def rom_in_logic(width: int, rows: int) -> bool:
-    """Whether a constant table of ``rows`` x ``width`` bits is built from logic (hw/rows.py) rather
-    than as a memory: at most 16 rows or 1 Kbit, where yosys builds a ROM from logic anyway (and
-    gen/build.py's block RAM estimate counts none)."""
-    return rows <= 16 or width * rows <= 1024
 
 
 @dataclass(frozen=True)
@@ -442,6 +432,24 @@ class CorePlan:
         return (stream + encoder.load_cycles + encoder.scan_cycles() + HOP_CYCLES * hops + tap_decoders
                 + sum(layer.accumulate_cycles() + (layer.pool.cycles() if layer.pool else 0) for layer in self.layers)
                 + self.layers[-1].readout_cycles())
+
+    @property
+    def lane_counts(self) -> tuple[int, ...]:
+        """Lanes of every layer, in network order: a streaming convolution's output channels a cycle, then the
+        other layers' lanes (a streaming max pool has none of its own)."""
+        return tuple(stage.lanes for stage in self.stream if isinstance(stage, StreamConvPlan)) + tuple(
+            layer.lanes for layer in self.layers)
+
+    @property
+    def loaded_flags(self) -> tuple[bool, ...]:
+        """Whether each layer (network order, as :attr:`lane_counts`) keeps its weights in RAM written at run time."""
+        streamed = sum(isinstance(stage, StreamConvPlan) for stage in self.stream)
+        return (False,) * streamed + tuple(layer.weights_loaded for layer in self.layers)
+
+    @property
+    def chunk_counts(self) -> tuple[int, ...]:
+        """Taps a cycle of every streaming convolution."""
+        return tuple(stage.chunk for stage in self.stream if isinstance(stage, StreamConvPlan))
 
     @property
     def total_lanes(self) -> int:

@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
-from .packing import ceil_div, pack_row
+from .packing import TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 
 __all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots"]
 
@@ -143,7 +143,7 @@ class StreamWindow:
 class StreamConvPlan:
     """A convolution layer on the streaming engine: geometry, parallelism, widths and packed tables.
 
-    Widths in bits. ``weight_rows[b * chunk_slots + c]`` packs, lane-major, the ``L * K`` weights
+    Widths in bits. ``weight_rows[b * chunks + c]`` packs, lane-major, the ``L * K`` weights
     ``W[b*L + lane, tap c*K + k]`` (taps past the kernel: 0), ``weight_width`` bits each;
     ``bias_rows[b]`` and ``threshold_rows[b]`` the block's ``L`` biases and thresholds.
     """
@@ -199,8 +199,18 @@ class StreamConvPlan:
 
     @property
     def memories(self) -> list[tuple[str, int, int]]:
-        """Memories as built, ``(kind, width, rows)``: the line buffer (weights, biases and thresholds are tables)."""
-        return [("line buffer", self.window.entry_bits, self.window.depth)]
+        """Memories as built, ``(kind, width, rows)``: the line buffer, the queue of finished blocks, and the
+        tables too large to be logic (hw/rows.py, ``row_table``)."""
+        L = self.lanes
+        shapes = [("line buffer", self.window.entry_bits, max(2, self.window.depth)),
+                  ("finished queue", L * (self.membrane_width + self.threshold_width), self.finished_queue)]
+        weight_width = L * self.chunk * self.weight_width
+        if not rom_in_logic(weight_width, len(self.weight_rows)):
+            shapes.append(("weights", weight_width, len(self.weight_rows)))
+        if self.blocks > TABLE_ROWS:
+            shapes += [("biases", L * self.bias_width, self.blocks), ("thresholds", L * self.threshold_width,
+                                                                     self.blocks)]
+        return shapes
 
     @property
     def window_bits(self) -> int:
@@ -279,7 +289,7 @@ class StreamPoolPlan:
 
     @property
     def memories(self) -> list[tuple[str, int, int]]:
-        return [("line buffer", self.window.entry_bits, self.window.depth)]
+        return [("line buffer", self.window.entry_bits, max(2, self.window.depth))]
 
     def image_cycles(self) -> int:
         """Cycles between two images in steady state (exact when nothing else waits): a beat a cycle per block."""
@@ -313,18 +323,14 @@ def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.n
     chunks = ceil_div(taps.shape[1], chunk)
     padded = np.zeros((c_out, chunks * chunk), dtype=np.int64)
     padded[:, :taps.shape[1]] = taps
-    blocks, slots = c_out // lanes, chunk_slots(chunks)
+    blocks = c_out // lanes
     positive = np.where(padded > 0, padded, 0).reshape(c_out, chunks, chunk).sum(axis=2)
     negative = np.where(padded < 0, padded, 0).reshape(c_out, chunks, chunk).sum(axis=2)
     weight_width = max(2, signed_width(int(kernel.min(initial=0)), int(kernel.max(initial=0))))
     bias = np.asarray(bias, dtype=np.int64)
     threshold = np.asarray(threshold, dtype=np.int64)
-    weight_rows = []
-    for b in range(blocks):
-        for c in range(slots):
-            values = (padded[b * lanes:(b + 1) * lanes, c * chunk:(c + 1) * chunk].reshape(-1) if c < chunks
-                      else np.zeros(lanes * chunk, dtype=np.int64))
-            weight_rows.append(pack_row(values, weight_width))
+    weight_rows = [pack_row(padded[b * lanes:(b + 1) * lanes, c * chunk:(c + 1) * chunk].reshape(-1), weight_width)
+                   for b in range(blocks) for c in range(chunks)]
     bias_width = max(2, signed_width(int(bias.min(initial=0)), int(bias.max(initial=0))))
     threshold_width = unsigned_width(int(threshold.max(initial=1)))
     return StreamConvPlan(
