@@ -258,7 +258,7 @@ def ice40_usage(plan: CorePlan) -> tuple[int, int]:
 
 
 def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=None,
-                   skip_silent: bool = True, spram=None, streaming: bool = True) -> CorePlan:
+                   skip_silent: bool = True, spram=None, streaming: bool = True, chunks=None) -> CorePlan:
     """Size the core for ``board``: the user's lanes or budget, else the fastest plan that fits
     (:func:`speed_candidates`).
 
@@ -267,11 +267,11 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
     """
     if lanes is None and budget is None:
         return fastest(speed_candidates(net, board, input_lanes, skip_silent, spram))["plan"]
-    return _fit_memory(net, board, lanes, budget, input_lanes, skip_silent, spram, streaming=streaming)
+    return _fit_memory(net, board, lanes, budget, input_lanes, skip_silent, spram, streaming=streaming, chunks=chunks)
 
 
 def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: bool, spram,
-                pack: bool = True, adder_budget: int | None = None, streaming: bool = True) -> CorePlan:
+                pack: bool = True, adder_budget: int | None = None, streaming: bool = True, chunks=None) -> CorePlan:
     """The plan for ``lanes`` (or ``budget``, and ``adder_budget`` for the streaming convolutions), with the
     layers that go to SPRAM chosen on the iCE40. ``pack``: with one lane per layer, an SPRAM layer gets the
     lanes that fill a 16-bit row. One lane per layer streams each convolution at one tap a cycle."""
@@ -285,7 +285,7 @@ def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: 
     def plan(loaded, lanes=lanes):
         return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
                          input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded,
-                         adder_budget=adder_budget or DEFAULT_ADDER_BUDGET, streaming=streaming)
+                         adder_budget=adder_budget or DEFAULT_ADDER_BUDGET, streaming=streaming, chunks=chunks)
 
     def packed(lanes, layer):
         """With one lane per layer, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
@@ -330,14 +330,18 @@ def ram_estimate(plan: CorePlan, board: BoardSpec) -> int:
     return ice40_usage(plan)[0] if board.family == "ice40" else sum(ecp5_usage(plan).values())
 
 
-def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool = True, spram=None) -> list[dict]:
+def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool = True, spram=None,
+                     streaming: bool | None = None) -> list[dict]:
     """Plans from one lane per layer (with its SPRAM layers' lanes filling their 16-bit rows, and at one
     lane: each lane costs logic) up, each doubling the lane budget (lanes balanced by
     :func:`~spikesmith.gen.sizing.choose_lanes`, at most :data:`MAX_SPEED_LANES` per layer), with
     their worst-case interval, estimated logic and block RAM, and whether they fit the board
-    (within :data:`LOGIC_FILL` of its logic and :data:`RAM_FILL` of its block RAM)."""
+    (within :data:`LOGIC_FILL` of its logic and :data:`RAM_FILL` of its block RAM). A network whose first layers
+    are convolutions is weighed on both engines (``streaming``: only the streaming one, or only the event-driven)."""
     streamed = streamed_layers(net)
     engines = [True, False] if streamed and not any(index < streamed for index in spram or ()) else [False]
+    if streaming is not None:
+        engines = [engine for engine in engines if engine == streaming] or [False]
     plans = []
     for streaming in engines:
         try:
@@ -400,7 +404,9 @@ def fastest(candidates: list[dict]) -> dict:
 def sizing_report(candidates: list[dict], board: BoardSpec) -> dict:
     """Why ``build`` chose its lanes: every candidate's figures and the limits, for report.json."""
     chosen = fastest(candidates)
-    return {"chosen_lanes": chosen["lanes"], "rule": "shortest worst-case interval that fits with room, "
+    return {"chosen_lanes": chosen["lanes"], "chosen_engine": chosen["engine"],
+            **({"chosen_chunks": chosen["chunks"]} if "chunks" in chosen else {}),
+            "rule": "shortest worst-case interval that fits with room, "
             "else the shortest that fits the device",
             "logic_limit": round(LOGIC_FILL * board.logic_cells), "ram_limit": int(RAM_FILL * board.ram_blocks),
             "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in candidates]}

@@ -346,7 +346,8 @@ def _plan(args, net):
     from .gen.sizing import plan_core
 
     return plan_core(net, lanes=args.lanes, budget=args.lane_budget, input_lanes=args.input_lanes,
-                     skip_silent=not args.no_skip, loaded_weights=args.spram or ())
+                     skip_silent=not args.no_skip, loaded_weights=args.spram or (), streaming=not args.event_driven,
+                     chunks=args.chunks, adder_budget=args.adder_budget)
 
 
 def cmd_generate(args) -> int:
@@ -378,6 +379,10 @@ def cmd_generate(args) -> int:
           f"events for {'spiking neurons only' if plan.skip_silent else 'every neuron (skipping off)'}")
     print(f"  input: {plan.input.size} codes of {plan.timesteps} bits, {plan.input.lanes} per beat "
           f"({plan.input.words} beats per image)")
+    for stage in report["stream"]:
+        parallel = f"{stage['lanes']} lanes x {stage['chunk']} taps" if "chunk" in stage else f"{stage['lanes']} lanes"
+        print(f"  {stage['name'][:14]:<14} {stage['engine']}: {parallel}, {sum(stage['memory_bits'].values())} bits "
+              f"of memory, {stage['cycles_per_image_worst']} cycles per image (worst)")
     print("  layer          engine   in   out  lanes  blocks  weight  membrane  memory bits  cycles/step (worst)")
     for layer in report["layers"]:
         print(f"  {layer['name'][:14]:<14} {layer['engine'][:4]:<5} {layer['inputs']:5d} {layer['neurons']:5d}  {layer['lanes']:5d}  "
@@ -687,11 +692,13 @@ def cmd_build(args) -> int:
     board = BOARDS[args.board]
     net = load_network(args.net)
     sizing = None
-    if args.lanes is None and args.lane_budget is None:
-        candidates = speed_candidates(net, board, args.input_lanes, not args.no_skip, args.spram)
+    if args.lanes is None and args.lane_budget is None and args.chunks is None:
+        candidates = speed_candidates(net, board, args.input_lanes, not args.no_skip, args.spram,
+                                      streaming=False if args.event_driven else None)
         plan, sizing = fastest(candidates)["plan"], sizing_report(candidates, board)
     else:
-        plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip, args.spram)
+        plan = plan_for_board(net, board, args.lanes, args.lane_budget, args.input_lanes, not args.no_skip, args.spram,
+                              streaming=not args.event_driven, chunks=args.chunks)
     check_fit(plan, board)
     clock_hz = None
     if args.clock is not None:
@@ -704,7 +711,9 @@ def cmd_build(args) -> int:
             progress(f"PLL: {board.clock_hz / 1e6:g} MHz -> {clock_hz / 1e6:.3f} MHz, the slowest clock that "
                      f"makes {args.baud:,} baud within 2% (--clock chooses another)")
     if sizing is not None:
-        progress(f"sized for speed: lanes {sizing['chosen_lanes']}, the shortest worst-case interval of "
+        chunks = f" x taps {sizing['chosen_chunks']}" if "chosen_chunks" in sizing else ""
+        progress(f"sized for speed: {sizing['chosen_engine']} engines, lanes {sizing['chosen_lanes']}{chunks}, "
+                 f"the shortest worst-case interval of "
                  f"{len(candidates)} plans within {sizing['logic_limit']:,} of logic and {sizing['ram_limit']} block "
                  f"RAMs (estimates; report.json has them all)")
     progress(f"{net.describe()} (T={net.timesteps}) on the {board.name}: lanes {list(plan.lane_counts)}, "
@@ -866,6 +875,7 @@ def _image_options(p):
 
 def _hardware_options(p):
     from .gen.sizing import DEFAULT_LANE_BUDGET
+    from .gen.streaming import DEFAULT_ADDER_BUDGET
 
     p.add_argument("--lanes", type=_number(int, 1, 1 << 16), nargs="+", metavar="L",
                    help="neuron lanes per layer, one number per layer (default: chosen under --lane-budget)")
@@ -874,6 +884,14 @@ def _hardware_options(p):
                    help=f"total lanes to balance the layers with (default {DEFAULT_LANE_BUDGET})")
     p.add_argument("--input-lanes", type=_number(int, 1, 1 << 16), metavar="P",
                    help="input codes per beat of the image stream (default: min(8, inputs))")
+    p.add_argument("--chunks", type=_number(int, 1, 1 << 16), nargs="+", metavar="K",
+                   help="taps a cycle of each streaming convolution, one number per convolution (default: chosen "
+                        "under --adder-budget; --lanes gives their output channels a cycle)")
+    p.add_argument("--adder-budget", type=_number(int, 1, 1 << 20), default=DEFAULT_ADDER_BUDGET, metavar="N",
+                   help=f"adder inputs (lanes x taps a cycle) of all streaming convolutions (default "
+                        f"{DEFAULT_ADDER_BUDGET})")
+    p.add_argument("--event-driven", action="store_true",
+                   help="run the convolutions on the event-driven engines (membrane maps) instead of streaming them")
     p.add_argument("--no-skip", action="store_true",
                    help="send every neuron every step (fixed timing) instead of only those that spiked")
     p.add_argument("--spram", type=_layer_list, metavar="LAYERS",
