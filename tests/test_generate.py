@@ -163,3 +163,18 @@ def test_generate_reports_the_convolutions_of_the_digits_cnn(tmp_path, digits_de
     # The line buffer holds 2 * kh + sh rows of the input, not a map of membranes.
     assert conv1["memory_bits"]["line buffer"] == (2 * 6 + 2) * 8 * 8 * 8
     assert conv0["chunks"] * conv0["chunk"] >= 9 and report["lint"]["clean"]
+
+
+def test_generate_takes_the_streaming_parallelism_or_the_event_driven_engines(tmp_path, digits_demo):
+    """``--lanes`` and ``--chunks`` set each streaming convolution's output channels and taps a cycle;
+    ``--event-driven`` puts the convolutions on the event-driven engines; a wrong count is one line."""
+    net = str(digits_demo["cnn_net_path"])
+    streamed = json.loads(run_cli("generate", net, "-o", str(tmp_path / "a"), "--lanes", "4", "8", "2",
+                                  "--chunks", "9", "12", "--json", "-q").stdout)
+    assert [(s["lanes"], s["chunk"]) for s in streamed["stream"]] == [(4, 9), (8, 12)]
+    assert [layer["lanes"] for layer in streamed["layers"]] == [2]
+    event = json.loads(run_cli("generate", net, "-o", str(tmp_path / "b"), "--event-driven", "--json", "-q").stdout)
+    assert event["stream"] == [] and [layer["engine"] for layer in event["layers"]][:2] == ["convolution"] * 2
+    proc = run_cli("generate", net, "-o", str(tmp_path / "c"), "--chunks", "9", check=False)
+    assert_one_line_error(proc, "--chunks gives 1 values but the network streams 2 convolutions")
+    assert not (tmp_path / "c").exists()
