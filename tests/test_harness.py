@@ -131,7 +131,7 @@ def test_random_conv_networks_under_backpressure(case, harness_cache):
     assert_agrees(run, expected, len(codes))
 
 
-@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "event"])
+@pytest.mark.parametrize("streaming", [True, pytest.param(False, marks=pytest.mark.long)], ids=["stream", "event"])
 def test_digits_cnn_whole_test_split(digits_demo, harness_cache, streaming):
     """The demo's CNN (two streaming convolutions, or two event-driven convolution engines, then dense): all 450
     test images back to back."""

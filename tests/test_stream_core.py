@@ -52,7 +52,12 @@ def test_a_streaming_core_in_amaranth_sim_is_bit_exact(case):
     assert not run.extra_results
 
 
-@pytest.mark.parametrize("case", range(len(NETWORKS)), ids=[f"net{k}" for k in range(len(NETWORKS))])
+def _longer_after(count: int, cases):
+    """The first ``count`` cases in the default suite, the others in the long one (README, "Tests")."""
+    return [case if k < count else pytest.param(case, marks=pytest.mark.long) for k, case in enumerate(cases)]
+
+
+@pytest.mark.parametrize("case", _longer_after(2, range(len(NETWORKS))), ids=[f"net{k}" for k in range(len(NETWORKS))])
 def test_a_streaming_core_in_verilog_is_bit_exact_under_backpressure(case, harness_cache):
     net = NETWORKS[case]
     plan = plan_core(net, skip_silent=case % 2 == 0)
@@ -63,7 +68,7 @@ def test_a_streaming_core_in_verilog_is_bit_exact_under_backpressure(case, harne
     assert_agrees(run, expected, len(codes))
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", _longer_after(2, range(4)))
 def test_random_pooled_networks_stream_bit_exact(seed, harness_cache):
     """make_pooled_network's max pools (any kernel, stride, padding, dilation, ceil_mode) in the stream."""
     net, _ = make_pooled_network(np.random.default_rng(700 + seed), timesteps=3 + seed)
