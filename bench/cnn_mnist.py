@@ -34,7 +34,7 @@ def hardware(net, trained, work: Path, boards: list[str]) -> dict:
     plan = plan_for_board(net, BOARDS["ulx3s-85f"])
     codes = net.input.encode(trained.test.images, net.timesteps)
     expected = golden.run(net, codes)
-    log(f"Verilator harness: {len(codes)} test images, lanes {[layer.lanes for layer in plan.layers]}")
+    log(f"Verilator harness: {len(codes)} test images, lanes {list(plan.lane_counts)}, taps a cycle {list(plan.chunk_counts)}")
     t = time.time()
     built = build_harness(plan, work / "harness")
     run = run_harness(built, plan, codes, expected)
@@ -42,7 +42,8 @@ def hardware(net, trained, work: Path, boards: list[str]) -> dict:
     cycles = run.result_cycles
     figures = {"images": len(codes), "results": len(run.labels), "mismatches": mismatches,
                "first_mismatch": run.first_mismatch, "harness_seconds": time.time() - t,
-               "lanes": [layer.lanes for layer in plan.layers], "initiation_interval_worst": plan.initiation_interval,
+               "lanes": list(plan.lane_counts), "chunks": list(plan.chunk_counts),
+               "initiation_interval_worst": plan.initiation_interval,
                "measured_cycles_per_image": float((cycles[-1] - cycles[0]) / (len(cycles) - 1)),
                "hardware_accuracy": float(np.mean(run.labels == trained.test.labels)), "boards": []}
     log(f"  {mismatches} mismatches, {figures['measured_cycles_per_image']:.0f} cycles/image "

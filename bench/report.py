@@ -307,7 +307,8 @@ def cnn_mnist_section(f: dict) -> list[str]:
             lines.append(f"| {t} | {_pct(entry['ann_accuracy'])} | {_pct(p['snn_float'])} | {_pct(p['golden'])} | "
                          f"{_pct(p['agreement_with_ann'])} |")
         hw = entry["hardware"]
-        lines += ["", f"Core at T=8 (lanes {'/'.join(map(str, hw['lanes']))}): {hw['results']:,} of {hw['images']:,} "
+        taps = f", streaming convolutions at {'/'.join(map(str, hw['chunks']))} taps a cycle" if hw.get("chunks") else ""
+        lines += ["", f"Core at T=8 (lanes {'/'.join(map(str, hw['lanes']))}{taps}): {hw['results']:,} of {hw['images']:,} "
                       f"results, **{hw['mismatches']} mismatches** with the golden model, accuracy "
                       f"{_pct(hw['hardware_accuracy'])} %; {hw['measured_cycles_per_image']:,.0f} cycles per image "
                       f"in steady state (worst case {hw['initiation_interval_worst']:,}); "
