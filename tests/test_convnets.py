@@ -254,7 +254,9 @@ def test_a_convolution_after_a_dense_layer_runs_as_a_dense_layer(tmp_path):
     net = convert_module(model, rng.uniform(0, 1, (40, 1, 5, 5)).astype(np.float32), ConversionOptions(timesteps=6))
     assert [layer.kind for layer in net.layers] == ["conv", "dense", "conv", "dense"]
     plan = plan_core(net)
-    assert [layer.conv is not None for layer in plan.layers] == [True, False, False, False]
+    assert len(plan.stream) == 1 and [layer.conv is not None for layer in plan.layers] == [False, False, False]
+    event = plan_core(net, streaming=False)
+    assert [layer.conv is not None for layer in event.layers] == [True, False, False, False]
     codes = rng.integers(0, net.max_code + 1, size=(60, net.input.size))
     expected = golden.run(net, codes)
     run = run_harness(build_harness(plan, tmp_path / "cache"), plan, codes, expected, seed=1,
@@ -262,4 +264,6 @@ def test_a_convolution_after_a_dense_layer_runs_as_a_dense_layer(tmp_path):
     assert run.passed and run.images.tolist() == list(range(len(codes))), run.first_mismatch
     proc = run_cli("generate", str(save_network(net, tmp_path / "net.npz")), "-o", str(tmp_path / "core"), "--json")
     assert (tmp_path / "core" / "spikesmith_core.v").is_file()
-    assert [layer["engine"] for layer in json.loads(proc.stdout)["layers"]] == ["convolution"] + ["dense"] * 3
+    report = json.loads(proc.stdout)
+    assert [stage["engine"] for stage in report["stream"]] == ["streaming convolution"]
+    assert [layer["engine"] for layer in report["layers"]] == ["dense"] * 3

@@ -109,8 +109,10 @@ def test_generate_and_simulate_a_lenet_with_max_pools(tmp_path, harness_cache):
     _, net, _ = convert_lenet()
     path = save_network(net, tmp_path / "lenet.net.npz")
     report = json.loads(run_cli("generate", str(path), "-o", str(tmp_path / "core"), "--json").stdout)
-    assert [("max_pool" in layer) for layer in report["layers"]] == [False, True, True]
+    assert [stage["engine"].split()[-1] for stage in report["stream"]] == ["convolution", "pool"] * 2
     assert (tmp_path / "core" / "spikesmith_core.v").is_file()
+    event = json.loads(run_cli("generate", str(path), "-o", str(tmp_path / "event"), "--event-driven", "--json").stdout)
+    assert [("max_pool" in layer) for layer in event["layers"]] == [False, True, True]
     proc = run_cli("simulate", str(path), "--data", "digits", "-n", "120", "--build-dir", str(harness_cache),
                    "--json", "-q")
     result = json.loads(proc.stdout)
