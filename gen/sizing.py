@@ -13,10 +13,9 @@ import numpy as np
 from ..contract.bounds import layer_bounds
 from ..contract.network import SpikingNetwork, fingerprint
 from ..contract.plan import CorePlan, InputPlan, LayerPlan, PoolPlan, ceil_div, pack_row
-from ..contract.streaming import StreamPoolPlan
 from ..errors import SpikesmithError
 from .streaming import (DEFAULT_ADDER_BUDGET, StreamChoice, choose_stream, plan_stream, stream_input_order,
-                        stream_options, streamed_layers)
+                        streamed_layers)
 
 __all__ = ["SizingError", "plan_core", "choose_lanes", "DEFAULT_LANE_BUDGET"]
 
@@ -167,12 +166,12 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
     tail_lanes = None if lanes is None else [int(x) for x in lanes[count:]]
     if tail_lanes is None:
         tail_lanes = choose_lanes(tail, budget)
-    dense = _layer_plans(tail, tail_lanes, [False] * len(tail.layers), loaded_weights, count)
-    target = max(max(layer.accumulate_cycles() for layer in dense), dense[-1].readout_cycles())
+    skeletons = [_skeleton(layer, L, T, False) for layer, L in zip(tail.layers, tail_lanes)]
+    target = max(max(layer.accumulate_cycles() for layer in skeletons), skeletons[-1].readout_cycles())
     choices = _stream_choices(net.layers[:count], T, lanes, chunks, adder_budget, target)
     stages = plan_stream(net, count, choices, input_lanes, skip_silent)
     last = stages[-1]
-    out_shape = last.geometry.out_shape if isinstance(last, StreamPoolPlan) else last.geometry.out_shape
+    out_shape = last.geometry.out_shape
     order = stream_input_order(out_shape, last.lanes)
     dense = _layer_plans(tail, tail_lanes, [False] * len(tail.layers), loaded_weights, count, first_order=order)
     return CorePlan(timesteps=T, input=InputPlan(net.input.size, input_lanes, T, shape, pixel_major=True),

@@ -11,7 +11,7 @@ import numpy as np
 from ..contract.bounds import layer_bounds
 from ..contract.network import DenseLayer, SpikingNetwork
 from ..contract.packing import ceil_div
-from ..contract.streaming import StreamConvPlan, StreamPoolPlan, StreamWindow, plan_stream_conv
+from ..contract.streaming import StreamConvPlan, StreamPoolPlan, plan_stream_conv
 from ..errors import SpikesmithError
 
 __all__ = ["StreamChoice", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
@@ -46,15 +46,6 @@ def streamed_layers(net: SpikingNetwork) -> int:
     return count
 
 
-def _skeleton_cycles(layer: DenseLayer, choice: StreamChoice, timesteps: int) -> int:
-    """The convolution's worst-case cycles per image on ``choice`` (no tables packed)."""
-    g = layer.conv.geometry
-    window = StreamWindow(g.in_shape, g.kernel, g.stride, g.padding, (1, 1), g.out_shape[1], g.out_shape[2],
-                          timesteps, 1)
-    block = timesteps * ceil_div(window.taps, choice.chunk) + 1
-    return window.image_cycles((g.out_channels // choice.lanes) * block + 1)
-
-
 def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) -> list[tuple[StreamChoice, int]]:
     """Every choice worth having for a streaming convolution, cheapest first, with its cycles per image: for
     each lane count (a divisor of the output channels; only ``lanes`` if given) and each number of chunks, the
@@ -75,7 +66,8 @@ def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) 
 
 
 def _fast_cycles(g, choice: StreamChoice, timesteps: int, taps: int) -> int:
-    """A close estimate of :func:`_skeleton_cycles` for ranking choices (no loop over pixels)."""
+    """A close estimate of the convolution's cycles per image on ``choice`` for ranking choices
+    (:meth:`~spikesmith.contract.streaming.StreamWindow.image_cycles` without its loop over the pixels)."""
     (kh, kw), sw = g.kernel, g.stride[1]
     _, rows, columns = g.out_shape
     busy = (g.out_channels // choice.lanes) * (timesteps * ceil_div(taps, choice.chunk) + 1) + 1

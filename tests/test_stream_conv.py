@@ -32,28 +32,15 @@ def stream_plan(layer: DenseLayer, timesteps: int, lanes: int, input_lanes: int,
                             layer_bounds(layer, timesteps).membrane_width, skip)
 
 
-def input_beats(codes: np.ndarray, geometry: ConvGeometry, input_lanes: int, timesteps: int) -> list[int]:
-    """(N, C*H*W) codes -> code beats: pixels in raster order, ``input_lanes`` channels a beat."""
-    c, h, w = geometry.in_shape
+def pixel_beats(codes: np.ndarray, shape, lanes: int, timesteps: int) -> list[int]:
+    """(N, C*H*W) codes -> code beats: pixels in raster order, ``lanes`` channels a beat (channel 0 in the LSBs)."""
+    c, h, w = shape
     beats = []
     for image in codes.reshape(-1, c, h, w):
         for y in range(h):
             for x in range(w):
-                for g in range(c // input_lanes):
-                    values = image[g * input_lanes:(g + 1) * input_lanes, y, x]
-                    beats.append(sum(int(v) << (k * timesteps) for k, v in enumerate(values)))
-    return beats
-
-
-def expected_beats(codes: np.ndarray, geometry: ConvGeometry, lanes: int, timesteps: int) -> list[int]:
-    """(N, C_out*H_out*W_out) codes -> the engine's output beats."""
-    c, h, w = geometry.out_shape
-    beats = []
-    for image in codes.reshape(-1, c, h, w):
-        for y in range(h):
-            for x in range(w):
-                for b in range(c // lanes):
-                    values = image[b * lanes:(b + 1) * lanes, y, x]
+                for g in range(c // lanes):
+                    values = image[g * lanes:(g + 1) * lanes, y, x]
                     beats.append(sum(int(v) << (k * timesteps) for k, v in enumerate(values)))
     return beats
 
@@ -68,9 +55,9 @@ def run_layer(layer, plan, codes, *, in_probability=1.0, out_probability=1.0, se
     golden = fire(accumulate(layer, codes, T), layer.threshold, T)
     dut = StreamConv(plan)
     rng = np.random.default_rng(seed)
-    source = StreamSource(dut.codes_in, input_beats(codes, geometry, plan.input_lanes, T),
+    source = StreamSource(dut.codes_in, pixel_beats(codes, geometry.in_shape, plan.input_lanes, T),
                           probability=in_probability, rng=rng)
-    expected = expected_beats(golden, geometry, plan.lanes, T)
+    expected = pixel_beats(golden, geometry.out_shape, plan.lanes, T)
     sink = StreamSink(dut.codes_out, len(expected), probability=out_probability, rng=rng, drain=20,
                       limit=50 * len(codes) * plan.image_cycles() + 10_000)
     cycles = run_streams(dut, source, sink)

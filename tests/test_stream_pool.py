@@ -10,20 +10,7 @@ from spikesmith.contract.streaming import StreamPoolPlan
 from spikesmith.hw.stream_pool import StreamMaxPool
 from spikesmith.sim.hdl import StreamSink, StreamSource, run_streams
 
-from test_stream_conv import random_codes, steady_gap
-
-
-def pixel_beats(codes: np.ndarray, shape, lanes: int, timesteps: int) -> list[int]:
-    """(N, C*H*W) codes -> beats of ``lanes`` channels of one pixel, pixels in raster order."""
-    c, h, w = shape
-    beats = []
-    for image in codes.reshape(-1, c, h, w):
-        for y in range(h):
-            for x in range(w):
-                for g in range(c // lanes):
-                    values = image[g * lanes:(g + 1) * lanes, y, x]
-                    beats.append(sum(int(v) << (k * timesteps) for k, v in enumerate(values)))
-    return beats
+from test_stream_conv import pixel_beats, random_codes, steady_gap
 
 
 def random_pool(seed: int):

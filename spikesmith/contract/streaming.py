@@ -23,7 +23,8 @@ import numpy as np
 from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
 from .packing import TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 
-__all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots"]
+__all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots",
+           "plan_stream_conv"]
 
 #: Levels of the chunk's adder tree between two registers.
 ADDER_LEVELS_PER_STAGE = 2
@@ -243,11 +244,6 @@ class StreamConvPlan:
         return self.window.image_cycles(self.blocks * self.block_cycles() + 1)
 
     @property
-    def output_beats(self) -> int:
-        _, ho, wo = self.geometry.out_shape
-        return ho * wo * self.blocks
-
-    @property
     def drain_cycles(self) -> int:
         """After its input's last beat, at most this many cycles beyond :meth:`image_cycles` until the last code
         leaves: the datapath's pipeline, the queue of finished blocks and the fire unit."""
@@ -294,11 +290,6 @@ class StreamPoolPlan:
     def image_cycles(self) -> int:
         """Cycles between two images in steady state (exact when nothing else waits): a beat a cycle per block."""
         return self.window.image_cycles(self.blocks + 1)
-
-    @property
-    def output_beats(self) -> int:
-        _, rows, columns = self.geometry.out_shape
-        return rows * columns * self.blocks
 
     @property
     def drain_cycles(self) -> int:
