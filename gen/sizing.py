@@ -163,6 +163,7 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
                           f"{shape[0]}, not {input_lanes}")
     tail = SpikingNetwork(T, net.input, tuple(replace(layer, pool=None) if k == count else layer
                                               for k, layer in enumerate(net.layers) if k >= count))
+    _check_pools(tail, [False] * len(tail.layers))
     tail_lanes = None if lanes is None else [int(x) for x in lanes[count:]]
     if tail_lanes is None:
         tail_lanes = choose_lanes(tail, budget)

@@ -100,3 +100,22 @@ def test_explicit_lanes_and_chunks_are_checked_in_one_line():
         plan_core(net, lanes=[2, 1], chunks=[10])
     with pytest.raises(SizingError, match="input lanes must divide 1"):
         plan_core(net, input_lanes=2)
+
+
+def test_a_max_pool_after_a_dense_layer_behind_streamed_convolutions_is_refused():
+    """The dense layers after the stream pool nothing: a pool of a dense layer's codes is refused there too,
+    naming the layers, as on the event-driven engines."""
+    from dataclasses import replace
+
+    from spikesmith.contract.network import DenseLayer, PoolGeometry, SpikingNetwork
+
+    rng = np.random.default_rng(8)
+    conv = make_conv_network(rng, (1, 4, 4), [(2, (3, 3), (1, 1), (1, 1))], 3, 4).layers[0]
+    dense = DenseLayer("d0", rng.integers(-9, 10, (32, 32)), rng.integers(-40, 40, 32), rng.integers(1, 200, 32), 5)
+    pooled = DenseLayer("d1", rng.integers(-9, 10, (3, 8)), rng.integers(-40, 40, 3), None, 5,
+                        pool=PoolGeometry((2, 4, 4), (2, 2), (2, 2)))
+    net = replace(make_conv_network(rng, (1, 4, 4), [(2, (3, 3), (1, 1), (1, 1))], 3, 4),
+                  layers=(conv, dense, pooled))
+    assert isinstance(net, SpikingNetwork)
+    with pytest.raises(SizingError, match="layer d1 reads a max pool of layer d0, which runs on a dense engine"):
+        plan_core(net)
