@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from amaranth import Array, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory
 
+from ..contract.packing import TABLE_LATENCY
 from ..contract.plan import TABLE_ROWS, LayerPlan, rom_in_logic
 
 __all__ = ["lanes_view", "rom", "row_table", "weight_store", "lookup", "mux_tree", "TABLE_LATENCY", "NO_COLLISIONS",
@@ -27,8 +28,6 @@ NO_COLLISIONS = {"no_rw_check": 1}
 #: read ports it builds from flip-flops; Amaranth's ports are synchronous already.)
 YOSYS_NO_COLLISIONS = "proc\nmemory_collect\nsetparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:no_rw_check %i"
 
-#: Cycles from :func:`row_table`'s address to its data.
-TABLE_LATENCY = 2
 
 
 def lanes_view(width: int, lanes: int, value, sign: bool = True):

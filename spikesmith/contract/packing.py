@@ -3,7 +3,10 @@ constant tables are logic rather than memory."""
 
 from __future__ import annotations
 
-__all__ = ["ceil_div", "pack_row", "rom_in_logic", "TABLE_ROWS"]
+__all__ = ["ceil_div", "pack_row", "rom_in_logic", "TABLE_ROWS", "TABLE_LATENCY"]
+
+#: Cycles from a constant row table's address to its row (hw/rows.py, ``row_table``).
+TABLE_LATENCY = 2
 
 #: The deepest table of biases or thresholds built from logic (hw/rows.py, ``row_table``); deeper ones are ROMs.
 TABLE_ROWS = 64

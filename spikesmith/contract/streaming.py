@@ -21,15 +21,13 @@ from functools import cached_property
 import numpy as np
 
 from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
-from .packing import TABLE_ROWS, ceil_div, pack_row, rom_in_logic
+from .packing import TABLE_LATENCY, TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 
-__all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "STREAM_TABLE_LATENCY", "chunk_slots",
+__all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "chunk_slots",
            "plan_stream_conv"]
 
 #: Levels of the chunk's adder tree between two registers.
 ADDER_LEVELS_PER_STAGE = 2
-#: Cycles from a table's address to its row (hw/rows.py, ``row_table``).
-STREAM_TABLE_LATENCY = 2
 
 
 def chunk_slots(chunks: int) -> int:
@@ -231,7 +229,7 @@ class StreamConvPlan:
     def pipeline_depth(self) -> int:
         """Cycles from an operation's issue to its membrane update: the operation register, the tap
         select, the tables' second cycle, the adder tree's stages, the shift register."""
-        return 1 + STREAM_TABLE_LATENCY + self.adder_stages + 1
+        return 1 + TABLE_LATENCY + self.adder_stages + 1
 
     def block_cycles(self) -> int:
         """Cycles the sequencer spends on one block of ``L`` channels of a pixel at worst: ``T * chunks``
