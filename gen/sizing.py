@@ -192,13 +192,26 @@ def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, ta
             divisors = [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
             raise SizingError(f"layer {layer.name} streams {g.out_channels} output channels: its lanes must divide "
                               f"that number, not {given[k]} (one of {', '.join(map(str, divisors))})")
-        if chunks is not None and not 1 <= int(chunks[k]) <= taps:
-            raise SizingError(f"layer {layer.name}: a chunk is 1..{taps} taps (its window), not {chunks[k]}")
+        if chunks is not None and int(chunks[k]) not in _chunk_values(taps, timesteps):
+            raise SizingError(f"layer {layer.name}: a chunk is 1..{taps} taps (its window), or the window at 2, 4, .. "
+                              f"steps a cycle ({', '.join(map(str, _chunk_values(taps, timesteps)[taps:]))}), "
+                              f"not {chunks[k]}")
     if chunks is None:
         return choose_stream(list(layers), timesteps, max(adder_budget, sum(given or [1] * len(layers))), target,
                              lanes=given)
-    return [StreamChoice(given[k] if given is not None else layer.conv.geometry.out_channels, int(chunks[k]))
-            for k, layer in enumerate(layers)]
+    choices = []
+    for k, layer in enumerate(layers):
+        g, value = layer.conv.geometry, int(chunks[k])
+        taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
+        chunk, steps = (value, 1) if value <= taps else (taps, value // taps)
+        choices.append(StreamChoice(given[k] if given is not None else g.out_channels, chunk, steps))
+    return choices
+
+
+def _chunk_values(taps: int, timesteps: int) -> list[int]:
+    """What ``--chunks`` takes for a window of ``taps``: ``1 .. taps``, then ``taps * S`` for ``S = 2, 4, ..``
+    below ``2T`` (the whole window at ``S`` steps a cycle)."""
+    return list(range(1, taps + 1)) + [taps << k for k in range(1, (2 * timesteps - 1).bit_length())]
 
 
 def _event_core(net: SpikingNetwork, lanes, budget: int, input_lanes, skip_silent: bool,

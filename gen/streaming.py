@@ -11,7 +11,7 @@ import numpy as np
 from ..contract.bounds import layer_bounds
 from ..contract.network import DenseLayer, SpikingNetwork
 from ..contract.packing import ceil_div
-from ..contract.streaming import StreamConvPlan, StreamPoolPlan, plan_stream_conv
+from ..contract.streaming import StreamConvPlan, StreamPoolPlan, plan_stream_conv, step_groups
 from ..errors import SpikesmithError
 
 __all__ = ["StreamChoice", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
@@ -23,17 +23,24 @@ DEFAULT_ADDER_BUDGET = 1024
 
 @dataclass(frozen=True)
 class StreamChoice:
-    """One streaming convolution's parallelism: ``lanes`` output channels and ``chunk`` taps a cycle."""
+    """One streaming convolution's parallelism: ``lanes`` output channels, ``chunk`` taps and ``steps`` time
+    steps (a power of two; more than one only when the chunk is the whole window) a cycle."""
     lanes: int
     chunk: int
+    steps: int = 1
 
     @property
     def adders(self) -> int:
-        """Adder inputs: ``lanes * chunk`` (each a masked weight into a lane's tree)."""
-        return self.lanes * self.chunk
+        """Adder inputs: ``lanes * chunk * steps`` (each a masked weight into a lane's tree)."""
+        return self.lanes * self.chunk * self.steps
+
+    @property
+    def taps_per_cycle(self) -> int:
+        """What ``--chunks`` gives for this choice: ``chunk * steps``."""
+        return self.chunk * self.steps
 
     def __str__(self) -> str:
-        return f"{self.lanes}x{self.chunk}"
+        return f"{self.lanes}x{self.chunk}" + (f"x{self.steps} steps" if self.steps > 1 else "")
 
 
 def streamed_layers(net: SpikingNetwork) -> int:
@@ -49,12 +56,14 @@ def streamed_layers(net: SpikingNetwork) -> int:
 def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) -> list[tuple[StreamChoice, int]]:
     """Every choice worth having for a streaming convolution, cheapest first, with its cycles per image: for
     each lane count (a divisor of the output channels; only ``lanes`` if given) and each number of chunks, the
-    smallest chunk; only choices faster than every cheaper one (the Pareto front of adders and cycles)."""
+    smallest chunk, and the whole window at 2, 4, .. steps a cycle; only choices faster than every cheaper one
+    (the Pareto front of adders and cycles)."""
     g = layer.conv.geometry
     taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
-    chunks = sorted({ceil_div(taps, n) for n in range(1, taps + 1)})
+    shapes = [(chunk, 1) for chunk in sorted({ceil_div(taps, n) for n in range(1, taps + 1)})]
+    shapes += [(taps, 1 << k) for k in range(1, (2 * timesteps - 1).bit_length())]
     counts = [lanes] if lanes is not None else [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
-    candidates = sorted((StreamChoice(count, chunk) for count in counts for chunk in chunks),
+    candidates = sorted((StreamChoice(count, chunk, steps) for count in counts for chunk, steps in shapes),
                         key=lambda c: (c.adders, -c.lanes))
     front, best = [], None
     for choice in candidates:
@@ -70,8 +79,9 @@ def _fast_cycles(g, choice: StreamChoice, timesteps: int, taps: int) -> int:
     (:meth:`~spikesmith.contract.streaming.StreamWindow.image_cycles` without its loop over the pixels)."""
     (kh, kw), sw = g.kernel, g.stride[1]
     _, rows, columns = g.out_shape
-    busy = (g.out_channels // choice.lanes) * (timesteps * ceil_div(taps, choice.chunk) + 1) + 1
-    return rows * (max(busy, kw * kh + 2) + (columns - 1) * max(busy, min(kw, sw) * kh + 2))
+    operations = step_groups(timesteps, choice.steps) * ceil_div(taps, choice.chunk)
+    busy = (g.out_channels // choice.lanes) * (operations + 1) + 1
+    return rows * (max(busy, kw * kh + 2) + (columns - 1) * max(busy, min(kw, sw) * kh))
 
 
 def choose_stream(layers: list[DenseLayer], timesteps: int, budget: int = DEFAULT_ADDER_BUDGET,
@@ -117,7 +127,7 @@ def plan_stream(net: SpikingNetwork, count: int, choices: list[StreamChoice], in
         step = g.pixels
         stages.append(plan_stream_conv(index, layer.name, g, layer.conv.kernel, layer.bias[::step],
                                        layer.threshold[::step], T, choice.lanes, lanes_in, choice.chunk,
-                                       layer_bounds(layer, T).membrane_width, skip_silent))
+                                       layer_bounds(layer, T).membrane_width, skip_silent, choice.steps))
         lanes_in = choice.lanes
     return stages
 

@@ -10,12 +10,12 @@ and a neuron-major fire unit (docs/core.md, "Streaming convolution engine"; the 
 ChunkDatapath --finished--> NeuronFire`` (the first two in hw/windows.py):
 
 - :class:`ChunkSequencer`: takes a complete window when idle; per block of ``L`` channels, one operation a
-  cycle: ``(t, chunk)`` for every chunk whose bits at step ``t`` are not all zero (every one with skipping
-  off), then the bias;
-- :class:`ChunkDatapath`: the chunk's bits and weights, a masked adder tree per lane (registered every
-  two levels), the shift by ``T-1-t``, the membrane register; a finished block into a queue;
+  cycle: ``(g, chunk)`` for every chunk whose bits in step group ``g`` (``S`` steps) are not all zero (every
+  one with skipping off), then the bias;
+- :class:`ChunkDatapath`: the chunk's bits and weights, a masked adder tree of ``K * S`` inputs per lane
+  (registered every two levels), the group's shift, the membrane register; a finished block into a queue;
 - :class:`NeuronFire`: a finished block's membranes clamped, then ``T`` compare-subtract steps
-  (``V <- 2V; V >= theta: bit, V <- V - theta``) make each lane's code, MSB first.
+  (``V <- 2V; V >= theta: bit, V <- V - theta``), ``S`` a cycle, make each lane's code, MSB first.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def finished_layout(plan: StreamConvPlan) -> data.StructLayout:
 
 
 def op_layout(plan: StreamConvPlan) -> data.StructLayout:
-    """One operation of the sequencer: add a chunk's weights at step ``T-1-shift`` (or the bias) to block
-    ``block``'s membranes, from zero when ``clear`` (the block's first operation); ``row`` is the chunk's
-    weight row, ``block * chunks + chunk``."""
-    return data.StructLayout({"valid": 1, "bias": 1, "clear": 1, "shift": range(max(2, plan.timesteps)),
+    """One operation of the sequencer: add a chunk's weights for the steps of group ``G-1-word`` (code bits
+    ``word*S .. word*S + S - 1``; or the bias) to block ``block``'s membranes, from zero when ``clear`` (the
+    block's first operation); ``row`` is the chunk's weight row, ``block * chunks + chunk``."""
+    return data.StructLayout({"valid": 1, "bias": 1, "clear": 1, "word": range(max(2, plan.groups)),
                               "chunk": range(max(2, plan.slots)), "block": range(max(2, plan.blocks)),
                               "row": range(max(2, plan.blocks * plan.chunks))})
 
@@ -54,9 +54,16 @@ def _tap_code(plan: StreamConvPlan, window, tap: int):
     return window[tap * T:(tap + 1) * T] if tap < plan.taps else Const(0, T)
 
 
+def _group_word(plan: StreamConvPlan, code, word):
+    """Bits ``word*S .. word*S + S - 1`` of a code (zeros above bit ``T-1``): the steps of group ``G-1-word``."""
+    S = plan.op_steps
+    padded = Cat(code, Const(0, plan.pad)) if plan.pad else code
+    return padded[word * S:(word + 1) * S] if isinstance(word, int) else padded.word_select(word, S)
+
+
 class ChunkSequencer(wiring.Component):
-    """Takes a window when idle and issues its operations, one a cycle: per block, every ``(t, chunk)``
-    whose bits are not all zero (every one with skipping off), lowest ``t * slots + chunk`` first, then the
+    """Takes a window when idle and issues its operations, one a cycle: per block, every ``(g, chunk)``
+    whose bits are not all zero (every one with skipping off), lowest ``g * slots + chunk`` first, then the
     block's bias, which waits for room in the queue of finished blocks (``credit``, returned by
     ``credit_back``). ``window`` holds the taken window while its operations read it."""
 
@@ -67,23 +74,25 @@ class ChunkSequencer(wiring.Component):
                           "ops": Out(op_layout(plan)), "credit_back": In(1)})
 
     def _mask(self, window):
-        """Bit ``t * slots + c``: chunk ``c`` has a set bit at step ``t`` (always, for a chunk, with skipping off)."""
-        p, T, K = self.plan, self.plan.timesteps, self.plan.chunk
+        """Bit ``g * slots + c``: chunk ``c`` has a set bit in step group ``g`` (always, for a chunk, with
+        skipping off)."""
+        p, G, K = self.plan, self.plan.groups, self.plan.chunk
         bits = []
-        for t in range(T):
+        for g in range(G):
             for c in range(p.slots):
                 if c >= p.chunks or not p.skip_silent:
                     bits.append(Const(int(c < p.chunks), 1))
                 else:
-                    bits.append(Cat(_tap_code(p, window, c * K + k)[T - 1 - t] for k in range(K)).any())
+                    bits.append(Cat(_group_word(p, _tap_code(p, window, c * K + k), G - 1 - g)
+                                    for k in range(K)).any())
         return Cat(*bits)
 
     def elaborate(self, platform):
         m = Module()
-        p, T = self.plan, self.plan.timesteps
+        p, G = self.plan, self.plan.groups
         slot_bits = max(0, (p.slots - 1).bit_length())
         busy, first = Signal(), Signal(init=1)
-        mask, remaining = Signal(T * p.slots), Signal(T * p.slots)
+        mask, remaining = Signal(G * p.slots), Signal(G * p.slots)
         block = WrappingCounter(p.blocks, "block")
         block_row = Signal(range(max(2, p.blocks * p.chunks)))     # the block's first weight row: block * chunks
         credit = Signal(range(p.finished_queue + 1), init=p.finished_queue)
@@ -93,13 +102,13 @@ class ChunkSequencer(wiring.Component):
             m.d.sync += [self.window.eq(self.next.window), busy.eq(1), mask.eq(taken_mask),
                          remaining.eq(taken_mask), first.eq(1), block_row.eq(0)]
             block.restart(m)
-        lowest = lowest_set_lane(m, remaining, T * p.slots)
+        lowest = lowest_set_lane(m, remaining, G * p.slots)
         add = busy & remaining.any()
         bias = busy & ~remaining.any() & (credit > 0)
         ops = self.ops
         chunk = lowest[:slot_bits] if slot_bits else 0
         m.d.sync += [ops.valid.eq(add | bias), ops.bias.eq(bias), ops.clear.eq(first), ops.block.eq(block.value),
-                     ops.shift.eq((T - 1) - (lowest[slot_bits:] if slot_bits < len(lowest) else 0)),
+                     ops.word.eq((G - 1) - (lowest[slot_bits:] if slot_bits < len(lowest) else 0)),
                      ops.chunk.eq(chunk), ops.row.eq(block_row + chunk),
                      credit.eq(credit - bias + self.credit_back)]
         with m.If(add):
@@ -124,8 +133,9 @@ def _delayed(m: Module, value, cycles: int, name: str):
 
 
 class ChunkDatapath(wiring.Component):
-    """Executes operations: the chunk's codes and its bit ``T-1-t`` (two cycles, beside the tables' two), a
-    masked adder tree per lane (a register every ``ADDER_LEVELS_PER_STAGE`` levels), the shift, then
+    """Executes operations: the chunk's codes and their group's ``S`` bits (two cycles, beside the tables'
+    two), a masked adder tree per lane over ``K * S`` weights, each shifted by its step's place in the group (a
+    register every ``ADDER_LEVELS_PER_STAGE`` levels), the group's shift ``S * word``, then
     ``V <- (0 if clear else V) + addend``. A block's bias operation sends its membranes and thresholds on."""
 
     def __init__(self, plan: StreamConvPlan):
@@ -149,24 +159,27 @@ class ChunkDatapath(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p, K, L, ops = self.plan, self.plan.chunk, self.plan.lanes, self.ops
+        p, K, L, S, ops = self.plan, self.plan.chunk, self.plan.lanes, self.plan.op_steps, self.ops
         chosen = [Signal(p.timesteps, name=f"chosen{k}") for k in range(K)]    # the chunk's codes (cycle 1)
         m.d.sync += [chosen[k].eq(mux_tree([_tap_code(p, self.window, c * K + k) for c in range(p.chunks)],
                                            ops.chunk)) for k in range(K)]
-        bits = Signal(K)                                                         # their bit T-1-t (cycle 2)
-        m.d.sync += bits.eq(Cat(chosen[k].bit_select(_delayed(m, ops.shift, 1, "shift"), 1) for k in range(K)))
+        bits = Signal(K * S)                                                     # their group's bits (cycle 2)
+        word = _delayed(m, ops.word, 1, "word")
+        m.d.sync += bits.eq(Cat(_group_word(p, chosen[k], word) for k in range(K)))
         weights = row_table(m, "weights", L * K * p.weight_width, p.weight_rows,
                             logic=rom_in_logic(L * K * p.weight_width, len(p.weight_rows)))
         biases = row_table(m, "biases", L * p.bias_width, p.bias_rows)
         thresholds = row_table(m, "thresholds", L * p.threshold_width, p.threshold_rows)
         m.d.comb += [weights.addr.eq(ops.row), biases.addr.eq(ops.block), thresholds.addr.eq(ops.block)]
         weight = lanes_view(p.weight_width, L * K, weights.data)
-        sums = [self._tree(m, [Mux(bits[k], weight[lane * K + k], 0) for k in range(K)], lane) for lane in range(L)]
+        sums = [self._tree(m, [Mux(bits[k * S + j], weight[lane * K + k] << j, 0) for k in range(K) for j in range(S)],
+                           lane) for lane in range(L)]
         at_tree = _delayed(m, ops.as_value(), 2 + p.adder_stages, "op")
         op = op_layout(p)(at_tree)
         bias = lanes_view(p.bias_width, L, _delayed(m, biases.data, p.adder_stages, "bias_row"))
         addends = [Signal(signed(p.membrane_width), name=f"addend{lane}") for lane in range(L)]
-        m.d.sync += [addends[lane].eq(Mux(op.bias, bias[lane], sums[lane] << op.shift)) for lane in range(L)]
+        shift = op.word << (S.bit_length() - 1)                                  # S * word, S a power of two
+        m.d.sync += [addends[lane].eq(Mux(op.bias, bias[lane], sums[lane] << shift)) for lane in range(L)]
         last = op_layout(p)(_delayed(m, at_tree, 1, "op_add"))
         membranes = [Signal(signed(p.membrane_width), name=f"membrane{lane}") for lane in range(L)]
         updated = [Mux(last.clear, 0, membranes[lane]) + addends[lane] for lane in range(L)]
@@ -180,8 +193,9 @@ class ChunkDatapath(wiring.Component):
 
 class NeuronFire(wiring.Component):
     """Fires a finished block: each lane's membrane clamped to ``[0, theta]``, then ``T`` steps of
-    ``V <- 2V; if V >= theta: bit 1, V <- V - theta`` (one compare-subtract a lane a cycle) give its code,
-    MSB first. With skipping on, a block whose every lane is clamped (code 0 or ``2^T - 1``) takes no steps."""
+    ``V <- 2V; if V >= theta: bit 1, V <- V - theta`` give its code, MSB first: ``S`` chained compare-subtracts
+    a lane a cycle for ``G`` cycles (in the first, the ``pad`` steps before step 0 pass the value through).
+    With skipping on, a block whose every lane is clamped (code 0 or ``2^T - 1``) takes no steps."""
 
     def __init__(self, plan: StreamConvPlan):
         self.plan = plan
@@ -194,7 +208,7 @@ class NeuronFire(wiring.Component):
         level = [Signal(tw + 1, name=f"fire_v{lane}") for lane in range(L)]
         theta = [Signal(tw, name=f"fire_theta{lane}") for lane in range(L)]
         code = [Signal(T, name=f"fire_code{lane}") for lane in range(L)]
-        step, out, block = WrappingCounter(T, "fire_step"), self.codes_out, self.finished.payload
+        step, out, block = WrappingCounter(p.groups, "fire_step"), self.codes_out, self.finished.payload
         out_free = ~out.valid | out.ready
         with m.If(out.valid & out.ready):
             m.d.sync += out.valid.eq(0)
@@ -224,10 +238,9 @@ class NeuronFire(wiring.Component):
                 step.advance(m)
                 fired = []
                 for lane in range(L):
-                    difference = (level[lane] << 1) - theta[lane]
-                    spike = ~difference[-1]
-                    fired.append(Cat(spike, code[lane][:T - 1]) if T > 1 else spike)
-                    m.d.sync += [level[lane].eq(Mux(spike, difference, level[lane] << 1)), code[lane].eq(fired[-1])]
+                    value, bits = self._steps(m, level[lane], theta[lane], code[lane], step)
+                    fired.append(bits)
+                    m.d.sync += [level[lane].eq(value), code[lane].eq(bits)]
                 with m.If(step.last):
                     m.next = "HOLD"
                     with m.If(out_free):
@@ -236,6 +249,19 @@ class NeuronFire(wiring.Component):
                 with m.If(out_free):
                     send(code)
         return m
+
+    def _steps(self, m: Module, level, theta, code, step):
+        """One cycle's ``S`` compare-subtract steps of one lane: the new value and code (bits shifted in at
+        the LSB); in the first cycle the ``pad`` steps before step 0 change nothing."""
+        p, T = self.plan, self.plan.timesteps
+        for j in range(p.op_steps):
+            difference = (level << 1) - theta
+            spike = ~difference[-1]
+            stepped = (Mux(spike, difference, level << 1), Cat(spike, code[:T - 1]) if T > 1 else spike)
+            if j < p.pad:
+                stepped = tuple(Mux(step.value == 0, kept, new) for kept, new in zip((level, code), stepped))
+            level, code = stepped
+        return level, code
 
 
 class StreamConv(wiring.Component):

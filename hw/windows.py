@@ -158,10 +158,12 @@ class WindowLoader(wiring.Component):
         self.ky.restart(m)
 
     def _read(self, m: Module) -> None:
-        """One read: the next row of the column (``dh`` rows down), or the next column (``dw`` to the right)."""
+        """One read: the next row of the column (``dh`` rows down), or the next column (``dw`` to the right).
+        The next window's reads start at once; only a read that completes a column (and so shifts the window)
+        waits until the previous window has been taken."""
         w = self.geometry
         (dh, dw), width, depth = w.dilation, w.in_shape[2], w.depth
-        m.d.comb += self.issue.eq(~self.loaded)
+        m.d.comb += self.issue.eq(~(self.loaded & self.ky.last))
         with m.If(self.issue):
             self.ky.advance(m)
             m.d.sync += [self.y.eq(self.y + dh), self.row_addr.eq(_wrap_add(self.row_addr, (dh * width) % depth, depth))]
@@ -185,7 +187,7 @@ class WindowLoader(wiring.Component):
                 with m.Elif(held > high - head_row):
                     self._start_pixel(m, True, -pw)
                     m.next = "LOAD"
-            with m.State("LOAD"):               # one read a cycle once the previous window is taken
+            with m.State("LOAD"):               # one read a cycle (a column's last once the previous window is taken)
                 self._read(m)
                 with m.If(self.issue & self.ky.last & (self.columns_left == 1)):   # the window's last read
                     m.d.sync += self.loaded.eq(1)

@@ -1,5 +1,5 @@
 """The streaming convolution engine alone in amaranth.sim (hw/stream_conv.py): every output code equals the
-golden model's, for kernels, strides, padding, chunks, lanes and input lanes of every kind, with gaps on
+golden model's, for kernels, strides, padding, chunks, steps an operation, lanes and input lanes of every kind, with gaps on
 its input and back-pressure on its output; with skipping off its cycles per image are the plan's."""
 
 import numpy as np
@@ -25,11 +25,12 @@ def random_conv_layer(rng, geometry: ConvGeometry, timesteps: int, weight_bits: 
                       conv=ConvSpec(geometry, kernel))
 
 
-def stream_plan(layer: DenseLayer, timesteps: int, lanes: int, input_lanes: int, chunk: int, skip: bool = True):
+def stream_plan(layer: DenseLayer, timesteps: int, lanes: int, input_lanes: int, chunk: int, skip: bool = True,
+                op_steps: int = 1):
     geometry = layer.conv.geometry
     return plan_stream_conv(0, layer.name, geometry, layer.conv.kernel, layer.bias[::geometry.pixels],
                             layer.threshold[::geometry.pixels], timesteps, lanes, input_lanes, chunk,
-                            layer_bounds(layer, timesteps).membrane_width, skip)
+                            layer_bounds(layer, timesteps).membrane_width, skip, op_steps)
 
 
 def pixel_beats(codes: np.ndarray, shape, lanes: int, timesteps: int) -> list[int]:
@@ -66,7 +67,7 @@ def run_layer(layer, plan, codes, *, in_probability=1.0, out_probability=1.0, se
 
 def random_case(seed: int):
     """A random geometry and parallelism: any kernel that fits the padded input, strides 1-3, padding up to
-    half the kernel, T 1-8, lanes and input lanes dividing the channels, any chunk."""
+    half the kernel, T 1-8, lanes and input lanes dividing the channels, any chunk, 1-8 steps an operation."""
     rng = np.random.default_rng(seed)
     c_in, c_out = int(rng.integers(1, 5)), int(rng.integers(1, 7))
     kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
@@ -77,28 +78,30 @@ def random_case(seed: int):
     lanes = int(rng.choice([d for d in range(1, c_out + 1) if c_out % d == 0]))
     input_lanes = int(rng.choice([d for d in range(1, c_in + 1) if c_in % d == 0]))
     chunk = int(rng.integers(1, kh * kw * c_in + 1))
-    return ((c_in, h, w), c_out, (kh, kw), (sh, sw), (ph, pw), T, lanes, input_lanes, chunk)
+    op_steps = int(rng.choice([s for s in (1, 2, 4, 8) if s < 2 * T]))
+    return ((c_in, h, w), c_out, (kh, kw), (sh, sw), (ph, pw), T, lanes, input_lanes, chunk, op_steps)
 
 
 CASES = [
-    # (C_in, H, W), C_out, kernel, stride, padding, T, lanes, input lanes, chunk
-    ((1, 6, 6), 2, (3, 3), (1, 1), (1, 1), 4, 2, 1, 9),
-    ((2, 5, 7), 4, (3, 3), (1, 1), (0, 0), 3, 2, 1, 5),
-    ((3, 8, 6), 4, (3, 2), (2, 1), (1, 0), 5, 4, 3, 6),
-    ((2, 7, 7), 3, (5, 5), (1, 1), (2, 2), 4, 1, 2, 10),
-    ((4, 6, 5), 4, (1, 1), (2, 2), (0, 0), 4, 2, 2, 4),
-    ((2, 9, 8), 2, (3, 3), (2, 2), (1, 1), 2, 2, 1, 1),
-    ((1, 10, 10), 6, (5, 5), (1, 1), (2, 2), 8, 6, 1, 25),
-    ((2, 6, 6), 4, (2, 2), (2, 2), (0, 0), 1, 2, 2, 3),
+    # (C_in, H, W), C_out, kernel, stride, padding, T, lanes, input lanes, chunk, steps an operation
+    ((1, 6, 6), 2, (3, 3), (1, 1), (1, 1), 4, 2, 1, 9, 1),
+    ((2, 5, 7), 4, (3, 3), (1, 1), (0, 0), 3, 2, 1, 5, 2),
+    ((3, 8, 6), 4, (3, 2), (2, 1), (1, 0), 5, 4, 3, 6, 1),
+    ((2, 7, 7), 3, (5, 5), (1, 1), (2, 2), 4, 1, 2, 10, 1),
+    ((4, 6, 5), 4, (1, 1), (2, 2), (0, 0), 4, 2, 2, 4, 4),
+    ((2, 9, 8), 2, (3, 3), (2, 2), (1, 1), 2, 2, 1, 1, 1),
+    ((1, 10, 10), 6, (5, 5), (1, 1), (2, 2), 8, 6, 1, 25, 2),
+    ((2, 6, 6), 4, (2, 2), (2, 2), (0, 0), 1, 2, 2, 3, 1),
+    ((1, 8, 8), 3, (3, 3), (1, 1), (1, 1), 5, 3, 1, 9, 4),
 ]
 
 
 def build_case(case, seed: int, skip: bool = True):
-    shape, c_out, kernel, stride, padding, T, lanes, input_lanes, chunk = case
+    shape, c_out, kernel, stride, padding, T, lanes, input_lanes, chunk, op_steps = case
     rng = np.random.default_rng(seed)
     geometry = ConvGeometry(shape, c_out, kernel, stride, padding)
     layer = random_conv_layer(rng, geometry, T)
-    return rng, layer, stream_plan(layer, T, lanes, input_lanes, chunk, skip)
+    return rng, layer, stream_plan(layer, T, lanes, input_lanes, chunk, skip, op_steps)
 
 
 ALL_CASES = CASES + [random_case(seed) for seed in range(24)]
@@ -113,7 +116,8 @@ def test_every_code_is_the_golden_models(case, skip):
     assert sink.received == expected and not sink.extra
 
 
-def test_extreme_weights_and_full_codes_stay_within_the_bounds():
+@pytest.mark.parametrize("op_steps", [1, 8])
+def test_extreme_weights_and_full_codes_stay_within_the_bounds(op_steps):
     """Every kernel entry at the weight range's ends and every code at full scale: the largest and the
     smallest membrane of the bounds, through the adder tree and the register widths the plan chose."""
     geometry = ConvGeometry((3, 5, 5), 4, (3, 3), (1, 1), (1, 1))
@@ -123,7 +127,7 @@ def test_extreme_weights_and_full_codes_stay_within_the_bounds():
     layer = DenseLayer(name="extreme", weight=None, bias=np.repeat([0, 5, -3, 1000], 25),
                        threshold=np.repeat([1, 2, 100000, 3], 25), weight_bits=8, conv=ConvSpec(geometry, kernel))
     codes = np.stack([np.full(75, 255), np.zeros(75, dtype=np.int64), np.tile([255, 0, 128], 25)])
-    plan = stream_plan(layer, T, lanes=2, input_lanes=3, chunk=7)
+    plan = stream_plan(layer, T, lanes=2, input_lanes=3, chunk=7, op_steps=op_steps)
     sink, expected, _ = run_layer(layer, plan, codes)
     assert sink.received == expected
 
@@ -145,9 +149,12 @@ def test_cycles_per_image_are_the_plans_with_skipping_off(case):
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{k}" for k in range(len(CASES))])
 def test_skipping_never_costs_more_than_the_plan(case):
+    """The same images with skipping on end no later than with skipping off (whose cycles are the plan's). (One
+    image's gap after a quick one may exceed the steady state, so the whole run is compared.)"""
     rng, layer, plan = build_case(case, seed=2, skip=True)
-    images = 4
-    codes = random_codes(rng, images, layer.in_size, plan.timesteps, density=0.3)
+    _, _, worst = build_case(case, seed=2, skip=False)
+    codes = random_codes(rng, 4, layer.in_size, plan.timesteps, density=0.3)
     sink, expected, _ = run_layer(layer, plan, codes)
+    slow, _, _ = run_layer(layer, worst, codes)
     assert sink.received == expected
-    assert steady_gap(sink, images) <= plan.image_cycles()
+    assert sink.received_at[-1] <= slow.received_at[-1]

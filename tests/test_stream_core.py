@@ -81,6 +81,34 @@ def test_random_pooled_networks_stream_bit_exact(seed, harness_cache):
     assert_agrees(run, expected, len(codes))
 
 
+@pytest.mark.parametrize("steps", [2, 4])
+def test_whole_windows_at_several_steps_a_cycle_are_bit_exact_in_verilog(steps, harness_cache):
+    """``--chunks`` above a window's taps: the whole window at ``steps`` time steps a cycle."""
+    net = NETWORKS[3]
+    assert net.timesteps == 4
+    taps = [layer.conv.geometry.kernel[0] * layer.conv.geometry.kernel[1] * layer.conv.geometry.in_shape[0]
+            for layer in net.layers if layer.conv is not None]
+    plan = plan_core(net, chunks=[t * steps for t in taps])
+    assert [stage.op_steps for stage in plan.stream if isinstance(stage, StreamConvPlan)] == [steps] * len(taps)
+    codes = random_codes(net, 60, seed=steps)
+    expected = golden.run(net, codes)
+    run = run_harness(build_harness(plan, harness_cache), plan, codes, expected, seed=steps,
+                      valid_probability=0.7, ready_probability=0.6)
+    assert_agrees(run, expected, len(codes))
+
+
+def test_a_large_adder_budget_takes_a_one_channel_window_several_steps_a_cycle():
+    """A 1-channel 3x3 convolution at its whole window and every lane can only go faster by steps."""
+    from spikesmith.gen.streaming import StreamChoice, choose_stream, stream_options
+
+    rng = np.random.default_rng(9)
+    layer = make_conv_network(rng, (1, 8, 8), [(2, (3, 3), (1, 1), (1, 1))], 3, 8, weight_bits=5).layers[0]
+    choice, = choose_stream([layer], 8, budget=4096)
+    assert choice.lanes == 2 and choice.chunk == 9 and choice.steps > 1
+    cycles = dict(stream_options(layer, 8))
+    assert cycles[choice] < cycles[StreamChoice(2, 9)]
+
+
 def test_with_skipping_off_a_streaming_bottleneck_sets_the_interval_exactly():
     rng = np.random.default_rng(5)
     net = make_conv_network(rng, (2, 8, 8), [(4, (3, 3), (1, 1), (1, 1))], 3, 4, weight_bits=5)

@@ -448,8 +448,9 @@ class CorePlan:
 
     @property
     def chunk_counts(self) -> tuple[int, ...]:
-        """Taps a cycle of every streaming convolution."""
-        return tuple(stage.chunk for stage in self.stream if isinstance(stage, StreamConvPlan))
+        """Taps a cycle of every streaming convolution, as ``--chunks`` takes them: ``chunk * op_steps`` (above
+        the window's taps: the whole window at ``op_steps`` steps a cycle)."""
+        return tuple(stage.chunk * stage.op_steps for stage in self.stream if isinstance(stage, StreamConvPlan))
 
     @property
     def total_lanes(self) -> int:

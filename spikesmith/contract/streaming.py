@@ -8,9 +8,11 @@ spike train at once (its code), which the contract allows: a neuron's firing rea
 
 The engine keeps the last ``kh + sh`` rows of its input's codes (the *line buffer*), builds each output
 pixel's window of ``kh * kw * C_in`` codes in registers, and accumulates the window chunk by chunk: a
-*chunk* is ``K`` consecutive taps in the order ``(ky, kx, ci)``; one operation adds, in each of ``L`` lanes,
-the weights of the chunk's taps whose code has bit ``T-1-t`` set, shifted left by ``T-1-t``. With skipping on
-an operation whose ``K`` bits are all zero is not issued.
+*chunk* is ``K`` consecutive taps in the order ``(ky, kx, ci)``; one operation covers ``S`` steps (a power of
+two: the *step group* ``g`` is steps ``g*S - pad .. g*S - pad + S - 1``, ``pad = G*S - T`` with ``G = ceil(T/S)``
+groups, steps below 0 have no bits) and adds, in each of ``L`` lanes, the weights of the chunk's taps whose
+code has bit ``T-1-t`` set, shifted left by ``T-1-t``, for every step ``t`` of the group. With skipping on an
+operation whose ``K * S`` bits are all zero is not issued.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
 from .packing import TABLE_LATENCY, TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 
 __all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "chunk_slots",
-           "plan_stream_conv"]
+           "step_groups", "plan_stream_conv"]
 
 #: Levels of the chunk's adder tree between two registers.
 ADDER_LEVELS_PER_STAGE = 2
+
+
+def step_groups(timesteps: int, op_steps: int) -> int:
+    """Operations a chunk takes per block: ``ceil(T / S)`` step groups of ``S`` steps."""
+    return ceil_div(timesteps, op_steps)
 
 
 def chunk_slots(chunks: int) -> int:
@@ -110,16 +117,17 @@ class StreamWindow:
     def handovers(self, busy: int, images: int = 3) -> list[int]:
         """The cycle of every window hand-over over ``images`` images, counted from the first read, when the
         consumer needs ``busy`` cycles a window and the input and output never wait: the loader issues a read a
-        cycle (``kh`` a column), a window is handed over when complete and the consumer is idle, and between
-        rows the loader releases rows a cycle each (docs/core.md, "Streaming convolution engine")."""
+        cycle (``kh`` a column; the read that completes a pixel's first column only after the previous window
+        was handed over), a window is handed over when complete and the consumer is idle, and between rows the
+        loader releases rows a cycle each (docs/core.md, "Streaming convolution engine")."""
         kh = self.kernel[0]
         height = self.in_shape[1]
         times, free, start, handover = [], 0, 0, -1
         for _ in range(images):
             for oy in range(self.out_rows):
                 for ox in range(self.out_columns):
-                    first = max(start, handover + 1)                      # the first read
-                    last = first + self.pixel_columns(ox == 0) * kh - 1   # the last read
+                    completing = max(start + kh - 1, handover + 1)        # the read that shifts the window
+                    last = completing + (self.pixel_columns(ox == 0) - 1) * kh   # the last read
                     handover = max(last + 2, free)
                     free = handover + busy
                     times.append(handover)
@@ -144,7 +152,8 @@ class StreamConvPlan:
 
     Widths in bits. ``weight_rows[b * chunks + c]`` packs, lane-major, the ``L * K`` weights
     ``W[b*L + lane, tap c*K + k]`` (taps past the kernel: 0), ``weight_width`` bits each;
-    ``bias_rows[b]`` and ``threshold_rows[b]`` the block's ``L`` biases and thresholds.
+    ``bias_rows[b]`` and ``threshold_rows[b]`` the block's ``L`` biases and thresholds. An operation covers
+    ``op_steps`` steps (``S``, a power of two): its adder tree has ``K * S`` inputs per lane.
     """
     index: int
     name: str
@@ -157,15 +166,17 @@ class StreamConvPlan:
     bias_width: int        # signed
     membrane_width: int    # signed: every partial sum of a neuron lies within its bounds
     threshold_width: int   # unsigned
-    sum_width: int         # signed: a chunk's masked sum at one step
+    sum_width: int         # signed: a chunk's masked sum over one step group, each step at its relative weight
     weight_rows: tuple[int, ...] = field(repr=False)
     bias_rows: tuple[int, ...] = field(repr=False)
     threshold_rows: tuple[int, ...] = field(repr=False)
     skip_silent: bool = True
+    op_steps: int = 1      # S: steps an operation covers (a power of two, at most the next one above T)
 
     def __post_init__(self):
         c_in, c_out = self.geometry.in_shape[0], self.geometry.out_channels
         assert c_out % self.lanes == 0 and c_in % self.input_lanes == 0 and 1 <= self.chunk <= self.taps
+        assert self.op_steps & (self.op_steps - 1) == 0 and 1 <= self.op_steps < 2 * self.timesteps
 
     @cached_property
     def window(self) -> StreamWindow:
@@ -187,13 +198,23 @@ class StreamConvPlan:
         return chunk_slots(self.chunks)
 
     @property
+    def groups(self) -> int:
+        """Step groups ``G = ceil(T / S)``: a block's operations per chunk."""
+        return step_groups(self.timesteps, self.op_steps)
+
+    @property
+    def pad(self) -> int:
+        """Steps without bits before step 0 in the first group: ``G * S - T``."""
+        return self.groups * self.op_steps - self.timesteps
+
+    @property
     def blocks(self) -> int:
         return self.geometry.out_channels // self.lanes
 
     @property
     def adder_stages(self) -> int:
-        """Registered stages of the chunk's adder tree (``ceil(log2 K)`` levels, two a stage)."""
-        levels = max(0, (self.chunk - 1).bit_length())
+        """Registered stages of the chunk's adder tree (``ceil(log2(K * S))`` levels, two a stage)."""
+        levels = max(0, (self.chunk * self.op_steps - 1).bit_length())
         return ceil_div(levels, ADDER_LEVELS_PER_STAGE)
 
     @property
@@ -232,9 +253,9 @@ class StreamConvPlan:
         return 1 + TABLE_LATENCY + self.adder_stages + 1
 
     def block_cycles(self) -> int:
-        """Cycles the sequencer spends on one block of ``L`` channels of a pixel at worst: ``T * chunks``
-        operations and the bias (the fire unit's ``T + 1`` cycles a block are never more)."""
-        return self.timesteps * self.chunks + 1
+        """Cycles the sequencer spends on one block of ``L`` channels of a pixel at worst: ``G * chunks``
+        operations and the bias (the fire unit's ``G + 1`` cycles a block are never more)."""
+        return self.groups * self.chunks + 1
 
     def image_cycles(self) -> int:
         """Cycles between two images in steady state at worst (exact with skipping off, when the producer
@@ -245,11 +266,12 @@ class StreamConvPlan:
     def drain_cycles(self) -> int:
         """After its input's last beat, at most this many cycles beyond :meth:`image_cycles` until the last code
         leaves: the datapath's pipeline, the queue of finished blocks and the fire unit."""
-        return self.pipeline_depth + (self.timesteps + 2) * (self.finished_queue + 1) + 4
+        return self.pipeline_depth + (self.groups + 2) * (self.finished_queue + 1) + 4
 
     def report(self) -> dict:
         return {"name": self.name, "engine": "streaming convolution", "convolution": self.geometry.as_dict(),
-                "lanes": self.lanes, "chunk": self.chunk, "chunks": self.chunks, "blocks": self.blocks,
+                "lanes": self.lanes, "chunk": self.chunk, "chunks": self.chunks, "op_steps": self.op_steps,
+                "blocks": self.blocks,
                 "input_lanes": self.input_lanes, "weight_width": self.weight_width,
                 "membrane_width": self.membrane_width, "sum_width": self.sum_width,
                 "memory_bits": {kind: width * rows for kind, width, rows in self.memories},
@@ -302,10 +324,11 @@ class StreamPoolPlan:
 
 def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.ndarray, bias: np.ndarray,
                      threshold: np.ndarray, timesteps: int, lanes: int, input_lanes: int, chunk: int,
-                     membrane_width: int, skip_silent: bool = True) -> StreamConvPlan:
+                     membrane_width: int, skip_silent: bool = True, op_steps: int = 1) -> StreamConvPlan:
     """Pack one convolution's integer ``kernel`` ``(C_out, C_in, kh, kw)``, per-channel ``bias`` and
     ``threshold`` into a :class:`StreamConvPlan`. ``membrane_width`` comes from the layer's bounds
     (spikesmith/contract/bounds.py)."""
+    group_scale = (1 << op_steps) - 1                                # a group's steps at weights 2^(S-1) .. 1
     kernel = np.asarray(kernel, dtype=np.int64)
     c_out = geometry.out_channels
     taps = kernel.transpose(0, 2, 3, 1).reshape(c_out, -1)          # tap (ky, kx, ci) row-major
@@ -326,8 +349,9 @@ def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.n
         index=index, name=name, geometry=geometry, timesteps=timesteps, lanes=lanes, input_lanes=input_lanes,
         chunk=chunk, weight_width=weight_width, bias_width=bias_width, membrane_width=membrane_width,
         threshold_width=threshold_width,
-        sum_width=max(2, signed_width(int(negative.min(initial=0)), int(positive.max(initial=0)))),
+        sum_width=max(2, signed_width(int(negative.min(initial=0)) * group_scale,
+                                      int(positive.max(initial=0)) * group_scale)),
         weight_rows=tuple(weight_rows),
         bias_rows=tuple(pack_row(bias[b * lanes:(b + 1) * lanes], bias_width) for b in range(blocks)),
         threshold_rows=tuple(pack_row(threshold[b * lanes:(b + 1) * lanes], threshold_width) for b in range(blocks)),
-        skip_silent=skip_silent)
+        skip_silent=skip_silent, op_steps=op_steps)
