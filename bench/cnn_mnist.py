@@ -2,6 +2,7 @@
 
     python bench/cnn_mnist.py           # per network: train 1-3 min; Verilator on 2,000 images; two board builds
     python bench/cnn_mnist.py --nets mnist-resnet --no-build
+    python bench/cnn_mnist.py --clock ulx3s-85f=60      # build that board at a 60 MHz PLL clock
 
 Data: the shared MNIST t10k set (../shared/data/mnist): images 0-7999 train and calibrate,
 8000-9999 test (not the standard 60k/10k split). The T=8 network's Verilog runs all 2,000
@@ -22,7 +23,7 @@ from common import command, log, save
 from nets import train
 
 
-def hardware(net, trained, work: Path, boards: list[str]) -> dict:
+def hardware(net, trained, work: Path, boards: list[str], clocks: dict[str, str]) -> dict:
     """The T=8 core under the compiled Verilator harness on every test image, and its board builds."""
     import numpy as np
 
@@ -51,12 +52,13 @@ def hardware(net, trained, work: Path, boards: list[str]) -> dict:
     net_path = save_network(net, work / "mnist-lenet.net.npz")
     for board in boards:
         log(f"building for {board}")
-        figures["boards"].append(build_or_refusal(net_path, board, [], work / board))
+        options = ["--clock", clocks[board]] if board in clocks else []
+        figures["boards"].append(build_or_refusal(net_path, board, options, work / board))
         log(f"  {figures['boards'][-1].get('refused') or 'built'}")
     return figures
 
 
-def network_figures(key: str, boards: list[str]) -> dict:
+def network_figures(key: str, boards: list[str], clocks: dict[str, str]) -> dict:
     """Train ``key``, convert it at T = 2, 4, 6, 8 (golden accuracy), then the T=8 core's figures."""
     from spikesmith.gen.convert import ConversionOptions, convert_float_network
     from spikesmith.sim.evaluate import evaluate
@@ -80,7 +82,7 @@ def network_figures(key: str, boards: list[str]) -> dict:
                            "relays": int((layer.threshold == 1 << net.timesteps).sum()) if layer.fires else 0}
                           for layer in net.layers],
                "points": points}
-    figures["hardware"] = hardware(net, trained, Path(tempfile.mkdtemp(prefix="spikesmith-bench-")), boards)
+    figures["hardware"] = hardware(net, trained, Path(tempfile.mkdtemp(prefix="spikesmith-bench-")), boards, clocks)
     figures.update(command=command(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     return figures
 
@@ -90,11 +92,14 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=["mnist-lenet", "mnist-resnet"],
                         choices=["mnist-lenet", "mnist-resnet"], help="networks (default both)")
     parser.add_argument("--no-build", action="store_true", help="skip the board builds")
+    parser.add_argument("--clock", action="append", default=[], metavar="BOARD=MHZ",
+                        help="build BOARD at this PLL clock (spikesmith build --clock); repeatable")
     args = parser.parse_args()
+    clocks = dict(item.split("=", 1) for item in args.clock)
     started = time.time()
     boards = [] if args.no_build else ["ulx3s-85f", "icebreaker"]
     networks = _earlier_networks()                       # a network not rerun keeps its last figures
-    networks.update({key: network_figures(key, boards) for key in args.nets})
+    networks.update({key: network_figures(key, boards, clocks) for key in args.nets})
     save("cnn_mnist", {"networks": networks}, started)
 
 

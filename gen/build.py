@@ -371,7 +371,8 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
 
 def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, streaming: bool) -> list[CorePlan]:
     """The plans speed sizing weighs on one engine: one lane per layer (packed and not, on a board with SPRAM),
-    then each doubled lane budget (and, streaming, 32 adder inputs per lane for the convolutions)."""
+    then each doubled lane budget (and, streaming, 32 adder inputs per lane for the convolutions; then, at the
+    most lanes, each doubled adder budget while the convolutions get faster and the last plan fits the device)."""
     streamed = streamed_layers(net) if streaming else 0
     tail = net.layers[streamed:]
     layers = len(tail)
@@ -390,6 +391,14 @@ def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, s
         elif budget != layers:
             lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
             plans.append(_fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram, streaming=False))
+    adders = 2 * ADDERS_PER_LANE * most
+    while streamed and logic_estimate(plans[-1], board) <= LOGIC_FULL * board.logic_cells:
+        # the dense layers at their most lanes: the convolutions alone go on doubling while they get faster
+        plans.append(_fit_memory(net, board, None, most, input_lanes, skip_silent, spram, adder_budget=adders,
+                                 streaming=True))
+        if plans[-1].initiation_interval >= plans[-2].initiation_interval:
+            break
+        adders *= 2
     return plans
 
 
