@@ -80,8 +80,7 @@ LOGIC_FIT = {"ice40": LogicFit(1080, 370, 342, 25.0), "ecp5": LogicFit(2950, 0, 
 class StreamLogic:
     """Logic of one streaming convolution (LUT4s; an iCE40 logic cell is one LUT4 too): a fixed part (loader,
     sequencer, fire unit's control), per adder bit (``L * (K * S - 1) * sum_width``: the trees, their masks beside
-    them), per weight bit the tables choose among (``L * K * weight_width`` when a layer has more than one row of
-    weights), per window bit (``taps * T``: the tap select and the operation mask), per lane bit (``L * (2 *
+    them), per weight bit of a table in logic (a row's bits times its groups of 16 rows, one LUT4 a bit a group), per window bit (``taps * T``: the tap select and the operation mask), per lane bit (``L * (2 *
     membrane + 3 * threshold)``: the membrane adder, the clamp and the fire unit's compare-subtract)."""
     base: float
     per_adder_bit: float
@@ -92,8 +91,9 @@ class StreamLogic:
     def estimate(self, stage) -> float:
         rows = len(stage.weight_rows)
         inputs = stage.chunk * stage.op_steps
+        table = stage.weight_row_bits * ceil_div(rows, 16) if stage.weights_in_logic and rows > 1 else 0
         return (self.base + self.per_adder_bit * stage.lanes * max(0, inputs - 1) * stage.sum_width
-                + self.per_weight_bit * (stage.lanes * stage.chunk * stage.weight_width if rows > 1 else 0)
+                + self.per_weight_bit * table
                 + self.per_window_bit * stage.taps * stage.timesteps
                 + self.per_lane_bit * stage.lanes * (2 * stage.membrane_width + 3 * stage.threshold_width))
 

@@ -14,8 +14,8 @@ from ..contract.bounds import layer_bounds
 from ..contract.network import SpikingNetwork, fingerprint
 from ..contract.plan import CorePlan, InputPlan, LayerPlan, PoolPlan, ceil_div, pack_row
 from ..errors import SpikesmithError
-from .streaming import (DEFAULT_ADDER_BUDGET, StreamChoice, choose_stream, plan_stream, stream_input_order,
-                        streamed_layers)
+from .streaming import (DEFAULT_ADDER_BUDGET, StreamChoice, choose_stream, parse_chunk, plan_stream,
+                        stream_input_order, streamed_layers)
 
 __all__ = ["SizingError", "plan_core", "choose_lanes", "DEFAULT_LANE_BUDGET"]
 
@@ -137,13 +137,14 @@ def _check_pools(net: SpikingNetwork, engines: list[bool]) -> None:
 
 def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int = DEFAULT_LANE_BUDGET,
               input_lanes: int | None = None, skip_silent: bool = True,
-              loaded_weights: Collection[int] = (), streaming: bool = True, chunks: list[int] | None = None,
+              loaded_weights: Collection[int] = (), streaming: bool = True, chunks: list[int | str] | None = None,
               adder_budget: int = DEFAULT_ADDER_BUDGET) -> CorePlan:
     """Size the core for ``net``: explicit ``lanes`` per layer, or chosen under ``budget``.
 
     ``loaded_weights``: indices of layers whose weights are written at run time (SPRAM).
     ``streaming``: the convolutions from the image on run on the streaming engine (their ``lanes`` output
-    channels and ``chunks`` taps a cycle, chosen under ``adder_budget`` where not given); otherwise every
+    channels and ``chunks`` taps a cycle, ``K`` or ``"KxS"`` at ``S`` steps a cycle, chosen under
+    ``adder_budget`` where not given); otherwise every
     layer runs on the event-driven engines.
     """
     count = streamed_layers(net) if streaming else 0
@@ -192,26 +193,23 @@ def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, ta
             divisors = [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
             raise SizingError(f"layer {layer.name} streams {g.out_channels} output channels: its lanes must divide "
                               f"that number, not {given[k]} (one of {', '.join(map(str, divisors))})")
-        if chunks is not None and int(chunks[k]) not in _chunk_values(taps, timesteps):
-            raise SizingError(f"layer {layer.name}: a chunk is 1..{taps} taps (its window), or the window at 2, 4, .. "
-                              f"steps a cycle ({', '.join(map(str, _chunk_values(taps, timesteps)[taps:]))}), "
-                              f"not {chunks[k]}")
+        if chunks is not None:
+            chunk, steps = _parsed_chunk(chunks[k])
+            if not 1 <= chunk <= taps or not steps < 2 * timesteps:
+                raise SizingError(f"layer {layer.name}: a chunk is 1..{taps} taps (its window) at 1, 2, 4, .. steps "
+                                  f"a cycle below {2 * timesteps} (KxS), not {chunks[k]}")
     if chunks is None:
         return choose_stream(list(layers), timesteps, max(adder_budget, sum(given or [1] * len(layers))), target,
                              lanes=given)
-    choices = []
-    for k, layer in enumerate(layers):
-        g, value = layer.conv.geometry, int(chunks[k])
-        taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
-        chunk, steps = (value, 1) if value <= taps else (taps, value // taps)
-        choices.append(StreamChoice(given[k] if given is not None else g.out_channels, chunk, steps))
-    return choices
+    return [StreamChoice(given[k] if given is not None else layer.conv.geometry.out_channels,
+                         *_parsed_chunk(chunks[k])) for k, layer in enumerate(layers)]
 
 
-def _chunk_values(taps: int, timesteps: int) -> list[int]:
-    """What ``--chunks`` takes for a window of ``taps``: ``1 .. taps``, then ``taps * S`` for ``S = 2, 4, ..``
-    below ``2T`` (the whole window at ``S`` steps a cycle)."""
-    return list(range(1, taps + 1)) + [taps << k for k in range(1, (2 * timesteps - 1).bit_length())]
+def _parsed_chunk(value) -> tuple[int, int]:
+    try:
+        return parse_chunk(value)
+    except ValueError as exc:
+        raise SizingError(str(exc)) from None
 
 
 def _event_core(net: SpikingNetwork, lanes, budget: int, input_lanes, skip_silent: bool,

@@ -14,7 +14,7 @@ from ..contract.packing import ceil_div
 from ..contract.streaming import StreamConvPlan, StreamPoolPlan, plan_stream_conv, step_groups
 from ..errors import SpikesmithError
 
-__all__ = ["StreamChoice", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
+__all__ = ["StreamChoice", "chunk_notation", "parse_chunk", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
            "DEFAULT_ADDER_BUDGET"]
 
 #: Adder inputs (lanes times taps a cycle, summed over the streaming convolutions) when the user does not say.
@@ -24,7 +24,7 @@ DEFAULT_ADDER_BUDGET = 1024
 @dataclass(frozen=True)
 class StreamChoice:
     """One streaming convolution's parallelism: ``lanes`` output channels, ``chunk`` taps and ``steps`` time
-    steps (a power of two; more than one only when the chunk is the whole window) a cycle."""
+    steps (a power of two) a cycle."""
     lanes: int
     chunk: int
     steps: int = 1
@@ -35,12 +35,29 @@ class StreamChoice:
         return self.lanes * self.chunk * self.steps
 
     @property
-    def taps_per_cycle(self) -> int:
-        """What ``--chunks`` gives for this choice: ``chunk * steps``."""
-        return self.chunk * self.steps
+    def notation(self) -> str:
+        """How ``--chunks`` writes this choice's chunk and steps: ``K``, or ``KxS`` with ``S > 1``."""
+        return chunk_notation(self.chunk, self.steps)
 
     def __str__(self) -> str:
         return f"{self.lanes}x{self.chunk}" + (f"x{self.steps} steps" if self.steps > 1 else "")
+
+
+def chunk_notation(chunk: int, steps: int) -> str:
+    """``K`` taps a cycle at one step, ``KxS`` at ``S`` steps a cycle (``--chunks``, report.json)."""
+    return f"{chunk}x{steps}" if steps > 1 else str(chunk)
+
+
+def parse_chunk(value) -> tuple[int, int]:
+    """``(K, S)`` from ``K`` (an int or its digits) or ``"KxS"``; ``ValueError`` with the reason otherwise."""
+    text = str(value).strip().lower()
+    parts = text.split("x")
+    if len(parts) > 2 or not all(part.isdigit() and len(part) <= 6 for part in parts):
+        raise ValueError(f"a chunk is K (taps a cycle) or KxS (K taps at S steps a cycle), not {value!r}")
+    chunk, steps = int(parts[0]), int(parts[1]) if len(parts) == 2 else 1
+    if chunk < 1 or steps < 1 or steps & (steps - 1):
+        raise ValueError(f"a chunk's K is at least 1 and its S a power of two, not {value!r}")
+    return chunk, steps
 
 
 def streamed_layers(net: SpikingNetwork) -> int:
@@ -56,15 +73,16 @@ def streamed_layers(net: SpikingNetwork) -> int:
 def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) -> list[tuple[StreamChoice, int]]:
     """Every choice worth having for a streaming convolution, cheapest first, with its cycles per image: for
     each lane count (a divisor of the output channels; only ``lanes`` if given) and each number of chunks, the
-    smallest chunk, and the whole window at 2, 4, .. steps a cycle; only choices faster than every cheaper one
-    (the Pareto front of adders and cycles)."""
+    smallest chunk, at 1, 2, 4, .. steps a cycle; only choices faster than every cheaper one (the Pareto front
+    of adders and cycles)."""
     g = layer.conv.geometry
     taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
-    shapes = [(chunk, 1) for chunk in sorted({ceil_div(taps, n) for n in range(1, taps + 1)})]
-    shapes += [(taps, 1 << k) for k in range(1, (2 * timesteps - 1).bit_length())]
+    chunks = sorted({ceil_div(taps, n) for n in range(1, taps + 1)})
+    shapes = [(chunk, 1 << k) for chunk in chunks for k in range((2 * timesteps - 1).bit_length())]
     counts = [lanes] if lanes is not None else [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
+    # Among equal adders, more steps first: a weight read feeds S adders (fewer and narrower table rows).
     candidates = sorted((StreamChoice(count, chunk, steps) for count in counts for chunk, steps in shapes),
-                        key=lambda c: (c.adders, -c.lanes))
+                        key=lambda c: (c.adders, -c.steps, -c.lanes))
     front, best = [], None
     for choice in candidates:
         cycles = _fast_cycles(g, choice, timesteps, taps)

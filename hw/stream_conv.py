@@ -24,7 +24,6 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..contract.plan import rom_in_logic
 from ..contract.streaming import ADDER_LEVELS_PER_STAGE, StreamConvPlan
 from .events import WrappingCounter, lowest_set_lane
 from .rows import lanes_view, mux_tree, row_table
@@ -166,8 +165,7 @@ class ChunkDatapath(wiring.Component):
         bits = Signal(K * S)                                                     # their group's bits (cycle 2)
         word = _delayed(m, ops.word, 1, "word")
         m.d.sync += bits.eq(Cat(_group_word(p, chosen[k], word) for k in range(K)))
-        weights = row_table(m, "weights", L * K * p.weight_width, p.weight_rows,
-                            logic=rom_in_logic(L * K * p.weight_width, len(p.weight_rows)))
+        weights = row_table(m, "weights", p.weight_row_bits, p.weight_rows, logic=p.weights_in_logic)
         biases = row_table(m, "biases", L * p.bias_width, p.bias_rows)
         thresholds = row_table(m, "thresholds", L * p.threshold_width, p.threshold_rows)
         m.d.comb += [weights.addr.eq(ops.row), biases.addr.eq(ops.block), thresholds.addr.eq(ops.block)]

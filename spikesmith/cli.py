@@ -823,6 +823,16 @@ def _number(kind, low, high):
     return parse
 
 
+def _chunk(text: str) -> str:
+    """An argparse type: ``K`` or ``KxS`` (gen/streaming.parse_chunk), else a one-line error."""
+    from .gen.streaming import parse_chunk
+    try:
+        parse_chunk(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 TIMESTEPS = _number(int, 1, 16)
 DEFAULT_TIMESTEPS = 8
 WEIGHT_BITS = _number(int, 2, 16)
@@ -884,11 +894,12 @@ def _hardware_options(p):
                    help=f"total lanes to balance the layers with (default {DEFAULT_LANE_BUDGET})")
     p.add_argument("--input-lanes", type=_number(int, 1, 1 << 16), metavar="P",
                    help="input codes per beat of the image stream (default: min(8, inputs))")
-    p.add_argument("--chunks", type=_number(int, 1, 1 << 16), nargs="+", metavar="K",
-                   help="taps a cycle of each streaming convolution, one number per convolution (default: chosen "
-                        "under --adder-budget; --lanes gives their output channels a cycle)")
+    p.add_argument("--chunks", type=_chunk, nargs="+", metavar="K[xS]",
+                   help="taps a cycle of each streaming convolution, one per convolution: K taps, or KxS at S "
+                        "(1, 2, 4, ..) time steps a cycle (default: chosen under --adder-budget; --lanes gives "
+                        "their output channels a cycle)")
     p.add_argument("--adder-budget", type=_number(int, 1, 1 << 20), default=DEFAULT_ADDER_BUDGET, metavar="N",
-                   help=f"adder inputs (lanes x taps a cycle) of all streaming convolutions (default "
+                   help=f"adder inputs (lanes x taps x steps a cycle) of all streaming convolutions (default "
                         f"{DEFAULT_ADDER_BUDGET})")
     p.add_argument("--event-driven", action="store_true",
                    help="run the convolutions on the event-driven engines (membrane maps) instead of streaming them")

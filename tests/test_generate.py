@@ -170,11 +170,14 @@ def test_generate_takes_the_streaming_parallelism_or_the_event_driven_engines(tm
     ``--event-driven`` puts the convolutions on the event-driven engines; a wrong count is one line."""
     net = str(digits_demo["cnn_net_path"])
     streamed = json.loads(run_cli("generate", net, "-o", str(tmp_path / "a"), "--lanes", "4", "8", "2",
-                                  "--chunks", "9", "12", "--json", "-q").stdout)
-    assert [(s["lanes"], s["chunk"]) for s in streamed["stream"]] == [(4, 9), (8, 12)]
+                                  "--chunks", "9x2", "12", "--json", "-q").stdout)
+    assert [(s["lanes"], s["chunk"], s["op_steps"]) for s in streamed["stream"]] == [(4, 9, 2), (8, 12, 1)]
     assert [layer["lanes"] for layer in streamed["layers"]] == [2]
     event = json.loads(run_cli("generate", net, "-o", str(tmp_path / "b"), "--event-driven", "--json", "-q").stdout)
     assert event["stream"] == [] and [layer["engine"] for layer in event["layers"]][:2] == ["convolution"] * 2
     proc = run_cli("generate", net, "-o", str(tmp_path / "c"), "--chunks", "9", check=False)
     assert_one_line_error(proc, "--chunks gives 1 values but the network streams 2 convolutions")
     assert not (tmp_path / "c").exists()
+    proc = run_cli("generate", net, "-o", str(tmp_path / "d"), "--chunks", "9x3", "12", check=False)
+    assert_one_line_error(proc, "argument --chunks: a chunk's K is at least 1 and its S a power of two, not '9x3'")
+    assert not (tmp_path / "d").exists()

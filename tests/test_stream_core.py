@@ -83,12 +83,12 @@ def test_random_pooled_networks_stream_bit_exact(seed, harness_cache):
 
 @pytest.mark.parametrize("steps", [2, 4])
 def test_whole_windows_at_several_steps_a_cycle_are_bit_exact_in_verilog(steps, harness_cache):
-    """``--chunks`` above a window's taps: the whole window at ``steps`` time steps a cycle."""
+    """``--chunks KxS``: the whole window at ``steps`` time steps a cycle."""
     net = NETWORKS[3]
     assert net.timesteps == 4
     taps = [layer.conv.geometry.kernel[0] * layer.conv.geometry.kernel[1] * layer.conv.geometry.in_shape[0]
             for layer in net.layers if layer.conv is not None]
-    plan = plan_core(net, chunks=[t * steps for t in taps])
+    plan = plan_core(net, chunks=[f"{t}x{steps}" for t in taps])
     assert [stage.op_steps for stage in plan.stream if isinstance(stage, StreamConvPlan)] == [steps] * len(taps)
     codes = random_codes(net, 60, seed=steps)
     expected = golden.run(net, codes)
@@ -126,6 +126,11 @@ def test_explicit_lanes_and_chunks_are_checked_in_one_line():
         plan_core(net, lanes=[3, 1])
     with pytest.raises(SizingError, match="a chunk is 1..9 taps"):
         plan_core(net, lanes=[2, 1], chunks=[10])
+    with pytest.raises(SizingError, match=r"steps a cycle below 8 \(KxS\), not 9x8"):
+        plan_core(net, lanes=[2, 1], chunks=["9x8"])
+    with pytest.raises(SizingError, match="its S a power of two, not '9x3'"):
+        plan_core(net, lanes=[2, 1], chunks=["9x3"])
+    assert plan_core(net, lanes=[2, 1], chunks=["3x4"]).chunk_counts == ("3x4",)
     with pytest.raises(SizingError, match="input lanes must divide 1"):
         plan_core(net, input_lanes=2)
 

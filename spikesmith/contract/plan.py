@@ -447,10 +447,11 @@ class CorePlan:
         return (False,) * streamed + tuple(layer.weights_loaded for layer in self.layers)
 
     @property
-    def chunk_counts(self) -> tuple[int, ...]:
-        """Taps a cycle of every streaming convolution, as ``--chunks`` takes them: ``chunk * op_steps`` (above
-        the window's taps: the whole window at ``op_steps`` steps a cycle)."""
-        return tuple(stage.chunk * stage.op_steps for stage in self.stream if isinstance(stage, StreamConvPlan))
+    def chunk_counts(self) -> tuple[str, ...]:
+        """Taps a cycle of every streaming convolution as ``--chunks`` takes them: ``K``, or ``KxS`` at ``S``
+        steps a cycle."""
+        return tuple(str(stage.chunk) + (f"x{stage.op_steps}" if stage.op_steps > 1 else "")
+                     for stage in self.stream if isinstance(stage, StreamConvPlan))
 
     @property
     def total_lanes(self) -> int:

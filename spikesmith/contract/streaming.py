@@ -224,13 +224,24 @@ class StreamConvPlan:
         L = self.lanes
         shapes = [("line buffer", self.window.entry_bits, max(2, self.window.depth)),
                   ("finished queue", L * (self.membrane_width + self.threshold_width), self.finished_queue)]
-        weight_width = L * self.chunk * self.weight_width
-        if not rom_in_logic(weight_width, len(self.weight_rows)):
-            shapes.append(("weights", weight_width, len(self.weight_rows)))
+        if not self.weights_in_logic:
+            shapes.append(("weights", self.weight_row_bits, len(self.weight_rows)))
         if self.blocks > TABLE_ROWS:
             shapes += [("biases", L * self.bias_width, self.blocks), ("thresholds", L * self.threshold_width,
                                                                      self.blocks)]
         return shapes
+
+    @property
+    def weight_row_bits(self) -> int:
+        """A weight row: ``L * K`` weights."""
+        return self.lanes * self.chunk * self.weight_width
+
+    @property
+    def weights_in_logic(self) -> bool:
+        """Whether the weights are logic (hw/rows.py, ``row_table``): up to ``TABLE_ROWS`` rows, where a row is
+        wide and a block RAM would hold mostly nothing (or a small table), else a ROM."""
+        rows = len(self.weight_rows)
+        return rows <= TABLE_ROWS or rom_in_logic(self.weight_row_bits, rows)
 
     @property
     def window_bits(self) -> int:
