@@ -232,13 +232,21 @@ def preflight(source: Path, axes: "SweepAxes", run: SweepRun, calib):
 
 # ---------------------------------------------------------------------------- the tasks
 
-def build_task(prepared, seeds: int) -> dict:
-    """A Ray task: yosys and nextpnr on one prepared board top, in a temporary folder of the worker.
+def scratch_prefix(pid: int) -> str:
+    """The name of the folder a sweep (process ``pid``) makes for its builds' temporary folders."""
+    return f"spikesmith-sweep-{pid}-"
+
+
+def build_task(prepared, seeds: int, scratch: str | None = None) -> dict:
+    """A Ray task: yosys and nextpnr on one prepared board top, in a temporary folder of the worker: inside
+    the sweep's ``scratch`` folder where the worker sees it (the driver's machine: removed with it, also when a
+    task is killed), else in the worker's temporary folder.
     Returns nextpnr's figures with the bitstream and timing report, or the tools' one-line error (a
     verdict on the design, cached like a result)."""
     from .gen.build import BuildError, run_tools
 
-    with tempfile.TemporaryDirectory(prefix="spikesmith-sweep-") as tmp:
+    parent = scratch if scratch is not None and os.path.isdir(scratch) else None
+    with tempfile.TemporaryDirectory(prefix="spikesmith-build-", dir=parent) as tmp:
         work = Path(tmp)
         try:
             figures = run_tools(prepared, work, seeds)
@@ -443,15 +451,16 @@ def conversions(ray, pool: TaskPool, source: Path, loaded, axes: SweepAxes, data
     return [found[point] for point in points]
 
 
-def _build_points(pool: TaskPool, rows: list[dict], prepared: dict, cache: BuildCache, seeds: int, bar) -> int:
+def _build_points(pool: TaskPool, rows: list[dict], prepared: dict, cache: BuildCache, seeds: int, bar,
+                  scratch: str) -> int:
     """Build every prepared point not in ``cache`` (each written there as it finishes); cached ones are
     read back. ``bar`` counts points (all of them): those without a build at once, the others as they
-    finish. Returns the number of builds run."""
+    finish. ``scratch``: the folder for the builds' temporary folders. Returns the number of builds run."""
     calls = []
     for index, build in prepared.items():
         report = cache.get(rows[index]["build"])
         if report is None:
-            calls.append((index, (build, seeds)))
+            calls.append((index, (build, seeds, scratch)))
         else:
             built = _built(rows[index], report)
             rows[index] = {**built, "status": "cached" if built["status"] == "built" else built["status"],
@@ -491,7 +500,9 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
     options = options or ConversionOptions()
     progress(f"sweeping {source} on {data.describe()}")
     started = time.perf_counter()
-    with ray_session(run) as ray:
+    # The builds' temporary folders live in ``scratch``, removed after Ray has stopped (its tasks with it).
+    with (tempfile.TemporaryDirectory(prefix=scratch_prefix(os.getpid()), ignore_cleanup_errors=True) as scratch,
+          ray_session(run) as ray):
         out = claim_outputs(out, ["builds", *OUTPUTS])  # (once Ray is up: a cluster it cannot reach writes nothing)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         run = dataclasses.replace(run, jobs=run.jobs or cpus)
@@ -509,7 +520,7 @@ def run_sweep(source: Path, axes: SweepAxes, run: SweepRun, out: Path, data, *, 
         progress(f"{len(rows)} points sized and estimated" + ("" if run.estimate_only else
                  f"; {len(prepared)} to build or read from {out / 'builds'} (yosys + nextpnr, minutes each)"))
         with tqdm(total=len(rows), desc="points", unit="point", disable=quiet) as bar:
-            ran = _build_points(pool, rows, prepared, BuildCache(out / "builds"), run.seeds, bar)
+            ran = _build_points(pool, rows, prepared, BuildCache(out / "builds"), run.seeds, bar, scratch)
     summary = {"source": str(source), "data": data.describe(), "axes": dataclasses.asdict(axes),
                "run": dataclasses.asdict(run), "points": mark_pareto(rows), "estimator_error": estimator_error(rows),
                "builds_run": ran, "builds_cached": sum(bool(row.get("cached")) for row in rows),

@@ -247,6 +247,9 @@ def test_sigterm_ends_a_sweep_like_ctrl_c_and_stops_its_ray_instance(small_digit
             time.sleep(0.5)
         instance = descendants(proc.pid)
         assert {"gcs_server", "raylet"} <= {_name(pid) for pid in instance}
+        while not any(list(folder.glob("spikesmith-build-*")) for folder in _scratch_folders(proc.pid)):
+            assert time.monotonic() < deadline, "the build never made its folder in the sweep's scratch folder"
+            time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -257,6 +260,16 @@ def test_sigterm_ends_a_sweep_like_ctrl_c_and_stops_its_ray_instance(small_digit
     while any(_running(pid) for pid in instance) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert [(pid, _name(pid)) for pid in instance if _running(pid)] == []
+    # The build the signal stopped leaves no temporary folder (the sweep's scratch folder went with it).
+    assert _scratch_folders(proc.pid) == []
+
+
+def _scratch_folders(pid: int) -> list[Path]:
+    """Sweep ``pid``'s scratch folders (the parent of its builds' temporary folders)."""
+    import tempfile
+
+    from spikesmith.sweep import scratch_prefix
+    return list(Path(tempfile.gettempdir()).glob(scratch_prefix(pid) + "*"))
 
 
 def test_without_ray_the_sweep_says_how_to_install_it(small_digits_net, tmp_path):
