@@ -252,13 +252,16 @@ class NeuronFire(wiring.Component):
         """One cycle's ``S`` compare-subtract steps of one lane: the new value and code (bits shifted in at
         the LSB); in the first cycle the ``pad`` steps before step 0 change nothing."""
         p, T = self.plan, self.plan.timesteps
+        names = (level.name, code.name)
         for j in range(p.op_steps):
             difference = (level << 1) - theta
             spike = ~difference[-1]
             stepped = (Mux(spike, difference, level << 1), Cat(spike, code[:T - 1]) if T > 1 else spike)
             if j < p.pad:
                 stepped = tuple(Mux(step.value == 0, kept, new) for kept, new in zip((level, code), stepped))
-            level, code = stepped
+            # Each step's value a signal: the next step reads it twice, an expression would double per step.
+            level, code = Signal.like(level, name=f"{names[0]}_s{j}"), Signal.like(code, name=f"{names[1]}_s{j}")
+            m.d.comb += [level.eq(stepped[0]), code.eq(stepped[1])]
         return level, code
 
 

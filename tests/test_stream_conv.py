@@ -158,3 +158,16 @@ def test_skipping_never_costs_more_than_the_plan(case):
     slow, _, _ = run_layer(layer, worst, codes)
     assert sink.received == expected
     assert sink.received_at[-1] <= slow.received_at[-1]
+
+
+def test_the_fire_unit_grows_linearly_with_its_steps_a_cycle():
+    """Each of a cycle's ``S`` compare-subtracts reads the one before twice: as expressions the fire unit
+    doubled per step (a LeNet's RTLIL was 192 MB at S = 8 and yosys ran out of memory)."""
+    from amaranth.back import rtlil
+
+    from spikesmith.hw.stream_conv import NeuronFire
+
+    case = ((1, 6, 6), 4, (3, 3), (1, 1), (1, 1), 8, 4, 1, 9)
+    size = {steps: len(rtlil.convert(NeuronFire(build_case(case + (steps,), seed=0)[2]), name="fire"))
+            for steps in (1, 8)}
+    assert size[8] < 10 * size[1]
