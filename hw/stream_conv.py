@@ -15,7 +15,7 @@ ChunkDatapath --finished--> NeuronFire`` (the first two in hw/windows.py):
 - :class:`ChunkDatapath`: the chunk's bits and weights, a masked adder tree of ``K * S`` inputs per lane
   (registered every two levels), the group's shift, the membrane register; a finished block into a queue;
 - :class:`NeuronFire`: a finished block's membranes clamped, then ``T`` compare-subtract steps
-  (``V <- 2V; V >= theta: bit, V <- V - theta``), ``S`` a cycle, make each lane's code, MSB first.
+  (``V <- 2V; V >= theta: bit, V <- V - theta``), a few a cycle, make each lane's code, MSB first.
 """
 
 from __future__ import annotations
@@ -191,8 +191,9 @@ class ChunkDatapath(wiring.Component):
 
 class NeuronFire(wiring.Component):
     """Fires a finished block: each lane's membrane clamped to ``[0, theta]``, then ``T`` steps of
-    ``V <- 2V; if V >= theta: bit 1, V <- V - theta`` give its code, MSB first: ``S`` chained compare-subtracts
-    a lane a cycle for ``G`` cycles (in the first, the ``pad`` steps before step 0 pass the value through).
+    ``V <- 2V; if V >= theta: bit 1, V <- V - theta`` give its code, MSB first: ``F = fire_steps`` chained
+    compare-subtracts a lane a cycle for ``ceil(T / F)`` cycles (in the first, the ``ceil(T / F) * F - T`` steps
+    before step 0 pass the value through).
     With skipping on, a block whose every lane is clamped (code 0 or ``2^T - 1``) takes no steps."""
 
     def __init__(self, plan: StreamConvPlan):
@@ -206,7 +207,7 @@ class NeuronFire(wiring.Component):
         level = [Signal(tw + 1, name=f"fire_v{lane}") for lane in range(L)]
         theta = [Signal(tw, name=f"fire_theta{lane}") for lane in range(L)]
         code = [Signal(T, name=f"fire_code{lane}") for lane in range(L)]
-        step, out, block = WrappingCounter(p.groups, "fire_step"), self.codes_out, self.finished.payload
+        step, out, block = WrappingCounter(p.fire_groups, "fire_step"), self.codes_out, self.finished.payload
         out_free = ~out.valid | out.ready
         with m.If(out.valid & out.ready):
             m.d.sync += out.valid.eq(0)
@@ -249,15 +250,15 @@ class NeuronFire(wiring.Component):
         return m
 
     def _steps(self, m: Module, level, theta, code, step):
-        """One cycle's ``S`` compare-subtract steps of one lane: the new value and code (bits shifted in at
-        the LSB); in the first cycle the ``pad`` steps before step 0 change nothing."""
+        """One cycle's ``F`` compare-subtract steps of one lane: the new value and code (bits shifted in at
+        the LSB); in the first cycle the steps before step 0 change nothing."""
         p, T = self.plan, self.plan.timesteps
-        names = (level.name, code.name)
-        for j in range(p.op_steps):
+        names, pad = (level.name, code.name), p.fire_groups * p.fire_steps - T
+        for j in range(p.fire_steps):
             difference = (level << 1) - theta
             spike = ~difference[-1]
             stepped = (Mux(spike, difference, level << 1), Cat(spike, code[:T - 1]) if T > 1 else spike)
-            if j < p.pad:
+            if j < pad:
                 stepped = tuple(Mux(step.value == 0, kept, new) for kept, new in zip((level, code), stepped))
             # Each step's value a signal: the next step reads it twice, an expression would double per step.
             level, code = Signal.like(level, name=f"{names[0]}_s{j}"), Signal.like(code, name=f"{names[1]}_s{j}")

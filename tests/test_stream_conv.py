@@ -93,6 +93,7 @@ CASES = [
     ((1, 10, 10), 6, (5, 5), (1, 1), (2, 2), 8, 6, 1, 25, 2),
     ((2, 6, 6), 4, (2, 2), (2, 2), (0, 0), 1, 2, 2, 3, 1),
     ((1, 8, 8), 3, (3, 3), (1, 1), (1, 1), 5, 3, 1, 9, 4),
+    ((1, 7, 7), 2, (5, 5), (1, 1), (2, 2), 7, 2, 1, 5, 8),      # the fire unit at 2 steps a cycle, 8 in the tree
 ]
 
 
@@ -168,6 +169,15 @@ def test_the_fire_unit_grows_linearly_with_its_steps_a_cycle():
     from spikesmith.hw.stream_conv import NeuronFire
 
     case = ((1, 6, 6), 4, (3, 3), (1, 1), (1, 1), 8, 4, 1, 9)
-    size = {steps: len(rtlil.convert(NeuronFire(build_case(case + (steps,), seed=0)[2]), name="fire"))
-            for steps in (1, 8)}
+    plans = {steps: build_case(case + (steps,), seed=0)[2] for steps in (1, 8)}
+    assert plans[8].fire_steps == 8                   # (one chunk: a block is one operation and the bias)
+    size = {steps: len(rtlil.convert(NeuronFire(plan), name="fire")) for steps, plan in plans.items()}
     assert size[8] < 10 * size[1]
+
+
+def test_the_fire_unit_chains_the_fewest_steps_that_keep_up_with_the_sequencer():
+    """Eight steps a cycle over five chunks: a block is six cycles, so two compare-subtracts a cycle (five
+    cycles) keep up, and a chain of eight would only cost Fmax."""
+    case = ((1, 6, 6), 4, (5, 5), (1, 1), (2, 2), 8, 4, 1, 5, 8)
+    plan = build_case(case, seed=0)[2]
+    assert plan.block_cycles() == 6 and plan.fire_steps == 2 and plan.fire_groups == 4

@@ -208,6 +208,20 @@ class StreamConvPlan:
         return self.groups * self.op_steps - self.timesteps
 
     @property
+    def fire_steps(self) -> int:
+        """Compare-subtract steps the fire unit chains a cycle: the fewest (a power of two) whose ``ceil(T / F)
+        + 1`` cycles a block are no more than the sequencer's :meth:`block_cycles` (a long chain costs Fmax)."""
+        steps = 1
+        while step_groups(self.timesteps, steps) + 1 > self.block_cycles():
+            steps *= 2
+        return steps
+
+    @property
+    def fire_groups(self) -> int:
+        """Cycles the fire unit steps a block: ``ceil(T / fire_steps)``."""
+        return step_groups(self.timesteps, self.fire_steps)
+
+    @property
     def blocks(self) -> int:
         return self.geometry.out_channels // self.lanes
 
@@ -265,7 +279,7 @@ class StreamConvPlan:
 
     def block_cycles(self) -> int:
         """Cycles the sequencer spends on one block of ``L`` channels of a pixel at worst: ``G * chunks``
-        operations and the bias (the fire unit's ``G + 1`` cycles a block are never more)."""
+        operations and the bias (the fire unit's ``fire_groups + 1`` cycles a block are never more)."""
         return self.groups * self.chunks + 1
 
     def image_cycles(self) -> int:
@@ -277,11 +291,12 @@ class StreamConvPlan:
     def drain_cycles(self) -> int:
         """After its input's last beat, at most this many cycles beyond :meth:`image_cycles` until the last code
         leaves: the datapath's pipeline, the queue of finished blocks and the fire unit."""
-        return self.pipeline_depth + (self.groups + 2) * (self.finished_queue + 1) + 4
+        return self.pipeline_depth + (self.fire_groups + 2) * (self.finished_queue + 1) + 4
 
     def report(self) -> dict:
         return {"name": self.name, "engine": "streaming convolution", "convolution": self.geometry.as_dict(),
                 "lanes": self.lanes, "chunk": self.chunk, "chunks": self.chunks, "op_steps": self.op_steps,
+                "fire_steps": self.fire_steps,
                 "blocks": self.blocks,
                 "input_lanes": self.input_lanes, "weight_width": self.weight_width,
                 "membrane_width": self.membrane_width, "sum_width": self.sum_width,
