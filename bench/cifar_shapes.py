@@ -2,6 +2,7 @@
 
     python bench/cifar_shapes.py            # convert, golden, Verilator on a few images, ULX3S build or refusal
     python bench/cifar_shapes.py --images 2 --no-build
+    python bench/cifar_shapes.py --images 100 --clock 50    # build the ULX3S at a 50 MHz PLL clock
 
 CIFAR-10 is not shipped, so the networks are untrained (seeded initialisation, batch-norm
 statistics drawn away from the identity) and calibrated and run on seeded synthetic images
@@ -69,7 +70,7 @@ def seeded(model, seed: int):
     return model.eval()
 
 
-def figures_of(key: str, model, images: int, work: Path, boards: list[str]) -> dict:
+def figures_of(key: str, model, images: int, work: Path, boards: list[str], options: list[str]) -> dict:
     import torch
 
     from spikesmith.gen.build import BOARDS, ecp5_usage, plan_for_board
@@ -90,7 +91,7 @@ def figures_of(key: str, model, images: int, work: Path, boards: list[str]) -> d
     plan = plan_for_board(net, BOARDS["ulx3s-85f"])
     log(f"{key}: {len(net.layers)} layers, {sum(layer.synapses for layer in net.layers):,} synapses; golden agrees "
         f"with the ANN's class on {np.mean(expected.predictions == ann):.0%} of {len(test)} images; lanes "
-        f"{[layer.lanes for layer in plan.layers]}; Verilator on {images} images")
+        f"{list(plan.lane_counts)}, taps a cycle {list(plan.chunk_counts)}; Verilator on {images} images")
     t = time.time()
     built = build_harness(plan, work / "harness")
     head = golden.run(net, expected.input_codes[:images])
@@ -105,14 +106,15 @@ def figures_of(key: str, model, images: int, work: Path, boards: list[str]) -> d
         "golden_agrees_with_ann": float(np.mean(expected.predictions == ann)), "images": images,
         "results": len(run.labels), "mismatches": run.mismatches + images - len(run.labels),
         "first_mismatch": run.first_mismatch, "harness_seconds": harness_seconds,
-        "lanes": [layer.lanes for layer in plan.layers], "initiation_interval_worst": plan.initiation_interval,
+        "lanes": list(plan.lane_counts), "chunks": list(plan.chunk_counts),
+        "initiation_interval_worst": plan.initiation_interval,
         "measured_cycles_per_image": float(cycles.mean()), "memory_bits": plan.memory_bits(),
         "memory_bits_by_kind": _bits_by_kind(plan), "dp16kd_estimate": ecp5_usage(plan), "boards": []}
     log(f"  {figures['mismatches']} mismatches; {figures['measured_cycles_per_image']:,.0f} cycles per image "
         f"(worst case {plan.initiation_interval:,}); {plan.memory_bits():,} bits of memory")
     net_path = save_network(net, work / f"{key}.net.npz")
     for board in boards:
-        figures["boards"].append(build_or_refusal(net_path, board, [], work / board))
+        figures["boards"].append(build_or_refusal(net_path, board, options, work / board))
         log(f"  {board}: {figures['boards'][-1].get('refused') or 'built'}")
     return figures
 
@@ -122,6 +124,9 @@ def _bits_by_kind(plan) -> dict[str, int]:
     for layer in plan.layers:
         for kind, bits in layer.memory_bits.items():
             kinds[kind] = kinds.get(kind, 0) + bits
+    for stage in plan.stream:                     # the streaming convolutions and pools
+        for kind, width, rows in stage.memories:
+            kinds[kind] = kinds.get(kind, 0) + width * rows
     return kinds
 
 
@@ -129,13 +134,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4, help="images under Verilator per network (default 4)")
     parser.add_argument("--no-build", action="store_true", help="skip the ULX3S build")
+    parser.add_argument("--clock", type=float, help="build at this PLL clock, MHz (spikesmith build --clock)")
     args = parser.parse_args()
+    options = ["--clock", f"{args.clock:g}"] if args.clock else []
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
     boards = [] if args.no_build else ["ulx3s-85f"]
     networks = {"CIFAR-shaped ResNet-8 (16-32-64, basic blocks, 1x1 shortcuts)": seeded(resnet8(), 0),
                 "CIFAR-shaped VGG (16-16-M-32-32-M-64-64-M, 1024-10)": seeded(small_vgg(), 1)}
-    results = {key: figures_of(key, model, args.images, work, boards) for key, model in networks.items()}
+    results = {key: figures_of(key, model, args.images, work, boards, options) for key, model in networks.items()}
     save("cifar_shapes", {"networks": results}, started)
 
 
