@@ -218,13 +218,21 @@ def test_infer_command_on_the_simulated_board(digits_demo, tmp_path):
     assert "3/3 [" in human.stderr and " images/s]" in human.stderr, "a progress bar on stderr"
 
 
-def test_infer_sim_runs_the_uart_at_the_baud_rate_and_reports_rates_in_simulated_time(small_digits_net, tmp_path):
+@pytest.fixture(scope="module")
+def fast_uart_board(tmp_path_factory) -> list[str]:
+    """``infer --sim`` options of one simulated board (3 Mbaud, the first layer's weights loaded over the
+    wire) whose Verilator build the tests of this file share (builds are kept by their hash)."""
+    return ["--baud", "3000000", "--spram", "0", "--build-dir", str(tmp_path_factory.mktemp("board-build"))]
+
+
+def test_infer_sim_runs_the_uart_at_the_baud_rate_and_reports_rates_in_simulated_time(small_digits_net,
+                                                                                       fast_uart_board):
     """``infer --sim --baud 3000000``: the board top's UART at 12 MHz / 4; the weight load and the
     images timed in simulated cycles, end to end below the line's bound (one 740-bit image frame each)
     and close to it (the window keeps the line busy), the core's worst case far above both: 64 one-byte
     codes and 10 bytes of framing, 10 bits a byte."""
-    proc = run_cli("infer", str(small_digits_net), "--sim", "--baud", "3000000", "--spram", "0", "-n", "8",
-                   "--compare-golden", "--build-dir", str(tmp_path / "cache"), "--json", "-q")
+    proc = run_cli("infer", str(small_digits_net), "--sim", *fast_uart_board, "-n", "8", "--compare-golden",
+                   "--json", "-q")
     report = json.loads(proc.stdout)
     b, load = report["board"], report["board"]["weight_load"]
     assert (b["baud"], b["clock_hz"], b["divisor"], b["image_frame_bits"]) == (3_000_000, 12_000_000, 4, 740)
@@ -423,12 +431,11 @@ def test_another_process_connecting_first_does_not_take_the_simulated_board(smal
     assert [r.logits for r in results] == golden.run(net, codes).logits.tolist()
 
 
-def test_infer_sim_whose_simulator_dies_ends_in_one_line(small_digits_net, tmp_path):
+def test_infer_sim_whose_simulator_dies_ends_in_one_line(small_digits_net, fast_uart_board):
     """The simulator killed while images stream: one line ``spikesmith: error: ...`` and exit 1, never an
     internal error (a lost connection to the simulated board once ended in "internal error: ConnectionRefusedError")."""
-    with started_group([sys.executable, "-m", "spikesmith.cli", "infer", str(small_digits_net), "--sim", "-n", "400",
-                        "--build-dir", str(tmp_path / "cache")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True) as proc:
+    with started_group([sys.executable, "-m", "spikesmith.cli", "infer", str(small_digits_net), "--sim", "-n", "4000",
+                        *fast_uart_board], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         lines = []
         for line in proc.stderr:
             lines.append(line)
