@@ -316,6 +316,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long        # (a Ray head of its own: 10-15 s alone, 55 s beside the default suite's other worker)
 def test_a_sweep_runs_on_a_cluster_given_its_address(small_digits_net, tmp_path):
     """A one-node cluster of 3 CPUs started as a user would (``ray start --head``, token authentication on, its
     servers on loopback), and the sweep connected to it through Ray Client (``ray://``) from another process.
