@@ -257,8 +257,10 @@ def soak_section(f: dict) -> list[str]:
     lines = ["Every result of every image compared with the golden model (label and every logit).", "",
              "| part | networks | images | simulated cycles | mismatches | wall time (build + run) |",
              "|---|---|---|---|---|---|"]
-    for kind in ("dense", "conv", "pooled"):
-        part = [r for r in rows if r["kind"] == kind]
+    parts = [(kind, [r for r in rows if r["kind"] == kind]) for kind in ("dense", "conv", "pooled")]
+    parts += [(f"{kind} (of them) on the streaming engine",
+               [r for r in rows if r["kind"] == kind and r.get("engine") == "streaming"]) for kind in ("conv", "pooled")]
+    for kind, part in parts:
         lines.append(f"| random {kind} networks | {len(part)} | {sum(r['images'] for r in part):,} | "
                      f"{sum(r['cycles'] for r in part):,} | {sum(r['mismatches'] for r in part)} | "
                      f"{sum(r['build_seconds'] for r in part):.0f} s + {sum(r['seconds'] for r in part):.0f} s |")

@@ -69,7 +69,27 @@ def random_case(index: int):
     else:
         input_lanes = int(rng.integers(1, min(16, net.input.size) + 1))
     valid, ready = (float(rng.choice([1.0, rng.uniform(0.3, 1.0)])) for _ in range(2))
-    return net, lanes, input_lanes, bool(rng.integers(0, 2)), valid, ready
+    skip = bool(rng.integers(0, 2))
+    return (net, lanes, input_lanes, skip, valid, ready, *_engine(rng, net, input_lanes))
+
+
+def _engine(rng, net, input_lanes: int) -> tuple[bool, int, list[str] | None]:
+    """(streaming, input lanes, chunks): a convolutional network streams one time in two, its input lanes then
+    a divisor of the channels and each streaming convolution a random chunk at 1, 2, 4, .. steps a cycle."""
+    from spikesmith.gen.streaming import streamed_layers
+
+    count = streamed_layers(net)
+    if not count or not rng.integers(0, 2):
+        return False, input_lanes, None
+    channels = net.input.shape[0]
+    input_lanes = int(rng.choice([d for d in range(1, channels + 1) if channels % d == 0]))
+    chunks = []
+    for layer in net.layers[:count]:
+        g = layer.conv.geometry
+        taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
+        steps = int(rng.choice([s for s in (1, 2, 4, 8, 16) if s < 2 * net.timesteps]))
+        chunks.append(f"{int(rng.integers(1, taps + 1))}x{steps}")
+    return True, input_lanes, chunks
 
 
 def pooled_case(index: int):
@@ -83,7 +103,8 @@ def pooled_case(index: int):
     width = net.input.shape[-1]
     input_lanes = int(rng.choice([d for d in range(1, min(16, width) + 1) if width % d == 0]))
     valid, ready = (float(rng.choice([1.0, rng.uniform(0.3, 1.0)])) for _ in range(2))
-    return net, lanes, input_lanes, bool(rng.integers(0, 2)), valid, ready
+    skip = bool(rng.integers(0, 2))
+    return (net, lanes, input_lanes, skip, valid, ready, *_engine(rng, net, input_lanes))
 
 
 def soak_networks(count: int, pooled: int, cache: Path) -> tuple[list[dict], dict]:
@@ -94,8 +115,9 @@ def soak_networks(count: int, pooled: int, cache: Path) -> tuple[list[dict], dic
 
     rows, perturbed = [], {}
     cases = [random_case(index) for index in range(count)] + [pooled_case(index) for index in range(pooled)]
-    for index, (net, lanes, input_lanes, skip, valid, ready) in enumerate(cases):
-        plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=skip)
+    for index, (net, lanes, _, skip, valid, ready, streaming, input_lanes, chunks) in enumerate(cases):
+        plan = plan_core(net, lanes=lanes, input_lanes=input_lanes, skip_silent=skip, streaming=streaming,
+                         chunks=chunks)
         codes = random_codes(net, IMAGES_PER_NETWORK, seed=index)
         expected = golden.run(net, codes)
         t = time.perf_counter()
@@ -109,6 +131,7 @@ def soak_networks(count: int, pooled: int, cache: Path) -> tuple[list[dict], dic
         rows.append({"index": index, "network": net.describe(), "kind": kind,
                      "timesteps": net.timesteps, "weight_bits": max(layer.weight_bits for layer in net.layers),
                      "lanes": lanes, "input_lanes": input_lanes, "skip": skip, "valid": valid, "ready": ready,
+                     "engine": "streaming" if streaming else "event-driven", "chunks": chunks,
                      "images": len(codes), "cycles": run.cycles, "mismatches": run.mismatches + (not complete),
                      "first_mismatch": run.first_mismatch, "build_seconds": build_seconds, "seconds": seconds})
         log(f"{index:3d} {net.describe()} T={net.timesteps}: {run.mismatches} mismatches, {run.cycles:,} cycles, "
