@@ -576,10 +576,18 @@ def seed_script(script: str, seed: int, synthesis: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tools_failed(work: Path, board: BoardSpec) -> BuildError:
-    lines = (work / "build.log").read_text().strip().splitlines()
-    errors = [line for line in lines if "ERROR" in line.upper()] or lines[-2:]
-    return BuildError(f"the FPGA tools failed for the {board.name}: {' '.join(errors[-2:]).strip()}")
+def tools_failed(work: Path, board: BoardSpec) -> BuildError:
+    """The tools' failure in one line: the last error of the build's log, yosys's (``top.rpt``) or nextpnr's
+    (``top.tim``), else the log's last lines (yosys writes its assertion failures only to its own log)."""
+    lines: list[str] = []
+    for name in ("build.log", "top.rpt", "top.tim"):
+        try:
+            lines += (work / name).read_text(errors="replace").splitlines()
+        except OSError:
+            pass
+    errors = [line for line in lines if "ERROR" in line.upper()] or [line for line in lines if line.strip()][-2:]
+    detail = " ".join(line.strip() for line in errors[-2:]) or "no message in their logs"
+    return BuildError(f"the FPGA tools failed for the {board.name}: {detail}")
 
 
 def _run_seed(work: Path, script: str, seed: int, synthesis: bool) -> tuple[int, dict | None]:
@@ -605,7 +613,7 @@ def place_and_route(work: Path, board: BoardSpec, seeds: int, progress) -> tuple
     for seed in range(1, seeds + 1):
         status, figures = _run_seed(work, script, seed, synthesis=seed == 1)
         if figures is None or (status != 0 and figures["timing_met"]):
-            raise _tools_failed(work, board)
+            raise tools_failed(work, board)
         fmax[seed] = figures["fmax_mhz"]
         if figures["timing_met"]:
             return figures, {"seed": seed, "fmax_mhz_by_seed": fmax}
@@ -620,7 +628,7 @@ def place_and_route(work: Path, board: BoardSpec, seeds: int, progress) -> tuple
     if best != seeds:
         status, figures = _run_seed(work, script, best, synthesis=False)
         if figures is None or status != 0:
-            raise _tools_failed(work, board)
+            raise tools_failed(work, board)
     return figures, {"seed": best, "fmax_mhz_by_seed": fmax}
 
 

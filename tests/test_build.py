@@ -63,6 +63,19 @@ set -e
 """
 
 
+def test_a_failure_yosys_logs_only_in_its_own_log_is_the_one_line(tmp_path):
+    """yosys writes an internal assertion only to top.rpt (its ``-l`` log): the one line names it, and a
+    failure without any message says so instead of ending in a colon."""
+    from spikesmith.gen.build import BOARDS, tools_failed
+
+    (tmp_path / "build.log").write_text("\n\n")
+    assert str(tools_failed(tmp_path, BOARDS["ulx3s-85f"])).endswith("failed for the ulx3s-85f: no message in their logs")
+    (tmp_path / "top.rpt").write_text("4.46.22.7. Executing ABC_OPS_REINTEGRATE pass\n"
+                                      "ERROR: Assert `GetSize(conn.first) == GetSize(conn.second)' failed\n")
+    assert str(tools_failed(tmp_path, BOARDS["ulx3s-85f"])).endswith(
+        "ulx3s-85f: ERROR: Assert `GetSize(conn.first) == GetSize(conn.second)' failed")
+
+
 def test_a_further_seed_places_the_same_netlist_again():
     first, again = seed_script(AMARANTH_SCRIPT, 1, synthesis=True), seed_script(AMARANTH_SCRIPT, 4, synthesis=False)
     assert '"$YOSYS"' in first and '"$YOSYS"' not in again and '"$ICEPACK"' in again
