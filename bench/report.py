@@ -257,11 +257,11 @@ def soak_section(f: dict) -> list[str]:
     lines = ["Every result of every image compared with the golden model (label and every logit).", "",
              "| part | networks | images | simulated cycles | mismatches | wall time (build + run) |",
              "|---|---|---|---|---|---|"]
-    parts = [(kind, [r for r in rows if r["kind"] == kind]) for kind in ("dense", "conv", "pooled")]
-    parts += [(f"{kind} (of them) on the streaming engine",
+    parts = [(f"random {kind} networks", [r for r in rows if r["kind"] == kind]) for kind in ("dense", "conv", "pooled")]
+    parts += [(f"of the {kind} ones, on the streaming engine (random K x S chunks)",
                [r for r in rows if r["kind"] == kind and r.get("engine") == "streaming"]) for kind in ("conv", "pooled")]
-    for kind, part in parts:
-        lines.append(f"| random {kind} networks | {len(part)} | {sum(r['images'] for r in part):,} | "
+    for name, part in parts:
+        lines.append(f"| {name} | {len(part)} | {sum(r['images'] for r in part):,} | "
                      f"{sum(r['cycles'] for r in part):,} | {sum(r['mismatches'] for r in part)} | "
                      f"{sum(r['build_seconds'] for r in part):.0f} s + {sum(r['seconds'] for r in part):.0f} s |")
     lines.append(f"| **all random networks** | **{t['networks']}** | **{t['images']:,}** | **{t['cycles']:,}** | "
