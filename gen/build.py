@@ -80,7 +80,8 @@ LOGIC_FIT = {"ice40": LogicFit(1080, 370, 342, 25.0), "ecp5": LogicFit(2950, 0, 
 class StreamLogic:
     """Logic of one streaming convolution (LUT4s; an iCE40 logic cell is one LUT4 too): a fixed part (loader,
     sequencer, fire unit's control), per adder bit (``L * (K * S - 1) * sum_width``: the trees, their masks beside
-    them), per weight bit of a table in logic (a row's bits times its groups of 16 rows, one LUT4 a bit a group), per window bit (``taps * T``: the tap select and the operation mask), per lane bit (``L * (2 *
+    them), per weight bit of a table in logic (a row's bits times its groups of 16 rows, one LUT4 a bit a
+    group), per window bit (``taps * T``: the tap select and the operation mask), per lane bit (``L * (2 *
     membrane + 3 * threshold)``: the membrane adder, the clamp and the fire unit's compare-subtract)."""
     base: float
     per_adder_bit: float

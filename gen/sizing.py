@@ -13,9 +13,10 @@ import numpy as np
 from ..contract.bounds import layer_bounds
 from ..contract.network import SpikingNetwork, fingerprint
 from ..contract.plan import CorePlan, InputPlan, LayerPlan, PoolPlan, ceil_div, pack_row
+from ..contract.streaming import parse_chunk
 from ..errors import SpikesmithError
-from .streaming import (DEFAULT_ADDER_BUDGET, StreamChoice, choose_stream, parse_chunk, plan_stream,
-                        stream_input_order, streamed_layers)
+from .streaming import (DEFAULT_ADDER_BUDGET, StreamChoice, choose_stream, plan_stream, stream_input_order,
+                        streamed_layers)
 
 __all__ = ["SizingError", "plan_core", "choose_lanes", "DEFAULT_LANE_BUDGET"]
 

@@ -14,7 +14,7 @@ from ..contract.packing import ceil_div
 from ..contract.streaming import StreamConvPlan, StreamPoolPlan, plan_stream_conv, step_groups
 from ..errors import SpikesmithError
 
-__all__ = ["StreamChoice", "chunk_notation", "parse_chunk", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
+__all__ = ["StreamChoice", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
            "DEFAULT_ADDER_BUDGET"]
 
 #: Adder inputs (lanes times taps a cycle, summed over the streaming convolutions) when the user does not say.
@@ -34,30 +34,9 @@ class StreamChoice:
         """Adder inputs: ``lanes * chunk * steps`` (each a masked weight into a lane's tree)."""
         return self.lanes * self.chunk * self.steps
 
-    @property
-    def notation(self) -> str:
-        """How ``--chunks`` writes this choice's chunk and steps: ``K``, or ``KxS`` with ``S > 1``."""
-        return chunk_notation(self.chunk, self.steps)
-
     def __str__(self) -> str:
         return f"{self.lanes}x{self.chunk}" + (f"x{self.steps} steps" if self.steps > 1 else "")
 
-
-def chunk_notation(chunk: int, steps: int) -> str:
-    """``K`` taps a cycle at one step, ``KxS`` at ``S`` steps a cycle (``--chunks``, report.json)."""
-    return f"{chunk}x{steps}" if steps > 1 else str(chunk)
-
-
-def parse_chunk(value) -> tuple[int, int]:
-    """``(K, S)`` from ``K`` (an int or its digits) or ``"KxS"``; ``ValueError`` with the reason otherwise."""
-    text = str(value).strip().lower()
-    parts = text.split("x")
-    if len(parts) > 2 or not all(part.isdigit() and len(part) <= 6 for part in parts):
-        raise ValueError(f"a chunk is K (taps a cycle) or KxS (K taps at S steps a cycle), not {value!r}")
-    chunk, steps = int(parts[0]), int(parts[1]) if len(parts) == 2 else 1
-    if chunk < 1 or steps < 1 or steps & (steps - 1):
-        raise ValueError(f"a chunk's K is at least 1 and its S a power of two, not {value!r}")
-    return chunk, steps
 
 
 def streamed_layers(net: SpikingNetwork) -> int:

@@ -57,7 +57,7 @@ def _group_word(plan: StreamConvPlan, code, word):
     """Bits ``word*S .. word*S + S - 1`` of a code (zeros above bit ``T-1``): the steps of group ``G-1-word``."""
     S = plan.op_steps
     padded = Cat(code, Const(0, plan.pad)) if plan.pad else code
-    return padded[word * S:(word + 1) * S] if isinstance(word, int) else padded.word_select(word, S)
+    return padded.word_select(word, S)
 
 
 class ChunkSequencer(wiring.Component):

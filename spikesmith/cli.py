@@ -824,8 +824,8 @@ def _number(kind, low, high):
 
 
 def _chunk(text: str) -> str:
-    """An argparse type: ``K`` or ``KxS`` (gen/streaming.parse_chunk), else a one-line error."""
-    from .gen.streaming import parse_chunk
+    """An argparse type: ``K`` or ``KxS`` (contract/streaming.parse_chunk), else a one-line error."""
+    from .contract.streaming import parse_chunk
     try:
         parse_chunk(text)
     except ValueError as exc:

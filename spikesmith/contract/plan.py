@@ -26,7 +26,7 @@ import numpy as np
 from .network import ConvGeometry, PoolGeometry, unsigned_width
 from .protocol import LOAD_HEAD, unpack_result
 from .packing import TABLE_ROWS, ceil_div, pack_row, rom_in_logic
-from .streaming import StreamConvPlan, StreamPoolPlan
+from .streaming import StreamConvPlan, StreamPoolPlan, chunk_notation
 
 __all__ = ["ROW_QUEUE_DEPTH", "STAGED_ROW_LANES", "row_is_staged", "row_queue_depth", "HOP_CYCLES", "rom_in_logic", "ceil_div", "pack_row", "InputPlan", "PoolPlan", "LayerPlan", "CorePlan", "BoardParams"]
 
@@ -450,8 +450,8 @@ class CorePlan:
     def chunk_counts(self) -> tuple[str, ...]:
         """Taps a cycle of every streaming convolution as ``--chunks`` takes them: ``K``, or ``KxS`` at ``S``
         steps a cycle."""
-        return tuple(str(stage.chunk) + (f"x{stage.op_steps}" if stage.op_steps > 1 else "")
-                     for stage in self.stream if isinstance(stage, StreamConvPlan))
+        return tuple(chunk_notation(stage.chunk, stage.op_steps) for stage in self.stream
+                     if isinstance(stage, StreamConvPlan))
 
     @property
     def total_lanes(self) -> int:

@@ -26,7 +26,7 @@ from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
 from .packing import TABLE_LATENCY, TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 
 __all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "chunk_slots",
-           "step_groups", "plan_stream_conv"]
+           "step_groups", "chunk_notation", "parse_chunk", "plan_stream_conv"]
 
 #: Levels of the chunk's adder tree between two registers.
 ADDER_LEVELS_PER_STAGE = 2
@@ -35,6 +35,24 @@ ADDER_LEVELS_PER_STAGE = 2
 def step_groups(timesteps: int, op_steps: int) -> int:
     """Operations a chunk takes per block: ``ceil(T / S)`` step groups of ``S`` steps."""
     return ceil_div(timesteps, op_steps)
+
+
+def chunk_notation(chunk: int, steps: int) -> str:
+    """``K`` taps a cycle at one step, ``KxS`` at ``S`` steps a cycle (``--chunks``, report.json)."""
+    return f"{chunk}x{steps}" if steps > 1 else str(chunk)
+
+
+def parse_chunk(value) -> tuple[int, int]:
+    """``(K, S)`` from ``K`` (an int or its digits) or ``"KxS"`` (:func:`chunk_notation`); ``ValueError`` with
+    the reason otherwise."""
+    text = str(value).strip().lower()
+    parts = text.split("x")
+    if len(parts) > 2 or not all(part.isdigit() and len(part) <= 6 for part in parts):
+        raise ValueError(f"a chunk is K (taps a cycle) or KxS (K taps at S steps a cycle), not {value!r}")
+    chunk, steps = int(parts[0]), int(parts[1]) if len(parts) == 2 else 1
+    if chunk < 1 or steps < 1 or steps & (steps - 1):
+        raise ValueError(f"a chunk's K is at least 1 and its S a power of two, not {value!r}")
+    return chunk, steps
 
 
 def chunk_slots(chunks: int) -> int:
