@@ -85,8 +85,7 @@ def _engine(rng, net, input_lanes: int) -> tuple[bool, int, list[str] | None]:
     input_lanes = int(rng.choice([d for d in range(1, channels + 1) if channels % d == 0]))
     chunks = []
     for layer in net.layers[:count]:
-        g = layer.conv.geometry
-        taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
+        taps = layer.conv.geometry.window_size
         steps = int(rng.choice([s for s in (1, 2, 4, 8, 16) if s < 2 * net.timesteps]))
         chunks.append(f"{int(rng.integers(1, taps + 1))}x{steps}")
     return True, input_lanes, chunks

@@ -189,7 +189,7 @@ def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, ta
     given = None if lanes is None else [int(x) for x in lanes[:len(layers)]]
     for k, layer in enumerate(layers):
         g = layer.conv.geometry
-        taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
+        taps = g.window_size
         if given is not None and (given[k] < 1 or g.out_channels % given[k]):
             divisors = [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
             raise SizingError(f"layer {layer.name} streams {g.out_channels} output channels: its lanes must divide "

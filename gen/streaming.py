@@ -55,7 +55,7 @@ def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) 
     smallest chunk, and the whole window at 2, 4, .. steps a cycle; only choices faster than every cheaper one
     (the Pareto front of adders and cycles)."""
     g = layer.conv.geometry
-    taps = g.kernel[0] * g.kernel[1] * g.in_shape[0]
+    taps = g.window_size
     # More than one step a cycle only for the whole window: below it a chunk twice as large costs the same
     # adders for the same cycles and skips more (an operation over S steps is skipped only when all are silent).
     shapes = [(chunk, 1) for chunk in sorted({ceil_div(taps, n) for n in range(1, taps + 1)})]

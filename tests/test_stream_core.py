@@ -86,8 +86,7 @@ def test_whole_windows_at_several_steps_a_cycle_are_bit_exact_in_verilog(steps, 
     """``--chunks KxS``: the whole window at ``steps`` time steps a cycle."""
     net = NETWORKS[3]
     assert net.timesteps == 4
-    taps = [layer.conv.geometry.kernel[0] * layer.conv.geometry.kernel[1] * layer.conv.geometry.in_shape[0]
-            for layer in net.layers if layer.conv is not None]
+    taps = [layer.conv.geometry.window_size for layer in net.layers if layer.conv is not None]
     plan = plan_core(net, chunks=[f"{t}x{steps}" for t in taps])
     assert [stage.op_steps for stage in plan.stream if isinstance(stage, StreamConvPlan)] == [steps] * len(taps)
     codes = random_codes(net, 60, seed=steps)

@@ -118,6 +118,11 @@ class ConvGeometry:
         """Output pixels per channel, ``H_out * W_out``."""
         return self.out_shape[1] * self.out_shape[2]
 
+    @property
+    def window_size(self) -> int:
+        """Inputs one output neuron reads: ``kh * kw * C_in``."""
+        return self.kernel[0] * self.kernel[1] * self.in_shape[0]
+
     def taps(self, axis: int, position: int) -> list[tuple[int, int]]:
         """``(kernel offset, output coordinate)`` of every output an input at ``position`` on ``axis``
         (0: rows, 1: columns) reaches, kernel offsets ascending."""

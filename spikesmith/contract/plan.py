@@ -327,7 +327,7 @@ class LayerPlan:
     def weight_row_count(self) -> int:
         """Rows of the weight memory as built (at least two)."""
         if self.conv is not None:
-            return max(2, self.blocks * self.conv.kernel[0] * self.conv.kernel[1] * self.conv.in_shape[0])
+            return max(2, self.blocks * self.conv.window_size)
         return max(2, self.blocks * self.inputs)
 
     @property
