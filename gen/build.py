@@ -117,6 +117,8 @@ LOGIC_FULL = 0.98
 MAX_SPEED_LANES = 64
 #: Speed sizing gives the streaming convolutions this many adder inputs per lane of the other layers' budget.
 ADDERS_PER_LANE = 32
+#: Steps a cycle speed sizing weighs for the streaming convolutions' chunks below the whole window.
+STREAM_STEPS = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,8 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
 
 
 def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: bool, spram,
-                pack: bool = True, adder_budget: int | None = None, streaming: bool = True, chunks=None) -> CorePlan:
+                pack: bool = True, adder_budget: int | None = None, streaming: bool = True, chunks=None,
+                op_steps: int = 1) -> CorePlan:
     """The plan for ``lanes`` (or ``budget``, and ``adder_budget`` for the streaming convolutions), with the
     layers that go to SPRAM chosen on the iCE40. ``pack``: with one lane per layer, an SPRAM layer gets the
     lanes that fill a 16-bit row. One lane per layer streams each convolution at one tap a cycle."""
@@ -287,7 +290,8 @@ def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: 
     def plan(loaded, lanes=lanes):
         return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
                          input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded,
-                         adder_budget=adder_budget or DEFAULT_ADDER_BUDGET, streaming=streaming, chunks=chunks)
+                         adder_budget=adder_budget or DEFAULT_ADDER_BUDGET, streaming=streaming, chunks=chunks,
+                         op_steps=op_steps)
 
     def packed(lanes, layer):
         """With one lane per layer, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
@@ -373,7 +377,9 @@ def speed_candidates(net, board: BoardSpec, input_lanes=None, skip_silent: bool 
 def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, streaming: bool) -> list[CorePlan]:
     """The plans speed sizing weighs on one engine: one lane per layer (packed and not, on a board with SPRAM),
     then each doubled lane budget (and, streaming, 32 adder inputs per lane for the convolutions; then, at the
-    most lanes, each doubled adder budget while the convolutions get faster and the last plan fits the device)."""
+    most lanes, each doubled adder budget while the convolutions get faster and the last plan fits the device).
+    Streaming, each budget also at 2 and 4 steps a cycle: the same adders read half or a quarter of the weights a
+    cycle, for a core whose block RAM ports run out before its logic (a CIFAR ResNet-8 on the ECP5-85F)."""
     streamed = streamed_layers(net) if streaming else 0
     tail = net.layers[streamed:]
     layers = len(tail)
@@ -385,21 +391,25 @@ def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, s
     packs = (True, False) if board.spram_blocks else (True,)      # (packing applies to SPRAM layers only)
     plans = [_fit_memory(net, board, None, None, input_lanes, skip_silent, spram, pack, streaming=streaming)
              for pack in packs]
-    for budget in [*budgets, most]:
-        if budget != layers and streamed:
-            plans.append(_fit_memory(net, board, None, budget, input_lanes, skip_silent, spram,
-                                     adder_budget=ADDERS_PER_LANE * budget, streaming=True))
-        elif budget != layers:
+    if not streamed:
+        for budget in [*budgets, most][1:]:
             lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
             plans.append(_fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram, streaming=False))
-    adders = 2 * ADDERS_PER_LANE * most
-    while streamed and logic_estimate(plans[-1], board) <= LOGIC_FULL * board.logic_cells:
-        # the dense layers at their most lanes: the convolutions alone go on doubling while they get faster
-        plans.append(_fit_memory(net, board, None, most, input_lanes, skip_silent, spram, adder_budget=adders,
-                                 streaming=True))
-        if plans[-1].initiation_interval >= plans[-2].initiation_interval:
-            break
-        adders *= 2
+        return plans
+    for steps in STREAM_STEPS:
+        def stream_plan(budget, adders):
+            return _fit_memory(net, board, None, budget, input_lanes, skip_silent, spram, adder_budget=adders,
+                               streaming=True, op_steps=steps)
+
+        these = [stream_plan(budget, ADDERS_PER_LANE * budget) for budget in [*budgets, most][1:]]
+        adders = 2 * ADDERS_PER_LANE * most
+        while these and logic_estimate(these[-1], board) <= LOGIC_FULL * board.logic_cells:
+            # the dense layers at their most lanes: the convolutions alone go on doubling while they get faster
+            these.append(stream_plan(most, adders))
+            if these[-1].initiation_interval >= these[-2].initiation_interval:
+                break
+            adders *= 2
+        plans += these
     return plans
 
 

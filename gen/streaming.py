@@ -11,7 +11,7 @@ import numpy as np
 from ..contract.bounds import layer_bounds
 from ..contract.network import DenseLayer, SpikingNetwork
 from ..contract.packing import ceil_div
-from ..contract.streaming import StreamConvPlan, StreamPoolPlan, plan_stream_conv, step_groups
+from ..contract.streaming import StreamConvPlan, StreamPoolPlan, live_chunks, nonzero_taps, plan_stream_conv, step_groups
 from ..errors import SpikesmithError
 
 __all__ = ["StreamChoice", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
@@ -49,17 +49,19 @@ def streamed_layers(net: SpikingNetwork) -> int:
     return count
 
 
-def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) -> list[tuple[StreamChoice, int]]:
+def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None,
+                   steps: int = 1) -> list[tuple[StreamChoice, int]]:
     """Every choice worth having for a streaming convolution, cheapest first, with its cycles per image: for
     each lane count (a divisor of the output channels; only ``lanes`` if given) and each number of chunks, the
-    smallest chunk, and the whole window at 2, 4, .. steps a cycle; only choices faster than every cheaper one
-    (the Pareto front of adders and cycles)."""
+    smallest chunk at ``steps`` steps a cycle, and the whole window at more; only choices faster than every
+    cheaper one (the Pareto front of adders and cycles)."""
     g = layer.conv.geometry
-    taps = g.window_size
-    # More than one step a cycle only for the whole window: below it a chunk twice as large costs the same
-    # adders for the same cycles and skips more (an operation over S steps is skipped only when all are silent).
-    shapes = [(chunk, 1) for chunk in sorted({ceil_div(taps, n) for n in range(1, taps + 1)})]
-    shapes += [(taps, 1 << k) for k in range(1, (2 * timesteps - 1).bit_length())]
+    taps, nonzero = g.window_size, nonzero_taps(layer.conv.kernel)
+    # More than one step a cycle by default only for the whole window: below it a chunk twice as large costs the
+    # same adders for the same cycles and skips more (an operation over S steps is skipped only when all are
+    # silent). But it reads twice the weights a cycle: ``steps`` > 1 is for a core short of block RAM ports.
+    shapes = [(chunk, steps) for chunk in sorted({ceil_div(taps, n) for n in range(1, taps + 1)})]
+    shapes += [(taps, 1 << k) for k in range(1, (2 * timesteps - 1).bit_length()) if 1 << k > steps]
     counts = [lanes] if lanes is not None else [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
     # (The MNIST LeNet's second convolution at 5 taps x 8 steps measured 6,300 cycles an image, its worst
     # case, where 22 taps x 1 step skipped to 5,100.)
@@ -67,30 +69,34 @@ def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None) 
                         key=lambda c: (c.adders, c.steps, -c.lanes))
     front, best = [], None
     for choice in candidates:
-        cycles = _fast_cycles(g, choice, timesteps, taps)
+        live = int(np.maximum(live_chunks(nonzero, choice.lanes, choice.chunk).sum(axis=1), 1).sum())
+        cycles = _fast_cycles(g, choice, timesteps, live)
         if best is None or cycles < best:
             front.append((choice, cycles))
             best = cycles
     return front
 
 
-def _fast_cycles(g, choice: StreamChoice, timesteps: int, taps: int) -> int:
-    """A close estimate of the convolution's cycles per image on ``choice`` for ranking choices
-    (:meth:`~spikesmith.contract.streaming.StreamWindow.image_cycles` without its loop over the pixels)."""
+def _fast_cycles(g, choice: StreamChoice, timesteps: int, live: int) -> int:
+    """A close estimate of the convolution's cycles per image on ``choice`` (``live``: its blocks' live chunks,
+    summed) for ranking choices (:meth:`~spikesmith.contract.streaming.StreamWindow.image_cycles` without its
+    loop over the pixels)."""
     (kh, kw), sw = g.kernel, g.stride[1]
     _, rows, columns = g.out_shape
-    operations = step_groups(timesteps, choice.steps) * ceil_div(taps, choice.chunk)
-    busy = (g.out_channels // choice.lanes) * (operations + 1) + 1
+    busy = step_groups(timesteps, choice.steps) * live + g.out_channels // choice.lanes + 1
     return rows * (max(busy, kw * kh + 2) + (columns - 1) * max(busy, min(kw, sw) * kh))
 
 
 def choose_stream(layers: list[DenseLayer], timesteps: int, budget: int = DEFAULT_ADDER_BUDGET,
-                  target: int = 0, lanes: list[int] | None = None) -> list[StreamChoice]:
+                  target: int = 0, lanes: list[int] | None = None, steps: int = 1) -> list[StreamChoice]:
     """Lanes and chunks for each streaming convolution under a total of ``budget`` adder inputs: every one
     starts at its cheapest choice; the slowest takes its next faster choice while the budget allows and it is
     slower than ``target`` (the rest of the core's slowest stage: faster buys nothing). ``lanes``: each
-    convolution's lanes are these (only its chunk is chosen)."""
-    options = [stream_options(layer, timesteps, None if lanes is None else lanes[k]) for k, layer in enumerate(layers)]
+    convolution's lanes are these (only its chunk is chosen). ``steps``: steps a cycle of every chunk below the
+    whole window (:func:`stream_options`)."""
+    steps = min(steps, 1 << (timesteps - 1).bit_length())         # (S < 2T)
+    options = [stream_options(layer, timesteps, None if lanes is None else lanes[k], steps)
+               for k, layer in enumerate(layers)]
     picked = [0] * len(layers)
     if sum(o[0][0].adders for o in options) > budget:
         raise SpikesmithError(f"an adder budget of {budget} is below the streaming convolutions' least "

@@ -10,8 +10,8 @@ and a neuron-major fire unit (docs/core.md, "Streaming convolution engine"; the 
 ChunkDatapath --finished--> NeuronFire`` (the first two in hw/windows.py):
 
 - :class:`ChunkSequencer`: takes a complete window when idle; per block of ``L`` channels, one operation a
-  cycle: ``(g, chunk)`` for every chunk whose bits in step group ``g`` (``S`` steps) are not all zero (every
-  one with skipping off), then the bias;
+  cycle: ``(g, chunk)`` for every live chunk (a nonzero weight in the block) whose bits in step group ``g``
+  (``S`` steps) are not all zero (every live one with skipping off), then the bias;
 - :class:`ChunkDatapath`: the chunk's bits and weights, a masked adder tree of ``K * S`` inputs per lane
   (registered every two levels), the group's shift, the membrane register; a finished block into a queue;
 - :class:`NeuronFire`: a finished block's membranes clamped, then ``T`` compare-subtract steps
@@ -20,7 +20,7 @@ ChunkDatapath --finished--> NeuronFire`` (the first two in hw/windows.py):
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -61,8 +61,8 @@ def _group_word(plan: StreamConvPlan, code, word):
 
 
 class ChunkSequencer(wiring.Component):
-    """Takes a window when idle and issues its operations, one a cycle: per block, every ``(g, chunk)``
-    whose bits are not all zero (every one with skipping off), lowest ``g * slots + chunk`` first, then the
+    """Takes a window when idle and issues its operations, one a cycle: per block, every ``(g, chunk)`` of a live
+    chunk whose bits are not all zero (every live one with skipping off), lowest ``g * slots + chunk`` first, then the
     block's bias, which waits for room in the queue of finished blocks (``credit``, returned by
     ``credit_back``). ``window`` holds the taken window while its operations read it."""
 
@@ -96,10 +96,11 @@ class ChunkSequencer(wiring.Component):
         block_row = Signal(range(max(2, p.blocks * p.chunks)))     # the block's first weight row: block * chunks
         credit = Signal(range(p.finished_queue + 1), init=p.finished_queue)
         m.d.comb += self.next.take.eq(self.next.ready & ~busy)
+        live = self._live_table(block)
         with m.If(self.next.take):
             taken_mask = self._mask(self.next.window)
             m.d.sync += [self.window.eq(self.next.window), busy.eq(1), mask.eq(taken_mask),
-                         remaining.eq(taken_mask), first.eq(1), block_row.eq(0)]
+                         remaining.eq(taken_mask & live(0)), first.eq(1), block_row.eq(0)]
             block.restart(m)
         lowest = lowest_set_lane(m, remaining, G * p.slots)
         add = busy & remaining.any()
@@ -119,8 +120,18 @@ class ChunkSequencer(wiring.Component):
             with m.If(block.last):
                 m.d.sync += busy.eq(0)
             with m.Else():
-                m.d.sync += remaining.eq(mask)
+                m.d.sync += remaining.eq(mask & live(block.value + 1))
         return m
+
+    def _live_table(self, block):
+        """``live(index)``: block ``index``'s live chunks (:attr:`StreamConvPlan.live_masks`) in every step group,
+        as an operation mask; all ones when no block has a chunk of zero weights."""
+        p, G = self.plan, self.plan.groups
+        if not p.dead_chunks:
+            return lambda index: Const((1 << (G * p.slots)) - 1, G * p.slots)
+        masks = [sum(live << (g * p.slots) for g in range(G)) for live in p.live_masks]
+        table = Array(Const(mask, G * p.slots) for mask in masks + [0])
+        return lambda index: Const(masks[0], G * p.slots) if isinstance(index, int) else table[index]
 
 
 def _delayed(m: Module, value, cycles: int, name: str):

@@ -97,15 +97,22 @@ CASES = [
 ]
 
 
-def build_case(case, seed: int, skip: bool = True):
+def build_case(case, seed: int, skip: bool = True, sparse: bool = False):
+    """``sparse``: most weights zero and the first output channel's all, so that some blocks have chunks of
+    zero weights (and with one lane, a block none at all)."""
     shape, c_out, kernel, stride, padding, T, lanes, input_lanes, chunk, op_steps = case
     rng = np.random.default_rng(seed)
     geometry = ConvGeometry(shape, c_out, kernel, stride, padding)
     layer = random_conv_layer(rng, geometry, T)
+    if sparse:
+        layer.conv.kernel[rng.random(geometry.kernel_shape) < 0.7] = 0
+        layer.conv.kernel[0] = 0
     return rng, layer, stream_plan(layer, T, lanes, input_lanes, chunk, skip, op_steps)
 
 
 ALL_CASES = CASES + [random_case(seed) for seed in range(24)]
+#: Random cases whose kernels have chunks of zero weights (the sequencer skips them in every block).
+SPARSE_CASES = [random_case(seed) for seed in range(100, 112)]
 
 
 @pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
@@ -115,6 +122,28 @@ def test_every_code_is_the_golden_models(case, skip):
     codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
     sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
     assert sink.received == expected and not sink.extra
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=[f"sparse{k}" for k in range(len(SPARSE_CASES))])
+def test_chunks_of_zero_weights_are_skipped_and_every_code_is_the_golden_models(case, skip):
+    rng, layer, plan = build_case(case, seed=len(str(case)), skip=skip, sparse=True)
+    codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
+    sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
+    assert sink.received == expected and not sink.extra
+
+
+def test_a_relays_block_visits_only_its_centre_chunk():
+    """A residual relay (weight 1 at the centre tap of its own channel) in a block of its own: one live chunk,
+    ``G + 1`` cycles a block, where a block of real channels visits every chunk."""
+    geometry = ConvGeometry((2, 5, 5), 4, (3, 3), (1, 1), (1, 1))
+    kernel = np.ones(geometry.kernel_shape, dtype=np.int64)
+    kernel[2:] = 0
+    kernel[2, 0, 1, 1] = kernel[3, 1, 1, 1] = 1
+    layer = DenseLayer(name="relay", weight=None, bias=np.zeros(100, dtype=np.int64),
+                       threshold=np.full(100, 256), weight_bits=2, conv=ConvSpec(geometry, kernel))
+    plan = stream_plan(layer, 8, lanes=2, input_lanes=2, chunk=2)
+    assert plan.chunks == 9 and plan.block_cycles() == (8 * 9 + 1, 8 * 1 + 1)
 
 
 @pytest.mark.parametrize("op_steps", [1, 8])
@@ -142,6 +171,15 @@ def steady_gap(sink, images: int) -> int:
 @pytest.mark.parametrize("case", ALL_CASES[::2], ids=[f"case{k}" for k in range(0, len(ALL_CASES), 2)])
 def test_cycles_per_image_are_the_plans_with_skipping_off(case):
     rng, layer, plan = build_case(case, seed=1, skip=False)
+    images = 4
+    sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
+    assert sink.received == expected
+    assert steady_gap(sink, images) == plan.image_cycles()
+
+
+@pytest.mark.parametrize("case", SPARSE_CASES[::2], ids=[f"sparse{k}" for k in range(0, len(SPARSE_CASES), 2)])
+def test_cycles_per_image_are_the_plans_with_chunks_of_zero_weights(case):
+    rng, layer, plan = build_case(case, seed=1, skip=False, sparse=True)
     images = 4
     sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
     assert sink.received == expected
@@ -180,4 +218,4 @@ def test_the_fire_unit_chains_the_fewest_steps_that_keep_up_with_the_sequencer()
     cycles) keep up, and a chain of eight would only cost Fmax."""
     case = ((1, 6, 6), 4, (5, 5), (1, 1), (2, 2), 8, 4, 1, 5, 8)
     plan = build_case(case, seed=0)[2]
-    assert plan.block_cycles() == 6 and plan.fire_steps == 2 and plan.fire_groups == 4
+    assert plan.block_cycles() == (6,) and plan.fire_steps == 2 and plan.fire_groups == 4

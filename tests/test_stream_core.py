@@ -108,6 +108,36 @@ def test_a_large_adder_budget_takes_a_one_channel_window_several_steps_a_cycle()
     assert cycles[choice] < cycles[StreamChoice(2, 9)]
 
 
+def test_a_floor_of_steps_a_cycle_reads_fewer_weights_for_the_same_adders_and_worst_case():
+    """``steps=4``: every chunk at 4 steps a cycle or more. ``K`` taps at 4 steps has the adders and the worst
+    case of ``4K`` taps at one step (four times the chunks, a quarter of the step groups) and a weight row a
+    quarter as wide."""
+    from spikesmith.gen.streaming import stream_options
+
+    rng = np.random.default_rng(11)
+    layer = make_conv_network(rng, (8, 8, 8), [(4, (3, 3), (1, 1), (1, 1))], 3, 8, weight_bits=5).layers[0]
+    one, four = dict(stream_options(layer, 8, lanes=4)), dict(stream_options(layer, 8, lanes=4, steps=4))
+    assert all(choice.steps >= 4 for choice in four)
+    same = [(a, b) for a in one for b in four if a.steps == 1 and b.chunk * 4 == a.chunk]
+    assert same and all(one[a] == four[b] and a.adders == b.adders for a, b in same)
+
+
+def test_a_layer_of_relays_visits_fewer_chunks_than_its_window():
+    """A residual block's first convolution carries its input on relay channels: sized with the live chunks,
+    the plan's worst case is below that of the same lanes and chunks over every chunk."""
+    from spikesmith.contract.streaming import StreamConvPlan
+
+    rng = np.random.default_rng(12)
+    net = make_conv_network(rng, (4, 6, 6), [(8, (3, 3), (1, 1), (1, 1))], 3, 4, weight_bits=5)
+    conv = net.layers[0].conv
+    conv.kernel[4:] = 0
+    for relay in range(4):
+        conv.kernel[4 + relay, relay, 1, 1] = 1
+    plan = plan_core(net, lanes=[4, 1], chunks=[4])
+    stage = next(stage for stage in plan.stream if isinstance(stage, StreamConvPlan))
+    assert stage.block_cycles() == (4 * 9 + 1, 4 * 1 + 1)
+
+
 def test_with_skipping_off_a_streaming_bottleneck_sets_the_interval_exactly():
     rng = np.random.default_rng(5)
     net = make_conv_network(rng, (2, 8, 8), [(4, (3, 3), (1, 1), (1, 1))], 3, 4, weight_bits=5)

@@ -12,7 +12,10 @@ pixel's window of ``kh * kw * C_in`` codes in registers, and accumulates the win
 two: the *step group* ``g`` is steps ``g*S - pad .. g*S - pad + S - 1``, ``pad = G*S - T`` with ``G = ceil(T/S)``
 groups, steps below 0 have no bits) and adds, in each of ``L`` lanes, the weights of the chunk's taps whose
 code has bit ``T-1-t`` set, shifted left by ``T-1-t``, for every step ``t`` of the group. With skipping on an
-operation whose ``K * S`` bits are all zero is not issued.
+operation whose ``K * S`` bits are all zero is not issued. A chunk whose weights are all zero in every lane of
+a block (a pruned kernel; a residual relay's taps off its centre) has no operations in that block at all: the
+block's *live chunks* (:func:`live_chunks`) are fixed by the kernel, so the timing stays data-independent
+with skipping off.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
 from .packing import TABLE_LATENCY, TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 
 __all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "chunk_slots",
-           "step_groups", "chunk_notation", "parse_chunk", "plan_stream_conv"]
+           "step_groups", "chunk_notation", "parse_chunk", "live_chunks", "nonzero_taps",
+           "plan_stream_conv"]
 
 #: Levels of the chunk's adder tree between two registers.
 ADDER_LEVELS_PER_STAGE = 2
@@ -58,6 +62,23 @@ def parse_chunk(value) -> tuple[int, int]:
 def chunk_slots(chunks: int) -> int:
     """Chunks rounded up to a power of two: an operation's index is ``t * slots + chunk`` (bits, no multiplier)."""
     return 1 << max(0, (chunks - 1).bit_length())
+
+
+def live_chunks(nonzero_taps: np.ndarray, lanes: int, chunk: int) -> np.ndarray:
+    """``(blocks, chunks)`` booleans: chunk ``c`` (taps ``c*K .. c*K + K - 1`` in the order ``(ky, kx, ci)``) has
+    a nonzero weight in some lane of block ``b`` of ``lanes`` output channels. ``nonzero_taps``: ``(C_out, taps)``
+    booleans, a kernel's nonzero weights in that order (:func:`nonzero_taps`)."""
+    c_out, taps = nonzero_taps.shape
+    chunks = ceil_div(taps, chunk)
+    padded = np.zeros((c_out, chunks * chunk), dtype=bool)
+    padded[:, :taps] = nonzero_taps
+    return padded.reshape(c_out // lanes, lanes, chunks, chunk).any(axis=(1, 3))
+
+
+def nonzero_taps(kernel: np.ndarray) -> np.ndarray:
+    """A kernel ``(C_out, C_in, kh, kw)``'s nonzero weights as ``(C_out, kh * kw * C_in)``, taps ``(ky, kx, ci)``."""
+    kernel = np.asarray(kernel)
+    return kernel.transpose(0, 2, 3, 1).reshape(kernel.shape[0], -1) != 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +215,7 @@ class StreamConvPlan:
     def __post_init__(self):
         c_in, c_out = self.geometry.in_shape[0], self.geometry.out_channels
         assert c_out % self.lanes == 0 and c_in % self.input_lanes == 0 and 1 <= self.chunk <= self.taps
+        assert len(self.weight_rows) == self.blocks * self.chunks
         assert self.op_steps & (self.op_steps - 1) == 0 and 1 <= self.op_steps < 2 * self.timesteps
 
     @cached_property
@@ -220,6 +242,19 @@ class StreamConvPlan:
         """Step groups ``G = ceil(T / S)``: a block's operations per chunk."""
         return step_groups(self.timesteps, self.op_steps)
 
+    @cached_property
+    def live_masks(self) -> tuple[int, ...]:
+        """Per block, bit ``c`` set when chunk ``c`` has a nonzero weight in some lane (its weight row is not
+        zero): the chunks the block's operations visit (:func:`live_chunks`). A block of zero weights visits
+        chunk 0 all the same: ``G + 1`` cycles a block keep the fire unit's pace (it takes at least two)."""
+        return tuple(sum(1 << c for c in range(self.chunks) if self.weight_rows[b * self.chunks + c]) or 1
+                     for b in range(self.blocks))
+
+    @property
+    def dead_chunks(self) -> bool:
+        """Whether some block has a chunk of zero weights (the sequencer then masks each block's chunks)."""
+        return any(mask != (1 << self.chunks) - 1 for mask in self.live_masks)
+
     @property
     def pad(self) -> int:
         """Steps without bits before step 0 in the first group: ``G * S - T``."""
@@ -228,9 +263,10 @@ class StreamConvPlan:
     @property
     def fire_steps(self) -> int:
         """Compare-subtract steps the fire unit chains a cycle: the fewest (a power of two) whose ``ceil(T / F)
-        + 1`` cycles a block are no more than the sequencer's :meth:`block_cycles` (a long chain costs Fmax)."""
+        + 1`` cycles a block are no more than the sequencer's on its shortest block (:meth:`block_cycles`; a long
+        chain costs Fmax)."""
         steps = 1
-        while step_groups(self.timesteps, steps) + 1 > self.block_cycles():
+        while step_groups(self.timesteps, steps) + 1 > min(self.block_cycles()):
             steps *= 2
         return steps
 
@@ -285,7 +321,7 @@ class StreamConvPlan:
         """Finished blocks that may wait for the fire unit: enough that, with skipping off, the sequencer never
         holds a bias for want of room (a block's bias reaches the queue :attr:`pipeline_depth` cycles after its
         issue, and is taken a cycle later at the earliest)."""
-        return max(2, ceil_div(self.pipeline_depth + 3, self.block_cycles()))
+        return max(2, ceil_div(self.pipeline_depth + 3, min(self.block_cycles())))
 
     # -- the cycle model (worst case: every bit of every code set; exact with skipping off) ------------------
 
@@ -295,15 +331,15 @@ class StreamConvPlan:
         select, the tables' second cycle, the adder tree's stages, the shift register."""
         return 1 + TABLE_LATENCY + self.adder_stages + 1
 
-    def block_cycles(self) -> int:
-        """Cycles the sequencer spends on one block of ``L`` channels of a pixel at worst: ``G * chunks``
-        operations and the bias (the fire unit's ``fire_groups + 1`` cycles a block are never more)."""
-        return self.groups * self.chunks + 1
+    def block_cycles(self) -> tuple[int, ...]:
+        """Cycles the sequencer spends on each block of ``L`` channels of a pixel at worst: ``G`` operations per
+        live chunk and the bias (the fire unit's ``fire_groups + 1`` cycles a block are never more)."""
+        return tuple(self.groups * mask.bit_count() + 1 for mask in self.live_masks)
 
     def image_cycles(self) -> int:
         """Cycles between two images in steady state at worst (exact with skipping off, when the producer
         offers a beat every cycle and the output never waits)."""
-        return self.window.image_cycles(self.blocks * self.block_cycles() + 1)
+        return self.window.image_cycles(sum(self.block_cycles()) + 1)
 
     @property
     def drain_cycles(self) -> int:
@@ -314,6 +350,7 @@ class StreamConvPlan:
     def report(self) -> dict:
         return {"name": self.name, "engine": "streaming convolution", "convolution": self.geometry.as_dict(),
                 "lanes": self.lanes, "chunk": self.chunk, "chunks": self.chunks, "op_steps": self.op_steps,
+                "live_chunks": sum(mask.bit_count() for mask in self.live_masks),
                 "fire_steps": self.fire_steps,
                 "blocks": self.blocks,
                 "input_lanes": self.input_lanes, "weight_width": self.weight_width,
