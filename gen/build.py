@@ -99,10 +99,15 @@ class StreamLogic:
                 + self.per_lane_bit * stage.lanes * (2 * stage.membrane_width + 3 * stage.threshold_width))
 
 
-#: First estimate of a streaming convolution's logic (2026-12-07), from its structure (one LUT4 a bit of each
-#: adder and multiplexer): to be refitted to nextpnr's counts (report.json has the estimate beside them). A
-#: streaming max pool: ``POOL_LOGIC_PER_BIT`` per window bit (its compares).
-STREAM_LOGIC = StreamLogic(400, 1.0, 1.0, 1.5, 1.0)
+#: A streaming convolution's logic, refitted 2026-12-08: the first guess from its structure (400, 1, 1, 1.5, 1)
+#: was 13-17 % low on the MNIST LeNet and ResNet and 37 % low on the CIFAR VGG (46,818 LUT4s estimated, 78,793
+#: placed: its windows of 144-576 taps). Non-negative least squares on 14 convolutions synthesised alone
+#: (synth_ecp5: loader, sequencer and datapath of the CIFAR VGG's six, a ResNet-8's six at 4 steps a cycle, the
+#: MNIST LeNet's two; within -19 % .. +11 % of each), the per-lane-bit share then raised to cover the fire unit
+#: and the queue of finished blocks (ABC9 fails on the fire unit alone) so the three full builds come out
+#: within -5 % .. +18 % (LeNet -5 %, VGG -1 %, MNIST ResNet +18 %). A window bit is the dominant term: its
+#: two registers, the loader's shift, the chunk multiplexer and the operation mask.
+STREAM_LOGIC = StreamLogic(1479, 0.41, 1.01, 2.46, 2.8)
 POOL_LOGIC_PER_BIT = 1.0
 #: ``build`` refuses, before synthesis, a plan whose estimated logic exceeds the device's by more than this
 #: share (the estimate's error): placement would fail after minutes (nextpnr: "Failed to expand region").
@@ -414,12 +419,18 @@ def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, s
 
 
 def fastest(candidates: list[dict]) -> dict:
-    """The candidate with the shortest interval that fits with room (fewest lanes on a tie); if none does, the
+    """The candidate with the shortest interval that fits with room (on a tie, the fewest steps a cycle, then
+    the fewest lanes); if none does, the
     shortest that fits the device (within :data:`LOGIC_FULL` of its logic: an iCE40UP5K is most of the way
     full at one lane per layer); the first if none fits."""
     fitting = ([c for c in candidates if c["fits"]] or [c for c in candidates if c["fits_device"]]
                or candidates[:1])
-    return min(fitting, key=lambda c: (c["interval"], sum(c["lanes"])))
+    return min(fitting, key=lambda c: (c["interval"], _total_steps(c["plan"]), sum(c["lanes"])))
+
+
+def _total_steps(plan: CorePlan) -> int:
+    """The steps a cycle of a plan's streaming convolutions, summed: at an equal worst case the fewer skip more."""
+    return sum(stage.op_steps for stage in plan.stream if isinstance(stage, StreamConvPlan))
 
 
 def sizing_report(candidates: list[dict], board: BoardSpec) -> dict:
