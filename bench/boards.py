@@ -15,12 +15,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import log, save
+from common import log, save, scratch
 from nets import train
 
 # The issue #18 targets: the iCEBreaker at a 48 MHz PLL (MLP) and 40 MHz (CNN), the ULX3S at 120 MHz (MLP)
@@ -74,7 +73,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="builds at once (default 2)")
     args = parser.parse_args()
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
+    work = scratch("spikesmith-bench-")
     networks = {key: save_network_of(key, work) for key in dict.fromkeys(key for key, _, _ in CONFIGS)}
     log(f"building {len(CONFIGS)} bitstreams, {args.jobs} at a time")
 

@@ -16,14 +16,13 @@ the figures). Writes bench/results/cifar_shapes.json and BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from boards import build_or_refusal
-from common import log, save
+from common import log, save, scratch
 
 
 def synthetic_images(count: int, seed: int) -> np.ndarray:
@@ -138,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     options = ["--clock", f"{args.clock:g}"] if args.clock else []
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
+    work = scratch("spikesmith-bench-")
     boards = [] if args.no_build else ["ulx3s-85f"]
     networks = {"CIFAR-shaped ResNet-8 (16-32-64, basic blocks, 1x1 shortcuts)": seeded(resnet8(), 0),
                 "CIFAR-shaped VGG (16-16-M-32-32-M-64-64-M, 1024-10)": seeded(small_vgg(), 1)}

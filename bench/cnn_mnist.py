@@ -14,12 +14,11 @@ recorded with its reason). Writes bench/results/cnn_mnist.json and BENCHMARKS.md
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 from boards import build_or_refusal
-from common import command, log, save
+from common import command, log, save, scratch
 from nets import train
 
 
@@ -94,7 +93,7 @@ def network_figures(key: str, boards: list[str], clocks: dict[str, str]) -> dict
                            "relays": int((layer.threshold == 1 << net.timesteps).sum()) if layer.fires else 0}
                           for layer in net.layers],
                "points": points}
-    figures["hardware"] = hardware(net, trained, Path(tempfile.mkdtemp(prefix="spikesmith-bench-")), boards, clocks)
+    figures["hardware"] = hardware(net, trained, scratch("spikesmith-bench-"), boards, clocks)
     figures.update(command=command(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     return figures
 

@@ -7,11 +7,14 @@ each section can be reproduced alone with the command printed above it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PLOTS = ROOT / "bench" / "plots"
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def scratch(prefix: str = "spikesmith-bench-") -> Path:
+    """A temporary folder for the bench's builds and caches, removed when the bench exits."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
 
 
 def machine() -> dict:

@@ -21,11 +21,10 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import MNIST, log, save
+from common import MNIST, log, save, scratch
 
 BAUDS = (115_200, 3_000_000)
 MNIST_TEST = ["--data", str(MNIST), "--range", "8000:10000"]
@@ -100,7 +99,7 @@ def main() -> None:
     parser.add_argument("--slow", action="store_true", help="also load the MNIST weights at 115200 baud (~25 min)")
     args = parser.parse_args()
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="spikesmith-endtoend-"))
+    work = scratch("spikesmith-endtoend-")
     cache = work / "verilator"
     digits, mnist = networks(work)
     runs, cores = [], []

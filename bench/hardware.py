@@ -19,13 +19,12 @@ bench/plots/lanes_vs_interval.png and BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import PLOTS, log, pyplot, save
+from common import PLOTS, log, pyplot, save, scratch
 from nets import train
 
 BUDGETS = [8, 16, 32, 64, 128]
@@ -69,7 +68,7 @@ def main() -> None:
     from spikesmith.gen.sizing import DEFAULT_LANE_BUDGET, plan_core
     from spikesmith.sim import golden
 
-    cache = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
+    cache = scratch("spikesmith-bench-")
     figures = {}
     for key in args.nets:
         trained = train(key)

@@ -11,13 +11,12 @@ bench/results/mlp_shapes.json and BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from boards import build, save_network_of
-from common import log, save
+from common import log, save, scratch
 
 SHAPES = ["64-16-10", "64-37-10", "64-64-10", "64-23-41-10", "64-64-32-10", "64-50-33-17-10"]
 
@@ -28,7 +27,7 @@ def main() -> None:
     parser.add_argument("--clock", type=float, default=48, help="PLL clock in MHz (default 48)")
     args = parser.parse_args()
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
+    work = scratch("spikesmith-bench-")
     networks = {shape: save_network_of(f"digits-mlp-{shape}", work) for shape in SHAPES}
     log(f"building {len(SHAPES)} bitstreams for the iCEBreaker at {args.clock:g} MHz, {args.jobs} at a time")
 

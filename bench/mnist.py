@@ -13,14 +13,13 @@ skipping) at the achieved clock (the one asked for, or nextpnr's Fmax if the bui
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from boards import build
-from common import log, save
+from common import log, save, scratch
 from nets import train
 
 PUBLISHED = [
@@ -54,7 +53,7 @@ def main() -> None:
     net = convert_float_network(trained.network, trained.train.images, ConversionOptions(timesteps=8))
     result = evaluate(net, trained.test.images, trained.test.labels)
     log(f"ANN {100 * trained.ann_accuracy:.2f}%, SNN golden T=8 {100 * result.golden_accuracy:.2f}%")
-    work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
+    work = scratch("spikesmith-bench-")
     net_path = save_network(net, work / "mnist-mlp.net.npz")
 
     codes = net.input.encode(trained.test.images[:args.images], net.timesteps)

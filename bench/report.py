@@ -392,7 +392,10 @@ def cifar_shapes_section(f: dict) -> list[str]:
         parts = ", ".join(f"{kind} {bits:,}" for kind, bits in sorted(kinds.items(), key=lambda kv: -kv[1]))
         lines.append(f"- {entry['network']}: {parts}")
     lines += ["", "The convolutions stream (docs/core.md, \"Streaming convolution engine\"): line buffers and "
-                  "windows, no membrane maps; weight tables of up to 64 rows are logic."]
+                  "windows, no membrane maps; weight tables of up to 16 rows (or 1 Kbit) are logic. Each window is "
+                  "registers (about 2.5 LUT4s a bit of `kh * kw * C_in * T`), so a deep layer's window, not its "
+                  "adders, decides how many lanes fit: sized within 60 % of the ECP5-85F's logic these plans are "
+                  "small."]
     return lines
 
 

@@ -13,13 +13,12 @@ simulator on a few images. Writes bench/results/simspeed.json and BENCHMARKS.md.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import log, save
+from common import log, save, scratch
 from nets import train
 
 
@@ -64,7 +63,7 @@ def main() -> None:
     assert len(expected_batch.predictions) == len(batch)
 
     expected = golden.run(net, codes)
-    cache = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
+    cache = scratch("spikesmith-bench-")
     repeated = np.concatenate([codes] * 20)
     expected_repeated = golden.run(net, repeated)
     for key, threads in (("harness", 1), ("harness_threads2", 2)):

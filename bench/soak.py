@@ -22,13 +22,12 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import MNIST, log, save
+from common import MNIST, log, save, scratch
 from nets import train
 
 IMAGES_PER_NETWORK = 1000
@@ -182,7 +181,7 @@ def main() -> None:
     parser.add_argument("--skip-mnist", action="store_true", help="only the random networks")
     args = parser.parse_args()
     started = time.time()
-    cache = Path(tempfile.mkdtemp(prefix="spikesmith-soak-"))
+    cache = scratch("spikesmith-soak-")
     rows, perturbed = soak_networks(args.networks, args.pooled, cache / "random")
     figures = {"networks": rows, "perturbed": perturbed,
                "totals": {"networks": len(rows), "images": sum(r["images"] for r in rows),

@@ -16,11 +16,10 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import PLOTS, log, save
+from common import PLOTS, log, save, scratch
 
 AXES = ["-T", "4", "8", "--weight-bits", "4", "8", "--lane-budget", "speed", "8", "--board", "icebreaker", "ulx3s-85f"]
 
@@ -39,7 +38,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="builds at once (default 2)")
     args = parser.parse_args()
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="spikesmith-bench-"))
+    work = scratch("spikesmith-bench-")
     subprocess.run([sys.executable, "-m", "spikesmith.cli", "demo", "--models", "mlp", "--sweep", "8", "-o", str(work),
                     "-q"], check=True, capture_output=True)
     log(f"sweeping the digits MLP: {' '.join(AXES)}, {args.jobs} builds at a time")
