@@ -27,7 +27,8 @@ from amaranth.lib.wiring import In, Out
 from ..contract.streaming import ADDER_LEVELS_PER_STAGE, StreamConvPlan
 from .events import WrappingCounter, lowest_set_lane
 from .rows import lanes_view, mux_tree, row_table
-from .windows import LineBuffer, WindowLoader, WindowPort, code_beat_layout
+from .windows import (LineBuffer, StoredWindowPort, StoreReadPort, WindowLoader, WindowPort, WindowWriter,
+                      code_beat_layout, group_word)
 
 __all__ = ["StreamConv", "ChunkSequencer", "ChunkDatapath", "NeuronFire", "finished_layout", "op_layout"]
 
@@ -53,36 +54,36 @@ def _tap_code(plan: StreamConvPlan, window, tap: int):
     return window[tap * T:(tap + 1) * T] if tap < plan.taps else Const(0, T)
 
 
-def _group_word(plan: StreamConvPlan, code, word):
-    """Bits ``word*S .. word*S + S - 1`` of a code (zeros above bit ``T-1``): the steps of group ``G-1-word``."""
-    S = plan.op_steps
-    padded = Cat(code, Const(0, plan.pad)) if plan.pad else code
-    return padded.word_select(word, S)
-
-
 class ChunkSequencer(wiring.Component):
     """Takes a window when idle and issues its operations, one a cycle: per block, every ``(g, chunk)`` of a live
     chunk whose bits are not all zero (every live one with skipping off), lowest ``g * slots + chunk`` first, then the
     block's bias, which waits for room in the queue of finished blocks (``credit``, returned by
-    ``credit_back``). ``window`` holds the taken window while its operations read it."""
+    ``credit_back``). ``window`` holds the taken window while its operations read it (with the window in a
+    memory, ``buffer`` says which of the store's two it is in, and the mask comes with it)."""
 
     def __init__(self, plan: StreamConvPlan):
         self.plan = plan
         kh, kw = plan.geometry.kernel
-        super().__init__({"next": In(WindowPort(plan.window)), "window": Out(kh * kw * plan.window.entry_bits),
-                          "ops": Out(op_layout(plan)), "credit_back": In(1)})
+        if plan.window_in_ram:
+            window = {"next": In(StoredWindowPort(plan)), "buffer": Out(1)}
+        else:
+            window = {"next": In(WindowPort(plan.window)), "window": Out(kh * kw * plan.window.entry_bits)}
+        super().__init__({**window, "ops": Out(op_layout(plan)), "credit_back": In(1)})
 
-    def _mask(self, window):
-        """Bit ``g * slots + c``: chunk ``c`` has a set bit in step group ``g`` (always, for a chunk, with
-        skipping off)."""
+    def _mask(self):
+        """Bit ``g * slots + c``: chunk ``c`` of the offered window has a set bit in step group ``g`` (always,
+        for a chunk, with skipping off)."""
         p, G, K = self.plan, self.plan.groups, self.plan.chunk
+        if p.window_in_ram and p.skip_silent:
+            return self.next.mask
         bits = []
         for g in range(G):
             for c in range(p.slots):
                 if c >= p.chunks or not p.skip_silent:
                     bits.append(Const(int(c < p.chunks), 1))
                 else:
-                    bits.append(Cat(_group_word(p, _tap_code(p, window, c * K + k), G - 1 - g)
+                    window = self.next.window
+                    bits.append(Cat(group_word(p, _tap_code(p, window, c * K + k), G - 1 - g)
                                     for k in range(K)).any())
         return Cat(*bits)
 
@@ -98,8 +99,9 @@ class ChunkSequencer(wiring.Component):
         m.d.comb += self.next.take.eq(self.next.ready & ~busy)
         live = self._live_table(block)
         with m.If(self.next.take):
-            taken_mask = self._mask(self.next.window)
-            m.d.sync += [self.window.eq(self.next.window), busy.eq(1), mask.eq(taken_mask),
+            taken_mask = self._mask()
+            taken = self.buffer.eq(self.next.buffer) if p.window_in_ram else self.window.eq(self.next.window)
+            m.d.sync += [taken, busy.eq(1), mask.eq(taken_mask),
                          remaining.eq(taken_mask & live(0)), first.eq(1), block_row.eq(0)]
             block.restart(m)
         lowest = lowest_set_lane(m, remaining, G * p.slots)
@@ -151,8 +153,30 @@ class ChunkDatapath(wiring.Component):
     def __init__(self, plan: StreamConvPlan):
         self.plan = plan
         kh, kw = plan.geometry.kernel
-        super().__init__({"ops": In(op_layout(plan)), "window": In(kh * kw * plan.window.entry_bits),
+        if plan.window_in_ram:
+            window = {"store": Out(StoreReadPort(plan)), "buffer": In(1)}
+        else:
+            window = {"window": In(kh * kw * plan.window.entry_bits)}
+        super().__init__({"ops": In(op_layout(plan)), **window,
                           "finished": Out(stream.Signature(finished_layout(plan)))})
+
+    def _chosen(self, m: Module) -> list:
+        """The operation's chunk, ``K`` codes, a cycle after the operation: a register fed by a multiplexer over the
+        window's chunks, or the store's row (an entry of ``C_in / K`` chunks, the chunk's low bits choose)."""
+        p, K, T, ops = self.plan, self.plan.chunk, self.plan.timesteps, self.ops
+        if not p.window_in_ram:
+            chosen = [Signal(T, name=f"chosen{k}") for k in range(K)]
+            m.d.sync += [chosen[k].eq(mux_tree([_tap_code(p, self.window, c * K + k) for c in range(p.chunks)],
+                                               ops.chunk)) for k in range(K)]
+            return chosen
+        low = (p.chunks_per_row - 1).bit_length()                       # chunks_per_row is a power of two
+        row = ops.chunk[low:] if low else ops.chunk
+        rows = (p.store_rows - 1).bit_length()
+        m.d.comb += self.store.addr.eq(Cat(row[:rows], self.buffer) if rows else self.buffer)
+        codes = self.store.data
+        if low:
+            codes = codes.word_select(_delayed(m, ops.chunk[:low], 1, "store_chunk"), K * T)
+        return [codes[k * T:(k + 1) * T] for k in range(K)]
 
     def _tree(self, m: Module, terms: list, lane: int):
         """Sum of ``terms`` as a balanced tree of ``sum_width``-bit adders, registered every two levels."""
@@ -170,12 +194,10 @@ class ChunkDatapath(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p, K, L, S, ops = self.plan, self.plan.chunk, self.plan.lanes, self.plan.op_steps, self.ops
-        chosen = [Signal(p.timesteps, name=f"chosen{k}") for k in range(K)]    # the chunk's codes (cycle 1)
-        m.d.sync += [chosen[k].eq(mux_tree([_tap_code(p, self.window, c * K + k) for c in range(p.chunks)],
-                                           ops.chunk)) for k in range(K)]
+        chosen = self._chosen(m)                                                 # the chunk's codes (cycle 1)
         bits = Signal(K * S)                                                     # their group's bits (cycle 2)
         word = _delayed(m, ops.word, 1, "word")
-        m.d.sync += bits.eq(Cat(_group_word(p, chosen[k], word) for k in range(K)))
+        m.d.sync += bits.eq(Cat(group_word(p, chosen[k], word) for k in range(K)))
         weights = row_table(m, "weights", p.weight_row_bits, p.weight_rows, logic=p.weights_in_logic)
         biases = row_table(m, "biases", L * p.bias_width, p.bias_rows)
         thresholds = row_table(m, "thresholds", L * p.threshold_width, p.threshold_rows)
@@ -293,7 +315,7 @@ class StreamConv(wiring.Component):
         m = Module()
         p = self.plan
         m.submodules.lines = lines = LineBuffer(p.window)
-        m.submodules.loader = loader = WindowLoader(p.window)
+        m.submodules.loader = loader = WindowWriter(p) if p.window_in_ram else WindowLoader(p.window)
         m.submodules.sequencer = sequencer = ChunkSequencer(p)
         m.submodules.datapath = datapath = ChunkDatapath(p)
         m.submodules.finished = finished = fifo.SyncFIFO(width=finished_layout(p).size, depth=p.finished_queue)
@@ -301,7 +323,12 @@ class StreamConv(wiring.Component):
         wiring.connect(m, wiring.flipped(self.codes_in), lines.codes_in)
         wiring.connect(m, loader.lines, lines.lines)
         wiring.connect(m, loader.next, sequencer.next)
-        m.d.comb += [datapath.ops.eq(sequencer.ops), datapath.window.eq(sequencer.window)]
+        m.d.comb += datapath.ops.eq(sequencer.ops)
+        if p.window_in_ram:
+            wiring.connect(m, datapath.store, loader.store)
+            m.d.comb += datapath.buffer.eq(sequencer.buffer)
+        else:
+            m.d.comb += datapath.window.eq(sequencer.window)
         m.d.comb += [finished.w_data.eq(datapath.finished.payload), finished.w_en.eq(datapath.finished.valid),
                      datapath.finished.ready.eq(finished.w_rdy)]
         m.d.comb += [fire.finished.payload.eq(finished.r_data), fire.finished.valid.eq(finished.r_rdy),

@@ -9,7 +9,7 @@ each output pixel's window in registers, ``kh`` entries a column, and offers it 
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,7 +17,8 @@ from ..contract.streaming import StreamWindow
 from .events import WrappingCounter, index_signal
 from .rows import NO_COLLISIONS
 
-__all__ = ["code_beat_layout", "LinesPort", "WindowPort", "LineBuffer", "WindowLoader"]
+__all__ = ["code_beat_layout", "LinesPort", "WindowPort", "StoredWindowPort", "StoreReadPort", "LineBuffer",
+           "WindowLoader", "WindowWriter", "group_word"]
 
 
 def code_beat_layout(lanes: int, timesteps: int) -> data.ArrayLayout:
@@ -32,6 +33,21 @@ class LinesPort(wiring.Signature):
     def __init__(self, window: StreamWindow):
         super().__init__({"addr": Out(range(max(2, window.depth))), "data": In(window.entry_bits),
                           "release": Out(1), "held": In(range(window.line_rows + 1))})
+
+
+class StoredWindowPort(wiring.Signature):
+    """A complete window in the store offered until ``take``: its ``buffer`` (the store address's top bit) and
+    its operation mask (bit ``g * slots + c``: chunk ``c`` has a set bit in step group ``g``)."""
+
+    def __init__(self, plan):
+        super().__init__({"mask": Out(plan.groups * plan.slots), "buffer": Out(1), "ready": Out(1), "take": In(1)})
+
+
+class StoreReadPort(wiring.Signature):
+    """The datapath's read of the window store: ``addr`` now, ``data`` (a row) a cycle later."""
+
+    def __init__(self, plan):
+        super().__init__({"addr": Out(range(2 * plan.store_rows)), "data": In(plan.store_width)})
 
 
 class WindowPort(wiring.Signature):
@@ -115,13 +131,17 @@ class WindowLoader(wiring.Component):
         sum_addr = Signal(range(depth + width))
         m.d.comb += [sum_addr.eq(self.row_addr + self.x[:max(1, (width - 1).bit_length())]),
                      self.lines.addr.eq(Mux(sum_addr >= depth, sum_addr - depth, sum_addr))]
-        self._shift_columns(m)
+        self._take_entries(m)
         self._walk(m)
         with m.If(self.next.take):
             m.d.sync += [self.next.ready.eq(0), self.loaded.eq(0)]
         return m
 
-    def _shift_columns(self, m: Module) -> None:
+    def _may_issue(self):
+        """A read may issue unless it completes a column while the window before has not been taken."""
+        return ~(self.loaded & self.ky.last)
+
+    def _take_entries(self, m: Module) -> None:
         """Each read's entry lands a cycle later in the column register; a complete column shifts the window left."""
         w = self.geometry
         (kh, kw), (_, height, width), bits = w.kernel, w.in_shape, w.entry_bits
@@ -163,7 +183,7 @@ class WindowLoader(wiring.Component):
         waits until the previous window has been taken."""
         w = self.geometry
         (dh, dw), width, depth = w.dilation, w.in_shape[2], w.depth
-        m.d.comb += self.issue.eq(~(self.loaded & self.ky.last))
+        m.d.comb += self.issue.eq(self._may_issue())
         with m.If(self.issue):
             self.ky.advance(m)
             m.d.sync += [self.y.eq(self.y + dh), self.row_addr.eq(_wrap_add(self.row_addr, (dh * width) % depth, depth))]
@@ -208,3 +228,76 @@ class WindowLoader(wiring.Component):
                     m.next = "RELEASE"
                 with m.Elif(held > 0):
                     self._advance_head(m)
+
+
+class WindowWriter(WindowLoader):
+    """The window of a streaming convolution in a memory (``StreamConvPlan.window_in_ram``): the loader's walk,
+    every pixel's ``kw`` columns read (no column reuse), each entry written a cycle after its read into the
+    store's buffer for the next window, at entry ``kx * kh + ky`` (the order of the reads, and of the plan's taps
+    ``(kx, ky, ci)``), and its chunks' bits of the operation mask set. Reads wait until the window before has
+    been taken (its buffer then holds the window the sequencer has finished). The store has two buffers of
+    ``store_rows`` rows: a row is an entry of ``C_in / K`` chunks, or a chunk of ``K / C_in`` entries."""
+
+    def __init__(self, plan):
+        self.plan, self.geometry = plan, plan.window
+        wiring.Component.__init__(self, {"lines": Out(LinesPort(plan.window)), "next": Out(StoredWindowPort(plan)),
+                                         "store": In(StoreReadPort(plan))})
+
+    def _may_issue(self):
+        return ~self.loaded
+
+    def _take_entries(self, m: Module) -> None:
+        p = self.plan
+        (kh, kw), (_, height, width) = p.geometry.kernel, p.window.in_shape
+        entry_bits, per_row = p.window.entry_bits, p.entries_per_row
+        m.submodules.store = store = memory.Memory(shape=unsigned(p.store_width), depth=2 * p.store_rows, init=[],
+                                                   attrs=NO_COLLISIONS)
+        write, read = store.write_port(granularity=entry_bits), store.read_port()
+        m.d.comb += [read.addr.eq(self.store.addr), self.store.data.eq(read.data)]
+        arrived, inside, arrived_last = Signal(), Signal(), Signal()
+        m.d.sync += [arrived.eq(self.issue), arrived_last.eq(self.issue & self.ky.last & (self.columns_left == 1)),
+                     inside.eq((self.x >= 0) & (self.x < width) & (self.y >= 0) & (self.y < height))]
+        entry = Mux(inside, self.lines.data, 0)
+        slot = WrappingCounter(per_row, "store_slot")                   # the entry's place in its row
+        row = Signal(range(max(2, p.store_rows)), name="store_row")
+        buffer = self.next.buffer
+        m.d.comb += [write.addr.eq(Cat(row, buffer) if p.store_rows > 1 else buffer),
+                     write.data.eq(Cat(*[entry] * per_row)),
+                     write.en.eq(Mux(arrived, 1 << slot.value, 0) if per_row > 1 else arrived)]
+        with m.If(arrived):
+            self._set_mask(m, entry, row, slot)
+            slot.advance(m)
+            with m.If(slot.last):
+                m.d.sync += row.eq(row + 1)
+            with m.If(arrived_last):
+                m.d.sync += [self.next.ready.eq(1), row.eq(0)]
+                slot.restart(m)
+        with m.If(self.next.take):
+            m.d.sync += buffer.eq(~buffer)
+
+    def _set_mask(self, m: Module, entry, row, slot) -> None:
+        """The arriving entry's bits of the operation mask: each of its chunks' (an entry of ``C_in / K``), or
+        its chunk's, OR-ed over the chunk's entries (the first assigns)."""
+        p, G, K, T = self.plan, self.plan.groups, self.plan.chunk, self.plan.timesteps
+        mask, per_row, per_entry = self.next.mask, p.entries_per_row, p.chunks_per_row
+        codes = [entry[ci * T:(ci + 1) * T] for ci in range(p.window.in_shape[0])]
+        bits = [[Signal(name=f"entry_mask_{j}_{g}") for g in range(G)] for j in range(per_entry)]
+        for j in range(per_entry):
+            taps = codes[j * K:(j + 1) * K] if per_row == 1 else codes
+            m.d.comb += [bits[j][g].eq(Cat(group_word(p, code, G - 1 - g) for code in taps).any()) for g in range(G)]
+        for r in range(p.store_rows):
+            chunks = [(j, r * per_entry + j) for j in range(per_entry) if r * per_entry + j < p.chunks]
+            if not chunks:
+                continue
+            with m.If(row == r):
+                for j, c in chunks:
+                    for g in range(G):
+                        index = g * p.slots + c
+                        kept = mask[index] & (slot.value != 0) if per_row > 1 else 0
+                        m.d.sync += mask[index].eq(bits[j][g] | kept)
+
+
+def group_word(plan, code, word):
+    """Bits ``word*S .. word*S + S - 1`` of a code (zeros above bit ``T-1``): the steps of group ``G-1-word``."""
+    padded = Cat(code, Const(0, plan.pad)) if plan.pad else code
+    return padded.word_select(word, plan.op_steps)

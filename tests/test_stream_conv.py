@@ -7,7 +7,7 @@ import pytest
 
 from spikesmith.contract.bounds import layer_bounds
 from spikesmith.contract.network import ConvGeometry, ConvSpec, DenseLayer
-from spikesmith.contract.streaming import plan_stream_conv
+from spikesmith.contract.streaming import plan_stream_conv, store_aligned
 from spikesmith.hw.stream_conv import StreamConv
 from spikesmith.sim.golden import accumulate, fire
 from spikesmith.sim.hdl import StreamSink, StreamSource, run_streams
@@ -26,11 +26,11 @@ def random_conv_layer(rng, geometry: ConvGeometry, timesteps: int, weight_bits: 
 
 
 def stream_plan(layer: DenseLayer, timesteps: int, lanes: int, input_lanes: int, chunk: int, skip: bool = True,
-                op_steps: int = 1):
+                op_steps: int = 1, in_ram: bool = False):
     geometry = layer.conv.geometry
     return plan_stream_conv(0, layer.name, geometry, layer.conv.kernel, layer.bias[::geometry.pixels],
                             layer.threshold[::geometry.pixels], timesteps, lanes, input_lanes, chunk,
-                            layer_bounds(layer, timesteps).membrane_width, skip, op_steps)
+                            layer_bounds(layer, timesteps).membrane_width, skip, op_steps, in_ram)
 
 
 def pixel_beats(codes: np.ndarray, shape, lanes: int, timesteps: int) -> list[int]:
@@ -97,9 +97,20 @@ CASES = [
 ]
 
 
-def build_case(case, seed: int, skip: bool = True, sparse: bool = False):
+def random_store_case(seed: int):
+    """A random case whose chunk lines up with the input's pixels (``store_aligned``), for a window in RAM."""
+    shape, c_out, kernel, stride, padding, T, lanes, input_lanes, _, op_steps = random_case(seed)
+    rng = np.random.default_rng(seed + 1000)
+    c_in, taps = shape[0], kernel[0] * kernel[1] * shape[0]
+    chunks = [c_in >> k for k in range(c_in.bit_length()) if c_in % (c_in >> k) == 0 and c_in >> k]
+    chunks += [c_in * m for m in range(2, kernel[0] * kernel[1] + 1)]
+    chunk = int(rng.choice([c for c in chunks if c <= taps and store_aligned(c_in, c)]))
+    return (shape, c_out, kernel, stride, padding, T, lanes, input_lanes, chunk, op_steps)
+
+
+def build_case(case, seed: int, skip: bool = True, sparse: bool = False, in_ram: bool = False):
     """``sparse``: most weights zero and the first output channel's all, so that some blocks have chunks of
-    zero weights (and with one lane, a block none at all)."""
+    zero weights (and with one lane, a block none at all). ``in_ram``: the window in a memory."""
     shape, c_out, kernel, stride, padding, T, lanes, input_lanes, chunk, op_steps = case
     rng = np.random.default_rng(seed)
     geometry = ConvGeometry(shape, c_out, kernel, stride, padding)
@@ -107,10 +118,12 @@ def build_case(case, seed: int, skip: bool = True, sparse: bool = False):
     if sparse:
         layer.conv.kernel[rng.random(geometry.kernel_shape) < 0.7] = 0
         layer.conv.kernel[0] = 0
-    return rng, layer, stream_plan(layer, T, lanes, input_lanes, chunk, skip, op_steps)
+    return rng, layer, stream_plan(layer, T, lanes, input_lanes, chunk, skip, op_steps, in_ram)
 
 
 ALL_CASES = CASES + [random_case(seed) for seed in range(24)]
+#: Random cases with the window in a memory (chunks that line up with the input's pixels).
+STORE_CASES = [random_store_case(seed) for seed in range(200, 220)]
 #: Random cases whose kernels have chunks of zero weights (the sequencer skips them in every block).
 SPARSE_CASES = [random_case(seed) for seed in range(100, 112)]
 
@@ -131,6 +144,26 @@ def test_chunks_of_zero_weights_are_skipped_and_every_code_is_the_golden_models(
     codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
     sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
     assert sink.received == expected and not sink.extra
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
+@pytest.mark.parametrize("case", STORE_CASES, ids=[f"store{k}" for k in range(len(STORE_CASES))])
+def test_with_the_window_in_ram_every_code_is_the_golden_models(case, skip):
+    rng, layer, plan = build_case(case, seed=len(str(case)), skip=skip, sparse=case[0][0] % 2 == 0, in_ram=True)
+    assert plan.window_bits == 0
+    codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
+    sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
+    assert sink.received == expected and not sink.extra
+
+
+@pytest.mark.parametrize("case", STORE_CASES[::2], ids=[f"store{k}" for k in range(0, len(STORE_CASES), 2)])
+def test_with_the_window_in_ram_cycles_per_image_are_the_plans_with_skipping_off(case):
+    """Every read waits for the hand-over and every pixel reads all ``kw`` columns: the plan's recurrence."""
+    rng, layer, plan = build_case(case, seed=1, skip=False, in_ram=True)
+    images = 4
+    sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
+    assert sink.received == expected
+    assert steady_gap(sink, images) == plan.image_cycles()
 
 
 def test_a_relays_block_visits_only_its_centre_chunk():

@@ -29,7 +29,7 @@ from .network import ConvGeometry, PoolGeometry, signed_width, unsigned_width
 from .packing import TABLE_LATENCY, TABLE_ROWS, ceil_div, pack_row, rom_in_logic
 
 __all__ = ["StreamWindow", "StreamConvPlan", "StreamPoolPlan", "ADDER_LEVELS_PER_STAGE", "chunk_slots",
-           "step_groups", "chunk_notation", "parse_chunk", "live_chunks", "nonzero_taps",
+           "step_groups", "chunk_notation", "parse_chunk", "live_chunks", "nonzero_taps", "store_aligned",
            "plan_stream_conv"]
 
 #: Levels of the chunk's adder tree between two registers.
@@ -64,6 +64,16 @@ def chunk_slots(chunks: int) -> int:
     return 1 << max(0, (chunks - 1).bit_length())
 
 
+def store_aligned(channels: int, chunk: int) -> bool:
+    """Whether a window of ``channels``-code entries can be a memory of chunk rows: ``chunk`` divides
+    ``channels`` a power-of-two number of times (an entry is a row of whole chunks, selected by the chunk's low
+    bits) or ``channels`` divides ``chunk`` (a chunk is a row of whole entries)."""
+    if chunk > channels:
+        return chunk % channels == 0
+    per_row = channels // chunk
+    return channels % chunk == 0 and per_row & (per_row - 1) == 0
+
+
 def live_chunks(nonzero_taps: np.ndarray, lanes: int, chunk: int) -> np.ndarray:
     """``(blocks, chunks)`` booleans: chunk ``c`` (taps ``c*K .. c*K + K - 1`` in the order ``(ky, kx, ci)``) has
     a nonzero weight in some lane of block ``b`` of ``lanes`` output channels. ``nonzero_taps``: ``(C_out, taps)``
@@ -75,10 +85,12 @@ def live_chunks(nonzero_taps: np.ndarray, lanes: int, chunk: int) -> np.ndarray:
     return padded.reshape(c_out // lanes, lanes, chunks, chunk).any(axis=(1, 3))
 
 
-def nonzero_taps(kernel: np.ndarray) -> np.ndarray:
-    """A kernel ``(C_out, C_in, kh, kw)``'s nonzero weights as ``(C_out, kh * kw * C_in)``, taps ``(ky, kx, ci)``."""
+def nonzero_taps(kernel: np.ndarray, window_in_ram: bool = False) -> np.ndarray:
+    """A kernel ``(C_out, C_in, kh, kw)``'s nonzero weights as ``(C_out, kh * kw * C_in)``, taps ``(ky, kx, ci)``
+    (in a window store ``(kx, ky, ci)``)."""
     kernel = np.asarray(kernel)
-    return kernel.transpose(0, 2, 3, 1).reshape(kernel.shape[0], -1) != 0
+    order = (0, 3, 2, 1) if window_in_ram else (0, 2, 3, 1)
+    return kernel.transpose(*order).reshape(kernel.shape[0], -1) != 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class StreamWindow:
     out_columns: int
     timesteps: int
     input_lanes: int
+    in_ram: bool = False   # the window is written into a memory (every read waits for the hand-over), not registers
 
     def __post_init__(self):
         assert self.in_shape[0] % self.input_lanes == 0
@@ -139,8 +152,9 @@ class StreamWindow:
 
     @property
     def reuses_columns(self) -> bool:
-        """Whether a pixel's window keeps the previous pixel's columns (no column dilation) and reads only new ones."""
-        return self.dilation[1] == 1
+        """Whether a pixel's window keeps the previous pixel's columns (no column dilation, in registers) and reads
+        only new ones."""
+        return self.dilation[1] == 1 and not self.in_ram
 
     def pixel_columns(self, first_of_row: bool) -> int:
         """Columns the loader reads for a pixel: all ``kw`` at a row's start (and always with column dilation),
@@ -156,16 +170,20 @@ class StreamWindow:
     def handovers(self, busy: int, images: int = 3) -> list[int]:
         """The cycle of every window hand-over over ``images`` images, counted from the first read, when the
         consumer needs ``busy`` cycles a window and the input and output never wait: the loader issues a read a
-        cycle (``kh`` a column; the read that completes a pixel's first column only after the previous window
-        was handed over), a window is handed over when complete and the consumer is idle, and between rows the
-        loader releases rows a cycle each (docs/core.md, "Streaming convolution engine")."""
+        cycle (``kh`` a column; the read that completes a pixel's first column, or with the window in a memory
+        every read, only after the previous window was handed over), a window is handed over when complete and
+        the consumer is idle, and between rows the loader releases rows a cycle each (docs/core.md, "Streaming
+        convolution engine")."""
         kh = self.kernel[0]
         height = self.in_shape[1]
         times, free, start, handover = [], 0, 0, -1
         for _ in range(images):
             for oy in range(self.out_rows):
                 for ox in range(self.out_columns):
-                    completing = max(start + kh - 1, handover + 1)        # the read that shifts the window
+                    if self.in_ram:                                       # all reads wait for the buffer
+                        completing = max(start, handover + 1) + kh - 1
+                    else:
+                        completing = max(start + kh - 1, handover + 1)    # the read that shifts the window
                     last = completing + (self.pixel_columns(ox == 0) - 1) * kh   # the last read
                     handover = max(last + 2, free)
                     free = handover + busy
@@ -211,18 +229,47 @@ class StreamConvPlan:
     threshold_rows: tuple[int, ...] = field(repr=False)
     skip_silent: bool = True
     op_steps: int = 1      # S: steps an operation covers (a power of two, at most the next one above T)
+    window_in_ram: bool = False   # the window is a memory of chunk rows (K divides C_in, or C_in divides K)
 
     def __post_init__(self):
         c_in, c_out = self.geometry.in_shape[0], self.geometry.out_channels
         assert c_out % self.lanes == 0 and c_in % self.input_lanes == 0 and 1 <= self.chunk <= self.taps
         assert len(self.weight_rows) == self.blocks * self.chunks
+        assert not self.window_in_ram or store_aligned(c_in, self.chunk)
         assert self.op_steps & (self.op_steps - 1) == 0 and 1 <= self.op_steps < 2 * self.timesteps
 
     @cached_property
     def window(self) -> StreamWindow:
         g = self.geometry
         return StreamWindow(g.in_shape, g.kernel, g.stride, g.padding, (1, 1), g.out_shape[1], g.out_shape[2],
-                            self.timesteps, self.input_lanes)
+                            self.timesteps, self.input_lanes, self.window_in_ram)
+
+    # -- the window in a memory (``window_in_ram``) -----------------------------------------------------------
+
+    @property
+    def entries_per_row(self) -> int:
+        """Input pixels (entries of ``C_in`` codes) in a store row: ``K / C_in`` when a chunk spans several, else 1."""
+        c_in = self.geometry.in_shape[0]
+        return self.chunk // c_in if self.chunk > c_in else 1
+
+    @property
+    def chunks_per_row(self) -> int:
+        """Chunks in a store row: ``C_in / K`` when an entry holds several, else 1."""
+        c_in = self.geometry.in_shape[0]
+        return c_in // self.chunk if self.chunk <= c_in else 1
+
+    @property
+    def store_width(self) -> int:
+        """Bits of a store row: one entry (``C_in * T``), or a chunk of ``K / C_in`` entries (``K * T``)."""
+        return max(self.chunk, self.geometry.in_shape[0]) * self.timesteps
+
+    @property
+    def store_rows(self) -> int:
+        """Rows of one window in the store: an entry a row (``kh * kw``), or a chunk a row (``chunks``); a
+        power of two, so that the buffer is the address's top bit."""
+        kh, kw = self.geometry.kernel
+        rows = kh * kw if self.chunk <= self.geometry.in_shape[0] else self.chunks
+        return 1 << max(0, (rows - 1).bit_length())
 
     @property
     def taps(self) -> int:
@@ -292,6 +339,8 @@ class StreamConvPlan:
         L = self.lanes
         shapes = [("line buffer", self.window.entry_bits, max(2, self.window.depth)),
                   ("finished queue", L * (self.membrane_width + self.threshold_width), self.finished_queue)]
+        if self.window_in_ram:
+            shapes.append(("window store", self.store_width, 2 * self.store_rows))
         if not self.weights_in_logic:
             shapes.append(("weights", self.weight_row_bits, len(self.weight_rows)))
         if self.blocks > TABLE_ROWS:
@@ -313,8 +362,8 @@ class StreamConvPlan:
 
     @property
     def window_bits(self) -> int:
-        """Flip-flops of the two windows (the one accumulated and the one being loaded)."""
-        return 2 * self.taps * self.timesteps
+        """Flip-flops of the two windows (the one accumulated and the one being loaded); none in a memory."""
+        return 0 if self.window_in_ram else 2 * self.taps * self.timesteps
 
     @property
     def finished_queue(self) -> int:
@@ -405,14 +454,17 @@ class StreamPoolPlan:
 
 def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.ndarray, bias: np.ndarray,
                      threshold: np.ndarray, timesteps: int, lanes: int, input_lanes: int, chunk: int,
-                     membrane_width: int, skip_silent: bool = True, op_steps: int = 1) -> StreamConvPlan:
+                     membrane_width: int, skip_silent: bool = True, op_steps: int = 1,
+                     window_in_ram: bool = False) -> StreamConvPlan:
     """Pack one convolution's integer ``kernel`` ``(C_out, C_in, kh, kw)``, per-channel ``bias`` and
     ``threshold`` into a :class:`StreamConvPlan`. ``membrane_width`` comes from the layer's bounds
     (spikesmith/contract/bounds.py)."""
     group_scale = (1 << op_steps) - 1                                # a group's steps at weights 2^(S-1) .. 1
     kernel = np.asarray(kernel, dtype=np.int64)
     c_out = geometry.out_channels
-    taps = kernel.transpose(0, 2, 3, 1).reshape(c_out, -1)          # tap (ky, kx, ci) row-major
+    # taps (ky, kx, ci) row-major; in a window store (kx, ky, ci), the order the loader reads the entries
+    taps = kernel.transpose(0, 3, 2, 1) if window_in_ram else kernel.transpose(0, 2, 3, 1)
+    taps = taps.reshape(c_out, -1)
     chunks = ceil_div(taps.shape[1], chunk)
     padded = np.zeros((c_out, chunks * chunk), dtype=np.int64)
     padded[:, :taps.shape[1]] = taps
@@ -435,4 +487,4 @@ def plan_stream_conv(index: int, name: str, geometry: ConvGeometry, kernel: np.n
         weight_rows=tuple(weight_rows),
         bias_rows=tuple(pack_row(bias[b * lanes:(b + 1) * lanes], bias_width) for b in range(blocks)),
         threshold_rows=tuple(pack_row(threshold[b * lanes:(b + 1) * lanes], threshold_width) for b in range(blocks)),
-        skip_silent=skip_silent, op_steps=op_steps)
+        skip_silent=skip_silent, op_steps=op_steps, window_in_ram=window_in_ram)
