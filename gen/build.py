@@ -88,14 +88,20 @@ class StreamLogic:
     per_weight_bit: float
     per_window_bit: float
     per_lane_bit: float
+    per_mask_bit: float = 0.0    # a window in RAM: per bit of its operation mask, ``G * slots``
+    per_store_bit: float = 0.0   # a window in RAM: per bit of its store (distributed RAM)
 
     def estimate(self, stage) -> float:
         rows = len(stage.weight_rows)
         inputs = stage.chunk * stage.op_steps
         table = stage.weight_row_bits * ceil_div(rows, 16) if stage.weights_in_logic and rows > 1 else 0
+        if stage.window_in_ram:
+            window = (self.per_mask_bit * stage.groups * stage.slots
+                      + self.per_store_bit * stage.store_width * 2 * stage.store_rows)
+        else:
+            window = self.per_window_bit * stage.taps * stage.timesteps
         return (self.base + self.per_adder_bit * stage.lanes * max(0, inputs - 1) * stage.sum_width
-                + self.per_weight_bit * table
-                + self.per_window_bit * stage.taps * stage.timesteps
+                + self.per_weight_bit * table + window
                 + self.per_lane_bit * stage.lanes * (2 * stage.membrane_width + 3 * stage.threshold_width))
 
 
@@ -107,7 +113,11 @@ class StreamLogic:
 #: and the queue of finished blocks (ABC9 fails on the fire unit alone) so the three full builds come out
 #: within -5 % .. +18 % (LeNet -5 %, VGG -1 %, MNIST ResNet +18 %). A window bit is the dominant term: its
 #: two registers, the loader's shift, the chunk multiplexer and the operation mask.
-STREAM_LOGIC = StreamLogic(1479, 0.41, 1.01, 2.46, 2.8)
+#: A window in RAM (2026-12-08, the CIFAR VGG's 64- and 32-channel layers at 8 taps a cycle synthesised alone):
+#: about 9 LUT4s a bit of the operation mask (the loader's, the sequencer's, their choice of the next operation)
+#: and 2 per 64 bits of the store (DPR16X4 distributed RAM): 11,713 against 13,455 for the same layer's register
+#: window at 9 taps (its mask half as many bits: 72 chunks pad to 128 slots).
+STREAM_LOGIC = StreamLogic(1479, 0.41, 1.01, 2.46, 2.8, per_mask_bit=9.0, per_store_bit=2 / 64)
 POOL_LOGIC_PER_BIT = 1.0
 #: ``build`` refuses, before synthesis, a plan whose estimated logic exceeds the device's by more than this
 #: share (the estimate's error): placement would fail after minutes (nextpnr: "Failed to expand region").
@@ -193,12 +203,19 @@ def dp16kd_blocks(width: int, depth: int, rom: bool = False) -> int:
     return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in _ECP5_DP16KD_SHAPES)
 
 
+#: A window store of up to this many rows is distributed RAM on the ECP5 (yosys: 256 DPR16X4 for a CIFAR VGG
+#: layer's 512-bit, 32-row store).
+_DISTRIBUTED_STORE_ROWS = 32
+
+
 def ecp5_usage(plan: CorePlan) -> dict[str, int]:
     """Estimated DP16KD blocks of the board top on an ECP5, per kind of memory (weights, membranes, ...)."""
     usage: dict[str, int] = {}
     for name, width, depth, _ in _memories_in_ram(plan):
         stages = tuple(layer.name + " " for layer in plan.layers) + tuple(stage.name + " " for stage in plan.stream)
         kind = name.split(" ", 1)[1] if name.startswith(stages) else name
+        if kind == "window store" and depth <= _DISTRIBUTED_STORE_ROWS:
+            continue
         usage[kind] = usage.get(kind, 0) + dp16kd_blocks(width, depth, rom=name.endswith(_ROMS))
     return usage
 

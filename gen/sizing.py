@@ -16,7 +16,7 @@ from ..contract.plan import CorePlan, InputPlan, LayerPlan, PoolPlan, ceil_div, 
 from ..contract.streaming import parse_chunk
 from ..errors import SpikesmithError
 from .streaming import (DEFAULT_ADDER_BUDGET, StreamChoice, choose_stream, plan_stream, stream_input_order,
-                        streamed_layers)
+                        streamed_layers, window_in_ram)
 
 __all__ = ["SizingError", "plan_core", "choose_lanes", "DEFAULT_LANE_BUDGET"]
 
@@ -203,8 +203,9 @@ def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, ta
     if chunks is None:
         return choose_stream(list(layers), timesteps, max(adder_budget, sum(given or [1] * len(layers))), target,
                              lanes=given, steps=op_steps)
-    return [StreamChoice(given[k] if given is not None else layer.conv.geometry.out_channels,
-                         *_parsed_chunk(chunks[k])) for k, layer in enumerate(layers)]
+    choices = [StreamChoice(given[k] if given is not None else layer.conv.geometry.out_channels,
+                            *_parsed_chunk(chunks[k])) for k, layer in enumerate(layers)]
+    return [replace(choice, in_ram=window_in_ram(layer, choice, timesteps)) for choice, layer in zip(choices, layers)]
 
 
 def _parsed_chunk(value) -> tuple[int, int]:

@@ -11,14 +11,19 @@ import numpy as np
 from ..contract.bounds import layer_bounds
 from ..contract.network import DenseLayer, SpikingNetwork
 from ..contract.packing import ceil_div
-from ..contract.streaming import StreamConvPlan, StreamPoolPlan, live_chunks, nonzero_taps, plan_stream_conv, step_groups
+from ..contract.streaming import (StreamConvPlan, StreamPoolPlan, live_chunks, nonzero_taps, plan_stream_conv,
+                                  step_groups, store_aligned)
 from ..errors import SpikesmithError
 
-__all__ = ["StreamChoice", "streamed_layers", "stream_options", "choose_stream", "plan_stream", "stream_input_order",
-           "DEFAULT_ADDER_BUDGET"]
+__all__ = ["StreamChoice", "window_in_ram", "streamed_layers", "stream_options", "choose_stream", "plan_stream",
+           "stream_input_order", "DEFAULT_ADDER_BUDGET"]
 
 #: Adder inputs (lanes times taps a cycle, summed over the streaming convolutions) when the user does not say.
 DEFAULT_ADDER_BUDGET = 1024
+#: A window in RAM pays off from this many taps times steps a cycle: its operation mask (about 9 LUT4s a bit,
+#: ``G * slots``, about ``T * taps / (K * S)`` bits, twice that when the chunks pad to a power of two) against
+#: about 2.5 LUT4s a window bit in registers (``STREAM_LOGIC`` in gen/build.py).
+STORE_MIN_INPUTS = 8
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class StreamChoice:
     lanes: int
     chunk: int
     steps: int = 1
+    in_ram: bool = False   # the window in a memory (:func:`window_in_ram`)
 
     @property
     def adders(self) -> int:
@@ -35,7 +41,29 @@ class StreamChoice:
         return self.lanes * self.chunk * self.steps
 
     def __str__(self) -> str:
-        return f"{self.lanes}x{self.chunk}" + (f"x{self.steps} steps" if self.steps > 1 else "")
+        return (f"{self.lanes}x{self.chunk}" + (f"x{self.steps} steps" if self.steps > 1 else "")
+                + (" (window in RAM)" if self.in_ram else ""))
+
+
+def window_in_ram(layer: DenseLayer, choice: StreamChoice, timesteps: int, live: int | None = None) -> bool:
+    """Whether ``choice`` keeps the convolution's window in a memory: its chunk lines up with the input's pixels
+    (:func:`~spikesmith.contract.streaming.store_aligned`), the kernel has more than one tap a channel, and the
+    worst case does not grow: a pixel's ``kh * kw`` reads wait for the hand-over, so the sequencer's worst case
+    a pixel (``G * live + B + 1``; ``live``: the blocks' live chunks, summed) must cover them and two cycles;
+    and it has at least :data:`STORE_MIN_INPUTS` taps times steps a cycle."""
+    g = layer.conv.geometry
+    (kh, kw), c_in = g.kernel, g.in_shape[0]
+    if kh * kw == 1 or choice.chunk * choice.steps < STORE_MIN_INPUTS or not store_aligned(c_in, choice.chunk):
+        return False
+    if live is None:
+        live = _live(nonzero_taps(layer.conv.kernel, window_in_ram=True), choice)
+    busy = step_groups(timesteps, choice.steps) * live + g.out_channels // choice.lanes + 1
+    return busy >= kh * kw + 2
+
+
+def _live(nonzero, choice: StreamChoice) -> int:
+    """The blocks' live chunks, summed (a block of zero weights visits one)."""
+    return int(np.maximum(live_chunks(nonzero, choice.lanes, choice.chunk).sum(axis=1), 1).sum())
 
 
 
@@ -57,10 +85,14 @@ def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None,
     cheaper one (the Pareto front of adders and cycles)."""
     g = layer.conv.geometry
     taps, nonzero = g.window_size, nonzero_taps(layer.conv.kernel)
+    stored, c_in = nonzero_taps(layer.conv.kernel, window_in_ram=True), g.in_shape[0]
     # More than one step a cycle by default only for the whole window: below it a chunk twice as large costs the
     # same adders for the same cycles and skips more (an operation over S steps is skipped only when all are
     # silent). But it reads twice the weights a cycle: ``steps`` > 1 is for a core short of block RAM ports.
-    shapes = [(chunk, steps) for chunk in sorted({ceil_div(taps, n) for n in range(1, taps + 1)})]
+    # (and the chunks that line up with the input's pixels, for a window in RAM)
+    aligned = {c for c in [c_in >> k for k in range(c_in.bit_length())] + [c_in * m for m in range(2, taps // c_in + 1)]
+               if 0 < c <= taps and store_aligned(c_in, c)}
+    shapes = [(chunk, steps) for chunk in sorted({ceil_div(taps, n) for n in range(1, taps + 1)} | aligned)]
     shapes += [(taps, 1 << k) for k in range(1, (2 * timesteps - 1).bit_length()) if 1 << k > steps]
     counts = [lanes] if lanes is not None else [d for d in range(1, g.out_channels + 1) if g.out_channels % d == 0]
     # (The MNIST LeNet's second convolution at 5 taps x 8 steps measured 6,300 cycles an image, its worst
@@ -69,8 +101,10 @@ def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None,
                         key=lambda c: (c.adders, c.steps, -c.lanes))
     front, best = [], None
     for choice in candidates:
-        live = int(np.maximum(live_chunks(nonzero, choice.lanes, choice.chunk).sum(axis=1), 1).sum())
-        cycles = _fast_cycles(g, choice, timesteps, live)
+        in_ram = window_in_ram(layer, choice, timesteps, _live(stored, choice)) if store_aligned(c_in, choice.chunk) \
+            else False
+        choice = StreamChoice(choice.lanes, choice.chunk, choice.steps, in_ram)
+        cycles = _fast_cycles(g, choice, timesteps, _live(stored if in_ram else nonzero, choice))
         if best is None or cycles < best:
             front.append((choice, cycles))
             best = cycles
@@ -84,6 +118,8 @@ def _fast_cycles(g, choice: StreamChoice, timesteps: int, live: int) -> int:
     (kh, kw), sw = g.kernel, g.stride[1]
     _, rows, columns = g.out_shape
     busy = step_groups(timesteps, choice.steps) * live + g.out_channels // choice.lanes + 1
+    if choice.in_ram:                                    # every pixel reads its whole window after the hand-over
+        return rows * columns * max(busy, kw * kh + 2)
     return rows * (max(busy, kw * kh + 2) + (columns - 1) * max(busy, min(kw, sw) * kh))
 
 
@@ -133,7 +169,8 @@ def plan_stream(net: SpikingNetwork, count: int, choices: list[StreamChoice], in
         step = g.pixels
         stages.append(plan_stream_conv(index, layer.name, g, layer.conv.kernel, layer.bias[::step],
                                        layer.threshold[::step], T, choice.lanes, lanes_in, choice.chunk,
-                                       layer_bounds(layer, T).membrane_width, skip_silent, choice.steps))
+                                       layer_bounds(layer, T).membrane_width, skip_silent, choice.steps,
+                                       choice.in_ram))
         lanes_in = choice.lanes
     return stages
 

@@ -68,6 +68,22 @@ def test_a_streaming_core_in_verilog_is_bit_exact_under_backpressure(case, harne
     assert_agrees(run, expected, len(codes))
 
 
+@pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
+def test_windows_in_ram_are_bit_exact_in_verilog(skip, harness_cache):
+    """Chunks that line up with the input's pixels (an entry of two chunks; a chunk of two entries) put both
+    convolutions' windows in RAM; the emitted Verilog agrees with the golden model under back-pressure."""
+    rng = np.random.default_rng(31)
+    net = make_conv_network(rng, (16, 8, 8), [(8, (3, 3), (1, 1), (1, 1)), (4, (3, 3), (2, 2), (1, 1))], 5, 6,
+                            weight_bits=5)
+    plan = plan_core(net, lanes=[4, 2, 5], chunks=["8", "16"], input_lanes=4, skip_silent=skip)
+    assert [stage.window_in_ram for stage in plan.stream if isinstance(stage, StreamConvPlan)] == [True, True]
+    codes = random_codes(net, 40, seed=3)
+    expected = golden.run(net, codes)
+    run = run_harness(build_harness(plan, harness_cache), plan, codes, expected, seed=4,
+                      valid_probability=0.7, ready_probability=0.6)
+    assert_agrees(run, expected, len(codes))
+
+
 @pytest.mark.parametrize("seed", _longer_after(2, range(4)))
 def test_random_pooled_networks_stream_bit_exact(seed, harness_cache):
     """make_pooled_network's max pools (any kernel, stride, padding, dilation, ceil_mode) in the stream."""
