@@ -88,7 +88,7 @@ class StreamLogic:
     per_weight_bit: float
     per_window_bit: float
     per_lane_bit: float
-    per_mask_bit: float = 0.0    # a window in RAM: per bit of its operation mask, ``G * slots``
+    per_mask_bit: float = 0.0    # a window in RAM: per bit of its operation mask, ``G * chunks``
     per_store_bit: float = 0.0   # a window in RAM: per bit of its store (distributed RAM)
 
     def estimate(self, stage) -> float:
@@ -96,7 +96,7 @@ class StreamLogic:
         inputs = stage.chunk * stage.op_steps
         table = stage.weight_row_bits * ceil_div(rows, 16) if stage.weights_in_logic and rows > 1 else 0
         if stage.window_in_ram:
-            window = (self.per_mask_bit * stage.groups * stage.slots
+            window = (self.per_mask_bit * stage.groups * stage.chunks
                       + self.per_store_bit * stage.store_width * 2 * stage.store_rows)
         else:
             window = self.per_window_bit * stage.taps * stage.timesteps
@@ -113,11 +113,11 @@ class StreamLogic:
 #: and the queue of finished blocks (ABC9 fails on the fire unit alone) so the three full builds come out
 #: within -5 % .. +18 % (LeNet -5 %, VGG -1 %, MNIST ResNet +18 %). A window bit is the dominant term: its
 #: two registers, the loader's shift, the chunk multiplexer and the operation mask.
-#: A window in RAM (2026-12-08, the CIFAR VGG's 64- and 32-channel layers at 8 taps a cycle synthesised alone):
-#: about 9 LUT4s a bit of the operation mask (the loader's, the sequencer's, their choice of the next operation)
-#: and 2 per 64 bits of the store (DPR16X4 distributed RAM): 11,713 against 13,455 for the same layer's register
-#: window at 9 taps (its mask half as many bits: 72 chunks pad to 128 slots).
-STREAM_LOGIC = StreamLogic(1479, 0.41, 1.01, 2.46, 2.8, per_mask_bit=9.0, per_store_bit=2 / 64)
+#: A window in RAM (2026-12-08, the CIFAR VGG's 64-channel layer at 8 taps a cycle and 16 lanes synthesised alone,
+#: the sequencer choosing a step group, then a chunk in its row): about 10 LUT4s a bit of the operation mask,
+#: ``G * chunks`` (the loader's and the sequencer's copies, the next-operation choice), and 2 per 64 bits of the
+#: store (DPR16X4 distributed RAM): 9,205 in all, against 13,132 for the same layer's register window at 9 taps.
+STREAM_LOGIC = StreamLogic(1479, 0.41, 1.01, 2.46, 2.8, per_mask_bit=10.0, per_store_bit=2 / 64)
 POOL_LOGIC_PER_BIT = 1.0
 #: ``build`` refuses, before synthesis, a plan whose estimated logic exceeds the device's by more than this
 #: share (the estimate's error): placement would fail after minutes (nextpnr: "Failed to expand region").

@@ -20,9 +20,9 @@ __all__ = ["StreamChoice", "window_in_ram", "streamed_layers", "stream_options",
 
 #: Adder inputs (lanes times taps a cycle, summed over the streaming convolutions) when the user does not say.
 DEFAULT_ADDER_BUDGET = 1024
-#: A window in RAM pays off from this many taps times steps a cycle: its operation mask (about 9 LUT4s a bit,
-#: ``G * slots``, about ``T * taps / (K * S)`` bits, twice that when the chunks pad to a power of two) against
-#: about 2.5 LUT4s a window bit in registers (``STREAM_LOGIC`` in gen/build.py).
+#: A window in RAM pays off from this many taps times steps a cycle: its operation mask (about 10 LUT4s a bit,
+#: ``G * chunks``, about ``T * taps / (K * S)`` bits) against about 2.5 LUT4s a window bit in registers
+#: (``STREAM_LOGIC`` in gen/build.py).
 STORE_MIN_INPUTS = 8
 
 

@@ -56,8 +56,9 @@ def _tap_code(plan: StreamConvPlan, window, tap: int):
 
 class ChunkSequencer(wiring.Component):
     """Takes a window when idle and issues its operations, one a cycle: per block, every ``(g, chunk)`` of a live
-    chunk whose bits are not all zero (every live one with skipping off), lowest ``g * slots + chunk`` first, then the
-    block's bias, which waits for room in the queue of finished blocks (``credit``, returned by
+    chunk whose bits are not all zero (every live one with skipping off), the lowest step group first and in it the
+    lowest chunk (a row of ``chunks`` bits per group: a ``G``-way choice of the group, then of the chunk in its
+    row, with one carry chain of ``chunks`` bits to clear it; no padding to a power of two), then the block's bias, which waits for room in the queue of finished blocks (``credit``, returned by
     ``credit_back``). ``window`` holds the taken window while its operations read it (with the window in a
     memory, ``buffer`` says which of the store's two it is in, and the mask comes with it)."""
 
@@ -89,10 +90,11 @@ class ChunkSequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p, G = self.plan, self.plan.groups
-        slot_bits = max(0, (p.slots - 1).bit_length())
+        p, G, n = self.plan, self.plan.groups, self.plan.chunks
         busy, first = Signal(), Signal(init=1)
-        mask, remaining = Signal(G * p.slots), Signal(G * p.slots)
+        # per step group, the taken window's chunks with a set bit and those not yet issued in this block
+        mask = [Signal(n, name=f"mask_g{g}") for g in range(G)]
+        remaining = [Signal(n, name=f"remaining_g{g}") for g in range(G)]
         block = WrappingCounter(p.blocks, "block")
         block_row = Signal(range(max(2, p.blocks * p.chunks)))     # the block's first weight row: block * chunks
         credit = Signal(range(p.finished_queue + 1), init=p.finished_queue)
@@ -101,20 +103,29 @@ class ChunkSequencer(wiring.Component):
         with m.If(self.next.take):
             taken_mask = self._mask()
             taken = self.buffer.eq(self.next.buffer) if p.window_in_ram else self.window.eq(self.next.window)
-            m.d.sync += [taken, busy.eq(1), mask.eq(taken_mask),
-                         remaining.eq(taken_mask & live(0)), first.eq(1), block_row.eq(0)]
+            m.d.sync += [taken, busy.eq(1), first.eq(1), block_row.eq(0)]
+            for g in range(G):
+                row = taken_mask[g * p.slots:g * p.slots + n]
+                m.d.sync += [mask[g].eq(row), remaining[g].eq(row & live(0))]
             block.restart(m)
-        lowest = lowest_set_lane(m, remaining, G * p.slots)
-        add = busy & remaining.any()
-        bias = busy & ~remaining.any() & (credit > 0)
+        pending = Cat(row.any() for row in remaining)
+        group = lowest_set_lane(m, pending, G)
+        row = Signal(n, name="group_row")
+        m.d.comb += row.eq(mux_tree(remaining, group) if G > 1 else remaining[0])
+        chunk = lowest_set_lane(m, row, n)
+        add = busy & pending.any()
+        bias = busy & ~pending.any() & (credit > 0)
         ops = self.ops
-        chunk = lowest[:slot_bits] if slot_bits else 0
         m.d.sync += [ops.valid.eq(add | bias), ops.bias.eq(bias), ops.clear.eq(first), ops.block.eq(block.value),
-                     ops.word.eq((G - 1) - (lowest[slot_bits:] if slot_bits < len(lowest) else 0)),
-                     ops.chunk.eq(chunk), ops.row.eq(block_row + chunk),
+                     ops.word.eq((G - 1) - group if G > 1 else 0), ops.chunk.eq(chunk if n > 1 else 0),
+                     ops.row.eq(block_row + (chunk if n > 1 else 0)),
                      credit.eq(credit - bias + self.credit_back)]
         with m.If(add):
-            m.d.sync += [remaining.eq(remaining & (remaining - 1)), first.eq(0)]
+            m.d.sync += first.eq(0)
+            cleared = row & (row - 1)                                   # the issued chunk's bit cleared
+            for g in range(G):
+                with m.If(group == g):
+                    m.d.sync += remaining[g].eq(cleared)
         with m.If(bias):
             m.d.sync += first.eq(1)
             block.advance(m)
@@ -122,18 +133,17 @@ class ChunkSequencer(wiring.Component):
             with m.If(block.last):
                 m.d.sync += busy.eq(0)
             with m.Else():
-                m.d.sync += remaining.eq(mask & live(block.value + 1))
+                m.d.sync += [remaining[g].eq(mask[g] & live(block.value + 1)) for g in range(G)]
         return m
 
     def _live_table(self, block):
-        """``live(index)``: block ``index``'s live chunks (:attr:`StreamConvPlan.live_masks`) in every step group,
-        as an operation mask; all ones when no block has a chunk of zero weights."""
-        p, G = self.plan, self.plan.groups
+        """``live(index)``: block ``index``'s live chunks (:attr:`StreamConvPlan.live_masks`), ``chunks`` bits;
+        all ones when no block has a chunk of zero weights."""
+        p, n = self.plan, self.plan.chunks
         if not p.dead_chunks:
-            return lambda index: Const((1 << (G * p.slots)) - 1, G * p.slots)
-        masks = [sum(live << (g * p.slots) for g in range(G)) for live in p.live_masks]
-        table = Array(Const(mask, G * p.slots) for mask in masks + [0])
-        return lambda index: Const(masks[0], G * p.slots) if isinstance(index, int) else table[index]
+            return lambda index: Const((1 << n) - 1, n)
+        table = Array(Const(mask, n) for mask in list(p.live_masks) + [0])
+        return lambda index: Const(p.live_masks[0], n) if isinstance(index, int) else table[index]
 
 
 def _delayed(m: Module, value, cycles: int, name: str):
