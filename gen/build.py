@@ -298,7 +298,7 @@ def plan_for_board(net, board: BoardSpec, lanes=None, budget=None, input_lanes=N
 
 def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: bool, spram,
                 pack: bool = True, adder_budget: int | None = None, streaming: bool = True, chunks=None,
-                op_steps: int = 1) -> CorePlan:
+                op_steps: int = 1, stored: bool = False) -> CorePlan:
     """The plan for ``lanes`` (or ``budget``, and ``adder_budget`` for the streaming convolutions), with the
     layers that go to SPRAM chosen on the iCE40. ``pack``: with one lane per layer, an SPRAM layer gets the
     lanes that fill a 16-bit row. One lane per layer streams each convolution at one tap a cycle."""
@@ -313,7 +313,7 @@ def _fit_memory(net, board: BoardSpec, lanes, budget, input_lanes, skip_silent: 
         return plan_core(net, lanes=lanes, budget=budget or board.default_lanes or DEFAULT_LANE_BUDGET,
                          input_lanes=input_lanes, skip_silent=skip_silent, loaded_weights=loaded,
                          adder_budget=adder_budget or DEFAULT_ADDER_BUDGET, streaming=streaming, chunks=chunks,
-                         op_steps=op_steps)
+                         op_steps=op_steps, stored=stored)
 
     def packed(lanes, layer):
         """With one lane per layer, an SPRAM layer gets as many as fill its 16-bit rows (fewer rows, fewer SPRAMs)."""
@@ -401,7 +401,9 @@ def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, s
     then each doubled lane budget (and, streaming, 32 adder inputs per lane for the convolutions; then, at the
     most lanes, each doubled adder budget while the convolutions get faster and the last plan fits the device).
     Streaming, each budget also at 2 and 4 steps a cycle: the same adders read half or a quarter of the weights a
-    cycle, for a core whose block RAM ports run out before its logic (a CIFAR ResNet-8 on the ECP5-85F)."""
+    cycle, for a core whose block RAM ports run out before its logic (a CIFAR ResNet-8 on the ECP5-85F); and all
+    of those again with the windows in RAM where a layer can have one (a deep layer's register window costs more
+    logic than its adders)."""
     streamed = streamed_layers(net) if streaming else 0
     tail = net.layers[streamed:]
     layers = len(tail)
@@ -418,12 +420,18 @@ def _speed_plans(net, board: BoardSpec, input_lanes, skip_silent: bool, spram, s
             lanes = choose_lanes(net, budget, max_lanes=MAX_SPEED_LANES, fill=True)
             plans.append(_fit_memory(net, board, lanes, None, input_lanes, skip_silent, spram, streaming=False))
         return plans
-    for steps in STREAM_STEPS:
+    for steps, stored in [(steps, stored) for stored in (False, True) for steps in STREAM_STEPS]:
         def stream_plan(budget, adders):
             return _fit_memory(net, board, None, budget, input_lanes, skip_silent, spram, adder_budget=adders,
-                               streaming=True, op_steps=steps)
+                               streaming=True, op_steps=steps, stored=stored)
 
-        these = [stream_plan(budget, ADDERS_PER_LANE * budget) for budget in [*budgets, most][1:]]
+        these = []
+        for budget in [*budgets, most][1:]:
+            try:
+                these.append(stream_plan(budget, ADDERS_PER_LANE * budget))
+            except SpikesmithError:             # below the adders of the layers' least windows in RAM
+                if not stored:
+                    raise
         adders = 2 * ADDERS_PER_LANE * most
         while these and logic_estimate(these[-1], board) <= LOGIC_FULL * board.logic_cells:
             # the dense layers at their most lanes: the convolutions alone go on doubling while they get faster

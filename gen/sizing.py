@@ -139,13 +139,14 @@ def _check_pools(net: SpikingNetwork, engines: list[bool]) -> None:
 def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int = DEFAULT_LANE_BUDGET,
               input_lanes: int | None = None, skip_silent: bool = True,
               loaded_weights: Collection[int] = (), streaming: bool = True, chunks: list[int | str] | None = None,
-              adder_budget: int = DEFAULT_ADDER_BUDGET, op_steps: int = 1) -> CorePlan:
+              adder_budget: int = DEFAULT_ADDER_BUDGET, op_steps: int = 1, stored: bool = False) -> CorePlan:
     """Size the core for ``net``: explicit ``lanes`` per layer, or chosen under ``budget``.
 
     ``loaded_weights``: indices of layers whose weights are written at run time (SPRAM).
     ``streaming``: the convolutions from the image on run on the streaming engine (their ``lanes`` output
     channels and ``chunks`` taps a cycle, ``K`` or ``"KxS"`` at ``S`` steps a cycle, chosen under
-    ``adder_budget`` where not given, at ``op_steps`` steps a cycle or more); otherwise every
+    ``adder_budget`` where not given, at ``op_steps`` steps a cycle or more, with ``stored`` windows in RAM
+    where a layer can have one); otherwise every
     layer runs on the event-driven engines.
     """
     count = streamed_layers(net) if streaming else 0
@@ -171,7 +172,7 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
         tail_lanes = choose_lanes(tail, budget)
     skeletons = [_skeleton(layer, L, T, False) for layer, L in zip(tail.layers, tail_lanes)]
     target = max(max(layer.accumulate_cycles() for layer in skeletons), skeletons[-1].readout_cycles())
-    choices = _stream_choices(net.layers[:count], T, lanes, chunks, adder_budget, target, op_steps)
+    choices = _stream_choices(net.layers[:count], T, lanes, chunks, adder_budget, target, op_steps, stored)
     stages = plan_stream(net, count, choices, input_lanes, skip_silent)
     last = stages[-1]
     out_shape = last.geometry.out_shape
@@ -183,7 +184,7 @@ def plan_core(net: SpikingNetwork, lanes: list[int] | None = None, budget: int =
 
 
 def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, target: int,
-                    op_steps: int = 1) -> list[StreamChoice]:
+                    op_steps: int = 1, stored: bool = False) -> list[StreamChoice]:
     """The streaming convolutions' lanes and chunks: as given, or chosen (:func:`choose_stream`)."""
     if chunks is not None and len(chunks) != len(layers):
         raise SizingError(f"--chunks gives {len(chunks)} values but the network streams {len(layers)} convolutions")
@@ -202,7 +203,7 @@ def _stream_choices(layers, timesteps: int, lanes, chunks, adder_budget: int, ta
                                   f"a cycle below {2 * timesteps} (KxS), not {chunks[k]}")
     if chunks is None:
         return choose_stream(list(layers), timesteps, max(adder_budget, sum(given or [1] * len(layers))), target,
-                             lanes=given, steps=op_steps)
+                             lanes=given, steps=op_steps, stored=stored)
     choices = [StreamChoice(given[k] if given is not None else layer.conv.geometry.out_channels,
                             *_parsed_chunk(chunks[k])) for k, layer in enumerate(layers)]
     return [replace(choice, in_ram=window_in_ram(layer, choice, timesteps)) for choice, layer in zip(choices, layers)]

@@ -78,14 +78,15 @@ def streamed_layers(net: SpikingNetwork) -> int:
 
 
 def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None,
-                   steps: int = 1) -> list[tuple[StreamChoice, int]]:
+                   steps: int = 1, stored: bool = False) -> list[tuple[StreamChoice, int]]:
     """Every choice worth having for a streaming convolution, cheapest first, with its cycles per image: for
     each lane count (a divisor of the output channels; only ``lanes`` if given) and each number of chunks, the
     smallest chunk at ``steps`` steps a cycle, and the whole window at more; only choices faster than every
-    cheaper one (the Pareto front of adders and cycles)."""
+    cheaper one (the Pareto front of adders and cycles). ``stored``: only choices with the window in RAM, where
+    the layer has any (a register window's logic does not shrink with its adders; a stored one's does)."""
     g = layer.conv.geometry
     taps, nonzero = g.window_size, nonzero_taps(layer.conv.kernel)
-    stored, c_in = nonzero_taps(layer.conv.kernel, window_in_ram=True), g.in_shape[0]
+    store_taps, c_in = nonzero_taps(layer.conv.kernel, window_in_ram=True), g.in_shape[0]
     # More than one step a cycle by default only for the whole window: below it a chunk twice as large costs the
     # same adders for the same cycles and skips more (an operation over S steps is skipped only when all are
     # silent). But it reads twice the weights a cycle: ``steps`` > 1 is for a core short of block RAM ports.
@@ -99,12 +100,16 @@ def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None,
     # case, where 22 taps x 1 step skipped to 5,100.)
     candidates = sorted((StreamChoice(count, chunk, steps) for count in counts for chunk, steps in shapes),
                         key=lambda c: (c.adders, c.steps, -c.lanes))
-    front, best = [], None
+    ranked = []
     for choice in candidates:
-        in_ram = window_in_ram(layer, choice, timesteps, _live(stored, choice)) if store_aligned(c_in, choice.chunk) \
-            else False
+        in_ram = window_in_ram(layer, choice, timesteps, _live(store_taps, choice)) \
+            if store_aligned(c_in, choice.chunk) else False
         choice = StreamChoice(choice.lanes, choice.chunk, choice.steps, in_ram)
-        cycles = _fast_cycles(g, choice, timesteps, _live(stored if in_ram else nonzero, choice))
+        ranked.append((choice, _fast_cycles(g, choice, timesteps, _live(store_taps if in_ram else nonzero, choice))))
+    if stored and any(choice.in_ram for choice, _ in ranked):
+        ranked = [(choice, cycles) for choice, cycles in ranked if choice.in_ram]
+    front, best = [], None
+    for choice, cycles in ranked:
         if best is None or cycles < best:
             front.append((choice, cycles))
             best = cycles
@@ -124,14 +129,15 @@ def _fast_cycles(g, choice: StreamChoice, timesteps: int, live: int) -> int:
 
 
 def choose_stream(layers: list[DenseLayer], timesteps: int, budget: int = DEFAULT_ADDER_BUDGET,
-                  target: int = 0, lanes: list[int] | None = None, steps: int = 1) -> list[StreamChoice]:
+                  target: int = 0, lanes: list[int] | None = None, steps: int = 1,
+                  stored: bool = False) -> list[StreamChoice]:
     """Lanes and chunks for each streaming convolution under a total of ``budget`` adder inputs: every one
     starts at its cheapest choice; the slowest takes its next faster choice while the budget allows and it is
     slower than ``target`` (the rest of the core's slowest stage: faster buys nothing). ``lanes``: each
     convolution's lanes are these (only its chunk is chosen). ``steps``: steps a cycle of every chunk below the
-    whole window (:func:`stream_options`)."""
+    whole window, and ``stored`` to windows in RAM where a layer can have one (:func:`stream_options`)."""
     steps = min(steps, 1 << (timesteps - 1).bit_length())         # (S < 2T)
-    options = [stream_options(layer, timesteps, None if lanes is None else lanes[k], steps)
+    options = [stream_options(layer, timesteps, None if lanes is None else lanes[k], steps, stored)
                for k, layer in enumerate(layers)]
     picked = [0] * len(layers)
     if sum(o[0][0].adders for o in options) > budget:
