@@ -4,7 +4,7 @@ on, and the max pools they read), their lanes and chunks, and the plans they are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,19 +45,20 @@ class StreamChoice:
                 + (" (window in RAM)" if self.in_ram else ""))
 
 
-def window_in_ram(layer: DenseLayer, choice: StreamChoice, timesteps: int, live: int | None = None) -> bool:
+def window_in_ram(layer: DenseLayer, choice: StreamChoice, timesteps: int, store_taps=None) -> bool:
     """Whether ``choice`` keeps the convolution's window in a memory: its chunk lines up with the input's pixels
     (:func:`~spikesmith.contract.streaming.store_aligned`), the kernel has more than one tap a channel, and the
     worst case does not grow: a pixel's ``kh * kw`` reads wait for the hand-over, so the sequencer's worst case
     a pixel (``G * live + B + 1``; ``live``: the blocks' live chunks, summed) must cover them and two cycles;
-    and it has at least :data:`STORE_MIN_INPUTS` taps times steps a cycle."""
+    and it has at least :data:`STORE_MIN_INPUTS` taps times steps a cycle. ``store_taps``: the kernel's
+    :func:`~spikesmith.contract.streaming.nonzero_taps` in the store's order, if the caller has them."""
     g = layer.conv.geometry
     (kh, kw), c_in = g.kernel, g.in_shape[0]
     if kh * kw == 1 or choice.chunk * choice.steps < STORE_MIN_INPUTS or not store_aligned(c_in, choice.chunk):
         return False
-    if live is None:
-        live = _live(nonzero_taps(layer.conv.kernel, window_in_ram=True), choice)
-    busy = step_groups(timesteps, choice.steps) * live + g.out_channels // choice.lanes + 1
+    if store_taps is None:
+        store_taps = nonzero_taps(layer.conv.kernel, window_in_ram=True)
+    busy = step_groups(timesteps, choice.steps) * _live(store_taps, choice) + g.out_channels // choice.lanes + 1
     return busy >= kh * kw + 2
 
 
@@ -102,10 +103,9 @@ def stream_options(layer: DenseLayer, timesteps: int, lanes: int | None = None,
                         key=lambda c: (c.adders, c.steps, -c.lanes))
     ranked = []
     for choice in candidates:
-        in_ram = window_in_ram(layer, choice, timesteps, _live(store_taps, choice)) \
-            if store_aligned(c_in, choice.chunk) else False
-        choice = StreamChoice(choice.lanes, choice.chunk, choice.steps, in_ram)
-        ranked.append((choice, _fast_cycles(g, choice, timesteps, _live(store_taps if in_ram else nonzero, choice))))
+        choice = replace(choice, in_ram=window_in_ram(layer, choice, timesteps, store_taps))
+        ranked.append((choice, _fast_cycles(g, choice, timesteps,
+                                            _live(store_taps if choice.in_ram else nonzero, choice))))
     if stored and any(choice.in_ram for choice, _ in ranked):
         ranked = [(choice, cycles) for choice, cycles in ranked if choice.in_ram]
     front, best = [], None

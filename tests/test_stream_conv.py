@@ -121,6 +121,20 @@ def build_case(case, seed: int, skip: bool = True, sparse: bool = False, in_ram:
     return rng, layer, stream_plan(layer, T, lanes, input_lanes, chunk, skip, op_steps, in_ram)
 
 
+def assert_every_code_is_the_golden_models(rng, layer, plan):
+    """Three random images, with gaps on the input and back-pressure on the output: the golden model's codes."""
+    codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
+    sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
+    assert sink.received == expected and not sink.extra
+
+
+def assert_cycles_per_image_are_the_plans(rng, layer, plan, images: int = 4):
+    """With nothing waiting, the steady gap between two images is the plan's ``image_cycles``."""
+    sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
+    assert sink.received == expected
+    assert steady_gap(sink, images) == plan.image_cycles()
+
+
 ALL_CASES = CASES + [random_case(seed) for seed in range(24)]
 #: Random cases with the window in a memory (chunks that line up with the input's pixels).
 STORE_CASES = [random_store_case(seed) for seed in range(200, 220)]
@@ -132,18 +146,14 @@ SPARSE_CASES = [random_case(seed) for seed in range(100, 112)]
 @pytest.mark.parametrize("case", ALL_CASES, ids=[f"case{k}" for k in range(len(ALL_CASES))])
 def test_every_code_is_the_golden_models(case, skip):
     rng, layer, plan = build_case(case, seed=len(str(case)), skip=skip)
-    codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
-    sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
-    assert sink.received == expected and not sink.extra
+    assert_every_code_is_the_golden_models(rng, layer, plan)
 
 
 @pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=[f"sparse{k}" for k in range(len(SPARSE_CASES))])
 def test_chunks_of_zero_weights_are_skipped_and_every_code_is_the_golden_models(case, skip):
     rng, layer, plan = build_case(case, seed=len(str(case)), skip=skip, sparse=True)
-    codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
-    sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
-    assert sink.received == expected and not sink.extra
+    assert_every_code_is_the_golden_models(rng, layer, plan)
 
 
 @pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
@@ -151,19 +161,14 @@ def test_chunks_of_zero_weights_are_skipped_and_every_code_is_the_golden_models(
 def test_with_the_window_in_ram_every_code_is_the_golden_models(case, skip):
     rng, layer, plan = build_case(case, seed=len(str(case)), skip=skip, sparse=case[0][0] % 2 == 0, in_ram=True)
     assert plan.window_bits == 0
-    codes = random_codes(rng, 3, layer.in_size, plan.timesteps)
-    sink, expected, _ = run_layer(layer, plan, codes, in_probability=0.8, out_probability=0.7)
-    assert sink.received == expected and not sink.extra
+    assert_every_code_is_the_golden_models(rng, layer, plan)
 
 
 @pytest.mark.parametrize("case", STORE_CASES[::2], ids=[f"store{k}" for k in range(0, len(STORE_CASES), 2)])
 def test_with_the_window_in_ram_cycles_per_image_are_the_plans_with_skipping_off(case):
     """Every read waits for the hand-over and every pixel reads all ``kw`` columns: the plan's recurrence."""
     rng, layer, plan = build_case(case, seed=1, skip=False, in_ram=True)
-    images = 4
-    sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
-    assert sink.received == expected
-    assert steady_gap(sink, images) == plan.image_cycles()
+    assert_cycles_per_image_are_the_plans(rng, layer, plan)
 
 
 def test_a_relays_block_visits_only_its_centre_chunk():
@@ -204,19 +209,13 @@ def steady_gap(sink, images: int) -> int:
 @pytest.mark.parametrize("case", ALL_CASES[::2], ids=[f"case{k}" for k in range(0, len(ALL_CASES), 2)])
 def test_cycles_per_image_are_the_plans_with_skipping_off(case):
     rng, layer, plan = build_case(case, seed=1, skip=False)
-    images = 4
-    sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
-    assert sink.received == expected
-    assert steady_gap(sink, images) == plan.image_cycles()
+    assert_cycles_per_image_are_the_plans(rng, layer, plan)
 
 
 @pytest.mark.parametrize("case", SPARSE_CASES[::2], ids=[f"sparse{k}" for k in range(0, len(SPARSE_CASES), 2)])
 def test_cycles_per_image_are_the_plans_with_chunks_of_zero_weights(case):
     rng, layer, plan = build_case(case, seed=1, skip=False, sparse=True)
-    images = 4
-    sink, expected, _ = run_layer(layer, plan, random_codes(rng, images, layer.in_size, plan.timesteps))
-    assert sink.received == expected
-    assert steady_gap(sink, images) == plan.image_cycles()
+    assert_cycles_per_image_are_the_plans(rng, layer, plan)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{k}" for k in range(len(CASES))])
